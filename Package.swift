@@ -1,0 +1,48 @@
+// swift-tools-version:6.0
+// Sluice: a transparent L7 policy proxy for Linux nodes.
+import PackageDescription
+
+let package = Package(
+    name: "sluice",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "sluice", targets: ["sluice"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // C libraries made for the job, reached through module maps (system-library targets).
+        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
+                       providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CNghttp2", path: "Sources/CNghttp2", pkgConfig: "libnghttp2",
+                       providers: [.apt(["libnghttp2-dev"])]),
+        .systemLibrary(name: "CPCRE2", path: "Sources/CPCRE2", pkgConfig: "libpcre2-8",
+                       providers: [.apt(["libpcre2-dev"])]),
+        .systemLibrary(name: "CBPF", path: "Sources/CBPF", pkgConfig: "libbpf",
+                       providers: [.apt(["libbpf-dev"])]),
+        // Linux socket-layer macros and packed structs that Swift cannot import directly.
+        .target(name: "CSluiceShims", path: "Sources/CSluiceShims"),
+
+        .target(name: "Proxy", dependencies: [
+            "CSluiceShims",
+            .product(name: "Yams", package: "Yams"),
+        ]),
+        .target(name: "L7Parsers", dependencies: ["CNghttp2"]),
+        .target(name: "PolicyEngine", dependencies: [
+            "CPCRE2",
+            .product(name: "Yams", package: "Yams"),
+        ]),
+        .target(name: "Datapath", dependencies: ["CBPF"]),
+        .executableTarget(name: "sluice", dependencies: [
+            "Proxy", "PolicyEngine", "Datapath", "L7Parsers",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "ProxyTests", dependencies: ["Proxy", "COpenSSL"]),
+        .testTarget(name: "L7ParsersTests", dependencies: ["L7Parsers", "CNghttp2"]),
+        .testTarget(name: "PolicyEngineTests", dependencies: ["PolicyEngine", "CPCRE2"]),
+        .testTarget(name: "DatapathTests", dependencies: ["Datapath", "CBPF"]),
+    ]
+)

@@ -1,0 +1,48 @@
+// Linux socket-layer pieces that Swift cannot import directly: packed structs
+// (epoll_event on x86_64), control-message macros (CMSG_*), and a few constants.
+#ifndef SLUICE_SHIMS_H
+#define SLUICE_SHIMS_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
+#ifndef IP_TRANSPARENT
+#define IP_TRANSPARENT 19
+#endif
+#ifndef IP_RECVORIGDSTADDR
+#define IP_RECVORIGDSTADDR 20
+#endif
+#ifndef IPV6_TRANSPARENT
+#define IPV6_TRANSPARENT 75
+#endif
+#ifndef IPV6_RECVORIGDSTADDR
+#define IPV6_RECVORIGDSTADDR 74
+#endif
+
+static const int sluice_ip_transparent = IP_TRANSPARENT;
+static const int sluice_ip_recvorigdstaddr = IP_RECVORIGDSTADDR;
+static const int sluice_ipv6_transparent = IPV6_TRANSPARENT;
+static const int sluice_ipv6_recvorigdstaddr = IPV6_RECVORIGDSTADDR;
+
+/// epoll_ctl with the event spelled out, so Swift never builds a packed epoll_event.
+int sluice_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token);
+
+/// epoll_wait that unpacks the events into two parallel arrays.
+int sluice_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int max_events, int timeout_ms);
+
+/// recvmsg for one datagram, returning the original destination carried by the
+/// IP_ORIGDSTADDR / IPV6_ORIGDSTADDR control message (or family 0 when absent).
+/// Returns the byte count, or -1 with errno set.
+ssize_t sluice_recv_with_original_destination(int fd, void *buffer, size_t length,
+                                              struct sockaddr_storage *source,
+                                              struct sockaddr_storage *original_destination,
+                                              int *truncated);
+
+/// accept4 with SOCK_NONBLOCK and SOCK_CLOEXEC (accept4 is a GNU extension Swift does not see).
+int sluice_accept_nonblocking(int fd, struct sockaddr *address, socklen_t *length);
+
+#endif

@@ -1,0 +1,56 @@
+#define _GNU_SOURCE
+#include "CSluiceShims.h"
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/uio.h>
+
+int sluice_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token) {
+    struct epoll_event event;
+    memset(&event, 0, sizeof event);
+    event.events = events;
+    event.data.u64 = token;
+    return epoll_ctl(epfd, op, fd, &event);
+}
+
+int sluice_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int max_events, int timeout_ms) {
+    struct epoll_event ready[256];
+    if (max_events > 256) max_events = 256;
+    int count = epoll_wait(epfd, ready, max_events, timeout_ms);
+    for (int i = 0; i < count; i++) {
+        tokens[i] = ready[i].data.u64;
+        events[i] = ready[i].events;
+    }
+    return count;
+}
+
+ssize_t sluice_recv_with_original_destination(int fd, void *buffer, size_t length,
+                                              struct sockaddr_storage *source,
+                                              struct sockaddr_storage *original_destination,
+                                              int *truncated) {
+    char control[256];
+    struct iovec vector = { .iov_base = buffer, .iov_len = length };
+    struct msghdr message;
+    memset(&message, 0, sizeof message);
+    message.msg_name = source;
+    message.msg_namelen = sizeof *source;
+    message.msg_iov = &vector;
+    message.msg_iovlen = 1;
+    message.msg_control = control;
+    message.msg_controllen = sizeof control;
+    memset(original_destination, 0, sizeof *original_destination);
+    ssize_t received = recvmsg(fd, &message, 0);
+    if (received < 0) return received;
+    *truncated = (message.msg_flags & MSG_TRUNC) != 0;
+    for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header; header = CMSG_NXTHDR(&message, header)) {
+        if (header->cmsg_level == SOL_IP && header->cmsg_type == IP_ORIGDSTADDR) {
+            memcpy(original_destination, CMSG_DATA(header), sizeof(struct sockaddr_in));
+        } else if (header->cmsg_level == SOL_IPV6 && header->cmsg_type == IPV6_ORIGDSTADDR) {
+            memcpy(original_destination, CMSG_DATA(header), sizeof(struct sockaddr_in6));
+        }
+    }
+    return received;
+}
+
+int sluice_accept_nonblocking(int fd, struct sockaddr *address, socklen_t *length) {
+    return accept4(fd, address, length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}

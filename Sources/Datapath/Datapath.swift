@@ -1,0 +1,2 @@
+/// BPF objects and maps.
+public enum Datapath {}

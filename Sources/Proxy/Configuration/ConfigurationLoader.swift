@@ -1,0 +1,288 @@
+import Foundation
+import Yams
+
+/// A configuration file that cannot be used: where (file, line, column, key path) and why.
+public struct ConfigurationError: Error, CustomStringConvertible, Equatable, Sendable {
+    public var file: String
+    public var line: Int
+    public var column: Int
+    /// Dotted key path, e.g. `listeners[0].upstream`; empty for the document itself.
+    public var path: String
+    public var message: String
+
+    public var description: String {
+        let location = line > 0 ? "\(file):\(line):\(column)" : file
+        return path.isEmpty ? "\(location): \(message)" : "\(location): \(path): \(message)"
+    }
+}
+
+/// Reads the YAML configuration of `sluice run` into a `ProxyConfiguration`.
+///
+/// This is the only place that sees the YAML: it checks every key (unknown keys are errors,
+/// so a typo never silently falls back to a default) and reports the first problem with
+/// its line and column.
+public struct ConfigurationLoader {
+    public let file: String
+    public let defaultWorkers: Int
+
+    public init(file: String, defaultWorkers: Int) {
+        self.file = file
+        self.defaultWorkers = defaultWorkers
+    }
+
+    public func load() throws(ConfigurationError) -> ProxyConfiguration {
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw ConfigurationError(file: file, line: 0, column: 0, path: "",
+                                     message: "cannot read the file (missing or not readable)")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ConfigurationError(file: file, line: 0, column: 0, path: "", message: "not UTF-8 text")
+        }
+        return try parse(text)
+    }
+
+    public func parse(_ text: String) throws(ConfigurationError) -> ProxyConfiguration {
+        let root: Node
+        do {
+            guard let node = try Yams.compose(yaml: text) else {
+                throw ConfigurationError(file: file, line: 1, column: 1, path: "",
+                                         message: "the file is empty; expected a mapping with at least 'listeners'")
+            }
+            root = node
+        } catch let error as ConfigurationError {
+            throw error
+        } catch let error as YamlError {
+            throw yamlSyntaxError(error)
+        } catch {
+            throw ConfigurationError(file: file, line: 0, column: 0, path: "", message: "not valid YAML: \(error)")
+        }
+        return try configuration(from: root)
+    }
+
+    private func yamlSyntaxError(_ error: YamlError) -> ConfigurationError {
+        switch error {
+        case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _):
+            return ConfigurationError(file: file, line: mark.line, column: mark.column, path: "",
+                                      message: "not valid YAML: \(problem)")
+        default:
+            return ConfigurationError(file: file, line: 0, column: 0, path: "", message: "not valid YAML: \(error)")
+        }
+    }
+
+    // MARK: Document
+
+    private func configuration(from root: Node) throws(ConfigurationError) -> ProxyConfiguration {
+        let document = try mapping(root, path: "", allowed: ["workers", "proxyMark", "listeners", "timeouts", "limits", "flowLog"])
+        var workers = defaultWorkers
+        if let node = document["workers"] {
+            workers = try integer(node, path: "workers", range: 1...256)
+        }
+        var proxyMark: UInt32 = 0xa00
+        if let node = document["proxyMark"] {
+            proxyMark = UInt32(try integer(node, path: "proxyMark", range: 1...Int(UInt32.max)))
+        }
+        var timeouts = Timeouts()
+        if let node = document["timeouts"] {
+            let fields = try mapping(node, path: "timeouts", allowed: ["connect", "idle", "header", "drain", "udpIdle"])
+            if let value = fields["connect"] { timeouts.connect = try duration(value, path: "timeouts.connect") }
+            if let value = fields["idle"] { timeouts.idle = try duration(value, path: "timeouts.idle") }
+            if let value = fields["header"] { timeouts.header = try duration(value, path: "timeouts.header") }
+            if let value = fields["drain"] { timeouts.drain = try duration(value, path: "timeouts.drain", allowZero: true) }
+            if let value = fields["udpIdle"] { timeouts.udpIdle = try duration(value, path: "timeouts.udpIdle") }
+        }
+        var limits = Limits()
+        if let node = document["limits"] {
+            let fields = try mapping(node, path: "limits", allowed: [
+                "bufferBytes", "maxConnectionsPerWorker", "maxUDPSessionsPerWorker", "maxDatagramBytes", "cachedBuffersPerWorker"])
+            if let value = fields["bufferBytes"] { limits.bufferBytes = try size(value, path: "limits.bufferBytes", range: 1024...(64 << 20)) }
+            if let value = fields["maxConnectionsPerWorker"] { limits.maxConnectionsPerWorker = try integer(value, path: "limits.maxConnectionsPerWorker", range: 1...1_000_000) }
+            if let value = fields["maxUDPSessionsPerWorker"] { limits.maxUDPSessionsPerWorker = try integer(value, path: "limits.maxUDPSessionsPerWorker", range: 1...1_000_000) }
+            if let value = fields["maxDatagramBytes"] { limits.maxDatagramBytes = try size(value, path: "limits.maxDatagramBytes", range: 512...65_507) }
+            if let value = fields["cachedBuffersPerWorker"] { limits.cachedBuffersPerWorker = try integer(value, path: "limits.cachedBuffersPerWorker", range: 0...100_000) }
+        }
+        var flowLog = FlowLogConfiguration()
+        if let node = document["flowLog"] {
+            flowLog = try flowLogConfiguration(node)
+        }
+        guard let listenersNode = document["listeners"] else {
+            throw error(root, path: "listeners", "missing; expected a list of listeners (each with name, mode and listen)")
+        }
+        guard case .sequence(let sequence) = listenersNode, !sequence.isEmpty else {
+            throw error(listenersNode, path: "listeners", "expected a non-empty list of listeners")
+        }
+        var listeners: [ListenerConfiguration] = []
+        var names: Set<String> = []
+        for (index, node) in sequence.enumerated() {
+            let listener = try listenerConfiguration(node, path: "listeners[\(index)]")
+            guard names.insert(listener.name).inserted else {
+                throw error(node, path: "listeners[\(index)].name", "duplicate listener name '\(listener.name)'")
+            }
+            listeners.append(listener)
+        }
+        return ProxyConfiguration(workers: workers, proxyMark: proxyMark, listeners: listeners,
+                                  timeouts: timeouts, limits: limits, flowLog: flowLog)
+    }
+
+    private func listenerConfiguration(_ node: Node, path: String) throws(ConfigurationError) -> ListenerConfiguration {
+        let fields = try mapping(node, path: path, allowed: ["name", "mode", "protocol", "listen", "upstream", "backlog"])
+        guard let nameNode = fields["name"] else { throw error(node, path: "\(path).name", "missing; expected a listener name") }
+        let name = try string(nameNode, path: "\(path).name")
+        guard !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
+            throw error(nameNode, path: "\(path).name", "expected letters, digits, '-' or '_', got '\(name)'")
+        }
+        guard let modeNode = fields["mode"] else {
+            throw error(node, path: "\(path).mode", "missing; expected 'explicit' or 'transparent'")
+        }
+        let mode = try string(modeNode, path: "\(path).mode")
+        var transport = "tcp"
+        if let protocolNode = fields["protocol"] {
+            transport = try string(protocolNode, path: "\(path).protocol").lowercased()
+            guard transport == "tcp" || transport == "udp" else {
+                throw error(protocolNode, path: "\(path).protocol", "expected 'tcp' or 'udp', got '\(transport)'")
+            }
+        }
+        guard let listenNode = fields["listen"] else {
+            throw error(node, path: "\(path).listen", "missing; expected an address such as 127.0.0.1:15001")
+        }
+        let address = try socketAddress(listenNode, path: "\(path).listen")
+        var backlog: Int32 = 1024
+        if let value = fields["backlog"] { backlog = Int32(try integer(value, path: "\(path).backlog", range: 1...65_535)) }
+
+        let kind: ListenerConfiguration.Kind
+        switch mode {
+        case "explicit":
+            guard transport == "tcp" else {
+                throw error(fields["protocol"] ?? node, path: "\(path).protocol", "explicit listeners relay TCP only; use mode 'transparent' for UDP")
+            }
+            guard let upstreamNode = fields["upstream"] else {
+                throw error(node, path: "\(path).upstream", "missing; an explicit listener needs an upstream address such as 127.0.0.1:8080")
+            }
+            let upstream = try socketAddress(upstreamNode, path: "\(path).upstream")
+            guard upstream != address else {
+                throw error(upstreamNode, path: "\(path).upstream", "is the listener's own address; the proxy would connect to itself")
+            }
+            kind = .explicit(upstream: upstream)
+        case "transparent":
+            if let upstreamNode = fields["upstream"] {
+                throw error(upstreamNode, path: "\(path).upstream", "not allowed in transparent mode: each connection goes to its original destination")
+            }
+            kind = transport == "udp" ? .transparentUDP : .transparentTCP
+        default:
+            throw error(modeNode, path: "\(path).mode", "expected 'explicit' or 'transparent', got '\(mode)'")
+        }
+        return ListenerConfiguration(name: name, kind: kind, address: address, backlog: backlog)
+    }
+
+    private func flowLogConfiguration(_ node: Node) throws(ConfigurationError) -> FlowLogConfiguration {
+        let fields = try mapping(node, path: "flowLog", allowed: ["sink", "path"])
+        guard let sinkNode = fields["sink"] else {
+            throw error(node, path: "flowLog.sink", "missing; expected one of stdout, file, unix, none")
+        }
+        let sink = try string(sinkNode, path: "flowLog.sink")
+        func requiredPath() throws(ConfigurationError) -> String {
+            guard let pathNode = fields["path"] else {
+                throw error(node, path: "flowLog.path", "missing; the '\(sink)' sink needs a path")
+            }
+            let value = try string(pathNode, path: "flowLog.path")
+            guard !value.isEmpty else { throw error(pathNode, path: "flowLog.path", "expected a non-empty path") }
+            return value
+        }
+        switch sink {
+        case "stdout": return FlowLogConfiguration(sink: .stdout)
+        case "none": return FlowLogConfiguration(sink: .none)
+        case "file": return FlowLogConfiguration(sink: .file(path: try requiredPath()))
+        case "unix": return FlowLogConfiguration(sink: .unixSocket(path: try requiredPath()))
+        default: throw error(sinkNode, path: "flowLog.sink", "expected one of stdout, file, unix, none, got '\(sink)'")
+        }
+    }
+
+    // MARK: Scalars
+
+    private func error(_ node: Node, path: String, _ message: String) -> ConfigurationError {
+        ConfigurationError(file: file, line: node.mark?.line ?? 0, column: node.mark?.column ?? 0, path: path, message: message)
+    }
+
+    private func mapping(_ node: Node, path: String, allowed: [String]) throws(ConfigurationError) -> [String: Node] {
+        guard case .mapping(let mapping) = node else {
+            throw error(node, path: path, "expected a mapping of keys (\(allowed.joined(separator: ", ")))")
+        }
+        var result: [String: Node] = [:]
+        for (keyNode, value) in mapping {
+            guard case .scalar(let key) = keyNode else { throw error(keyNode, path: path, "expected a plain key") }
+            let keyPath = path.isEmpty ? key.string : "\(path).\(key.string)"
+            guard allowed.contains(key.string) else {
+                throw error(keyNode, path: keyPath, "unknown key; expected one of \(allowed.joined(separator: ", "))")
+            }
+            guard result[key.string] == nil else { throw error(keyNode, path: keyPath, "duplicate key") }
+            result[key.string] = value
+        }
+        return result
+    }
+
+    private func string(_ node: Node, path: String) throws(ConfigurationError) -> String {
+        guard case .scalar(let scalar) = node else { throw error(node, path: path, "expected a single value") }
+        return scalar.string
+    }
+
+    private func integer(_ node: Node, path: String, range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        let text = try string(node, path: path)
+        let value: Int?
+        if text.hasPrefix("0x") || text.hasPrefix("0X") {
+            value = Int(text.dropFirst(2), radix: 16)
+        } else {
+            value = Int(text)
+        }
+        guard let value else { throw error(node, path: path, "expected an integer, got '\(text)'") }
+        guard range.contains(value) else {
+            throw error(node, path: path, "expected an integer from \(range.lowerBound) to \(range.upperBound), got \(value)")
+        }
+        return value
+    }
+
+    private func socketAddress(_ node: Node, path: String) throws(ConfigurationError) -> SocketAddress {
+        let text = try string(node, path: path)
+        guard let address = SocketAddress(text) else {
+            throw error(node, path: path, "expected a numeric address with a port, such as 127.0.0.1:15001 or [::1]:15001, got '\(text)'")
+        }
+        return address
+    }
+
+    /// Durations: `250ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
+    private func duration(_ node: Node, path: String, allowZero: Bool = false) throws(ConfigurationError) -> UInt64 {
+        let text = try string(node, path: path)
+        let units: [(String, Double)] = [("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9)]
+        var number = Substring(text)
+        var scale = 1e9
+        for (suffix, factor) in units where text.hasSuffix(suffix) {
+            number = text.dropLast(suffix.count)
+            scale = factor
+            break
+        }
+        guard let value = Double(number), value.isFinite, value >= 0, value * scale <= 86_400e9 else {
+            throw error(node, path: path, "expected a duration such as 250ms, 5s, 2m or 1h (at most 24h), got '\(text)'")
+        }
+        guard allowZero || value > 0 else { throw error(node, path: path, "expected a duration above zero, got '\(text)'") }
+        return UInt64(value * scale)
+    }
+
+    /// Sizes: `65536`, `64KiB`, `1MiB`.
+    private func size(_ node: Node, path: String, range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        let text = try string(node, path: path)
+        let units: [(String, Int)] = [("KiB", 1024), ("MiB", 1 << 20), ("KB", 1000), ("MB", 1_000_000), ("B", 1)]
+        var number = Substring(text)
+        var scale = 1
+        for (suffix, factor) in units where text.hasSuffix(suffix) {
+            number = text.dropLast(suffix.count)
+            scale = factor
+            break
+        }
+        guard let value = Int(number.trimmingCharacters(in: .whitespaces)), value >= 0 else {
+            throw error(node, path: path, "expected a size such as 65536, 64KiB or 1MiB, got '\(text)'")
+        }
+        let bytes = value * scale
+        guard range.contains(bytes) else {
+            throw error(node, path: path, "expected a size from \(range.lowerBound) to \(range.upperBound) bytes, got \(bytes)")
+        }
+        return bytes
+    }
+}

@@ -1,0 +1,90 @@
+/// Everything `sluice run` needs, after the configuration file has been read and checked.
+/// Plain values only: the YAML is converted once, in `ConfigurationLoader`.
+public struct ProxyConfiguration: Sendable, Equatable {
+    /// Event-loop threads; each has its own `SO_REUSEPORT` listening sockets.
+    public var workers: Int
+    /// `SO_MARK` on the proxy's upstream sockets of transparent listeners, so the datapath
+    /// does not divert the proxy's own traffic again. Must differ from the to-proxy mark.
+    public var proxyMark: UInt32
+    public var listeners: [ListenerConfiguration]
+    public var timeouts: Timeouts
+    public var limits: Limits
+    public var flowLog: FlowLogConfiguration
+
+    public init(workers: Int, proxyMark: UInt32 = 0xa00, listeners: [ListenerConfiguration],
+                timeouts: Timeouts = Timeouts(), limits: Limits = Limits(), flowLog: FlowLogConfiguration = .init()) {
+        self.workers = workers
+        self.proxyMark = proxyMark
+        self.listeners = listeners
+        self.timeouts = timeouts
+        self.limits = limits
+        self.flowLog = flowLog
+    }
+}
+
+public struct ListenerConfiguration: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        /// A plain TCP listener relaying every connection to one upstream (no root needed).
+        case explicit(upstream: SocketAddress)
+        /// A transparent TCP listener: each connection goes to its original destination.
+        case transparentTCP
+        /// A transparent UDP listener: each datagram goes to its original destination.
+        case transparentUDP
+    }
+
+    public var name: String
+    public var kind: Kind
+    public var address: SocketAddress
+    public var backlog: Int32
+
+    public init(name: String, kind: Kind, address: SocketAddress, backlog: Int32 = 1024) {
+        self.name = name
+        self.kind = kind
+        self.address = address
+        self.backlog = backlog
+    }
+}
+
+/// Durations in nanoseconds.
+public struct Timeouts: Sendable, Equatable {
+    /// Upstream connect; past it the downstream is reset.
+    public var connect: UInt64 = 5_000_000_000
+    /// No byte either way for this long closes a TCP connection.
+    public var idle: UInt64 = 300_000_000_000
+    /// Time allowed for a complete L7 request head once its first byte arrived.
+    public var header: UInt64 = 30_000_000_000
+    /// After SIGTERM/SIGINT, how long in-flight connections may take to finish.
+    public var drain: UInt64 = 15_000_000_000
+    /// A UDP session with no datagram either way for this long ends.
+    public var udpIdle: UInt64 = 60_000_000_000
+
+    public init() {}
+}
+
+public struct Limits: Sendable, Equatable {
+    /// Bytes buffered per direction per connection; a full buffer stops reading that side.
+    public var bufferBytes: Int = 64 * 1024
+    /// Open connections per worker; beyond it new connections wait in the kernel's backlog.
+    public var maxConnectionsPerWorker: Int = 20_000
+    /// UDP sessions per listener per worker; beyond it the least recently used one closes.
+    public var maxUDPSessionsPerWorker: Int = 4096
+    /// Largest UDP datagram relayed; larger ones are dropped.
+    public var maxDatagramBytes: Int = 65_507
+    /// Free buffer blocks kept per worker for reuse.
+    public var cachedBuffersPerWorker: Int = 256
+
+    public init() {}
+}
+
+public struct FlowLogConfiguration: Sendable, Equatable {
+    public enum Sink: Sendable, Equatable {
+        case none
+        case stdout
+        case file(path: String)
+        /// A Unix stream socket some collector listens on.
+        case unixSocket(path: String)
+    }
+
+    public var sink: Sink = .stdout
+    public init(sink: Sink = .stdout) { self.sink = sink }
+}

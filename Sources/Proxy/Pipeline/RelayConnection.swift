@@ -1,0 +1,287 @@
+/// How a relayed connection ended, for its flow record.
+public enum ConnectionOutcome: String, Sendable {
+    /// Both sides closed in order (FIN each way).
+    case closed
+    /// One side reset; the other was reset too.
+    case reset
+    /// The upstream refused or could not be reached; the downstream was reset.
+    case upstreamUnreachable = "upstream_unreachable"
+    /// The upstream did not answer within the connect timeout; the downstream was reset.
+    case connectTimeout = "connect_timeout"
+    /// Nothing moved for the idle timeout.
+    case idleTimeout = "idle_timeout"
+    /// The proxy stopped before the connection finished (drain deadline passed).
+    case aborted
+}
+
+/// What a finished connection reports to its owner.
+public struct ConnectionSummary: Sendable {
+    public var listener: String
+    public var client: SocketAddress
+    public var destination: SocketAddress
+    public var bytesFromClient: UInt64
+    public var bytesFromServer: UInt64
+    public var durationNanoseconds: UInt64
+    public var outcome: ConnectionOutcome
+}
+
+/// Receives connections that finished; owned by a worker.
+public protocol ConnectionOwner: AnyObject {
+    var bufferPool: BufferPool { get }
+    func connectionFinished(_ connection: RelayConnection, summary: ConnectionSummary)
+}
+
+/// Settings a connection needs, copied once per listener.
+public struct RelaySettings: Sendable {
+    public var connectTimeout: UInt64
+    public var idleTimeout: UInt64
+    /// `SO_MARK` for the upstream socket, nil for none.
+    public var upstreamMark: UInt32?
+
+    public init(connectTimeout: UInt64, idleTimeout: UInt64, upstreamMark: UInt32?) {
+        self.connectTimeout = connectTimeout
+        self.idleTimeout = idleTimeout
+        self.upstreamMark = upstreamMark
+    }
+}
+
+/// An L4 relay between a downstream (client) socket and an upstream (server) socket.
+///
+/// Each direction has one bounded `RelayBuffer`: bytes read from one side wait there until
+/// the other side takes them, and a side is not read while its buffer is full, so a slow
+/// reader slows its writer instead of growing memory. End of stream is forwarded as a
+/// half-close (`shutdown(SHUT_WR)`) once the buffer has drained; a reset on either side
+/// resets the other. The connection closes when both directions have delivered their FIN.
+public final class RelayConnection: EventHandler {
+    private struct Direction {
+        var buffer = RelayBuffer()
+        /// Edge-triggered readiness: true until a read reports it would block.
+        var sourceReadable = true
+        var sourceEnded = false
+        var destinationWritable = true
+        var endForwarded = false
+        var bytes: UInt64 = 0
+    }
+
+    private enum Tag {
+        static let downstream: UInt32 = 0
+        static let upstream: UInt32 = 1
+        static let connectTimer: UInt32 = 0
+        static let idleTimer: UInt32 = 1
+    }
+
+    /// Reads and writes per direction before yielding to other connections.
+    private static let fairnessBudget = 16
+
+    private unowned let owner: ConnectionOwner
+    private let loop: EventLoop
+    private let settings: RelaySettings
+    private let listenerName: String
+    public let client: SocketAddress
+    public let destination: SocketAddress
+    private let downstream: Socket
+    private var upstream: Socket?
+    private var downstreamToken: RegistrationToken?
+    private var upstreamToken: RegistrationToken?
+    private var upstreamConnected = false
+    private var toUpstream = Direction()
+    private var toDownstream = Direction()
+    private var connectTimer: TimerID?
+    private var idleTimer: TimerID?
+    private let startTime: UInt64
+    private var lastActivity: UInt64
+    private var resumeQueued = false
+    public private(set) var isFinished = false
+
+    /// Takes ownership of `downstream` and starts connecting to `destination`.
+    public init(downstream: Socket, client: SocketAddress, destination: SocketAddress, listenerName: String,
+                settings: RelaySettings, owner: ConnectionOwner, loop: EventLoop) {
+        self.downstream = downstream
+        self.client = client
+        self.destination = destination
+        self.listenerName = listenerName
+        self.settings = settings
+        self.owner = owner
+        self.loop = loop
+        startTime = loop.now
+        lastActivity = loop.now
+    }
+
+    /// Registers the downstream socket and begins the upstream connect. On any failure the
+    /// connection finishes at once (and reports it).
+    public func start() {
+        do {
+            try? downstream.setNoDelay()
+            downstreamToken = try loop.register(downstream.descriptor, handler: self, tag: Tag.downstream)
+        } catch {
+            finish(.reset, resetDownstream: true)
+            return
+        }
+        let socket: Socket
+        do {
+            socket = try Socket.open(.stream, family: destination.family)
+            upstream = socket
+            if let mark = settings.upstreamMark { try socket.setMark(mark) }
+            try? socket.setNoDelay()
+            upstreamToken = try loop.register(socket.descriptor, handler: self, tag: Tag.upstream)
+            if try socket.connect(to: destination) == .connected {
+                upstreamConnected = true
+            } else {
+                connectTimer = loop.scheduleTimer(after: settings.connectTimeout, handler: self, tag: Tag.connectTimer)
+            }
+        } catch {
+            finish(.upstreamUnreachable, resetDownstream: true)
+            return
+        }
+        idleTimer = loop.scheduleTimer(after: settings.idleTimeout, handler: self, tag: Tag.idleTimer)
+        if upstreamConnected { pumpBoth() }
+    }
+
+    // MARK: Events
+
+    public func handleReadiness(_ readiness: Readiness, tag: UInt32, loop: EventLoop) {
+        guard !isFinished else { return }
+        if tag == Tag.downstream {
+            if readiness.wantsRead { toUpstream.sourceReadable = true }
+            if readiness.wantsWrite { toDownstream.destinationWritable = true }
+        } else {
+            if !upstreamConnected {
+                guard readiness.wantsWrite || readiness.contains(.error) || readiness.contains(.hangup) else { return }
+                guard upstream?.pendingError() == 0 else {
+                    finish(.upstreamUnreachable, resetDownstream: true)
+                    return
+                }
+                upstreamConnected = true
+                if let connectTimer { loop.cancelTimer(connectTimer) }
+                connectTimer = nil
+            }
+            if readiness.wantsRead { toDownstream.sourceReadable = true }
+            if readiness.wantsWrite { toUpstream.destinationWritable = true }
+        }
+        pumpBoth()
+    }
+
+    public func handleTimer(tag: UInt32, loop: EventLoop) {
+        guard !isFinished else { return }
+        if tag == Tag.connectTimer {
+            connectTimer = nil
+            finish(.connectTimeout, resetDownstream: true)
+            return
+        }
+        idleTimer = nil
+        let idleFor = loop.now &- lastActivity
+        if idleFor >= settings.idleTimeout {
+            finish(.idleTimeout, resetDownstream: false)
+        } else {
+            // Activity moves `lastActivity` only; the timer is re-armed lazily here, so I/O
+            // never touches the timer heap.
+            idleTimer = loop.scheduleTimer(after: settings.idleTimeout - idleFor, handler: self, tag: Tag.idleTimer)
+        }
+    }
+
+    public func handleResume(loop: EventLoop) {
+        resumeQueued = false
+        guard !isFinished else { return }
+        pumpBoth()
+    }
+
+    /// Ends the connection now with resets on both sides (drain deadline, shutdown).
+    public func abort() {
+        guard !isFinished else { return }
+        finish(.aborted, resetDownstream: true, resetUpstream: true)
+    }
+
+    // MARK: Relaying
+
+    private enum PumpResult { case idle, moreWork, failed }
+
+    private func pumpBoth() {
+        guard let upstream else { return }
+        let forward = pump(&toUpstream, from: downstream, to: upstream, destinationReady: upstreamConnected)
+        guard forward != .failed else { return finish(.reset, resetDownstream: true, resetUpstream: true) }
+        let backward = pump(&toDownstream, from: upstream, to: downstream, destinationReady: true)
+        guard backward != .failed else { return finish(.reset, resetDownstream: true, resetUpstream: true) }
+
+        if toUpstream.endForwarded && toDownstream.endForwarded {
+            return finish(.closed, resetDownstream: false)
+        }
+        if (forward == .moreWork || backward == .moreWork) && !resumeQueued {
+            resumeQueued = true
+            loop.resumeSoon(self)
+        }
+    }
+
+    /// Moves bytes `source` → buffer → `destination` until neither side can make progress
+    /// or the fairness budget is spent.
+    private func pump(_ direction: inout Direction, from source: Socket, to destination: Socket,
+                      destinationReady: Bool) -> PumpResult {
+        let pool = owner.bufferPool
+        var budget = Self.fairnessBudget
+        do {
+            while budget > 0 {
+                var progressed = false
+                if !direction.buffer.isEmpty && destinationReady && direction.destinationWritable {
+                    switch try destination.write(from: direction.buffer.readableBytes) {
+                    case .processed(let count):
+                        direction.buffer.didRead(count, pool: pool)
+                        direction.bytes &+= UInt64(count)
+                        progressed = true
+                    case .wouldBlock:
+                        direction.destinationWritable = false
+                    }
+                }
+                if direction.sourceReadable && !direction.sourceEnded {
+                    let space = direction.buffer.writableSpace(pool: pool)
+                    if space.count > 0 {
+                        switch try source.read(into: space) {
+                        case .processed(0):
+                            direction.sourceEnded = true
+                        case .processed(let count):
+                            direction.buffer.didWrite(count)
+                            progressed = true
+                        case .wouldBlock:
+                            direction.sourceReadable = false
+                        }
+                    }
+                    direction.buffer.releaseIfEmpty(pool: pool)
+                }
+                guard progressed else { break }
+                lastActivity = loop.now
+                budget -= 1
+            }
+        } catch {
+            return .failed
+        }
+        if direction.sourceEnded && direction.buffer.isEmpty && !direction.endForwarded && destinationReady {
+            destination.shutdown(.write)
+            direction.endForwarded = true
+        }
+        return budget == 0 ? .moreWork : .idle
+    }
+
+    // MARK: Ending
+
+    private func finish(_ outcome: ConnectionOutcome, resetDownstream: Bool, resetUpstream: Bool = false) {
+        guard !isFinished else { return }
+        isFinished = true
+        if let connectTimer { loop.cancelTimer(connectTimer) }
+        if let idleTimer { loop.cancelTimer(idleTimer) }
+        connectTimer = nil
+        idleTimer = nil
+        if let downstreamToken { loop.deregister(downstreamToken) }
+        if let upstreamToken { loop.deregister(upstreamToken) }
+        if resetDownstream { downstream.setResetOnClose() }
+        downstream.close()
+        if let upstream {
+            if resetUpstream { upstream.setResetOnClose() }
+            upstream.close()
+        }
+        let pool = owner.bufferPool
+        toUpstream.buffer.discard(pool: pool)
+        toDownstream.buffer.discard(pool: pool)
+        owner.connectionFinished(self, summary: ConnectionSummary(
+            listener: listenerName, client: client, destination: destination,
+            bytesFromClient: toUpstream.bytes, bytesFromServer: toDownstream.bytes,
+            durationNanoseconds: loop.now &- startTime, outcome: outcome))
+    }
+}

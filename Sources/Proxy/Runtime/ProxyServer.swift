@@ -1,0 +1,145 @@
+import Dispatch
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The whole proxy: one `Worker` per thread, started together and drained together.
+///
+/// Startup is all-or-nothing: every worker binds its listeners before any of them serves,
+/// and if one cannot, all stop and `start()` throws that error.
+public final class ProxyServer: @unchecked Sendable {
+    private let configuration: ProxyConfiguration
+    private let flowLog: FlowLog
+    private var threads: [pthread_t] = []
+    private let handles = Mutex<[EventLoopHandle]>([])
+    private let workers = Mutex<[Int: WorkerReport]>([:])
+    private let startupFailures = Mutex<[Error]>([])
+    private let proceed = Atomic<Bool>(false)
+    private let started = DispatchSemaphore(value: 0)
+    private let startGate = DispatchSemaphore(value: 0)
+
+    /// What a worker left behind when its thread ended.
+    public struct WorkerReport: Sendable {
+        public var counters: WorkerCounters
+        public var error: String?
+    }
+
+    public init(configuration: ProxyConfiguration, flowLog: FlowLog) {
+        self.configuration = configuration
+        self.flowLog = flowLog
+    }
+
+    /// Starts the worker threads; returns once all are serving, or throws the first
+    /// startup error after stopping the others.
+    public func start() throws {
+        for index in 0..<configuration.workers {
+            let context = WorkerThreadContext { [self] in runWorker(index: index) }
+            var thread = pthread_t()
+            let box = Unmanaged.passRetained(context).toOpaque()
+            let result = pthread_create(&thread, nil, { raw in
+                let context = Unmanaged<WorkerThreadContext>.fromOpaque(raw!).takeRetainedValue()
+                context.body()
+                return nil
+            }, box)
+            guard result == 0 else {
+                Unmanaged<WorkerThreadContext>.fromOpaque(box).release()
+                startupFailures.withLock { $0.append(Errno(code: result, syscall: "pthread_create")) }
+                started.signal()
+                continue
+            }
+            threads.append(thread)
+        }
+        for _ in 0..<configuration.workers { started.wait() }
+        let firstFailure = startupFailures.withLock { $0.first }
+        proceed.store(firstFailure == nil, ordering: .releasing)
+        for _ in threads { startGate.signal() }
+        if let firstFailure {
+            join()
+            throw firstFailure
+        }
+    }
+
+    /// The body of one worker thread: bind, wait until every worker has bound, serve.
+    private func runWorker(index: Int) {
+        let worker: Worker
+        do {
+            worker = try Worker(index: index, configuration: configuration, flowLog: flowLog)
+        } catch {
+            startupFailures.withLock { $0.append(error) }
+            started.signal()
+            return
+        }
+        worker.loop.owner = worker
+        handles.withLock { $0.append(worker.loop.handle) }
+        started.signal()
+        startGate.wait()
+        guard proceed.load(ordering: .acquiring) else {
+            worker.stopNow()
+            return
+        }
+        var report = WorkerReport(counters: WorkerCounters(), error: nil)
+        do {
+            try worker.run()
+        } catch {
+            report.error = "worker \(index): \(error)"
+        }
+        report.counters = worker.counters
+        workers.withLock { $0[index] = report }
+    }
+
+    /// Asks every worker to stop accepting and finish its connections within the drain
+    /// timeout. Safe from any thread.
+    public func drain() {
+        let deadline = configuration.timeouts.drain
+        for handle in handles.withLock({ $0 }) {
+            handle.execute { loop in
+                (loop.owner as? Worker)?.beginDrain(deadline: deadline)
+            }
+        }
+    }
+
+    /// Aborts every connection now. Safe from any thread.
+    public func stopNow() {
+        for handle in handles.withLock({ $0 }) {
+            handle.execute { loop in (loop.owner as? Worker)?.stopNow() }
+        }
+    }
+
+    /// Waits for every worker thread to end; returns their reports.
+    @discardableResult
+    public func join() -> [WorkerReport] {
+        for thread in threads { pthread_join(thread, nil) }
+        threads.removeAll()
+        return workers.withLock { reports in reports.keys.sorted().map { reports[$0]! } }
+    }
+}
+
+private final class WorkerThreadContext {
+    let body: () -> Void
+    init(_ body: @escaping () -> Void) { self.body = body }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGPIPE in the calling thread and every thread it starts
+/// afterwards, so that `ShutdownSignals.wait()` receives them synchronously.
+public enum ShutdownSignals {
+    public static func block() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGPIPE)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    /// Waits for SIGTERM or SIGINT; returns its number.
+    public static func wait() -> Int32 {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGINT)
+        var signal: Int32 = 0
+        while sigwait(&set, &signal) != 0 {}
+        return signal
+    }
+}

@@ -1,0 +1,179 @@
+/// Counters of one worker, read by the runtime at exit and by tests.
+public struct WorkerCounters: Sendable {
+    public var accepted: UInt64 = 0
+    public var finished: UInt64 = 0
+    public var refusedLoops: UInt64 = 0
+    public var datagramsDropped: UInt64 = 0
+}
+
+/// One event-loop thread's share of the proxy: its own listening sockets (bound with
+/// `SO_REUSEPORT`), its connections and its buffer pool. Nothing here is shared with other
+/// workers except the flow log.
+public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, EventHandler {
+    public let index: Int
+    public let loop: EventLoop
+    public let bufferPool: BufferPool
+    private let configuration: ProxyConfiguration
+    private let flowLog: FlowLog
+    private var streamListeners: [StreamListener] = []
+    private var datagramListeners: [DatagramListener] = []
+    private var connections: [ObjectIdentifier: RelayConnection] = [:]
+    private var draining = false
+    private var drainTimer: TimerID?
+    public private(set) var counters = WorkerCounters()
+
+    /// Creates the loop and binds every configured listener; throws (naming the listener)
+    /// when one cannot be opened.
+    public init(index: Int, configuration: ProxyConfiguration, flowLog: FlowLog) throws {
+        self.index = index
+        self.configuration = configuration
+        self.flowLog = flowLog
+        loop = try EventLoop()
+        bufferPool = BufferPool(blockSize: configuration.limits.bufferBytes,
+                                maxCached: configuration.limits.cachedBuffersPerWorker)
+        let relaySettings = RelaySettings(connectTimeout: configuration.timeouts.connect,
+                                          idleTimeout: configuration.timeouts.idle, upstreamMark: nil)
+        for listener in configuration.listeners {
+            do {
+                switch listener.kind {
+                case .explicit(let upstream):
+                    let stream = try StreamListener(name: listener.name, address: listener.address, upstream: .fixed(upstream),
+                                                    settings: relaySettings, backlog: listener.backlog, delegate: self)
+                    streamListeners.append(stream)
+                case .transparentTCP:
+                    var settings = relaySettings
+                    settings.upstreamMark = configuration.proxyMark
+                    let stream = try StreamListener(name: listener.name, address: listener.address, upstream: .originalDestination,
+                                                    settings: settings, backlog: listener.backlog, delegate: self)
+                    streamListeners.append(stream)
+                case .transparentUDP:
+                    let datagram = try DatagramListener(
+                        name: listener.name, address: listener.address,
+                        settings: DatagramSettings(sessionIdleTimeout: configuration.timeouts.udpIdle,
+                                                   maxSessions: configuration.limits.maxUDPSessionsPerWorker,
+                                                   maxDatagramBytes: configuration.limits.maxDatagramBytes,
+                                                   upstreamMark: configuration.proxyMark),
+                        delegate: self, loop: loop)
+                    datagramListeners.append(datagram)
+                }
+            } catch {
+                closeListeners()
+                throw ListenerError(listener: listener.name, address: listener.address, underlying: error)
+            }
+        }
+        for listener in streamListeners { try listener.register(with: loop) }
+        for listener in datagramListeners { try listener.register(with: loop) }
+    }
+
+    public var activeConnections: Int { connections.count }
+
+    /// Runs the loop until the worker has drained (or `stop` is called).
+    public func run() throws { try loop.run() }
+
+    // MARK: AcceptDelegate
+
+    public var canAccept: Bool { !draining && connections.count < configuration.limits.maxConnectionsPerWorker }
+
+    public func accepted(_ socket: Socket, client: SocketAddress, destination: SocketAddress, listener: StreamListener) {
+        counters.accepted &+= 1
+        let connection = RelayConnection(downstream: socket, client: client, destination: destination,
+                                         listenerName: listener.name, settings: listener.settings, owner: self, loop: loop)
+        connections[ObjectIdentifier(connection)] = connection
+        connection.start()
+    }
+
+    public func refusedLoop(client: SocketAddress, listener: StreamListener) {
+        counters.refusedLoops &+= 1
+        flowLog.write(FlowRecords.dropped(client: client, listener: listener.name,
+                                          reason: "connection addressed to the transparent listener itself (not diverted)"))
+    }
+
+    // MARK: ConnectionOwner
+
+    public func connectionFinished(_ connection: RelayConnection, summary: ConnectionSummary) {
+        connections[ObjectIdentifier(connection)] = nil
+        counters.finished &+= 1
+        flowLog.write(FlowRecords.connection(summary))
+        if draining {
+            if connections.isEmpty { finishDrain() }
+        } else {
+            for listener in streamListeners { listener.resumeAccepting() }
+        }
+    }
+
+    // MARK: DatagramDelegate
+
+    public func datagramSessionStarted(client: SocketAddress, destination: SocketAddress, listener: DatagramListener) {}
+
+    public func datagramSessionEnded(client: SocketAddress, destination: SocketAddress, datagramsFromClient: UInt64,
+                                     datagramsFromServer: UInt64, listener: DatagramListener) {
+        flowLog.write(FlowRecords.datagramSession(client: client, destination: destination, listener: listener.name,
+                                                  fromClient: datagramsFromClient, fromServer: datagramsFromServer))
+    }
+
+    public func datagramDropped(client: SocketAddress, reason: String, listener: DatagramListener) {
+        counters.datagramsDropped &+= 1
+        flowLog.write(FlowRecords.dropped(client: client, listener: listener.name, reason: reason))
+    }
+
+    // MARK: Draining
+
+    /// Stops accepting, lets open connections finish for up to `deadline` nanoseconds, then
+    /// aborts what is left and stops the loop. Runs on the worker's thread.
+    public func beginDrain(deadline: UInt64) {
+        guard !draining else { return }
+        draining = true
+        closeListeners()
+        if connections.isEmpty {
+            finishDrain()
+        } else {
+            drainTimer = loop.scheduleTimer(after: deadline, handler: self, tag: 0)
+        }
+    }
+
+    /// Aborts every connection now and stops the loop.
+    public func stopNow() {
+        draining = true
+        closeListeners()
+        finishDrain()
+    }
+
+    public func handleReadiness(_ readiness: Readiness, tag: UInt32, loop: EventLoop) {}
+
+    public func handleTimer(tag: UInt32, loop: EventLoop) {
+        drainTimer = nil
+        finishDrain()
+    }
+
+    private func finishDrain() {
+        if let drainTimer { loop.cancelTimer(drainTimer) }
+        drainTimer = nil
+        for connection in Array(connections.values) { connection.abort() }
+        loop.stop()
+    }
+
+    private func closeListeners() {
+        for listener in streamListeners { listener.close(loop: loop) }
+        for listener in datagramListeners { listener.close(loop: loop) }
+    }
+}
+
+/// A listener that could not be opened, with the configured name and address.
+public struct ListenerError: Error, CustomStringConvertible {
+    public var listener: String
+    public var address: SocketAddress
+    public var underlying: Error
+
+    public var description: String {
+        var hint = ""
+        if let errno = underlying as? Errno {
+            switch errno.code {
+            case 98: hint = " (another process is listening there)"
+            case 1, 13: hint = " (transparent listeners and proxy marks need root or CAP_NET_ADMIN)"
+            case 99: hint = " (the address is not on this host)"
+            default: break
+            }
+        }
+        return "listener '\(listener)' on \(address): \(underlying)\(hint)"
+    }
+}

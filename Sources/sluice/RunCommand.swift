@@ -1,0 +1,117 @@
+import ArgumentParser
+import Proxy
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `sluice run --config FILE`: start the proxy and serve until SIGTERM or SIGINT.
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run the proxy with the listeners of a configuration file.",
+        discussion: """
+        The configuration file (YAML) declares listeners, timeouts, limits and where flow \
+        records go. See configs/explicit.yaml for an annotated example. Every key is checked: \
+        an unknown key or a bad value stops sluice before it starts, with the file, line, \
+        column and key named, and exit code 2.
+
+        On SIGTERM or SIGINT sluice stops accepting, lets open connections finish until \
+        timeouts.drain has passed, then exits 0. A second signal stops at once.
+        """)
+
+    @Option(name: .long, help: ArgumentHelp("The YAML configuration file.", valueName: "file"))
+    var config: String
+
+    @Option(name: .long, help: ArgumentHelp("Worker threads, each with its own event loop (default: the configuration's 'workers', else the number of cores).", valueName: "n"))
+    var workers: Int?
+
+    @Flag(name: .long, help: "Check the configuration and exit without starting.")
+    var check = false
+
+    func validate() throws {
+        if let workers, !(1...256).contains(workers) {
+            throw ValidationError("--workers must be from 1 to 256, got \(workers)")
+        }
+    }
+
+    func run() throws {
+        let cores = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        var configuration: ProxyConfiguration
+        do {
+            configuration = try ConfigurationLoader(file: config, defaultWorkers: cores).load()
+        } catch {
+            printError("\(error)")
+            throw ExitCode(2)
+        }
+        if let workers { configuration.workers = workers }
+        if check {
+            print("\(config): ok (\(configuration.listeners.count) listeners, \(configuration.workers) workers)")
+            return
+        }
+
+        let flowLog: FlowLog
+        do {
+            flowLog = try FlowLog.open(configuration.flowLog)
+        } catch {
+            printError("\(config): flowLog: cannot open the sink: \(error)")
+            throw ExitCode(2)
+        }
+
+        ShutdownSignals.block()
+        let server = ProxyServer(configuration: configuration, flowLog: flowLog)
+        do {
+            try server.start()
+        } catch {
+            printError("\(error)")
+            throw ExitCode(1)
+        }
+        for listener in configuration.listeners {
+            printError("listening: \(describe(listener))")
+        }
+        printError("ready: \(configuration.workers) worker(s), pid \(getpid())")
+
+        let first = ShutdownSignals.wait()
+        printError("\(first == SIGINT ? "SIGINT" : "SIGTERM"): draining (up to \(configuration.timeouts.drain / 1_000_000) ms)")
+        server.drain()
+        // A second signal while draining stops at once.
+        let watcher = SecondSignalWatcher(server: server)
+        watcher.start()
+        let reports = server.join()
+        let accepted = reports.reduce(0) { $0 + $1.counters.accepted }
+        for report in reports { if let error = report.error { printError(error) } }
+        printError("stopped: \(accepted) connection(s) served")
+        if flowLog.droppedRecords > 0 {
+            printError("flow log: \(flowLog.droppedRecords) record(s) dropped (sink too slow or gone)")
+        }
+    }
+
+    private func describe(_ listener: ListenerConfiguration) -> String {
+        switch listener.kind {
+        case .explicit(let upstream): return "\(listener.name) tcp \(listener.address) -> \(upstream) (explicit)"
+        case .transparentTCP: return "\(listener.name) tcp \(listener.address) (transparent)"
+        case .transparentUDP: return "\(listener.name) udp \(listener.address) (transparent)"
+        }
+    }
+}
+
+/// Waits on a detached thread for a second SIGTERM/SIGINT and stops the server at once.
+private final class SecondSignalWatcher: @unchecked Sendable {
+    let server: ProxyServer
+    init(server: ProxyServer) { self.server = server }
+
+    func start() {
+        var thread = pthread_t()
+        let box = Unmanaged.passRetained(self).toOpaque()
+        if pthread_create(&thread, nil, { raw in
+            let watcher = Unmanaged<SecondSignalWatcher>.fromOpaque(raw!).takeRetainedValue()
+            _ = ShutdownSignals.wait()
+            printError("second signal: stopping now")
+            watcher.server.stopNow()
+            return nil
+        }, box) == 0 {
+            pthread_detach(thread)
+        } else {
+            Unmanaged<SecondSignalWatcher>.fromOpaque(box).release()
+        }
+    }
+}

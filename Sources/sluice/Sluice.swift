@@ -1,0 +1,53 @@
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `sluice` command: wires the proxy, the policy engine and the datapath together.
+@main
+struct Sluice: ParsableCommand {
+    static let version = "0.1.0"
+
+    static let configuration = CommandConfiguration(
+        commandName: "sluice",
+        abstract: "A transparent L7 policy proxy for Linux nodes.",
+        discussion: """
+        Sluice enforces CiliumNetworkPolicy and Kubernetes NetworkPolicy rules on the traffic \
+        the datapath diverts to it (or, in explicit mode, on traffic sent to it), and reports \
+        a flow record for every connection and request.
+
+        Exit codes: 0 success, 1 runtime failure, 2 bad input (flags, configuration, policy).
+        """,
+        version: version,
+        subcommands: [RunCommand.self, PolicyCommand.self, VersionCommand.self])
+
+    /// Runs the command; usage and validation errors exit with 2, like a bad configuration.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .validationFailure {
+                let message = fullMessage(for: error)
+                fputs("\(message)\n", stderr)
+                Glibc.exit(2)
+            }
+            exit(withError: error)
+        }
+    }
+}
+
+struct VersionCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "version", abstract: "Print the version of sluice.")
+
+    func run() {
+        print("sluice \(Sluice.version)")
+    }
+}
+
+/// Prints `message` to standard error, prefixed with the program name.
+func printError(_ message: String) {
+    fputs("sluice: \(message)\n", stderr)
+}
