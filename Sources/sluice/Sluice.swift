@@ -30,7 +30,7 @@ struct Sluice: ParsableCommand {
             let code = exitCode(for: error)
             if code == .validationFailure {
                 let message = fullMessage(for: error)
-                fputs("\(message)\n", stderr)
+                writeStandardError("\(message)\n")
                 Glibc.exit(2)
             }
             exit(withError: error)
@@ -49,5 +49,11 @@ struct VersionCommand: ParsableCommand {
 
 /// Prints `message` to standard error, prefixed with the program name.
 func printError(_ message: String) {
-    fputs("sluice: \(message)\n", stderr)
+    writeStandardError("sluice: \(message)\n")
+}
+
+/// Writes text to standard error in one call.
+func writeStandardError(_ text: String) {
+    var bytes = Array(text.utf8)
+    _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
 }

@@ -115,7 +115,8 @@ public struct ConfigurationLoader {
         for (index, node) in sequence.enumerated() {
             let listener = try listenerConfiguration(node, path: "listeners[\(index)]")
             guard names.insert(listener.name).inserted else {
-                throw error(node, path: "listeners[\(index)].name", "duplicate listener name '\(listener.name)'")
+                let nameNode = (try? mapping(node, path: "", allowed: ["name", "mode", "protocol", "listen", "upstream", "backlog"]))?["name"] ?? node
+                throw error(nameNode, path: "listeners[\(index)].name", "duplicate listener name '\(listener.name)'")
             }
             listeners.append(listener)
         }

@@ -29,6 +29,8 @@ public struct SocketAddress: Equatable, Hashable, CustomStringConvertible, Senda
         } else {
             guard let colon = text.lastIndex(of: ":") else { return nil }
             host = text[..<colon]
+            // An IPv6 host must be bracketed, or its last group would read as the port.
+            guard !host.contains(":") else { return nil }
             portText = text[text.index(after: colon)...]
         }
         guard let port = UInt16(portText), !host.isEmpty else { return nil }

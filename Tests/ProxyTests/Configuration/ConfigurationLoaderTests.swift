@@ -1,0 +1,100 @@
+import Testing
+@testable import Proxy
+
+@Suite struct ConfigurationLoaderTests {
+    private func load(_ text: String) throws(ConfigurationError) -> ProxyConfiguration {
+        try ConfigurationLoader(file: "test.yaml", defaultWorkers: 3).parse(text)
+    }
+
+    @Test func readsAFullConfiguration() throws {
+        let configuration = try load("""
+            workers: 2
+            proxyMark: 0xb00
+            listeners:
+              - name: web
+                mode: explicit
+                listen: 127.0.0.1:15080
+                upstream: 127.0.0.1:8080
+              - name: redirect
+                mode: transparent
+                listen: "[::1]:15001"
+                backlog: 64
+              - name: dns
+                mode: transparent
+                protocol: udp
+                listen: 127.0.0.1:15053
+            timeouts: {connect: 250ms, idle: 2m, header: 10s, drain: 0s, udpIdle: 1h}
+            limits: {bufferBytes: 16KiB, maxConnectionsPerWorker: 100, maxDatagramBytes: 4096}
+            flowLog: {sink: file, path: /tmp/flows.json}
+            """)
+        #expect(configuration.workers == 2)
+        #expect(configuration.proxyMark == 0xb00)
+        #expect(configuration.listeners.map(\.name) == ["web", "redirect", "dns"])
+        #expect(configuration.listeners[0].kind == .explicit(upstream: SocketAddress("127.0.0.1:8080")!))
+        #expect(configuration.listeners[1].kind == .transparentTCP)
+        #expect(configuration.listeners[1].backlog == 64)
+        #expect(configuration.listeners[2].kind == .transparentUDP)
+        #expect(configuration.timeouts.connect == 250_000_000)
+        #expect(configuration.timeouts.idle == 120_000_000_000)
+        #expect(configuration.timeouts.drain == 0)
+        #expect(configuration.timeouts.udpIdle == 3_600_000_000_000)
+        #expect(configuration.limits.bufferBytes == 16_384)
+        #expect(configuration.limits.maxConnectionsPerWorker == 100)
+        #expect(configuration.flowLog.sink == .file(path: "/tmp/flows.json"))
+    }
+
+    @Test func defaultsApplyWhenKeysAreAbsent() throws {
+        let configuration = try load("""
+            listeners:
+              - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}
+            """)
+        #expect(configuration.workers == 3, "workers defaults to the number of cores given by the caller")
+        #expect(configuration.proxyMark == 0xa00)
+        #expect(configuration.timeouts == Timeouts())
+        #expect(configuration.limits == Limits())
+        #expect(configuration.flowLog.sink == .stdout)
+    }
+
+    /// Each bad file must name the line, column and key path, and say what was expected.
+    @Test(arguments: [
+        ("listeners:\n  - name: a\n    mode: explicit\n    listen: 127.0.0.1:1\n    upstream: localhost:80\n",
+         "test.yaml:5:15: listeners[0].upstream: expected a numeric address with a port"),
+        ("listeners:\n  - name: a\n    mode: explicit\n    listen: 127.0.0.1:1\n",
+         "test.yaml:2:5: listeners[0].upstream: missing; an explicit listener needs an upstream"),
+        ("workers: 0\nlisteners: []\n", "test.yaml:1:10: workers: expected an integer from 1 to 256, got 0"),
+        ("listners:\n  - name: a\n", "test.yaml:1:1: listners: unknown key; expected one of workers, proxyMark, listeners"),
+        ("listeners: []\n", "test.yaml:1:12: listeners: expected a non-empty list of listeners"),
+        ("timeouts: {connect: soon}\nlisteners: []\n", "test.yaml:1:21: timeouts.connect: expected a duration such as 250ms"),
+        ("limits: {bufferBytes: 12}\nlisteners: []\n", "test.yaml:1:23: limits.bufferBytes: expected a size from 1024 to"),
+        ("listeners:\n  - {name: a, mode: magic, listen: 127.0.0.1:1}\n", "test.yaml:2:21: listeners[0].mode: expected 'explicit' or 'transparent', got 'magic'"),
+        ("listeners:\n  - {name: a, mode: transparent, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n",
+         "listeners[0].upstream: not allowed in transparent mode"),
+        ("listeners:\n  - {name: a, mode: explicit, protocol: udp, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n",
+         "listeners[0].protocol: explicit listeners relay TCP only"),
+        ("listeners:\n  - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:1}\n",
+         "listeners[0].upstream: is the listener's own address"),
+        ("listeners:\n  - {name: a, mode: transparent, listen: 127.0.0.1:1}\n  - {name: a, mode: transparent, listen: 127.0.0.1:2}\n",
+         "test.yaml:3:12: listeners[1].name: duplicate listener name 'a'"),
+        ("flowLog: {sink: file}\nlisteners: []\n", "flowLog.path: missing; the 'file' sink needs a path"),
+        ("listeners:\n  - name: [a\n", "test.yaml:3:1: not valid YAML"),
+        ("", "test.yaml:1:1: the file is empty"),
+        ("- 1\n- 2\n", "test.yaml:1:1: expected a mapping of keys"),
+    ])
+    func badFilesAreRejectedWithAPreciseMessage(text: String, expected: String) {
+        do {
+            _ = try load(text)
+            Issue.record("accepted a bad configuration: \(text)")
+        } catch {
+            #expect(error.description.contains(expected), "got: \(error.description)")
+        }
+    }
+
+    @Test func aMissingFileIsReportedByName() {
+        do {
+            _ = try ConfigurationLoader(file: "/nonexistent/sluice.yaml", defaultWorkers: 1).load()
+            Issue.record("a missing file must fail")
+        } catch {
+            #expect(error.description == "/nonexistent/sluice.yaml: cannot read the file (missing or not readable)")
+        }
+    }
+}

@@ -1,0 +1,29 @@
+import Testing
+import Foundation
+@testable import Proxy
+
+@Suite struct FlowRecordTests {
+    @Test func serializesValidJSONWithEscapes() throws {
+        var object = JSONObject()
+        object["text"] = .string("quote \" backslash \\ newline \n control \u{01} é")
+        object["n"] = .integer(-5)
+        object["list"] = .array([.bool(true), .unsigned(7)])
+        let parsed = try JSONSerialization.jsonObject(with: Data(object.serialized().utf8)) as? [String: Any]
+        #expect(parsed?["text"] as? String == "quote \" backslash \\ newline \n control \u{01} é")
+        #expect(parsed?["n"] as? Int == -5)
+        #expect(object.serialized().hasPrefix("{\"text\":"), "fields keep their order")
+    }
+
+    @Test func connectionRecordsUseTheReferenceFieldNames() throws {
+        let record = FlowRecords.connection(ConnectionSummary(
+            listener: "web", client: SocketAddress("10.0.0.1:40000")!, destination: SocketAddress("10.0.0.2:80")!,
+            bytesFromClient: 10, bytesFromServer: 20, durationNanoseconds: 5, outcome: .closed))
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(record.serialized().utf8)) as? [String: Any])
+        #expect(json["verdict"] as? String == "FORWARDED")
+        #expect((json["IP"] as? [String: Any])?["destination"] as? String == "10.0.0.2")
+        let tcp = (json["l4"] as? [String: Any])?["TCP"] as? [String: Any]
+        #expect(tcp?["source_port"] as? Int == 40000)
+        #expect(tcp?["destination_port"] as? Int == 80)
+        #expect((json["proxy"] as? [String: Any])?["bytes_from_server"] as? Int == 20)
+    }
+}
