@@ -1,0 +1,157 @@
+import Yams
+
+/// Who is behind an address: the endpoints file, plus Cilium's rule that an address
+/// nobody claims is `reserved:world`.
+///
+/// The file is YAML (or JSON):
+///
+/// ```yaml
+/// namespaces:                 # optional: labels of namespaces (for namespaceSelector)
+///   monitoring: {team: sre}
+/// endpoints:
+///   - ip: 10.0.1.10           # or cidr: 10.0.1.0/24
+///     namespace: production
+///     pod: frontend-7d9d6b8f-abc12       # optional
+///     labels: {app: frontend}
+///     ports: {http: 8080, dns: 53/UDP}   # optional named ports
+///   - ip: 192.168.0.10
+///     reserved: host          # host, remote-node, kube-apiserver, health, ingress, init, unmanaged
+/// ```
+public struct EndpointDirectory: Sendable {
+    private var exact: [IPAddress: Identity] = [:]
+    /// Prefix entries, longest prefix first.
+    private var prefixes: [(CIDR, Identity)] = []
+
+    /// Every identity the file names, in file order.
+    public private(set) var identities: [Identity] = []
+
+    public init() {}
+
+    /// Adds `identity` for `address` (exact) or `prefix`.
+    public mutating func add(_ identity: Identity, prefix: CIDR) {
+        if prefix.prefixLength == prefix.network.bitWidth {
+            exact[prefix.network] = identity
+        } else {
+            prefixes.append((prefix, identity))
+            prefixes.sort { $0.0.prefixLength > $1.0.prefixLength }
+        }
+        identities.append(identity)
+    }
+
+    /// The identity of `address`: the exact entry, else the longest prefix, else world.
+    public func identity(for address: IPAddress) -> Identity {
+        if let identity = exact[address] { return identity.with(address: address) }
+        for (prefix, identity) in prefixes where prefix.contains(address) { return identity.with(address: address) }
+        return .reserved(.world, address: address)
+    }
+
+    /// True when the file names `address` (exactly or by prefix).
+    public func knows(_ address: IPAddress) -> Bool {
+        exact[address] != nil || prefixes.contains { $0.0.contains(address) }
+    }
+
+    /// Loads the endpoints file at `path`.
+    public static func load(file path: String) throws(PolicyError) -> EndpointDirectory {
+        let text = try PolicyLoader.readText(path, limit: 64 << 20)
+        return try load(text: text, file: path)
+    }
+
+    /// Parses endpoints file text; `file` names it in errors.
+    public static func load(text: String, file: String) throws(PolicyError) -> EndpointDirectory {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch {
+            throw PolicyLoader.yamlError(error, file: file)
+        }
+        var directory = EndpointDirectory()
+        guard let root else { return directory }
+        let top = try YAMLField(node: root, path: "", file: file).mapping(allowed: ["namespaces", "endpoints"])
+        var namespaceLabels: [String: [String: String]] = [:]
+        if let namespaces = top.optional("namespaces") {
+            let map = try namespaces.mapping(allowed: nil)
+            for name in map.order {
+                namespaceLabels[name] = try stringMap(map.present(name)!)
+            }
+        }
+        for element in try top.list("endpoints") {
+            let map = try element.mapping(allowed: ["ip", "cidr", "namespace", "pod", "labels", "ports", "reserved"])
+            let prefix: CIDR
+            if let ipField = map.optional("ip") {
+                let text = try ipField.string()
+                guard let address = IPAddress(text) else { throw ipField.error("expected an IPv4 or IPv6 address, got \"\(text)\"") }
+                prefix = CIDR(network: address, prefixLength: address.bitWidth)
+            } else if let cidrField = map.optional("cidr") {
+                let text = try cidrField.string()
+                guard let cidr = CIDR(text) else { throw cidrField.error("expected a CIDR such as 10.0.0.0/24, got \"\(text)\"") }
+                prefix = cidr
+            } else {
+                throw element.error("expected ip or cidr")
+            }
+            let labels = try map.optional("labels").map { field throws(PolicyError) in try stringMap(field) } ?? [:]
+            var namedPorts: [NamedPort] = []
+            if let portsField = map.optional("ports") {
+                let portsMap = try portsField.mapping(allowed: nil)
+                for name in portsMap.order {
+                    let valueField = portsMap.present(name)!
+                    let text = try valueField.string()
+                    let parts = text.split(separator: "/")
+                    guard DocumentReader.isServiceName(name), let number = parts.first.flatMap({ UInt16($0) }), number > 0,
+                          parts.count <= 2 else {
+                        throw valueField.error("expected NAME: PORT[/TCP|UDP|SCTP] with an IANA service name, got \(name): \"\(text)\"")
+                    }
+                    var transport = TransportProtocol.tcp
+                    if parts.count == 2 {
+                        guard let parsed = TransportProtocol(rawValue: parts[1].uppercased()), parsed != .icmp, parsed != .icmpv6 else {
+                            throw valueField.error("expected TCP, UDP or SCTP after /, got \"\(parts[1])\"")
+                        }
+                        transport = parsed
+                    }
+                    namedPorts.append(NamedPort(name: name, port: number, transport: transport))
+                }
+            }
+            if let reservedField = map.optional("reserved") {
+                let text = try reservedField.string()
+                guard let kind = ReservedIdentity(rawValue: text), kind != .world else {
+                    throw reservedField.error("expected one of host, remote-node, kube-apiserver, health, ingress, init, unmanaged, got \"\(text)\"")
+                }
+                let extra = labels.map { Label(parsing: "\($0.key)=\($0.value)") }
+                directory.add(.reserved(kind, labels: extra), prefix: prefix)
+                continue
+            }
+            let namespaceField = try map.required("namespace", "the pod's namespace (or reserved: KIND)")
+            let namespace = try namespaceField.string()
+            guard DocumentReader.isDNSLabel(namespace) else {
+                throw namespaceField.error("expected a namespace name (DNS label), got \"\(namespace)\"")
+            }
+            let identity = Identity.pod(namespace: namespace, labels: labels, namespaceLabels: namespaceLabels[namespace] ?? [:],
+                                        podName: try map.string("pod"), namedPorts: namedPorts)
+            directory.add(identity, prefix: prefix)
+        }
+        return directory
+    }
+
+    private static func stringMap(_ field: YAMLField) throws(PolicyError) -> [String: String] {
+        let map = try field.mapping(allowed: nil)
+        var result: [String: String] = [:]
+        for key in map.order {
+            let value = map.present(key)!
+            result[key] = value.isNull ? "" : try value.string()
+        }
+        return result
+    }
+}
+
+extension Identity {
+    /// The same identity seen at `address`.
+    func with(address: IPAddress) -> Identity {
+        Identity(labels: labels.labels, namespace: namespace, address: address, podName: podName,
+                 namedPorts: namedPorts, dnsNames: dnsNames)
+    }
+
+    /// The same identity with names learned from DNS (for `toFQDNs`).
+    public func with(dnsNames: [String]) -> Identity {
+        Identity(labels: labels.labels, namespace: namespace, address: address, podName: podName,
+                 namedPorts: namedPorts, dnsNames: dnsNames)
+    }
+}
