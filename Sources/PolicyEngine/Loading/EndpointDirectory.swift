@@ -50,6 +50,13 @@ public struct EndpointDirectory: Sendable {
         exact[address] != nil || prefixes.contains { $0.0.contains(address) }
     }
 
+    /// True when `text` is an endpoints file rather than policy documents: its first
+    /// document is a mapping with `endpoints` and no `kind`.
+    public static func isEndpointsText(_ text: String) -> Bool {
+        guard let root = try? Yams.compose(yaml: text), case .mapping(let mapping) = root else { return false }
+        return mapping["endpoints"] != nil && mapping["kind"] == nil
+    }
+
     /// Loads the endpoints file at `path`.
     public static func load(file path: String) throws(PolicyError) -> EndpointDirectory {
         let text = try PolicyLoader.readText(path, limit: 64 << 20)

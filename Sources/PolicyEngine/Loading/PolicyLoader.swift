@@ -78,7 +78,8 @@ public enum PolicyLoader {
         return result
     }
 
-    static func readText(_ path: String, limit: Int) throws(PolicyError) -> String {
+    /// Reads a UTF-8 file of at most `limit` bytes.
+    public static func readText(_ path: String, limit: Int = 64 << 20) throws(PolicyError) -> String {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw PolicyError(file: path, line: 0, column: 0, fieldPath: "", message: "cannot open file for reading")
         }
