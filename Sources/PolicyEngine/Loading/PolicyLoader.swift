@@ -149,7 +149,7 @@ struct DocumentReader {
             }
         }
         let mark = document.fallbackMark
-        let location = SourceLocation(file: file, line: mark?.line ?? 0, column: mark?.column ?? 0)
+        let location = DocumentLocation(file: file, line: mark?.line ?? 0, column: mark?.column ?? 0)
 
         var rules: [PolicyRule] = []
         if kind == .networkPolicy {

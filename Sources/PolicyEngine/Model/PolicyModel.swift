@@ -7,7 +7,7 @@ public enum Direction: String, Sendable, Hashable, CaseIterable {
 }
 
 /// Where a policy came from, for messages.
-public struct SourceLocation: Hashable, Sendable, CustomStringConvertible {
+public struct DocumentLocation: Hashable, Sendable, CustomStringConvertible {
     public let file: String
     public let line: Int
     public let column: Int
@@ -28,7 +28,7 @@ public struct Policy: Sendable {
     public let name: String
     /// The rules of `spec` followed by those of `specs` (a NetworkPolicy has one).
     public let rules: [PolicyRule]
-    public let location: SourceLocation
+    public let location: DocumentLocation
 
     /// `NAMESPACE/NAME`, or `NAME` for a clusterwide policy.
     public var qualifiedName: String { namespace.map { "\($0)/\(name)" } ?? name }
