@@ -58,6 +58,9 @@ public final class RelayConnection: EventHandler {
         /// Edge-triggered readiness: true until a read reports it would block.
         var sourceReadable = true
         var sourceEnded = false
+        /// The source reported FIN, hangup or an error: read until end of stream even after
+        /// a short read.
+        var sourceClosing = false
         var destinationWritable = true
         var endForwarded = false
         var bytes: UInt64 = 0
@@ -141,8 +144,10 @@ public final class RelayConnection: EventHandler {
 
     public func handleReadiness(_ readiness: Readiness, tag: UInt32, loop: EventLoop) {
         guard !isFinished else { return }
+        let closing = !readiness.isDisjoint(with: [.peerClosed, .hangup, .error])
         if tag == Tag.downstream {
             if readiness.wantsRead { toUpstream.sourceReadable = true }
+            if closing { toUpstream.sourceClosing = true }
             if readiness.wantsWrite { toDownstream.destinationWritable = true }
         } else {
             if !upstreamConnected {
@@ -156,6 +161,7 @@ public final class RelayConnection: EventHandler {
                 connectTimer = nil
             }
             if readiness.wantsRead { toDownstream.sourceReadable = true }
+            if closing { toDownstream.sourceClosing = true }
             if readiness.wantsWrite { toUpstream.destinationWritable = true }
         }
         pumpBoth()
@@ -197,9 +203,12 @@ public final class RelayConnection: EventHandler {
 
     private func pumpBoth() {
         guard let upstream else { return }
+        // Until the connect completes, the upstream socket has nothing to read (and a read
+        // would report the connect's failure as if it were a reset).
         let forward = pump(&toUpstream, from: downstream, to: upstream, destinationReady: upstreamConnected)
         guard forward != .failed else { return finish(.reset, resetDownstream: true, resetUpstream: true) }
-        let backward = pump(&toDownstream, from: upstream, to: downstream, destinationReady: true)
+        let backward = upstreamConnected
+            ? pump(&toDownstream, from: upstream, to: downstream, destinationReady: true) : .idle
         guard backward != .failed else { return finish(.reset, resetDownstream: true, resetUpstream: true) }
 
         if toUpstream.endForwarded && toDownstream.endForwarded {
@@ -221,11 +230,15 @@ public final class RelayConnection: EventHandler {
             while budget > 0 {
                 var progressed = false
                 if !direction.buffer.isEmpty && destinationReady && direction.destinationWritable {
-                    switch try destination.write(from: direction.buffer.readableBytes) {
+                    let pending = direction.buffer.readableBytes
+                    switch try destination.write(from: pending) {
                     case .processed(let count):
                         direction.buffer.didRead(count, pool: pool)
                         direction.bytes &+= UInt64(count)
                         progressed = true
+                        // A short write means the socket buffer is full; edge-triggered epoll
+                        // reports when it drains, so don't spend a syscall on the EAGAIN.
+                        if count < pending.count { direction.destinationWritable = false }
                     case .wouldBlock:
                         direction.destinationWritable = false
                     }
@@ -239,6 +252,10 @@ public final class RelayConnection: EventHandler {
                         case .processed(let count):
                             direction.buffer.didWrite(count)
                             progressed = true
+                            // A short read drained the socket; every later arrival raises a new
+                            // edge, so skip the read that would only say EAGAIN (as nginx does).
+                            // After FIN, read on until end of stream.
+                            if count < space.count && !direction.sourceClosing { direction.sourceReadable = false }
                         case .wouldBlock:
                             direction.sourceReadable = false
                         }

@@ -1,0 +1,76 @@
+"""End-to-end: the `sluice` command line. Starts: the sluice binary."""
+import subprocess
+
+from conftest import SLUICE
+
+
+def run(*args):
+    return subprocess.run([SLUICE, *args], capture_output=True, text=True, timeout=30)
+
+
+def test_version():
+    result = run("version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("sluice ")
+
+
+def test_help_explains_run():
+    result = run("run", "--help")
+    assert result.returncode == 0
+    assert "--config" in result.stdout and "SIGTERM" in result.stdout
+
+
+def test_broken_config_fails_with_file_line_column_and_key(tmp_path):
+    config = tmp_path / "broken.yaml"
+    config.write_text("listeners:\n  - name: web\n    mode: explicit\n    listen: 127.0.0.1:15080\n    upstream: nginx:80\n")
+    result = run("run", "--config", str(config))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"sluice: {config}:5:15: listeners[0].upstream: expected a numeric address")
+
+
+def test_yaml_syntax_error_is_located(tmp_path):
+    config = tmp_path / "syntax.yaml"
+    config.write_text("listeners:\n  - name: [web\n")
+    result = run("run", "--config", str(config))
+    assert result.returncode == 2
+    assert f"{config}:3:1: not valid YAML" in result.stderr
+
+
+def test_missing_config_file(tmp_path):
+    result = run("run", "--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert "nope.yaml: cannot read the file" in result.stderr
+
+
+def test_bad_flag_exits_2():
+    result = run("run", "--config", "x.yaml", "--workers", "0")
+    assert result.returncode == 2
+    assert "--workers must be from 1 to 256" in result.stderr
+    result = run("run", "--bogus")
+    assert result.returncode == 2
+
+
+def test_check_validates_without_starting(tmp_path):
+    config = tmp_path / "ok.yaml"
+    config.write_text("listeners:\n  - {name: web, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n")
+    result = run("run", "--config", str(config), "--check")
+    assert result.returncode == 0
+    assert "ok (1 listeners" in result.stdout
+
+
+def test_listener_that_cannot_bind_names_itself(tmp_path):
+    import socket
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    config = tmp_path / "busy.yaml"
+    config.write_text(f"listeners:\n  - {{name: web, mode: explicit, listen: 127.0.0.1:{port}, upstream: 127.0.0.1:2}}\n")
+    # SO_REUSEPORT lets sockets of the same user share a port only if all set it; the
+    # holder did not, so the bind fails and sluice must say which listener and why.
+    result = run("run", "--config", str(config))
+    holder.close()
+    assert result.returncode == 1
+    assert f"listener 'web' on 127.0.0.1:{port}: bind(127.0.0.1:{port}): Address already in use" in result.stderr
