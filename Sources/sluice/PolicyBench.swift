@@ -22,12 +22,15 @@ struct PolicyBenchCommand: ParsableCommand {
     @Option(name: .long, help: "Requests evaluated per rule count.")
     var requests: Int = 200_000
 
+    @Option(name: .long, help: "One rule in N has no literal path prefix (regex alternation); 0 = none.")
+    var nonLiteralEvery: Int = 100
+
     @Flag(name: .long, help: "Print one JSON object per rule count.")
     var json = false
 
     func run() throws {
         for count in rules {
-            let yaml = Self.policyText(rules: count)
+            let yaml = Self.policyText(rules: count, nonLiteralEvery: nonLiteralEvery)
             let loadStart = Self.now()
             let result = PolicyLoader.load(text: yaml, file: "bench-\(count).yaml")
             let loadSeconds = Self.now() - loadStart
@@ -69,7 +72,7 @@ struct PolicyBenchCommand: ParsableCommand {
     }
 
     /// One policy, `rules` HTTP rules on ingress port 8000 from app=frontend.
-    static func policyText(rules: Int) -> String {
+    static func policyText(rules: Int, nonLiteralEvery: Int) -> String {
         var text = """
         apiVersion: cilium.io/v2
         kind: CiliumNetworkPolicy
@@ -86,7 +89,7 @@ struct PolicyBenchCommand: ParsableCommand {
         """
         let methods = ["GET", "POST", "PUT", "DELETE"]
         for index in 0..<rules {
-            if index % 100 == 99 {
+            if nonLiteralEvery > 0, index % nonLiteralEvery == nonLiteralEvery - 1 {
                 // A rule without a literal prefix: always a candidate, as in real policies.
                 text += "          - {method: \"GET|HEAD\", path: \"/(static|assets)/r\(index)/.*\"}\n"
             } else {
