@@ -1,0 +1,58 @@
+/// Caller-owned limits for one HTTP/1.1 connection's parser. Every buffer the parser asks
+/// the driver to hold is bounded by one of these; going past one is a typed error
+/// (`HTTP1ParseError`) that carries the status to answer.
+///
+/// Why these statuses:
+/// - Request line: RFC 9112 §3 "A server that receives a request-target longer than any URI
+///   it wishes to parse MUST respond with a 414 (URI Too Long) status code". The target is
+///   what makes a request line long in practice, so the whole line's limit answers 414.
+/// - Header bytes and count: RFC 6585 §5, 431 (Request Header Fields Too Large) "indicates
+///   that the server is unwilling to process the request because its header fields are too
+///   large"; the trailer section is a field section too and answers the same.
+/// - Chunk-size digits and chunk-line length: a malformed or hostile chunk header, 400
+///   (RFC 9112 §7.1 "recipients MUST anticipate potentially large hexadecimal numerals and
+///   prevent parsing errors due to integer conversion overflows or precision loss").
+public struct HTTP1Limits: Sendable, Equatable {
+    /// Bytes of the request line (method, target, version), without its CRLF. Default 8 KiB.
+    public var maximumRequestLineBytes: Int
+    /// Bytes of a response's status line, without its CRLF. Default 8 KiB.
+    public var maximumStatusLineBytes: Int
+    /// Bytes of the header section after the start line, CRLFs included. Default 64 KiB.
+    public var maximumHeaderBytes: Int
+    /// Field lines in the header section (and, separately, in a trailer section). Default 100.
+    public var maximumHeaderCount: Int
+    /// Hexadecimal digits in a chunk size (leading zeros count). Default 16 (64 bits).
+    public var maximumChunkSizeDigits: Int
+    /// Bytes of one chunk-size line including extensions, without its CRLF. Default 4 KiB.
+    public var maximumChunkLineBytes: Int
+    /// Bytes of the trailer section, CRLFs included. Default 16 KiB.
+    public var maximumTrailerBytes: Int
+    /// Empty lines (CRLF) accepted before a request line (RFC 9112 §2.2). Default 8.
+    public var maximumLeadingEmptyLines: Int
+    /// Requests forwarded but not yet answered that `HTTP1Connection` lets a client pipeline;
+    /// beyond this the request side waits (back-pressure, not an error). Default 32.
+    public var maximumPipelinedRequests: Int
+
+    public init(maximumRequestLineBytes: Int = 8192,
+                maximumStatusLineBytes: Int = 8192,
+                maximumHeaderBytes: Int = 65536,
+                maximumHeaderCount: Int = 100,
+                maximumChunkSizeDigits: Int = 16,
+                maximumChunkLineBytes: Int = 4096,
+                maximumTrailerBytes: Int = 16384,
+                maximumLeadingEmptyLines: Int = 8,
+                maximumPipelinedRequests: Int = 32) {
+        self.maximumRequestLineBytes = maximumRequestLineBytes
+        self.maximumStatusLineBytes = maximumStatusLineBytes
+        self.maximumHeaderBytes = maximumHeaderBytes
+        self.maximumHeaderCount = maximumHeaderCount
+        self.maximumChunkSizeDigits = maximumChunkSizeDigits
+        self.maximumChunkLineBytes = maximumChunkLineBytes
+        self.maximumTrailerBytes = maximumTrailerBytes
+        self.maximumLeadingEmptyLines = maximumLeadingEmptyLines
+        self.maximumPipelinedRequests = maximumPipelinedRequests
+    }
+
+    /// The defaults above.
+    public static let standard = HTTP1Limits()
+}
