@@ -101,9 +101,11 @@ struct SplitFeedVerifier<Decoder: SplitFeedDecoder> {
 
     /// Runs every slicing of `input` and checks they agree; returns the records of the
     /// whole input for the test's own assertions. `backToBack` repeats valid input three
-    /// times (turn it off where the framing is "until close").
+    /// times (turn it off where the framing is "until close"). `prefixesNeedMore` checks
+    /// every proper prefix (turn it off only where the input is complete messages followed
+    /// by bytes that are not messages, such as a relay after a protocol switch).
     @discardableResult
-    func verify(_ input: [UInt8], backToBack: Bool = true, callFinish: Bool = true,
+    func verify(_ input: [UInt8], backToBack: Bool = true, callFinish: Bool = true, prefixesNeedMore: Bool = true,
                 sourceLocation: SourceLocation = #_sourceLocation) -> [Record] {
         let bytes = input[...]
         let whole = run([bytes], callFinish: callFinish)
@@ -124,7 +126,7 @@ struct SplitFeedVerifier<Decoder: SplitFeedDecoder> {
         guard !whole.failed else { return whole.records }
         let completions = whole.records.filter(\.completesMessage).count
 
-        for length in 0..<input.count {
+        for length in 0..<input.count where prefixesNeedMore {
             let prefix = run([bytes[..<length]], callFinish: false)
             if prefix.failed || !prefix.endedNeedingMore || prefix.records.filter(\.completesMessage).count >= max(completions, 1) {
                 Issue.record("prefix of \(length) bytes does not say need more: \(prefix.records)",

@@ -169,7 +169,8 @@ func verifyRequests(_ text: String, limits: HTTP1Limits = .standard, backToBack:
 /// Runs `text` through every slicing as responses to `requests` (repeated for back-to-back).
 @discardableResult
 func verifyResponses(_ text: String, to requests: [HTTP1RequestSummary], limits: HTTP1Limits = .standard,
-                     backToBack: Bool = true, sourceLocation: SourceLocation = #_sourceLocation) -> [HTTP1Record] {
+                     backToBack: Bool = true, prefixesNeedMore: Bool = true,
+                     sourceLocation: SourceLocation = #_sourceLocation) -> [HTTP1Record] {
     SplitFeedVerifier { HTTP1SplitDecoder(direction: .response, limits: limits, answering: requests + requests + requests) }
-        .verify(Array(text.utf8), backToBack: backToBack, sourceLocation: sourceLocation)
+        .verify(Array(text.utf8), backToBack: backToBack, prefixesNeedMore: prefixesNeedMore, sourceLocation: sourceLocation)
 }
