@@ -4,17 +4,17 @@ SWIFT ?= swift
 RELEASE_BIN := .build/release/sluice
 PYTEST := .venv/bin/python -m pytest
 
-.PHONY: all bootstrap build release demo test unit-test e2e-test bench-l4 clean
+.PHONY: all bootstrap build release bpf demo test unit-test e2e-test bench-l4 clean
 
 all: release
 
 bootstrap:
 	@scripts/bootstrap
 
-build: bootstrap
+build: bootstrap bpf
 	$(SWIFT) build
 
-release: bootstrap
+release: bootstrap bpf
 	$(SWIFT) build -c release --product sluice
 
 # Everything: unit tests (Swift Testing), then end-to-end tests against real servers
@@ -38,3 +38,12 @@ bench-l4: release
 
 clean:
 	rm -rf .build
+
+# The datapath's BPF object, compiled from source (never committed).
+BPF_OBJECT := .build/bpf/sluice_tc.bpf.o
+BPF_CLANG ?= clang
+bpf: $(BPF_OBJECT)
+
+$(BPF_OBJECT): bpf/sluice_tc.bpf.c bpf/include/sluice_datapath.h
+	@mkdir -p $(dir $@)
+	$(BPF_CLANG) -O2 -g -Wall -Werror -target bpf -I/usr/include/$(shell uname -m)-linux-gnu -Ibpf/include -c $< -o $@

@@ -22,6 +22,8 @@ let package = Package(
                        providers: [.apt(["libpcre2-dev"])]),
         .systemLibrary(name: "CBPF", path: "Sources/CBPF", pkgConfig: "libbpf",
                        providers: [.apt(["libbpf-dev"])]),
+        // The structs and constants shared with the BPF programs (bpf/include), for Swift.
+        .systemLibrary(name: "CSluiceDatapath", path: "bpf/include"),
         // Linux socket-layer macros and packed structs that Swift cannot import directly.
         .target(name: "CSluiceShims", path: "Sources/CSluiceShims"),
 
@@ -34,7 +36,7 @@ let package = Package(
             "CPCRE2",
             .product(name: "Yams", package: "Yams"),
         ]),
-        .target(name: "Datapath", dependencies: ["CBPF"]),
+        .target(name: "Datapath", dependencies: ["CBPF", "CSluiceDatapath", "CSluiceShims", "PolicyEngine"]),
         .executableTarget(name: "sluice", dependencies: [
             "Proxy", "PolicyEngine", "Datapath", "L7Parsers",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -43,6 +45,6 @@ let package = Package(
         .testTarget(name: "ProxyTests", dependencies: ["Proxy", "COpenSSL"]),
         .testTarget(name: "L7ParsersTests", dependencies: ["L7Parsers", "CNghttp2"]),
         .testTarget(name: "PolicyEngineTests", dependencies: ["PolicyEngine", "CPCRE2"]),
-        .testTarget(name: "DatapathTests", dependencies: ["Datapath", "CBPF"]),
+        .testTarget(name: "DatapathTests", dependencies: ["Datapath", "CBPF", "CSluiceDatapath", "PolicyEngine"]),
     ]
 )

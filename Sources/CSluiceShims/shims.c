@@ -54,3 +54,20 @@ ssize_t sluice_recv_with_original_destination(int fd, void *buffer, size_t lengt
 int sluice_accept_nonblocking(int fd, struct sockaddr *address, socklen_t *length) {
     return accept4(fd, address, length, SOCK_NONBLOCK | SOCK_CLOEXEC);
 }
+
+#include <sched.h>
+int sluice_enter_network_namespace(int fd) {
+    return setns(fd, CLONE_NEWNET);
+}
+
+#include <sys/vfs.h>
+#include <sys/mount.h>
+long sluice_filesystem_type(const char *path) {
+    struct statfs info;
+    if (statfs(path, &info) != 0) return -1;
+    return (long)info.f_type;
+}
+
+int sluice_mount_bpffs(const char *target) {
+    return mount("bpf", target, "bpf", 0, NULL);
+}

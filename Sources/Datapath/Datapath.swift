@@ -1,2 +1,79 @@
-/// BPF objects and maps.
-public enum Datapath {}
+import CBPF
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Brings Sluice's BPF datapath up and down on a node (a network namespace and the
+/// interfaces facing its endpoints and its uplink), and reports its state.
+///
+/// `up` loads the programs, pins the maps under `pinRoot` and attaches
+/// `sluice_from_wire` to each interface's tc ingress and `sluice_to_wire` to its egress.
+/// The tc filters keep the programs alive after the loading process exits; the pinned
+/// maps are how `sluice run` and `sluice datapath status` reach them.
+public struct DatapathSetup: Sendable {
+    public var namespace: String?
+    public var interfaces: [String]
+    public var pinRoot: String
+    public var objectPath: String
+
+    public static let defaultPinRoot = "/sys/fs/bpf/sluice"
+    static let ingressProgram = "sluice_from_wire"
+    static let egressProgram = "sluice_to_wire"
+
+    public init(namespace: String?, interfaces: [String], pinRoot: String = defaultPinRoot, objectPath: String) {
+        self.namespace = namespace
+        self.interfaces = interfaces
+        self.pinRoot = pinRoot
+        self.objectPath = objectPath
+    }
+
+    /// Loads and attaches. With `fresh`, stale pins are removed first (a reused pin keeps
+    /// old entries in force, including old drops).
+    public func up(fresh: Bool) throws {
+        if fresh { removePins() }
+        let setup = self
+        try NetworkNamespace.run(namespace) {
+            let object = try BPFObject(path: setup.objectPath, pinRoot: setup.pinRoot)
+            let ingress = try object.programDescriptor(Self.ingressProgram)
+            let egress = try object.programDescriptor(Self.egressProgram)
+            for interface in setup.interfaces {
+                try TrafficControl.attach(programDescriptor: ingress, interface: interface, hook: .ingress)
+                try TrafficControl.attach(programDescriptor: egress, interface: interface, hook: .egress)
+            }
+        }
+    }
+
+    /// Detaches from every interface and removes the pins. Idempotent.
+    public func down() throws {
+        let interfaces = self.interfaces
+        if namespace == nil || FileManagerLite.exists("/run/netns/\(namespace!)") {
+            try NetworkNamespace.run(namespace) {
+                for interface in interfaces {
+                    TrafficControl.detach(interface: interface, hook: .ingress)
+                    TrafficControl.detach(interface: interface, hook: .egress)
+                }
+            }
+        }
+        removePins()
+    }
+
+    /// Per interface and hook: the id of the attached Sluice program, or nil.
+    public func attachments() throws -> [(interface: String, hook: TCHook, programID: UInt32?)] {
+        let interfaces = self.interfaces
+        return try NetworkNamespace.run(namespace) {
+            interfaces.flatMap { interface in
+                TCHook.allCases.map { hook in (interface, hook, TrafficControl.attachedProgram(interface: interface, hook: hook)) }
+            }
+        }
+    }
+
+    public func removePins() {
+        for name in DatapathMaps.names { unlink("\(pinRoot)/\(name)") }
+        rmdir(pinRoot)
+    }
+}
+
+/// Tiny file-system helpers without Foundation.
+enum FileManagerLite {
+    static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+}

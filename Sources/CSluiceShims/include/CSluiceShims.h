@@ -45,4 +45,12 @@ ssize_t sluice_recv_with_original_destination(int fd, void *buffer, size_t lengt
 /// accept4 with SOCK_NONBLOCK and SOCK_CLOEXEC (accept4 is a GNU extension Swift does not see).
 int sluice_accept_nonblocking(int fd, struct sockaddr *address, socklen_t *length);
 
+/// setns(fd, CLONE_NEWNET) for the calling thread (setns is a GNU extension Swift does not see).
+int sluice_enter_network_namespace(int fd);
+
+/// statfs(path).f_type, or -1.
+long sluice_filesystem_type(const char *path);
+/// mount -t bpf bpf TARGET.
+int sluice_mount_bpffs(const char *target);
+
 #endif

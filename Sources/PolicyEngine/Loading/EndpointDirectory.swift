@@ -25,6 +25,10 @@ public struct EndpointDirectory: Sendable {
     /// Every identity the file names, in file order.
     public private(set) var identities: [Identity] = []
 
+    /// Every entry with the address or prefix it was given under, in file order (the
+    /// datapath writes these into its identity map).
+    public private(set) var entries: [(prefix: CIDR, identity: Identity)] = []
+
     public init() {}
 
     /// Adds `identity` for `address` (exact) or `prefix`.
@@ -36,6 +40,7 @@ public struct EndpointDirectory: Sendable {
             prefixes.sort { $0.0.prefixLength > $1.0.prefixLength }
         }
         identities.append(identity)
+        entries.append((prefix, identity))
     }
 
     /// The identity of `address`: the exact entry, else the longest prefix, else world.

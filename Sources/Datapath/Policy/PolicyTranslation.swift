@@ -1,0 +1,293 @@
+import PolicyEngine
+
+/// Derives the datapath's map contents from a compiled policy snapshot.
+///
+/// The policy engine is the only judge of what is allowed: the translation asks it, for
+/// every local endpoint identity, direction, peer identity and port that any policy can
+/// tell apart, and writes down the answers that differ from the default. Peers are every
+/// endpoint identity, the host, the world and one identity per CIDR named in a policy
+/// (carved by `except`); ports are every port, range and named port the policies mention,
+/// plus one "any other port" probe written as port 0. An allowed flow whose port carries
+/// L7 rules becomes a redirect to the proxy's transparent listener.
+public struct PolicyTranslation {
+    public struct ProxyPorts: Sendable {
+        public var tcp: UInt16
+        public var udp: UInt16
+        public init(tcp: UInt16, udp: UInt16) { self.tcp = tcp; self.udp = udp }
+    }
+
+    public struct Problem: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Upper bound on policy-map entries the translation may produce (the map's size).
+    public static let maxPolicyEntries = 65_536
+    /// Ranges wider than this are not expanded port by port: they are probed as a whole.
+    public static let maxExpandedRange = 4_096
+
+    public let snapshot: PolicySnapshot
+    public let nodeAddresses: [IPv4Prefix]
+    public let proxyPorts: ProxyPorts
+
+    public init(snapshot: PolicySnapshot, nodeAddresses: [IPv4Prefix], proxyPorts: ProxyPorts) {
+        self.snapshot = snapshot
+        self.nodeAddresses = nodeAddresses
+        self.proxyPorts = proxyPorts
+    }
+
+    private struct Group {
+        var identity: Identity
+        var number: UInt32
+        var name: String
+        var prefixes: [IPv4Prefix]
+    }
+
+    public func translate() throws -> DatapathState {
+        var state = DatapathState()
+        state.identityNames[NumericIdentity.host] = "reserved:host"
+        state.identityNames[NumericIdentity.world] = "reserved:world"
+
+        // Local endpoints, grouped by what policies can see (namespace and labels).
+        var groups: [Group] = []
+        var groupIndex: [String: Int] = [:]
+        var hostPrefixes = nodeAddresses
+        for (prefix, identity) in snapshot.endpoints.entries {
+            guard prefix.network.family == .ipv4 else { continue }
+            let ipv4 = IPv4Prefix(address: UInt32(truncatingIfNeeded: prefix.network.low), length: UInt8(prefix.prefixLength))
+            if identity.reservedKind == .host {
+                hostPrefixes.append(ipv4)
+                continue
+            }
+            guard identity.isClusterEndpoint else { continue }
+            let key = "\(identity.namespace ?? "")|\(identity.labels)"
+            if let index = groupIndex[key] {
+                groups[index].prefixes.append(ipv4)
+            } else {
+                groupIndex[key] = groups.count
+                let number = NumericIdentity.firstAllocated + UInt32(groups.count)
+                let name = "\(identity.namespace ?? "")/" + (identity.podName ?? identity.description)
+                groups.append(Group(identity: identity, number: number, name: name, prefixes: [ipv4]))
+            }
+        }
+        for group in groups {
+            state.identityNames[group.number] = group.name
+            for prefix in group.prefixes {
+                state.addresses[prefix] = AddressEntry(identity: group.number, isLocalEndpoint: true)
+            }
+        }
+        for prefix in hostPrefixes {
+            state.addresses[prefix] = AddressEntry(identity: NumericIdentity.host, isLocalEndpoint: false)
+        }
+
+        // CIDR peers: one identity per prefix named in a policy (and per `except`).
+        var peers: [(number: UInt32, identity: Identity)] = groups.map { ($0.number, $0.identity) }
+        peers.append((NumericIdentity.host, hostIdentity(hostPrefixes.first)))
+        peers.append((NumericIdentity.world, .reserved(.world)))
+        let cidrs = policyCIDRs()
+        var nextNumber = NumericIdentity.firstAllocated + UInt32(groups.count)
+        for cidr in cidrs where state.addresses[cidr] == nil {
+            let number = nextNumber
+            nextNumber += 1
+            state.addresses[cidr] = AddressEntry(identity: number, isLocalEndpoint: false)
+            state.identityNames[number] = "cidr:\(cidr)"
+            let representative = representativeAddress(of: cidr, avoiding: cidrs)
+            peers.append((number, .reserved(.world, address: representative)))
+        }
+
+        let probes = portProbes(namedPorts: groups.flatMap { $0.identity.namedPorts })
+        var ruleNumbers: [RuleReference: UInt32] = [:]
+        func ruleNumber(_ verdict: Verdict) -> UInt32 {
+            guard let reference = verdict.matched.first else { return 0 }
+            if let number = ruleNumbers[reference] { return number }
+            let number = UInt32(ruleNumbers.count + 1)
+            ruleNumbers[reference] = number
+            state.ruleNames[number] = reference.description
+            return number
+        }
+
+        for group in groups {
+            var enforcement = Enforcement(ingress: false, egress: false)
+            for direction in [Direction.ingress, .egress] {
+                let mapDirection: PolicyDirection = direction == .ingress ? .ingress : .egress
+                var enforced = false
+                for peer in peers {
+                    for (transport, ports) in probes {
+                        guard let ipProtocol = Self.ipProtocol(transport) else { continue }
+                        var answers: [(UInt16, PolicyEntry?, Bool)] = []
+                        for port in ports {
+                            let flow = FlowContext(subject: group.identity, direction: direction, remote: peer.identity,
+                                                   port: port.probe, transport: transport)
+                            let verdict = snapshot.evaluate(flow: flow)
+                            if case .noRuleAllows = verdict.reason { enforced = true }
+                            let isDefault: Bool
+                            let entry: PolicyEntry
+                            if !verdict.isAllowed {
+                                entry = PolicyEntry(action: .deny, rule: ruleNumber(verdict))
+                                if case .noRuleAllows = verdict.reason { isDefault = true } else { isDefault = false }
+                            } else if let proxyPort = redirectPort(flow, transport: transport) {
+                                entry = PolicyEntry(action: .redirect, proxyPort: proxyPort, rule: ruleNumber(verdict))
+                                isDefault = false
+                            } else {
+                                entry = PolicyEntry(action: .allow, rule: ruleNumber(verdict))
+                                if case .notEnforced = verdict.reason { isDefault = true } else { isDefault = false }
+                            }
+                            answers.append((port.key, entry, isDefault))
+                        }
+                        // Port 0 (every other port) decides for unlisted ports; once it is
+                        // written, listed ports are written explicitly so they stay exact.
+                        let other = answers.first { $0.0 == 0 }
+                        let writeAll = other.map { !$0.2 } ?? false
+                        for (port, entry, isDefault) in answers where writeAll || !isDefault {
+                            let key = PolicyKey(endpoint: group.number, direction: mapDirection, peer: peer.number,
+                                                port: port, ipProtocol: ipProtocol)
+                            state.policy[key] = entry
+                        }
+                        guard state.policy.count <= Self.maxPolicyEntries else {
+                            throw Problem(description: "the policies need more than \(Self.maxPolicyEntries) datapath entries")
+                        }
+                    }
+                }
+                if direction == .ingress { enforcement.ingress = enforced } else { enforcement.egress = enforced }
+            }
+            // Default deny has to be known even when every probed flow happened to be allowed.
+            enforcement.ingress = enforcement.ingress || isSelected(group.identity, .ingress)
+            enforcement.egress = enforcement.egress || isSelected(group.identity, .egress)
+            if enforcement.ingress || enforcement.egress {
+                state.enforcement[group.number] = enforcement
+            }
+        }
+        // Entries that equal the default of a non-enforced direction are not needed.
+        state.policy = state.policy.filter { key, entry in
+            let enforced = state.enforcement[key.endpoint].map { key.direction == .ingress ? $0.ingress : $0.egress } ?? false
+            return enforced || entry.action != .allow
+        }
+        return state
+    }
+
+    // MARK: Probes
+
+    private struct PortProbe { var key: UInt16; var probe: UInt16 }
+
+    /// Per transport: the ports policies mention, and port 0 standing for every other port.
+    private func portProbes(namedPorts: [NamedPort]) -> [(TransportProtocol, [PortProbe])] {
+        var mentioned: [TransportProtocol: Set<UInt16>] = [:]
+        var ranges: [TransportProtocol: [ClosedRange<UInt16>]] = [:]
+        for policy in snapshot.policies {
+            for rule in policy.rules {
+                for peerRule in rule.ingress + rule.ingressDeny + rule.egress + rule.egressDeny {
+                    for portRule in peerRule.portRules {
+                        for selector in portRule.ports {
+                            for transport in selector.protocols {
+                                switch selector.port {
+                                case .number(let number):
+                                    guard number != 0 else { continue }
+                                    if let end = selector.endPort, end > number {
+                                        if Int(end - number) < Self.maxExpandedRange {
+                                            mentioned[transport, default: []].formUnion(number...end)
+                                        } else {
+                                            ranges[transport, default: []].append(number...end)
+                                        }
+                                    } else {
+                                        mentioned[transport, default: []].insert(number)
+                                    }
+                                case .named(let name):
+                                    for named in namedPorts where named.name == name && named.transport == transport {
+                                        mentioned[transport, default: []].insert(named.port)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        var result: [(TransportProtocol, [PortProbe])] = []
+        for transport in [TransportProtocol.tcp, .udp, .sctp] {
+            let ports = mentioned[transport, default: []]
+            // A port no policy names stands for "every other port". Wide ranges are probed
+            // by a member each; if one holds the probe, it is not representative, so move on.
+            let wide = ranges[transport, default: []]
+            var other: UInt16 = 1
+            while ports.contains(other) || wide.contains(where: { $0.contains(other) }) { other &+= 1 }
+            var probes = ports.sorted().map { PortProbe(key: $0, probe: $0) }
+            probes.append(PortProbe(key: 0, probe: other))
+            result.append((transport, probes))
+        }
+        result.append((.icmp, [PortProbe(key: 0, probe: 8)]))
+        return result
+    }
+
+    /// The proxy listener for an allowed flow whose port carries L7 rules, else nil.
+    private func redirectPort(_ flow: FlowContext, transport: TransportProtocol) -> UInt16? {
+        // Ask with a request no rule can match: an allow without L7 rules answers
+        // "allowed at L4"; a port with L7 rules answers with an L7 reason.
+        let probe = snapshot.evaluate(flow: flow, http: HTTPRequestFacts(method: "\u{1}", path: "\u{1}"))
+        switch probe.reason {
+        case .allowedAtL7, .noL7RuleMatches, .l7ProtocolMismatch:
+            return transport == .udp ? proxyPorts.udp : proxyPorts.tcp
+        default:
+            return nil
+        }
+    }
+
+    private func isSelected(_ identity: Identity, _ direction: Direction) -> Bool {
+        // A peer no rule can name (no labels, no address) is denied only by default deny.
+        let stranger = Identity(labels: [Label(source: "reserved", key: "sluice-probe", value: "")], namespace: nil)
+        let flow = FlowContext(subject: identity, direction: direction, remote: stranger, port: 1, transport: .tcp)
+        if case .noRuleAllows = snapshot.evaluate(flow: flow).reason { return true }
+        return false
+    }
+
+    private func hostIdentity(_ address: IPv4Prefix?) -> Identity {
+        .reserved(.host, address: address.flatMap { IPAddress(Self.dotted($0.address)) })
+    }
+
+    private func policyCIDRs() -> [IPv4Prefix] {
+        var found: Set<IPv4Prefix> = []
+        for policy in snapshot.policies {
+            for rule in policy.rules {
+                for peerRule in rule.ingress + rule.ingressDeny + rule.egress + rule.egressDeny {
+                    for peer in peerRule.peers ?? [] {
+                        guard case .cidr(let cidr, let except) = peer else { continue }
+                        for prefix in [cidr] + except where prefix.network.family == .ipv4 {
+                            found.insert(IPv4Prefix(address: UInt32(truncatingIfNeeded: prefix.network.low),
+                                                    length: UInt8(prefix.prefixLength)))
+                        }
+                    }
+                }
+            }
+        }
+        return found.sorted()
+    }
+
+    /// An address inside `prefix` but inside none of the more specific prefixes, so it
+    /// stands for exactly the addresses the identity map gives this prefix's identity.
+    private func representativeAddress(of prefix: IPv4Prefix, avoiding all: [IPv4Prefix]) -> IPAddress? {
+        let inner = all.filter { $0.length > prefix.length && Self.contains(prefix, $0.address) }
+        let size = prefix.length == 0 ? UInt64(1) << 32 : UInt64(1) << UInt64(32 - prefix.length)
+        let candidates = [UInt64(0), size - 1, size / 2, size / 4, 3 * size / 4, 1]
+        for offset in candidates where offset < size {
+            let address = prefix.address &+ UInt32(offset)
+            if !inner.contains(where: { Self.contains($0, address) }) { return IPAddress(Self.dotted(address)) }
+        }
+        return IPAddress(Self.dotted(prefix.address))
+    }
+
+    static func contains(_ prefix: IPv4Prefix, _ address: UInt32) -> Bool {
+        IPv4Prefix(address: address, length: prefix.length).address == prefix.address
+    }
+
+    static func dotted(_ address: UInt32) -> String {
+        [24, 16, 8, 0].map { String((address >> UInt32($0)) & 0xff) }.joined(separator: ".")
+    }
+
+    static func ipProtocol(_ transport: TransportProtocol) -> UInt8? {
+        switch transport {
+        case .tcp: return 6
+        case .udp: return 17
+        case .sctp: return 132
+        case .icmp: return 1
+        case .icmpv6: return nil
+        }
+    }
+}

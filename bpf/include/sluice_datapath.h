@@ -1,0 +1,128 @@
+/* The contract between Sluice's BPF programs and userspace: every struct kept in a map or
+ * sent through the ring buffer, every mark, verdict, drop reason and counter index.
+ * Included by the programs (bpf/ *.bpf.c) and, through the CSluiceDatapath module, by Swift;
+ * a Swift test checks the sizes so the two sides cannot drift. (Cilium keeps the same
+ * discipline in bpf/lib and its drop_reasons.h.) Multi-byte fields are in host byte
+ * order unless the name ends in _be (network byte order). */
+#ifndef SLUICE_DATAPATH_H
+#define SLUICE_DATAPATH_H
+
+#include <linux/types.h>
+
+/* Packet marks, under SLUICE_MARK_MASK. The node's policy routing sends TO_PROXY packets
+ * to local delivery (ip rule fwmark 0x200/0xf00 lookup 2004). */
+#define SLUICE_MARK_MASK        0x0f00
+#define SLUICE_MARK_TO_PROXY    0x0200 /* diverted to a Sluice listener (reference: 0x200) */
+#define SLUICE_MARK_ALLOWED     0x0300 /* decided at the node's ingress; the egress hook passes it */
+#define SLUICE_MARK_FROM_PROXY  0x0a00 /* Sluice's own upstream sockets (SO_MARK): never diverted again */
+
+/* Reserved identities, numbered as in the reference system. Identities of endpoints and
+ * CIDR peers are allocated by userspace from SLUICE_IDENTITY_FIRST_USER up. */
+#define SLUICE_IDENTITY_ANY        0  /* wildcard peer in policy keys */
+#define SLUICE_IDENTITY_HOST       1
+#define SLUICE_IDENTITY_WORLD      2
+#define SLUICE_IDENTITY_FIRST_USER 256
+
+#define SLUICE_DIRECTION_INGRESS 0 /* traffic into the endpoint */
+#define SLUICE_DIRECTION_EGRESS  1 /* traffic out of the endpoint */
+
+#define SLUICE_ACTION_ALLOW    1
+#define SLUICE_ACTION_DENY     2
+#define SLUICE_ACTION_REDIRECT 3
+
+/* Why a packet was dropped; also the index of its counter. */
+#define SLUICE_DROP_POLICY_DENY        1 /* an explicit deny rule matched */
+#define SLUICE_DROP_POLICY_DEFAULT     2 /* the endpoint is selected in that direction and nothing allowed it */
+#define SLUICE_DROP_PROXY_UNAVAILABLE  3 /* redirect to a listener that is not there: fail closed */
+#define SLUICE_DROP_FRAGMENT           4 /* a non-first IPv4 fragment of a flow under policy */
+#define SLUICE_DROP_UNSUPPORTED_L3     5 /* IPv6 other than ICMPv6 (not enforced yet: fail closed) */
+#define SLUICE_DROP_MALFORMED          6 /* truncated headers */
+
+/* Counter indexes (per-CPU array); drops use their reason number. */
+#define SLUICE_COUNT_ALLOWED     16 /* new flow allowed by policy or unrestricted */
+#define SLUICE_COUNT_REDIRECTED  17 /* packets assigned to a proxy listener */
+#define SLUICE_COUNT_ESTABLISHED 18 /* packets of known flows (either way) */
+#define SLUICE_COUNT_PROXY_PASS  19 /* packets carrying the proxy's own mark */
+#define SLUICE_COUNT_NOT_IP      20 /* ARP and other non-IP frames, passed */
+#define SLUICE_COUNTER_SLOTS     32
+
+#define SLUICE_EVENT_DROP     1
+#define SLUICE_EVENT_REDIRECT 2
+
+/* Flags of an address in the identity map. */
+#define SLUICE_ADDRESS_LOCAL_ENDPOINT 1 /* an endpoint on this node: its policy is enforced here */
+
+struct sluice_ipcache_key {
+    __u32 prefixlen;      /* LPM trie: bits of addr_be that count */
+    __u32 addr_be;
+};
+
+struct sluice_ipcache_value {
+    __u32 identity;
+    __u32 flags;          /* SLUICE_ADDRESS_* */
+};
+
+/* Whether an identity's endpoints are selected by some policy in a direction (default deny). */
+struct sluice_enforcement {
+    __u8 ingress;
+    __u8 egress;
+    __u8 pad[2];
+};
+
+struct sluice_policy_key {
+    __u32 endpoint_identity;  /* the local endpoint the policy is about */
+    __u32 peer_identity;      /* SLUICE_IDENTITY_ANY = every peer */
+    __u16 port;               /* destination port; 0 = every port */
+    __u8 protocol;            /* IPPROTO_TCP / UDP / SCTP / ICMP */
+    __u8 direction;           /* SLUICE_DIRECTION_* */
+};
+
+struct sluice_policy_value {
+    __u8 action;              /* SLUICE_ACTION_* */
+    __u8 pad;
+    __u16 proxy_port;         /* listener port on 127.0.0.1 for SLUICE_ACTION_REDIRECT */
+    __u32 rule;               /* userspace's reference to the deciding rule, for events */
+};
+
+struct sluice_ct_key {
+    __u32 saddr_be;
+    __u32 daddr_be;
+    __u16 sport_be;
+    __u16 dport_be;
+    __u8 protocol;
+    __u8 pad[3];
+};
+
+struct sluice_ct_value {
+    __u64 created_ns;
+    __u16 proxy_port;         /* non-zero: the flow is diverted to this listener */
+    __u8 flags;
+    __u8 pad[5];
+};
+
+struct sluice_event {
+    __u64 timestamp_ns;
+    __u32 saddr_be;
+    __u32 daddr_be;
+    __u16 sport_be;
+    __u16 dport_be;
+    __u8 protocol;
+    __u8 kind;                /* SLUICE_EVENT_* */
+    __u8 reason;              /* SLUICE_DROP_* for drops */
+    __u8 direction;           /* the direction whose policy decided */
+    __u32 source_identity;
+    __u32 destination_identity;
+    __u32 ifindex;
+    __u16 proxy_port;
+    __u16 pad;
+    __u32 rule;
+};
+
+/* Map sizes: every table is bounded. */
+#define SLUICE_IPCACHE_ENTRIES  65536
+#define SLUICE_POLICY_ENTRIES   65536
+#define SLUICE_ENFORCE_ENTRIES  16384
+#define SLUICE_CT_ENTRIES       262144
+#define SLUICE_EVENTS_BYTES     (1 << 20)
+
+#endif
