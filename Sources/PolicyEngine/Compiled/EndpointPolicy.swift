@@ -32,7 +32,7 @@ struct PortEntry: Sendable {
 /// The policy of one endpoint in one direction, compiled: every applicable port
 /// clause, and for each exact (port, protocol) named in them a slot listing the
 /// clauses that apply there plus an index of their HTTP rules.
-struct DirectionPolicy: Sendable {
+final class DirectionPolicy: Sendable {
     struct SlotKey: Hashable, Sendable {
         let port: UInt16
         let transport: TransportProtocol
@@ -124,9 +124,14 @@ struct DirectionPolicy: Sendable {
 }
 
 /// Both directions of one endpoint's policy.
-struct EndpointPolicy: Sendable {
+final class EndpointPolicy: Sendable {
     let ingress: DirectionPolicy
     let egress: DirectionPolicy
+
+    init(ingress: DirectionPolicy, egress: DirectionPolicy) {
+        self.ingress = ingress
+        self.egress = egress
+    }
 
     func direction(_ direction: Direction) -> DirectionPolicy {
         direction == .ingress ? ingress : egress

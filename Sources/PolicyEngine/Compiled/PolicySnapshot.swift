@@ -87,150 +87,34 @@ public final class PolicySnapshot: Sendable {
 
     // MARK: Evaluation
 
-    /// The L3/L4 part every evaluation shares.
-    private struct L4Match {
-        let policy: DirectionPolicy
-        let slot: DirectionPolicy.Slot?
-        /// Matching allow entries (after requirements), in entry order.
-        let allows: [Int]
-        let denies: [Int]
-        /// Allow entries whose peers match, as a lookup for the HTTP index.
-        let allowed: Set<Int>
-    }
-
-    private func matchL4(_ flow: FlowContext) -> L4Match {
-        let policy = endpointPolicy(for: flow.subject).direction(flow.direction)
-        let (covering, slot) = policy.entriesCovering(flow)
-        let meetsRequirements = policy.requirements.allSatisfy { $0.matches(flow.remote.labels) }
-        var allows: [Int] = []
-        var denies: [Int] = []
-        for position in covering where policy.entries[position].selects(flow.remote) {
-            if policy.entries[position].isDeny {
-                denies.append(position)
-            } else if meetsRequirements {
-                allows.append(position)
-            }
-        }
-        return L4Match(policy: policy, slot: slot, allows: allows, denies: denies, allowed: Set(allows))
-    }
-
-    /// Decides the parts common to every request type; nil means "L7 rules decide".
-    private func decideL4(_ match: L4Match, forRequest: Bool) -> Verdict? {
-        if !match.denies.isEmpty {
-            return Verdict(isAllowed: false, reason: .deniedByRule, matched: match.denies.map { match.policy.entries[$0].reference })
-        }
-        if match.allows.isEmpty {
-            return match.policy.isEnforced ? Verdict(isAllowed: false, reason: .noRuleAllows) : Verdict(isAllowed: true, reason: .notEnforced)
-        }
-        let plain = match.allows.filter { match.policy.entries[$0].l7 == nil }
-        if !forRequest || !plain.isEmpty {
-            // An allow without L7 rules for this peer and port admits every request on it.
-            let deciding = plain.isEmpty ? match.allows : plain
-            return Verdict(isAllowed: true, reason: .allowedAtL4, matched: deciding.map { match.policy.entries[$0].reference })
-        }
-        return nil
+    /// A handle on `subject`'s compiled policy in this snapshot, for a caller that
+    /// evaluates many flows or requests of the same endpoint (the proxy keeps one per
+    /// connection, or a `ConnectionPolicy` from it): it skips finding the endpoint's
+    /// policy by its labels on every call. An endpoint unknown to the snapshot's
+    /// directory is compiled here, once per handle.
+    public func policy(forEndpoint subject: Identity) -> EndpointPolicyHandle {
+        EndpointPolicyHandle(subject: subject, generation: generation, policy: endpointPolicy(for: subject))
     }
 
     /// Evaluates a connection at L3/L4 (a port with L7 rules is allowed here; its requests are checked one by one).
     public func evaluate(flow: FlowContext) -> Verdict {
-        decideL4(matchL4(flow), forRequest: false)!
+        policy(forEndpoint: flow.subject).evaluate(flow: flow)
     }
 
     /// Evaluates one HTTP request on an allowed connection.
     public func evaluate(flow: FlowContext, http request: HTTPRequestFacts) -> Verdict {
-        let match = matchL4(flow)
-        if let verdict = decideL4(match, forRequest: true) { return verdict }
-        var candidates: [(entry: Int, rule: HTTPRule)] = []
-        var indexed = Set<Int>()
-        if let index = match.slot?.http {
-            for item in index.candidates(method: request.method, path: request.path) {
-                let entry = index.items[item].entry
-                indexed.insert(entry)
-                if match.allowed.contains(entry) { candidates.append((entry, index.items[item].rule)) }
-            }
-        }
-        var hasHTTP = false
-        for position in match.allows {
-            guard case .http(let rules)? = match.policy.entries[position].l7 else { continue }
-            hasHTTP = true
-            // Entries outside the slot's index (peer-dependent named ports) are scanned.
-            if match.slot?.http == nil || !(match.slot!.entries.contains(position)) {
-                if !indexed.contains(position) { candidates += rules.map { (position, $0) } }
-            }
-        }
-        guard hasHTTP else { return Verdict(isAllowed: false, reason: .l7ProtocolMismatch(expected: l7Name(match))) }
-        var matched: [RuleReference] = []
-        var actions: [HeaderAction] = []
-        var logs: [String] = []
-        for candidate in candidates {
-            let outcome = candidate.rule.evaluate(request)
-            guard outcome.matched else { continue }
-            let reference = match.policy.entries[candidate.entry].reference.with(l7Rule: candidate.rule.index)
-            matched.append(reference)
-            actions += outcome.headerActions
-            logs += outcome.logMessages.map { "\(reference): \($0)" }
-        }
-        if matched.isEmpty {
-            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(request.method) \(request.path)"))
-        }
-        return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched, headerActions: actions, logMessages: logs)
+        policy(forEndpoint: flow.subject).evaluate(flow: flow, http: request)
     }
 
     /// Evaluates one Kafka request: key, version and client ID must match a rule, and
     /// every topic of the request must be covered by some matching rule.
     public func evaluate(flow: FlowContext, kafka request: KafkaRequestFacts) -> Verdict {
-        let match = matchL4(flow)
-        if let verdict = decideL4(match, forRequest: true) { return verdict }
-        var rules: [(entry: Int, rule: KafkaRule)] = []
-        var hasKafka = false
-        for position in match.allows {
-            guard case .kafka(let list)? = match.policy.entries[position].l7 else { continue }
-            hasKafka = true
-            rules += list.map { (position, $0) }
-        }
-        guard hasKafka else { return Verdict(isAllowed: false, reason: .l7ProtocolMismatch(expected: l7Name(match))) }
-        let applicable = rules.filter { $0.rule.matchesIgnoringTopic(request) }
-        var matched: [RuleReference] = []
-        if request.topics.isEmpty {
-            matched = applicable.map { match.policy.entries[$0.entry].reference.with(l7Rule: $0.rule.index) }
-        } else {
-            var references = Set<RuleReference>()
-            for topic in request.topics {
-                let covering = applicable.filter { $0.rule.topic == nil || $0.rule.topic == topic }
-                if covering.isEmpty {
-                    return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(KafkaAPIKeys.name(of: request.apiKey)) topic \(topic) not covered"))
-                }
-                for item in covering { references.insert(match.policy.entries[item.entry].reference.with(l7Rule: item.rule.index)) }
-            }
-            matched = Array(references)
-        }
-        if matched.isEmpty {
-            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(KafkaAPIKeys.name(of: request.apiKey)) v\(request.apiVersion)"))
-        }
-        return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched)
+        policy(forEndpoint: flow.subject).evaluate(flow: flow, kafka: request)
     }
 
     /// Evaluates one DNS question (egress to a DNS server, or the same matcher for toFQDNs peers).
     public func evaluate(flow: FlowContext, dns query: DNSQueryFacts) -> Verdict {
-        let match = matchL4(flow)
-        if let verdict = decideL4(match, forRequest: true) { return verdict }
-        var matched: [RuleReference] = []
-        var hasDNS = false
-        for position in match.allows {
-            guard case .dns(let matchers)? = match.policy.entries[position].l7 else { continue }
-            hasDNS = true
-            for (index, matcher) in matchers.enumerated() where matcher.matches(query.name) {
-                matched.append(match.policy.entries[position].reference.with(l7Rule: index))
-            }
-        }
-        guard hasDNS else { return Verdict(isAllowed: false, reason: .l7ProtocolMismatch(expected: l7Name(match))) }
-        if matched.isEmpty { return Verdict(isAllowed: false, reason: .noL7RuleMatches("query \(DNSName.normalize(query.name))")) }
-        return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched)
-    }
-
-    private func l7Name(_ match: L4Match) -> String {
-        let names = Set(match.allows.compactMap { match.policy.entries[$0].l7?.typeName.uppercased() })
-        return names.sorted().joined(separator: "/")
+        policy(forEndpoint: flow.subject).evaluate(flow: flow, dns: query)
     }
 }
 

@@ -49,11 +49,26 @@ public struct Label: Hashable, Sendable, Comparable, CustomStringConvertible {
 }
 
 /// An ordered set of labels with lookups by key.
+///
+/// The hash is computed once: a snapshot finds an endpoint's compiled policy by its
+/// labels, and hashing every label string on each lookup dominated small evaluations.
 public struct LabelSet: Hashable, Sendable, CustomStringConvertible {
     public let labels: [Label]
+    private let hashCode: Int
 
     public init(_ labels: [Label]) {
         self.labels = Array(Set(labels)).sorted()
+        var hasher = Hasher()
+        hasher.combine(self.labels)
+        hashCode = hasher.finalize()
+    }
+
+    public static func == (lhs: LabelSet, rhs: LabelSet) -> Bool {
+        lhs.hashCode == rhs.hashCode && lhs.labels == rhs.labels
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(hashCode)
     }
 
     /// Labels whose key equals `key` and whose source is `source` (any source when nil or "any").

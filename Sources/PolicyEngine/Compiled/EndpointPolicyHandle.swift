@@ -1,0 +1,220 @@
+/// One endpoint's compiled policy in one snapshot, held by the caller.
+///
+/// `PolicySnapshot.evaluate(...)` finds the subject's policy by its labels on every
+/// call; a proxy that already knows which endpoint a connection belongs to takes this
+/// handle once (`snapshot.policy(forEndpoint:)`) and evaluates through it, or goes one
+/// step further with `connection(_:)`, which also settles the L3/L4 part once for the
+/// connection's peer and port so each request on it only runs its L7 rules.
+///
+/// A handle keeps its snapshot's compiled policy alive: after the holder publishes a
+/// new snapshot, a connection keeps answering with the policy it started with until the
+/// caller takes a new handle (compare `generation` with the holder's snapshot).
+public struct EndpointPolicyHandle: Sendable {
+    /// The endpoint whose policy this is; flows given to this handle have it as subject.
+    public let subject: Identity
+    /// The generation of the snapshot the handle came from.
+    public let generation: UInt64
+    let policy: EndpointPolicy
+
+    init(subject: Identity, generation: UInt64, policy: EndpointPolicy) {
+        self.subject = subject
+        self.generation = generation
+        self.policy = policy
+    }
+
+    /// The policy of one connection of this endpoint: `flow.subject` must be `subject`
+    /// (it is not compared, for speed).
+    public func connection(_ flow: FlowContext) -> ConnectionPolicy {
+        ConnectionPolicy(flow: flow, policy: policy.direction(flow.direction))
+    }
+
+    /// Evaluates a connection at L3/L4 (see `PolicySnapshot.evaluate(flow:)`).
+    public func evaluate(flow: FlowContext) -> Verdict {
+        L4Match(flow: flow, policy: policy.direction(flow.direction)).decide(forRequest: false)!
+    }
+
+    /// Evaluates one HTTP request (see `PolicySnapshot.evaluate(flow:http:)`).
+    public func evaluate(flow: FlowContext, http request: HTTPRequestFacts) -> Verdict {
+        connection(flow).evaluate(http: request)
+    }
+
+    /// Evaluates one Kafka request (see `PolicySnapshot.evaluate(flow:kafka:)`).
+    public func evaluate(flow: FlowContext, kafka request: KafkaRequestFacts) -> Verdict {
+        connection(flow).evaluate(kafka: request)
+    }
+
+    /// Evaluates one DNS question (see `PolicySnapshot.evaluate(flow:dns:)`).
+    public func evaluate(flow: FlowContext, dns query: DNSQueryFacts) -> Verdict {
+        connection(flow).evaluate(dns: query)
+    }
+}
+
+/// The policy of one connection (subject, direction, peer, port), with its L3/L4 part
+/// decided once: requests on the connection are then checked against the L7 rules of
+/// the allow clauses that cover this peer and port, and nothing else.
+public struct ConnectionPolicy: Sendable {
+    public let flow: FlowContext
+    private let match: L4Match
+    /// The answer for every request when L3/L4 decides (deny rule, default deny, an
+    /// allow without L7 rules); nil when the L7 rules decide.
+    private let requestDecision: Verdict?
+    /// Allow clauses with HTTP rules that the slot's index does not cover (egress named
+    /// ports resolved per peer, ports without a slot): their rules are checked one by one.
+    private let scannedHTTP: [(entry: Int, rules: [HTTPRule])]
+    private let hasHTTP: Bool
+
+    init(flow: FlowContext, policy: DirectionPolicy) {
+        self.flow = flow
+        match = L4Match(flow: flow, policy: policy)
+        requestDecision = match.decide(forRequest: true)
+        var scanned: [(entry: Int, rules: [HTTPRule])] = []
+        var hasHTTP = false
+        for position in match.allows {
+            guard case .http(let rules)? = policy.entries[position].l7 else { continue }
+            hasHTTP = true
+            if match.slot?.http == nil || !match.slot!.entries.contains(position) { scanned.append((position, rules)) }
+        }
+        scannedHTTP = scanned
+        self.hasHTTP = hasHTTP
+    }
+
+    /// The L3/L4 verdict for the connection (a port with L7 rules is allowed here).
+    public var verdict: Verdict { match.decide(forRequest: false)! }
+
+    /// Evaluates one HTTP request on the connection.
+    public func evaluate(http request: HTTPRequestFacts) -> Verdict {
+        if let requestDecision { return requestDecision }
+        guard hasHTTP else { return Verdict(isAllowed: false, reason: .l7ProtocolMismatch(expected: match.l7Name)) }
+        var matched: [RuleReference] = []
+        var actions: [HeaderAction] = []
+        var logs: [String] = []
+        let entries = match.policy.entries
+        func consider(entry: Int, rule: HTTPRule, isMethodKnown: Bool, isPathKnown: Bool) {
+            let outcome = rule.evaluate(request, isMethodKnown: isMethodKnown, isPathKnown: isPathKnown)
+            guard outcome.matched else { return }
+            let reference = entries[entry].reference.with(l7Rule: rule.index)
+            matched.append(reference)
+            actions += outcome.headerActions
+            logs += outcome.logMessages.map { "\(reference): \($0)" }
+        }
+        if let index = match.slot?.http {
+            index.forEachCandidate(method: request.method, path: request.path) { item, isMethodKnown, isPathKnown in
+                let candidate = index.items[item]
+                guard match.allowed.contains(candidate.entry) else { return }
+                consider(entry: candidate.entry, rule: candidate.rule, isMethodKnown: isMethodKnown, isPathKnown: isPathKnown)
+            }
+        }
+        for (entry, rules) in scannedHTTP {
+            for rule in rules { consider(entry: entry, rule: rule, isMethodKnown: false, isPathKnown: false) }
+        }
+        if matched.isEmpty {
+            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(request.method) \(request.path)"))
+        }
+        return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched, headerActions: actions, logMessages: logs)
+    }
+
+    /// Evaluates one Kafka request on the connection: key, version and client ID must
+    /// match a rule, and every topic of the request must be covered by some matching rule.
+    public func evaluate(kafka request: KafkaRequestFacts) -> Verdict {
+        if let requestDecision { return requestDecision }
+        let entries = match.policy.entries
+        var rules: [(entry: Int, rule: KafkaRule)] = []
+        var hasKafka = false
+        for position in match.allows {
+            guard case .kafka(let list)? = entries[position].l7 else { continue }
+            hasKafka = true
+            rules += list.map { (position, $0) }
+        }
+        guard hasKafka else { return Verdict(isAllowed: false, reason: .l7ProtocolMismatch(expected: match.l7Name)) }
+        let applicable = rules.filter { $0.rule.matchesIgnoringTopic(request) }
+        var matched: [RuleReference] = []
+        if request.topics.isEmpty {
+            matched = applicable.map { entries[$0.entry].reference.with(l7Rule: $0.rule.index) }
+        } else {
+            var references = Set<RuleReference>()
+            for topic in request.topics {
+                let covering = applicable.filter { $0.rule.topic == nil || $0.rule.topic == topic }
+                if covering.isEmpty {
+                    return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(KafkaAPIKeys.name(of: request.apiKey)) topic \(topic) not covered"))
+                }
+                for item in covering { references.insert(entries[item.entry].reference.with(l7Rule: item.rule.index)) }
+            }
+            matched = Array(references)
+        }
+        if matched.isEmpty {
+            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(KafkaAPIKeys.name(of: request.apiKey)) v\(request.apiVersion)"))
+        }
+        return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched)
+    }
+
+    /// Evaluates one DNS question on the connection.
+    public func evaluate(dns query: DNSQueryFacts) -> Verdict {
+        if let requestDecision { return requestDecision }
+        let entries = match.policy.entries
+        var matched: [RuleReference] = []
+        var hasDNS = false
+        for position in match.allows {
+            guard case .dns(let matchers)? = entries[position].l7 else { continue }
+            hasDNS = true
+            for (index, matcher) in matchers.enumerated() where matcher.matches(query.name) {
+                matched.append(entries[position].reference.with(l7Rule: index))
+            }
+        }
+        guard hasDNS else { return Verdict(isAllowed: false, reason: .l7ProtocolMismatch(expected: match.l7Name)) }
+        if matched.isEmpty { return Verdict(isAllowed: false, reason: .noL7RuleMatches("query \(DNSName.normalize(query.name))")) }
+        return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched)
+    }
+}
+
+/// The L3/L4 part every evaluation shares: which clauses cover the port, and which of
+/// them match the peer.
+struct L4Match: Sendable {
+    let policy: DirectionPolicy
+    let slot: DirectionPolicy.Slot?
+    /// Matching allow entries (after requirements), in entry order.
+    let allows: [Int]
+    let denies: [Int]
+    /// `allows` as a lookup for the HTTP index.
+    let allowed: Set<Int>
+
+    init(flow: FlowContext, policy: DirectionPolicy) {
+        self.policy = policy
+        let (covering, slot) = policy.entriesCovering(flow)
+        self.slot = slot
+        let meetsRequirements = policy.requirements.allSatisfy { $0.matches(flow.remote.labels) }
+        var allows: [Int] = []
+        var denies: [Int] = []
+        for position in covering where policy.entries[position].selects(flow.remote) {
+            if policy.entries[position].isDeny {
+                denies.append(position)
+            } else if meetsRequirements {
+                allows.append(position)
+            }
+        }
+        self.allows = allows
+        self.denies = denies
+        allowed = Set(allows)
+    }
+
+    /// Decides the parts common to every request type; nil means "L7 rules decide".
+    func decide(forRequest: Bool) -> Verdict? {
+        if !denies.isEmpty {
+            return Verdict(isAllowed: false, reason: .deniedByRule, matched: denies.map { policy.entries[$0].reference })
+        }
+        if allows.isEmpty {
+            return policy.isEnforced ? Verdict(isAllowed: false, reason: .noRuleAllows) : Verdict(isAllowed: true, reason: .notEnforced)
+        }
+        let plain = allows.filter { policy.entries[$0].l7 == nil }
+        if !forRequest || !plain.isEmpty {
+            // An allow without L7 rules for this peer and port admits every request on it.
+            let deciding = plain.isEmpty ? allows : plain
+            return Verdict(isAllowed: true, reason: .allowedAtL4, matched: deciding.map { policy.entries[$0].reference })
+        }
+        return nil
+    }
+
+    var l7Name: String {
+        let names = Set(allows.compactMap { policy.entries[$0].l7?.typeName.uppercased() })
+        return names.sorted().joined(separator: "/")
+    }
+}

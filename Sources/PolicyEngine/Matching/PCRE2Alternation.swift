@@ -1,0 +1,156 @@
+import CPCRE2
+
+/// Up to 255 anchored patterns compiled into ONE PCRE2 program that reports, in a
+/// single JIT pass over the subject, every member that matches the whole subject.
+///
+/// The program is `(?:(?:p1)\z(?C1)|(?:p2)\z(?C2)|...)`, compiled anchored. When
+/// member `n` has matched up to the end of the subject, callout `n` records `n` and
+/// returns 1, which PCRE2 treats as a failure at that point: it backtracks into the
+/// remaining paths and members, so the pass ends with "no match" after every member
+/// has been tried, and the recorded set is exactly the members that match alone.
+/// (`(*MARK)` would name only the last member of one successful match.)
+///
+/// Only members whose meaning cannot change when placed inside a group next to others
+/// are combined (`isCombinable`): no backreferences or subroutine calls (capture
+/// numbers shift), no backtracking verbs (`(*COMMIT)` in one member would cut the
+/// others), no `\Q` without `\E` and no extended-mode comments (they could swallow the
+/// closing parenthesis). Anything else is matched alone by its caller.
+///
+/// Limits: the program shares one backtracking budget (`PCRE2Pattern.matchLimit`) for
+/// all members. When a pass ends in an error (a limit, the JIT stack), `forEachMatch`
+/// says so and the caller checks each member alone with its own budget, so combining
+/// never changes a verdict. Callout numbers are 1...255, hence `maximumMembers`.
+///
+/// Thread safety: the compiled code is read-only after `init`; every call creates its
+/// own match context (it carries the per-call callout data) and match data.
+final class PCRE2Alternation: @unchecked Sendable {
+    /// PCRE2 callout numbers are 0...255; 0 is left unused.
+    static let maximumMembers = 255
+    /// Bytes of member source per program, kept well under PCRE2's compiled-size limit
+    /// (LINK_SIZE 2 = 64 KiB of code). A program that is still too large is split.
+    static let maximumSourceBytes = 24_000
+
+    let memberCount: Int
+    let isJITCompiled: Bool
+    private let code: OpaquePointer
+
+    /// Compiles the members as one program; nil when PCRE2 refuses it (too large, ...),
+    /// in which case the caller splits the members.
+    init?(members: [String], caseInsensitive: Bool = false) {
+        precondition(!members.isEmpty && members.count <= Self.maximumMembers)
+        var source = "(?:"
+        for (position, member) in members.enumerated() {
+            if position > 0 { source += "|" }
+            source += "(?:\(member))\\z(?C\(position + 1))"
+        }
+        source += ")"
+        var errorCode: Int32 = 0
+        var errorOffset = 0
+        // No backreferences are combined (`isCombinable`), so capturing is only cost:
+        // NO_AUTO_CAPTURE makes every plain `(...)` a non-capturing group.
+        var options: UInt32 = PCRE2_ANCHORED | PCRE2_UTF | PCRE2_MATCH_INVALID_UTF | PCRE2_NO_AUTO_CAPTURE
+        if caseInsensitive { options |= PCRE2_CASELESS }
+        let compiled: OpaquePointer? = source.withCString { pointer in
+            pointer.withMemoryRebound(to: UInt8.self, capacity: source.utf8.count + 1) { bytes in
+                pcre2_compile_8(bytes, source.utf8.count, options, &errorCode, &errorOffset, nil)
+            }
+        }
+        guard let compiled else { return nil }
+        code = compiled
+        memberCount = members.count
+        isJITCompiled = pcre2_jit_compile_8(compiled, PCRE2_JIT_COMPLETE) == 0
+    }
+
+    deinit { pcre2_code_free_8(code) }
+
+    /// Calls `body` with the position of every member matching the whole of `bytes`,
+    /// in ascending order, and returns true; returns false (having called nothing) when
+    /// the pass could not finish (a limit was hit): the caller must then check each
+    /// member alone.
+    func forEachMatch(in bytes: UnsafeBufferPointer<UInt8>, _ body: (Int) -> Void) -> Bool {
+        guard let matchData = pcre2_match_data_create_8(1, nil) else { return false }
+        defer { pcre2_match_data_free_8(matchData) }
+        guard let context = pcre2_match_context_create_8(nil) else { return false }
+        defer { pcre2_match_context_free_8(context) }
+        pcre2_set_match_limit_8(context, PCRE2Pattern.matchLimit)
+        pcre2_set_depth_limit_8(context, PCRE2Pattern.depthLimit)
+        // One bit per callout number 0...255, on this call's stack.
+        var seen: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        let empty: [UInt8] = [0]
+        let result: Int32 = withUnsafeMutableBytes(of: &seen) { words in
+            pcre2_set_callout_8(context, recordMember, words.baseAddress)
+            return empty.withUnsafeBufferPointer { fallback in
+                // An empty buffer may have a nil base address; PCRE2 needs a valid pointer.
+                pcre2_match_8(code, bytes.baseAddress ?? fallback.baseAddress!, bytes.count, 0, 0, matchData, context)
+            }
+        }
+        // Every callout fails its path, so a finished pass always ends in "no match".
+        guard result == PCRE2_ERROR_NOMATCH else { return false }
+        withUnsafeBytes(of: &seen) { raw in
+            for word in 0..<4 {
+                var bits = raw.load(fromByteOffset: word * 8, as: UInt64.self)
+                while bits != 0 {
+                    let bit = bits.trailingZeroBitCount
+                    bits &= bits - 1
+                    body(word * 64 + bit - 1)
+                }
+            }
+        }
+        return true
+    }
+
+    /// True when `source` keeps its meaning as one member of an alternation (see the type's comment).
+    /// Conservative: a false answer only means the pattern is matched on its own.
+    static func isCombinable(_ source: String) -> Bool {
+        let bytes = Array(source.utf8)
+        var index = 0
+        var inClass = false
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\\") {
+                guard index + 1 < bytes.count else { return false }
+                let next = bytes[index + 1]
+                // Backreferences (\1, \g, \k), \Q...\E quoting, \c (takes the next character) and \E.
+                if (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(next) { return false }
+                if [UInt8(ascii: "g"), UInt8(ascii: "k"), UInt8(ascii: "Q"), UInt8(ascii: "E"), UInt8(ascii: "c")].contains(next) { return false }
+                index += 2
+                continue
+            }
+            if inClass {
+                if byte == UInt8(ascii: "]") { inClass = false }
+                index += 1
+                continue
+            }
+            if byte == UInt8(ascii: "[") {
+                inClass = true
+                // A `]` right after `[` or `[^` is a literal member of the class.
+                index += 1
+                if index < bytes.count, bytes[index] == UInt8(ascii: "^") { index += 1 }
+                if index < bytes.count, bytes[index] == UInt8(ascii: "]") { index += 1 }
+                continue
+            }
+            if byte == UInt8(ascii: "("), index + 1 < bytes.count {
+                let next = bytes[index + 1]
+                // Verbs and start-of-pattern options: (*COMMIT), (*ACCEPT), (*UTF), ...
+                if next == UInt8(ascii: "*") { return false }
+                if next == UInt8(ascii: "?") {
+                    let rest = bytes[(index + 2)...]
+                    let allowed: [[UInt8]] = [Array(":".utf8), Array("=".utf8), Array("!".utf8), Array("<=".utf8), Array("<!".utf8),
+                                              Array("i)".utf8), Array("i:".utf8), Array("-i)".utf8), Array("-i:".utf8)]
+                    guard allowed.contains(where: { rest.starts(with: $0) }) else { return false }
+                }
+            }
+            index += 1
+        }
+        return !inClass
+    }
+}
+
+/// Records the member whose callout fired and fails the path so matching goes on.
+private let recordMember: @convention(c) (UnsafeMutablePointer<pcre2_callout_block_8>?, UnsafeMutableRawPointer?) -> Int32 = { block, data in
+    guard let block, let data else { return PCRE2_ERROR_CALLOUT }
+    let number = Int(block.pointee.callout_number)
+    let word = data.advanced(by: (number >> 6) * 8).assumingMemoryBound(to: UInt64.self)
+    word.pointee |= 1 << UInt64(number & 63)
+    return 1
+}
