@@ -71,3 +71,21 @@ long sluice_filesystem_type(const char *path) {
 int sluice_mount_bpffs(const char *target) {
     return mount("bpf", target, "bpf", 0, NULL);
 }
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <bpf/libbpf.h>
+/* libbpf's messages, minus the kernel's netlink chatter for conditions Sluice handles
+ * itself (attaching before the clsact qdisc exists, creating one that exists). */
+static int sluice_libbpf_print(enum libbpf_print_level level, const char *format, va_list arguments) {
+    if (level == LIBBPF_DEBUG) return 0;
+    char line[1024];
+    vsnprintf(line, sizeof line, format, arguments);
+    if (strstr(line, "Kernel error message: Parent Qdisc") || strstr(line, "Kernel error message: Exclusivity flag"))
+        return 0;
+    return fputs(line, stderr);
+}
+
+void sluice_libbpf_quiet_expected_errors(void) {
+    libbpf_set_print(sluice_libbpf_print);
+}

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Datapath
 import PolicyEngine
+import Proxy
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -166,7 +167,7 @@ struct DatapathCommand: ParsableCommand {
             let deadline = seconds.map { DatapathFiles.now() + $0 }
             while deadline.map({ DatapathFiles.now() < $0 }) ?? true {
                 for event in reader.poll(timeoutMilliseconds: 100) {
-                    print(DatapathFiles.json(event))
+                    print(DatapathFiles.record(event).serialized())
                     fflush(nil)
                 }
             }
@@ -208,14 +209,20 @@ struct PolicyInputs: ParsableArguments {
 enum DatapathFiles {
     struct InputError: Error, CustomStringConvertible { var description: String }
 
-    /// The BPF object built by `make bpf`: `<binary dir>/../bpf/sluice_tc.bpf.o`.
+    /// The BPF object built by `make bpf` (`.build/bpf/sluice_tc.bpf.o`), found from the
+    /// binary's own place (`.build/release/sluice` is a link into `.build/<triple>/release`),
+    /// else an installed copy.
     static func defaultObject() -> String {
         var buffer = [CChar](repeating: 0, count: 4096)
         let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard length > 0 else { return "sluice_tc.bpf.o" }
-        let executable = String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let directory = executable.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        return "\(directory)/../bpf/sluice_tc.bpf.o"
+        var candidates: [String] = []
+        if length > 0 {
+            let executable = String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let directory = executable.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+            candidates += ["\(directory)/../bpf/sluice_tc.bpf.o", "\(directory)/../../bpf/sluice_tc.bpf.o"]
+        }
+        candidates.append("/usr/lib/sluice/sluice_tc.bpf.o")
+        return candidates.first { access($0, R_OK) == 0 } ?? candidates[0]
     }
 
     static func loadSnapshot(policyPaths: [String], endpoints: String) throws -> PolicySnapshot {
@@ -254,17 +261,41 @@ enum DatapathFiles {
         }
     }
 
-    static func json(_ event: DatapathEvent) -> String {
+    /// A datapath event as a flow record (the reference's field names), with identity names.
+    static func record(_ event: DatapathEvent, names: [UInt32: String] = [:], rules: [UInt32: String] = [:]) -> JSONObject {
         let proto = [6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP"][Int(event.ipProtocol)] ?? "\(event.ipProtocol)"
-        let kind = event.kind == .drop ? "DROPPED" : "REDIRECTED"
-        var text = "{\"verdict\":\"\(kind)\",\"IP\":{\"source\":\"\(DatapathEvent.dottedQuad(event.source.address))\",\"destination\":\"\(DatapathEvent.dottedQuad(event.destination.address))\"},"
-        text += "\"l4\":{\"\(proto)\":{\"source_port\":\(event.source.port),\"destination_port\":\(event.destination.port)}},"
-        text += "\"source\":{\"identity\":\(event.sourceIdentity)},\"destination\":{\"identity\":\(event.destinationIdentity)},"
-        text += "\"traffic_direction\":\"\(event.direction == .ingress ? "INGRESS" : "EGRESS")\""
-        if event.kind == .drop { text += ",\"drop_reason_desc\":\"\(DatapathCounter.dropReason(event.reasonCode))\"" }
-        if event.kind == .redirect { text += ",\"proxy_port\":\(event.proxyPort)" }
-        text += ",\"Type\":\"L3_L4\"}"
-        return text
+        var record = JSONObject()
+        record["time"] = .string(WallClock.rfc3339Now())
+        record["verdict"] = .string(event.kind == .drop ? "DROPPED" : "REDIRECTED")
+        var ip = JSONObject()
+        ip["source"] = .string(DatapathEvent.dottedQuad(event.source.address))
+        ip["destination"] = .string(DatapathEvent.dottedQuad(event.destination.address))
+        ip["ipVersion"] = .string("IPv4")
+        record["IP"] = .object(ip)
+        var ports = JSONObject()
+        ports["source_port"] = .unsigned(UInt64(event.source.port))
+        ports["destination_port"] = .unsigned(UInt64(event.destination.port))
+        var l4 = JSONObject()
+        l4[proto] = .object(ports)
+        record["l4"] = .object(l4)
+        for (key, identity) in [("source", event.sourceIdentity), ("destination", event.destinationIdentity)] {
+            var endpoint = JSONObject()
+            endpoint["identity"] = .unsigned(UInt64(identity))
+            if let name = names[identity] { endpoint["name"] = .string(name) }
+            record[key] = .object(endpoint)
+        }
+        record["Type"] = .string("L3_L4")
+        record["traffic_direction"] = .string(event.direction == .ingress ? "INGRESS" : "EGRESS")
+        if event.kind == .drop {
+            record["drop_reason_desc"] = .string(DatapathCounter.dropReason(event.reasonCode))
+        } else {
+            record["proxy_port"] = .unsigned(UInt64(event.proxyPort))
+        }
+        if let rule = rules[event.rule] { record["policy"] = .string(rule) }
+        let verb = event.kind == .drop ? "dropped (\(DatapathCounter.dropReason(event.reasonCode)))" : "redirected to proxy port \(event.proxyPort)"
+        record["Summary"] = .string("\(proto) \(DatapathEvent.dottedQuad(event.source.address)):\(event.source.port) -> "
+            + "\(DatapathEvent.dottedQuad(event.destination.address)):\(event.destination.port) \(verb)")
+        return record
     }
 
     static func now() -> Double {

@@ -57,6 +57,14 @@ struct RunCommand: ParsableCommand {
             throw ExitCode(2)
         }
 
+        let enforcement = RunEnforcement(configuration: configuration, configFile: config, flowLog: flowLog)
+        do {
+            try enforcement.prepare()
+        } catch {
+            printError("\(config): policy: \(error)")
+            throw ExitCode(2)
+        }
+
         ShutdownSignals.block()
         let server = ProxyServer(configuration: configuration, flowLog: flowLog)
         do {
@@ -65,12 +73,23 @@ struct RunCommand: ParsableCommand {
             printError("\(error)")
             throw ExitCode(1)
         }
+        // Listeners are bound before the datapath diverts anything to them.
+        do {
+            try enforcement.install()
+        } catch {
+            printError("datapath: \(error)")
+            server.stopNow()
+            server.join()
+            throw ExitCode(1)
+        }
+        enforcement.startBackgroundWork()
         for listener in configuration.listeners {
             printError("listening: \(describe(listener))")
         }
         printError("ready: \(configuration.workers) worker(s), pid \(getpid())")
 
         let first = ShutdownSignals.wait()
+        enforcement.stop()
         printError("\(first == SIGINT ? "SIGINT" : "SIGTERM"): draining (up to \(configuration.timeouts.drain / 1_000_000) ms)")
         server.drain()
         // A second signal while draining stops at once.

@@ -68,7 +68,9 @@ class Sluice:
         self.config.write_text(config_text.replace("@FLOWS@", str(self.flows)))
         command = [SLUICE, "run", "--config", str(self.config), *extra_args]
         if netns:
-            command = ["ip", "netns", "exec", netns, *command]
+            # Enter only the network namespace: `ip netns exec` would also mount a private
+            # /sys, and BPF pins made there would vanish with the process.
+            command = ["nsenter", f"--net=/run/netns/{netns}", *command]
         self.stderr_file = open(self.stderr_path, "w")
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.stderr_file)
         deadline = time.monotonic() + 15
@@ -78,7 +80,7 @@ class Sluice:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"sluice not ready: {self.stderr()}")
             time.sleep(0.02)
-        # Under `ip netns exec` the pid is the wrapper's until exec; it execs, so it is sluice's.
+        # nsenter execs sluice, so the pid is sluice's.
         self.pid = self.process.pid
 
     def stderr(self):

@@ -53,4 +53,8 @@ long sluice_filesystem_type(const char *path);
 /// mount -t bpf bpf TARGET.
 int sluice_mount_bpffs(const char *target);
 
+/// Routes libbpf's messages to stderr without debug output and without the kernel's
+/// complaints about conditions Sluice handles (clsact missing or already there).
+void sluice_libbpf_quiet_expected_errors(void);
+
 #endif

@@ -19,6 +19,7 @@ public final class BPFObject {
             throw DatapathError("open BPF object \(path)", code: errno,
                                 hint: "build it with 'make bpf' or pass --object")
         }
+        sluice_libbpf_quiet_expected_errors()
         try BPFFilesystem.ensureMounted(under: pinRoot)
         try Self.makeDirectories(pinRoot)
         let opened: OpaquePointer? = pinRoot.withCString { root in

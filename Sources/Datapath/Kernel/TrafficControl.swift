@@ -1,4 +1,5 @@
 import CBPF
+import CSluiceShims
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -53,6 +54,7 @@ public enum TrafficControl {
 
     /// Creates the clsact qdisc if needed and attaches (or replaces) Sluice's filter.
     public static func attach(programDescriptor: Int32, interface name: String, hook point: TCHook) throws {
+        sluice_libbpf_quiet_expected_errors()
         let interface = try interfaceIndex(name)
         let (created, attached) = withHook(interface, point, programDescriptor: programDescriptor,
                                            flags: UInt32(BPF_TC_F_REPLACE.rawValue)) { hook, options in

@@ -72,7 +72,7 @@ public struct ConfigurationLoader {
     // MARK: Document
 
     private func configuration(from root: Node) throws(ConfigurationError) -> ProxyConfiguration {
-        let document = try mapping(root, path: "", allowed: ["workers", "proxyMark", "listeners", "timeouts", "limits", "flowLog"])
+        let document = try mapping(root, path: "", allowed: ["workers", "proxyMark", "listeners", "timeouts", "limits", "flowLog", "datapath", "policy"])
         var workers = defaultWorkers
         if let node = document["workers"] {
             workers = try integer(node, path: "workers", range: 1...256)
@@ -120,8 +120,77 @@ public struct ConfigurationLoader {
             }
             listeners.append(listener)
         }
+        var datapath = DatapathConfiguration()
+        if let node = document["datapath"] { datapath = try datapathConfiguration(node) }
+        var policy: PolicySourceConfiguration?
+        if let node = document["policy"] { policy = try policySource(node) }
+        if datapath.mode != .none {
+            guard listeners.contains(where: { $0.kind == .transparentTCP }) else {
+                throw error(document["datapath"]!, path: "datapath.mode",
+                            "'\(datapath.mode.rawValue)' diverts traffic to a transparent TCP listener; add one to 'listeners'")
+            }
+            guard policy != nil else {
+                throw error(document["datapath"]!, path: "policy", "missing; the datapath enforces the policies named there")
+            }
+        }
         return ProxyConfiguration(workers: workers, proxyMark: proxyMark, listeners: listeners,
-                                  timeouts: timeouts, limits: limits, flowLog: flowLog)
+                                  timeouts: timeouts, limits: limits, flowLog: flowLog, datapath: datapath, policy: policy)
+    }
+
+    private func datapathConfiguration(_ node: Node) throws(ConfigurationError) -> DatapathConfiguration {
+        let fields = try mapping(node, path: "datapath", allowed: ["mode", "netns", "interfaces", "pinRoot", "object"])
+        var datapath = DatapathConfiguration()
+        if let modeNode = fields["mode"] {
+            let text = try string(modeNode, path: "datapath.mode")
+            guard let mode = DatapathConfiguration.Mode(rawValue: text) else {
+                throw error(modeNode, path: "datapath.mode", "expected one of bpf, nftables, auto, none, got '\(text)'")
+            }
+            datapath.mode = mode
+        }
+        if let value = fields["netns"] { datapath.namespace = try string(value, path: "datapath.netns") }
+        if let value = fields["pinRoot"] { datapath.pinRoot = try string(value, path: "datapath.pinRoot") }
+        if let value = fields["object"] { datapath.object = try string(value, path: "datapath.object") }
+        if let value = fields["interfaces"] {
+            datapath.interfaces = try stringList(value, path: "datapath.interfaces")
+            for (index, name) in datapath.interfaces.enumerated() where name.isEmpty || name.utf8.count > 15 {
+                throw error(value, path: "datapath.interfaces[\(index)]", "expected an interface name of 1 to 15 characters, got '\(name)'")
+            }
+        }
+        if datapath.mode != .none && datapath.interfaces.isEmpty {
+            throw error(node, path: "datapath.interfaces", "missing; expected the interfaces facing endpoints and the uplink")
+        }
+        return datapath
+    }
+
+    private func policySource(_ node: Node) throws(ConfigurationError) -> PolicySourceConfiguration {
+        let fields = try mapping(node, path: "policy", allowed: ["paths", "endpoints", "nodeAddresses", "watch"])
+        guard let pathsNode = fields["paths"] else {
+            throw error(node, path: "policy.paths", "missing; expected a list of policy files or directories")
+        }
+        let paths = try stringList(pathsNode, path: "policy.paths")
+        guard !paths.isEmpty else { throw error(pathsNode, path: "policy.paths", "expected at least one path") }
+        guard let endpointsNode = fields["endpoints"] else {
+            throw error(node, path: "policy.endpoints", "missing; expected the endpoints file")
+        }
+        var source = PolicySourceConfiguration(paths: paths, endpoints: try string(endpointsNode, path: "policy.endpoints"))
+        if let value = fields["nodeAddresses"] {
+            source.nodeAddresses = try stringList(value, path: "policy.nodeAddresses")
+            for (index, address) in source.nodeAddresses.enumerated() where SocketAddress(host: address, port: 0) == nil {
+                throw error(value, path: "policy.nodeAddresses[\(index)]", "expected an IP address, got '\(address)'")
+            }
+        }
+        if let value = fields["watch"] {
+            let text = try string(value, path: "policy.watch")
+            source.watchInterval = text == "off" ? nil : try duration(value, path: "policy.watch")
+        }
+        return source
+    }
+
+    private func stringList(_ node: Node, path: String) throws(ConfigurationError) -> [String] {
+        guard case .sequence(let sequence) = node else { throw error(node, path: path, "expected a list") }
+        var values: [String] = []
+        for (index, element) in sequence.enumerated() { values.append(try string(element, path: "\(path)[\(index)]")) }
+        return values
     }
 
     private func listenerConfiguration(_ node: Node, path: String) throws(ConfigurationError) -> ListenerConfiguration {

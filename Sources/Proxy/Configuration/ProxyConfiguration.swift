@@ -10,15 +10,64 @@ public struct ProxyConfiguration: Sendable, Equatable {
     public var timeouts: Timeouts
     public var limits: Limits
     public var flowLog: FlowLogConfiguration
+    /// How traffic reaches the transparent listeners, and how L3/L4 policy is enforced.
+    public var datapath: DatapathConfiguration
+    /// The policies and endpoints `sluice run` enforces (nil: none, a pure relay).
+    public var policy: PolicySourceConfiguration?
 
     public init(workers: Int, proxyMark: UInt32 = 0xa00, listeners: [ListenerConfiguration],
-                timeouts: Timeouts = Timeouts(), limits: Limits = Limits(), flowLog: FlowLogConfiguration = .init()) {
+                timeouts: Timeouts = Timeouts(), limits: Limits = Limits(), flowLog: FlowLogConfiguration = .init(),
+                datapath: DatapathConfiguration = .init(), policy: PolicySourceConfiguration? = nil) {
         self.workers = workers
         self.proxyMark = proxyMark
         self.listeners = listeners
         self.timeouts = timeouts
         self.limits = limits
         self.flowLog = flowLog
+        self.datapath = datapath
+        self.policy = policy
+    }
+}
+
+/// The `datapath` section: which mechanism diverts traffic and enforces L3/L4 policy.
+public struct DatapathConfiguration: Sendable, Equatable {
+    public enum Mode: String, Sendable, Equatable {
+        /// Explicit mode only: nothing is diverted.
+        case none
+        /// tc programs with `bpf_sk_assign` (the default where the kernel has it).
+        case bpf
+        /// nftables TPROXY with explicit fail-closed drops, for kernels without `bpf_sk_assign`.
+        case nftables
+        /// `bpf` when the kernel supports it, else `nftables`.
+        case auto
+    }
+
+    public var mode: Mode = .none
+    /// The node's network namespace (`/run/netns/NAME`); nil = sluice's own.
+    public var namespace: String?
+    /// Interfaces facing endpoints and the uplink.
+    public var interfaces: [String] = []
+    public var pinRoot: String = "/sys/fs/bpf/sluice"
+    /// The compiled BPF object; nil = next to the binary.
+    public var object: String?
+
+    public init(mode: Mode = .none) { self.mode = mode }
+}
+
+/// The `policy` section: policy files and the endpoints file, watched for changes.
+public struct PolicySourceConfiguration: Sendable, Equatable {
+    public var paths: [String]
+    public var endpoints: String
+    /// Addresses of the node itself (identity `host`).
+    public var nodeAddresses: [String]
+    /// How often files are checked for changes; nil = never.
+    public var watchInterval: UInt64?
+
+    public init(paths: [String], endpoints: String, nodeAddresses: [String] = [], watchInterval: UInt64? = 1_000_000_000) {
+        self.paths = paths
+        self.endpoints = endpoints
+        self.nodeAddresses = nodeAddresses
+        self.watchInterval = watchInterval
     }
 }
 

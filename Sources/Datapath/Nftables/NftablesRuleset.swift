@@ -1,0 +1,168 @@
+import Foundation
+
+/// The nftables fallback datapath, for kernels without `bpf_sk_assign`: the same map
+/// contents (`DatapathState`) written as one nftables table.
+///
+/// Traffic entering the node from the configured interfaces goes through an egress check
+/// (the source endpoint's policy) and an ingress check (the destination endpoint's);
+/// either may drop. A redirect verdict marks the packet, and the final rules TPROXY it to
+/// Sluice's listener. TPROXY fails open (no listener: the rule simply does not match), so
+/// a marked packet that was not diverted is dropped explicitly: the fallback fails closed.
+/// Established diverted flows follow their transparent socket; other established flows
+/// and replies pass through conntrack.
+///
+/// Known gap against the BPF datapath: traffic the node itself originates toward an
+/// endpoint is not checked against the endpoint's ingress policy.
+public struct NftablesRuleset {
+    public static let tableName = "sluice"
+    static let redirectBit: UInt32 = 0x1000
+
+    public let state: DatapathState
+    public let interfaces: [String]
+    public let proxyPorts: PolicyTranslation.ProxyPorts
+
+    public init(state: DatapathState, interfaces: [String], proxyPorts: PolicyTranslation.ProxyPorts) {
+        self.state = state
+        self.interfaces = interfaces
+        self.proxyPorts = proxyPorts
+    }
+
+    /// The complete ruleset text, replacing any previous Sluice table atomically.
+    public func text() -> String {
+        var prefixesByIdentity: [UInt32: [IPv4Prefix]] = [:]
+        for (prefix, entry) in state.addresses { prefixesByIdentity[entry.identity, default: []].append(prefix) }
+        let allPrefixes = state.addresses.keys.sorted()
+        var lines: [String] = []
+        lines.append("table ip \(Self.tableName) {}")
+        lines.append("delete table ip \(Self.tableName)")
+        lines.append("table ip \(Self.tableName) {")
+        func set(_ name: String, _ prefixes: [IPv4Prefix]) {
+            lines.append("  set \(name) {")
+            lines.append("    type ipv4_addr; flags interval; auto-merge;")
+            if !prefixes.isEmpty {
+                lines.append("    elements = { " + prefixes.sorted().map(\.description).joined(separator: ", ") + " }")
+            }
+            lines.append("  }")
+        }
+        set("known", allPrefixes)
+        for (identity, prefixes) in prefixesByIdentity.sorted(by: { $0.key < $1.key }) {
+            set("id_\(identity)", prefixes)
+            // Addresses of this identity's prefixes that a longer prefix gives to someone else.
+            let inner = allPrefixes.filter { other in
+                state.addresses[other]?.identity != identity
+                    && prefixes.contains { $0.length < other.length && PolicyTranslation.contains($0, other.address) }
+            }
+            if !inner.isEmpty { set("carve_\(identity)", inner) }
+        }
+        let carved = Set(prefixesByIdentity.keys.filter { identity in
+            lines.contains("  set carve_\(identity) {")
+        })
+
+        for direction in [PolicyDirection.egress, .ingress] {
+            lines.append("  chain \(direction)_policy {")
+            let (own, peer) = direction == .egress ? ("saddr", "daddr") : ("daddr", "saddr")
+            let endpoints = Set(state.policy.keys.map(\.endpoint)).union(state.enforcement.keys).sorted()
+            for endpoint in endpoints {
+                let entries = state.policy.filter { $0.key.endpoint == endpoint && $0.key.direction == direction }
+                let ordered = entries.sorted { left, right in
+                    let leftRank = (left.value.action == .deny ? 0 : 1, left.key.port == 0 ? 1 : 0, left.key.peer == 0 ? 1 : 0)
+                    let rightRank = (right.value.action == .deny ? 0 : 1, right.key.port == 0 ? 1 : 0, right.key.peer == 0 ? 1 : 0)
+                    return leftRank != rightRank ? leftRank < rightRank : left.key < right.key
+                }
+                for (key, entry) in ordered {
+                    var match = "ip \(own) @id_\(endpoint)"
+                    if key.peer == NumericIdentity.world {
+                        match += " ip \(peer) != @known"
+                    } else if key.peer != NumericIdentity.any {
+                        match += " ip \(peer) @id_\(key.peer)"
+                        if carved.contains(key.peer) { match += " ip \(peer) != @carve_\(key.peer)" }
+                    }
+                    switch key.ipProtocol {
+                    case 6: match += " meta l4proto tcp"
+                    case 17: match += " meta l4proto udp"
+                    case 132: match += " meta l4proto sctp"
+                    case 1: match += " meta l4proto icmp"
+                    default: match += " meta l4proto \(key.ipProtocol)"
+                    }
+                    if key.port != 0 && key.ipProtocol != 1 { match += " th dport \(key.port)" }
+                    let note = state.ruleNames[entry.rule].map { " comment \"\(Self.escape($0))\"" } ?? ""
+                    switch entry.action {
+                    case .deny: lines.append("    \(match) counter drop\(note)")
+                    case .allow: lines.append("    \(match) counter return\(note)")
+                    case .redirect:
+                        lines.append("    \(match) meta mark set meta mark or 0x\(String(Self.redirectBit, radix: 16)) counter return\(note)")
+                    }
+                }
+                let enforced = state.enforcement[endpoint].map { direction == .ingress ? $0.ingress : $0.egress } ?? false
+                if enforced {
+                    lines.append("    ip \(own) @id_\(endpoint) counter drop comment \"default deny \(Self.escape(state.identityNames[endpoint] ?? "\(endpoint)")) \(direction)\"")
+                }
+            }
+            lines.append("  }")
+        }
+
+        let interfaceSet = interfaces.map { "\"\($0)\"" }.joined(separator: ", ")
+        let bit = "0x\(String(Self.redirectBit, radix: 16))"
+        lines.append("  chain prerouting {")
+        lines.append("    type filter hook prerouting priority mangle; policy accept;")
+        lines.append("    iifname != { \(interfaceSet) } accept")
+        lines.append("    meta l4proto { tcp, udp } socket transparent 1 meta mark set 0x200 accept comment \"diverted flow, established\"")
+        lines.append("    ct state established,related accept")
+        lines.append("    meta mark set meta mark and 0xffffefff")
+        lines.append("    jump egress_policy")
+        lines.append("    jump ingress_policy")
+        if proxyPorts.tcp != 0 {
+            lines.append("    meta mark and \(bit) == \(bit) meta l4proto tcp tproxy to 127.0.0.1:\(proxyPorts.tcp) meta mark set 0x200 counter accept")
+        }
+        if proxyPorts.udp != 0 {
+            lines.append("    meta mark and \(bit) == \(bit) meta l4proto udp tproxy to 127.0.0.1:\(proxyPorts.udp) meta mark set 0x200 counter accept")
+        }
+        lines.append("    meta mark and \(bit) == \(bit) counter drop comment \"proxy unavailable: fail closed\"")
+        lines.append("  }")
+        lines.append("}")
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    static func escape(_ text: String) -> String {
+        text.replacingOccurrences(of: "\"", with: "'")
+    }
+
+    /// Installs the table in namespace `namespace` (nil: the current one) with `nft -f`.
+    public func apply(namespace: String?) throws {
+        try Self.runNft(arguments: ["-f", "-"], input: text(), namespace: namespace)
+    }
+
+    /// Removes the table (idempotent).
+    public static func remove(namespace: String?) throws {
+        try runNft(arguments: ["-f", "-"], input: "table ip \(tableName) {}\ndelete table ip \(tableName)\n", namespace: namespace)
+    }
+
+    static func runNft(arguments: [String], input: String, namespace: String?) throws {
+        let process = Process()
+        if let namespace {
+            process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+            process.arguments = ["netns", "exec", namespace, "nft"] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: "/usr/sbin/nft")
+            process.arguments = arguments
+        }
+        let stdin = Pipe()
+        let stderr = Pipe()
+        process.standardInput = stdin
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        do {
+            try process.run()
+        } catch {
+            throw DatapathError("run nft", code: ENOENT, hint: "install nftables (scripts/bootstrap does)")
+        }
+        stdin.fileHandleForWriting.write(Data(input.utf8))
+        try? stdin.fileHandleForWriting.close()
+        let message = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw DatapathError("nft \(arguments.joined(separator: " "))", code: EINVAL,
+                                hint: message.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+    }
+}
