@@ -147,7 +147,7 @@ public struct HTTP1ParseError: Error, Sendable, Equatable, CustomStringConvertib
         case invalidChunkSize, chunkSizeTooLong, invalidChunkExtension, chunkLineTooLong
         case missingChunkTerminator
         case unsolicitedResponse, unexpectedSwitchingProtocols
-        case truncatedMessage
+        case truncatedMessage, dataAfterClose
     }
 
     public var kind: Kind

@@ -25,6 +25,8 @@ public struct HTTP1Parser: Sendable {
         case trailers
         /// The head or body is done; the next call reports `messageComplete`.
         case messageEnd
+        /// The last message closed the connection (RFC 9112 §9.6); no byte may follow.
+        case closed
         case untilClose
         case tunnel
         case failed(HTTP1ParseError)
@@ -55,6 +57,7 @@ public struct HTTP1Parser: Sendable {
     private var scan = SectionScan()
     private var pendingRequests: [HTTP1RequestSummary] = []
     private var completedHeadSwitchesProtocol = false
+    private var completedHeadClosesConnection = false
     /// Bytes the line-feed searches have stepped over, for tests that prove a split feed
     /// never rescans (at most one look per byte of head, chunk line and trailers).
     private(set) var bytesExamined = 0
@@ -110,7 +113,7 @@ public struct HTTP1Parser: Sendable {
         case .untilClose, .messageEnd:
             state = .tunnel
             return .messageComplete
-        case .tunnel:
+        case .tunnel, .closed:
             return .cleanClose
         case .failed(let error):
             return .truncated(error)
@@ -171,6 +174,12 @@ public struct HTTP1Parser: Sendable {
         case .tunnel:
             guard !bytes.isEmpty else { return .needMore(minimumBytes: 1) }
             return .tunnel(bytes.count)
+        case .closed:
+            // RFC 9112 §9.6: "A server that receives a "close" connection option MUST
+            // initiate closure of the connection ... and MUST NOT process any further
+            // requests received on that connection."
+            guard !bytes.isEmpty else { return .needMore(minimumBytes: 1) }
+            return fail(.dataAfterClose, 0)
         case .failed(let error):
             return .error(error)
         }
@@ -493,6 +502,8 @@ public struct HTTP1Parser: Sendable {
         }
         head.framing = framing
         completedHeadSwitchesProtocol = head.switchesProtocol
+        // An interim response says nothing about the connection; the final one does.
+        completedHeadClosesConnection = !head.keepAlive && !head.isInformational
         switch framing {
         case .none: state = .messageEnd
         case .contentLength(let length): state = .fixedBody(remaining: length)
@@ -506,8 +517,9 @@ public struct HTTP1Parser: Sendable {
     /// After `messageComplete`: the next message, or opaque bytes after a protocol switch.
     private mutating func finishMessage() {
         scan = SectionScan()
-        state = completedHeadSwitchesProtocol ? .tunnel : .head
+        state = completedHeadSwitchesProtocol ? .tunnel : completedHeadClosesConnection ? .closed : .head
         completedHeadSwitchesProtocol = false
+        completedHeadClosesConnection = false
     }
 
     // MARK: - Start lines

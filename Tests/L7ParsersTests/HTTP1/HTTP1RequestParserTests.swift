@@ -54,7 +54,7 @@ import Testing
         let first = "GET /one HTTP/1.1\r\nHost: a\r\n\r\n"
         let second = "POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
         let third = "GET /three HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-        let records = verifyRequests(first + second + third)
+        let records = verifyRequests(first + second + third, backToBack: false)
         let heads = records.compactMap(\.head)
         #expect(heads.map(\.target) == ["/one", "/two", "/three"])
         #expect(heads.map(\.start) == [0, first.utf8.count, (first + second).utf8.count])
@@ -63,9 +63,20 @@ import Testing
     }
 
     @Test func keepAliveFollowsVersionAndConnection() throws {
-        let records = verifyRequests("GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"
-                                     + "GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, CLOSE\r\n\r\n")
-        #expect(records.compactMap(\.head).map(\.keepAlive) == [false, true, false])
+        let records = verifyRequests("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        #expect(records.compactMap(\.head).map(\.keepAlive) == [true, true])
+        let http10 = verifyRequests("GET / HTTP/1.0\r\n\r\n", backToBack: false)
+        #expect(http10.first?.head?.keepAlive == false)
+        let close = verifyRequests("GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, CLOSE\r\n\r\n", backToBack: false)
+        #expect(close.first?.head?.keepAlive == false)
+    }
+
+    /// RFC 9112 §9.6: nothing is processed after a request that closes the connection.
+    @Test func bytesAfterAClosingRequestAreRejected() {
+        let closing = "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        let records = verifyRequests(closing + "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+        #expect(records.compactMap(\.head).count == 1)
+        #expect(records.last == .error(.dataAfterClose, status: 400, offset: closing.utf8.count))
     }
 
     @Test func expectContinueUpgradeConnectAndTargetForms() throws {

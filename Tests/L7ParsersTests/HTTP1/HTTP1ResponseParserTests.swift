@@ -79,9 +79,18 @@ import Testing
     }
 
     @Test func keepAliveOfResponses() {
-        let records = verifyResponses("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-                                      + "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", to: [Self.get, Self.get, Self.get])
-        #expect(records.compactMap(\.head).map(\.keepAlive) == [false, false, true])
+        let records = verifyResponses("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+                                      to: [Self.get, Self.get])
+        #expect(records.compactMap(\.head).map(\.keepAlive) == [true, true])
+        let http10 = verifyResponses("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", to: [Self.get], backToBack: false)
+        #expect(http10.first?.head?.keepAlive == false)
+        let close = verifyResponses("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+                                    to: [Self.get, Self.get])
+        #expect(close.first?.head?.keepAlive == false)
+        guard case .error(.dataAfterClose, 502, _) = close.last else {
+            Issue.record("bytes after a closing response must be an error: \(close)")
+            return
+        }
     }
 
     struct Case: CustomTestStringConvertible, Sendable {
