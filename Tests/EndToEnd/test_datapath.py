@@ -1,0 +1,268 @@
+"""End-to-end: the eBPF datapath (and its nftables fallback) in the namespace lab, driven
+by `sluice run` with the lab's real policies (configs/lab). Root only.
+Starts: scripts/lab namespaces, the BPF programs (tc, bpf_sk_assign), nftables, the sluice
+binary, nginx in the backend endpoint, curl in the others, a Python UDP peer in 'remote'."""
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+from conftest import ROOT, SLUICE
+from lab import lab  # noqa: F401  (fixture)
+
+BACKEND = "10.200.2.2"
+FRONTEND = "10.200.1.2"
+INTRUDER = "10.200.3.2"
+REMOTE = "10.200.100.2"
+NODE_TO_BACKEND = "10.200.2.1"
+INTERFACES = "ep1,ep2,ep3,up0"
+
+UDP_ECHO = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((sys.argv[1], int(sys.argv[2])))
+    while True:
+        data, peer = s.recvfrom(65535)
+        s.sendto(b"answer:" + data + b" seen-from:" + peer[0].encode(), peer)
+""")
+
+
+class Scenario:
+    """The lab with nginx in the backend, a UDP peer in 'remote', and sluice in the node."""
+
+    def __init__(self, lab, workdir, start_sluice, mode):
+        self.lab = lab
+        self.workdir = workdir
+        self.mode = mode
+        self.pin_root = f"/sys/fs/bpf/sluice-{lab.prefix}"
+        self.policies = workdir / "policies.yaml"
+        shutil.copy(ROOT / "configs" / "lab" / "policies.yaml", self.policies)
+        shutil.copy(ROOT / "configs" / "lab" / "endpoints.yaml", workdir / "endpoints.yaml")
+        www = workdir / "backend"
+        www.mkdir()
+        self.access_log = www / "access.log"
+        conf = www / "nginx.conf"
+        conf.write_text(f"""
+worker_processes 1; daemon off; error_log {www}/error.log; pid {www}/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+  log_format peer '$remote_addr $server_port $request';
+  access_log {self.access_log} peer;
+  client_body_temp_path {www}/b; proxy_temp_path {www}/p; fastcgi_temp_path {www}/f;
+  uwsgi_temp_path {www}/u; scgi_temp_path {www}/s;
+  server {{
+    listen {BACKEND}:8080; listen {BACKEND}:9090;
+    location / {{ return 200 "backend $server_port\\n"; }}
+    location /slow {{ return 200 "slow\\n"; }}
+  }}
+}}
+""")
+        lab.spawn(lab.ns("ep2"), "nginx", "-c", str(conf), "-p", str(www))
+        lab.spawn(lab.ns("remote"), "python3", "-c", UDP_ECHO, REMOTE, "53")
+        self.config_text = f"""
+workers: 2
+listeners:
+  - {{name: l7-tcp, mode: transparent, listen: 127.0.0.1:15001}}
+  - {{name: l7-udp, mode: transparent, protocol: udp, listen: 127.0.0.1:15053}}
+datapath:
+  mode: {mode}
+  interfaces: [ep1, ep2, ep3, up0]
+  pinRoot: {self.pin_root}
+policy:
+  paths: [{self.policies}]
+  endpoints: {workdir / 'endpoints.yaml'}
+  watch: 200ms
+timeouts: {{drain: 2s, udpIdle: 1s}}
+flowLog: {{sink: file, path: "@FLOWS@"}}
+"""
+        self.start_sluice = start_sluice
+        self.proxy = None
+        wait_until(lambda: (www / "nginx.pid").exists(), "nginx in the backend endpoint")
+
+    def start_proxy(self):
+        self.proxy = self.start_sluice(self.config_text, netns=self.lab.node)
+        return self.proxy
+
+    def curl(self, endpoint, url, timeout=3):
+        return self.lab.run(self.lab.ns(endpoint), "curl", "-sS", "--max-time", str(timeout), url, check=False)
+
+    def access(self):
+        return self.access_log.read_text().splitlines() if self.access_log.exists() else []
+
+    def status(self):
+        result = subprocess.run([SLUICE, "datapath", "status", "--netns", self.lab.node, "--interfaces", INTERFACES,
+                                 "--pin-root", self.pin_root], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def counter(self, name):
+        match = re.search(rf"^\s+{re.escape(name)}\s+(\d+)$", self.status(), re.M)
+        assert match, self.status()
+        return int(match.group(1))
+
+    def teardown(self):
+        if self.mode == "bpf":
+            subprocess.run([SLUICE, "datapath", "down", "--netns", self.lab.node, "--interfaces", INTERFACES,
+                            "--pin-root", self.pin_root], capture_output=True)
+
+
+def wait_until(predicate, what, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(params=["bpf", "nftables"])
+def scenario(request, lab, workdir, start_sluice):
+    instance = Scenario(lab, workdir, start_sluice, request.param)
+    yield instance
+    if instance.proxy:
+        instance.proxy.terminate()
+    instance.teardown()
+
+
+def test_allowed_l7_port_goes_through_the_proxy_and_l4_port_does_not(scenario):
+    proxy = scenario.start_proxy()
+    result = scenario.curl("ep1", f"http://{BACKEND}:8080/api/products")
+    assert result.stdout == "backend 8080\n", result.stderr
+    result = scenario.curl("ep1", f"http://{BACKEND}:9090/metrics")
+    assert result.stdout == "backend 9090\n", result.stderr
+    # The backend saw the node (the proxy's upstream leg) for the L7 port, the client itself
+    # for the L4-only port: only the first went through sluice.
+    assert f"{NODE_TO_BACKEND} 8080 GET /api/products HTTP/1.1" in scenario.access()
+    assert f"{FRONTEND} 9090 GET /metrics HTTP/1.1" in scenario.access()
+    records = proxy.wait_for_flows(1)
+    relayed = [r for r in records if r.get("proxy", {}).get("listener") == "l7-tcp"]
+    assert len(relayed) == 1
+    assert relayed[0]["IP"]["source"] == FRONTEND and relayed[0]["IP"]["destination"] == BACKEND
+    assert relayed[0]["l4"]["TCP"]["destination_port"] == 8080
+    if scenario.mode == "bpf":
+        redirected = [r for r in records if r["verdict"] == "REDIRECTED"]
+        assert redirected and redirected[0]["source"]["name"] == "shop/frontend"
+        assert redirected[0]["destination"]["name"] == "shop/backend"
+        assert scenario.counter("redirected to proxy (packets)") > 0
+
+
+def test_denied_flow_is_dropped_counted_and_reported(scenario):
+    proxy = scenario.start_proxy()
+    result = scenario.curl("ep3", f"http://{BACKEND}:8080/api/products", timeout=2)
+    assert result.returncode != 0, "the intruder must not reach the backend"
+    result = scenario.curl("ep1", f"http://{BACKEND}:7777/", timeout=2)
+    assert result.returncode != 0, "the frontend may use only the ports its policy names"
+    assert not any(line.startswith(INTRUDER) for line in scenario.access())
+    assert not any(line.startswith(NODE_TO_BACKEND) for line in scenario.access()), "nothing was relayed either"
+    if scenario.mode == "bpf":
+        assert scenario.counter("drop: default deny") >= 2
+        records = proxy.wait_for_flows(2)
+        drops = [r for r in records if r["verdict"] == "DROPPED"]
+        assert {(r["IP"]["source"], r["l4"]["TCP"]["destination_port"]) for r in drops} >= {(INTRUDER, 8080), (FRONTEND, 7777)}
+        intruder = next(r for r in drops if r["IP"]["source"] == INTRUDER)
+        assert intruder["drop_reason_desc"] == "POLICY_DENIED"
+        assert intruder["traffic_direction"] == "INGRESS"
+        frontend = next(r for r in drops if r["IP"]["source"] == FRONTEND)
+        assert frontend["traffic_direction"] == "EGRESS"
+    else:
+        rules = scenario.lab.run(scenario.lab.node, "nft", "list", "table", "ip", "sluice").stdout
+        assert re.search(r"default deny shop/backend ingress", rules)
+        assert re.search(r"counter packets [1-9]\d* bytes \d+ drop comment \"default deny shop/backend ingress\"", rules)
+
+
+def test_udp_redirect_relays_and_answers_from_the_original_destination(scenario):
+    proxy = scenario.start_proxy()
+    code = textwrap.dedent(f"""
+        import socket
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        s.sendto(b"query", ("{REMOTE}", 53))
+        data, peer = s.recvfrom(2048)
+        print(data.decode(), peer[0], peer[1])
+    """)
+    result = scenario.lab.run(scenario.lab.ns("ep1"), "python3", "-c", code, check=False, timeout=10)
+    assert result.stdout.strip() == f"answer:query seen-from:10.200.100.1 {REMOTE} 53", result.stderr
+    records = proxy.wait_for_flows(2, timeout=5)
+    assert any("UDP" in r.get("l4", {}) and r.get("proxy", {}).get("listener") == "l7-udp" for r in records)
+
+
+def test_proxy_stopped_means_blocked(scenario):
+    proxy = scenario.start_proxy()
+    assert scenario.curl("ep1", f"http://{BACKEND}:8080/api/x").stdout == "backend 8080\n"
+    assert proxy.terminate() == 0
+    result = scenario.curl("ep1", f"http://{BACKEND}:8080/api/x", timeout=2)
+    assert result.returncode != 0, "with no listener the redirected port must fail closed"
+    assert scenario.curl("ep1", f"http://{BACKEND}:9090/").stdout == "backend 9090\n", "L4-only ports keep working"
+    if scenario.mode == "bpf":
+        assert scenario.counter("drop: proxy unavailable") >= 1
+    else:
+        rules = scenario.lab.run(scenario.lab.node, "nft", "list", "table", "ip", "sluice").stdout
+        assert re.search(r"counter packets [1-9]\d* bytes \d+ drop comment \"proxy unavailable: fail closed\"", rules)
+
+
+def test_policy_change_applies_to_new_connections_and_spares_established_ones(scenario):
+    proxy = scenario.start_proxy()
+    assert scenario.curl("ep3", f"http://{BACKEND}:9090/", timeout=2).returncode != 0
+    # An established allowed connection, held open across the change.
+    holder = subprocess.Popen(["ip", "netns", "exec", scenario.lab.ns("ep1"), "python3", "-c", textwrap.dedent(f"""
+        import socket, sys, time
+        s = socket.create_connection(("{BACKEND}", 9090), timeout=5)
+        def ask():
+            s.sendall(b"GET /slow HTTP/1.1\\r\\nHost: b\\r\\n\\r\\n")
+            return s.recv(4096).split(b"\\r\\n")[0].decode()
+        print(ask(), flush=True)
+        sys.stdin.readline()
+        print(ask(), flush=True)
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "HTTP/1.1 200 OK"
+    # Let the intruder reach the backend's metrics port: a change that does not concern the
+    # frontend's connection.
+    text = scenario.policies.read_text()
+    text = text.replace("""    - fromEndpoints:
+        - matchLabels: {app: frontend}
+      toPorts:
+        - ports: [{port: "9090", protocol: TCP}]""", """    - fromEndpoints:
+        - matchLabels: {app: frontend}
+        - matchLabels: {app: intruder}
+      toPorts:
+        - ports: [{port: "9090", protocol: TCP}]""")
+    scenario.policies.write_text(text)
+    wait_until(lambda: "policy changed" in proxy.stderr(), "sluice to apply the changed policy")
+    assert scenario.curl("ep3", f"http://{BACKEND}:9090/").stdout == "backend 9090\n"
+    holder.stdin.write("\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "HTTP/1.1 200 OK", "the established connection must survive"
+    holder.wait(5)
+    # A change that does not load leaves the previous policy in force.
+    scenario.policies.write_text("kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: broken}\nspec: {}\n")
+    wait_until(lambda: "was not applied" in proxy.stderr(), "sluice to reject the broken policy")
+    assert scenario.curl("ep3", f"http://{BACKEND}:9090/").stdout == "backend 9090\n"
+    assert scenario.curl("ep3", f"http://{BACKEND}:8080/", timeout=2).returncode != 0
+
+
+def test_teardown_leaves_no_namespace_pin_program_or_process(lab, workdir, start_sluice):
+    scenario = Scenario(lab, workdir, start_sluice, "bpf")
+    proxy = scenario.start_proxy()
+    programs = set(re.findall(r"program id (\d+)", scenario.status()))
+    assert programs, "programs must be attached"
+    proxy.terminate()
+    scenario.teardown()
+    lab.down()
+    assert not os.path.exists(scenario.pin_root)
+    assert lab.namespaces() == []
+    assert subprocess.run(["pgrep", "-f", f"netns {lab.prefix}-"], capture_output=True).stdout == b""
+    # Namespace deletion finishes asynchronously; the programs go with their last tc filter.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive = [p for p in programs
+                 if subprocess.run(["bpftool", "prog", "show", "id", p], capture_output=True).returncode == 0]
+        if not alive:
+            break
+        time.sleep(0.2)
+    assert not alive, f"BPF programs still loaded: {alive}"
