@@ -60,9 +60,9 @@ public struct HTTP1ResponseStep: Sendable, Equatable {
 /// - a request that cannot be parsed: `.inject(4xx with Connection: close)` when due, then
 ///   `.error`. Nothing of it was passed.
 ///
-/// Ordering (pipelining): responses must reach the client in request order (RFC 9112 §9.3.2
-/// "A server ... MUST send its responses to those requests in the same order that the
-/// requests were received"). The connection keeps a queue of in-flight requests. A local
+/// Ordering (pipelining): responses must reach the client in request order (RFC 9112 §9.3.2:
+/// a server "MUST send the corresponding responses in the same order that the requests were
+/// received"). The connection keeps a queue of in-flight requests. A local
 /// answer (403, 4xx) is *due* only when every earlier request has had its final response
 /// relayed; until then the request side keeps parsing later requests (an allowed one behind
 /// a denial is still forwarded) and the response side stalls, between responses, before any

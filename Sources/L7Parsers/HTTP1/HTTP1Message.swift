@@ -63,6 +63,16 @@ public struct HTTP1Head: Sendable, Equatable {
     /// Request only: the request-target as received.
     public var target: Range<Int> = 0..<0
     public var targetForm: HTTP1TargetForm = .origin
+    /// Request only: the path and query of the target, what a policy's `path` matches: the
+    /// whole origin-form or asterisk-form target, the part after the authority of an
+    /// absolute-form target (when that does not start with "/", the path is "/" followed by
+    /// it: RFC 9110 §4.2.3 normalises an empty path to "/"), empty for CONNECT.
+    public var path: Range<Int> = 0..<0
+    /// Request only: the authority of an absolute-form or authority-form target. RFC 9112
+    /// §3.2.2: a server receiving absolute-form "MUST ignore the received Host header field
+    /// (if any) and instead use the host information of the request-target", so a policy's
+    /// host check uses this when present, else `host`.
+    public var authority: Range<Int>? = nil
     public var version: HTTP1Version = .http11
     /// Response only: the status code (0 for requests).
     public var statusCode: Int = 0

@@ -560,6 +560,24 @@ public struct HTTP1Parser: Sendable {
             return (.invalidTarget, target.lowerBound)
         }
         scan.head.targetForm = form
+        switch form {
+        case .origin, .asterisk:
+            scan.head.path = target
+        case .authority:
+            scan.head.authority = target
+            scan.head.path = target.upperBound..<target.upperBound
+        case .absolute:
+            var authorityStart = target.lowerBound
+            while bytes[authorityStart] != HTTP1Grammar.colon { authorityStart += 1 }
+            authorityStart += 3
+            var authorityEnd = authorityStart
+            while authorityEnd < target.upperBound && bytes[authorityEnd] != UInt8(ascii: "/")
+                    && bytes[authorityEnd] != UInt8(ascii: "?") {
+                authorityEnd += 1
+            }
+            scan.head.authority = authorityStart..<authorityEnd
+            scan.head.path = authorityEnd..<target.upperBound
+        }
         return nil
     }
 
@@ -695,7 +713,7 @@ public struct HTTP1Parser: Sendable {
             guard HTTP1Grammar.isDigit(bytes[index]) else { return (.invalidStatusCode, index) }
             code = code * 10 + Int(bytes[index] - UInt8(ascii: "0"))
         }
-        // RFC 9110 §15: "Values outside the range 100..599 are invalid."
+        // RFC 9110 §15: "All valid status codes are within the range of 100 to 599, inclusive."
         guard (100...599).contains(code) else { return (.invalidStatusCode, start + 9) }
         var reasonStart = start + 12
         if reasonStart < line.upperBound {

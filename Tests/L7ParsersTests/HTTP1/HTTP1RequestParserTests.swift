@@ -93,6 +93,16 @@ import Testing
                 "Upgrade without Connection: upgrade is not an upgrade request")
         #expect(heads.map(\.isConnect) == [false, false, true, false, false, false])
         #expect(heads.map(\.targetForm) == [.origin, .origin, .authority, .asterisk, .absolute, .origin])
+        #expect(heads.map(\.path) == ["/x", "/chat", "", "*", "/p?q", "/ws"])
+        #expect(heads.map(\.authority) == [nil, nil, "example.com:443", nil, "example.com:8080", nil])
+    }
+
+    @Test func absoluteFormWithoutPathHasAnEmptyPath() throws {
+        let records = verifyRequests("GET http://example.com?q=1 HTTP/1.1\r\nHost: other\r\n\r\n")
+        let head = try #require(records.first?.head)
+        #expect(head.authority == "example.com")
+        #expect(head.path == "?q=1")
+        #expect(head.host == "other")
     }
 
     @Test func leadingEmptyLinesAreSkippedAndCounted() throws {

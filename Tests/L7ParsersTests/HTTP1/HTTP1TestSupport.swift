@@ -22,6 +22,8 @@ struct HTTP1HeadRecord: Equatable, CustomStringConvertible {
     var switchesProtocol = false
     var isInformational = false
     var targetForm: HTTP1TargetForm = .origin
+    var path = ""
+    var authority: String? = nil
 
     var description: String {
         status == 0 ? "head(\(method) \(target) \(version) @\(start)+\(length) \(framing))"
@@ -126,6 +128,8 @@ struct HTTP1SplitDecoder: SplitFeedDecoder {
                 record.switchesProtocol = head.switchesProtocol
                 record.isInformational = head.isInformational
                 record.targetForm = head.targetForm
+                record.path = string(bytes, head.path)
+                record.authority = head.authority.map { string(bytes, $0) }
                 // The field lines tile the header section exactly (the header-rewriting seam).
                 var expectedLineStart = head.startLine.upperBound + 2
                 for field in head.fields {
