@@ -85,6 +85,15 @@ struct {
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_events SEC(".maps");
 
+/* Never read or written: declared so the event layout is recorded in the object's BTF,
+ * where the layout test (and `bpftool btf dump`) can check it against Swift's view. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct sluice_event);
+} sluice_event_layout SEC(".maps");
+
 struct packet {
     struct sluice_ct_key tuple;
     __u8 first_fragment;

@@ -13,8 +13,9 @@ public struct IPv4Prefix: Hashable, Sendable, Comparable, CustomStringConvertibl
 
     /// Parses `a.b.c.d` or `a.b.c.d/n`.
     public init?(_ text: String) {
-        let parts = text.split(separator: "/", maxSplits: 1)
-        let octets = parts[0].split(separator: ".", omittingEmptySubsequences: false)
+        let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let first = parts.first else { return nil }
+        let octets = first.split(separator: ".", omittingEmptySubsequences: false)
         guard octets.count == 4 else { return nil }
         var address: UInt32 = 0
         for octet in octets {

@@ -1,0 +1,68 @@
+import Foundation
+import Testing
+import PolicyEngine
+@testable import Datapath
+
+/// The L3/L4 view of the lab's real policies (configs/lab), as the datapath will hold it.
+@Suite struct PolicyTranslationTests {
+    static func labState() throws -> DatapathState {
+        let root = DatapathTestSupport.packageRoot
+        let loaded = PolicyLoader.load(file: "\(root)/configs/lab/policies.yaml")
+        #expect(loaded.errors.isEmpty)
+        let endpoints = try EndpointDirectory.load(file: "\(root)/configs/lab/endpoints.yaml")
+        let snapshot = PolicySnapshot(policies: loaded.policies, endpoints: endpoints)
+        return try PolicyTranslation(snapshot: snapshot, nodeAddresses: [], proxyPorts: .init(tcp: 15001, udp: 15053)).translate()
+    }
+
+    static func identity(_ state: DatapathState, _ name: String) -> UInt32 {
+        state.identityNames.first { $0.value == name }!.key
+    }
+
+    @Test func identitiesAndEnforcement() throws {
+        let state = try Self.labState()
+        let frontend = Self.identity(state, "shop/frontend"), backend = Self.identity(state, "shop/backend")
+        #expect(state.addresses[IPv4Prefix("10.200.1.2")!] == AddressEntry(identity: frontend, isLocalEndpoint: true))
+        #expect(state.addresses[IPv4Prefix("10.200.2.1")!]?.identity == NumericIdentity.host)
+        #expect(state.addresses[IPv4Prefix("10.200.100.0/24")!]?.isLocalEndpoint == false)
+        #expect(state.enforcement[frontend] == Enforcement(ingress: false, egress: true))
+        #expect(state.enforcement[backend] == Enforcement(ingress: true, egress: false))
+        let intruder = Self.identity(state, "shop/intruder")
+        #expect(state.enforcement[intruder] == nil, "no policy selects the intruder")
+    }
+
+    @Test func l7PortsRedirectAndL4PortsAllow() throws {
+        let state = try Self.labState()
+        let frontend = Self.identity(state, "shop/frontend"), backend = Self.identity(state, "shop/backend")
+        let cidr = state.addresses[IPv4Prefix("10.200.100.0/24")!]!.identity
+        #expect(state.policy[PolicyKey(endpoint: backend, direction: .ingress, peer: frontend, port: 8080, ipProtocol: 6)]
+                == PolicyEntry(action: .redirect, proxyPort: 15001, rule: state.policy[PolicyKey(endpoint: backend, direction: .ingress, peer: frontend, port: 8080, ipProtocol: 6)]!.rule))
+        #expect(state.policy[PolicyKey(endpoint: backend, direction: .ingress, peer: frontend, port: 9090, ipProtocol: 6)]?.action == .allow)
+        #expect(state.policy[PolicyKey(endpoint: frontend, direction: .egress, peer: cidr, port: 53, ipProtocol: 17)]
+                .map { ($0.action, $0.proxyPort) } ?? (.allow, 0) == (.redirect, 15053))
+        #expect(state.policy[PolicyKey(endpoint: frontend, direction: .egress, peer: cidr, port: 80, ipProtocol: 6)]?.action == .allow)
+        let intruder = Self.identity(state, "shop/intruder")
+        #expect(state.policy.keys.allSatisfy { !($0.endpoint == backend && $0.peer == intruder) },
+                "nothing lets the intruder in: default deny decides")
+        let rule = state.policy[PolicyKey(endpoint: backend, direction: .ingress, peer: frontend, port: 9090, ipProtocol: 6)]!.rule
+        #expect(state.ruleNames[rule]?.contains("shop/backend-ingress") == true)
+    }
+
+    @Test func nftablesFallbackRulesetFailsClosed() throws {
+        let state = try Self.labState()
+        let text = NftablesRuleset(state: state, interfaces: ["ep1", "ep2"], proxyPorts: .init(tcp: 15001, udp: 15053)).text()
+        #expect(text.contains("tproxy to 127.0.0.1:15001"))
+        #expect(text.contains("counter drop comment \"proxy unavailable: fail closed\""))
+        #expect(text.contains("default deny shop/backend ingress"))
+        #expect(text.hasPrefix("table ip sluice {}\ndelete table ip sluice\n"), "the table is replaced atomically")
+    }
+
+    @Test(arguments: [("10.1.2.3", "10.1.2.3/32"), ("10.1.2.3/8", "10.0.0.0/8"), ("0.0.0.0/0", "0.0.0.0/0")])
+    func prefixesNormalise(text: String, expected: String) {
+        #expect(IPv4Prefix(text)?.description == expected)
+    }
+
+    @Test(arguments: ["10.1.2", "10.1.2.256", "10.1.2.3/33", "a.b.c.d", ""])
+    func badPrefixesAreRejected(text: String) {
+        #expect(IPv4Prefix(text) == nil)
+    }
+}

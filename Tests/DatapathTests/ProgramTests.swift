@@ -1,0 +1,145 @@
+import Testing
+import CSluiceDatapath
+import Synchronization
+@testable import Datapath
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The tc programs run in the kernel on crafted packets (BPF_PROG_TEST_RUN), with map
+/// contents written through the same Swift code `sluice run` uses. Root only.
+@Suite(.serialized, .enabled(if: DatapathTestSupport.kernelTestsEnabled, "needs root (BPF)"))
+final class ProgramTests {
+    let pinRoot = "/sys/fs/bpf/sluice-unit-\(getpid())"
+    let object: BPFObject
+    let maps: DatapathMaps
+    static let ok: UInt32 = 0
+    static let shot: UInt32 = 2
+
+    static let client = "10.9.1.2"   // identity 300, local endpoint
+    static let server = "10.9.2.2"   // identity 301, local endpoint
+    static let outside = "192.0.2.9" // world
+
+    init() throws {
+        let setup = DatapathSetup(namespace: nil, interfaces: [], pinRoot: pinRoot, objectPath: try DatapathTestSupport.requireObject())
+        setup.removePins()
+        object = try BPFObject(path: setup.objectPath, pinRoot: pinRoot)
+        maps = try DatapathMaps(pinRoot: pinRoot)
+        var state = DatapathState()
+        state.addresses[IPv4Prefix(Self.client)!] = AddressEntry(identity: 300, isLocalEndpoint: true)
+        state.addresses[IPv4Prefix(Self.server)!] = AddressEntry(identity: 301, isLocalEndpoint: true)
+        try maps.synchronize(to: state)
+    }
+
+    deinit {
+        DatapathSetup(namespace: nil, interfaces: [], pinRoot: pinRoot, objectPath: "").removePins()
+    }
+
+    func run(_ packet: [UInt8], mark: UInt32 = 0, program: String = "sluice_from_wire") throws -> ProgramTestRun.Outcome {
+        try ProgramTestRun.run(object, program: program, packet: packet, mark: mark)
+    }
+
+    func counter(_ counter: DatapathCounter) -> UInt64 { maps.counters.total(counter.rawValue) }
+
+    func apply(_ change: (inout DatapathState) -> Void) throws {
+        var state = maps.read()
+        change(&state)
+        try maps.synchronize(to: state)
+    }
+
+    @Test func nonIPFramesPass() throws {
+        let before = counter(.notIP)
+        #expect(try run(PacketBuilder.arp).returnCode == Self.ok)
+        #expect(counter(.notIP) == before + 1)
+    }
+
+    @Test func truncatedHeadersAreDropped() throws {
+        // A whole IPv4 header (the kernel insists on one) but only half a TCP header.
+        let frame = Array(PacketBuilder.frame(source: Self.client, destination: Self.server).prefix(44))
+        #expect(try run(frame).returnCode == Self.shot)
+        #expect(counter(.dropMalformed) == 1)
+    }
+
+    @Test func unselectedEndpointsAreUnrestrictedAndTheFlowIsRemembered() throws {
+        let syn = PacketBuilder.frame(source: Self.client, destination: Self.server)
+        let outcome = try run(syn)
+        #expect(outcome.returnCode == Self.ok)
+        #expect(outcome.mark & UInt32(SLUICE_MARK_MASK) == UInt32(SLUICE_MARK_ALLOWED))
+        #expect(counter(.allowed) == 1)
+        // The reply is recognised as part of the flow.
+        let reply = PacketBuilder.frame(source: Self.server, destination: Self.client, sourcePort: 80, destinationPort: 40000, syn: true, ack: true)
+        #expect(try run(reply).returnCode == Self.ok)
+        #expect(counter(.established) == 1)
+    }
+
+    @Test func defaultDenyDropsWhatIsNotAllowedAndAllowsWhatIs() throws {
+        try apply { state in
+            state.enforcement[301] = Enforcement(ingress: true, egress: false)
+            state.policy[PolicyKey(endpoint: 301, direction: .ingress, peer: 300, port: 80, ipProtocol: 6)] = PolicyEntry(action: .allow, rule: 7)
+        }
+        #expect(try run(PacketBuilder.frame(source: Self.client, destination: Self.server, sourcePort: 41000, destinationPort: 81)).returnCode == Self.shot)
+        #expect(counter(.dropPolicyDefault) == 1)
+        #expect(try run(PacketBuilder.frame(source: Self.outside, destination: Self.server, sourcePort: 41001, destinationPort: 80)).returnCode == Self.shot,
+                "the allow names the client's identity, not the world")
+        #expect(try run(PacketBuilder.frame(source: Self.client, destination: Self.server, sourcePort: 41002, destinationPort: 80)).returnCode == Self.ok)
+        #expect(counter(.allowed) == 1)
+    }
+
+    @Test func denyWinsOverAMoreSpecificAllow() throws {
+        try apply { state in
+            state.policy[PolicyKey(endpoint: 300, direction: .egress, peer: 301, port: 80, ipProtocol: 6)] = PolicyEntry(action: .allow)
+            state.policy[PolicyKey(endpoint: 300, direction: .egress, peer: NumericIdentity.any, port: 0, ipProtocol: 6)] = PolicyEntry(action: .deny, rule: 9)
+        }
+        #expect(try run(PacketBuilder.frame(source: Self.client, destination: Self.server, sourcePort: 42000)).returnCode == Self.shot)
+        #expect(counter(.dropPolicyDeny) == 1)
+    }
+
+    @Test func theProxysOwnPacketsAreNeverStopped() throws {
+        try apply { state in
+            state.policy[PolicyKey(endpoint: 300, direction: .egress, peer: NumericIdentity.any, port: 0, ipProtocol: 6)] = PolicyEntry(action: .deny)
+        }
+        let frame = PacketBuilder.frame(source: Self.client, destination: Self.server, sourcePort: 43000)
+        #expect(try run(frame).returnCode == Self.shot)
+        #expect(try run(frame, mark: UInt32(SLUICE_MARK_FROM_PROXY)).returnCode == Self.ok)
+        #expect(counter(.proxyPass) == 1)
+    }
+
+    @Test func aRedirectWithNoListenerFailsClosed() throws {
+        try apply { state in
+            state.policy[PolicyKey(endpoint: 300, direction: .egress, peer: 301, port: 8080, ipProtocol: 6)] = PolicyEntry(action: .redirect, proxyPort: 1)
+        }
+        // Nothing listens on 127.0.0.1:1 in this namespace.
+        #expect(try run(PacketBuilder.frame(source: Self.client, destination: Self.server, sourcePort: 44000, destinationPort: 8080)).returnCode == Self.shot)
+        #expect(counter(.dropProxyUnavailable) == 1)
+    }
+
+    @Test func laterFragmentsOfPolicedFlowsAreDropped() throws {
+        var frame = PacketBuilder.frame(source: Self.client, destination: Self.server, sourcePort: 45000)
+        frame[20] = 0x00
+        frame[21] = 0x10 // fragment offset 16 (x8 bytes): no TCP header here
+        #expect(try run(frame).returnCode == Self.shot)
+        #expect(counter(.dropFragment) == 1)
+    }
+
+    @Test func theNodesOwnTrafficMeetsTheDestinationsIngressPolicy() throws {
+        try apply { state in
+            state.enforcement[301] = Enforcement(ingress: true, egress: false)
+        }
+        let fromNode = PacketBuilder.frame(source: "10.9.2.1", destination: Self.server, sourcePort: 46000)
+        #expect(try run(fromNode, program: "sluice_to_wire").returnCode == Self.shot)
+        #expect(try run(fromNode, mark: UInt32(SLUICE_MARK_ALLOWED), program: "sluice_to_wire").returnCode == Self.ok,
+                "decided at the node's ingress already")
+    }
+
+    @Test func synchronisationWritesOnlyDifferences() throws {
+        var state = maps.read()
+        state.policy[PolicyKey(endpoint: 300, direction: .egress, peer: 301, port: 443, ipProtocol: 6)] = PolicyEntry(action: .allow)
+        let first = try maps.synchronize(to: state)
+        #expect(first.written == 1)
+        let second = try maps.synchronize(to: state)
+        #expect(second.written == 0 && second.deleted == 0)
+        state.policy = [:]
+        let third = try maps.synchronize(to: state)
+        #expect(third.deleted == 1)
+    }
+}
