@@ -92,11 +92,19 @@ public struct HTTP1Connection: Sendable {
         case rejected(HTTP1ParseError)
     }
 
+    /// What the rest of a request needs from its head, kept small so that moving the phase
+    /// around copies a few bytes rather than a head and its field array.
+    private struct MessageTraits: Sendable, Equatable {
+        var length: Int
+        var keepAlive: Bool
+        var switchesProtocolIfAccepted: Bool
+    }
+
     private enum RequestPhase: Sendable, Equatable {
         case idle
         case awaitingVerdict(HTTP1Head)
-        case resolved(allowed: Bool, head: HTTP1Head)
-        case message(allowed: Bool, head: HTTP1Head)
+        case resolved(allowed: Bool, head: MessageTraits)
+        case message(allowed: Bool, head: MessageTraits)
         /// An allowed upgrade or CONNECT request was sent; later bytes wait for its response.
         case awaitingSwitch
         /// The last request closes the connection; later bytes are dropped.
@@ -145,7 +153,9 @@ public struct HTTP1Connection: Sendable {
             let bodyMayNotFollow = head.expectsContinue && head.framing != .none
             inFlight.append(.denied(ready: bodyMayNotFollow, closes: bodyMayNotFollow || !head.keepAlive))
         }
-        requestPhase = .resolved(allowed: allowed, head: head)
+        requestPhase = .resolved(allowed: allowed, head: MessageTraits(
+            length: head.length, keepAlive: head.keepAlive,
+            switchesProtocolIfAccepted: head.upgradeRequested || head.isConnect))
     }
 
     /// Convenience for tests and tools.
@@ -223,9 +233,9 @@ public struct HTTP1Connection: Sendable {
         requestPhase = .rejected
     }
 
-    private mutating func finishRequest(allowed: Bool, head: HTTP1Head) {
+    private mutating func finishRequest(allowed: Bool, head: MessageTraits) {
         if allowed {
-            if head.upgradeRequested || head.isConnect {
+            if head.switchesProtocolIfAccepted {
                 requestPhase = .awaitingSwitch
                 return
             }

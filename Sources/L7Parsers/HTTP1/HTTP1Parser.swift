@@ -51,6 +51,11 @@ public struct HTTP1Parser: Sendable {
         var connectionKeepAlive = false
         var connectionUpgrade = false
         var sawUpgrade = false
+
+        init() {
+            // One allocation per head instead of a few growths; most heads have fewer fields.
+            head.fields.reserveCapacity(16)
+        }
     }
 
     private var state: State = .head
@@ -65,7 +70,6 @@ public struct HTTP1Parser: Sendable {
     public init(direction: TrafficDirection, limits: HTTP1Limits = .standard) {
         self.direction = direction
         self.limits = limits
-        scan.head.fields.reserveCapacity(16)
     }
 
     /// Response parser only: the next unanswered request, in request order.
