@@ -35,31 +35,35 @@ public struct EndpointPolicyHandle: Sendable {
 
     /// Evaluates one HTTP request (see `PolicySnapshot.evaluate(flow:http:)`).
     public func evaluate(flow: FlowContext, http request: HTTPRequestFacts) -> Verdict {
-        connection(flow).evaluate(http: request)
+        let match = L4Match(flow: flow, policy: policy.direction(flow.direction))
+        if let decided = match.decide(forRequest: true) { return decided }
+        let (scanned, hasHTTP) = match.httpClauses()
+        return match.evaluate(http: request, scanned: scanned, hasHTTP: hasHTTP)
     }
 
     /// Evaluates one Kafka request (see `PolicySnapshot.evaluate(flow:kafka:)`).
     public func evaluate(flow: FlowContext, kafka request: KafkaRequestFacts) -> Verdict {
-        connection(flow).evaluate(kafka: request)
+        let match = L4Match(flow: flow, policy: policy.direction(flow.direction))
+        return match.decide(forRequest: true) ?? match.evaluate(kafka: request)
     }
 
     /// Evaluates one DNS question (see `PolicySnapshot.evaluate(flow:dns:)`).
     public func evaluate(flow: FlowContext, dns query: DNSQueryFacts) -> Verdict {
-        connection(flow).evaluate(dns: query)
+        let match = L4Match(flow: flow, policy: policy.direction(flow.direction))
+        return match.decide(forRequest: true) ?? match.evaluate(dns: query)
     }
 }
 
 /// The policy of one connection (subject, direction, peer, port), with its L3/L4 part
 /// decided once: requests on the connection are then checked against the L7 rules of
-/// the allow clauses that cover this peer and port, and nothing else.
-public struct ConnectionPolicy: Sendable {
+/// the allow clauses that cover this peer and port, and nothing else. A class, so the
+/// proxy keeps one reference per connection.
+public final class ConnectionPolicy: Sendable {
     public let flow: FlowContext
     private let match: L4Match
     /// The answer for every request when L3/L4 decides (deny rule, default deny, an
     /// allow without L7 rules); nil when the L7 rules decide.
     private let requestDecision: Verdict?
-    /// Allow clauses with HTTP rules that the slot's index does not cover (egress named
-    /// ports resolved per peer, ports without a slot): their rules are checked one by one.
     private let scannedHTTP: [(entry: Int, rules: [HTTPRule])]
     private let hasHTTP: Bool
 
@@ -67,15 +71,7 @@ public struct ConnectionPolicy: Sendable {
         self.flow = flow
         match = L4Match(flow: flow, policy: policy)
         requestDecision = match.decide(forRequest: true)
-        var scanned: [(entry: Int, rules: [HTTPRule])] = []
-        var hasHTTP = false
-        for position in match.allows {
-            guard case .http(let rules)? = policy.entries[position].l7 else { continue }
-            hasHTTP = true
-            if match.slot?.http == nil || !match.slot!.entries.contains(position) { scanned.append((position, rules)) }
-        }
-        scannedHTTP = scanned
-        self.hasHTTP = hasHTTP
+        (scannedHTTP, hasHTTP) = match.httpClauses()
     }
 
     /// The L3/L4 verdict for the connection (a port with L7 rules is allowed here).
@@ -83,86 +79,18 @@ public struct ConnectionPolicy: Sendable {
 
     /// Evaluates one HTTP request on the connection.
     public func evaluate(http request: HTTPRequestFacts) -> Verdict {
-        if let requestDecision { return requestDecision }
-        guard hasHTTP else { return Verdict(isAllowed: false, reason: .l7ProtocolMismatch(expected: match.l7Name)) }
-        var matched: [RuleReference] = []
-        var actions: [HeaderAction] = []
-        var logs: [String] = []
-        let entries = match.policy.entries
-        func consider(entry: Int, rule: HTTPRule, isMethodKnown: Bool, isPathKnown: Bool) {
-            let outcome = rule.evaluate(request, isMethodKnown: isMethodKnown, isPathKnown: isPathKnown)
-            guard outcome.matched else { return }
-            let reference = entries[entry].reference.with(l7Rule: rule.index)
-            matched.append(reference)
-            actions += outcome.headerActions
-            logs += outcome.logMessages.map { "\(reference): \($0)" }
-        }
-        if let index = match.slot?.http {
-            index.forEachCandidate(method: request.method, path: request.path) { item, isMethodKnown, isPathKnown in
-                let candidate = index.items[item]
-                guard match.allowed.contains(candidate.entry) else { return }
-                consider(entry: candidate.entry, rule: candidate.rule, isMethodKnown: isMethodKnown, isPathKnown: isPathKnown)
-            }
-        }
-        for (entry, rules) in scannedHTTP {
-            for rule in rules { consider(entry: entry, rule: rule, isMethodKnown: false, isPathKnown: false) }
-        }
-        if matched.isEmpty {
-            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(request.method) \(request.path)"))
-        }
-        return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched, headerActions: actions, logMessages: logs)
+        requestDecision ?? match.evaluate(http: request, scanned: scannedHTTP, hasHTTP: hasHTTP)
     }
 
     /// Evaluates one Kafka request on the connection: key, version and client ID must
     /// match a rule, and every topic of the request must be covered by some matching rule.
     public func evaluate(kafka request: KafkaRequestFacts) -> Verdict {
-        if let requestDecision { return requestDecision }
-        let entries = match.policy.entries
-        var rules: [(entry: Int, rule: KafkaRule)] = []
-        var hasKafka = false
-        for position in match.allows {
-            guard case .kafka(let list)? = entries[position].l7 else { continue }
-            hasKafka = true
-            rules += list.map { (position, $0) }
-        }
-        guard hasKafka else { return Verdict(isAllowed: false, reason: .l7ProtocolMismatch(expected: match.l7Name)) }
-        let applicable = rules.filter { $0.rule.matchesIgnoringTopic(request) }
-        var matched: [RuleReference] = []
-        if request.topics.isEmpty {
-            matched = applicable.map { entries[$0.entry].reference.with(l7Rule: $0.rule.index) }
-        } else {
-            var references = Set<RuleReference>()
-            for topic in request.topics {
-                let covering = applicable.filter { $0.rule.topic == nil || $0.rule.topic == topic }
-                if covering.isEmpty {
-                    return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(KafkaAPIKeys.name(of: request.apiKey)) topic \(topic) not covered"))
-                }
-                for item in covering { references.insert(entries[item.entry].reference.with(l7Rule: item.rule.index)) }
-            }
-            matched = Array(references)
-        }
-        if matched.isEmpty {
-            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(KafkaAPIKeys.name(of: request.apiKey)) v\(request.apiVersion)"))
-        }
-        return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched)
+        requestDecision ?? match.evaluate(kafka: request)
     }
 
     /// Evaluates one DNS question on the connection.
     public func evaluate(dns query: DNSQueryFacts) -> Verdict {
-        if let requestDecision { return requestDecision }
-        let entries = match.policy.entries
-        var matched: [RuleReference] = []
-        var hasDNS = false
-        for position in match.allows {
-            guard case .dns(let matchers)? = entries[position].l7 else { continue }
-            hasDNS = true
-            for (index, matcher) in matchers.enumerated() where matcher.matches(query.name) {
-                matched.append(entries[position].reference.with(l7Rule: index))
-            }
-        }
-        guard hasDNS else { return Verdict(isAllowed: false, reason: .l7ProtocolMismatch(expected: match.l7Name)) }
-        if matched.isEmpty { return Verdict(isAllowed: false, reason: .noL7RuleMatches("query \(DNSName.normalize(query.name))")) }
-        return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched)
+        requestDecision ?? match.evaluate(dns: query)
     }
 }
 
@@ -216,5 +144,102 @@ struct L4Match: Sendable {
     var l7Name: String {
         let names = Set(allows.compactMap { policy.entries[$0].l7?.typeName.uppercased() })
         return names.sorted().joined(separator: "/")
+    }
+}
+
+extension L4Match {
+    /// Allow clauses with HTTP rules that the slot's index does not cover (egress named
+    /// ports resolved per peer, ports without a slot): their rules are checked one by
+    /// one. And whether any allow clause has HTTP rules at all.
+    func httpClauses() -> (scanned: [(entry: Int, rules: [HTTPRule])], hasHTTP: Bool) {
+        var scanned: [(entry: Int, rules: [HTTPRule])] = []
+        var hasHTTP = false
+        for position in allows {
+            guard case .http(let rules)? = policy.entries[position].l7 else { continue }
+            hasHTTP = true
+            if slot?.http == nil || !slot!.entries.contains(position) { scanned.append((position, rules)) }
+        }
+        return (scanned, hasHTTP)
+    }
+
+    /// Evaluates one HTTP request once `decide(forRequest: true)` left it to the L7 rules.
+    func evaluate(http request: HTTPRequestFacts, scanned scannedHTTP: [(entry: Int, rules: [HTTPRule])], hasHTTP: Bool) -> Verdict {
+        guard hasHTTP else { return Verdict(isAllowed: false, reason: .l7ProtocolMismatch(expected: l7Name)) }
+        var matched: [RuleReference] = []
+        var actions: [HeaderAction] = []
+        var logs: [String] = []
+        let entries = policy.entries
+        func consider(entry: Int, rule: HTTPRule, isMethodKnown: Bool, isPathKnown: Bool) {
+            let outcome = rule.evaluate(request, isMethodKnown: isMethodKnown, isPathKnown: isPathKnown)
+            guard outcome.matched else { return }
+            let reference = entries[entry].reference.with(l7Rule: rule.index)
+            matched.append(reference)
+            actions += outcome.headerActions
+            logs += outcome.logMessages.map { "\(reference): \($0)" }
+        }
+        if let index = slot?.http {
+            index.forEachCandidate(method: request.method, path: request.path) { item, isMethodKnown, isPathKnown in
+                let candidate = index.items[item]
+                guard allowed.contains(candidate.entry) else { return }
+                consider(entry: candidate.entry, rule: candidate.rule, isMethodKnown: isMethodKnown, isPathKnown: isPathKnown)
+            }
+        }
+        for (entry, rules) in scannedHTTP {
+            for rule in rules { consider(entry: entry, rule: rule, isMethodKnown: false, isPathKnown: false) }
+        }
+        if matched.isEmpty {
+            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(request.method) \(request.path)"))
+        }
+        return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched, headerActions: actions, logMessages: logs)
+    }
+
+    /// Evaluates one Kafka request once `decide(forRequest: true)` left it to the L7 rules: key, version and client ID must
+    /// match a rule, and every topic of the request must be covered by some matching rule.
+    func evaluate(kafka request: KafkaRequestFacts) -> Verdict {
+        let entries = policy.entries
+        var rules: [(entry: Int, rule: KafkaRule)] = []
+        var hasKafka = false
+        for position in allows {
+            guard case .kafka(let list)? = entries[position].l7 else { continue }
+            hasKafka = true
+            rules += list.map { (position, $0) }
+        }
+        guard hasKafka else { return Verdict(isAllowed: false, reason: .l7ProtocolMismatch(expected: l7Name)) }
+        let applicable = rules.filter { $0.rule.matchesIgnoringTopic(request) }
+        var matched: [RuleReference] = []
+        if request.topics.isEmpty {
+            matched = applicable.map { entries[$0.entry].reference.with(l7Rule: $0.rule.index) }
+        } else {
+            var references = Set<RuleReference>()
+            for topic in request.topics {
+                let covering = applicable.filter { $0.rule.topic == nil || $0.rule.topic == topic }
+                if covering.isEmpty {
+                    return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(KafkaAPIKeys.name(of: request.apiKey)) topic \(topic) not covered"))
+                }
+                for item in covering { references.insert(entries[item.entry].reference.with(l7Rule: item.rule.index)) }
+            }
+            matched = Array(references)
+        }
+        if matched.isEmpty {
+            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(KafkaAPIKeys.name(of: request.apiKey)) v\(request.apiVersion)"))
+        }
+        return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched)
+    }
+
+    /// Evaluates one DNS question once `decide(forRequest: true)` left it to the L7 rules.
+    func evaluate(dns query: DNSQueryFacts) -> Verdict {
+        let entries = policy.entries
+        var matched: [RuleReference] = []
+        var hasDNS = false
+        for position in allows {
+            guard case .dns(let matchers)? = entries[position].l7 else { continue }
+            hasDNS = true
+            for (index, matcher) in matchers.enumerated() where matcher.matches(query.name) {
+                matched.append(entries[position].reference.with(l7Rule: index))
+            }
+        }
+        guard hasDNS else { return Verdict(isAllowed: false, reason: .l7ProtocolMismatch(expected: l7Name)) }
+        if matched.isEmpty { return Verdict(isAllowed: false, reason: .noL7RuleMatches("query \(DNSName.normalize(query.name))")) }
+        return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched)
     }
 }

@@ -36,6 +36,8 @@ struct HTTPRuleIndex: Sendable {
         let prefix: [UInt8]
         /// Items checked one by one.
         var single: [Int] = []
+        /// Items whose path regex has a required literal: candidates when it occurs in the path.
+        var prefilter: LiteralPrefilter?
         var programs: [Program] = []
     }
 
@@ -66,16 +68,7 @@ struct HTTPRuleIndex: Sendable {
         }
         var lengthSet = Set<Int>()
         for (bucketIndex, bucketMembers) in members.enumerated() {
-            let combinable = bucketMembers.filter { items[$0].rule.path.map { PCRE2Alternation.isCombinable($0.source) } ?? false }
-            if combinable.count >= Self.minimumCombined {
-                let combined = Set(combinable)
-                buckets[bucketIndex].single = bucketMembers.filter { !combined.contains($0) }
-                let (programs, refused) = Self.programs(for: combinable, items: items)
-                buckets[bucketIndex].programs = programs
-                buckets[bucketIndex].single = (buckets[bucketIndex].single + refused).sorted()
-            } else {
-                buckets[bucketIndex].single = bucketMembers
-            }
+            (buckets[bucketIndex].single, buckets[bucketIndex].prefilter, buckets[bucketIndex].programs) = Self.organize(bucketMembers, items: items)
             let bucket = buckets[bucketIndex]
             table.insert(Self.hash(method: bucket.method, prefix: bucket.prefix[...]), bucket: bucketIndex)
             lengthSet.insert(bucket.prefix.count)
@@ -86,6 +79,44 @@ struct HTTPRuleIndex: Sendable {
     private struct BucketKey: Hashable {
         let method: String?
         let prefix: [UInt8]
+    }
+
+    /// Splits a bucket's items into those checked one by one, those behind a literal
+    /// prefilter and those combined into programs. Few path regexes: all one by one.
+    static func organize(_ members: [Int], items: [Item]) -> (single: [Int], prefilter: LiteralPrefilter?, programs: [Program]) {
+        var single: [Int] = []
+        var literal: [(item: Int, literal: [UInt8])] = []
+        var combinable: [Int] = []
+        let pathCount = members.count { items[$0].rule.path != nil }
+        for member in members {
+            guard pathCount >= minimumCombined, let path = items[member].rule.path else {
+                single.append(member)
+                continue
+            }
+            if let required = LiteralPrefilter.requiredLiteral(of: path.source) {
+                literal.append((member, required))
+            } else if PCRE2Alternation.isCombinable(path.source) {
+                combinable.append(member)
+            } else {
+                single.append(member)
+            }
+        }
+        var prefilter: LiteralPrefilter?
+        if literal.count >= minimumCombined {
+            prefilter = LiteralPrefilter(literal)
+        } else {
+            combinable += literal.map(\.item)
+            combinable.sort()
+        }
+        var programs: [Program] = []
+        if combinable.count >= minimumCombined {
+            let refused: [Int]
+            (programs, refused) = Self.programs(for: combinable, items: items)
+            single += refused
+        } else {
+            single += combinable
+        }
+        return (single.sorted(), prefilter, programs)
     }
 
     /// Groups `members` into programs of at most 255 members and `maximumSourceBytes`;
@@ -137,6 +168,7 @@ struct HTTPRuleIndex: Sendable {
                 guard bucket.prefix.elementsEqual(UnsafeBufferPointer(rebasing: bytes[..<length])) else { return }
                 let isMethodKnown = !isAnyMethod
                 for item in bucket.single { found.append((item, isMethodKnown, false)) }
+                bucket.prefilter?.forEachCandidate(in: bytes) { item in found.append((item, isMethodKnown, false)) }
                 for program in bucket.programs {
                     let finished = program.alternation.forEachMatch(in: bytes) { member in
                         found.append((program.members[member], isMethodKnown, true))
@@ -263,5 +295,171 @@ private struct BucketTable: Sendable {
             if keys[slot] == key { body(Int(values[slot]) - 1) }
             slot = (slot + 1) & mask
         }
+    }
+}
+
+/// Rules whose path regex contains a required literal (text every match contains, such
+/// as `/r42/` in `/(static|assets)/r42/.*`), found by sliding a four-byte window over
+/// the request path: a rule is a candidate only when its literal occurs in the path.
+/// A bit filter on the window's hash answers most positions without a table probe, so
+/// the cost follows the path's length, not the number of rules.
+struct LiteralPrefilter: Sendable {
+    /// Literals shorter than this are not worth a window (they go to combined programs).
+    static let minimumLiteral = 4
+
+    private let filter: [UInt64]
+    private let filterShift: UInt32
+    private let byWindow: [UInt32: [(literal: [UInt8], item: Int)]]
+
+    init(_ members: [(item: Int, literal: [UInt8])]) {
+        var bits = 4_096
+        while bits < members.count * 16 { bits *= 2 }
+        var filter = [UInt64](repeating: 0, count: bits / 64)
+        let shift = UInt32(32 - bits.trailingZeroBitCount)
+        var byWindow: [UInt32: [(literal: [UInt8], item: Int)]] = [:]
+        for member in members {
+            precondition(member.literal.count >= Self.minimumLiteral)
+            let window = member.literal.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
+            let bit = Int((window &* 0x9E37_79B1) >> shift)
+            filter[bit >> 6] |= 1 << UInt64(bit & 63)
+            byWindow[window, default: []].append((literal: member.literal, item: member.item))
+        }
+        self.filter = filter
+        filterShift = shift
+        self.byWindow = byWindow
+    }
+
+    /// Calls `body` once for each item whose literal occurs in `bytes`, in item order.
+    func forEachCandidate(in bytes: UnsafeBufferPointer<UInt8>, _ body: (Int) -> Void) {
+        guard bytes.count >= Self.minimumLiteral else { return }
+        var found: [Int] = []
+        let raw = UnsafeRawBufferPointer(bytes)
+        for offset in 0...(bytes.count - Self.minimumLiteral) {
+            let window = raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self)
+            let bit = Int((window &* 0x9E37_79B1) >> filterShift)
+            guard filter[bit >> 6] & (1 << UInt64(bit & 63)) != 0, let members = byWindow[window] else { continue }
+            for member in members where member.literal.count <= bytes.count - offset
+                && member.literal.elementsEqual(UnsafeBufferPointer(rebasing: bytes[offset..<(offset + member.literal.count)])) {
+                found.append(member.item)
+            }
+        }
+        guard !found.isEmpty else { return }
+        found.sort()
+        var previous = -1
+        for item in found where item != previous {
+            body(item)
+            previous = item
+        }
+    }
+
+    /// The longest literal that every match of `pattern` contains, if one of at least
+    /// `minimumLiteral` bytes is evident from the pattern's top level: runs of literal
+    /// characters outside groups, classes and alternations, minus a character made
+    /// optional by a following `?`, `*` or `{`. Conservative: nil for anything it does
+    /// not fully understand (an escape it does not know, inline options that could make
+    /// the text caseless, a top-level `|`, patterns `PCRE2Alternation` would not combine).
+    static func requiredLiteral(of pattern: String) -> [UInt8]? {
+        guard PCRE2Alternation.isCombinable(pattern), !pattern.contains("(?i"), !pattern.contains("(?-i") else { return nil }
+        let bytes = Array(pattern.utf8)
+        // Escapes of one letter that stand for a class or an assertion, never for text in a run.
+        let simpleEscapes = Set("dDwWsShHvVRbBAzZGtnrfea".utf8)
+        var best: [UInt8] = []
+        var run: [UInt8] = []
+        func dropLastCharacter() {
+            // A quantifier applies to the last character, which may be several UTF-8 bytes.
+            while let last = run.last, last & 0xC0 == 0x80 { run.removeLast() }
+            if !run.isEmpty { run.removeLast() }
+        }
+        func endRun() {
+            if run.count > best.count { best = run }
+            run = []
+        }
+        var index = 0
+        while index < bytes.count {
+            let byte = bytes[index]
+            switch byte {
+            case UInt8(ascii: "\\"):
+                guard index + 1 < bytes.count else { return nil }
+                let next = bytes[index + 1]
+                let isAlphanumeric = (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(next) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(next)
+                    || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(next)
+                if isAlphanumeric {
+                    guard simpleEscapes.contains(next) else { return nil }
+                    endRun()
+                } else {
+                    run.append(next)
+                }
+                index += 2
+            case UInt8(ascii: "["):
+                endRun()
+                guard let end = skipClass(bytes, from: index) else { return nil }
+                index = end
+            case UInt8(ascii: "("):
+                endRun()
+                guard let end = skipGroup(bytes, from: index) else { return nil }
+                index = end
+            case UInt8(ascii: "|"):
+                return nil
+            case UInt8(ascii: "?"), UInt8(ascii: "*"):
+                dropLastCharacter()
+                endRun()
+                index += 1
+            case UInt8(ascii: "{"):
+                dropLastCharacter()
+                endRun()
+                while index < bytes.count, bytes[index] != UInt8(ascii: "}") { index += 1 }
+                index += 1
+            case UInt8(ascii: "+"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "$"):
+                endRun()
+                index += 1
+            default:
+                run.append(byte)
+                index += 1
+            }
+        }
+        endRun()
+        return best.count >= minimumLiteral ? best : nil
+    }
+
+    /// The index just past the class starting at `start` (`[`), honouring `[]...]`, `[^]...]` and escapes.
+    private static func skipClass(_ bytes: [UInt8], from start: Int) -> Int? {
+        var index = start + 1
+        if index < bytes.count, bytes[index] == UInt8(ascii: "^") { index += 1 }
+        if index < bytes.count, bytes[index] == UInt8(ascii: "]") { index += 1 }
+        while index < bytes.count {
+            switch bytes[index] {
+            case UInt8(ascii: "\\"): index += 2
+            case UInt8(ascii: "]"): return index + 1
+            // POSIX classes such as [[:alpha:]] hold a `]` of their own.
+            case UInt8(ascii: "[") where index + 1 < bytes.count && bytes[index + 1] == UInt8(ascii: ":"):
+                guard let close = bytes[(index + 2)...].firstIndex(of: UInt8(ascii: "]")) else { return nil }
+                index = close + 1
+            default: index += 1
+            }
+        }
+        return nil
+    }
+
+    /// The index just past the group starting at `start` (`(`), skipping nested groups, classes and escapes.
+    private static func skipGroup(_ bytes: [UInt8], from start: Int) -> Int? {
+        var depth = 0
+        var index = start
+        while index < bytes.count {
+            switch bytes[index] {
+            case UInt8(ascii: "\\"): index += 2
+            case UInt8(ascii: "["):
+                guard let end = skipClass(bytes, from: index) else { return nil }
+                index = end
+            case UInt8(ascii: "("):
+                depth += 1
+                index += 1
+            case UInt8(ascii: ")"):
+                depth -= 1
+                index += 1
+                if depth == 0 { return index }
+            default: index += 1
+            }
+        }
+        return nil
     }
 }

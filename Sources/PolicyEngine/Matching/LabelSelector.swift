@@ -27,11 +27,21 @@ public struct LabelSelector: Hashable, Sendable, CustomStringConvertible {
         }
 
         func matches(_ labels: LabelSet) -> Bool {
+            // Evaluated for every peer of every flow: walk the labels, allocate nothing.
+            var valueListed = false
+            var present = false
+            for label in labels.labels where label.key == key && (source == nil || source == "any" || source == label.source) {
+                present = true
+                if values.contains(label.value) {
+                    valueListed = true
+                    break
+                }
+            }
             switch self.operator {
-            case .in: return labels.values(source: source, key: key).contains { values.contains($0) }
-            case .notIn: return !labels.values(source: source, key: key).contains { values.contains($0) }
-            case .exists: return labels.contains(source: source, key: key)
-            case .doesNotExist: return !labels.contains(source: source, key: key)
+            case .in: return valueListed
+            case .notIn: return !valueListed
+            case .exists: return present
+            case .doesNotExist: return !present
             }
         }
 
