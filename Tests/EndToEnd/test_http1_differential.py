@@ -389,3 +389,144 @@ def test_limits_answer_414_and_431():
     many_fields = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(200)) + b"\r\n"
     _, report = sluice(many_fields)
     assert report["stop"]["status"] == 431
+
+
+# --- Responses ---------------------------------------------------------------------------
+#
+# The response side decides where each response ends, and so which response the client gets
+# for which request. The same property, against the two strict parsers (h11 as a client, and
+# llhttp's response parser; llhttp's Python binding cannot be told a request was HEAD, so it
+# sits out the cases with one).
+
+def sluice_responses(data, methods, split=0):
+    completed = subprocess.run([SLUICE, "debug", "http1-parse", "--response", "--requests", ",".join(methods),
+                                "--split", str(split)], input=data, capture_output=True, timeout=30)
+    assert completed.returncode == 0, completed.stderr.decode(errors="replace")
+    report = json.loads(completed.stdout)
+    messages = [(m["status"], m["body"].encode("latin-1")) for m in report["messages"] if not m["informational"]]
+    return Outcome(messages, report["stop"]["kind"] == "error"), report
+
+
+def h11_responses(data, methods):
+    connection = h11.Connection(h11.CLIENT)
+    messages, pending, current = [], list(methods), None
+
+    def send_next():
+        method = pending.pop(0)
+        connection.send(h11.Request(method=method, target="/", headers=[("Host", "a")]))
+        connection.send(h11.EndOfMessage())
+
+    try:
+        send_next()
+        connection.receive_data(data)
+        connection.receive_data(b"")
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA or event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
+                return Outcome(messages, False)
+            if isinstance(event, h11.Response):
+                current = [event.status_code, b""]
+            elif isinstance(event, h11.Data):
+                current[1] += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                messages.append(tuple(current))
+                if not pending or connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
+                    return Outcome(messages, False)
+                connection.start_next_cycle()
+                send_next()
+    except h11.RemoteProtocolError:
+        return Outcome(messages, True)
+    except h11.LocalProtocolError:
+        return Outcome(messages, False)
+
+
+class _LLHTTPResponse(llhttp.Response):
+    def __init__(self):
+        super().__init__()
+        self.messages, self.body = [], b""
+
+    def on_message_begin(self):
+        self.body = b""
+
+    def on_body(self, body):
+        self.body += bytes(body)
+
+    def on_message_complete(self):
+        if self.status >= 200:
+            self.messages.append((self.status, self.body))
+
+
+def llhttp_responses(data, methods):
+    if "HEAD" in methods or "CONNECT" in methods:
+        return None
+    parser = _LLHTTPResponse()
+    try:
+        parser.execute(data)
+        parser.finish()
+    except llhttp.Error:
+        return Outcome(parser.messages, True)
+    return Outcome(parser.messages, False)
+
+
+def response(status=b"200 OK", headers=(), body=b"", version=b"HTTP/1.1", line_end=b"\r\n"):
+    head = version + b" " + status + line_end
+    for name, value in headers:
+        head += name + b": " + value + line_end
+    return head + line_end + body
+
+
+def response_corpus():
+    rng = random.Random(SEED + 1)
+    cases = []
+    for _ in range(4):
+        body = bytes(rng.choice(b"abcdefghij") for _ in range(rng.randint(1, 30)))
+        n = len(body)
+        cl = (b"Content-Length", b"%d" % n)
+        te = (b"Transfer-Encoding", b"chunked")
+        ok = response(headers=(cl,), body=body)
+        cases += [
+            (["GET"], ok),
+            (["GET", "GET"], ok + response(headers=(te,), body=chunked(body[:3], body[3:]))),
+            (["HEAD", "GET"], response(headers=(cl,)) + ok),
+            (["GET", "GET"], response(status=b"204 No Content") + ok),
+            (["GET", "GET"], response(status=b"304 Not Modified", headers=(cl,)) + ok),
+            (["GET"], response(status=b"100 Continue") + ok),
+            (["GET"], response(status=b"200") + b""),
+            (["GET"], b"HTTP/1.1 200 \r\nContent-Length: %d\r\n\r\n" % n + body),
+            (["GET"], response(body=body)),
+            (["GET"], response(headers=((b"Transfer-Encoding", b"gzip"),), body=body)),
+            (["GET", "GET"], response(headers=(cl, te), body=chunked(body)) + ok),
+            (["GET", "GET"], response(headers=(cl, cl), body=body) + ok),
+            (["GET", "GET"], response(headers=(cl, (b"Content-Length", b"%d" % (n + 1))), body=body + b"x") + ok),
+            (["GET", "GET"], response(headers=((b"Content-Length", b"%d, %d" % (n, n)),), body=body) + ok),
+            (["GET", "GET"], response(line_end=b"\n", headers=(cl,), body=body) + ok),
+            (["GET", "GET"], response(headers=((b"X-A", b"b\r\n c"), cl), body=body) + ok),
+            (["GET", "GET"], response(headers=((b"Content-Length ", b"%d" % n),), body=body) + ok),
+            (["GET", "GET"], response(headers=(te,), body=b"FFFFFFFFFFFFFFFFF1\r\n" + body + b"\r\n0\r\n\r\n") + ok),
+            (["GET", "GET"], response(headers=(te,), body=b"%x \r\n" % n + body + b"\r\n0\r\n\r\n") + ok),
+            (["GET", "GET"], response(version=b"HTTP/1.0", headers=(te,), body=chunked(body)) + ok),
+            (["GET"], response(status=b"2000 OK", headers=(cl,), body=body)),
+            (["GET"], response(status=b"099 Odd", headers=(cl,), body=body)),
+            (["GET"], b"HTTP/1.1  200 OK\r\nContent-Length: %d\r\n\r\n" % n + body),
+            (["GET", "GET"], response(headers=(cl, (b"Connection", b"close")), body=body) + ok),
+        ]
+    return list({(tuple(m), d): None for m, d in cases})
+
+
+RESPONSE_CORPUS = response_corpus()
+
+
+@pytest.mark.parametrize("methods,data", RESPONSE_CORPUS, ids=lambda v: case_id(v) if isinstance(v, bytes) else ",".join(v))
+def test_sluice_responses_reject_or_agree(methods, data):
+    ours, report = sluice_responses(data, methods)
+    peers = {"h11": h11_responses(data, methods), "llhttp": llhttp_responses(data, methods)}
+    peers = {name: outcome for name, outcome in peers.items() if outcome is not None}
+    for name, theirs in peers.items():
+        shared = min(len(ours.messages), len(theirs.messages))
+        assert ours.messages[:shared] == theirs.messages[:shared], (
+            f"{name} frames a response Sluice accepts differently\n sluice: {ours}\n {name}: {theirs}")
+    if not ours.rejected:
+        agreeing = [name for name, theirs in peers.items() if not theirs.rejected and theirs.messages == ours.messages]
+        assert agreeing, f"Sluice accepts a response no strict parser frames the same way\n sluice: {ours}\n peers: {peers}"
+    _, split_report = sluice_responses(data, methods, split=1)
+    assert split_report == report, "byte-by-byte feeding changes the answer"
