@@ -58,7 +58,14 @@ public struct HTTP1ResponseStep: Sendable, Equatable {
 /// - allowed: `.pass(head.length)`, then `.pass(n)` for the body and chunk framing;
 /// - denied: `.drop(head.length)`, `.drop(n)` for the body, then `.inject(403)` when due;
 /// - a request that cannot be parsed: `.inject(4xx with Connection: close)` when due, then
-///   `.error`. Nothing of it was passed.
+///   `.error`. Nothing of it was passed. (A fault in the body of an *allowed* request, whose
+///   head is already upstream, is `.error` alone: the connection is cut.)
+/// - after a request that closes the connection (`Connection: close`, HTTP/1.0 without
+///   keep-alive), later client bytes are `.drop`ped (RFC 9112 §9.6).
+///
+/// Response side (`responseStep`): `.pass` for every byte of responses to forwarded requests
+/// (1xx included), `.error` for a response that cannot be framed or that no request asked
+/// for. A driver that has passed nothing of the current response yet may answer 502 itself.
 ///
 /// Ordering (pipelining): responses must reach the client in request order (RFC 9112 §9.3.2:
 /// a server "MUST send the corresponding responses in the same order that the requests were

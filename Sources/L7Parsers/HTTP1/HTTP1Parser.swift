@@ -3,9 +3,11 @@
 /// Feed it the unconsumed bytes at the front of the connection buffer; it answers with one
 /// `HTTP1Event` for the bytes at the front. Every event but `needMore` and `error` says how
 /// many bytes it consumed; the caller removes exactly those and calls again. After
-/// `needMore` the caller presents the same bytes with more appended: the parser keeps its
-/// scan position and the ranges it has found, so no byte of a head is examined twice however
-/// the input is split (one byte per call costs linear time).
+/// `needMore` the caller presents the same bytes with more appended (it may move them, but
+/// must not drop any from the front): the parser keeps its scan position and the ranges it
+/// has found, so the line-feed search never revisits a byte and each complete line is
+/// validated once. However the input is split, a head costs linear time (one byte per call
+/// included).
 ///
 /// The parser is strict about framing (RFC 9112 §6, §11.2 request smuggling): anything two
 /// reasonable implementations could frame differently is an error, never a guess.
