@@ -43,8 +43,9 @@ public struct DatapathSetup: Sendable {
         }
     }
 
-    /// Detaches from every interface and removes the pins. Idempotent.
-    public func down() throws {
+    /// Detaches from every interface and, unless `keepPins`, removes the pins. Idempotent.
+    /// Keeping the pins keeps the policy and connection state for a later `up`.
+    public func down(keepPins: Bool = false) throws {
         let interfaces = self.interfaces
         if namespace == nil || FileManagerLite.exists("/run/netns/\(namespace!)") {
             try NetworkNamespace.run(namespace) {
@@ -54,7 +55,7 @@ public struct DatapathSetup: Sendable {
                 }
             }
         }
-        removePins()
+        if !keepPins { removePins() }
     }
 
     /// Per interface and hook: the id of the attached Sluice program, or nil.

@@ -71,11 +71,14 @@ struct DatapathCommand: ParsableCommand {
 
         @OptionGroup var location: Location
 
+        @Flag(name: .long, help: "Detach the programs but keep the pinned maps (policy and connection state) for a later 'up'.")
+        var keepPins = false
+
         func run() throws {
             let setup = DatapathSetup(namespace: location.netns, interfaces: location.interfaceList,
                                       pinRoot: location.pinRoot, objectPath: "")
             do {
-                try setup.down()
+                try setup.down(keepPins: keepPins)
             } catch {
                 printError("datapath down: \(error)")
                 throw ExitCode(1)
