@@ -96,7 +96,7 @@ public final class ConnectionPolicy: Sendable {
 
 /// The L3/L4 part every evaluation shares: which clauses cover the port, and which of
 /// them match the peer.
-struct L4Match: Sendable {
+final class L4Match: Sendable {
     let policy: DirectionPolicy
     let slot: DirectionPolicy.Slot?
     /// Matching allow entries (after requirements), in entry order.

@@ -6,8 +6,8 @@
 /// `{method: GET, path: "/api/v1/products/[0-9]+"}` goes to (GET, `/api/v1/products/`),
 /// `{method: "GET|HEAD", path: "/(static|assets)/.*"}` to (any, `/`). A request walks its
 /// path once, hashing as it goes, and at each length that some prefix has probes the
-/// buckets of its method and of "any method" (two table probes per distinct prefix
-/// length, each O(1)).
+/// buckets of its method and of "any method" (one table probe per distinct prefix
+/// length of that method's buckets and of the any-method buckets, each O(1)).
 ///
 /// Inside a bucket, rules are checked one by one while there are few; a bucket with
 /// many path regexes (typically the rules with no useful literal prefix, which all land
@@ -16,7 +16,7 @@
 /// rules' other fields are then checked. Rules whose pattern cannot be combined safely
 /// stay single. Every combination is exact: a program that hits a matching limit makes
 /// the caller check its members alone, as if they had never been combined.
-struct HTTPRuleIndex: Sendable {
+final class HTTPRuleIndex: Sendable {
     struct Item: Sendable {
         /// Index of the port entry (in the direction policy) that owns the rule.
         let entry: Int
@@ -45,13 +45,17 @@ struct HTTPRuleIndex: Sendable {
     static let minimumCombined = 4
 
     let items: [Item]
-    private(set) var buckets: [Bucket] = []
-    private var table = BucketTable()
-    /// Distinct prefix lengths, ascending.
-    private var lengths: [Int] = []
+    let buckets: [Bucket]
+    private let table: BucketTable
+    /// Distinct prefix lengths of the buckets of each literal method, ascending.
+    private let methodLengths: [(method: String, lengths: [Int])]
+    /// Distinct prefix lengths of the any-method buckets, ascending.
+    private let anyLengths: [Int]
 
     init(items: [Item]) {
         self.items = items
+        var buckets: [Bucket] = []
+        var table = BucketTable()
         var positions: [BucketKey: Int] = [:]
         var members: [[Int]] = []
         for (position, item) in items.enumerated() {
@@ -66,14 +70,22 @@ struct HTTPRuleIndex: Sendable {
                 members.append([position])
             }
         }
-        var lengthSet = Set<Int>()
+        var lengthSets: [String: Set<Int>] = [:]
+        var anyLengthSet = Set<Int>()
         for (bucketIndex, bucketMembers) in members.enumerated() {
             (buckets[bucketIndex].single, buckets[bucketIndex].prefilter, buckets[bucketIndex].programs) = Self.organize(bucketMembers, items: items)
             let bucket = buckets[bucketIndex]
             table.insert(Self.hash(method: bucket.method, prefix: bucket.prefix[...]), bucket: bucketIndex)
-            lengthSet.insert(bucket.prefix.count)
+            if let method = bucket.method {
+                lengthSets[method, default: []].insert(bucket.prefix.count)
+            } else {
+                anyLengthSet.insert(bucket.prefix.count)
+            }
         }
-        lengths = lengthSet.sorted()
+        self.buckets = buckets
+        self.table = table
+        methodLengths = lengthSets.map { ($0.key, $0.value.sorted()) }.sorted { $0.method < $1.method }
+        anyLengths = anyLengthSet.sorted()
     }
 
     private struct BucketKey: Hashable {
@@ -162,10 +174,10 @@ struct HTTPRuleIndex: Sendable {
         var found: [(item: Int, isMethodKnown: Bool, isPathKnown: Bool)] = []
         func probe(_ hash: UInt64, isAnyMethod: Bool, bytes: UnsafeBufferPointer<UInt8>, length: Int) {
             table.forEach(hash) { bucketIndex in
+                guard (buckets[bucketIndex].method == nil) == isAnyMethod else { return }
+                if let bucketMethod = buckets[bucketIndex].method, bucketMethod != method { return }
+                guard buckets[bucketIndex].prefix.elementsEqual(UnsafeBufferPointer(rebasing: bytes[..<length])) else { return }
                 let bucket = buckets[bucketIndex]
-                guard (bucket.method == nil) == isAnyMethod else { return }
-                if let bucketMethod = bucket.method, bucketMethod != method { return }
-                guard bucket.prefix.elementsEqual(UnsafeBufferPointer(rebasing: bytes[..<length])) else { return }
                 let isMethodKnown = !isAnyMethod
                 for item in bucket.single { found.append((item, isMethodKnown, false)) }
                 bucket.prefilter?.forEachCandidate(in: bytes) { item in found.append((item, isMethodKnown, false)) }
@@ -179,17 +191,23 @@ struct HTTPRuleIndex: Sendable {
                 }
             }
         }
+        // Only the prefix lengths that buckets of this method (and of any method) have are probed.
+        let lengths = methodLengths.first { $0.method == method }?.lengths ?? []
         var path = path
         path.withUTF8 { bytes in
             var methodHash = Self.hashSeed(method: method)
             var anyHash = Self.hashSeed(method: nil)
-            var nextLength = 0
+            var nextMethodLength = 0
+            var nextAnyLength = 0
             for length in 0...bytes.count {
-                if nextLength == lengths.count { break }
-                if length == lengths[nextLength] {
-                    nextLength += 1
+                if nextMethodLength == lengths.count && nextAnyLength == anyLengths.count { break }
+                if nextMethodLength < lengths.count, length == lengths[nextMethodLength] {
+                    nextMethodLength += 1
                     probe(methodHash, isAnyMethod: false, bytes: bytes, length: length)
-                    if anyHash != methodHash { probe(anyHash, isAnyMethod: true, bytes: bytes, length: length) }
+                }
+                if nextAnyLength < anyLengths.count, length == anyLengths[nextAnyLength] {
+                    nextAnyLength += 1
+                    probe(anyHash, isAnyMethod: true, bytes: bytes, length: length)
                 }
                 if length < bytes.count {
                     methodHash = Self.mix(methodHash, bytes[length])
@@ -256,43 +274,71 @@ struct HTTPRuleIndex: Sendable {
 /// share a hash; callers compare the bucket's method and prefix). Sized at build time
 /// to at most half full; never grows after.
 private struct BucketTable: Sendable {
-    private var keys: [UInt64] = []
-    /// Bucket position + 1; 0 = empty slot.
-    private var values: [Int32] = []
+    private struct Slot {
+        var key: UInt64 = 0
+        /// Bucket position + 1; 0 = empty slot.
+        var value: Int32 = 0
+    }
+    /// Key and value side by side: one cache line per probe.
+    private var slots: [Slot] = []
     private var count = 0
 
     mutating func insert(_ key: UInt64, bucket: Int) {
-        if (count + 1) * 2 > keys.count { grow() }
+        if (count + 1) * 2 > slots.count { grow() }
         place(key, Int32(bucket + 1))
         count += 1
+        if count * 16 > filter.count * 64 { rebuildFilter() } else {
+            let bit = Self.filterBit(key, filterShift)
+            filter[bit >> 6] |= 1 << UInt64(bit & 63)
+        }
     }
 
     private mutating func place(_ key: UInt64, _ value: Int32) {
-        let mask = keys.count - 1
+        let mask = slots.count - 1
         var slot = Self.start(key, mask)
-        while values[slot] != 0 { slot = (slot + 1) & mask }
-        keys[slot] = key
-        values[slot] = value
+        while slots[slot].value != 0 { slot = (slot + 1) & mask }
+        slots[slot] = Slot(key: key, value: value)
     }
 
     private mutating func grow() {
-        let old = zip(keys, values).filter { $0.1 != 0 }
-        let capacity = max(8, keys.count * 2)
-        keys = Array(repeating: 0, count: capacity)
-        values = Array(repeating: 0, count: capacity)
-        for (key, value) in old { place(key, value) }
+        let old = slots.filter { $0.value != 0 }
+        slots = Array(repeating: Slot(), count: max(8, slots.count * 2))
+        for entry in old { place(entry.key, entry.value) }
     }
 
     private static func start(_ key: UInt64, _ mask: Int) -> Int {
         Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> 32) & mask
     }
 
+    /// Hash bits of every key, 16 per key and a power of two: most probes are for
+    /// lengths where no bucket has the path's prefix, and this answers them from a few
+    /// KiB that stay in cache instead of touching the table.
+    private var filter: [UInt64] = []
+    private var filterShift: UInt64 = 64
+
+    private static func filterBit(_ key: UInt64, _ shift: UInt64) -> Int {
+        Int(truncatingIfNeeded: (key &* 0xD6E8_FEB8_6659_FD93) >> shift)
+    }
+
+    private mutating func rebuildFilter() {
+        var bits = 1_024
+        while bits < count * 16 { bits *= 2 }
+        filterShift = UInt64(64 - bits.trailingZeroBitCount)
+        filter = Array(repeating: 0, count: bits / 64)
+        for slot in slots where slot.value != 0 {
+            let bit = Self.filterBit(slot.key, filterShift)
+            filter[bit >> 6] |= 1 << UInt64(bit & 63)
+        }
+    }
+
     func forEach(_ key: UInt64, _ body: (Int) -> Void) {
-        guard !keys.isEmpty else { return }
-        let mask = keys.count - 1
+        guard !slots.isEmpty else { return }
+        let bit = Self.filterBit(key, filterShift)
+        guard filter[bit >> 6] & (1 << UInt64(bit & 63)) != 0 else { return }
+        let mask = slots.count - 1
         var slot = Self.start(key, mask)
-        while values[slot] != 0 {
-            if keys[slot] == key { body(Int(values[slot]) - 1) }
+        while slots[slot].value != 0 {
+            if slots[slot].key == key { body(Int(slots[slot].value) - 1) }
             slot = (slot + 1) & mask
         }
     }
