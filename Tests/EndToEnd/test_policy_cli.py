@@ -1,0 +1,194 @@
+"""End-to-end: `sluice policy validate` and `sluice policy trace`. Starts: the sluice binary.
+
+Runs the built binary on the example policies of configs/examples (the seeds' policies)
+and on broken policy files written here, and checks exit codes, the located error
+messages, and the exact JSON object `policy trace -o json` prints.
+"""
+import json
+import subprocess
+
+import pytest
+
+from conftest import ROOT, SLUICE
+
+EXAMPLES = ROOT / "configs" / "examples"
+ENDPOINTS = EXAMPLES / "endpoints.yaml"
+
+
+def run(*args):
+    return subprocess.run([SLUICE, *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def test_every_example_validates():
+    files = sorted(EXAMPLES.iterdir())
+    assert len(files) >= 15, "the seeds' policies must all be present"
+    result = run("policy", "validate", *files)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == len(files)
+    for file, line in zip(files, lines):
+        assert line.startswith(f"{file}: ok ("), line
+
+
+BROKEN_POLICIES = {
+    # A path that is not a regular expression: PCRE2's message, at the value's position.
+    "bad-regex.yaml": (
+        """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: broken, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: api}}
+  ingress:
+  - toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - method: GET
+          path: "/api/(v1"
+""",
+        "12:17: spec.ingress[0].toPorts[0].rules.http[0].path: expected a regular expression (PCRE2): missing closing parenthesis",
+    ),
+    # The reference's rule: L7 rules only on TCP ports (DNS excepted).
+    "http-on-udp.yaml": (
+        """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: udp-http, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: api}}
+  ingress:
+  - toPorts:
+    - ports: [{port: "80", protocol: UDP}]
+      rules:
+        http:
+        - method: GET
+""",
+        "8:15: spec.ingress[0].toPorts[0].ports[0]: L7 rules can only apply to TCP",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_POLICIES))
+def test_broken_policy_is_rejected_with_file_line_column_and_field(tmp_path, name):
+    text, expected = BROKEN_POLICIES[name]
+    path = tmp_path / name
+    path.write_text(text)
+    good = EXAMPLES / "cilium-http-policy.yaml"
+    result = run("policy", "validate", good, path)
+    assert result.returncode == 2, result.stdout
+    # The good file is still checked and reported; the bad one is named with its position.
+    assert f"{good}: ok (" in result.stdout
+    assert f"{path}: 1 invalid document of 1" in result.stdout
+    assert f"{path}:{expected}" in result.stderr, result.stderr
+
+
+def test_unreadable_policy_file_fails(tmp_path):
+    missing = tmp_path / "missing.yaml"
+    result = run("policy", "validate", missing)
+    assert result.returncode != 0
+    assert str(missing) in result.stderr
+
+
+def trace(policy, *args):
+    return run("policy", "trace", "--policy", EXAMPLES / policy, "--endpoints", ENDPOINTS, *args, "-o", "json")
+
+
+# The issue's examples: (policy file, trace arguments, verdict, reason, matched).
+TRACES = {
+    "frontend GET /api/v1/products/42 to backend 8000": (
+        "cilium-http-policy.yaml",
+        ["--from", "10.0.1.10", "--to", "10.0.1.20", "--port", "8000/TCP", "--http-method", "GET", "--http-path", "/api/v1/products/42"],
+        "ALLOWED",
+        "egress: no policy enforces this direction for the endpoint; ingress: allowed by an L7 rule",
+        [{"policy": "production/frontend-to-backend-l7", "direction": "INGRESS", "rule": 0}],
+    ),
+    "frontend DELETE /api/v1/orders to backend 8000": (
+        "cilium-http-policy.yaml",
+        ["--from", "10.0.1.10", "--to", "10.0.1.20", "--port", "8000/TCP", "--http-method", "DELETE", "--http-path", "/api/v1/orders"],
+        "DENIED",
+        "ingress: no L7 rule matches the request (DELETE /api/v1/orders)",
+        [],
+    ),
+    "backend resolves api.stripe.com": (
+        "cilium-dns-policy.yaml",
+        ["--from", "10.0.1.20", "--to", "10.96.0.10", "--port", "53/UDP", "--dns-name", "api.stripe.com"],
+        "ALLOWED",
+        "egress: allowed by an L7 rule; ingress: no policy enforces this direction for the endpoint",
+        [{"policy": "production/restrict-dns-egress", "direction": "EGRESS", "rule": 0}],
+    ),
+    "backend resolves evil.example.com": (
+        "cilium-dns-policy.yaml",
+        ["--from", "10.0.1.20", "--to", "10.96.0.10", "--port", "53/UDP", "--dns-name", "evil.example.com"],
+        "DENIED",
+        "egress: no L7 rule matches the request (query evil.example.com)",
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRACES))
+def test_trace_json_answers_the_issue_examples(name):
+    policy, args, verdict, reason, matched = TRACES[name]
+    result = trace(policy, *args)
+    # A verdict either way exits 0.
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    # Exactly one JSON object on one line, keys in the documented order.
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    decoded = json.loads(lines[0], object_pairs_hook=lambda pairs: pairs)
+    assert [key for key, _ in decoded] == ["verdict", "reason", "matched"]
+    report = dict(decoded)
+    assert report["verdict"] == verdict
+    assert report["reason"] == reason
+    entries = [dict(entry) for entry in report["matched"]]
+    assert all([key for key, _ in entry] == ["policy", "direction", "rule"] for entry in report["matched"])
+    assert entries == matched
+
+
+def test_trace_of_an_unmatched_peer_is_denied_by_default_deny():
+    # The database may not call the backend: the ingress policy selects the backend and has no rule for it.
+    result = trace("cilium-http-policy.yaml", "--from", "10.0.1.30", "--to", "10.0.1.20", "--port", "8000/TCP",
+                   "--http-method", "GET", "--http-path", "/health")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "verdict": "DENIED",
+        "reason": "ingress: default deny: no rule allows this peer and port",
+        "matched": [],
+    }
+
+
+BAD_INPUT = {
+    "unknown protocol": ["--from", "10.0.1.10", "--to", "10.0.1.20", "--port", "8000/XYZ"],
+    "port not a number": ["--from", "10.0.1.10", "--to", "10.0.1.20", "--port", "http"],
+    "empty label list": ["--from", ",", "--to", "10.0.1.20", "--port", "8000/TCP"],
+    "two L7 protocols": ["--from", "10.0.1.10", "--to", "10.0.1.20", "--port", "8000/TCP", "--http-method", "GET", "--dns-name", "x.com"],
+    "unknown Kafka API": ["--from", "10.0.1.10", "--to", "10.0.1.20", "--port", "9092/TCP", "--kafka-api-key", "nonsense"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUT))
+def test_trace_bad_input_exits_2(name):
+    result = trace("cilium-http-policy.yaml", *BAD_INPUT[name])
+    assert result.returncode == 2, result.stdout
+    assert result.stdout == ""
+    assert result.stderr.startswith("sluice: "), result.stderr
+
+
+def test_trace_with_a_broken_policy_exits_2(tmp_path):
+    text, expected = BROKEN_POLICIES["bad-regex.yaml"]
+    path = tmp_path / "bad-regex.yaml"
+    path.write_text(text)
+    result = run("policy", "trace", "--policy", path, "--from", "app=a", "--to", "app=api", "--port", "80/TCP", "-o", "json")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert f"{path}:{expected}" in result.stderr
+
+
+def test_trace_with_a_missing_endpoints_file_exits_2(tmp_path):
+    result = run("policy", "trace", "--policy", EXAMPLES / "cilium-http-policy.yaml", "--endpoints", tmp_path / "none.yaml",
+                 "--from", "10.0.1.10", "--to", "10.0.1.20", "--port", "8000/TCP", "-o", "json")
+    assert result.returncode == 2
+    assert "none.yaml" in result.stderr
