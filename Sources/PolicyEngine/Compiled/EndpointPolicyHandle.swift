@@ -102,8 +102,9 @@ final class L4Match: Sendable {
     /// Matching allow entries (after requirements), in entry order.
     let allows: [Int]
     let denies: [Int]
-    /// `allows` as a lookup for the HTTP index.
-    let allowed: Set<Int>
+    /// `allows` as a set, built only when there are many: the HTTP index asks for each
+    /// candidate whether its clause is allowed, and a short list is faster to scan.
+    private let allowedSet: Set<Int>?
 
     init(flow: FlowContext, policy: DirectionPolicy) {
         self.policy = policy
@@ -121,7 +122,12 @@ final class L4Match: Sendable {
         }
         self.allows = allows
         self.denies = denies
-        allowed = Set(allows)
+        allowedSet = allows.count > 8 ? Set(allows) : nil
+    }
+
+    /// True when clause `entry` is among the matching allow clauses.
+    func isAllowed(_ entry: Int) -> Bool {
+        allowedSet?.contains(entry) ?? allows.contains(entry)
     }
 
     /// Decides the parts common to every request type; nil means "L7 rules decide".
@@ -180,7 +186,7 @@ extension L4Match {
         if let index = slot?.http {
             index.forEachCandidate(method: request.method, path: request.path) { item, isMethodKnown, isPathKnown in
                 let candidate = index.items[item]
-                guard allowed.contains(candidate.entry) else { return }
+                guard isAllowed(candidate.entry) else { return }
                 consider(entry: candidate.entry, rule: candidate.rule, isMethodKnown: isMethodKnown, isPathKnown: isPathKnown)
             }
         }

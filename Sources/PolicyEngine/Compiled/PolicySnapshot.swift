@@ -3,10 +3,14 @@
 ///
 /// Compilation resolves, for each endpoint of the endpoints file (and the host), which
 /// rules select it in each direction, and builds per (direction, port, protocol) the
-/// list of applicable port clauses and an index of their HTTP rules. Evaluating a
-/// request then touches only the clauses of that port and the HTTP rules the index
-/// admits. Endpoints not in the directory (ad-hoc label lists in `policy trace`) are
-/// compiled on demand and not kept.
+/// list of applicable port clauses and an index of their HTTP rules (`HTTPRuleIndex`).
+/// Evaluating a request then touches only the clauses of that port and the HTTP rules
+/// the index admits. Endpoints not in the directory (ad-hoc label lists in `policy
+/// trace`) are compiled on demand and not kept.
+///
+/// `evaluate(...)` finds the subject's compiled policy on every call; the proxy holds
+/// `policy(forEndpoint:)` per endpoint, or its `connection(_:)` per connection, and
+/// evaluates through those (same answers, without the lookup and the L3/L4 part).
 public final class PolicySnapshot: Sendable {
     public let policies: [Policy]
     public let endpoints: EndpointDirectory
