@@ -32,12 +32,19 @@ struct PolicyBenchCommand: ParsableCommand {
     @Option(name: .long, help: "One rule in N has no literal path prefix (regex alternation); 0 = none.")
     var nonLiteralEvery: Int = 100
 
+    @Option(name: .long, help: ArgumentHelp("Form of the rules without a literal prefix: 'literal' (/(static|assets)/rN/.*, a required literal inside) or 'opaque' (no literal of 4 bytes anywhere).", valueName: "form"))
+    var nonLiteralForm: NonLiteralForm = .literal
+
+    enum NonLiteralForm: String, ExpressibleByArgument {
+        case literal, opaque
+    }
+
     @Flag(name: .long, help: "Print one JSON object per rule count.")
     var json = false
 
     func run() throws {
         for count in rules {
-            let yaml = Self.policyText(rules: count, nonLiteralEvery: nonLiteralEvery)
+            let yaml = Self.policyText(rules: count, nonLiteralEvery: nonLiteralEvery, form: nonLiteralForm)
             let heapBeforeLoad = HeapStatistics.bytesInUse()
             let loadStart = Self.now()
             let result = PolicyLoader.load(text: yaml, file: "bench-\(count).yaml")
@@ -105,7 +112,7 @@ struct PolicyBenchCommand: ParsableCommand {
     }
 
     /// One policy, `rules` HTTP rules on ingress port 8000 from app=frontend.
-    static func policyText(rules: Int, nonLiteralEvery: Int) -> String {
+    static func policyText(rules: Int, nonLiteralEvery: Int, form: NonLiteralForm = .literal) -> String {
         var text = """
         apiVersion: cilium.io/v2
         kind: CiliumNetworkPolicy
@@ -124,7 +131,14 @@ struct PolicyBenchCommand: ParsableCommand {
         for index in 0..<rules {
             if nonLiteralEvery > 0, index % nonLiteralEvery == nonLiteralEvery - 1 {
                 // A rule without a literal prefix: always a candidate, as in real policies.
-                text += "          - {method: \"GET|HEAD\", path: \"/(static|assets)/r\(index)/.*\"}\n"
+                switch form {
+                case .literal:
+                    text += "          - {method: \"GET|HEAD\", path: \"/(static|assets)/r\(index)/.*\"}\n"
+                case .opaque:
+                    // Only the index's digits, each class-wrapped: no literal text to filter on.
+                    let digits = String(index).map { "[\($0)]" }.joined()
+                    text += "          - {method: \"GET|HEAD\", path: \"/(static|assets)/[a-z]+\(digits)/.*\"}\n"
+                }
             } else {
                 text += "          - {method: \(methods[index % 4]), path: \"/api/v\(index % 3 + 1)/service\(index)/items/[0-9]+\"}\n"
             }

@@ -79,6 +79,25 @@ struct HTTPIndexTests {
         #expect(matchedSomething > 50, "the generator must produce matching subjects")
     }
 
+    @Test("members are merged on their leading atoms; members that cannot be split stay whole")
+    func factoring() throws {
+        #expect(PCRE2Alternation.atoms(of: "/(static|assets)/[a-z]+[1]\\.x*?y{2,3}+é?") == ["/", "(static|assets)", "/", "[a-z]+", "[1]", "\\.", "x*?", "y{2,3}+", "é?"])
+        #expect(PCRE2Alternation.atoms(of: "a|b") == nil)
+        #expect(PCRE2Alternation.atoms(of: "(?i)ab") == nil)
+        #expect(PCRE2Alternation.atoms(of: "a{x}") == nil)
+        #expect(PCRE2Alternation.atoms(of: "\\x{41}") == nil)
+        let source = PCRE2Alternation.programSource(["/ab[0-9]", "/ab[0-9]c", "/ax", "a|b", "/ab"])
+        // Whole members first, then one branch per distinct next atom; a shared run (`/a`) is not grouped.
+        #expect(source == "(?:(?:a|b)\\z(?C4)|/a(?:b(?:\\z(?C5)|[0-9](?:\\z(?C1)|c\\z(?C2)))|x\\z(?C3)))")
+        let alternation = try #require(PCRE2Alternation(members: ["/ab[0-9]", "/ab[0-9]c", "/ax", "a|b", "/ab"]))
+        for (subject, expected) in [("/ab7", [0]), ("/ab7c", [1]), ("/ax", [2]), ("a", [3]), ("/ab", [4]), ("/a", [])] {
+            var subject = subject
+            var reported: [Int] = []
+            #expect(subject.withUTF8 { alternation.forEachMatch(in: $0) { reported.append($0) } })
+            #expect(reported == expected, "\(subject)")
+        }
+    }
+
     @Test("members that would change meaning inside an alternation are not combined", arguments: [
         ("/(a)\\1", false), ("/(?<name>n)", false), ("/(*COMMIT)c", false), ("/\\Qa.b\\E", false), ("(?x)/a # c", false),
         ("/\\k<n>", false), ("/(?1)", false), ("/(?|a|b)", false), ("[(?]x", true), ("/(?i:admin)", true), ("(?i)/a", true),

@@ -438,11 +438,11 @@ struct LiteralPrefilter: Sendable {
                 index += 2
             case UInt8(ascii: "["):
                 endRun()
-                guard let end = skipClass(bytes, from: index) else { return nil }
+                guard let end = PCRE2Alternation.skipClass(bytes, from: index) else { return nil }
                 index = end
             case UInt8(ascii: "("):
                 endRun()
-                guard let end = skipGroup(bytes, from: index) else { return nil }
+                guard let end = PCRE2Alternation.skipGroup(bytes, from: index) else { return nil }
                 index = end
             case UInt8(ascii: "|"):
                 return nil
@@ -465,47 +465,5 @@ struct LiteralPrefilter: Sendable {
         }
         endRun()
         return best.count >= minimumLiteral ? best : nil
-    }
-
-    /// The index just past the class starting at `start` (`[`), honouring `[]...]`, `[^]...]` and escapes.
-    private static func skipClass(_ bytes: [UInt8], from start: Int) -> Int? {
-        var index = start + 1
-        if index < bytes.count, bytes[index] == UInt8(ascii: "^") { index += 1 }
-        if index < bytes.count, bytes[index] == UInt8(ascii: "]") { index += 1 }
-        while index < bytes.count {
-            switch bytes[index] {
-            case UInt8(ascii: "\\"): index += 2
-            case UInt8(ascii: "]"): return index + 1
-            // POSIX classes such as [[:alpha:]] hold a `]` of their own.
-            case UInt8(ascii: "[") where index + 1 < bytes.count && bytes[index + 1] == UInt8(ascii: ":"):
-                guard let close = bytes[(index + 2)...].firstIndex(of: UInt8(ascii: "]")) else { return nil }
-                index = close + 1
-            default: index += 1
-            }
-        }
-        return nil
-    }
-
-    /// The index just past the group starting at `start` (`(`), skipping nested groups, classes and escapes.
-    private static func skipGroup(_ bytes: [UInt8], from start: Int) -> Int? {
-        var depth = 0
-        var index = start
-        while index < bytes.count {
-            switch bytes[index] {
-            case UInt8(ascii: "\\"): index += 2
-            case UInt8(ascii: "["):
-                guard let end = skipClass(bytes, from: index) else { return nil }
-                index = end
-            case UInt8(ascii: "("):
-                depth += 1
-                index += 1
-            case UInt8(ascii: ")"):
-                depth -= 1
-                index += 1
-                if depth == 0 { return index }
-            default: index += 1
-            }
-        }
-        return nil
     }
 }

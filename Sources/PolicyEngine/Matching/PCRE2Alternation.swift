@@ -3,7 +3,8 @@ import CPCRE2
 /// Up to 255 anchored patterns compiled into ONE PCRE2 program that reports, in a
 /// single JIT pass over the subject, every member that matches the whole subject.
 ///
-/// The program is `(?:(?:p1)\z(?C1)|(?:p2)\z(?C2)|...)`, compiled anchored. When
+/// The program is `(?:(?:p1)\z(?C1)|(?:p2)\z(?C2)|...)`, compiled anchored, with the
+/// members' common leading atoms factored out into a trie (`programSource`). When
 /// member `n` has matched up to the end of the subject, callout `n` records `n` and
 /// returns 1, which PCRE2 treats as a failure at that point: it backtracks into the
 /// remaining paths and members, so the pass ends with "no match" after every member
@@ -32,18 +33,15 @@ final class PCRE2Alternation: @unchecked Sendable {
 
     let memberCount: Int
     let isJITCompiled: Bool
+    /// The program's pattern text (see `programSource`).
+    let source: String
     private let code: OpaquePointer
 
     /// Compiles the members as one program; nil when PCRE2 refuses it (too large, ...),
     /// in which case the caller splits the members.
     init?(members: [String], caseInsensitive: Bool = false) {
         precondition(!members.isEmpty && members.count <= Self.maximumMembers)
-        var source = "(?:"
-        for (position, member) in members.enumerated() {
-            if position > 0 { source += "|" }
-            source += "(?:\(member))\\z(?C\(position + 1))"
-        }
-        source += ")"
+        let source = Self.programSource(members)
         var errorCode: Int32 = 0
         var errorOffset = 0
         // No backreferences are combined (`isCombinable`), so capturing is only cost:
@@ -57,6 +55,7 @@ final class PCRE2Alternation: @unchecked Sendable {
         }
         guard let compiled else { return nil }
         code = compiled
+        self.source = source
         memberCount = members.count
         isJITCompiled = pcre2_jit_compile_8(compiled, PCRE2_JIT_COMPLETE) == 0
     }
@@ -97,6 +96,145 @@ final class PCRE2Alternation: @unchecked Sendable {
             }
         }
         return true
+    }
+
+    /// The program text: members split into atoms (`atoms(of:)`) are merged into a trie
+    /// on their leading atoms, so `/(static|assets)/[a-z]+[1][2]/.*` and
+    /// `/(static|assets)/[a-z]+[1][3]/.*` become `/(static|assets)/[a-z]+[1](?:[2]/.*\z(?C1)|[3]/.*\z(?C2))`:
+    /// a subject that fails the shared atoms fails once, not once per member, and PCRE2
+    /// tries only as many branches at each point as there are distinct next atoms.
+    /// Equivalent to the flat alternation because every factored atom is complete
+    /// (with its quantifier) and matching explores every path: the same members reach
+    /// their callout at the end of the subject. Members that cannot be split (a
+    /// top-level `|`, inline options, an escape or brace not understood) stay whole,
+    /// wrapped in their own group.
+    static func programSource(_ members: [String]) -> String {
+        struct Member {
+            let number: Int
+            let atoms: [String]?
+            let source: String
+        }
+        let all = members.enumerated().map { Member(number: $0.offset + 1, atoms: atoms(of: $0.element), source: $0.element) }
+        func leaf(_ member: Member, from depth: Int) -> String {
+            let rest = member.atoms.map { $0[depth...].joined() } ?? "(?:\(member.source))"
+            return rest + "\\z(?C\(member.number))"
+        }
+        func emit(_ group: [Member], depth: Int) -> String {
+            var branches: [String] = []
+            var byAtom: [String: [Member]] = [:]
+            var order: [String] = []
+            for member in group {
+                guard let atoms = member.atoms, depth < atoms.count else {
+                    branches.append(leaf(member, from: depth))
+                    continue
+                }
+                if byAtom[atoms[depth]] == nil { order.append(atoms[depth]) }
+                byAtom[atoms[depth], default: []].append(member)
+            }
+            for atom in order {
+                let sharing = byAtom[atom]!
+                branches.append(sharing.count == 1 ? leaf(sharing[0], from: depth) : atom + emit(sharing, depth: depth + 1))
+            }
+            return branches.count == 1 ? branches[0] : "(?:" + branches.joined(separator: "|") + ")"
+        }
+        let body = emit(all, depth: 0)
+        return body.hasPrefix("(?:") ? body : "(?:" + body + ")"
+    }
+
+    /// `source` as a sequence of complete atoms, each with its quantifier: a character,
+    /// an escape of one character, a class, a group; then `?`, `*`, `+` or `{n,m}` and
+    /// a lazy or possessive mark. Nil when the source cannot be split safely.
+    static func atoms(of source: String) -> [String]? {
+        guard isCombinable(source), !source.contains("(?i"), !source.contains("(?-i") else { return nil }
+        let bytes = Array(source.utf8)
+        var atoms: [String] = []
+        var index = 0
+        while index < bytes.count {
+            let start = index
+            switch bytes[index] {
+            case UInt8(ascii: "\\"):
+                guard index + 1 < bytes.count else { return nil }
+                let next = bytes[index + 1]
+                // \x, \o, \p, \P, \N take a braced or variable-length argument.
+                if Array("xopPN".utf8).contains(next) || next >= 0x80 { return nil }
+                index += 2
+            case UInt8(ascii: "["):
+                guard let end = skipClass(bytes, from: index) else { return nil }
+                index = end
+            case UInt8(ascii: "("):
+                guard let end = skipGroup(bytes, from: index) else { return nil }
+                index = end
+            case UInt8(ascii: "|"), UInt8(ascii: ")"), UInt8(ascii: "?"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "{"):
+                return nil
+            default:
+                index += 1
+                // The rest of a multi-byte UTF-8 character.
+                while index < bytes.count, bytes[index] & 0xC0 == 0x80 { index += 1 }
+            }
+            // The atom's quantifier, if any, then its lazy (`?`) or possessive (`+`) mark.
+            var isQuantified = false
+            if index < bytes.count {
+                switch bytes[index] {
+                case UInt8(ascii: "?"), UInt8(ascii: "*"), UInt8(ascii: "+"):
+                    index += 1
+                    isQuantified = true
+                case UInt8(ascii: "{"):
+                    // Only a well-formed {n}, {n,}, {n,m} (or {,m}) is taken; any other brace: no split.
+                    var end = index + 1
+                    while end < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[end]) || bytes[end] == UInt8(ascii: ",") { end += 1 }
+                    guard end < bytes.count, bytes[end] == UInt8(ascii: "}"), end > index + 1 else { return nil }
+                    index = end + 1
+                    isQuantified = true
+                default:
+                    break
+                }
+            }
+            if isQuantified, index < bytes.count, bytes[index] == UInt8(ascii: "?") || bytes[index] == UInt8(ascii: "+") { index += 1 }
+            atoms.append(String(decoding: bytes[start..<index], as: UTF8.self))
+        }
+        return atoms
+    }
+
+    /// The index just past the class starting at `start` (`[`), honouring `[]...]`, `[^]...]`, escapes and POSIX classes.
+    static func skipClass(_ bytes: [UInt8], from start: Int) -> Int? {
+        var index = start + 1
+        if index < bytes.count, bytes[index] == UInt8(ascii: "^") { index += 1 }
+        if index < bytes.count, bytes[index] == UInt8(ascii: "]") { index += 1 }
+        while index < bytes.count {
+            switch bytes[index] {
+            case UInt8(ascii: "\\"): index += 2
+            case UInt8(ascii: "]"): return index + 1
+            // POSIX classes such as [[:alpha:]] hold a `]` of their own.
+            case UInt8(ascii: "[") where index + 1 < bytes.count && bytes[index + 1] == UInt8(ascii: ":"):
+                guard let close = bytes[(index + 2)...].firstIndex(of: UInt8(ascii: "]")) else { return nil }
+                index = close + 1
+            default: index += 1
+            }
+        }
+        return nil
+    }
+
+    /// The index just past the group starting at `start` (`(`), skipping nested groups, classes and escapes.
+    static func skipGroup(_ bytes: [UInt8], from start: Int) -> Int? {
+        var depth = 0
+        var index = start
+        while index < bytes.count {
+            switch bytes[index] {
+            case UInt8(ascii: "\\"): index += 2
+            case UInt8(ascii: "["):
+                guard let end = skipClass(bytes, from: index) else { return nil }
+                index = end
+            case UInt8(ascii: "("):
+                depth += 1
+                index += 1
+            case UInt8(ascii: ")"):
+                depth -= 1
+                index += 1
+                if depth == 0 { return index }
+            default: index += 1
+            }
+        }
+        return nil
     }
 
     /// True when `source` keeps its meaning as one member of an alternation (see the type's comment).
