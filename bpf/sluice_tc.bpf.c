@@ -85,6 +85,15 @@ struct {
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_events SEC(".maps");
 
+/* Sluice's transparent TCP listeners by port, for the sk_lookup program below. */
+struct {
+    __uint(type, BPF_MAP_TYPE_SOCKHASH);
+    __uint(max_entries, 64);
+    __type(key, __u32);
+    __type(value, __u64);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_listeners SEC(".maps");
+
 /* Never read or written: declared so the event layout is recorded in the object's BTF,
  * where the layout test (and `bpftool btf dump`) can check it against Swift's view. */
 struct {
@@ -303,6 +312,13 @@ static __always_inline int assign_to_proxy(struct __sk_buff *skb, const struct p
         if (sk) {
             if (sk->state != TCP_LISTEN && sk->state != TCP_TIME_WAIT)
                 goto assign;
+            /* A new SYN on the tuple of a connection the proxy closed first meets that
+             * connection's TIME_WAIT socket. Handing the SYN to the listener would fail
+             * (the tuple is taken) and cost the client a 1 s retransmit; handing it to the
+             * TIME_WAIT socket lets the kernel retire it and look for a listener, which
+             * sluice_listener_lookup answers with the proxy's. */
+            if (sk->state == TCP_TIME_WAIT && packet->tcp_flags_syn)
+                goto assign;
             bpf_sk_release(sk);
             sk = 0;
         }
@@ -445,6 +461,33 @@ int sluice_to_wire(struct __sk_buff *skb)
     count(SLUICE_COUNT_ALLOWED);
     remember(&packet, 0);
     return TC_ACT_OK;
+}
+
+/* sk_lookup, attached to the node's network namespace: when the kernel looks for a
+ * listener for a flow the datapath diverts (it does so after retiring a TIME_WAIT socket
+ * for a new SYN), answer with the proxy's listener for that flow. */
+SEC("sk_lookup")
+int sluice_listener_lookup(struct bpf_sk_lookup *ctx)
+{
+    if (ctx->family != 2 /* AF_INET */ || ctx->protocol != IPPROTO_TCP)
+        return SK_PASS;
+    struct sluice_ct_key key = {
+        .saddr_be = ctx->remote_ip4,
+        .daddr_be = ctx->local_ip4,
+        .sport_be = (__u16)ctx->remote_port,
+        .dport_be = bpf_htons((__u16)ctx->local_port),
+        .protocol = IPPROTO_TCP,
+    };
+    struct sluice_ct_value *flow = bpf_map_lookup_elem(&sluice_ct, &key);
+    if (!flow || !flow->proxy_port)
+        return SK_PASS;
+    __u32 port = flow->proxy_port;
+    struct bpf_sock *listener = bpf_map_lookup_elem(&sluice_listeners, &port);
+    if (!listener)
+        return SK_PASS;
+    bpf_sk_assign(ctx, listener, 0);
+    bpf_sk_release(listener);
+    return SK_PASS;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -19,6 +19,8 @@ public struct DatapathSetup: Sendable {
     public static let defaultPinRoot = "/sys/fs/bpf/sluice"
     static let ingressProgram = "sluice_from_wire"
     static let egressProgram = "sluice_to_wire"
+    static let lookupProgram = "sluice_listener_lookup"
+    static let lookupLink = "sluice_sk_lookup_link"
 
     public init(namespace: String?, interfaces: [String], pinRoot: String = defaultPinRoot, objectPath: String) {
         self.namespace = namespace
@@ -40,6 +42,7 @@ public struct DatapathSetup: Sendable {
                 try TrafficControl.attach(programDescriptor: ingress, interface: interface, hook: .ingress)
                 try TrafficControl.attach(programDescriptor: egress, interface: interface, hook: .egress)
             }
+            try object.attachToNetworkNamespace(program: Self.lookupProgram, pinLinkAt: "\(setup.pinRoot)/\(Self.lookupLink)")
         }
     }
 
@@ -55,6 +58,8 @@ public struct DatapathSetup: Sendable {
                 }
             }
         }
+        // The sk_lookup link lives as long as its pin.
+        unlink("\(pinRoot)/\(Self.lookupLink)")
         if !keepPins { removePins() }
     }
 
@@ -69,7 +74,7 @@ public struct DatapathSetup: Sendable {
     }
 
     public func removePins() {
-        for name in DatapathMaps.names { unlink("\(pinRoot)/\(name)") }
+        for name in DatapathMaps.names + [Self.lookupLink] { unlink("\(pinRoot)/\(name)") }
         rmdir(pinRoot)
     }
 }

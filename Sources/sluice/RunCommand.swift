@@ -75,7 +75,7 @@ struct RunCommand: ParsableCommand {
         }
         // Listeners are bound before the datapath diverts anything to them.
         do {
-            try enforcement.install()
+            try enforcement.install(listeners: server.transparentStreamListeners)
         } catch {
             printError("datapath: \(error)")
             server.stopNow()

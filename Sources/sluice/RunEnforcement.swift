@@ -50,8 +50,9 @@ final class RunEnforcement: @unchecked Sendable {
         prepared = try translate()
     }
 
-    /// Chooses the mechanism and installs the prepared policies. Throws with a message.
-    func install() throws {
+    /// Chooses the mechanism and installs the prepared policies; `listeners` are the
+    /// proxy's transparent TCP listeners. Throws with a message.
+    func install(listeners: [(port: UInt16, descriptor: Int32)]) throws {
         mode = configuration.datapath.mode
         if mode == .auto {
             mode = Self.kernelHasSocketAssign() ? .bpf : .nftables
@@ -64,7 +65,9 @@ final class RunEnforcement: @unchecked Sendable {
         switch mode {
         case .bpf:
             try setup.up(fresh: false)
-            let report = try DatapathMaps(pinRoot: configuration.datapath.pinRoot).synchronize(to: desired)
+            let maps = try DatapathMaps(pinRoot: configuration.datapath.pinRoot)
+            let report = try maps.synchronize(to: desired)
+            for listener in listeners { try maps.registerListener(port: listener.port, descriptor: listener.descriptor) }
             printError("datapath: maps synchronised (\(report))")
         case .nftables:
             let ruleset = NftablesRuleset(state: desired, interfaces: configuration.datapath.interfaces, proxyPorts: proxyPorts)

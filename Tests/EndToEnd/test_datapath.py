@@ -266,3 +266,43 @@ def test_teardown_leaves_no_namespace_pin_program_or_process(lab, workdir, start
             break
         time.sleep(0.2)
     assert not alive, f"BPF programs still loaded: {alive}"
+
+
+def test_reconnect_on_a_tuple_the_proxy_closed_first_needs_no_retransmit(lab, workdir, start_sluice):
+    """The proxy closes first when the server does (Connection: close), which leaves a
+    TIME_WAIT socket holding the client's tuple. A new SYN on the same tuple must still
+    reach the proxy at once (sk_lookup answers for it), not after a 1 s SYN retransmit."""
+    scenario = Scenario(lab, workdir, start_sluice, "bpf")
+    scenario.start_proxy()
+    code = textwrap.dedent(f"""
+        import socket
+        def retransmits():
+            for line in open("/proc/net/snmp").read().splitlines():
+                if line.startswith("Tcp:") and "RetransSegs" not in line:
+                    return int(line.split()[12])
+        before = retransmits()
+        answers = []
+        for attempt in range(5):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("{FRONTEND}", 40404))
+            s.settimeout(10)
+            s.connect(("{BACKEND}", 8080))
+            s.sendall(b"GET /api/again HTTP/1.1\\r\\nHost: b\\r\\nConnection: close\\r\\n\\r\\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            s.close()
+            answers.append(data.split(b"\\r\\n")[0].decode())
+        print(answers, retransmits() - before)
+    """)
+    result = scenario.lab.run(scenario.lab.ns("ep1"), "python3", "-c", code, check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    answers, retransmitted = result.stdout.rsplit(" ", 1)
+    assert answers == str(["HTTP/1.1 200 OK"] * 5)
+    time_wait = scenario.lab.run(scenario.lab.node, "ss", "-tan", "state", "time-wait").stdout
+    assert f"{BACKEND}:8080" in time_wait, "the proxy must have closed first (the case under test)"
+    assert int(retransmitted) == 0, "a SYN had to be retransmitted: the TIME_WAIT tuple swallowed it"

@@ -53,6 +53,26 @@ public final class BPFObject {
         return bpf_program__fd(program)
     }
 
+    /// Attaches the program named `name` to the calling thread's network namespace as an
+    /// sk_lookup program and pins the link at `path` (replacing a link pinned there before),
+    /// so it stays attached after this process exits and detaches when the pin is removed.
+    public func attachToNetworkNamespace(program name: String, pinLinkAt path: String) throws {
+        guard let program = bpf_object__find_program_by_name(object, name) else {
+            throw DatapathError("find program \(name) in \(self.path)", code: ENOENT)
+        }
+        let namespace = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
+        guard namespace >= 0 else { throw DatapathError("open /proc/thread-self/ns/net", code: errno) }
+        defer { close(namespace) }
+        unlink(path)
+        guard let link = bpf_program__attach_netns(program, namespace), libbpf_get_error(UnsafeRawPointer(link)) == 0 else {
+            throw DatapathError("attach \(name) to the network namespace", code: errno)
+        }
+        let pinned = bpf_link__pin(link, path)
+        bpf_link__disconnect(link)
+        bpf_link__destroy(link)
+        guard pinned == 0 else { throw DatapathError.libbpf("pin link \(path)", pinned) }
+    }
+
     /// The file descriptor of the map named `name`.
     public func mapDescriptor(_ name: String) throws -> Int32 {
         guard let map = bpf_object__find_map_by_name(object, name) else {

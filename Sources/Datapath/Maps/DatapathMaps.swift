@@ -7,7 +7,7 @@ import Glibc
 /// The datapath's pinned maps under one pin root, with typed access and synchronisation.
 public final class DatapathMaps {
     public static let names = ["sluice_ipcache", "sluice_enforce", "sluice_policy", "sluice_ct",
-                               "sluice_counters", "sluice_events"]
+                               "sluice_counters", "sluice_events", "sluice_listeners"]
 
     public let pinRoot: String
     let addresses: BPFMap<sluice_ipcache_key, sluice_ipcache_value>
@@ -26,6 +26,18 @@ public final class DatapathMaps {
     }
 
     public var eventsPath: String { "\(pinRoot)/sluice_events" }
+
+    /// Registers the proxy's transparent TCP listener on `port` for the sk_lookup program
+    /// (which hands it new SYNs that met a TIME_WAIT socket).
+    public func registerListener(port: UInt16, descriptor: Int32) throws {
+        let map = bpf_obj_get("\(pinRoot)/sluice_listeners")
+        guard map >= 0 else { throw DatapathError("open pinned map \(pinRoot)/sluice_listeners", code: errno) }
+        defer { close(map) }
+        var key = UInt32(port)
+        var value = UInt64(descriptor)
+        let result = bpf_map_update_elem(map, &key, &value, UInt64(BPF_ANY))
+        guard result == 0 else { throw DatapathError.libbpf("register listener :\(port) in sluice_listeners", result) }
+    }
 
     /// Entry counts per map, for status.
     public func entryCounts() -> [(String, Int)] {

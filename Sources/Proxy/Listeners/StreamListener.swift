@@ -56,6 +56,9 @@ public final class StreamListener: EventHandler {
         }
     }
 
+    /// The listening socket's descriptor (for registering it with the datapath).
+    public var descriptor: Int32 { socket.descriptor }
+
     /// The bound address (useful when the configured port was 0).
     public func boundAddress() throws -> SocketAddress { try socket.localAddress() }
 

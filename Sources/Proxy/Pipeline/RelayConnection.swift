@@ -37,11 +37,17 @@ public struct RelaySettings: Sendable {
     public var idleTimeout: UInt64
     /// `SO_MARK` for the upstream socket, nil for none.
     public var upstreamMark: UInt32?
+    /// Close the downstream without TIME_WAIT when the proxy closed first (transparent
+    /// listeners): the socket holds the client's 4-tuple with the original destination as
+    /// its local address, and a TIME_WAIT there makes the kernel drop the client's next
+    /// SYN on that tuple (its listener is not at that address), costing a 1 s retransmit.
+    public var closeWithoutTimeWait: Bool
 
-    public init(connectTimeout: UInt64, idleTimeout: UInt64, upstreamMark: UInt32?) {
+    public init(connectTimeout: UInt64, idleTimeout: UInt64, upstreamMark: UInt32?, closeWithoutTimeWait: Bool = false) {
         self.connectTimeout = connectTimeout
         self.idleTimeout = idleTimeout
         self.upstreamMark = upstreamMark
+        self.closeWithoutTimeWait = closeWithoutTimeWait
     }
 }
 
@@ -94,6 +100,8 @@ public final class RelayConnection: EventHandler {
     private let startTime: UInt64
     private var lastActivity: UInt64
     private var resumeQueued = false
+    /// The proxy sent its FIN to the client before the client's FIN arrived.
+    private var downstreamClosedFirstByProxy = false
     public private(set) var isFinished = false
 
     /// Takes ownership of `downstream` and starts connecting to `destination`.
@@ -212,7 +220,9 @@ public final class RelayConnection: EventHandler {
         guard backward != .failed else { return finish(.reset, resetDownstream: true, resetUpstream: true) }
 
         if toUpstream.endForwarded && toDownstream.endForwarded {
-            return finish(.closed, resetDownstream: false)
+            // Both FINs are through and acknowledged-or-not, every byte is delivered: an
+            // RST now only spares the downstream a TIME_WAIT (see `closeWithoutTimeWait`).
+            return finish(.closed, resetDownstream: settings.closeWithoutTimeWait && downstreamClosedFirstByProxy)
         }
         if (forward == .moreWork || backward == .moreWork) && !resumeQueued {
             resumeQueued = true
@@ -272,6 +282,7 @@ public final class RelayConnection: EventHandler {
         if direction.sourceEnded && direction.buffer.isEmpty && !direction.endForwarded && destinationReady {
             destination.shutdown(.write)
             direction.endForwarded = true
+            if destination == downstream && !toUpstream.sourceEnded { downstreamClosedFirstByProxy = true }
         }
         return budget == 0 ? .moreWork : .idle
     }

@@ -15,6 +15,7 @@ public final class ProxyServer: @unchecked Sendable {
     private let handles = Mutex<[EventLoopHandle]>([])
     private let workers = Mutex<[Int: WorkerReport]>([:])
     private let startupFailures = Mutex<[Error]>([])
+    private let transparentListeners = Mutex<[(port: UInt16, descriptor: Int32)]>([])
     private let proceed = Atomic<Bool>(false)
     private let started = DispatchSemaphore(value: 0)
     private let startGate = DispatchSemaphore(value: 0)
@@ -72,6 +73,7 @@ public final class ProxyServer: @unchecked Sendable {
         }
         worker.loop.owner = worker
         handles.withLock { $0.append(worker.loop.handle) }
+        if index == 0 { transparentListeners.withLock { $0 = worker.transparentStreamListeners } }
         started.signal()
         startGate.wait()
         guard proceed.load(ordering: .acquiring) else {
@@ -86,6 +88,12 @@ public final class ProxyServer: @unchecked Sendable {
         }
         report.counters = worker.counters
         workers.withLock { $0[index] = report }
+    }
+
+    /// Transparent TCP listeners of the first worker (all workers share each port through
+    /// `SO_REUSEPORT`, and the kernel spreads connections across the group).
+    public var transparentStreamListeners: [(port: UInt16, descriptor: Int32)] {
+        transparentListeners.withLock { $0 }
     }
 
     /// Asks every worker to stop accepting and finish its connections within the drain

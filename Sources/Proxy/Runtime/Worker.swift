@@ -43,6 +43,7 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
                 case .transparentTCP:
                     var settings = relaySettings
                     settings.upstreamMark = configuration.proxyMark
+                    settings.closeWithoutTimeWait = true
                     let stream = try StreamListener(name: listener.name, address: listener.address, upstream: .originalDestination,
                                                     settings: settings, backlog: listener.backlog, delegate: self)
                     streamListeners.append(stream)
@@ -66,6 +67,11 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     }
 
     public var activeConnections: Int { connections.count }
+
+    /// Port and descriptor of each transparent TCP listener (for the datapath's listener map).
+    public var transparentStreamListeners: [(port: UInt16, descriptor: Int32)] {
+        streamListeners.filter { $0.upstream == .originalDestination }.map { ($0.address.port, $0.descriptor) }
+    }
 
     /// Runs the loop until the worker has drained (or `stop` is called).
     public func run() throws { try loop.run() }
