@@ -88,7 +88,7 @@ struct HTTPIndexTests {
         #expect(PCRE2Alternation.atoms(of: "\\x{41}") == nil)
         let source = PCRE2Alternation.programSource(["/ab[0-9]", "/ab[0-9]c", "/ax", "a|b", "/ab"])
         // Whole members first, then one branch per distinct next atom; a shared run (`/a`) is not grouped.
-        #expect(source == "(?:(?:a|b)\\z(?C4)|/a(?:b(?:\\z(?C5)|[0-9](?:\\z(?C1)|c\\z(?C2)))|x\\z(?C3)))")
+        #expect(source == "(?:(?:a|b)\\z(?C\"4\")|/a(?:b(?:\\z(?C\"5\")|[0-9](?:\\z(?C\"1\")|c\\z(?C\"2\")))|x\\z(?C\"3\")))")
         let alternation = try #require(PCRE2Alternation(members: ["/ab[0-9]", "/ab[0-9]c", "/ax", "a|b", "/ab"]))
         for (subject, expected) in [("/ab7", [0]), ("/ab7c", [1]), ("/ax", [2]), ("a", [3]), ("/ab", [4]), ("/a", [])] {
             var subject = subject
@@ -136,17 +136,16 @@ struct HTTPIndexTests {
         #expect(checked > 20)
     }
 
-    @Test("programs split instead of failing: many long members, and one too long to combine")
+    @Test("programs split by member count and source size: many long members and a 3,000-alternative one")
     func splitting() throws {
-        // 600 members of ~400 characters: more than 255 per program and more than a
-        // program's source budget, so several programs are needed.
+        // 600 members of ~400 characters (all in the no-prefix bucket: `|` inside) and
+        // one of 3,000 alternatives: more than one program's source budget.
         let long = String(repeating: "(?:ab|cd)", count: 45)
         var items: [HTTPRuleIndex.Item] = []
         for index in 0..<600 {
             let source = "/[a-z]\(long)/[m]\(index)"
             items.append(HTTPRuleIndex.Item(entry: 0, rule: HTTPRule(index: index, method: nil, path: try PCRE2Pattern(source), host: nil, headers: [], headerMatches: [])))
         }
-        // One member far over PCRE2's combined-size budget on its own.
         let huge = "/(?:" + (0..<3_000).map { "w\($0)" }.joined(separator: "|") + ")"
         items.append(HTTPRuleIndex.Item(entry: 0, rule: HTTPRule(index: 600, method: nil, path: try PCRE2Pattern(huge), host: nil, headers: [], headerMatches: [])))
         let (programs, refused) = HTTPRuleIndex.programs(for: Array(items.indices), items: items)
@@ -154,12 +153,30 @@ struct HTTPIndexTests {
         #expect(programs.allSatisfy { $0.members.count <= PCRE2Alternation.maximumMembers })
         #expect(Set(programs.flatMap(\.members) + refused) == Set(items.indices))
         let index = HTTPRuleIndex(items: items)
-        // Members of programs are candidates only when their path matched; the huge
-        // member, alone in its bucket, is checked one by one for every path.
         #expect(index.buckets.contains { $0.programs.count >= 3 })
-        #expect(index.candidates(method: "GET", path: "/q\(String(repeating: "ab", count: 45))/m433") == [433, 600])
-        #expect(index.candidates(method: "GET", path: "/q\(String(repeating: "cd", count: 45))/m599") == [599, 600])
-        #expect(index.candidates(method: "GET", path: "/q/m433") == [600])
+        // Members of programs are candidates only when their path matched.
+        #expect(index.candidates(method: "GET", path: "/q\(String(repeating: "ab", count: 45))/m433") == [433])
+        #expect(index.candidates(method: "GET", path: "/q\(String(repeating: "cd", count: 45))/m599") == [599])
+        #expect(index.candidates(method: "GET", path: "/w2999") == [600])
+        #expect(index.candidates(method: "GET", path: "/q/m433") == [])
+    }
+
+    @Test("members PCRE2 refuses to compile together are split until they fit, or checked alone")
+    func refusedPrograms() throws {
+        // Four members of ~20,000 characters with nothing in common: two fit one
+        // program's source budget but not PCRE2's compiled-size limit together.
+        var items: [HTTPRuleIndex.Item] = []
+        for member in 0..<4 {
+            let source = "/k\(member)(?:" + (0..<3_000).map { "w\($0)" }.joined(separator: "|") + ")"
+            items.append(HTTPRuleIndex.Item(entry: 0, rule: HTTPRule(index: member, method: nil, path: try PCRE2Pattern(source), host: nil, headers: [], headerMatches: [])))
+        }
+        #expect(PCRE2Alternation(members: items.prefix(2).map { $0.rule.path!.source }) == nil, "the pair must be too large for PCRE2")
+        let (programs, refused) = HTTPRuleIndex.programs(for: Array(items.indices), items: items)
+        #expect(programs.isEmpty)
+        #expect(refused.sorted() == [0, 1, 2, 3])
+        let index = HTTPRuleIndex(items: items)
+        #expect(index.candidates(method: "GET", path: "/k2w17") == [0, 1, 2, 3])
+        #expect(items.indices.filter { items[$0].rule.path!.matches("/k2w17") } == [2])
     }
 
     @Test("a program that exhausts its matching budget hands its members back to be checked alone")

@@ -172,6 +172,8 @@ final class HTTPRuleIndex: Sendable {
     /// request's, and `isPathKnown` true when a combined program already matched its path.
     func forEachCandidate(method: String, path: String, _ body: (_ item: Int, _ isMethodKnown: Bool, _ isPathKnown: Bool) -> Void) {
         var found: [(item: Int, isMethodKnown: Bool, isPathKnown: Bool)] = []
+        // Match data and context for every combined program this request runs.
+        var scratch: PCRE2Alternation.MatchScratch?
         func probe(_ hash: UInt64, isAnyMethod: Bool, bytes: UnsafeBufferPointer<UInt8>, length: Int) {
             table.forEach(hash) { bucketIndex in
                 guard (buckets[bucketIndex].method == nil) == isAnyMethod else { return }
@@ -182,9 +184,12 @@ final class HTTPRuleIndex: Sendable {
                 for item in bucket.single { found.append((item, isMethodKnown, false)) }
                 bucket.prefilter?.forEachCandidate(in: bytes) { item in found.append((item, isMethodKnown, false)) }
                 for program in bucket.programs {
-                    let finished = program.alternation.forEachMatch(in: bytes) { member in
-                        found.append((program.members[member], isMethodKnown, true))
-                    }
+                    if scratch == nil { scratch = PCRE2Alternation.MatchScratch() }
+                    let finished = scratch.map { scratch in
+                        program.alternation.forEachMatch(in: bytes, scratch: scratch) { member in
+                            found.append((program.members[member], isMethodKnown, true))
+                        }
+                    } ?? false
                     if !finished {
                         for item in program.members { found.append((item, isMethodKnown, false)) }
                     }

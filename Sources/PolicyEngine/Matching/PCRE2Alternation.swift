@@ -1,9 +1,9 @@
 import CPCRE2
 
-/// Up to 255 anchored patterns compiled into ONE PCRE2 program that reports, in a
-/// single JIT pass over the subject, every member that matches the whole subject.
+/// Anchored patterns compiled into ONE PCRE2 program that reports, in a single JIT
+/// pass over the subject, every member that matches the whole subject.
 ///
-/// The program is `(?:(?:p1)\z(?C1)|(?:p2)\z(?C2)|...)`, compiled anchored, with the
+/// The program is `(?:(?:p1)\z(?C"1")|(?:p2)\z(?C"2")|...)`, compiled anchored, with the
 /// members' common leading atoms factored out into a trie (`programSource`). When
 /// member `n` has matched up to the end of the subject, callout `n` records `n` and
 /// returns 1, which PCRE2 treats as a failure at that point: it backtracks into the
@@ -20,16 +20,44 @@ import CPCRE2
 /// Limits: the program shares one backtracking budget (`PCRE2Pattern.matchLimit`) for
 /// all members. When a pass ends in an error (a limit, the JIT stack), `forEachMatch`
 /// says so and the caller checks each member alone with its own budget, so combining
-/// never changes a verdict. Callout numbers are 1...255, hence `maximumMembers`.
+/// never changes a verdict. Members are named by string callouts (numbered callouts
+/// stop at 255); a program holds at most `maximumMembers`, and one PCRE2 refuses as too
+/// large is split by the caller, so no policy is ever refused for its size.
 ///
-/// Thread safety: the compiled code is read-only after `init`; every call creates its
-/// own match context (it carries the per-call callout data) and match data.
+/// Thread safety: the compiled code is read-only after `init`; the match data and the
+/// match context (which carries the per-call callout data) belong to the caller's
+/// `MatchScratch`, one per evaluation.
 final class PCRE2Alternation: @unchecked Sendable {
-    /// PCRE2 callout numbers are 0...255; 0 is left unused.
-    static let maximumMembers = 255
-    /// Bytes of member source per program, kept well under PCRE2's compiled-size limit
-    /// (LINK_SIZE 2 = 64 KiB of code). A program that is still too large is split.
-    static let maximumSourceBytes = 24_000
+    /// Members per program: bounds the per-call bit set (on the stack) and the work
+    /// lost when a pass hits a limit and every member is checked alone.
+    static let maximumMembers = 2_048
+    /// Bytes of member source per program, aimed under PCRE2's compiled-size limit
+    /// (LINK_SIZE 2 = 64 KiB of code); a program that is still too large is split.
+    static let maximumSourceBytes = 48_000
+
+    /// The match data and match context of one evaluation, reused for every program it
+    /// runs (each program's pass sets the context's callout to its own bit set).
+    final class MatchScratch {
+        let matchData: OpaquePointer
+        let context: OpaquePointer
+
+        init?() {
+            guard let matchData = pcre2_match_data_create_8(1, nil) else { return nil }
+            guard let context = pcre2_match_context_create_8(nil) else {
+                pcre2_match_data_free_8(matchData)
+                return nil
+            }
+            pcre2_set_match_limit_8(context, PCRE2Pattern.matchLimit)
+            pcre2_set_depth_limit_8(context, PCRE2Pattern.depthLimit)
+            self.matchData = matchData
+            self.context = context
+        }
+
+        deinit {
+            pcre2_match_data_free_8(matchData)
+            pcre2_match_context_free_8(context)
+        }
+    }
 
     let memberCount: Int
     let isJITCompiled: Bool
@@ -67,40 +95,39 @@ final class PCRE2Alternation: @unchecked Sendable {
     /// the pass could not finish (a limit was hit): the caller must then check each
     /// member alone.
     func forEachMatch(in bytes: UnsafeBufferPointer<UInt8>, _ body: (Int) -> Void) -> Bool {
-        guard let matchData = pcre2_match_data_create_8(1, nil) else { return false }
-        defer { pcre2_match_data_free_8(matchData) }
-        guard let context = pcre2_match_context_create_8(nil) else { return false }
-        defer { pcre2_match_context_free_8(context) }
-        pcre2_set_match_limit_8(context, PCRE2Pattern.matchLimit)
-        pcre2_set_depth_limit_8(context, PCRE2Pattern.depthLimit)
-        // One bit per callout number 0...255, on this call's stack.
-        var seen: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-        let empty: [UInt8] = [0]
-        let result: Int32 = withUnsafeMutableBytes(of: &seen) { words in
-            pcre2_set_callout_8(context, recordMember, words.baseAddress)
-            return empty.withUnsafeBufferPointer { fallback in
+        guard let scratch = MatchScratch() else { return false }
+        return forEachMatch(in: bytes, scratch: scratch, body)
+    }
+
+    /// `forEachMatch(in:_:)` with the caller's match data and context.
+    func forEachMatch(in bytes: UnsafeBufferPointer<UInt8>, scratch: MatchScratch, _ body: (Int) -> Void) -> Bool {
+        // One bit per member number 1...memberCount, on this call's stack.
+        let words = memberCount / 64 + 1
+        return withUnsafeTemporaryAllocation(of: UInt64.self, capacity: words) { seen in
+            seen.initialize(repeating: 0)
+            pcre2_set_callout_8(scratch.context, recordMember, UnsafeMutableRawPointer(seen.baseAddress!))
+            let empty: [UInt8] = [0]
+            let result: Int32 = empty.withUnsafeBufferPointer { fallback in
                 // An empty buffer may have a nil base address; PCRE2 needs a valid pointer.
-                pcre2_match_8(code, bytes.baseAddress ?? fallback.baseAddress!, bytes.count, 0, 0, matchData, context)
+                pcre2_match_8(code, bytes.baseAddress ?? fallback.baseAddress!, bytes.count, 0, 0, scratch.matchData, scratch.context)
             }
-        }
-        // Every callout fails its path, so a finished pass always ends in "no match".
-        guard result == PCRE2_ERROR_NOMATCH else { return false }
-        withUnsafeBytes(of: &seen) { raw in
-            for word in 0..<4 {
-                var bits = raw.load(fromByteOffset: word * 8, as: UInt64.self)
+            // Every callout fails its path, so a finished pass always ends in "no match".
+            guard result == PCRE2_ERROR_NOMATCH else { return false }
+            for word in 0..<words {
+                var bits = seen[word]
                 while bits != 0 {
                     let bit = bits.trailingZeroBitCount
                     bits &= bits - 1
                     body(word * 64 + bit - 1)
                 }
             }
+            return true
         }
-        return true
     }
 
     /// The program text: members split into atoms (`atoms(of:)`) are merged into a trie
     /// on their leading atoms, so `/(static|assets)/[a-z]+[1][2]/.*` and
-    /// `/(static|assets)/[a-z]+[1][3]/.*` become `/(static|assets)/[a-z]+[1](?:[2]/.*\z(?C1)|[3]/.*\z(?C2))`:
+    /// `/(static|assets)/[a-z]+[1][3]/.*` become `/(static|assets)/[a-z]+[1](?:[2]/.*\z(?C"1")|[3]/.*\z(?C"2"))`:
     /// a subject that fails the shared atoms fails once, not once per member, and PCRE2
     /// tries only as many branches at each point as there are distinct next atoms.
     /// Equivalent to the flat alternation because every factored atom is complete
@@ -117,7 +144,7 @@ final class PCRE2Alternation: @unchecked Sendable {
         let all = members.enumerated().map { Member(number: $0.offset + 1, atoms: atoms(of: $0.element), source: $0.element) }
         func leaf(_ member: Member, from depth: Int) -> String {
             let rest = member.atoms.map { $0[depth...].joined() } ?? "(?:\(member.source))"
-            return rest + "\\z(?C\(member.number))"
+            return rest + "\\z(?C\"\(member.number)\")"
         }
         func emit(_ group: [Member], depth: Int) -> String {
             var branches: [String] = []
@@ -284,10 +311,14 @@ final class PCRE2Alternation: @unchecked Sendable {
     }
 }
 
-/// Records the member whose callout fired and fails the path so matching goes on.
+/// Records the member whose callout fired and fails the path so matching goes on:
+/// callout `"n"` sets bit `n` of the bit set `data` points to.
 private let recordMember: @convention(c) (UnsafeMutablePointer<pcre2_callout_block_8>?, UnsafeMutableRawPointer?) -> Int32 = { block, data in
-    guard let block, let data else { return PCRE2_ERROR_CALLOUT }
-    let number = Int(block.pointee.callout_number)
+    guard let block, let data, let text = block.pointee.callout_string else { return PCRE2_ERROR_CALLOUT }
+    var number = 0
+    for offset in 0..<Int(block.pointee.callout_string_length) {
+        number = number * 10 + Int(text[offset] &- UInt8(ascii: "0"))
+    }
     let word = data.advanced(by: (number >> 6) * 8).assumingMemoryBound(to: UInt64.self)
     word.pointee |= 1 << UInt64(number & 63)
     return 1
