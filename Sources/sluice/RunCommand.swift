@@ -25,12 +25,18 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Worker threads, each with its own event loop (default: the configuration's 'workers', else the number of cores).", valueName: "n"))
     var workers: Int?
 
+    @Option(name: .long, help: ArgumentHelp("Override the configuration's datapath.mode: bpf (tc + bpf_sk_assign), nftables (TPROXY fallback), auto (bpf if the kernel has bpf_sk_assign), none (explicit mode only).", valueName: "mode"))
+    var datapath: String?
+
     @Flag(name: .long, help: "Check the configuration and exit without starting.")
     var check = false
 
     func validate() throws {
         if let workers, !(1...256).contains(workers) {
             throw ValidationError("--workers must be from 1 to 256, got \(workers)")
+        }
+        if let datapath, DatapathConfiguration.Mode(rawValue: datapath) == nil {
+            throw ValidationError("--datapath must be bpf, nftables, auto or none, got '\(datapath)'")
         }
     }
 
@@ -44,6 +50,13 @@ struct RunCommand: ParsableCommand {
             throw ExitCode(2)
         }
         if let workers { configuration.workers = workers }
+        if let datapath, let mode = DatapathConfiguration.Mode(rawValue: datapath) {
+            configuration.datapath.mode = mode
+            if mode != .none && (configuration.datapath.interfaces.isEmpty || configuration.policy == nil) {
+                printError("\(config): --datapath \(datapath) needs 'datapath.interfaces' and a 'policy' section in the configuration")
+                throw ExitCode(2)
+            }
+        }
         if check {
             print("\(config): ok (\(configuration.listeners.count) listeners, \(configuration.workers) workers)")
             return

@@ -306,3 +306,20 @@ def test_reconnect_on_a_tuple_the_proxy_closed_first_needs_no_retransmit(lab, wo
     time_wait = scenario.lab.run(scenario.lab.node, "ss", "-tan", "state", "time-wait").stdout
     assert f"{BACKEND}:8080" in time_wait, "the proxy must have closed first (the case under test)"
     assert int(retransmitted) == 0, "a SYN had to be retransmitted: the TIME_WAIT tuple swallowed it"
+
+
+def test_traffic_from_the_uplink_meets_ingress_policy(scenario):
+    scenario.start_proxy()
+    # The remote host is 'world' (inside the policy's CIDR, but that CIDR is only named on
+    # the frontend's egress): the backend's ingress policy admits only the frontend.
+    assert scenario.lab.run(scenario.lab.ns("remote"), "curl", "-sS", "--max-time", "2",
+                            f"http://{BACKEND}:9090/", check=False).returncode != 0
+    # The intruder has no ingress policy: unrestricted.
+    intruder = scenario.lab.spawn(scenario.lab.ns("ep3"), "python3", "-m", "http.server", "--bind", INTRUDER, "8000")
+    wait_until(lambda: scenario.lab.run(scenario.lab.ns("ep3"), "python3", "-c",
+                                        f"import socket; socket.create_connection(('{INTRUDER}', 8000), 1)",
+                                        check=False).returncode == 0, "the intruder's web server")
+    result = scenario.lab.run(scenario.lab.ns("remote"), "curl", "-sS", "--max-time", "3", "-o", "/dev/null",
+                              "-w", "%{http_code}", f"http://{INTRUDER}:8000/", check=False)
+    assert result.stdout == "200"
+    intruder.terminate()
