@@ -293,4 +293,35 @@ struct CrowdedPortPropertyTests {
         #expect(slot.buckets.contains { $0.prefilter != nil })
         #expect(slot.buckets.contains { !$0.programs.isEmpty })
     }
+
+    @Test("threads evaluating one snapshot at once get the answers of one thread alone")
+    func concurrentEvaluation() async throws {
+        var generator = SplitMix64(seed: 41)
+        let policies = loadPolicies(Self.policies(&generator))
+        let snapshot = PolicySnapshot(policies: policies)
+        let subject = pod("ns", ["app": "a"])
+        let flows = ["b", "c"].map { ingress(to: subject, from: pod("ns", ["app": $0]), port: 80) }
+        let requests = (0..<400).map { _ in
+            HTTPRequestFacts(method: ["GET", "POST"][Int(generator.next() % 2)], path: RegexPieces.path(&generator))
+        }
+        let expected = flows.map { flow in requests.map { snapshot.evaluate(flow: flow, http: $0).matched } }
+        #expect(expected.joined().contains { !$0.isEmpty })
+        let mismatches = await withTaskGroup(of: Int.self) { group in
+            for task in 0..<4 {
+                group.addTask {
+                    let connections = flows.map { snapshot.policy(forEndpoint: subject).connection($0) }
+                    var count = 0
+                    for round in 0..<5 {
+                        for (position, request) in requests.enumerated() {
+                            let which = (position + task + round) % 2
+                            if connections[which].evaluate(http: request).matched != expected[which][position] { count += 1 }
+                        }
+                    }
+                    return count
+                }
+            }
+            return await group.reduce(0, +)
+        }
+        #expect(mismatches == 0)
+    }
 }

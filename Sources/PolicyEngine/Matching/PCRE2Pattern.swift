@@ -20,7 +20,9 @@ public final class PCRE2Pattern: @unchecked Sendable, CustomStringConvertible {
     public let isJITCompiled: Bool
 
     private let code: OpaquePointer
-    private let matchContext: OpaquePointer?
+    /// The limits every match runs under: one context for all patterns (saves ~100
+    /// bytes per pattern; a context is only read by `pcre2_match`).
+    private var matchContext: OpaquePointer? { SharedMatchContext.shared.context }
 
     /// Backtracking budget per match. A pathological pattern fails closed
     /// (no match) instead of burning a core: see `matches(_:)`.
@@ -54,16 +56,9 @@ public final class PCRE2Pattern: @unchecked Sendable, CustomStringConvertible {
         self.source = source
         self.code = compiled
         self.isJITCompiled = pcre2_jit_compile_8(compiled, PCRE2_JIT_COMPLETE) == 0
-        let context = pcre2_match_context_create_8(nil)
-        if let context {
-            pcre2_set_match_limit_8(context, PCRE2Pattern.matchLimit)
-            pcre2_set_depth_limit_8(context, PCRE2Pattern.depthLimit)
-        }
-        self.matchContext = context
     }
 
     deinit {
-        if let matchContext { pcre2_match_context_free_8(matchContext) }
         pcre2_code_free_8(code)
     }
 
@@ -99,5 +94,21 @@ public final class PCRE2Pattern: @unchecked Sendable, CustomStringConvertible {
         let length = pcre2_get_error_message_8(errorCode, &buffer, buffer.count)
         guard length > 0 else { return "PCRE2 error \(errorCode)" }
         return String(decoding: buffer[0..<Int(length)], as: UTF8.self)
+    }
+}
+
+/// The match context every `PCRE2Pattern` matches with: the backtracking and depth
+/// limits, set once. Read-only after creation (PCRE2 only reads a context while
+/// matching), hence shareable across threads; it lives as long as the process.
+private final class SharedMatchContext: @unchecked Sendable {
+    static let shared = SharedMatchContext()
+    let context: OpaquePointer?
+
+    private init() {
+        context = pcre2_match_context_create_8(nil)
+        if let context {
+            pcre2_set_match_limit_8(context, PCRE2Pattern.matchLimit)
+            pcre2_set_depth_limit_8(context, PCRE2Pattern.depthLimit)
+        }
     }
 }
