@@ -1,21 +1,27 @@
 /// The HTTP rules of one (direction, port, protocol) slot, indexed so that a request
-/// runs the regexes of only the rules that can match it, at a cost that does not grow
-/// with the number of rules.
+/// runs the regexes of only the rules that can match it, at a cost that grows with the
+/// request (its path length, the rules it may match), not with the number of rules.
 ///
 /// Rules are bucketed by (literal method or "any method", literal path prefix):
 /// `{method: GET, path: "/api/v1/products/[0-9]+"}` goes to (GET, `/api/v1/products/`),
-/// `{method: "GET|HEAD", path: "/(static|assets)/.*"}` to (any, `/`). A request walks its
-/// path once, hashing as it goes, and at each length that some prefix has probes the
-/// buckets of its method and of "any method" (one table probe per distinct prefix
-/// length of that method's buckets and of the any-method buckets, each O(1)).
+/// `{method: "GET|HEAD", path: "/(static|assets)/.*"}` to (any, "") since a `|` hides
+/// the prefix. A request walks its path once, hashing as it goes, and at each length
+/// that some prefix of its method (or of "any method") has, probes one table, behind a
+/// small bit filter that answers most misses from cache.
 ///
-/// Inside a bucket, rules are checked one by one while there are few; a bucket with
-/// many path regexes (typically the rules with no useful literal prefix, which all land
-/// in the same bucket) has them combined into `PCRE2Alternation` programs of up to 255
-/// members, each reporting in one JIT pass every member whose path matches. Only those
-/// rules' other fields are then checked. Rules whose pattern cannot be combined safely
-/// stay single. Every combination is exact: a program that hits a matching limit makes
-/// the caller check its members alone, as if they had never been combined.
+/// Inside a bucket, rules are checked one by one while there are few
+/// (`minimumCombined`). A crowded bucket (typically the rules without a literal prefix,
+/// which all land in the same one) is split three ways:
+/// - rules whose path regex contains a required literal (`/r42/` in
+///   `/(static|assets)/r42/.*`) go behind a `LiteralPrefilter`: candidates only when
+///   the literal occurs in the path;
+/// - the other combinable ones go into `PCRE2Alternation` programs, each reporting in
+///   one JIT pass every member whose path matches (members merged on their leading
+///   atoms), so only those rules' other fields are checked;
+/// - patterns that cannot be combined safely stay single.
+/// Every shortcut is exact: a program that hits a matching limit hands its members back
+/// to be checked alone, and a program PCRE2 refuses as too large is split, down to
+/// single rules, so no policy is rejected for its size.
 final class HTTPRuleIndex: Sendable {
     struct Item: Sendable {
         /// Index of the port entry (in the direction policy) that owns the rule.
