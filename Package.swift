@@ -28,7 +28,7 @@ let package = Package(
         .target(name: "CSluiceShims", path: "Sources/CSluiceShims"),
 
         .target(name: "Proxy", dependencies: [
-            "CSluiceShims",
+            "CSluiceShims", "L7Parsers", "PolicyEngine",
             .product(name: "Yams", package: "Yams"),
         ]),
         .target(name: "L7Parsers", dependencies: ["CNghttp2"]),
@@ -42,7 +42,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
-        .testTarget(name: "ProxyTests", dependencies: ["Proxy", "COpenSSL"]),
+        .testTarget(name: "ProxyTests", dependencies: ["Proxy", "COpenSSL", "L7Parsers", "PolicyEngine"]),
         .testTarget(name: "L7ParsersTests", dependencies: ["L7Parsers", "CNghttp2"]),
         .testTarget(name: "PolicyEngineTests", dependencies: ["PolicyEngine", "CPCRE2"]),
         .testTarget(name: "DatapathTests", dependencies: ["Datapath", "CBPF", "CSluiceDatapath", "PolicyEngine"]),

@@ -79,7 +79,7 @@ struct RunCommand: ParsableCommand {
         }
 
         ShutdownSignals.block()
-        let server = ProxyServer(configuration: configuration, flowLog: flowLog)
+        let server = ProxyServer(configuration: configuration, flowLog: flowLog, policy: enforcement.policy)
         do {
             try server.start()
         } catch {

@@ -17,11 +17,14 @@ final class RunEnforcement: @unchecked Sendable {
     private let state = Mutex<DatapathState>(DatapathState())
     private let stopping = Atomic<Bool>(false)
     private(set) var mode: DatapathConfiguration.Mode = .none
+    /// The snapshot the proxy judges requests by (nil without a `policy` section).
+    let policy: PolicySnapshotHolder?
 
     init(configuration: ProxyConfiguration, configFile: String, flowLog: FlowLog) {
         self.configuration = configuration
         self.configFile = configFile
         self.flowLog = flowLog
+        policy = configuration.policy == nil ? nil : PolicySnapshotHolder()
     }
 
     /// Paths in the configuration are relative to the configuration file's directory.
@@ -47,7 +50,7 @@ final class RunEnforcement: @unchecked Sendable {
 
     /// Loads and translates the policies; throws on bad policy input (nothing installed yet).
     func prepare() throws {
-        prepared = try translate()
+        prepared = try load()
     }
 
     /// Chooses the mechanism and installs the prepared policies; `listeners` are the
@@ -61,7 +64,7 @@ final class RunEnforcement: @unchecked Sendable {
             printError("datapath: \(mode.rawValue)")
         }
         guard mode != .none else { return }
-        let desired = try prepared ?? translate()
+        let desired = try prepared ?? load()
         switch mode {
         case .bpf:
             try setup.up(fresh: false)
@@ -79,16 +82,23 @@ final class RunEnforcement: @unchecked Sendable {
         state.withLock { $0 = desired }
     }
 
-    private func translate() throws -> DatapathState {
-        guard let policy = configuration.policy else { return DatapathState() }
-        let nodeAddresses = policy.nodeAddresses.compactMap(IPv4Prefix.init)
-        return try DatapathFiles.state(policyPaths: policy.paths.map(resolve), endpoints: resolve(policy.endpoints),
-                                       nodeAddresses: nodeAddresses, proxyPorts: proxyPorts)
+    /// Loads the policy files into a new snapshot for the proxy and, when a datapath is in
+    /// use, derives its map contents. The snapshot is replaced only when everything loaded.
+    private func load() throws -> DatapathState {
+        guard let source = configuration.policy, let policy else { return DatapathState() }
+        let snapshot = try DatapathFiles.loadSnapshot(policyPaths: source.paths.map(resolve), endpoints: resolve(source.endpoints))
+        var state = DatapathState()
+        if configuration.datapath.mode != .none {
+            let nodeAddresses = source.nodeAddresses.compactMap(IPv4Prefix.init)
+            state = try PolicyTranslation(snapshot: snapshot, nodeAddresses: nodeAddresses, proxyPorts: proxyPorts).translate()
+        }
+        _ = policy.replace(with: snapshot)
+        return state
     }
 
     /// Starts the threads that follow file changes and datapath events.
     func startBackgroundWork() {
-        guard mode != .none else { return }
+        guard configuration.policy != nil else { return }
         if let interval = configuration.policy?.watchInterval {
             startThread { [self] in watch(every: interval) }
         }
@@ -111,7 +121,7 @@ final class RunEnforcement: @unchecked Sendable {
             guard current != last else { continue }
             last = current
             do {
-                let desired = try translate()
+                let desired = try load()
                 switch mode {
                 case .bpf:
                     let report = try DatapathMaps(pinRoot: configuration.datapath.pinRoot).synchronize(to: desired)
@@ -120,7 +130,8 @@ final class RunEnforcement: @unchecked Sendable {
                     try NftablesRuleset(state: desired, interfaces: configuration.datapath.interfaces, proxyPorts: proxyPorts)
                         .apply(namespace: configuration.datapath.namespace)
                     printError("policy changed: nftables table replaced")
-                default: break
+                default:
+                    printError("policy changed: reloaded")
                 }
                 state.withLock { $0 = desired }
             } catch {

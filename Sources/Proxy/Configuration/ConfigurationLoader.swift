@@ -194,7 +194,7 @@ public struct ConfigurationLoader {
     }
 
     private func listenerConfiguration(_ node: Node, path: String) throws(ConfigurationError) -> ListenerConfiguration {
-        let fields = try mapping(node, path: path, allowed: ["name", "mode", "protocol", "listen", "upstream", "backlog"])
+        let fields = try mapping(node, path: path, allowed: ["name", "mode", "protocol", "listen", "upstream", "backlog", "l7"])
         guard let nameNode = fields["name"] else { throw error(node, path: "\(path).name", "missing; expected a listener name") }
         let name = try string(nameNode, path: "\(path).name")
         guard !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
@@ -218,6 +218,17 @@ public struct ConfigurationLoader {
         var backlog: Int32 = 1024
         if let value = fields["backlog"] { backlog = Int32(try integer(value, path: "\(path).backlog", range: 1...65_535)) }
 
+        var l7: ListenerConfiguration.L7Protocol?
+        if let l7Node = fields["l7"] {
+            let text = try string(l7Node, path: "\(path).l7")
+            guard let parsed = ListenerConfiguration.L7Protocol(rawValue: text) else {
+                throw error(l7Node, path: "\(path).l7", "expected 'http', got '\(text)'")
+            }
+            guard mode == "explicit" else {
+                throw error(l7Node, path: "\(path).l7", "only for explicit listeners; transparent listeners choose the parser from the policy of each connection's port")
+            }
+            l7 = parsed
+        }
         let kind: ListenerConfiguration.Kind
         switch mode {
         case "explicit":
@@ -240,7 +251,7 @@ public struct ConfigurationLoader {
         default:
             throw error(modeNode, path: "\(path).mode", "expected 'explicit' or 'transparent', got '\(mode)'")
         }
-        return ListenerConfiguration(name: name, kind: kind, address: address, backlog: backlog)
+        return ListenerConfiguration(name: name, kind: kind, address: address, backlog: backlog, l7: l7)
     }
 
     private func flowLogConfiguration(_ node: Node) throws(ConfigurationError) -> FlowLogConfiguration {

@@ -81,16 +81,24 @@ public struct ListenerConfiguration: Sendable, Equatable {
         case transparentUDP
     }
 
+    /// Which L7 protocol an explicit TCP listener parses (transparent listeners decide per
+    /// connection from the policy for its destination port).
+    public enum L7Protocol: String, Sendable, Equatable {
+        case http
+    }
+
     public var name: String
     public var kind: Kind
     public var address: SocketAddress
     public var backlog: Int32
+    public var l7: L7Protocol?
 
-    public init(name: String, kind: Kind, address: SocketAddress, backlog: Int32 = 1024) {
+    public init(name: String, kind: Kind, address: SocketAddress, backlog: Int32 = 1024, l7: L7Protocol? = nil) {
         self.name = name
         self.kind = kind
         self.address = address
         self.backlog = backlog
+        self.l7 = l7
     }
 }
 

@@ -173,3 +173,7 @@ public struct JSONObject: Sendable {
         out += "\""
     }
 }
+
+extension FlowLog: L7FlowReporter {
+    public func report(_ record: JSONObject) { write(record) }
+}

@@ -1,3 +1,5 @@
+import L7Parsers
+
 /// How a relayed connection ended, for its flow record.
 public enum ConnectionOutcome: String, Sendable {
     /// Both sides closed in order (FIN each way).
@@ -12,6 +14,8 @@ public enum ConnectionOutcome: String, Sendable {
     case idleTimeout = "idle_timeout"
     /// The proxy stopped before the connection finished (drain deadline passed).
     case aborted
+    /// The L7 session ended the connection (a request or response that cannot be parsed).
+    case protocolError = "protocol_error"
 }
 
 /// What a finished connection reports to its owner.
@@ -42,16 +46,24 @@ public struct RelaySettings: Sendable {
     /// its local address, and a TIME_WAIT there makes the kernel drop the client's next
     /// SYN on that tuple (its listener is not at that address), costing a 1 s retransmit.
     public var closeWithoutTimeWait: Bool
+    /// Whether connections are parsed at L7: never, always as HTTP (explicit `l7: http`),
+    /// or when the policy for the connection's port has HTTP rules (transparent).
+    public var l7: L7Mode
 
-    public init(connectTimeout: UInt64, idleTimeout: UInt64, upstreamMark: UInt32?, closeWithoutTimeWait: Bool = false) {
+    public enum L7Mode: Sendable, Equatable { case none, http, byPolicy }
+
+    public init(connectTimeout: UInt64, idleTimeout: UInt64, upstreamMark: UInt32?, closeWithoutTimeWait: Bool = false,
+                l7: L7Mode = .none) {
         self.connectTimeout = connectTimeout
         self.idleTimeout = idleTimeout
         self.upstreamMark = upstreamMark
         self.closeWithoutTimeWait = closeWithoutTimeWait
+        self.l7 = l7
     }
 }
 
-/// An L4 relay between a downstream (client) socket and an upstream (server) socket.
+/// A relay between a downstream (client) socket and an upstream (server) socket, at L4 or,
+/// with an `L7Session`, request by request.
 ///
 /// Each direction has one bounded `RelayBuffer`: bytes read from one side wait there until
 /// the other side takes them, and a side is not read while its buffer is full, so a slow
@@ -70,6 +82,13 @@ public final class RelayConnection: EventHandler {
         var destinationWritable = true
         var endForwarded = false
         var bytes: UInt64 = 0
+        // L7 only: parsed bytes waiting for the destination, and operations in progress.
+        var output = RelayBuffer()
+        var pendingPass = 0
+        var pendingDrop = 0
+        var pendingBytes: [UInt8] = []
+        var pendingBytesToSource = false
+        var endOfInputReported = false
     }
 
     private enum Tag {
@@ -85,6 +104,8 @@ public final class RelayConnection: EventHandler {
     private unowned let owner: ConnectionOwner
     private let loop: EventLoop
     private let settings: RelaySettings
+    private let session: L7Session?
+    private var closeAfterReply: String?
     private let listenerName: String
     public let client: SocketAddress
     public let destination: SocketAddress
@@ -106,7 +127,8 @@ public final class RelayConnection: EventHandler {
 
     /// Takes ownership of `downstream` and starts connecting to `destination`.
     public init(downstream: Socket, client: SocketAddress, destination: SocketAddress, listenerName: String,
-                settings: RelaySettings, owner: ConnectionOwner, loop: EventLoop) {
+                settings: RelaySettings, session: L7Session? = nil, owner: ConnectionOwner, loop: EventLoop) {
+        self.session = session
         self.downstream = downstream
         self.client = client
         self.destination = destination
@@ -211,6 +233,7 @@ public final class RelayConnection: EventHandler {
 
     private func pumpBoth() {
         guard let upstream else { return }
+        if let session { return pumpSession(session, upstream: upstream) }
         // Until the connect completes, the upstream socket has nothing to read (and a read
         // would report the connect's failure as if it were a reset).
         let forward = pump(&toUpstream, from: downstream, to: upstream, destinationReady: upstreamConnected)
@@ -287,6 +310,225 @@ public final class RelayConnection: EventHandler {
         return budget == 0 ? .moreWork : .idle
     }
 
+    // MARK: Relaying through an L7 session
+
+    /// Operations a session may answer in a row without consuming input or producing
+    /// output; past it the session is stuck and the connection ends.
+    private static let maximumIdleOperations = 16
+
+    private func pumpSession(_ session: L7Session, upstream: Socket) {
+        let pool = owner.bufferPool
+        var rounds = 0
+        do {
+            while rounds < Self.fairnessBudget {
+                var progressed = false
+                progressed = try flush(&toUpstream, to: upstream, ready: upstreamConnected, pool: pool) || progressed
+                progressed = try flush(&toDownstream, to: downstream, ready: true, pool: pool) || progressed
+                if let reason = closeAfterReply {
+                    if toDownstream.output.isEmpty && toDownstream.pendingBytes.isEmpty {
+                        _ = reason
+                        return finish(.protocolError, resetDownstream: false, resetUpstream: true)
+                    }
+                    guard progressed else { break }
+                    rounds += 1
+                    continue
+                }
+                progressed = try fill(&toUpstream, from: downstream, pool: pool) || progressed
+                if upstreamConnected { progressed = try fill(&toDownstream, from: upstream, pool: pool) || progressed }
+                switch parse(.request, session, pool: pool) {
+                case .failed: return finish(.protocolError, resetDownstream: true, resetUpstream: true)
+                case .moreWork: progressed = true
+                case .idle: break
+                }
+                switch parse(.response, session, pool: pool) {
+                case .failed: return finish(.protocolError, resetDownstream: true, resetUpstream: true)
+                case .moreWork: progressed = true
+                case .idle: break
+                }
+                guard progressed else { break }
+                lastActivity = loop.now
+                rounds += 1
+            }
+        } catch {
+            return finish(.reset, resetDownstream: true, resetUpstream: true)
+        }
+        if closeAfterReply != nil { return }
+        forwardEndIfDone(&toUpstream, to: upstream, ready: upstreamConnected)
+        forwardEndIfDone(&toDownstream, to: downstream, ready: true)
+        if toUpstream.endForwarded && toDownstream.endForwarded {
+            return finish(.closed, resetDownstream: settings.closeWithoutTimeWait && downstreamClosedFirstByProxy)
+        }
+        if rounds == Self.fairnessBudget && !resumeQueued {
+            resumeQueued = true
+            loop.resumeSoon(self)
+        }
+    }
+
+    /// Writes a direction's output (and any bytes waiting for room) to its destination.
+    private func flush(_ direction: inout Direction, to destination: Socket, ready: Bool, pool: BufferPool) throws -> Bool {
+        guard ready, direction.destinationWritable, !direction.output.isEmpty else { return false }
+        let pending = direction.output.readableBytes
+        switch try destination.write(from: pending) {
+        case .processed(let count):
+            direction.output.didRead(count, pool: pool)
+            direction.bytes &+= UInt64(count)
+            if count < pending.count { direction.destinationWritable = false }
+            return count > 0
+        case .wouldBlock:
+            direction.destinationWritable = false
+            return false
+        }
+    }
+
+    /// Reads from a direction's source into its input buffer while there is room.
+    private func fill(_ direction: inout Direction, from source: Socket, pool: BufferPool) throws -> Bool {
+        guard direction.sourceReadable, !direction.sourceEnded else { return false }
+        let space = direction.buffer.writableSpace(pool: pool)
+        defer { direction.buffer.releaseIfEmpty(pool: pool) }
+        guard space.count > 0 else { return false }
+        switch try source.read(into: space) {
+        case .processed(0):
+            direction.sourceEnded = true
+            return true
+        case .processed(let count):
+            direction.buffer.didWrite(count)
+            if count < space.count && !direction.sourceClosing { direction.sourceReadable = false }
+            return true
+        case .wouldBlock:
+            direction.sourceReadable = false
+            return false
+        }
+    }
+
+    /// Runs the session over one direction's input until it needs more bytes or the output
+    /// is full.
+    private func parse(_ side: TrafficDirection, _ session: L7Session, pool: BufferPool) -> PumpResult {
+        if side == .request {
+            return parse(&toUpstream, replies: &toDownstream, side: side, session: session, pool: pool)
+        }
+        return parse(&toDownstream, replies: &toUpstream, side: side, session: session, pool: pool)
+    }
+
+    private func parse(_ direction: inout Direction, replies: inout Direction, side: TrafficDirection,
+                       session: L7Session, pool: BufferPool) -> PumpResult {
+        var progressed = false
+        var idleOperations = 0
+        while true {
+            // Finish what earlier operations started before asking for more.
+            if !direction.pendingBytes.isEmpty {
+                let target = direction.pendingBytesToSource
+                let moved = target ? append(&direction.pendingBytes, to: &replies.output, pool: pool)
+                                   : append(&direction.pendingBytes, to: &direction.output, pool: pool)
+                guard moved else { break }
+                progressed = true
+            }
+            if direction.pendingDrop > 0 {
+                let count = min(direction.pendingDrop, direction.buffer.readableCount)
+                direction.buffer.didRead(count, pool: pool)
+                direction.pendingDrop -= count
+                if count > 0 { progressed = true }
+                if direction.pendingDrop > 0 { break }
+            }
+            if direction.pendingPass > 0 {
+                let space = direction.output.writableSpace(pool: pool)
+                let count = min(direction.pendingPass, direction.buffer.readableCount, space.count)
+                if count > 0 {
+                    space.copyMemory(from: UnsafeRawBufferPointer(rebasing: direction.buffer.readableBytes[0..<count]))
+                    direction.output.didWrite(count)
+                    direction.buffer.didRead(count, pool: pool)
+                    direction.pendingPass -= count
+                    progressed = true
+                }
+                direction.output.releaseIfEmpty(pool: pool)
+                if direction.pendingPass > 0 { break }
+            }
+            if closeAfterReply != nil { break }
+            if direction.sourceEnded && !direction.endOfInputReported && direction.buffer.isEmpty {
+                direction.endOfInputReported = true
+                if let operation = session.endOfInput(side, unconsumed: 0) {
+                    if !perform(operation, on: &direction, side: side) { return .failed }
+                    progressed = true
+                    continue
+                }
+            }
+            let operation = session.step(side, direction.buffer.readableBytes)
+            if operation == .needMore {
+                if direction.sourceEnded && !direction.buffer.isEmpty {
+                    // The source closed in the middle of a message: those bytes never form
+                    // one, and none of them was forwarded.
+                    if side == .response, !direction.endOfInputReported {
+                        direction.endOfInputReported = true
+                        if let ending = session.endOfInput(side, unconsumed: direction.buffer.readableCount) {
+                            if !perform(ending, on: &direction, side: side) { return .failed }
+                            continue
+                        }
+                    }
+                    direction.buffer.discard(pool: pool)
+                    progressed = true
+                } else if direction.buffer.readableCount >= pool.blockSize {
+                    // A message that does not fit the buffer: the session's limits should have
+                    // caught it; end rather than wait forever.
+                    return .failed
+                }
+                break
+            }
+            let before = (direction.pendingPass, direction.pendingDrop, direction.pendingBytes.count)
+            if !perform(operation, on: &direction, side: side) { return .failed }
+            if (direction.pendingPass, direction.pendingDrop, direction.pendingBytes.count) == before {
+                idleOperations += 1
+                if idleOperations > Self.maximumIdleOperations { return .failed }
+            } else {
+                idleOperations = 0
+            }
+        }
+        return progressed ? .moreWork : .idle
+    }
+
+    /// Records one operation of the session; false when it ends the connection at once.
+    private func perform(_ operation: SessionOperation, on direction: inout Direction, side: TrafficDirection) -> Bool {
+        switch operation {
+        case .needMore:
+            return true
+        case .pass(let count):
+            direction.pendingPass += count
+        case .drop(let count):
+            direction.pendingDrop += count
+        case .reply(let bytes):
+            direction.pendingBytes += bytes
+            direction.pendingBytesToSource = true
+        case .forward(let bytes):
+            direction.pendingBytes += bytes
+            direction.pendingBytesToSource = false
+        case .close(let reason):
+            // A request-side close follows the answer already queued for the client; a
+            // response that cannot be framed cannot be answered any more.
+            if side == .response { return false }
+            closeAfterReply = reason
+        }
+        return true
+    }
+
+    /// Moves `bytes` into `buffer` if they fit whole; false when there is no room yet.
+    private func append(_ bytes: inout [UInt8], to buffer: inout RelayBuffer, pool: BufferPool) -> Bool {
+        let space = buffer.writableSpace(pool: pool)
+        guard space.count >= bytes.count else {
+            buffer.releaseIfEmpty(pool: pool)
+            return false
+        }
+        bytes.withUnsafeBytes { space.copyMemory(from: $0) }
+        buffer.didWrite(bytes.count)
+        bytes.removeAll(keepingCapacity: false)
+        return true
+    }
+
+    private func forwardEndIfDone(_ direction: inout Direction, to destination: Socket, ready: Bool) {
+        guard direction.sourceEnded, direction.buffer.isEmpty, direction.output.isEmpty, direction.pendingPass == 0,
+              direction.pendingBytes.isEmpty, !direction.endForwarded, ready else { return }
+        destination.shutdown(.write)
+        direction.endForwarded = true
+        if destination == downstream && !toUpstream.sourceEnded { downstreamClosedFirstByProxy = true }
+    }
+
     // MARK: Ending
 
     private func finish(_ outcome: ConnectionOutcome, resetDownstream: Bool, resetUpstream: Bool = false) {
@@ -307,6 +549,8 @@ public final class RelayConnection: EventHandler {
         let pool = owner.bufferPool
         toUpstream.buffer.discard(pool: pool)
         toDownstream.buffer.discard(pool: pool)
+        toUpstream.output.discard(pool: pool)
+        toDownstream.output.discard(pool: pool)
         owner.connectionFinished(self, summary: ConnectionSummary(
             listener: listenerName, client: client, destination: destination,
             bytesFromClient: toUpstream.bytes, bytesFromServer: toDownstream.bytes,

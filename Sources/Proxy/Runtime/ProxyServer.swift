@@ -1,4 +1,5 @@
 import Dispatch
+import PolicyEngine
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -11,6 +12,7 @@ import Glibc
 public final class ProxyServer: @unchecked Sendable {
     private let configuration: ProxyConfiguration
     private let flowLog: FlowLog
+    private let policy: PolicySnapshotHolder?
     private var threads: [pthread_t] = []
     private let handles = Mutex<[EventLoopHandle]>([])
     private let workers = Mutex<[Int: WorkerReport]>([:])
@@ -26,9 +28,12 @@ public final class ProxyServer: @unchecked Sendable {
         public var error: String?
     }
 
-    public init(configuration: ProxyConfiguration, flowLog: FlowLog) {
+    /// `policy` holds the snapshot requests are judged by; the caller replaces it when
+    /// policies change, and new connections and requests see the new one.
+    public init(configuration: ProxyConfiguration, flowLog: FlowLog, policy: PolicySnapshotHolder? = nil) {
         self.configuration = configuration
         self.flowLog = flowLog
+        self.policy = policy
     }
 
     /// Starts the worker threads; returns once all are serving, or throws the first
@@ -65,7 +70,7 @@ public final class ProxyServer: @unchecked Sendable {
     private func runWorker(index: Int) {
         let worker: Worker
         do {
-            worker = try Worker(index: index, configuration: configuration, flowLog: flowLog)
+            worker = try Worker(index: index, configuration: configuration, flowLog: flowLog, policy: policy)
         } catch {
             startupFailures.withLock { $0.append(error) }
             started.signal()

@@ -1,3 +1,6 @@
+import L7Parsers
+import PolicyEngine
+
 /// Counters of one worker, read by the runtime at exit and by tests.
 public struct WorkerCounters: Sendable {
     public var accepted: UInt64 = 0
@@ -15,6 +18,8 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     public let bufferPool: BufferPool
     private let configuration: ProxyConfiguration
     private let flowLog: FlowLog
+    private let policy: PolicySnapshotHolder?
+    private let httpLimits: HTTP1Limits
     private var streamListeners: [StreamListener] = []
     private var datagramListeners: [DatagramListener] = []
     private var connections: [ObjectIdentifier: RelayConnection] = [:]
@@ -24,10 +29,12 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
 
     /// Creates the loop and binds every configured listener; throws (naming the listener)
     /// when one cannot be opened.
-    public init(index: Int, configuration: ProxyConfiguration, flowLog: FlowLog) throws {
+    public init(index: Int, configuration: ProxyConfiguration, flowLog: FlowLog, policy: PolicySnapshotHolder? = nil) throws {
         self.index = index
         self.configuration = configuration
         self.flowLog = flowLog
+        self.policy = policy
+        httpLimits = Self.httpLimits(bufferBytes: configuration.limits.bufferBytes)
         loop = try EventLoop()
         bufferPool = BufferPool(blockSize: configuration.limits.bufferBytes,
                                 maxCached: configuration.limits.cachedBuffersPerWorker)
@@ -37,13 +44,16 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
             do {
                 switch listener.kind {
                 case .explicit(let upstream):
+                    var settings = relaySettings
+                    settings.l7 = listener.l7 == .http ? .http : .none
                     let stream = try StreamListener(name: listener.name, address: listener.address, upstream: .fixed(upstream),
-                                                    settings: relaySettings, backlog: listener.backlog, delegate: self)
+                                                    settings: settings, backlog: listener.backlog, delegate: self)
                     streamListeners.append(stream)
                 case .transparentTCP:
                     var settings = relaySettings
                     settings.upstreamMark = configuration.proxyMark
                     settings.closeWithoutTimeWait = true
+                    settings.l7 = .byPolicy
                     let stream = try StreamListener(name: listener.name, address: listener.address, upstream: .originalDestination,
                                                     settings: settings, backlog: listener.backlog, delegate: self)
                     streamListeners.append(stream)
@@ -83,9 +93,34 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     public func accepted(_ socket: Socket, client: SocketAddress, destination: SocketAddress, listener: StreamListener) {
         counters.accepted &+= 1
         let connection = RelayConnection(downstream: socket, client: client, destination: destination,
-                                         listenerName: listener.name, settings: listener.settings, owner: self, loop: loop)
+                                         listenerName: listener.name, settings: listener.settings,
+                                         session: session(for: listener.settings.l7, client: client, destination: destination),
+                                         owner: self, loop: loop)
         connections[ObjectIdentifier(connection)] = connection
         connection.start()
+    }
+
+    /// Phase "detect protocol": the L7 session a new connection needs, if any.
+    private func session(for mode: RelaySettings.L7Mode, client: SocketAddress, destination: SocketAddress) -> L7Session? {
+        guard mode != .none else { return nil }
+        let snapshot = policy?.snapshot
+        let identities = snapshot.map { ConnectionIdentities(client: client, server: destination, snapshot: $0) }
+            ?? ConnectionIdentities(client: client, server: destination, source: .reserved(.world), destination: .reserved(.world))
+        if mode == .byPolicy {
+            guard let snapshot, L7Detection.needsHTTP(identities, snapshot: snapshot) else { return nil }
+        }
+        return HTTPPolicySession(limits: httpLimits, snapshot: snapshot, identities: identities, reporter: flowLog)
+    }
+
+    /// HTTP limits that fit the connection's input buffer: a head must fit whole.
+    static func httpLimits(bufferBytes: Int) -> HTTP1Limits {
+        var limits = HTTP1Limits.standard
+        let room = bufferBytes - 1024
+        limits.maximumRequestLineBytes = min(limits.maximumRequestLineBytes, room / 4)
+        limits.maximumStatusLineBytes = min(limits.maximumStatusLineBytes, room / 4)
+        limits.maximumHeaderBytes = min(limits.maximumHeaderBytes, room - limits.maximumRequestLineBytes)
+        limits.maximumTrailerBytes = min(limits.maximumTrailerBytes, room / 2)
+        return limits
     }
 
     public func refusedLoop(client: SocketAddress, listener: StreamListener) {

@@ -1,0 +1,268 @@
+import L7Parsers
+import PolicyEngine
+
+/// Who is talking to whom on one connection, as the policy engine sees it.
+public struct ConnectionIdentities: Sendable {
+    public var client: SocketAddress
+    public var server: SocketAddress
+    public var source: Identity
+    public var destination: Identity
+
+    public init(client: SocketAddress, server: SocketAddress, source: Identity, destination: Identity) {
+        self.client = client
+        self.server = server
+        self.source = source
+        self.destination = destination
+    }
+
+    /// Looks both ends up in the snapshot's endpoints (unknown addresses are `world`).
+    public init(client: SocketAddress, server: SocketAddress, snapshot: PolicySnapshot) {
+        let source = IPAddress(client.host).map { snapshot.endpoints.identity(for: $0) } ?? .reserved(.world)
+        let destination = IPAddress(server.host).map { snapshot.endpoints.identity(for: $0) } ?? .reserved(.world)
+        self.init(client: client, server: server, source: source, destination: destination)
+    }
+
+    /// The policy questions a request on this connection must pass: the destination
+    /// endpoint's ingress and the source endpoint's egress. With neither end a known
+    /// endpoint (explicit mode in front of an address the endpoints file does not name),
+    /// the destination's ingress is still asked.
+    public var flows: [FlowContext] {
+        var flows: [FlowContext] = []
+        if destination.isClusterEndpoint || !source.isClusterEndpoint {
+            flows.append(FlowContext(subject: destination, direction: .ingress, remote: source, port: server.port, transport: .tcp))
+        }
+        if source.isClusterEndpoint {
+            flows.append(FlowContext(subject: source, direction: .egress, remote: destination, port: server.port, transport: .tcp))
+        }
+        return flows
+    }
+}
+
+/// Which L7 parser, if any, a connection needs under the current policy.
+public enum L7Detection {
+    /// True when some policy this connection passes has HTTP rules for its port.
+    public static func needsHTTP(_ identities: ConnectionIdentities, snapshot: PolicySnapshot) -> Bool {
+        // A request no rule can match: an allow without L7 rules answers "allowed at L4",
+        // a port with HTTP rules answers with an L7 reason.
+        let probe = HTTPRequestFacts(method: "\u{1}", path: "\u{1}")
+        return identities.flows.contains { flow in
+            switch snapshot.evaluate(flow: flow, http: probe).reason {
+            case .allowedAtL7, .noL7RuleMatches: return true
+            default: return false
+            }
+        }
+    }
+}
+
+/// Receives the flow records of L7 sessions.
+public protocol L7FlowReporter: AnyObject {
+    func report(_ record: JSONObject)
+}
+
+/// HTTP/1.1 under policy: `HTTP1Connection` frames the messages, the policy engine judges
+/// each request head, denied requests are answered `403` by the proxy and never reach the
+/// server, and every request and response is reported as a flow record.
+public final class HTTPPolicySession: L7Session {
+    private var http: HTTP1Connection
+    private let snapshot: PolicySnapshot?
+    private let identities: ConnectionIdentities
+    private let reporter: L7FlowReporter?
+    private let clock: () -> UInt64
+    /// Start times of forwarded requests whose final response has not begun, in order.
+    private var pending: [(start: UInt64, method: String, url: String, direction: Direction)] = []
+    /// Bytes of a head to drop after its rewritten replacement was forwarded.
+    private var dropAfterRewrite = 0
+    private var rewrite: [UInt8]?
+    /// Requests judged on this connection (for tests and counters).
+    public private(set) var allowedCount = 0
+    public private(set) var deniedCount = 0
+
+    public init(limits: HTTP1Limits, snapshot: PolicySnapshot?, identities: ConnectionIdentities,
+                reporter: L7FlowReporter?, clock: @escaping () -> UInt64 = MonotonicClock.now) {
+        http = HTTP1Connection(limits: limits)
+        self.snapshot = snapshot
+        self.identities = identities
+        self.reporter = reporter
+        self.clock = clock
+    }
+
+    public func step(_ direction: TrafficDirection, _ bytes: UnsafeRawBufferPointer) -> SessionOperation {
+        direction == .request ? requestStep(bytes) : responseStep(bytes)
+    }
+
+    public func endOfInput(_ direction: TrafficDirection, unconsumed: Int) -> SessionOperation? {
+        guard direction == .response else { return nil }
+        return http.responseEndOfInput(unconsumedBytes: unconsumed).map(SessionOperation.init)
+    }
+
+    // MARK: Requests
+
+    private func requestStep(_ bytes: UnsafeRawBufferPointer) -> SessionOperation {
+        if dropAfterRewrite > 0 {
+            defer { dropAfterRewrite = 0 }
+            return .drop(dropAfterRewrite)
+        }
+        while true {
+            switch http.requestStep(bytes) {
+            case .verdictNeeded(let head):
+                judge(head, bytes)
+            case .operation(let operation):
+                if case .pass(let count) = operation, let rebuilt = rewrite {
+                    rewrite = nil
+                    dropAfterRewrite = count
+                    return .forward(rebuilt)
+                }
+                if case .inject(let answer) = operation { reportLocalAnswer(answer) }
+                return SessionOperation(operation)
+            }
+        }
+    }
+
+    private func judge(_ head: HTTP1Head, _ bytes: UnsafeRawBufferPointer) {
+        func text(_ range: Range<Int>) -> String {
+            String(decoding: UnsafeRawBufferPointer(rebasing: bytes[range]), as: UTF8.self)
+        }
+        let method = text(head.method)
+        let target = text(head.target)
+        // RFC 9112 §3.2.2: with an absolute-form target, the authority in it is the host.
+        let host = (head.authority ?? head.host).map(text)
+        let headers = head.fields.map { (name: text($0.name), value: text($0.value)) }
+        let facts = HTTPRequestFacts(method: method, path: text(head.path), host: host, headers: headers)
+
+        var allowed = true
+        var deciding: [RuleReference] = []
+        var actions: [HeaderAction] = []
+        var direction = Direction.ingress
+        if let snapshot {
+            for flow in identities.flows {
+                let verdict = snapshot.evaluate(flow: flow, http: facts)
+                if !verdict.isAllowed {
+                    allowed = false
+                    deciding = verdict.matched
+                    direction = flow.direction
+                    break
+                }
+                deciding += verdict.matched
+                actions += verdict.headerActions
+                if case .allowedAtL7 = verdict.reason { direction = flow.direction }
+            }
+        }
+        if allowed {
+            allowedCount += 1
+            pending.append((clock(), method, target, direction))
+            if !actions.isEmpty { rewrite = Self.rebuild(head, bytes, applying: actions) }
+        } else {
+            deniedCount += 1
+        }
+        http.resolve(allowed: allowed)
+        reporter?.report(record(type: "REQUEST", verdict: allowed ? "FORWARDED" : "DROPPED", direction: direction,
+                                method: method, url: target, code: nil, latency: nil, rules: deciding, allowed: allowed))
+    }
+
+    /// The head with `headerMatches` actions applied: the start line, the fields that stay,
+    /// replaced and added fields, and the blank line.
+    static func rebuild(_ head: HTTP1Head, _ bytes: UnsafeRawBufferPointer, applying actions: [HeaderAction]) -> [UInt8] {
+        func name(_ field: HTTP1Field) -> String {
+            String(decoding: UnsafeRawBufferPointer(rebasing: bytes[field.name]), as: UTF8.self).lowercased()
+        }
+        var removed = Set<String>()
+        var added: [(String, String)] = []
+        for action in actions {
+            switch action {
+            case .add(let header, let value): added.append((header, value.value))
+            case .replace(let header, let value):
+                removed.insert(header.lowercased())
+                added.append((header, value.value))
+            case .remove(let header): removed.insert(header.lowercased())
+            }
+        }
+        let fieldsStart = head.fields.first?.line.lowerBound ?? (head.length - 2)
+        var out = Array(UnsafeRawBufferPointer(rebasing: bytes[0..<fieldsStart]))
+        for field in head.fields where !removed.contains(name(field)) {
+            out += UnsafeRawBufferPointer(rebasing: bytes[field.line])
+        }
+        for (header, value) in added { out += Array("\(header): \(value)\r\n".utf8) }
+        out += Array("\r\n".utf8)
+        return out
+    }
+
+    // MARK: Responses
+
+    private func responseStep(_ bytes: UnsafeRawBufferPointer) -> SessionOperation {
+        let step = http.responseStep(bytes)
+        if let head = step.head, !head.isInformational || head.switchesProtocol, !pending.isEmpty {
+            let request = pending.removeFirst()
+            reporter?.report(record(type: "RESPONSE", verdict: "FORWARDED", direction: request.direction,
+                                    method: request.method, url: request.url, code: head.statusCode,
+                                    latency: clock() &- request.start, rules: [], allowed: true))
+        }
+        return SessionOperation(step.operation)
+    }
+
+    private func reportLocalAnswer(_ answer: [UInt8]) {
+        // "HTTP/1.1 403 Forbidden..." -> 403
+        let status = answer.count > 12 ? Int(String(decoding: answer[9..<12], as: UTF8.self)) : nil
+        reporter?.report(record(type: "RESPONSE", verdict: "FORWARDED", direction: .ingress, method: nil, url: nil,
+                                code: status, latency: nil, rules: [], allowed: false))
+    }
+
+    // MARK: Flow records
+
+    private func record(type: String, verdict: String, direction: Direction, method: String?, url: String?,
+                        code: Int?, latency: UInt64?, rules: [RuleReference], allowed: Bool) -> JSONObject {
+        let isReply = type == "RESPONSE"
+        var record = JSONObject()
+        record["time"] = .string(WallClock.rfc3339Now())
+        record["verdict"] = .string(verdict)
+        var ip = JSONObject()
+        ip["source"] = .string(isReply ? identities.server.host : identities.client.host)
+        ip["destination"] = .string(isReply ? identities.client.host : identities.server.host)
+        ip["ipVersion"] = .string(identities.client.isIPv6 ? "IPv6" : "IPv4")
+        record["IP"] = .object(ip)
+        var ports = JSONObject()
+        ports["source_port"] = .unsigned(UInt64(isReply ? identities.server.port : identities.client.port))
+        ports["destination_port"] = .unsigned(UInt64(isReply ? identities.client.port : identities.server.port))
+        var l4 = JSONObject()
+        l4["TCP"] = .object(ports)
+        record["l4"] = .object(l4)
+        record["source"] = .object(Self.endpoint(isReply ? identities.destination : identities.source))
+        record["destination"] = .object(Self.endpoint(isReply ? identities.source : identities.destination))
+        record["Type"] = .string("L7")
+        record["traffic_direction"] = .string(direction == .ingress ? "INGRESS" : "EGRESS")
+        record["is_reply"] = .bool(isReply)
+        var http = JSONObject()
+        if let code { http["code"] = .unsigned(UInt64(code)) }
+        if let method { http["method"] = .string(method) }
+        if let url { http["url"] = .string(url) }
+        http["protocol"] = .string("HTTP/1.1")
+        var l7 = JSONObject()
+        l7["type"] = .string(type)
+        if let latency { l7["latency_ns"] = .unsigned(latency) }
+        l7["http"] = .object(http)
+        record["l7"] = .object(l7)
+        for ruleDirection in [Direction.ingress, .egress] {
+            let names = Set(rules.filter { $0.direction == ruleDirection }.map(\.policy))
+            guard !names.isEmpty else { continue }
+            let key = (ruleDirection == .ingress ? "ingress_" : "egress_") + (allowed ? "allowed_by" : "denied_by")
+            record[key] = .array(names.sorted().map { name in
+                var policy = JSONObject()
+                let parts = name.split(separator: "/", maxSplits: 1)
+                if parts.count == 2 { policy["namespace"] = .string(String(parts[0])) }
+                policy["name"] = .string(String(parts.last ?? ""))
+                return .object(policy)
+            })
+        }
+        let what = [method, url].compactMap { $0 }.joined(separator: " ")
+        record["Summary"] = .string("HTTP/1.1 \(type == "REQUEST" ? "request" : "response")"
+            + (what.isEmpty ? "" : " \(what)") + (code.map { " \($0)" } ?? "") + " \(verdict.lowercased())")
+        return record
+    }
+
+    private static func endpoint(_ identity: Identity) -> JSONObject {
+        var endpoint = JSONObject()
+        if let namespace = identity.namespace { endpoint["namespace"] = .string(namespace) }
+        endpoint["labels"] = .array(identity.labels.labels.map { .string($0.description) })
+        if let pod = identity.podName { endpoint["pod_name"] = .string(pod) }
+        return endpoint
+    }
+}

@@ -1,0 +1,42 @@
+import L7Parsers
+
+/// What an L7 session asks the connection driver to do with the bytes at the front of one
+/// direction's input: the parser contract (`ParserOperation`), plus `forward`, which
+/// replaces bytes on their way (a rewritten request head) and `close` after local answers.
+public enum SessionOperation: Equatable, Sendable {
+    /// Nothing can be decided yet; read more.
+    case needMore
+    /// Forward the next `count` input bytes to the destination unchanged.
+    case pass(Int)
+    /// Discard the next `count` input bytes.
+    case drop(Int)
+    /// Send these bytes back to the side the input came from (403, 400, ...).
+    case reply([UInt8])
+    /// Send these bytes to the destination, consuming no input (a rebuilt head).
+    case forward([UInt8])
+    /// The connection must end once what is queued for the client has been sent.
+    case close(reason: String)
+
+    public init(_ operation: ParserOperation) {
+        switch operation {
+        case .needMore: self = .needMore
+        case .pass(let count): self = .pass(count)
+        case .drop(let count): self = .drop(count)
+        case .inject(let bytes): self = .reply(bytes)
+        case .error(let reason): self = .close(reason: reason)
+        }
+    }
+}
+
+/// A protocol handler for one connection: a parser from `L7Parsers` joined with a policy
+/// decision, which the driver (`RelayConnection`) calls with the unconsumed bytes of each
+/// direction. The driver owns buffers, sockets and the call loop; the session owns the
+/// protocol state and the flow records of its requests.
+public protocol L7Session: AnyObject {
+    /// The next operation for the bytes at the front of `direction`'s input (possibly none:
+    /// a session may have something to say without new bytes, such as a denial that became
+    /// due after a response completed).
+    func step(_ direction: TrafficDirection, _ bytes: UnsafeRawBufferPointer) -> SessionOperation
+    /// The source of `direction` closed with `unconsumed` bytes still held.
+    func endOfInput(_ direction: TrafficDirection, unconsumed: Int) -> SessionOperation?
+}
