@@ -39,4 +39,7 @@ public protocol L7Session: AnyObject {
     func step(_ direction: TrafficDirection, _ bytes: UnsafeRawBufferPointer) -> SessionOperation
     /// The source of `direction` closed with `unconsumed` bytes still held.
     func endOfInput(_ direction: TrafficDirection, unconsumed: Int) -> SessionOperation?
+    /// The client took longer than the header timeout to send a message head; returns what
+    /// to tell it before the connection closes (nil: close without a word).
+    func headerTimedOut() -> [UInt8]?
 }

@@ -16,6 +16,8 @@ public enum ConnectionOutcome: String, Sendable {
     case aborted
     /// The L7 session ended the connection (a request or response that cannot be parsed).
     case protocolError = "protocol_error"
+    /// A message head did not complete within the header timeout.
+    case headerTimeout = "header_timeout"
 }
 
 /// What a finished connection reports to its owner.
@@ -46,6 +48,8 @@ public struct RelaySettings: Sendable {
     /// its local address, and a TIME_WAIT there makes the kernel drop the client's next
     /// SYN on that tuple (its listener is not at that address), costing a 1 s retransmit.
     public var closeWithoutTimeWait: Bool
+    /// With an L7 session: how long a message head may take from its first byte.
+    public var headerTimeout: UInt64 = 30_000_000_000
     /// Whether connections are parsed at L7: never, always as HTTP (explicit `l7: http`),
     /// or when the policy for the connection's port has HTTP rules (transparent).
     public var l7: L7Mode
@@ -96,6 +100,7 @@ public final class RelayConnection: EventHandler {
         static let upstream: UInt32 = 1
         static let connectTimer: UInt32 = 0
         static let idleTimer: UInt32 = 1
+        static let headerTimer: UInt32 = 2
     }
 
     /// Reads and writes per direction before yielding to other connections.
@@ -106,6 +111,7 @@ public final class RelayConnection: EventHandler {
     private let settings: RelaySettings
     private let session: L7Session?
     private var closeAfterReply: String?
+    private var timedOut = false
     private let listenerName: String
     public let client: SocketAddress
     public let destination: SocketAddress
@@ -121,6 +127,9 @@ public final class RelayConnection: EventHandler {
     private let startTime: UInt64
     private var lastActivity: UInt64
     private var resumeQueued = false
+    /// When the request input began holding an incomplete message head (L7 only).
+    private var headPendingSince: UInt64?
+    private var headerTimer: TimerID?
     /// The proxy sent its FIN to the client before the client's FIN arrived.
     private var downstreamClosedFirstByProxy = false
     public private(set) var isFinished = false
@@ -202,6 +211,26 @@ public final class RelayConnection: EventHandler {
         if tag == Tag.connectTimer {
             connectTimer = nil
             finish(.connectTimeout, resetDownstream: true)
+            return
+        }
+        if tag == Tag.headerTimer {
+            headerTimer = nil
+            guard let since = headPendingSince, let session else { return }
+            let waited = loop.now &- since
+            if waited < settings.headerTimeout {
+                headerTimer = loop.scheduleTimer(after: settings.headerTimeout - waited, handler: self, tag: Tag.headerTimer)
+                return
+            }
+            // A head that never completes (a slow or stalled client): answer if we may, then close.
+            toUpstream.buffer.discard(pool: owner.bufferPool)
+            toUpstream.sourceEnded = true
+            if var answer = session.headerTimedOut() {
+                // Sent if it fits behind what is queued for the client; the close follows either way.
+                _ = append(&answer, to: &toDownstream.output, pool: owner.bufferPool)
+            }
+            closeAfterReply = "header timeout"
+            timedOut = true
+            pumpBoth()
             return
         }
         idleTimer = nil
@@ -324,10 +353,9 @@ public final class RelayConnection: EventHandler {
                 var progressed = false
                 progressed = try flush(&toUpstream, to: upstream, ready: upstreamConnected, pool: pool) || progressed
                 progressed = try flush(&toDownstream, to: downstream, ready: true, pool: pool) || progressed
-                if let reason = closeAfterReply {
+                if closeAfterReply != nil {
                     if toDownstream.output.isEmpty && toDownstream.pendingBytes.isEmpty {
-                        _ = reason
-                        return finish(.protocolError, resetDownstream: false, resetUpstream: true)
+                        return finish(timedOut ? .headerTimeout : .protocolError, resetDownstream: false, resetUpstream: true)
                     }
                     guard progressed else { break }
                     rounds += 1
@@ -353,6 +381,7 @@ public final class RelayConnection: EventHandler {
             return finish(.reset, resetDownstream: true, resetUpstream: true)
         }
         if closeAfterReply != nil { return }
+        trackPendingHead()
         forwardEndIfDone(&toUpstream, to: upstream, ready: upstreamConnected)
         forwardEndIfDone(&toDownstream, to: downstream, ready: true)
         if toUpstream.endForwarded && toDownstream.endForwarded {
@@ -361,6 +390,21 @@ public final class RelayConnection: EventHandler {
         if rounds == Self.fairnessBudget && !resumeQueued {
             resumeQueued = true
             loop.resumeSoon(self)
+        }
+    }
+
+    /// Starts the header clock when the client's input holds the start of a message the
+    /// session cannot decide yet, and stops it when that input is consumed. The timer is
+    /// armed at most once at a time and re-armed lazily when it fires early.
+    private func trackPendingHead() {
+        let waiting = !toUpstream.buffer.isEmpty && toUpstream.pendingPass == 0 && toUpstream.pendingDrop == 0
+        if !waiting {
+            headPendingSince = nil
+            return
+        }
+        if headPendingSince == nil { headPendingSince = loop.now }
+        if headerTimer == nil {
+            headerTimer = loop.scheduleTimer(after: settings.headerTimeout, handler: self, tag: Tag.headerTimer)
         }
     }
 
@@ -536,8 +580,10 @@ public final class RelayConnection: EventHandler {
         isFinished = true
         if let connectTimer { loop.cancelTimer(connectTimer) }
         if let idleTimer { loop.cancelTimer(idleTimer) }
+        if let headerTimer { loop.cancelTimer(headerTimer) }
         connectTimer = nil
         idleTimer = nil
+        headerTimer = nil
         if let downstreamToken { loop.deregister(downstreamToken) }
         if let upstreamToken { loop.deregister(upstreamToken) }
         if resetDownstream { downstream.setResetOnClose() }

@@ -38,8 +38,9 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         loop = try EventLoop()
         bufferPool = BufferPool(blockSize: configuration.limits.bufferBytes,
                                 maxCached: configuration.limits.cachedBuffersPerWorker)
-        let relaySettings = RelaySettings(connectTimeout: configuration.timeouts.connect,
+        var relaySettings = RelaySettings(connectTimeout: configuration.timeouts.connect,
                                           idleTimeout: configuration.timeouts.idle, upstreamMark: nil)
+        relaySettings.headerTimeout = configuration.timeouts.header
         for listener in configuration.listeners {
             do {
                 switch listener.kind {

@@ -95,6 +95,16 @@ public final class HTTPPolicySession: L7Session {
         return http.responseEndOfInput(unconsumedBytes: unconsumed).map(SessionOperation.init)
     }
 
+    public func headerTimedOut() -> [UInt8]? {
+        // RFC 9110 §15.5.9: 408 "the server did not receive a complete request message within
+        // the time that it was prepared to wait". Only when no earlier answer is owed, so
+        // responses stay in request order.
+        guard http.inFlightCount == 0 else { return nil }
+        reporter?.report(record(type: "RESPONSE", verdict: "FORWARDED", direction: .ingress, method: nil, url: nil,
+                                code: 408, latency: nil, rules: [], allowed: false))
+        return HTTP1LocalResponses.rejection(status: 408)
+    }
+
     // MARK: Requests
 
     private func requestStep(_ bytes: UnsafeRawBufferPointer) -> SessionOperation {
