@@ -1,0 +1,128 @@
+import Testing
+import L7Parsers
+import PolicyEngine
+@testable import Proxy
+
+/// Records flow records instead of writing them.
+final class Collector: L7FlowReporter {
+    var records: [JSONObject] = []
+    func report(_ record: JSONObject) { records.append(record) }
+}
+
+/// The HTTP session without sockets: bytes in, operations and flow records out.
+@Suite struct HTTPPolicySessionTests {
+    static let policy = """
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: backend, namespace: shop}
+        spec:
+          endpointSelector: {matchLabels: {app: backend}}
+          ingress:
+            - fromEndpoints: [{matchLabels: {app: frontend}}]
+              toPorts:
+                - ports: [{port: "8080", protocol: TCP}]
+                  rules:
+                    http:
+                      - {method: GET, path: "/api/.*"}
+                      - method: GET
+                        path: "/tagged"
+                        headerMatches: [{name: X-Team, value: shop, mismatch: ADD}]
+        """
+    static let endpoints = """
+        endpoints:
+          - {ip: 10.0.0.1, namespace: shop, pod: frontend, labels: {app: frontend}}
+          - {ip: 10.0.0.2, namespace: shop, pod: backend, labels: {app: backend}}
+        """
+
+    static func session(clock: @escaping () -> UInt64 = { 0 }) throws -> (HTTPPolicySession, Collector) {
+        let loaded = PolicyLoader.load(text: policy, file: "policy.yaml")
+        #expect(loaded.errors.isEmpty)
+        let snapshot = PolicySnapshot(policies: loaded.policies,
+                                      endpoints: try EndpointDirectory.load(text: endpoints, file: "endpoints.yaml"))
+        let identities = ConnectionIdentities(client: SocketAddress("10.0.0.1:40000")!, server: SocketAddress("10.0.0.2:8080")!,
+                                              snapshot: snapshot)
+        let collector = Collector()
+        return (HTTPPolicySession(limits: .standard, snapshot: snapshot, identities: identities, reporter: collector, clock: clock),
+                collector)
+    }
+
+    /// Runs one direction until the session needs more, consuming what it passes or drops.
+    static func run(_ session: HTTPPolicySession, _ side: TrafficDirection, _ text: String) -> [SessionOperation] {
+        var bytes = Array(text.utf8)
+        var operations: [SessionOperation] = []
+        while true {
+            let operation = bytes.withUnsafeBytes { session.step(side, $0) }
+            if operation == .needMore { return operations }
+            operations.append(operation)
+            switch operation {
+            case .pass(let count), .drop(let count): bytes.removeFirst(count)
+            default: break
+            }
+            if operations.count > 20 { return operations }
+        }
+    }
+
+    static let get = "GET /api/items HTTP/1.1\r\nHost: backend\r\n\r\n"
+
+    @Test func allowedRequestsPassWholeAndAreReported() throws {
+        let (session, collector) = try Self.session()
+        #expect(Self.run(session, .request, Self.get) == [.pass(Self.get.utf8.count)])
+        #expect(session.allowedCount == 1)
+        let record = try #require(collector.records.first)
+        #expect(record.serialized().contains(#""verdict":"FORWARDED""#))
+        #expect(record.serialized().contains(#""l7":{"type":"REQUEST","http":{"method":"GET","url":"/api/items","protocol":"HTTP/1.1"}}"#))
+        #expect(record.serialized().contains(#""ingress_allowed_by":[{"namespace":"shop","name":"backend"}]"#))
+    }
+
+    @Test func deniedRequestsAreDroppedAndAnswered403() throws {
+        let (session, collector) = try Self.session()
+        let post = "POST /api/items HTTP/1.1\r\nHost: backend\r\nContent-Length: 5\r\n\r\nhello"
+        let operations = Self.run(session, .request, post)
+        let headLength = post.utf8.count - 5
+        #expect(operations == [.drop(headLength), .drop(5), .reply(HTTP1LocalResponses.standard.forbidden)])
+        #expect(String(decoding: HTTP1LocalResponses.standard.forbidden, as: UTF8.self).hasSuffix("\r\n\r\nAccess denied\r\n"))
+        #expect(collector.records.map { $0.serialized().contains(#""verdict":"DROPPED""#) } == [true, false])
+        #expect(collector.records.last?.serialized().contains(#""code":403"#) == true)
+    }
+
+    @Test func headerMatchAddRewritesTheHeadBeforeItIsForwarded() throws {
+        let (session, _) = try Self.session()
+        let request = "GET /tagged HTTP/1.1\r\nHost: backend\r\nAccept: */*\r\n\r\n"
+        let operations = Self.run(session, .request, request)
+        #expect(operations == [
+            .forward(Array("GET /tagged HTTP/1.1\r\nHost: backend\r\nAccept: */*\r\nx-team: shop\r\n\r\n".utf8)),
+            .drop(request.utf8.count),
+        ])
+    }
+
+    @Test func responsesAreReportedWithTheirRequestAndLatency() throws {
+        var now: UInt64 = 1_000
+        let (session, collector) = try Self.session(clock: { now })
+        _ = Self.run(session, .request, Self.get)
+        now = 251_000
+        let response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        #expect(Self.run(session, .response, response) == [.pass(response.utf8.count - 2), .pass(2)])
+        let record = try #require(collector.records.last?.serialized())
+        #expect(record.contains(#""is_reply":true"#))
+        #expect(record.contains(#""latency_ns":250000"#))
+        #expect(record.contains(#""http":{"code":200,"method":"GET","url":"/api/items""#))
+    }
+
+    @Test func aStalledHeadIsAnswered408OnlyWhenNothingIsOwed() throws {
+        let (idle, _) = try Self.session()
+        #expect(idle.headerTimedOut().map { String(decoding: $0, as: UTF8.self).hasPrefix("HTTP/1.1 408 ") } == true)
+        let (busy, _) = try Self.session()
+        _ = Self.run(busy, .request, Self.get)
+        #expect(busy.headerTimedOut() == nil, "a 408 now would overtake the response still owed")
+    }
+
+    @Test func malformedRequestsAreAnswered400AndClose() throws {
+        let (session, _) = try Self.session()
+        let operations = Self.run(session, .request, "GET /api/x HTTP/1.1\r\nHost : b\r\n\r\n")
+        guard case .reply(let answer) = operations.first, case .close = operations.last else {
+            Issue.record("expected a 400 then close, got \(operations)")
+            return
+        }
+        #expect(String(decoding: answer, as: UTF8.self).hasPrefix("HTTP/1.1 400 "))
+    }
+}
