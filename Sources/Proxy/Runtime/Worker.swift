@@ -110,7 +110,9 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         if mode == .byPolicy {
             guard let snapshot, L7Detection.needsHTTP(identities, snapshot: snapshot) else { return nil }
         }
-        return HTTPPolicySession(limits: httpLimits, snapshot: snapshot, identities: identities, reporter: flowLog)
+        // Flow records are built only when something will read them.
+        return HTTPPolicySession(limits: httpLimits, snapshot: snapshot, identities: identities,
+                                 reporter: flowLog.isEnabled ? flowLog : nil)
     }
 
     /// HTTP limits that fit the connection's input buffer: a head must fit whole.

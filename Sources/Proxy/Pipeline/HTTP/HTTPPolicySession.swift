@@ -64,7 +64,9 @@ public protocol L7FlowReporter: AnyObject {
 /// server, and every request and response is reported as a flow record.
 public final class HTTPPolicySession: L7Session {
     private var http: HTTP1Connection
-    private let snapshot: PolicySnapshot?
+    /// The connection's policy questions with their L3/L4 part settled once: each request
+    /// only runs the L7 rules that apply to this peer and port.
+    private let policies: [ConnectionPolicy]?
     private let identities: ConnectionIdentities
     private let reporter: L7FlowReporter?
     private let clock: () -> UInt64
@@ -80,7 +82,9 @@ public final class HTTPPolicySession: L7Session {
     public init(limits: HTTP1Limits, snapshot: PolicySnapshot?, identities: ConnectionIdentities,
                 reporter: L7FlowReporter?, clock: @escaping () -> UInt64 = MonotonicClock.now) {
         http = HTTP1Connection(limits: limits)
-        self.snapshot = snapshot
+        policies = snapshot.map { snapshot in
+            identities.flows.map { snapshot.policy(forEndpoint: $0.subject).connection($0) }
+        }
         self.identities = identities
         self.reporter = reporter
         self.clock = clock
@@ -143,9 +147,10 @@ public final class HTTPPolicySession: L7Session {
         var deciding: [RuleReference] = []
         var actions: [HeaderAction] = []
         var direction = Direction.ingress
-        if let snapshot {
-            for flow in identities.flows {
-                let verdict = snapshot.evaluate(flow: flow, http: facts)
+        if let policies {
+            for policy in policies {
+                let flow = policy.flow
+                let verdict = policy.evaluate(http: facts)
                 if !verdict.isAllowed {
                     allowed = false
                     deciding = verdict.matched
