@@ -1,6 +1,7 @@
 """End-to-end: `sluice run` in explicit mode over loopback, against nginx, curl and
 Python TCP peers (see peers.py). Starts: the sluice binary, nginx, curl."""
 import asyncio
+import json
 import hashlib
 import os
 import signal
@@ -325,3 +326,37 @@ def test_workers_share_the_port_with_reuseport(nginx, start_sluice):
         out = subprocess.run(["curl", "-sS", "--max-time", "5", f"http://127.0.0.1:{listen}/hello"],
                              capture_output=True, text=True)
         assert out.stdout == "hello from nginx\n"
+
+
+def test_flow_records_to_a_unix_socket_collector(nginx, workdir, start_sluice):
+    """The unix-socket sink: a collector listening on a Unix stream socket gets one JSON
+    object per line."""
+    path = str(workdir / "collector.sock")
+    collector = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    collector.bind(path)
+    collector.listen(1)
+    listen = free_port()
+    start_sluice(explicit_config(listen, nginx.port).replace('{sink: file, path: "@FLOWS@"}', f'{{sink: unix, path: "{path}"}}'))
+    connection, _ = collector.accept()
+    for _ in range(3):
+        subprocess.run(["curl", "-sS", "--max-time", "5", f"http://127.0.0.1:{listen}/hello"], capture_output=True)
+    connection.settimeout(5)
+    received = b""
+    while received.count(b"\n") < 3:
+        received += connection.recv(65536)
+    records = [json.loads(line) for line in received.decode().splitlines()]
+    assert [r["proxy"]["outcome"] for r in records] == ["closed"] * 3
+    connection.close()
+    collector.close()
+
+
+def test_a_missing_unix_socket_collector_is_a_clear_startup_error(workdir):
+    config = workdir / "sluice.yaml"
+    config.write_text(f"""
+listeners:
+  - {{name: web, mode: explicit, listen: 127.0.0.1:{free_port()}, upstream: 127.0.0.1:1}}
+flowLog: {{sink: unix, path: {workdir}/nobody.sock}}
+""")
+    result = subprocess.run([SLUICE, "run", "--config", str(config)], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 2
+    assert "flowLog: cannot open the sink: connect(" in result.stderr and "No such file or directory" in result.stderr
