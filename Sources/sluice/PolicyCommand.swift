@@ -1,4 +1,5 @@
 import ArgumentParser
+import Proxy
 import PolicyEngine
 #if canImport(Glibc)
 import Glibc
@@ -239,26 +240,7 @@ struct PolicyTraceCommand: ParsableCommand {
         return "{\"verdict\":\"\(report.isAllowed ? "ALLOWED" : "DENIED")\",\"reason\":\(jsonString(report.reason)),\"matched\":[\(matched.joined(separator: ","))]}"
     }
 
-    static func jsonString(_ text: String) -> String {
-        var result = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": result += "\\\""
-            case "\\": result += "\\\\"
-            case "\n": result += "\\n"
-            case "\r": result += "\\r"
-            case "\t": result += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    result += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    result.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return result + "\""
-    }
+    static func jsonString(_ text: String) -> String { JSONObject.quoted(text) }
 }
 
 extension String {

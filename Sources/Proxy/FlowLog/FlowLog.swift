@@ -154,6 +154,13 @@ public struct JSONObject: Sendable {
         }
     }
 
+    /// `text` as a JSON string literal, quotes included.
+    public static func quoted(_ text: String) -> String {
+        var out = ""
+        appendString(text, to: &out)
+        return out
+    }
+
     /// RFC 8259 §7: quote, backslash and control characters are escaped.
     static func appendString(_ text: String, to out: inout String) {
         out += "\""
