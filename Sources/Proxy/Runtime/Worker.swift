@@ -24,6 +24,11 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     private var datagramListeners: [DatagramListener] = []
     private var connections: [ObjectIdentifier: RelayConnection] = [:]
     private var draining = false
+    /// Identities by address for the current snapshot: an endpoint's identity is looked up
+    /// once, not per connection. Bounded; cleared when full or when the snapshot changes.
+    private var identities: [SocketAddress.HostKey: Identity] = [:]
+    private var identitiesGeneration: UInt64 = .max
+    static let maximumCachedIdentities = 4096
     private var drainTimer: TimerID?
     public private(set) var counters = WorkerCounters()
 
@@ -105,14 +110,28 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     private func session(for mode: RelaySettings.L7Mode, client: SocketAddress, destination: SocketAddress) -> L7Session? {
         guard mode != .none else { return nil }
         let snapshot = policy?.snapshot
-        let identities = snapshot.map { ConnectionIdentities(client: client, server: destination, snapshot: $0) }
-            ?? ConnectionIdentities(client: client, server: destination, source: .reserved(.world), destination: .reserved(.world))
+        let identities = snapshot.map {
+            ConnectionIdentities(client: client, server: destination, source: identity(of: client, in: $0),
+                                 destination: identity(of: destination, in: $0))
+        } ?? ConnectionIdentities(client: client, server: destination, source: .reserved(.world), destination: .reserved(.world))
         if mode == .byPolicy {
             guard let snapshot, L7Detection.needsHTTP(identities, snapshot: snapshot) else { return nil }
         }
         // Flow records are built only when something will read them.
         return HTTPPolicySession(limits: httpLimits, snapshot: snapshot, identities: identities,
                                  reporter: flowLog.isEnabled ? flowLog : nil)
+    }
+
+    private func identity(of address: SocketAddress, in snapshot: PolicySnapshot) -> Identity {
+        if identitiesGeneration != snapshot.generation || identities.count >= Self.maximumCachedIdentities {
+            identities.removeAll(keepingCapacity: true)
+            identitiesGeneration = snapshot.generation
+        }
+        let key = address.hostKey
+        if let known = identities[key] { return known }
+        let found = ConnectionIdentities.identity(of: address, in: snapshot)
+        identities[key] = found
+        return found
     }
 
     /// HTTP limits that fit the connection's input buffer: a head must fit whole.
@@ -128,6 +147,7 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
 
     public func refusedLoop(client: SocketAddress, listener: StreamListener) {
         counters.refusedLoops &+= 1
+        guard flowLog.isEnabled else { return }
         flowLog.write(FlowRecords.dropped(client: client, listener: listener.name,
                                           reason: "connection addressed to the transparent listener itself (not diverted)"))
     }
@@ -137,7 +157,8 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     public func connectionFinished(_ connection: RelayConnection, summary: ConnectionSummary) {
         connections[ObjectIdentifier(connection)] = nil
         counters.finished &+= 1
-        flowLog.write(FlowRecords.connection(summary))
+        // Records are built only when something reads them.
+        if flowLog.isEnabled { flowLog.write(FlowRecords.connection(summary)) }
         if draining {
             if connections.isEmpty { finishDrain() }
         } else {
@@ -151,12 +172,14 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
 
     public func datagramSessionEnded(client: SocketAddress, destination: SocketAddress, datagramsFromClient: UInt64,
                                      datagramsFromServer: UInt64, listener: DatagramListener) {
+        guard flowLog.isEnabled else { return }
         flowLog.write(FlowRecords.datagramSession(client: client, destination: destination, listener: listener.name,
                                                   fromClient: datagramsFromClient, fromServer: datagramsFromServer))
     }
 
     public func datagramDropped(client: SocketAddress, reason: String, listener: DatagramListener) {
         counters.datagramsDropped &+= 1
+        guard flowLog.isEnabled else { return }
         flowLog.write(FlowRecords.dropped(client: client, listener: listener.name, reason: reason))
     }
 

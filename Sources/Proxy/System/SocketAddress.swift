@@ -102,6 +102,25 @@ public struct SocketAddress: Equatable, Hashable, CustomStringConvertible, Senda
         }
     }
 
+    /// The host part as plain integers, for use as a dictionary key without formatting text.
+    public struct HostKey: Hashable, Sendable {
+        let high: UInt64
+        let low: UInt64
+    }
+
+    public var hostKey: HostKey {
+        withUnsafeBytes(of: storage) { raw in
+            if isIPv6 {
+                let address = raw.load(as: sockaddr_in6.self).sin6_addr
+                return withUnsafeBytes(of: address) { bytes in
+                    HostKey(high: bytes.loadUnaligned(fromByteOffset: 0, as: UInt64.self),
+                            low: bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+                }
+            }
+            return HostKey(high: UInt64.max, low: UInt64(raw.load(as: sockaddr_in.self).sin_addr.s_addr))
+        }
+    }
+
     /// Calls `body` with the address as a `sockaddr` pointer and its length.
     func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
         withUnsafeBytes(of: storage) { raw in

@@ -17,9 +17,13 @@ public struct ConnectionIdentities: Sendable {
 
     /// Looks both ends up in the snapshot's endpoints (unknown addresses are `world`).
     public init(client: SocketAddress, server: SocketAddress, snapshot: PolicySnapshot) {
-        let source = IPAddress(client.host).map { snapshot.endpoints.identity(for: $0) } ?? .reserved(.world)
-        let destination = IPAddress(server.host).map { snapshot.endpoints.identity(for: $0) } ?? .reserved(.world)
-        self.init(client: client, server: server, source: source, destination: destination)
+        self.init(client: client, server: server, source: Self.identity(of: client, in: snapshot),
+                  destination: Self.identity(of: server, in: snapshot))
+    }
+
+    /// The identity of one address in the snapshot's endpoints (`world` when unknown).
+    public static func identity(of address: SocketAddress, in snapshot: PolicySnapshot) -> Identity {
+        IPAddress(address.host).map { snapshot.endpoints.identity(for: $0) } ?? .reserved(.world)
     }
 
     /// The policy questions a request on this connection must pass: the destination
