@@ -135,3 +135,16 @@ def test_slow_reader_keeps_memory_bounded(nginx, workdir, start_sluice):
             received += len(data)
     assert after - before < 4 * 1024, f"RSS grew by {after - before} KiB while the client read nothing"
     assert received >= 64 << 20
+
+
+def test_unreachable_upstream_is_answered_503(workdir, start_sluice):
+    listen = free_port()
+    dead = free_port()  # nothing listens here
+    proxy = start_sluice(config(listen, dead, workdir))
+    result = subprocess.run(["curl", "-sS", "--max-time", "5", "-w", " %{http_code}", f"http://127.0.0.1:{listen}/api/x"],
+                            capture_output=True, text=True)
+    assert result.stdout.endswith(" 503"), (result.stdout, result.stderr)
+    assert "upstream unavailable: upstream unreachable" in result.stdout
+    records = proxy.wait_for_flows(2)
+    assert any(r.get("Type") == "L7" and r["l7"]["http"].get("code") == 503 for r in records)
+    assert any(r.get("proxy", {}).get("outcome") == "upstream_unreachable" for r in records)

@@ -42,4 +42,7 @@ public protocol L7Session: AnyObject {
     /// The client took longer than the header timeout to send a message head; returns what
     /// to tell it before the connection closes (nil: close without a word).
     func headerTimedOut() -> [UInt8]?
+    /// The upstream could not be reached; returns what to tell the client before closing
+    /// (nil: reset the client, as at L4).
+    func upstreamFailed(reason: String) -> [UInt8]?
 }

@@ -111,6 +111,8 @@ public final class RelayConnection: EventHandler {
     private let settings: RelaySettings
     private let session: L7Session?
     private var closeAfterReply: String?
+    /// Set when the upstream failed and only an answer to the client remains to be sent.
+    private var upstreamOutcome: ConnectionOutcome?
     private var timedOut = false
     private let listenerName: String
     public let client: SocketAddress
@@ -172,7 +174,7 @@ public final class RelayConnection: EventHandler {
                 connectTimer = loop.scheduleTimer(after: settings.connectTimeout, handler: self, tag: Tag.connectTimer)
             }
         } catch {
-            finish(.upstreamUnreachable, resetDownstream: true)
+            upstreamFailed(.upstreamUnreachable)
             return
         }
         idleTimer = loop.scheduleTimer(after: settings.idleTimeout, handler: self, tag: Tag.idleTimer)
@@ -192,7 +194,7 @@ public final class RelayConnection: EventHandler {
             if !upstreamConnected {
                 guard readiness.wantsWrite || readiness.contains(.error) || readiness.contains(.hangup) else { return }
                 guard upstream?.pendingError() == 0 else {
-                    finish(.upstreamUnreachable, resetDownstream: true)
+                    upstreamFailed(.upstreamUnreachable)
                     return
                 }
                 upstreamConnected = true
@@ -210,7 +212,7 @@ public final class RelayConnection: EventHandler {
         guard !isFinished else { return }
         if tag == Tag.connectTimer {
             connectTimer = nil
-            finish(.connectTimeout, resetDownstream: true)
+            upstreamFailed(.connectTimeout)
             return
         }
         if tag == Tag.headerTimer {
@@ -250,6 +252,46 @@ public final class RelayConnection: EventHandler {
         pumpBoth()
     }
 
+    /// The upstream could not be reached. At L4 the client is reset (it sees what it would
+    /// have seen from the server). With an L7 session the client gets the session's answer
+    /// (HTTP: 503 with the reason) before the connection closes.
+    private func upstreamFailed(_ outcome: ConnectionOutcome) {
+        guard let session, var answer = session.upstreamFailed(reason: outcome == .connectTimeout
+                                                                  ? "upstream connect timeout" : "upstream unreachable") else {
+            return finish(outcome, resetDownstream: true)
+        }
+        if let upstreamToken { loop.deregister(upstreamToken) }
+        upstreamToken = nil
+        upstream?.setResetOnClose()
+        upstream?.close()
+        upstream = nil
+        upstreamOutcome = outcome
+        closeAfterReply = outcome.rawValue
+        _ = append(&answer, to: &toDownstream.output, pool: owner.bufferPool)
+        flushAnswerAndFinish()
+    }
+
+    /// Writes what is queued for the client, then closes (used once the upstream is gone).
+    private func flushAnswerAndFinish() {
+        do {
+            _ = try flush(&toDownstream, to: downstream, ready: true, pool: owner.bufferPool)
+        } catch {
+            return finish(upstreamOutcome ?? .reset, resetDownstream: true)
+        }
+        guard toDownstream.output.isEmpty else { return }
+        // Bytes the client sent that nobody read would turn the close into a reset, which
+        // can destroy the answer before the client reads it: read and drop them first.
+        let pool = owner.bufferPool
+        for _ in 0..<8 {
+            let space = toUpstream.buffer.writableSpace(pool: pool)
+            guard space.count > 0, case .processed(let count)? = try? downstream.read(into: space), count > 0 else { break }
+            toUpstream.buffer.didWrite(count)
+            toUpstream.buffer.discard(pool: pool)
+        }
+        toUpstream.buffer.discard(pool: pool)
+        finish(upstreamOutcome ?? .protocolError, resetDownstream: false)
+    }
+
     /// Ends the connection now with resets on both sides (drain deadline, shutdown).
     public func abort() {
         guard !isFinished else { return }
@@ -261,6 +303,7 @@ public final class RelayConnection: EventHandler {
     private enum PumpResult { case idle, moreWork, failed }
 
     private func pumpBoth() {
+        if upstreamOutcome != nil { return flushAnswerAndFinish() }
         guard let upstream else { return }
         if let session { return pumpSession(session, upstream: upstream) }
         // Until the connect completes, the upstream socket has nothing to read (and a read
@@ -592,6 +635,7 @@ public final class RelayConnection: EventHandler {
             if resetUpstream { upstream.setResetOnClose() }
             upstream.close()
         }
+        upstream = nil
         let pool = owner.bufferPool
         toUpstream.buffer.discard(pool: pool)
         toDownstream.buffer.discard(pool: pool)

@@ -113,6 +113,15 @@ public final class HTTPPolicySession: L7Session {
         return HTTP1LocalResponses.rejection(status: 408)
     }
 
+    public func upstreamFailed(reason: String) -> [UInt8]? {
+        // RFC 9110 §15.6.4: 503 "the server is currently unable to handle the request".
+        reporter?.report(record(type: "RESPONSE", verdict: "ERROR", direction: .ingress, method: nil, url: nil,
+                                code: 503, latency: nil, rules: [], allowed: false))
+        let body = "upstream unavailable: \(reason)\r\n"
+        return Array(("HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\n"
+                      + "Connection: close\r\n\r\n" + body).utf8)
+    }
+
     // MARK: Requests
 
     private func requestStep(_ bytes: UnsafeRawBufferPointer) -> SessionOperation {
