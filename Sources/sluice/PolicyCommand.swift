@@ -125,7 +125,8 @@ struct PolicyTraceCommand: ParsableCommand {
             case .text: print(report.explanation)
             case .json: print(Self.json(report))
             }
-        } catch let error as TraceInputError {
+        } catch {
+            // trace() throws only TraceInputError (typed throws).
             printError(error.message)
             throw ExitCode(2)
         }
