@@ -109,7 +109,9 @@ public struct HTTP1Connection: Sendable {
 
     private enum RequestPhase: Sendable, Equatable {
         case idle
-        case awaitingVerdict(HTTP1Head)
+        /// The head waiting for a verdict is kept in `headAwaitingVerdict`, outside the
+        /// enum, so that switching on the phase never copies a head.
+        case awaitingVerdict
         case resolved(allowed: Bool, head: MessageTraits)
         case message(allowed: Bool, head: MessageTraits)
         /// An allowed upgrade or CONNECT request was sent; later bytes wait for its response.
@@ -126,6 +128,7 @@ public struct HTTP1Connection: Sendable {
     private var requestParser: HTTP1Parser
     private var responseParser: HTTP1Parser
     private var requestPhase: RequestPhase = .idle
+    private var headAwaitingVerdict = HTTP1Head()
     private var inFlight: [InFlight] = []
     private var responseIsFinal = false
     private var responseSwitches = false
@@ -147,9 +150,10 @@ public struct HTTP1Connection: Sendable {
 
     /// The verdict on the head last returned by `.verdictNeeded`.
     public mutating func resolve(allowed: Bool) {
-        guard case .awaitingVerdict(let head) = requestPhase else {
+        guard case .awaitingVerdict = requestPhase else {
             preconditionFailure("resolve(allowed:) without a pending verdict")
         }
+        let head = headAwaitingVerdict
         if allowed {
             let summary = HTTP1RequestSummary(head)
             inFlight.append(.forwarded(summary))
@@ -183,8 +187,8 @@ public struct HTTP1Connection: Sendable {
                 return .operation(.error(reason: reason))
             case .rejected, .awaitingSwitch:
                 return .operation(.needMore(minimumBytes: 1))
-            case .awaitingVerdict(let head):
-                return .verdictNeeded(head)
+            case .awaitingVerdict:
+                return .verdictNeeded(headAwaitingVerdict)
             case .resolved(let allowed, let head):
                 requestPhase = .message(allowed: allowed, head: head)
                 return .operation(allowed ? .pass(head.length) : .drop(head.length))
@@ -198,7 +202,8 @@ public struct HTTP1Connection: Sendable {
                 }
                 switch requestParser.parse(bytes) {
                 case .head(let head):
-                    requestPhase = .awaitingVerdict(head)
+                    headAwaitingVerdict = head
+                    requestPhase = .awaitingVerdict
                     return .verdictNeeded(head)
                 case .needMore(let minimum):
                     return .operation(.needMore(minimumBytes: minimum))
