@@ -93,6 +93,9 @@ public final class RelayConnection: EventHandler {
         var pendingBytes: [UInt8] = []
         var pendingBytesToSource = false
         var endOfInputReported = false
+        /// Something happened that the session has not seen: new input, the end of input,
+        /// or progress on the other side (which can make a queued answer due).
+        var parseDirty = true
     }
 
     private enum Tag {
@@ -408,12 +411,16 @@ public final class RelayConnection: EventHandler {
                 if upstreamConnected { progressed = try fill(&toDownstream, from: upstream, pool: pool) || progressed }
                 switch parse(.request, session, pool: pool) {
                 case .failed: return finish(.protocolError, resetDownstream: true, resetUpstream: true)
-                case .moreWork: progressed = true
+                case .moreWork:
+                    progressed = true
+                    toDownstream.parseDirty = true
                 case .idle: break
                 }
                 switch parse(.response, session, pool: pool) {
                 case .failed: return finish(.protocolError, resetDownstream: true, resetUpstream: true)
-                case .moreWork: progressed = true
+                case .moreWork:
+                    progressed = true
+                    toUpstream.parseDirty = true
                 case .idle: break
                 }
                 guard progressed else { break }
@@ -476,9 +483,11 @@ public final class RelayConnection: EventHandler {
         switch try source.read(into: space) {
         case .processed(0):
             direction.sourceEnded = true
+            direction.parseDirty = true
             return true
         case .processed(let count):
             direction.buffer.didWrite(count)
+            direction.parseDirty = true
             if count < space.count && !direction.sourceClosing { direction.sourceReadable = false }
             return true
         case .wouldBlock:
@@ -498,6 +507,11 @@ public final class RelayConnection: EventHandler {
 
     private func parse(_ direction: inout Direction, replies: inout Direction, side: TrafficDirection,
                        session: L7Session, pool: BufferPool) -> PumpResult {
+        // Nothing new for this side and nothing half done: the session's answer would be
+        // the same "need more" as last time.
+        guard direction.parseDirty || direction.pendingPass > 0 || direction.pendingDrop > 0
+                || !direction.pendingBytes.isEmpty else { return .idle }
+        direction.parseDirty = false
         var progressed = false
         var idleOperations = 0
         while true {
