@@ -226,15 +226,11 @@ public struct HTTP1Parser: Sendable {
         let count = bytes.count
         var position = scan.searchFrom
         while true {
-            let searchStart = position
-            while position < count && bytes[position] != HTTP1Grammar.lineFeed { position += 1 }
-            bytesExamined += min(position + 1, count) - searchStart
-            if position == count {
+            guard let lineFeed = nextLineFeed(in: bytes, from: position) else {
                 scan.searchFrom = count
                 if let (kind, offset) = partialHeadLimitExceeded(count) { return fail(kind, offset) }
                 return .needMore(minimumBytes: 1)
             }
-            let lineFeed = position
             let lineStart = scan.lineStart
             // Limits first, measured as the partial-line check measures them, so the answer
             // does not depend on where the input was split.
@@ -290,6 +286,16 @@ public struct HTTP1Parser: Sendable {
             scan.lineStart = next
             position = next
         }
+    }
+
+    /// The next line feed at or after `start`, or nil when the bytes end first. Each byte is
+    /// examined once across calls: callers resume from where the last search stopped.
+    private mutating func nextLineFeed(in bytes: UnsafeRawBufferPointer, from start: Int) -> Int? {
+        let count = bytes.count
+        var position = start
+        while position < count && bytes[position] != HTTP1Grammar.lineFeed { position += 1 }
+        bytesExamined += min(position + 1, count) - start
+        return position == count ? nil : position
     }
 
     /// Limits that can be exceeded before a line is complete, so a peer cannot make us hold
@@ -836,17 +842,13 @@ public struct HTTP1Parser: Sendable {
         let count = bytes.count
         var position = scan.searchFrom
         while true {
-            let searchStart = position
-            while position < count && bytes[position] != HTTP1Grammar.lineFeed { position += 1 }
-            bytesExamined += min(position + 1, count) - searchStart
-            if position == count {
+            guard let lineFeed = nextLineFeed(in: bytes, from: position) else {
                 scan.searchFrom = count
                 if count - scan.fieldsStart > limits.maximumTrailerBytes {
                     return fail(.trailerSectionTooLarge, scan.fieldsStart)
                 }
                 return .needMore(minimumBytes: scan.lineStart == count ? 2 : 1)
             }
-            let lineFeed = position
             let lineStart = scan.lineStart
             let next = lineFeed + 1
             if next - scan.fieldsStart > limits.maximumTrailerBytes {
