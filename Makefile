@@ -4,7 +4,7 @@ SWIFT ?= swift
 RELEASE_BIN := .build/release/sluice
 PYTEST := .venv/bin/python -m pytest
 
-.PHONY: all bootstrap build release bpf demo test unit-test e2e-test bench-l4 clean
+.PHONY: all bootstrap build release bpf demo test unit-test e2e-test bench bench-l4 clean
 
 all: release
 
@@ -35,6 +35,11 @@ demo: release
 bench-l4: release
 	@scripts/bootstrap --bench
 	@bench/l4/run
+
+# Every benchmark area in one run; writes bench/results/latest.md and latest.json.
+bench: release
+	@scripts/bootstrap --bench
+	@bench/run
 
 clean:
 	rm -rf .build
