@@ -154,6 +154,8 @@ public struct HTTP1Connection: Sendable {
             preconditionFailure("resolve(allowed:) without a pending verdict")
         }
         let head = headAwaitingVerdict
+        // Release the head's field list: an idle keep-alive connection keeps nothing of it.
+        headAwaitingVerdict = HTTP1Head()
         if allowed {
             let summary = HTTP1RequestSummary(head)
             inFlight.append(.forwarded(summary))

@@ -28,6 +28,9 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     /// once, not per connection. Bounded; cleared when full or when the snapshot changes.
     private var identities: [SocketAddress.HostKey: Identity] = [:]
     private var identitiesGeneration: UInt64 = .max
+    /// Settled policy questions by flow, shared by every connection of that flow (same
+    /// client identity, server identity and port); same bounds and lifetime as `identities`.
+    private var connectionPolicies: [FlowContext: ConnectionPolicy] = [:]
     static let maximumCachedIdentities = 4096
     private var drainTimer: TimerID?
     public private(set) var counters = WorkerCounters()
@@ -118,20 +121,36 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
             guard let snapshot, L7Detection.needsHTTP(identities, snapshot: snapshot) else { return nil }
         }
         // Flow records are built only when something will read them.
-        return HTTPPolicySession(limits: httpLimits, snapshot: snapshot, identities: identities,
+        let policies = snapshot.map { snapshot in identities.flows.map { policy(for: $0, in: snapshot) } }
+        return HTTPPolicySession(limits: httpLimits, snapshot: snapshot, identities: identities, policies: policies,
                                  reporter: flowLog.isEnabled ? flowLog : nil)
     }
 
     private func identity(of address: SocketAddress, in snapshot: PolicySnapshot) -> Identity {
-        if identitiesGeneration != snapshot.generation || identities.count >= Self.maximumCachedIdentities {
-            identities.removeAll(keepingCapacity: true)
-            identitiesGeneration = snapshot.generation
-        }
+        refreshCaches(for: snapshot)
         let key = address.hostKey
         if let known = identities[key] { return known }
         let found = ConnectionIdentities.identity(of: address, in: snapshot)
         identities[key] = found
         return found
+    }
+
+    private func policy(for flow: FlowContext, in snapshot: PolicySnapshot) -> ConnectionPolicy {
+        refreshCaches(for: snapshot)
+        if let known = connectionPolicies[flow] { return known }
+        let policy = snapshot.policy(forEndpoint: flow.subject).connection(flow)
+        connectionPolicies[flow] = policy
+        return policy
+    }
+
+    /// Empties the caches when the snapshot changed or one is full.
+    private func refreshCaches(for snapshot: PolicySnapshot) {
+        if identitiesGeneration != snapshot.generation || identities.count >= Self.maximumCachedIdentities
+            || connectionPolicies.count >= Self.maximumCachedIdentities {
+            identities.removeAll(keepingCapacity: true)
+            connectionPolicies.removeAll(keepingCapacity: true)
+            identitiesGeneration = snapshot.generation
+        }
     }
 
     /// HTTP limits that fit the connection's input buffer: a head must fit whole.

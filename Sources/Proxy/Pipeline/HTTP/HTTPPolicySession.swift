@@ -83,10 +83,14 @@ public final class HTTPPolicySession: L7Session {
     public private(set) var allowedCount = 0
     public private(set) var deniedCount = 0
 
+    /// `policies` are the connection's policy questions (`identities.flows`) as
+    /// `ConnectionPolicy` handles; a caller that sees many connections of the same flow
+    /// shares them (they are immutable). Nil with a snapshot: taken from the snapshot here.
     public init(limits: HTTP1Limits, snapshot: PolicySnapshot?, identities: ConnectionIdentities,
+                policies: [ConnectionPolicy]? = nil,
                 reporter: L7FlowReporter?, clock: @escaping () -> UInt64 = MonotonicClock.now) {
         http = HTTP1Connection(limits: limits)
-        policies = snapshot.map { snapshot in
+        self.policies = policies ?? snapshot.map { snapshot in
             identities.flows.map { snapshot.policy(forEndpoint: $0.subject).connection($0) }
         }
         self.identities = identities
