@@ -39,7 +39,7 @@ public enum HTTP1RequestStep: Sendable, Equatable {
     /// A complete request head is at the front of the bytes of this call (its ranges index
     /// them). Evaluate it, call `resolve(allowed:)`, then call `requestStep` again with the
     /// same bytes: it answers `.pass(head.length)` or `.drop(head.length)`.
-    case verdictNeeded(HTTP1Head)
+    indirect case verdictNeeded(HTTP1Head)
 }
 
 /// What the response side asks of the driver, and the head it just passed, if any.
@@ -47,7 +47,18 @@ public struct HTTP1ResponseStep: Sendable, Equatable {
     public var operation: ParserOperation
     /// Set when `operation` passes a response head (ranges index the bytes of this call),
     /// for flow records.
-    public var head: HTTP1Head?
+    public var head: HTTP1Head? {
+        get { boxedHead.first }
+        set { boxedHead = newValue.map { [$0] } ?? [] }
+    }
+    /// The head out of line: a step is returned and moved on every call, and most steps
+    /// carry no head, so they should not carry its ~200 bytes either.
+    private var boxedHead: [HTTP1Head]
+
+    public init(operation: ParserOperation, head: HTTP1Head? = nil) {
+        self.operation = operation
+        boxedHead = head.map { [$0] } ?? []
+    }
 }
 
 /// Both directions of one HTTP/1.1 connection, speaking `ParserOperation` to the driver, with

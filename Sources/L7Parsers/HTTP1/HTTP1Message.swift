@@ -126,7 +126,9 @@ public enum HTTP1Event: Sendable, Equatable {
     /// Nothing decided yet; call again once at least `minimumBytes` more have arrived.
     case needMore(minimumBytes: Int)
     /// A complete head; consumes `head.length` bytes.
-    case head(HTTP1Head)
+    // Indirect: the event is returned and moved on every parser call, and a head inline
+    // would make every move of every event a ~200-byte copy.
+    indirect case head(HTTP1Head)
     /// This many bytes at the front are body payload; consumes them.
     case body(Int)
     /// This many bytes at the front are chunk framing (a chunk-size line, or the CRLF
