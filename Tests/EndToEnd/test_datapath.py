@@ -323,3 +323,19 @@ def test_traffic_from_the_uplink_meets_ingress_policy(scenario):
                               "-w", "%{http_code}", f"http://{INTRUDER}:8000/", check=False)
     assert result.stdout == "200"
     intruder.terminate()
+
+
+def test_the_nodes_own_traffic_meets_ingress_policy(scenario):
+    scenario.start_proxy()
+    # The backend admits only the frontend: the node itself (identity host) is refused...
+    blocked = scenario.lab.run(scenario.lab.node, "curl", "-sS", "--max-time", "2", f"http://{BACKEND}:9090/", check=False)
+    assert blocked.returncode != 0, "the node's own connection must meet the backend's ingress policy"
+    # ...while an endpoint without ingress policy (the intruder) is reachable from the node.
+    intruder = scenario.lab.spawn(scenario.lab.ns("ep3"), "python3", "-m", "http.server", "--bind", "10.200.3.2", "8000")
+    wait_until(lambda: scenario.lab.run(scenario.lab.ns("ep3"), "python3", "-c",
+                                        "import socket; socket.create_connection(('10.200.3.2', 8000), 1)",
+                                        check=False).returncode == 0, "the intruder's web server")
+    allowed = scenario.lab.run(scenario.lab.node, "curl", "-sS", "--max-time", "3", "-o", "/dev/null", "-w", "%{http_code}",
+                               "http://10.200.3.2:8000/", check=False)
+    assert allowed.stdout == "200"
+    intruder.terminate()

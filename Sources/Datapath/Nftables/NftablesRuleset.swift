@@ -11,8 +11,9 @@ import Foundation
 /// Established diverted flows follow their transparent socket; other established flows
 /// and replies pass through conntrack.
 ///
-/// Known gap against the BPF datapath: traffic the node itself originates toward an
-/// endpoint is not checked against the endpoint's ingress policy.
+/// Traffic the node itself originates toward an endpoint (output hook) meets the
+/// endpoint's ingress policy with the host as the peer, as in the BPF datapath; the
+/// proxy's own upstream connections (mark 0xa00) and replies pass.
 public struct NftablesRuleset {
     public static let tableName = "sluice"
     static let redirectBit: UInt32 = 0x1000
@@ -118,6 +119,13 @@ public struct NftablesRuleset {
             lines.append("    meta mark and \(bit) == \(bit) meta l4proto udp tproxy to 127.0.0.1:\(proxyPorts.udp) meta mark set 0x200 counter accept")
         }
         lines.append("    meta mark and \(bit) == \(bit) counter drop comment \"proxy unavailable: fail closed\"")
+        lines.append("  }")
+        lines.append("  chain output {")
+        lines.append("    type filter hook output priority filter; policy accept;")
+        lines.append("    oifname != { \(interfaceSet) } accept")
+        lines.append("    meta mark and 0xf00 == 0xa00 accept comment \"the proxy's own upstream connections\"")
+        lines.append("    ct state established,related accept")
+        lines.append("    jump ingress_policy")
         lines.append("  }")
         lines.append("}")
         return lines.joined(separator: "\n") + "\n"
