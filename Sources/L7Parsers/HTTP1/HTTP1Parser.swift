@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 /// An incremental, zero-copy HTTP/1.1 message parser for one direction of one connection.
 ///
 /// Feed it the unconsumed bytes at the front of the connection buffer; it answers with one
@@ -292,8 +295,12 @@ public struct HTTP1Parser: Sendable {
     /// examined once across calls: callers resume from where the last search stopped.
     private mutating func nextLineFeed(in bytes: UnsafeRawBufferPointer, from start: Int) -> Int? {
         let count = bytes.count
-        var position = start
-        while position < count && bytes[position] != HTTP1Grammar.lineFeed { position += 1 }
+        var position = count
+        // memchr: the C library's vectorised byte search, several times faster than a loop.
+        if start < count, let base = bytes.baseAddress,
+           let found = memchr(base + start, Int32(HTTP1Grammar.lineFeed), count - start) {
+            position = UnsafeRawPointer(found) - base
+        }
         bytesExamined += min(position + 1, count) - start
         return position == count ? nil : position
     }
