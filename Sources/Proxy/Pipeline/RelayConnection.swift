@@ -337,39 +337,11 @@ public final class RelayConnection: EventHandler {
         do {
             while budget > 0 {
                 var progressed = false
-                if !direction.buffer.isEmpty && destinationReady && direction.destinationWritable {
-                    let pending = direction.buffer.readableBytes
-                    switch try destination.write(from: pending) {
-                    case .processed(let count):
-                        direction.buffer.didRead(count, pool: pool)
-                        direction.bytes &+= UInt64(count)
-                        progressed = true
-                        // A short write means the socket buffer is full; edge-triggered epoll
-                        // reports when it drains, so don't spend a syscall on the EAGAIN.
-                        if count < pending.count { direction.destinationWritable = false }
-                    case .wouldBlock:
-                        direction.destinationWritable = false
-                    }
+                if destinationReady && direction.destinationWritable {
+                    progressed = try send(&direction.buffer, to: destination, writable: &direction.destinationWritable,
+                                          sent: &direction.bytes, pool: pool)
                 }
-                if direction.sourceReadable && !direction.sourceEnded {
-                    let space = direction.buffer.writableSpace(pool: pool)
-                    if space.count > 0 {
-                        switch try source.read(into: space) {
-                        case .processed(0):
-                            direction.sourceEnded = true
-                        case .processed(let count):
-                            direction.buffer.didWrite(count)
-                            progressed = true
-                            // A short read drained the socket; every later arrival raises a new
-                            // edge, so skip the read that would only say EAGAIN (as nginx does).
-                            // After FIN, read on until end of stream.
-                            if count < space.count && !direction.sourceClosing { direction.sourceReadable = false }
-                        case .wouldBlock:
-                            direction.sourceReadable = false
-                        }
-                    }
-                    direction.buffer.releaseIfEmpty(pool: pool)
-                }
+                progressed = try fill(&direction, from: source, pool: pool) || progressed
                 guard progressed else { break }
                 lastActivity = loop.now
                 budget -= 1
@@ -458,23 +430,33 @@ public final class RelayConnection: EventHandler {
         }
     }
 
-    /// Writes a direction's output (and any bytes waiting for room) to its destination.
+    /// Writes a direction's parsed output to its destination.
     private func flush(_ direction: inout Direction, to destination: Socket, ready: Bool, pool: BufferPool) throws -> Bool {
-        guard ready, direction.destinationWritable, !direction.output.isEmpty else { return false }
-        let pending = direction.output.readableBytes
+        guard ready, direction.destinationWritable else { return false }
+        return try send(&direction.output, to: destination, writable: &direction.destinationWritable,
+                        sent: &direction.bytes, pool: pool)
+    }
+
+    /// Writes what `buffer` holds to `destination` once; false when nothing moved.
+    private func send(_ buffer: inout RelayBuffer, to destination: Socket, writable: inout Bool, sent: inout UInt64,
+                      pool: BufferPool) throws -> Bool {
+        guard !buffer.isEmpty else { return false }
+        let pending = buffer.readableBytes
         switch try destination.write(from: pending) {
         case .processed(let count):
-            direction.output.didRead(count, pool: pool)
-            direction.bytes &+= UInt64(count)
-            if count < pending.count { direction.destinationWritable = false }
+            buffer.didRead(count, pool: pool)
+            sent &+= UInt64(count)
+            // A short write means the socket buffer is full; edge-triggered epoll reports
+            // when it drains, so don't spend a syscall on the EAGAIN.
+            if count < pending.count { writable = false }
             return count > 0
         case .wouldBlock:
-            direction.destinationWritable = false
+            writable = false
             return false
         }
     }
 
-    /// Reads from a direction's source into its input buffer while there is room.
+    /// Reads from a direction's source into its input buffer once, if there is room.
     private func fill(_ direction: inout Direction, from source: Socket, pool: BufferPool) throws -> Bool {
         guard direction.sourceReadable, !direction.sourceEnded else { return false }
         let space = direction.buffer.writableSpace(pool: pool)
@@ -488,6 +470,8 @@ public final class RelayConnection: EventHandler {
         case .processed(let count):
             direction.buffer.didWrite(count)
             direction.parseDirty = true
+            // A short read drained the socket; every later arrival raises a new edge, so skip
+            // the read that would only say EAGAIN (as nginx does). After FIN, read to the end.
             if count < space.count && !direction.sourceClosing { direction.sourceReadable = false }
             return true
         case .wouldBlock:
