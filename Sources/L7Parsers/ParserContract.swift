@@ -11,6 +11,12 @@ public enum ParserOperation: Equatable, Sendable {
     /// The bytes given do not yet decide anything; call again once at least
     /// `minimumBytes` more have arrived (1 when the framing does not say).
     case needMore(minimumBytes: Int)
+    /// Nothing at the front can be consumed until the other direction makes progress (a
+    /// pipelining limit, a protocol switch awaiting its response, a local answer not yet
+    /// due). Unlike `needMore`, more bytes of this direction would not help: the driver
+    /// stops reading this side once its buffer is full. That is backpressure, never an
+    /// error, whatever the buffer holds.
+    case blocked
     /// Forward the next `count` bytes to the peer unchanged.
     case pass(Int)
     /// Discard the next `count` bytes.

@@ -199,7 +199,7 @@ public struct HTTP1Connection: Sendable {
             case .finished(let reason):
                 return .operation(.error(reason: reason))
             case .rejected, .awaitingSwitch:
-                return .operation(.needMore(minimumBytes: 1))
+                return .operation(.blocked)
             case .awaitingVerdict:
                 return .verdictNeeded(headAwaitingVerdict)
             case .resolved(let allowed, let head):
@@ -211,7 +211,7 @@ public struct HTTP1Connection: Sendable {
                 return .operation(bytes.isEmpty ? .needMore(minimumBytes: 1) : .drop(bytes.count))
             case .idle:
                 if inFlight.count >= limits.maximumPipelinedRequests {
-                    return .operation(.needMore(minimumBytes: 1))
+                    return .operation(.blocked)
                 }
                 switch requestParser.parse(bytes) {
                 case .head(let head):
@@ -309,7 +309,7 @@ public struct HTTP1Connection: Sendable {
                     if inFlight.isEmpty {
                         return HTTP1ResponseStep(operation: .error(reason: "HTTP/1.1 response without a request"))
                     }
-                    return HTTP1ResponseStep(operation: .needMore(minimumBytes: 1))
+                    return HTTP1ResponseStep(operation: .blocked)
                 }
             }
             switch responseParser.parse(bytes) {

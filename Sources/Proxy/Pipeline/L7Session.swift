@@ -6,6 +6,9 @@ import L7Parsers
 public enum SessionOperation: Equatable, Sendable {
     /// Nothing can be decided yet; read more.
     case needMore
+    /// Nothing can be consumed until the other direction makes progress: stop reading
+    /// this side when its buffer is full (backpressure, never an error).
+    case blocked
     /// Forward the next `count` input bytes to the destination unchanged.
     case pass(Int)
     /// Discard the next `count` input bytes.
@@ -20,6 +23,7 @@ public enum SessionOperation: Equatable, Sendable {
     public init(_ operation: ParserOperation) {
         switch operation {
         case .needMore: self = .needMore
+        case .blocked: self = .blocked
         case .pass(let count): self = .pass(count)
         case .drop(let count): self = .drop(count)
         case .inject(let bytes): self = .reply(bytes)

@@ -96,6 +96,9 @@ public final class RelayConnection: EventHandler {
         /// Something happened that the session has not seen: new input, the end of input,
         /// or progress on the other side (which can make a queued answer due).
         var parseDirty = true
+        /// The session answered `.blocked` last: what the input holds waits for the other
+        /// direction, not for more bytes (no header clock runs for it).
+        var blocked = false
     }
 
     private enum Tag {
@@ -420,6 +423,7 @@ public final class RelayConnection: EventHandler {
     /// armed at most once at a time and re-armed lazily when it fires early.
     private func trackPendingHead() {
         let waiting = !toUpstream.buffer.isEmpty && toUpstream.pendingPass == 0 && toUpstream.pendingDrop == 0
+            && !toUpstream.blocked
         if !waiting {
             headPendingSince = nil
             return
@@ -537,6 +541,12 @@ public final class RelayConnection: EventHandler {
                 }
             }
             let operation = session.step(side, direction.buffer.readableBytes)
+            direction.blocked = operation == .blocked
+            if operation == .blocked {
+                // Backpressure: the bytes stay; once the buffer is full this side is not read
+                // until the other direction's progress unblocks the session.
+                break
+            }
             if operation == .needMore {
                 if direction.sourceEnded && !direction.buffer.isEmpty {
                     // The source closed in the middle of a message: those bytes never form
@@ -572,7 +582,7 @@ public final class RelayConnection: EventHandler {
     /// Records one operation of the session; false when it ends the connection at once.
     private func perform(_ operation: SessionOperation, on direction: inout Direction, side: TrafficDirection) -> Bool {
         switch operation {
-        case .needMore:
+        case .needMore, .blocked:
             return true
         case .pass(let count):
             direction.pendingPass += count

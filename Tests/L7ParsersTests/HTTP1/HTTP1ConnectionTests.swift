@@ -41,7 +41,7 @@ struct SimulatedDriver {
                     connection.resolve(allowed: allow(method, target))
                 case .operation(let operation):
                     switch operation {
-                    case .needMore: break requestSide
+                    case .needMore, .blocked: break requestSide
                     case .pass(let count):
                         precondition(count > 0 && count <= fromClient.count)
                         upstream += fromClient[..<count]; fromClient.removeFirst(count)
@@ -58,7 +58,7 @@ struct SimulatedDriver {
                 steps += 1
                 precondition(steps < 1_000_000, "no progress")
                 switch connection.responseStep(fromServer).operation {
-                case .needMore: break responseSide
+                case .needMore, .blocked: break responseSide
                 case .pass(let count):
                     precondition(count > 0 && count <= fromServer.count)
                     client += fromServer[..<count]; fromServer.removeFirst(count)
