@@ -15,8 +15,11 @@ struct RunCommand: ParsableCommand {
         an unknown key or a bad value stops sluice before it starts, with the file, line, \
         column and key named, and exit code 2.
 
-        On SIGTERM or SIGINT sluice stops accepting, lets open connections finish until \
-        timeouts.drain has passed, then exits 0. A second signal stops at once.
+        On SIGTERM or SIGINT sluice stops accepting, closes idle keep-alive connections, lets \
+        requests in flight finish until timeouts.drain has passed, then exits 0. A second \
+        signal stops at once. SIGHUP reloads the policy and endpoints files (as a change seen \
+        by policy.watch does): a policy that loads applies to the next request on every \
+        connection; one that does not is reported and the previous policy stays.
         """)
 
     @Option(name: .long, help: ArgumentHelp("The YAML configuration file.", valueName: "file"))
@@ -95,13 +98,19 @@ struct RunCommand: ParsableCommand {
             server.join()
             throw ExitCode(1)
         }
+        enforcement.onPolicyChange = { [server] in server.policyChanged() }
         enforcement.startBackgroundWork()
         for listener in configuration.listeners {
             printError("listening: \(describe(listener))")
         }
         printError("ready: \(configuration.workers) worker(s), pid \(getpid())")
 
-        let first = ShutdownSignals.wait()
+        var first = ShutdownSignals.wait()
+        while first == SIGHUP {
+            // SIGHUP reloads the policy (nginx and HAProxy users expect this); it never stops sluice.
+            enforcement.reload(because: "SIGHUP")
+            first = ShutdownSignals.wait()
+        }
         enforcement.stop()
         printError("\(first == SIGINT ? "SIGINT" : "SIGTERM"): draining (up to \(configuration.timeouts.drain / 1_000_000) ms)")
         server.drain()
@@ -136,7 +145,7 @@ private final class SecondSignalWatcher: @unchecked Sendable {
         let box = Unmanaged.passRetained(self).toOpaque()
         if pthread_create(&thread, nil, { raw in
             let watcher = Unmanaged<SecondSignalWatcher>.fromOpaque(raw!).takeRetainedValue()
-            _ = ShutdownSignals.wait()
+            _ = ShutdownSignals.wait(includingHangUp: false)
             printError("second signal: stopping now")
             watcher.server.stopNow()
             return nil

@@ -109,8 +109,13 @@ final class RunEnforcement: @unchecked Sendable {
 
     func stop() { stopping.store(true, ordering: .relaxed) }
 
-    /// Polls the policy and endpoints files; on a change, re-translates and writes only the
-    /// difference. A change that does not load is reported and the old policy stays.
+    /// Called after each policy change was published (the proxy resets the L4 relays the
+    /// new policy puts under L7 rules).
+    var onPolicyChange: (@Sendable () -> Void)?
+    /// Serialises reloads: the file watcher and SIGHUP may ask at once.
+    private let reloading = Mutex<Void>(())
+
+    /// Polls the policy and endpoints files; on a change, reloads (see `reload`).
     private func watch(every interval: UInt64) {
         guard let policy = configuration.policy else { return }
         let files = { [self] in (policy.paths.map(resolve).flatMap(PolicyTraceCommand.policyFiles(at:)) + [resolve(policy.endpoints)]) }
@@ -120,22 +125,37 @@ final class RunEnforcement: @unchecked Sendable {
             let current = Self.fingerprint(files())
             guard current != last else { continue }
             last = current
+            reload(because: "policy changed")
+        }
+    }
+
+    /// Loads the policy files again and, when they load, publishes the new snapshot (the
+    /// next request on every connection is judged by it), re-translates it and writes only
+    /// the difference into the datapath. A change that does not load is reported and the
+    /// old policy stays in force, whole. `cause` starts the line printed.
+    func reload(because cause: String) {
+        guard configuration.policy != nil else {
+            printError("\(cause): no policy section in the configuration; nothing to reload")
+            return
+        }
+        reloading.withLock { _ in
             do {
                 let desired = try load()
+                onPolicyChange?()
                 switch mode {
                 case .bpf:
                     let report = try DatapathMaps(pinRoot: configuration.datapath.pinRoot).synchronize(to: desired)
-                    printError("policy changed: maps synchronised (\(report))")
+                    printError("\(cause): reloaded; maps synchronised (\(report))")
                 case .nftables:
                     try NftablesRuleset(state: desired, interfaces: configuration.datapath.interfaces, proxyPorts: proxyPorts)
                         .apply(namespace: configuration.datapath.namespace)
-                    printError("policy changed: nftables table replaced")
+                    printError("\(cause): reloaded; nftables table replaced")
                 default:
-                    printError("policy changed: reloaded")
+                    printError("\(cause): reloaded")
                 }
                 state.withLock { $0 = desired }
             } catch {
-                printError("policy changed but was not applied (the previous policy stays in force): \(error)")
+                printError("\(cause) but was not applied (the previous policy stays in force): \(error)")
             }
         }
     }

@@ -39,17 +39,21 @@ public enum FlowRecords {
         return record
     }
 
-    public static func dropped(client: SocketAddress, listener: String, reason: String) -> JSONObject {
+    /// A connection or datagram the proxy refused; with `destination`, the record carries
+    /// the L4 ports of `transport` ("TCP" or "UDP") too.
+    public static func dropped(client: SocketAddress, destination: SocketAddress? = nil, transport: String = "TCP",
+                               listener: String, reason: String) -> JSONObject {
         var record = JSONObject()
         record["time"] = .string(WallClock.rfc3339Now())
         record["verdict"] = .string("DROPPED")
-        record["IP"] = .object(ip(source: client, destination: nil))
+        record["IP"] = .object(ip(source: client, destination: destination))
+        if let destination { record["l4"] = .object(l4(transport, source: client, destination: destination)) }
         record["Type"] = .string("L3_L4")
         record["drop_reason_desc"] = .string(reason)
         var proxy = JSONObject()
         proxy["listener"] = .string(listener)
         record["proxy"] = .object(proxy)
-        record["Summary"] = .string("dropped from \(client): \(reason)")
+        record["Summary"] = .string("dropped from \(client)" + (destination.map { " to \($0)" } ?? "") + ": \(reason)")
         return record
     }
 

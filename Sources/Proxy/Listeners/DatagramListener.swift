@@ -22,7 +22,10 @@ public protocol DatagramDelegate: AnyObject {
     func datagramSessionStarted(client: SocketAddress, destination: SocketAddress, listener: DatagramListener)
     func datagramSessionEnded(client: SocketAddress, destination: SocketAddress, datagramsFromClient: UInt64,
                               datagramsFromServer: UInt64, listener: DatagramListener)
-    /// A datagram was dropped: no original destination, too large, or no session could be made.
+    /// Whether a datagram may be relayed under the current policy: nil when it may, else
+    /// why it is denied (it is then dropped and reported through `datagramDropped`).
+    func datagramDenial(client: SocketAddress, destination: SocketAddress, listener: DatagramListener) -> String?
+    /// A datagram was dropped: no original destination, too large, denied, or no session could be made.
     func datagramDropped(client: SocketAddress, reason: String, listener: DatagramListener)
 }
 
@@ -96,6 +99,10 @@ public final class DatagramListener: EventHandler {
             }
             guard let destination = datagram.originalDestination, destination != address else {
                 delegate.datagramDropped(client: datagram.source, reason: "no original destination (not diverted to the proxy)", listener: self)
+                continue
+            }
+            if let denial = delegate.datagramDenial(client: datagram.source, destination: destination, listener: self) {
+                delegate.datagramDropped(client: datagram.source, reason: denial, listener: self)
                 continue
             }
             let key = SessionKey(client: datagram.source, destination: destination)

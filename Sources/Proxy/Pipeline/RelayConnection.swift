@@ -18,6 +18,8 @@ public enum ConnectionOutcome: String, Sendable {
     case protocolError = "protocol_error"
     /// A message head did not complete within the header timeout.
     case headerTimeout = "header_timeout"
+    /// A policy change put rules on the connection's port that its relay cannot apply.
+    case policyChanged = "policy_changed"
 }
 
 /// What a finished connection reports to its owner.
@@ -114,7 +116,7 @@ public final class RelayConnection: EventHandler {
 
     private unowned let owner: ConnectionOwner
     private let loop: EventLoop
-    private let settings: RelaySettings
+    public let settings: RelaySettings
     private let session: L7Session?
     private var closeAfterReply: String?
     /// Set when the upstream failed and only an answer to the client remains to be sent.
@@ -298,11 +300,15 @@ public final class RelayConnection: EventHandler {
         finish(upstreamOutcome ?? .protocolError, resetDownstream: false)
     }
 
-    /// Ends the connection now with resets on both sides (drain deadline, shutdown).
-    public func abort() {
+    /// Ends the connection now with resets on both sides (drain deadline, shutdown, a
+    /// policy change the relay cannot apply).
+    public func abort(outcome: ConnectionOutcome = .aborted) {
         guard !isFinished else { return }
-        finish(.aborted, resetDownstream: true, resetUpstream: true)
+        finish(outcome, resetDownstream: true, resetUpstream: true)
     }
+
+    /// True when requests are judged by an L7 session (false: an L4 relay).
+    public var hasSession: Bool { session != nil }
 
     // MARK: Relaying
 

@@ -112,6 +112,15 @@ public final class ProxyServer: @unchecked Sendable {
         }
     }
 
+    /// Tells every worker that the policy holder published a new snapshot (after it did):
+    /// L4 relays the new policy puts under L7 rules are reset. Requests on L7 sessions see
+    /// the new policy without this. Safe from any thread.
+    public func policyChanged() {
+        for handle in handles.withLock({ $0 }) {
+            handle.execute { loop in (loop.owner as? Worker)?.policyChanged() }
+        }
+    }
+
     /// Aborts every connection now. Safe from any thread.
     public func stopNow() {
         for handle in handles.withLock({ $0 }) {
@@ -133,24 +142,27 @@ private final class WorkerThreadContext {
     init(_ body: @escaping () -> Void) { self.body = body }
 }
 
-/// Blocks SIGTERM, SIGINT and SIGPIPE in the calling thread and every thread it starts
-/// afterwards, so that `ShutdownSignals.wait()` receives them synchronously.
+/// Blocks SIGTERM, SIGINT, SIGHUP and SIGPIPE in the calling thread and every thread it
+/// starts afterwards, so that `ShutdownSignals.wait()` receives them synchronously (and
+/// SIGHUP's default action, ending the process, never runs).
 public enum ShutdownSignals {
     public static func block() {
         var set = sigset_t()
         sigemptyset(&set)
         sigaddset(&set, SIGTERM)
         sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGHUP)
         sigaddset(&set, SIGPIPE)
         pthread_sigmask(SIG_BLOCK, &set, nil)
     }
 
-    /// Waits for SIGTERM or SIGINT; returns its number.
-    public static func wait() -> Int32 {
+    /// Waits for SIGTERM, SIGINT or (with `includingHangUp`) SIGHUP; returns its number.
+    public static func wait(includingHangUp: Bool = true) -> Int32 {
         var set = sigset_t()
         sigemptyset(&set)
         sigaddset(&set, SIGTERM)
         sigaddset(&set, SIGINT)
+        if includingHangUp { sigaddset(&set, SIGHUP) }
         var signal: Int32 = 0
         while sigwait(&set, &signal) != 0 {}
         return signal

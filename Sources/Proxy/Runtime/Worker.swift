@@ -7,6 +7,10 @@ public struct WorkerCounters: Sendable {
     public var finished: UInt64 = 0
     public var refusedLoops: UInt64 = 0
     public var datagramsDropped: UInt64 = 0
+    /// Connections refused at accept: their port has rules Sluice cannot judge yet.
+    public var deniedUnjudgeable: UInt64 = 0
+    /// L4-relayed connections reset because a policy change put L7 rules on their port.
+    public var resetByPolicyChange: UInt64 = 0
 }
 
 /// One event-loop thread's share of the proxy: its own listening sockets (bound with
@@ -24,14 +28,8 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     private var datagramListeners: [DatagramListener] = []
     private var connections: [ObjectIdentifier: RelayConnection] = [:]
     private var draining = false
-    /// Identities by address for the current snapshot: an endpoint's identity is looked up
-    /// once, not per connection. Bounded; cleared when full or when the snapshot changes.
-    private var identities: [SocketAddress.HostKey: Identity] = [:]
-    private var identitiesGeneration: UInt64 = .max
-    /// Settled policy questions by flow, shared by every connection of that flow (same
-    /// client identity, server identity and port); same bounds and lifetime as `identities`.
-    private var connectionPolicies: [FlowContext: ConnectionPolicy] = [:]
-    static let maximumCachedIdentities = 4096
+    /// The policy as this worker sees it, with its caches (nil without a policy section).
+    private let workerPolicy: WorkerPolicy?
     private var drainTimer: TimerID?
     public private(set) var counters = WorkerCounters()
 
@@ -42,6 +40,7 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         self.configuration = configuration
         self.flowLog = flowLog
         self.policy = policy
+        workerPolicy = policy.map(WorkerPolicy.init(holder:))
         httpLimits = Self.httpLimits(bufferBytes: configuration.limits.bufferBytes)
         loop = try EventLoop()
         bufferPool = BufferPool(blockSize: configuration.limits.bufferBytes,
@@ -101,55 +100,66 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
 
     public func accepted(_ socket: Socket, client: SocketAddress, destination: SocketAddress, listener: StreamListener) {
         counters.accepted &+= 1
+        let session: L7Session?
+        switch detect(listener.settings.l7, client: client, destination: destination) {
+        case .relay:
+            session = nil
+        case .http(let identities):
+            session = HTTPPolicySession(limits: httpLimits, policy: workerPolicy, identities: identities,
+                                        reporter: flowLog.isEnabled ? flowLog : nil)
+        case .deny(let reason):
+            counters.deniedUnjudgeable &+= 1
+            socket.setResetOnClose()
+            socket.close()
+            if flowLog.isEnabled {
+                flowLog.write(FlowRecords.dropped(client: client, destination: destination, listener: listener.name,
+                                                  reason: reason))
+            }
+            return
+        }
         let connection = RelayConnection(downstream: socket, client: client, destination: destination,
-                                         listenerName: listener.name, settings: listener.settings,
-                                         session: session(for: listener.settings.l7, client: client, destination: destination),
+                                         listenerName: listener.name, settings: listener.settings, session: session,
                                          owner: self, loop: loop)
         connections[ObjectIdentifier(connection)] = connection
         connection.start()
     }
 
-    /// Phase "detect protocol": the L7 session a new connection needs, if any.
-    private func session(for mode: RelaySettings.L7Mode, client: SocketAddress, destination: SocketAddress) -> L7Session? {
-        guard mode != .none else { return nil }
-        let snapshot = policy?.snapshot
-        let identities = snapshot.map {
-            ConnectionIdentities(client: client, server: destination, source: identity(of: client, in: $0),
-                                 destination: identity(of: destination, in: $0))
-        } ?? ConnectionIdentities(client: client, server: destination, source: .reserved(.world), destination: .reserved(.world))
-        if mode == .byPolicy {
-            guard let snapshot, L7Detection.needsHTTP(identities, snapshot: snapshot) else { return nil }
+    private enum Detection {
+        case relay
+        case http(ConnectionIdentities)
+        case deny(reason: String)
+    }
+
+    /// Phase "detect protocol": what a new connection needs under the current policy.
+    private func detect(_ mode: RelaySettings.L7Mode, client: SocketAddress, destination: SocketAddress) -> Detection {
+        guard mode != .none else { return .relay }
+        guard let workerPolicy else {
+            // Explicit `l7: http` without a policy section: parsed, every request allowed.
+            guard mode == .http else { return .relay }
+            return .http(ConnectionIdentities(client: client, server: destination, source: .reserved(.world),
+                                              destination: .reserved(.world)))
         }
-        // Flow records are built only when something will read them.
-        let policies = snapshot.map { snapshot in identities.flows.map { policy(for: $0, in: snapshot) } }
-        return HTTPPolicySession(limits: httpLimits, snapshot: snapshot, identities: identities, policies: policies,
-                                 reporter: flowLog.isEnabled ? flowLog : nil)
+        let identities = workerPolicy.identities(client: client, server: destination)
+        if mode == .http { return .http(identities) }
+        switch workerPolicy.requirement(for: identities) {
+        case .none: return .relay
+        case .http: return .http(identities)
+        case .unsupported(let name):
+            return .deny(reason: "\(name) rules on port \(destination.port) are not enforced by this sluice yet: denied")
+        }
     }
 
-    private func identity(of address: SocketAddress, in snapshot: PolicySnapshot) -> Identity {
-        refreshCaches(for: snapshot)
-        let key = address.hostKey
-        if let known = identities[key] { return known }
-        let found = ConnectionIdentities.identity(of: address, in: snapshot)
-        identities[key] = found
-        return found
-    }
-
-    private func policy(for flow: FlowContext, in snapshot: PolicySnapshot) -> ConnectionPolicy {
-        refreshCaches(for: snapshot)
-        if let known = connectionPolicies[flow] { return known }
-        let policy = snapshot.policy(forEndpoint: flow.subject).connection(flow)
-        connectionPolicies[flow] = policy
-        return policy
-    }
-
-    /// Empties the caches when the snapshot changed or one is full.
-    private func refreshCaches(for snapshot: PolicySnapshot) {
-        if identitiesGeneration != snapshot.generation || identities.count >= Self.maximumCachedIdentities
-            || connectionPolicies.count >= Self.maximumCachedIdentities {
-            identities.removeAll(keepingCapacity: true)
-            connectionPolicies.removeAll(keepingCapacity: true)
-            identitiesGeneration = snapshot.generation
+    /// The policy changed: connections relayed at L4 whose port now needs a parser (or is
+    /// now one Sluice cannot judge) were never judged request by request; they are reset,
+    /// so the client's next connection meets the new policy. L7 sessions need nothing
+    /// here: each takes the new policy before its next request.
+    public func policyChanged() {
+        guard let workerPolicy else { return }
+        for connection in Array(connections.values) where !connection.hasSession && connection.settings.l7 == .byPolicy {
+            let identities = workerPolicy.identities(client: connection.client, server: connection.destination)
+            guard workerPolicy.requirement(for: identities) != .none else { continue }
+            counters.resetByPolicyChange &+= 1
+            connection.abort(outcome: .policyChanged)
         }
     }
 
@@ -194,6 +204,10 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         guard flowLog.isEnabled else { return }
         flowLog.write(FlowRecords.datagramSession(client: client, destination: destination, listener: listener.name,
                                                   fromClient: datagramsFromClient, fromServer: datagramsFromServer))
+    }
+
+    public func datagramDenial(client: SocketAddress, destination: SocketAddress, listener: DatagramListener) -> String? {
+        workerPolicy?.datagramDenial(client: client, server: destination)
     }
 
     public func datagramDropped(client: SocketAddress, reason: String, listener: DatagramListener) {

@@ -34,15 +34,19 @@ final class Collector: L7FlowReporter {
           - {ip: 10.0.0.2, namespace: shop, pod: backend, labels: {app: backend}}
         """
 
-    static func session(clock: @escaping () -> UInt64 = { 0 }) throws -> (HTTPPolicySession, Collector) {
-        let loaded = PolicyLoader.load(text: policy, file: "policy.yaml")
+    static func snapshot(_ policyText: String = policy) throws -> PolicySnapshot {
+        let loaded = PolicyLoader.load(text: policyText, file: "policy.yaml")
         #expect(loaded.errors.isEmpty)
-        let snapshot = PolicySnapshot(policies: loaded.policies,
-                                      endpoints: try EndpointDirectory.load(text: endpoints, file: "endpoints.yaml"))
-        let identities = ConnectionIdentities(client: SocketAddress("10.0.0.1:40000")!, server: SocketAddress("10.0.0.2:8080")!,
-                                              snapshot: snapshot)
+        return PolicySnapshot(policies: loaded.policies,
+                              endpoints: try EndpointDirectory.load(text: endpoints, file: "endpoints.yaml"))
+    }
+
+    static func session(holder: PolicySnapshotHolder? = nil,
+                        clock: @escaping () -> UInt64 = { 0 }) throws -> (HTTPPolicySession, Collector) {
+        let policy = WorkerPolicy(holder: try holder ?? PolicySnapshotHolder(snapshot()))
+        let identities = policy.identities(client: SocketAddress("10.0.0.1:40000")!, server: SocketAddress("10.0.0.2:8080")!)
         let collector = Collector()
-        return (HTTPPolicySession(limits: .standard, snapshot: snapshot, identities: identities, reporter: collector, clock: clock),
+        return (HTTPPolicySession(limits: .standard, policy: policy, identities: identities, reporter: collector, clock: clock),
                 collector)
     }
 
@@ -124,5 +128,23 @@ final class Collector: L7FlowReporter {
             return
         }
         #expect(String(decoding: answer, as: UTF8.self).hasPrefix("HTTP/1.1 400 "))
+    }
+
+    /// Issue 9, item 1: a policy published while a connection is open applies to that
+    /// connection's next request, both ways (a removed allow denies, an added one allows).
+    @Test func aPolicyChangeAppliesToTheNextRequestOnAnOpenConnection() throws {
+        let holder = PolicySnapshotHolder(try Self.snapshot())
+        let (session, _) = try Self.session(holder: holder)
+        let response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        #expect(Self.run(session, .request, Self.get) == [.pass(Self.get.utf8.count)])
+        _ = Self.run(session, .response, response)
+
+        // The allow for GET /api/.* is removed: the same request on the same connection is denied.
+        holder.replace(with: try Self.snapshot(Self.policy.replacingOccurrences(of: "/api/.*", with: "/other/.*")))
+        #expect(Self.run(session, .request, Self.get) == [.drop(Self.get.utf8.count), .reply(HTTP1LocalResponses.standard.forbidden)])
+
+        // And loosened again: allowed on the next request.
+        holder.replace(with: try Self.snapshot())
+        #expect(Self.run(session, .request, Self.get) == [.pass(Self.get.utf8.count)])
     }
 }

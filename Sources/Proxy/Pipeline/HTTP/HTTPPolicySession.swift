@@ -7,6 +7,8 @@ public struct ConnectionIdentities: Sendable {
     public var server: SocketAddress
     public var source: Identity
     public var destination: Identity
+    /// The connection's transport (TCP unless a datagram listener asks).
+    public var transport: TransportProtocol = .tcp
 
     public init(client: SocketAddress, server: SocketAddress, source: Identity, destination: Identity) {
         self.client = client
@@ -33,10 +35,12 @@ public struct ConnectionIdentities: Sendable {
     public var flows: [FlowContext] {
         var flows: [FlowContext] = []
         if destination.isClusterEndpoint || !source.isClusterEndpoint {
-            flows.append(FlowContext(subject: destination, direction: .ingress, remote: source, port: server.port, transport: .tcp))
+            flows.append(FlowContext(subject: destination, direction: .ingress, remote: source, port: server.port,
+                                     transport: transport))
         }
         if source.isClusterEndpoint {
-            flows.append(FlowContext(subject: source, direction: .egress, remote: destination, port: server.port, transport: .tcp))
+            flows.append(FlowContext(subject: source, direction: .egress, remote: destination, port: server.port,
+                                     transport: transport))
         }
         return flows
     }
@@ -44,17 +48,27 @@ public struct ConnectionIdentities: Sendable {
 
 /// Which L7 parser, if any, a connection needs under the current policy.
 public enum L7Detection {
-    /// True when some policy this connection passes has HTTP rules for its port.
-    public static func needsHTTP(_ identities: ConnectionIdentities, snapshot: PolicySnapshot) -> Bool {
-        // A request no rule can match: an allow without L7 rules answers "allowed at L4",
-        // a port with HTTP rules answers with an L7 reason.
+    /// What the policies this connection passes ask for on its port: HTTP rules need the
+    /// HTTP session; rules of another protocol (Kafka, DNS) are not judged by this proxy
+    /// yet, so the connection is denied rather than relayed with every request allowed.
+    public static func requirement(_ identities: ConnectionIdentities, snapshot: PolicySnapshot) -> L7Requirement {
+        // A request no rule can match: an allow without L7 rules answers "allowed at L4", a
+        // port with HTTP rules answers with an L7 reason, a port with rules of another
+        // protocol says which.
         let probe = HTTPRequestFacts(method: "\u{1}", path: "\u{1}")
-        return identities.flows.contains { flow in
+        var requirement = L7Requirement.none
+        for flow in identities.flows {
             switch snapshot.evaluate(flow: flow, http: probe).reason {
-            case .allowedAtL7, .noL7RuleMatches: return true
-            default: return false
+            case .allowedAtL7, .noL7RuleMatches:
+                if identities.transport == .udp { return .unsupported(protocolName: "HTTP") }
+                requirement = .http
+            case .l7ProtocolMismatch(let expected):
+                return .unsupported(protocolName: expected)
+            default:
+                break
             }
         }
+        return requirement
     }
 }
 
@@ -68,10 +82,14 @@ public protocol L7FlowReporter: AnyObject {
 /// server, and every request and response is reported as a flow record.
 public final class HTTPPolicySession: L7Session {
     private var http: HTTP1Connection
-    /// The connection's policy questions with their L3/L4 part settled once: each request
-    /// only runs the L7 rules that apply to this peer and port.
-    private let policies: [ConnectionPolicy]?
-    private let identities: ConnectionIdentities
+    /// The worker's view of the policy; nil: no policy section, every request is allowed.
+    private let policy: WorkerPolicy?
+    /// The connection's policy questions with their L3/L4 part settled, under the policy
+    /// version `policyVersion`: each request only runs the L7 rules that apply to this
+    /// peer and port, and a request after a policy change takes fresh ones first.
+    private var policies: [ConnectionPolicy]
+    private var policyVersion: UInt64
+    private var identities: ConnectionIdentities
     private let reporter: L7FlowReporter?
     private let clock: () -> UInt64
     /// Start times of forwarded requests whose final response has not begun, in order.
@@ -83,19 +101,26 @@ public final class HTTPPolicySession: L7Session {
     public private(set) var allowedCount = 0
     public private(set) var deniedCount = 0
 
-    /// `policies` are the connection's policy questions (`identities.flows`) as
-    /// `ConnectionPolicy` handles; a caller that sees many connections of the same flow
-    /// shares them (they are immutable). Nil with a snapshot: taken from the snapshot here.
-    public init(limits: HTTP1Limits, snapshot: PolicySnapshot?, identities: ConnectionIdentities,
-                policies: [ConnectionPolicy]? = nil,
+    /// `policy` is the worker's view of the current policy (nil: allow every request);
+    /// `identities` are the connection's ends as that policy saw them at accept.
+    public init(limits: HTTP1Limits, policy: WorkerPolicy?, identities: ConnectionIdentities,
                 reporter: L7FlowReporter?, clock: @escaping () -> UInt64 = MonotonicClock.now) {
         http = HTTP1Connection(limits: limits)
-        self.policies = policies ?? snapshot.map { snapshot in
-            identities.flows.map { snapshot.policy(forEndpoint: $0.subject).connection($0) }
-        }
+        self.policy = policy
         self.identities = identities
+        policyVersion = policy?.version ?? 0
+        policies = policy?.policies(for: identities) ?? []
         self.reporter = reporter
         self.clock = clock
+    }
+
+    /// Takes fresh identities and policy questions when the policy changed since they
+    /// were taken (one atomic load when it did not).
+    private func refreshPolicies() {
+        guard let policy, !policy.isCurrent(policyVersion) else { return }
+        identities = policy.identities(client: identities.client, server: identities.server)
+        policies = policy.policies(for: identities)
+        policyVersion = policy.version
     }
 
     public func step(_ direction: TrafficDirection, _ bytes: UnsafeRawBufferPointer) -> SessionOperation {
@@ -164,7 +189,8 @@ public final class HTTPPolicySession: L7Session {
         var deciding: [RuleReference] = []
         var actions: [HeaderAction] = []
         var direction = Direction.ingress
-        if let policies {
+        refreshPolicies()
+        if policy != nil {
             for policy in policies {
                 let flow = policy.flow
                 let verdict = policy.evaluate(http: facts)

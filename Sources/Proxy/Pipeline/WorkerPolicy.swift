@@ -1,0 +1,110 @@
+import PolicyEngine
+
+/// What a connection needs under the current policy: phase "detect protocol".
+public enum L7Requirement: Equatable, Sendable {
+    /// No L7 rules apply to the connection's port: relay it at L4 (the datapath has
+    /// already enforced L3/L4).
+    case none
+    /// HTTP rules apply: parse and judge every request.
+    case http
+    /// Rules of a protocol Sluice cannot judge on this transport yet apply (Kafka, DNS):
+    /// the connection is denied and reported, never relayed open.
+    case unsupported(protocolName: String)
+}
+
+/// One worker's view of the policy: the holder's current snapshot, each address's
+/// identity and each flow's settled policy questions, cached until the policy changes.
+///
+/// Single-threaded: one per worker, shared by that worker's connections. Sessions keep
+/// the `version` their policies came from and call `isCurrent(_:)` (one atomic load)
+/// before judging a request; when it says no, they take fresh policies here. A policy
+/// change therefore applies to the next request on every connection, old or new.
+public final class WorkerPolicy {
+    private let holder: PolicySnapshotHolder
+    private var cachedSnapshot: PolicySnapshot
+    private var cachedVersion: UInt64
+    private var identities: [SocketAddress.HostKey: Identity] = [:]
+    private var connectionPolicies: [FlowContext: ConnectionPolicy] = [:]
+    /// Bound on each cache; a full cache is emptied (it refills from the snapshot).
+    static let maximumCachedEntries = 4096
+
+    public init(holder: PolicySnapshotHolder) {
+        self.holder = holder
+        cachedVersion = holder.version
+        cachedSnapshot = holder.snapshot
+    }
+
+    /// The holder's version the caches were last filled under.
+    public var version: UInt64 { cachedVersion }
+
+    /// True when nothing was published since `version`.
+    @inline(__always)
+    public func isCurrent(_ version: UInt64) -> Bool { holder.version == version }
+
+    /// The current snapshot (refreshing the caches first when the policy changed).
+    public var snapshot: PolicySnapshot {
+        refresh()
+        return cachedSnapshot
+    }
+
+    /// Both ends of a connection as the current policy knows them.
+    public func identities(client: SocketAddress, server: SocketAddress) -> ConnectionIdentities {
+        refresh()
+        return ConnectionIdentities(client: client, server: server, source: identity(of: client),
+                                    destination: identity(of: server))
+    }
+
+    /// The connection's policy questions (`identities.flows`) under the current policy.
+    public func policies(for identities: ConnectionIdentities) -> [ConnectionPolicy] {
+        refresh()
+        return identities.flows.map(policy(for:))
+    }
+
+    /// Phase "detect protocol" for a TCP connection on a transparent listener.
+    public func requirement(for identities: ConnectionIdentities) -> L7Requirement {
+        refresh()
+        return L7Detection.requirement(identities, snapshot: cachedSnapshot)
+    }
+
+    /// Whether a UDP datagram from `client` to `server` may be relayed: nil when it may,
+    /// else the reason it is denied (a port with L7 rules Sluice cannot judge over UDP).
+    public func datagramDenial(client: SocketAddress, server: SocketAddress) -> String? {
+        refresh()
+        var identities = identities(client: client, server: server)
+        identities.transport = .udp
+        switch L7Detection.requirement(identities, snapshot: cachedSnapshot) {
+        case .none: return nil
+        case .http: return "HTTP rules on a UDP port cannot be enforced: denied"
+        case .unsupported(let name): return "\(name) rules on UDP port \(server.port) are not enforced by this sluice yet: denied"
+        }
+    }
+
+    private func identity(of address: SocketAddress) -> Identity {
+        let key = address.hostKey
+        if let known = identities[key] { return known }
+        let found = ConnectionIdentities.identity(of: address, in: cachedSnapshot)
+        if identities.count >= Self.maximumCachedEntries { identities.removeAll(keepingCapacity: true) }
+        identities[key] = found
+        return found
+    }
+
+    private func policy(for flow: FlowContext) -> ConnectionPolicy {
+        if let known = connectionPolicies[flow] { return known }
+        let policy = cachedSnapshot.policy(forEndpoint: flow.subject).connection(flow)
+        if connectionPolicies.count >= Self.maximumCachedEntries { connectionPolicies.removeAll(keepingCapacity: true) }
+        connectionPolicies[flow] = policy
+        return policy
+    }
+
+    /// Empties the caches when the holder published since they were filled. The version is
+    /// read before the snapshot (see `PolicySnapshotHolder`).
+    @inline(__always)
+    private func refresh() {
+        let version = holder.version
+        guard version != cachedVersion else { return }
+        cachedVersion = version
+        cachedSnapshot = holder.snapshot
+        identities.removeAll(keepingCapacity: true)
+        connectionPolicies.removeAll(keepingCapacity: true)
+    }
+}
