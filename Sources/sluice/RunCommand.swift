@@ -73,6 +73,16 @@ struct RunCommand: ParsableCommand {
             throw ExitCode(2)
         }
 
+        // Each relayed connection holds two descriptors: take what the hard limit allows, and
+        // derive the connection limit from it unless the configuration sets one.
+        let descriptors = DescriptorLimit.raiseToMaximum()
+        let fitting = Limits.connectionsPerWorker(descriptorLimit: descriptors, workers: configuration.workers)
+        if let configured = configuration.limits.maxConnectionsPerWorker, configured > fitting {
+            printError("limits.maxConnectionsPerWorker is \(configured) but the open-files limit (\(descriptors)) fits "
+                       + "\(fitting) per worker; past that, clients get 503 (raise 'ulimit -n')")
+        }
+        configuration.limits.maxConnectionsPerWorker = configuration.limits.maxConnectionsPerWorker ?? fitting
+
         let enforcement = RunEnforcement(configuration: configuration, configFile: config, flowLog: flowLog)
         do {
             try enforcement.prepare()

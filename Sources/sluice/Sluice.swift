@@ -1,5 +1,6 @@
 import ArgumentParser
 #if canImport(Glibc)
+import Proxy
 import Glibc
 #endif
 
@@ -49,11 +50,10 @@ struct VersionCommand: ParsableCommand {
 
 /// Prints `message` to standard error, prefixed with the program name.
 func printError(_ message: String) {
-    writeStandardError("sluice: \(message)\n")
+    StandardError.line(message)
 }
 
 /// Writes text to standard error in one call.
 func writeStandardError(_ text: String) {
-    var bytes = Array(text.utf8)
-    _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    StandardError.write(text)
 }

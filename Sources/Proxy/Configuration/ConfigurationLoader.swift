@@ -72,7 +72,7 @@ public struct ConfigurationLoader {
     // MARK: Document
 
     private func configuration(from root: Node) throws(ConfigurationError) -> ProxyConfiguration {
-        let document = try mapping(root, path: "", allowed: ["workers", "proxyMark", "listeners", "timeouts", "limits", "flowLog", "datapath", "policy"])
+        let document = try mapping(root, path: "", allowed: ["workers", "proxyMark", "listeners", "timeouts", "limits", "flowLog", "datapath", "policy", "http"])
         var workers = defaultWorkers
         if let node = document["workers"] {
             workers = try integer(node, path: "workers", range: 1...256)
@@ -83,10 +83,11 @@ public struct ConfigurationLoader {
         }
         var timeouts = Timeouts()
         if let node = document["timeouts"] {
-            let fields = try mapping(node, path: "timeouts", allowed: ["connect", "idle", "header", "drain", "udpIdle"])
+            let fields = try mapping(node, path: "timeouts", allowed: ["connect", "idle", "header", "response", "drain", "udpIdle"])
             if let value = fields["connect"] { timeouts.connect = try duration(value, path: "timeouts.connect") }
             if let value = fields["idle"] { timeouts.idle = try duration(value, path: "timeouts.idle") }
             if let value = fields["header"] { timeouts.header = try duration(value, path: "timeouts.header") }
+            if let value = fields["response"] { timeouts.response = try duration(value, path: "timeouts.response") }
             if let value = fields["drain"] { timeouts.drain = try duration(value, path: "timeouts.drain", allowZero: true) }
             if let value = fields["udpIdle"] { timeouts.udpIdle = try duration(value, path: "timeouts.udpIdle") }
         }
@@ -124,6 +125,30 @@ public struct ConfigurationLoader {
         if let node = document["datapath"] { datapath = try datapathConfiguration(node) }
         var policy: PolicySourceConfiguration?
         if let node = document["policy"] { policy = try policySource(node) }
+        var http = HTTPSettings()
+        if let node = document["http"] {
+            let fields = try mapping(node, path: "http", allowed: ["normalizePaths", "allowedUpgrades"])
+            if let value = fields["normalizePaths"] { http.normalizePaths = try boolean(value, path: "http.normalizePaths") }
+            if let value = fields["allowedUpgrades"] {
+                guard case .sequence(let items) = value else {
+                    throw error(value, path: "http.allowedUpgrades", "expected a list of upgrade protocol names, e.g. [websocket]")
+                }
+                var upgrades: Set<String> = []
+                for (index, item) in items.enumerated() {
+                    guard case .scalar(let scalar) = item, !scalar.string.isEmpty,
+                          scalar.string.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: ",") }) else {
+                        throw error(item, path: "http.allowedUpgrades[\(index)]", "expected an upgrade token such as websocket")
+                    }
+                    let token = scalar.string.lowercased()
+                    guard token != "h2c" else {
+                        throw error(item, path: "http.allowedUpgrades[\(index)]",
+                                    "h2c cannot be allowed: an HTTP/2 connection relayed raw would pass every later request unjudged")
+                    }
+                    upgrades.insert(token)
+                }
+                http.allowedUpgrades = upgrades
+            }
+        }
         if datapath.mode != .none {
             guard listeners.contains(where: { $0.kind == .transparentTCP }) else {
                 throw error(document["datapath"]!, path: "datapath.mode",
@@ -133,8 +158,10 @@ public struct ConfigurationLoader {
                 throw error(document["datapath"]!, path: "policy", "missing; the datapath enforces the policies named there")
             }
         }
-        return ProxyConfiguration(workers: workers, proxyMark: proxyMark, listeners: listeners,
-                                  timeouts: timeouts, limits: limits, flowLog: flowLog, datapath: datapath, policy: policy)
+        var configuration = ProxyConfiguration(workers: workers, proxyMark: proxyMark, listeners: listeners, timeouts: timeouts,
+                                               limits: limits, flowLog: flowLog, datapath: datapath, policy: policy)
+        configuration.http = http
+        return configuration
     }
 
     private func datapathConfiguration(_ node: Node) throws(ConfigurationError) -> DatapathConfiguration {
@@ -303,6 +330,14 @@ public struct ConfigurationLoader {
     private func string(_ node: Node, path: String) throws(ConfigurationError) -> String {
         guard case .scalar(let scalar) = node else { throw error(node, path: path, "expected a single value") }
         return scalar.string
+    }
+
+    private func boolean(_ node: Node, path: String) throws(ConfigurationError) -> Bool {
+        switch try string(node, path: path) {
+        case "true": return true
+        case "false": return false
+        case let text: throw error(node, path: path, "expected true or false, got '\(text)'")
+        }
     }
 
     private func integer(_ node: Node, path: String, range: ClosedRange<Int>) throws(ConfigurationError) -> Int {

@@ -14,6 +14,8 @@ public struct ProxyConfiguration: Sendable, Equatable {
     public var datapath: DatapathConfiguration
     /// The policies and endpoints `sluice run` enforces (nil: none, a pure relay).
     public var policy: PolicySourceConfiguration?
+    /// HTTP handling: path normalisation and the upgrades that may become relays.
+    public var http = HTTPSettings()
 
     public init(workers: Int, proxyMark: UInt32 = 0xa00, listeners: [ListenerConfiguration],
                 timeouts: Timeouts = Timeouts(), limits: Limits = Limits(), flowLog: FlowLogConfiguration = .init(),
@@ -110,6 +112,9 @@ public struct Timeouts: Sendable, Equatable {
     public var idle: UInt64 = 300_000_000_000
     /// Time allowed for a complete L7 request head once its first byte arrived.
     public var header: UInt64 = 30_000_000_000
+    /// How long an upstream may stay silent while an L7 response is owed (HTTP: 504 after
+    /// it). The reference's route timeout is 15 s.
+    public var response: UInt64 = 15_000_000_000
     /// After SIGTERM/SIGINT, how long in-flight connections may take to finish.
     public var drain: UInt64 = 15_000_000_000
     /// A UDP session with no datagram either way for this long ends.
@@ -122,13 +127,36 @@ public struct Limits: Sendable, Equatable {
     /// Bytes buffered per direction per connection; a full buffer stops reading that side.
     public var bufferBytes: Int = 64 * 1024
     /// Open connections per worker; beyond it new connections wait in the kernel's backlog.
-    public var maxConnectionsPerWorker: Int = 20_000
+    /// Nil: derived at start from the descriptor limit (`connectionsPerWorker`).
+    public var maxConnectionsPerWorker: Int?
     /// UDP sessions per listener per worker; beyond it the least recently used one closes.
     public var maxUDPSessionsPerWorker: Int = 4096
     /// Largest UDP datagram relayed; larger ones are dropped.
     public var maxDatagramBytes: Int = 65_507
     /// Free buffer blocks kept per worker for reuse.
     public var cachedBuffersPerWorker: Int = 256
+
+    public init() {}
+
+    /// Descriptors kept back for listeners, the flow log, BPF maps and the runtime.
+    public static let reservedDescriptors = 64
+
+    /// The connection limit per worker that the descriptor limit allows: each relayed
+    /// connection holds two descriptors (client and server).
+    public static func connectionsPerWorker(descriptorLimit: Int, workers: Int) -> Int {
+        max(1, (descriptorLimit - reservedDescriptors) / 2 / max(1, workers))
+    }
+}
+
+/// HTTP handling that is not policy: what the reference's proxy configures globally.
+public struct HTTPSettings: Sendable, Equatable {
+    /// Judge and forward request paths normalised (RFC 3986 dot segments, unreserved
+    /// percent-decoding, merged slashes; escaped slashes redirected), as the reference does
+    /// by default (`--http-normalize-path`). Off: paths are judged and forwarded raw.
+    public var normalizePaths = true
+    /// `Upgrade` protocols (lowercase tokens) that may turn an allowed request's connection
+    /// into a relay. Other upgrade offers are stripped from the request; `h2c` never relays.
+    public var allowedUpgrades: Set<String> = ["websocket"]
 
     public init() {}
 }

@@ -19,6 +19,9 @@ public protocol AcceptDelegate: AnyObject {
     /// A transparent listener received a connection addressed to itself (not diverted by the
     /// datapath); it was refused to avoid relaying to itself in a loop.
     func refusedLoop(client: SocketAddress, listener: StreamListener)
+    /// `accept` failed (out of descriptors or memory); accepting pauses until a connection
+    /// closes or the delegate calls `resumeAccepting`.
+    func acceptFailed(_ error: Error, listener: StreamListener)
 }
 
 /// A TCP listening socket in one worker. Several workers bind the same address with
@@ -88,8 +91,9 @@ public final class StreamListener: EventHandler {
                 accepted = try socket.accept()
             } catch {
                 // EMFILE/ENFILE/ENOBUFS: out of descriptors or memory. The connection stays
-                // queued; retry when a connection closes.
+                // queued; retry when a connection closes or the delegate says so.
                 acceptPaused = true
+                delegate.acceptFailed(error, listener: self)
                 return
             }
             guard let (connection, client) = accepted else { return }

@@ -49,4 +49,12 @@ public protocol L7Session: AnyObject {
     /// The upstream could not be reached; returns what to tell the client before closing
     /// (nil: reset the client, as at L4).
     func upstreamFailed(reason: String) -> [UInt8]?
+    /// True while a request was forwarded and its response is not complete: the driver's
+    /// response clock runs.
+    var isAwaitingResponse: Bool { get }
+    /// The upstream stayed silent for the response timeout; returns what to tell the client
+    /// before closing (nil: close without a word, e.g. part of the response already went out).
+    func responseTimedOut() -> [UInt8]?
+    /// True between messages with nothing owed either way: a draining proxy may close now.
+    var isIdle: Bool { get }
 }

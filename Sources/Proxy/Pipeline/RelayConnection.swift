@@ -1,4 +1,7 @@
 import L7Parsers
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// How a relayed connection ended, for its flow record.
 public enum ConnectionOutcome: String, Sendable {
@@ -20,6 +23,15 @@ public enum ConnectionOutcome: String, Sendable {
     case headerTimeout = "header_timeout"
     /// A policy change put rules on the connection's port that its relay cannot apply.
     case policyChanged = "policy_changed"
+    /// The upstream answered nothing within the response timeout (L7: the client got 504).
+    case responseTimeout = "response_timeout"
+    /// The upstream sent a response that cannot be relayed (L7: the client got 502 when
+    /// nothing of the response had reached it yet).
+    case upstreamProtocolError = "upstream_protocol_error"
+    /// The proxy had no file descriptor left for the upstream socket.
+    case descriptorsExhausted = "descriptors_exhausted"
+    /// Closed while idle between requests because the proxy is draining.
+    case drained
 }
 
 /// What a finished connection reports to its owner.
@@ -50,8 +62,13 @@ public struct RelaySettings: Sendable {
     /// its local address, and a TIME_WAIT there makes the kernel drop the client's next
     /// SYN on that tuple (its listener is not at that address), costing a 1 s retransmit.
     public var closeWithoutTimeWait: Bool
-    /// With an L7 session: how long a message head may take from its first byte.
+    /// With an L7 session: how long a message head may take from its first byte (and the
+    /// first request from the accept).
     public var headerTimeout: UInt64 = 30_000_000_000
+    /// With an L7 session: how long the upstream may stay silent while a response is owed
+    /// (the reference's route timeout, 15 s); past it the client gets the session's answer
+    /// (HTTP: 504).
+    public var responseTimeout: UInt64 = 15_000_000_000
     /// Whether connections are parsed at L7: never, always as HTTP (explicit `l7: http`),
     /// or when the policy for the connection's port has HTTP rules (transparent).
     public var l7: L7Mode
@@ -101,6 +118,12 @@ public final class RelayConnection: EventHandler {
         /// The session answered `.blocked` last: what the input holds waits for the other
         /// direction, not for more bytes (no header clock runs for it).
         var blocked = false
+
+        /// Parsed bytes are waiting for the destination (or about to be: a pass or rebuilt
+        /// bytes in progress).
+        var holdsOutput: Bool {
+            !output.isEmpty || pendingPass > 0 || (!pendingBytes.isEmpty && !pendingBytesToSource)
+        }
     }
 
     private enum Tag {
@@ -109,6 +132,7 @@ public final class RelayConnection: EventHandler {
         static let connectTimer: UInt32 = 0
         static let idleTimer: UInt32 = 1
         static let headerTimer: UInt32 = 2
+        static let responseTimer: UInt32 = 3
     }
 
     /// Reads and writes per direction before yielding to other connections.
@@ -119,9 +143,10 @@ public final class RelayConnection: EventHandler {
     public let settings: RelaySettings
     private let session: L7Session?
     private var closeAfterReply: String?
+    /// How the connection is reported once `closeAfterReply` has flushed.
+    private var closeOutcome = ConnectionOutcome.protocolError
     /// Set when the upstream failed and only an answer to the client remains to be sent.
     private var upstreamOutcome: ConnectionOutcome?
-    private var timedOut = false
     private let listenerName: String
     public let client: SocketAddress
     public let destination: SocketAddress
@@ -140,6 +165,12 @@ public final class RelayConnection: EventHandler {
     /// When the request input began holding an incomplete message head (L7 only).
     private var headPendingSince: UInt64?
     private var headerTimer: TimerID?
+    /// L7: when the upstream last sent something while a response was owed (or when the
+    /// wait began); nil while no response is owed.
+    private var responseWaitSince: UInt64?
+    private var responseTimer: TimerID?
+    /// The proxy is draining: the connection closes as soon as it is idle between requests.
+    private var draining = false
     /// The proxy sent its FIN to the client before the client's FIN arrived.
     private var downstreamClosedFirstByProxy = false
     public private(set) var isFinished = false
@@ -159,8 +190,10 @@ public final class RelayConnection: EventHandler {
         lastActivity = loop.now
     }
 
-    /// Registers the downstream socket and begins the upstream connect. On any failure the
-    /// connection finishes at once (and reports it).
+    /// Registers the downstream socket. At L4 the upstream connect begins at once; with an
+    /// L7 session it begins when the first request has been judged and is allowed (a denied
+    /// request never costs a server connection), and the header clock runs from here. On
+    /// any failure the connection finishes at once (and reports it).
     public func start() {
         do {
             try? downstream.setNoDelay()
@@ -169,6 +202,19 @@ public final class RelayConnection: EventHandler {
             finish(.reset, resetDownstream: true)
             return
         }
+        idleTimer = loop.scheduleTimer(after: settings.idleTimeout, handler: self, tag: Tag.idleTimer)
+        if session != nil {
+            headPendingSince = loop.now
+            headerTimer = loop.scheduleTimer(after: settings.headerTimeout, handler: self, tag: Tag.headerTimer)
+            pumpBoth()
+            return
+        }
+        connectUpstream()
+        if !isFinished && upstreamConnected { pumpBoth() }
+    }
+
+    /// Opens the upstream socket (with the proxy mark) and starts connecting it.
+    private func connectUpstream() {
         let socket: Socket
         do {
             socket = try Socket.open(.stream, family: destination.family)
@@ -181,12 +227,11 @@ public final class RelayConnection: EventHandler {
             } else {
                 connectTimer = loop.scheduleTimer(after: settings.connectTimeout, handler: self, tag: Tag.connectTimer)
             }
+        } catch let error as Errno where error.code == EMFILE || error.code == ENFILE {
+            upstreamFailed(.descriptorsExhausted)
         } catch {
             upstreamFailed(.upstreamUnreachable)
-            return
         }
-        idleTimer = loop.scheduleTimer(after: settings.idleTimeout, handler: self, tag: Tag.idleTimer)
-        if upstreamConnected { pumpBoth() }
     }
 
     // MARK: Events
@@ -223,6 +268,10 @@ public final class RelayConnection: EventHandler {
             upstreamFailed(.connectTimeout)
             return
         }
+        if tag == Tag.responseTimer {
+            responseTimer = nil
+            return responseTimerFired()
+        }
         if tag == Tag.headerTimer {
             headerTimer = nil
             guard let since = headPendingSince, let session else { return }
@@ -239,7 +288,7 @@ public final class RelayConnection: EventHandler {
                 _ = append(&answer, to: &toDownstream.output, pool: owner.bufferPool)
             }
             closeAfterReply = "header timeout"
-            timedOut = true
+            closeOutcome = .headerTimeout
             pumpBoth()
             return
         }
@@ -264,19 +313,84 @@ public final class RelayConnection: EventHandler {
     /// have seen from the server). With an L7 session the client gets the session's answer
     /// (HTTP: 503 with the reason) before the connection closes.
     private func upstreamFailed(_ outcome: ConnectionOutcome) {
-        guard let session, var answer = session.upstreamFailed(reason: outcome == .connectTimeout
-                                                                  ? "upstream connect timeout" : "upstream unreachable") else {
+        let reason: String
+        switch outcome {
+        case .connectTimeout: reason = "upstream connect timeout"
+        case .descriptorsExhausted: reason = "proxy out of file descriptors"
+        default: reason = "upstream unreachable"
+        }
+        guard let session, var answer = session.upstreamFailed(reason: reason) else {
             return finish(outcome, resetDownstream: true)
         }
-        if let upstreamToken { loop.deregister(upstreamToken) }
-        upstreamToken = nil
-        upstream?.setResetOnClose()
-        upstream?.close()
-        upstream = nil
+        dropUpstream()
         upstreamOutcome = outcome
         closeAfterReply = outcome.rawValue
         _ = append(&answer, to: &toDownstream.output, pool: owner.bufferPool)
         flushAnswerAndFinish()
+    }
+
+    /// Closes the upstream with a reset and forgets it (the client side goes on).
+    private func dropUpstream() {
+        if let upstreamToken { loop.deregister(upstreamToken) }
+        upstreamToken = nil
+        if let connectTimer { loop.cancelTimer(connectTimer) }
+        connectTimer = nil
+        upstream?.setResetOnClose()
+        upstream?.close()
+        upstream = nil
+        upstreamConnected = false
+    }
+
+    /// The upstream stayed silent for the response timeout while a response was owed: the
+    /// client gets the session's answer (HTTP: 504, when nothing of that response reached
+    /// it yet) and the connection closes; the upstream is reset.
+    private func responseTimerFired() {
+        guard let session, let since = responseWaitSince, session.isAwaitingResponse else {
+            responseWaitSince = nil
+            return
+        }
+        let waited = loop.now &- since
+        if waited < settings.responseTimeout {
+            responseTimer = loop.scheduleTimer(after: settings.responseTimeout - waited, handler: self, tag: Tag.responseTimer)
+            return
+        }
+        dropUpstream()
+        toUpstream.buffer.discard(pool: owner.bufferPool)
+        toUpstream.sourceEnded = true
+        if var answer = session.responseTimedOut() {
+            _ = append(&answer, to: &toDownstream.output, pool: owner.bufferPool)
+        }
+        closeAfterReply = "response timeout"
+        closeOutcome = .responseTimeout
+        pumpBoth()
+    }
+
+    /// Starts the response clock when the session owes a response and stops it when none
+    /// is owed; upstream bytes move it on (see `fill`). Armed at most once at a time.
+    private func trackResponseWait(_ session: L7Session) {
+        guard session.isAwaitingResponse, upstream != nil else {
+            responseWaitSince = nil
+            return
+        }
+        if responseWaitSince == nil { responseWaitSince = loop.now }
+        if responseTimer == nil {
+            responseTimer = loop.scheduleTimer(after: settings.responseTimeout, handler: self, tag: Tag.responseTimer)
+        }
+    }
+
+    /// The proxy is draining: an L7 connection idle between requests closes now, and any
+    /// other as soon as it becomes idle; L4 relays run until the drain deadline.
+    public func beginDrain() {
+        guard !isFinished else { return }
+        draining = true
+        closeIfIdleWhileDraining()
+    }
+
+    private func closeIfIdleWhileDraining() {
+        guard draining, let session, session.isIdle, toUpstream.buffer.isEmpty, toUpstream.output.isEmpty,
+              toDownstream.output.isEmpty, toDownstream.buffer.isEmpty, toUpstream.pendingBytes.isEmpty,
+              toDownstream.pendingBytes.isEmpty, closeAfterReply == nil else { return }
+        finish(.drained, resetDownstream: false, resetUpstream: false)
     }
 
     /// Writes what is queued for the client, then closes (used once the upstream is gone).
@@ -316,8 +430,8 @@ public final class RelayConnection: EventHandler {
 
     private func pumpBoth() {
         if upstreamOutcome != nil { return flushAnswerAndFinish() }
+        if let session { return pumpSession(session) }
         guard let upstream else { return }
-        if let session { return pumpSession(session, upstream: upstream) }
         // Until the connect completes, the upstream socket has nothing to read (and a read
         // would report the connect's failure as if it were a reset).
         let forward = pump(&toUpstream, from: downstream, to: upstream, destinationReady: upstreamConnected)
@@ -372,30 +486,43 @@ public final class RelayConnection: EventHandler {
     /// output; past it the session is stuck and the connection ends.
     private static let maximumIdleOperations = 16
 
-    private func pumpSession(_ session: L7Session, upstream: Socket) {
+    private func pumpSession(_ session: L7Session) {
         let pool = owner.bufferPool
         var rounds = 0
         do {
             while rounds < Self.fairnessBudget {
                 var progressed = false
-                progressed = try flush(&toUpstream, to: upstream, ready: upstreamConnected, pool: pool) || progressed
+                if let upstream {
+                    progressed = try flush(&toUpstream, to: upstream, ready: upstreamConnected, pool: pool) || progressed
+                }
                 progressed = try flush(&toDownstream, to: downstream, ready: true, pool: pool) || progressed
                 if closeAfterReply != nil {
                     if toDownstream.output.isEmpty && toDownstream.pendingBytes.isEmpty {
-                        return finish(timedOut ? .headerTimeout : .protocolError, resetDownstream: false, resetUpstream: true)
+                        return finish(closeOutcome, resetDownstream: false, resetUpstream: true)
                     }
                     guard progressed else { break }
                     rounds += 1
                     continue
                 }
                 progressed = try fill(&toUpstream, from: downstream, pool: pool) || progressed
-                if upstreamConnected { progressed = try fill(&toDownstream, from: upstream, pool: pool) || progressed }
+                if let upstream, upstreamConnected {
+                    if try fill(&toDownstream, from: upstream, pool: pool) {
+                        progressed = true
+                        if responseWaitSince != nil { responseWaitSince = loop.now }
+                    }
+                }
                 switch parse(.request, session, pool: pool) {
                 case .failed: return finish(.protocolError, resetDownstream: true, resetUpstream: true)
                 case .moreWork:
                     progressed = true
                     toDownstream.parseDirty = true
                 case .idle: break
+                }
+                if upstream == nil && closeAfterReply == nil && toUpstream.holdsOutput {
+                    // The first request allowed on this connection: only now open the upstream.
+                    connectUpstream()
+                    if isFinished || upstreamOutcome != nil { return }
+                    progressed = true
                 }
                 switch parse(.response, session, pool: pool) {
                 case .failed: return finish(.protocolError, resetDownstream: true, resetUpstream: true)
@@ -413,11 +540,23 @@ public final class RelayConnection: EventHandler {
         }
         if closeAfterReply != nil { return }
         trackPendingHead()
-        forwardEndIfDone(&toUpstream, to: upstream, ready: upstreamConnected)
+        trackResponseWait(session)
+        if let upstream {
+            forwardEndIfDone(&toUpstream, to: upstream, ready: upstreamConnected)
+        } else if toUpstream.sourceEnded && toUpstream.buffer.isEmpty && !toUpstream.holdsOutput && !toUpstream.endForwarded {
+            // The client ended and nothing of it was ever allowed upstream: there is no server
+            // side to close, and no response will come from one.
+            toUpstream.endForwarded = true
+            toDownstream.sourceEnded = true
+            toDownstream.parseDirty = true
+            _ = parse(.response, session, pool: pool)
+        }
         forwardEndIfDone(&toDownstream, to: downstream, ready: true)
         if toUpstream.endForwarded && toDownstream.endForwarded {
             return finish(.closed, resetDownstream: settings.closeWithoutTimeWait && downstreamClosedFirstByProxy)
         }
+        if draining { closeIfIdleWhileDraining() }
+        if isFinished { return }
         if rounds == Self.fairnessBudget && !resumeQueued {
             resumeQueued = true
             loop.resumeSoon(self)
@@ -428,8 +567,12 @@ public final class RelayConnection: EventHandler {
     /// session cannot decide yet, and stops it when that input is consumed. The timer is
     /// armed at most once at a time and re-armed lazily when it fires early.
     private func trackPendingHead() {
-        let waiting = !toUpstream.buffer.isEmpty && toUpstream.pendingPass == 0 && toUpstream.pendingDrop == 0
-            && !toUpstream.blocked
+        // Until the first request's head is consumed, the clock that began at accept runs
+        // even while nothing arrives: a client that connects and stays silent is a stalled head.
+        let beforeFirstRequest = toUpstream.bytes == 0 && toUpstream.pendingDrop == 0 && !toUpstream.holdsOutput
+            && !toUpstream.sourceEnded && upstream == nil && toDownstream.output.isEmpty
+        let waiting = (!toUpstream.buffer.isEmpty || beforeFirstRequest) && toUpstream.pendingPass == 0
+            && toUpstream.pendingDrop == 0 && !toUpstream.blocked
         if !waiting {
             headPendingSince = nil
             return
@@ -601,9 +744,16 @@ public final class RelayConnection: EventHandler {
             direction.pendingBytes += bytes
             direction.pendingBytesToSource = false
         case .close(let reason):
-            // A request-side close follows the answer already queued for the client; a
-            // response that cannot be framed cannot be answered any more.
-            if side == .response { return false }
+            // A request-side close follows the answer already queued for the client. A
+            // response-side close (a response that cannot be relayed) resets the upstream
+            // now and closes once what is queued for the client (valid responses before the
+            // fault, the session's 502) has been delivered.
+            if side == .response {
+                dropUpstream()
+                toUpstream.buffer.discard(pool: owner.bufferPool)
+                toUpstream.sourceEnded = true
+                closeOutcome = .upstreamProtocolError
+            }
             closeAfterReply = reason
         }
         return true
@@ -638,9 +788,11 @@ public final class RelayConnection: EventHandler {
         if let connectTimer { loop.cancelTimer(connectTimer) }
         if let idleTimer { loop.cancelTimer(idleTimer) }
         if let headerTimer { loop.cancelTimer(headerTimer) }
+        if let responseTimer { loop.cancelTimer(responseTimer) }
         connectTimer = nil
         idleTimer = nil
         headerTimer = nil
+        responseTimer = nil
         if let downstreamToken { loop.deregister(downstreamToken) }
         if let upstreamToken { loop.deregister(upstreamToken) }
         if resetDownstream { downstream.setResetOnClose() }

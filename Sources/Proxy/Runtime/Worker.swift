@@ -1,4 +1,7 @@
 import L7Parsers
+#if canImport(Glibc)
+import Glibc
+#endif
 import PolicyEngine
 
 /// Counters of one worker, read by the runtime at exit and by tests.
@@ -11,6 +14,8 @@ public struct WorkerCounters: Sendable {
     public var deniedUnjudgeable: UInt64 = 0
     /// L4-relayed connections reset because a policy change put L7 rules on their port.
     public var resetByPolicyChange: UInt64 = 0
+    /// Times a socket could not be had for lack of descriptors (accept or upstream).
+    public var descriptorsExhausted: UInt64 = 0
 }
 
 /// One event-loop thread's share of the proxy: its own listening sockets (bound with
@@ -31,6 +36,12 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     /// The policy as this worker sees it, with its caches (nil without a policy section).
     private let workerPolicy: WorkerPolicy?
     private var drainTimer: TimerID?
+    private let maxConnections: Int
+    /// Descriptor exhaustion is reported at most once per `exhaustionReportInterval`.
+    private var exhaustionReportedAt: UInt64?
+    private var exhaustionSinceReport: UInt64 = 0
+    static let exhaustionReportInterval: UInt64 = 10_000_000_000
+    private var acceptRetryTimer: TimerID?
     public private(set) var counters = WorkerCounters()
 
     /// Creates the loop and binds every configured listener; throws (naming the listener)
@@ -48,6 +59,9 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         var relaySettings = RelaySettings(connectTimeout: configuration.timeouts.connect,
                                           idleTimeout: configuration.timeouts.idle, upstreamMark: nil)
         relaySettings.headerTimeout = configuration.timeouts.header
+        relaySettings.responseTimeout = configuration.timeouts.response
+        maxConnections = configuration.limits.maxConnectionsPerWorker
+            ?? Limits.connectionsPerWorker(descriptorLimit: DescriptorLimit.current, workers: configuration.workers)
         for listener in configuration.listeners {
             do {
                 switch listener.kind {
@@ -96,7 +110,7 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
 
     // MARK: AcceptDelegate
 
-    public var canAccept: Bool { !draining && connections.count < configuration.limits.maxConnectionsPerWorker }
+    public var canAccept: Bool { !draining && connections.count < maxConnections }
 
     public func accepted(_ socket: Socket, client: SocketAddress, destination: SocketAddress, listener: StreamListener) {
         counters.accepted &+= 1
@@ -174,6 +188,32 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         return limits
     }
 
+    public func acceptFailed(_ error: Error, listener: StreamListener) {
+        if let errno = error as? Errno, errno.code == EMFILE || errno.code == ENFILE {
+            descriptorsExhausted("accept on \(listener.name)")
+        }
+        // The connection stays queued in the kernel; try again shortly even if no connection
+        // of this worker closes in the meantime.
+        if acceptRetryTimer == nil && !draining {
+            acceptRetryTimer = loop.scheduleTimer(after: 100_000_000, handler: self, tag: TimerTag.acceptRetry)
+        }
+    }
+
+    /// Counts a descriptor shortage and says so on stderr, at most once per interval per
+    /// worker, with how many happened since the last line.
+    private func descriptorsExhausted(_ what: String) {
+        counters.descriptorsExhausted &+= 1
+        exhaustionSinceReport &+= 1
+        let now = loop.now
+        if let last = exhaustionReportedAt, now &- last < Self.exhaustionReportInterval { return }
+        exhaustionReportedAt = now
+        let limit = DescriptorLimit.current
+        StandardError.line("worker \(index): out of file descriptors (limit \(limit)) at \(what); \(exhaustionSinceReport) time(s) "
+                   + "since the last report. Clients get 503 or wait in the backlog. Raise 'ulimit -n' or lower "
+                   + "limits.maxConnectionsPerWorker (now \(maxConnections)).")
+        exhaustionSinceReport = 0
+    }
+
     public func refusedLoop(client: SocketAddress, listener: StreamListener) {
         counters.refusedLoops &+= 1
         guard flowLog.isEnabled else { return }
@@ -186,6 +226,7 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     public func connectionFinished(_ connection: RelayConnection, summary: ConnectionSummary) {
         connections[ObjectIdentifier(connection)] = nil
         counters.finished &+= 1
+        if summary.outcome == .descriptorsExhausted { descriptorsExhausted("upstream socket for \(summary.client)") }
         // Records are built only when something reads them.
         if flowLog.isEnabled { flowLog.write(FlowRecords.connection(summary)) }
         if draining {
@@ -224,10 +265,13 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         guard !draining else { return }
         draining = true
         closeListeners()
+        // Keep-alive connections idle between requests close now; the others as soon as
+        // their last response is through (or at the deadline).
+        for connection in Array(connections.values) { connection.beginDrain() }
         if connections.isEmpty {
             finishDrain()
         } else {
-            drainTimer = loop.scheduleTimer(after: deadline, handler: self, tag: 0)
+            drainTimer = loop.scheduleTimer(after: deadline, handler: self, tag: TimerTag.drain)
         }
     }
 
@@ -240,7 +284,17 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
 
     public func handleReadiness(_ readiness: Readiness, tag: UInt32, loop: EventLoop) {}
 
+    private enum TimerTag {
+        static let drain: UInt32 = 0
+        static let acceptRetry: UInt32 = 1
+    }
+
     public func handleTimer(tag: UInt32, loop: EventLoop) {
+        if tag == TimerTag.acceptRetry {
+            acceptRetryTimer = nil
+            for listener in streamListeners { listener.resumeAccepting() }
+            return
+        }
         drainTimer = nil
         finishDrain()
     }
@@ -248,6 +302,8 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     private func finishDrain() {
         if let drainTimer { loop.cancelTimer(drainTimer) }
         drainTimer = nil
+        if let acceptRetryTimer { loop.cancelTimer(acceptRetryTimer) }
+        acceptRetryTimer = nil
         for connection in Array(connections.values) { connection.abort() }
         loop.stop()
     }

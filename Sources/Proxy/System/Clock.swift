@@ -29,3 +29,25 @@ public enum WallClock {
             + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(fraction)Z"
     }
 }
+
+/// The process's open-files limit (`RLIMIT_NOFILE`).
+public enum DescriptorLimit {
+    /// The soft limit now in force.
+    public static var current: Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
+        return Int(clamping: min(limit.rlim_cur, rlim_t(Int32.max)))
+    }
+
+    /// Raises the soft limit to the hard limit (as nginx's worker_rlimit_nofile and Go's
+    /// runtime do); returns the limit now in force.
+    @discardableResult
+    public static func raiseToMaximum() -> Int {
+        var limit = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        }
+        return current
+    }
+}

@@ -94,6 +94,9 @@ public final class HTTPPolicySession: L7Session {
     private let clock: () -> UInt64
     /// Start times of forwarded requests whose final response has not begun, in order.
     private var pending: [(start: UInt64, method: String, url: String, direction: Direction)] = []
+    /// Set once the response side met a fault and said so to the client (502): the next
+    /// response step closes the connection.
+    private var responseFault: String?
     /// Bytes of a head to drop after its rewritten replacement was forwarded.
     private var dropAfterRewrite = 0
     private var rewrite: [UInt8]?
@@ -146,9 +149,26 @@ public final class HTTPPolicySession: L7Session {
         // RFC 9110 §15.6.4: 503 "the server is currently unable to handle the request".
         reporter?.report(record(type: "RESPONSE", verdict: "ERROR", direction: .ingress, method: nil, url: nil,
                                 code: 503, latency: nil, rules: [], allowed: false))
-        let body = "upstream unavailable: \(reason)\r\n"
-        return Array(("HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\n"
-                      + "Connection: close\r\n\r\n" + body).utf8)
+        return Self.gatewayAnswer(status: 503, reason: "Service Unavailable", body: "upstream unavailable: \(reason)\r\n")
+    }
+
+    public var isAwaitingResponse: Bool { !pending.isEmpty }
+
+    public var isIdle: Bool { http.inFlightCount == 0 && !http.isTunnel && pending.isEmpty }
+
+    public func responseTimedOut() -> [UInt8]? {
+        // RFC 9110 §15.6.5: 504 "did not receive a timely response from an upstream server".
+        guard !pending.isEmpty else { return nil }
+        let request = pending.removeFirst()
+        reporter?.report(record(type: "RESPONSE", verdict: "ERROR", direction: request.direction, method: request.method,
+                                url: request.url, code: 504, latency: clock() &- request.start, rules: [], allowed: true))
+        return Self.gatewayAnswer(status: 504, reason: "Gateway Timeout", body: "upstream response timeout\r\n")
+    }
+
+    /// A proxy-made answer that ends the connection (502, 503, 504).
+    static func gatewayAnswer(status: Int, reason: String, body: String) -> [UInt8] {
+        Array(("HTTP/1.1 \(status) \(reason)\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\n"
+               + "Connection: close\r\n\r\n" + body).utf8)
     }
 
     // MARK: Requests
@@ -247,7 +267,19 @@ public final class HTTPPolicySession: L7Session {
     // MARK: Responses
 
     private func responseStep(_ bytes: UnsafeRawBufferPointer) -> SessionOperation {
+        if let responseFault { return .close(reason: responseFault) }
         let step = http.responseStep(bytes)
+        if case .error(let reason) = step.operation {
+            // A response that cannot be relayed. When nothing of the owed response reached the
+            // client yet, it gets 502 (as from HAProxy and the reference) after every valid
+            // response before it; then the connection closes.
+            guard !pending.isEmpty else { return .close(reason: reason) }
+            responseFault = reason
+            let request = pending.removeFirst()
+            reporter?.report(record(type: "RESPONSE", verdict: "ERROR", direction: request.direction, method: request.method,
+                                    url: request.url, code: 502, latency: clock() &- request.start, rules: [], allowed: true))
+            return .forward(Self.gatewayAnswer(status: 502, reason: "Bad Gateway", body: "upstream sent an invalid response\r\n"))
+        }
         if let head = step.head, !head.isInformational || head.switchesProtocol, !pending.isEmpty {
             let request = pending.removeFirst()
             reporter?.report(record(type: "RESPONSE", verdict: "FORWARDED", direction: request.direction,
