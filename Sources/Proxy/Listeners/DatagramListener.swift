@@ -26,7 +26,7 @@ public protocol DatagramDelegate: AnyObject {
     /// why it is denied (it is then dropped and reported through `datagramDropped`).
     func datagramDenial(client: SocketAddress, destination: SocketAddress, listener: DatagramListener) -> String?
     /// A datagram was dropped: no original destination, too large, denied, or no session could be made.
-    func datagramDropped(client: SocketAddress, reason: String, listener: DatagramListener)
+    func datagramDropped(client: SocketAddress, destination: SocketAddress?, reason: String, listener: DatagramListener)
 }
 
 /// A transparent UDP listener: receives datagrams diverted to it (TPROXY or `bpf_sk_assign`),
@@ -94,15 +94,17 @@ public final class DatagramListener: EventHandler {
             }
             guard let datagram else { return }
             guard !datagram.truncated, datagram.length <= settings.maxDatagramBytes else {
-                delegate.datagramDropped(client: datagram.source, reason: "datagram larger than \(settings.maxDatagramBytes) bytes", listener: self)
+                delegate.datagramDropped(client: datagram.source, destination: datagram.originalDestination,
+                                         reason: "datagram larger than \(settings.maxDatagramBytes) bytes", listener: self)
                 continue
             }
             guard let destination = datagram.originalDestination, destination != address else {
-                delegate.datagramDropped(client: datagram.source, reason: "no original destination (not diverted to the proxy)", listener: self)
+                delegate.datagramDropped(client: datagram.source, destination: nil,
+                                         reason: "no original destination (not diverted to the proxy)", listener: self)
                 continue
             }
             if let denial = delegate.datagramDenial(client: datagram.source, destination: destination, listener: self) {
-                delegate.datagramDropped(client: datagram.source, reason: denial, listener: self)
+                delegate.datagramDropped(client: datagram.source, destination: destination, reason: denial, listener: self)
                 continue
             }
             let key = SessionKey(client: datagram.source, destination: destination)
@@ -114,7 +116,8 @@ public final class DatagramListener: EventHandler {
                 do {
                     session = try DatagramSession(key: key, settings: settings, listener: self, loop: loop)
                 } catch {
-                    delegate.datagramDropped(client: datagram.source, reason: "cannot open session: \(error)", listener: self)
+                    delegate.datagramDropped(client: datagram.source, destination: destination,
+                                             reason: "cannot open session: \(error)", listener: self)
                     continue
                 }
                 sessions[key] = session

@@ -67,7 +67,9 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
                 switch listener.kind {
                 case .explicit(let upstream):
                     var settings = relaySettings
-                    settings.l7 = listener.l7 == .http ? .http : .none
+                    // With a policy section, an explicit listener without `l7` is judged like a
+                    // transparent one: by what the policy puts on the upstream's port.
+                    settings.l7 = listener.l7 == .http ? .http : (configuration.policy != nil ? .byPolicy : .none)
                     let stream = try StreamListener(name: listener.name, address: listener.address, upstream: .fixed(upstream),
                                                     settings: settings, backlog: listener.backlog, delegate: self)
                     streamListeners.append(stream)
@@ -156,7 +158,13 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         let identities = workerPolicy.identities(client: client, server: destination)
         if mode == .http { return .http(identities) }
         switch workerPolicy.requirement(for: identities) {
-        case .none: return .relay
+        case .none:
+            // No L7 rules: the L3/L4 verdict decides once, here (the datapath has judged a
+            // diverted connection already; an explicit listener has no datapath before it).
+            if let denied = workerPolicy.policies(for: identities).first(where: { !$0.verdict.isAllowed }) {
+                return .deny(reason: "denied at L3/L4 by policy: \(denied.verdict.reason)")
+            }
+            return .relay
         case .http: return .http(identities)
         case .unsupported(let name):
             return .deny(reason: "\(name) rules on port \(destination.port) are not enforced by this sluice yet: denied")
@@ -251,10 +259,12 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         workerPolicy?.datagramDenial(client: client, server: destination)
     }
 
-    public func datagramDropped(client: SocketAddress, reason: String, listener: DatagramListener) {
+    public func datagramDropped(client: SocketAddress, destination: SocketAddress?, reason: String,
+                                listener: DatagramListener) {
         counters.datagramsDropped &+= 1
         guard flowLog.isEnabled else { return }
-        flowLog.write(FlowRecords.dropped(client: client, listener: listener.name, reason: reason))
+        flowLog.write(FlowRecords.dropped(client: client, destination: destination, transport: "UDP", listener: listener.name,
+                                          reason: reason))
     }
 
     // MARK: Draining

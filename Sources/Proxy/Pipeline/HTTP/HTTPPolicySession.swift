@@ -63,7 +63,11 @@ public enum L7Detection {
                 if identities.transport == .udp { return .unsupported(protocolName: "HTTP") }
                 requirement = .http
             case .l7ProtocolMismatch(let expected):
-                return .unsupported(protocolName: expected)
+                switch expected.lowercased() {
+                case "kafka": return .unsupported(protocolName: "Kafka")
+                case "dns": return .unsupported(protocolName: "DNS")
+                default: return .unsupported(protocolName: expected)
+                }
             default:
                 break
             }

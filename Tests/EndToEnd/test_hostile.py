@@ -1,0 +1,445 @@
+"""End-to-end regression suite for issue 9 ("every denial holds"): the ways hostile
+testing walked past Sluice's denials or lost responses, each replayed against the real
+`sluice run` binary in explicit mode (no root). What reached the server is asserted on a
+`RecordingBackend` (a real socket server that logs every byte it receives), or on nginx's
+access log; clients are raw sockets (exact bytes) or curl.
+Starts: the sluice binary, RecordingBackend / scripted Python servers, nginx, curl."""
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import Nginx, free_port, wait_for_port
+from peers import RawClient, RecordingBackend, Server, split_responses, status_of
+
+ENDPOINTS = "endpoints:\n  - {ip: 127.0.0.1, namespace: shop, pod: backend, labels: {app: backend}}\n"
+
+
+def policy_text(port, rules):
+    return f"""
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: backend, namespace: shop}}
+spec:
+  endpointSelector: {{matchLabels: {{app: backend}}}}
+  ingress:
+    - fromEntities: [all]
+      toPorts:
+        - ports: [{{port: "{port}", protocol: TCP}}]
+          rules:
+{rules}
+"""
+
+
+PUBLIC_ONLY = """            http:
+              - {method: GET, path: "/public/.*"}
+              - method: GET
+                path: "/token"
+                headers: ["X-Token: secret"]
+"""
+
+
+def write_policy(workdir, port, rules=PUBLIC_ONLY):
+    (workdir / "endpoints.yaml").write_text(ENDPOINTS)
+    target = workdir / "policy.yaml"
+    staged = workdir / "policy.yaml.new"
+    staged.write_text(policy_text(port, rules))
+    os.replace(staged, target)  # atomic: the watcher never reads half a file
+
+
+def config(workdir, listen, upstream, l7="l7: http", workers=1, timeouts="", limits="", watch="50ms", extra=""):
+    return f"""
+workers: {workers}
+listeners:
+  - {{name: web, mode: explicit, listen: 127.0.0.1:{listen}, upstream: 127.0.0.1:{upstream}{", " + l7 if l7 else ""}}}
+policy: {{paths: [{workdir}/policy.yaml], endpoints: {workdir}/endpoints.yaml, watch: {watch}}}
+timeouts: {{connect: 2s, idle: 60s, {timeouts or "drain: 5s"}}}
+{"limits: {" + limits + "}" if limits else ""}
+flowLog: {{sink: file, path: "@FLOWS@"}}
+{extra}
+"""
+
+
+def get(path, extra=b""):
+    return b"GET " + path + b" HTTP/1.1\r\nHost: backend\r\n" + extra + b"\r\n"
+
+
+@pytest.fixture
+def backend():
+    server = RecordingBackend()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def proxied(workdir, start_sluice, backend):
+    """A sluice in front of the recording backend under the PUBLIC_ONLY policy."""
+    def start(**options):
+        write_policy(workdir, backend.port, options.pop("rules", PUBLIC_ONLY))
+        listen = free_port()
+        proxy = start_sluice(config(workdir, listen, backend.port, **options))
+        return listen, proxy
+    return start
+
+
+def exchange(port, requests, count=None, timeout=5.0):
+    client = RawClient(port)
+    try:
+        client.send(requests)
+        responses, _ = client.read_responses(count if count is not None else 1, timeout=timeout)
+        return responses
+    finally:
+        client.close()
+
+
+def wait_for_line(proxy, text, after=0, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proxy.stderr().count(text) > after:
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"no '{text}' in sluice's stderr: {proxy.stderr()[-2000:]}")
+
+
+# Item 1: a policy change applies to the next request on every connection.
+
+@pytest.mark.parametrize("trigger", ["watch", "SIGHUP"])
+def test_policy_change_applies_to_the_next_request_on_every_open_connection_under_load(
+        proxied, workdir, backend, trigger):
+    listen, proxy = proxied(workers=2, watch="50ms" if trigger == "watch" else "off")
+    clients = [RawClient(listen) for _ in range(8)]
+    stop = threading.Event()
+    failures = []
+
+    def hammer():
+        # Load on other connections while the policy changes under them.
+        with socket.create_connection(("127.0.0.1", listen)) as load:
+            while not stop.is_set():
+                load.sendall(get(b"/public/load"))
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = load.recv(4096)
+                    if not chunk:
+                        failures.append("load connection closed")
+                        return
+                    data += chunk
+    loaders = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in loaders:
+        thread.start()
+    try:
+        for client in clients:
+            client.send(get(b"/public/a"))
+            assert status_of(client.read_responses(1)[0][0]) == 200
+        # Tighten: /public/ is no longer allowed, /other/ is.
+        before = proxy.stderr().count("reloaded")
+        write_policy(workdir, backend.port, PUBLIC_ONLY.replace("/public/.*", "/other/.*"))
+        if trigger == "SIGHUP":
+            proxy.process.send_signal(signal.SIGHUP)
+        wait_for_line(proxy, "reloaded", after=before)
+        seen = len(backend.request_lines())
+        for client in clients:
+            client.send(get(b"/public/a"))
+            assert status_of(client.read_responses(1)[0][0]) == 403, "the first request after the swap is denied"
+        # Loosen again: allowed on the next request of the same connections.
+        before = proxy.stderr().count("reloaded")
+        write_policy(workdir, backend.port)
+        if trigger == "SIGHUP":
+            proxy.process.send_signal(signal.SIGHUP)
+        wait_for_line(proxy, "reloaded", after=before)
+        for client in clients:
+            client.send(get(b"/public/b"))
+            assert status_of(client.read_responses(1)[0][0]) == 200
+    finally:
+        stop.set()
+        for thread in loaders:
+            thread.join(5)
+        for client in clients:
+            client.close()
+    assert not failures
+    assert proxy.process.poll() is None, "sluice must survive reloads (and SIGHUP)"
+    # Nothing denied reached the server: every /public/a after the swap was answered by sluice.
+    lines = backend.request_lines()
+    assert "GET /public/a HTTP/1.1" not in lines[seen:]
+    assert lines.count("GET /public/a HTTP/1.1") == len(clients)
+
+
+def test_a_policy_that_does_not_load_keeps_the_previous_one(proxied, workdir, backend):
+    listen, proxy = proxied()
+    (workdir / "policy.yaml").write_text("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nspec: [\n")
+    wait_for_line(proxy, "was not applied")
+    assert [status_of(r) for r in exchange(listen, get(b"/public/a") + get(b"/admin"), 2)] == [200, 403]
+
+
+# Item 4: duplicate headers are judged as the server will act on them.
+
+def test_a_repeated_header_cannot_satisfy_a_rule_with_one_copy(proxied, backend):
+    listen, _ = proxied()
+    answers = exchange(listen, get(b"/token", b"X-Token: wrong\r\nX-Token: secret\r\n"), 1)
+    assert [status_of(r) for r in answers] == [403]
+    assert exchange(listen, get(b"/token", b"X-Token: secret\r\n"), 1)[0].startswith(b"HTTP/1.1 200")
+    assert b"X-Token: wrong" not in backend.received()
+
+
+# Item 5: a port with rules Sluice cannot judge is denied, never relayed open.
+
+KAFKA_RULES = """            kafka:
+              - {role: produce, topic: orders}
+"""
+
+
+def test_a_port_with_kafka_rules_is_denied_and_reported(proxied, backend):
+    listen, proxy = proxied(l7="", rules=KAFKA_RULES)
+    for _ in range(3):
+        try:
+            client = RawClient(listen)
+            client.send(b"\x00\x00\x00\x10anything at all!")
+            data, how = client.read_until_closed(timeout=3)
+            client.close()
+        except ConnectionResetError:
+            data, how = b"", "reset"  # refused at accept: the reset may beat the connect's return
+        assert data == b"" and how in ("reset", "fin")
+    assert backend.connection_count() == 0 and backend.received() == b""
+    records = proxy.wait_for_flows(1)
+    assert any(r["verdict"] == "DROPPED" and "Kafka rules on port" in r.get("drop_reason_desc", "") for r in records)
+
+
+def test_an_explicit_listener_without_l7_still_meets_l3_l4_policy(workdir, start_sluice, backend):
+    # The policy allows nothing on the backend's port (default deny): the connection is refused.
+    (workdir / "endpoints.yaml").write_text(ENDPOINTS)
+    (workdir / "policy.yaml").write_text(policy_text(backend.port + 1, "            http: [{}]\n"))
+    listen = free_port()
+    start_sluice(config(workdir, listen, backend.port, l7=""))
+    client = RawClient(listen)
+    client.send(get(b"/public/a"))
+    assert client.read_until_closed(timeout=3)[0] == b""
+    client.close()
+    assert backend.connection_count() == 0
+
+
+# Item 8: pipelines past the buffer are backpressure, never a reset.
+
+@pytest.mark.parametrize("count,size", [(100, 2000), (2000, 0)])
+def test_a_long_pipeline_gets_every_response(nginx, workdir, start_sluice, count, size):
+    write_policy(workdir, nginx.port, "            http: [{method: GET, path: \"/hello.*\"}]\n")
+    listen = free_port()
+    start_sluice(config(workdir, listen, nginx.port))
+    padding = b"X-Pad: " + b"p" * size + b"\r\n" if size else b""
+    client = RawClient(listen, timeout=20)
+    client.send(get(b"/hello", padding) * count)
+    responses, _ = client.read_responses(count, timeout=20)
+    client.close()
+    assert len(responses) == count and all(status_of(r) == 200 for r in responses)
+
+
+def test_a_pipeline_then_half_close_gets_every_answer(nginx, workdir, start_sluice):
+    write_policy(workdir, nginx.port, "            http: [{method: GET, path: \"/hello.*\"}]\n")
+    listen = free_port()
+    start_sluice(config(workdir, listen, nginx.port))
+    client = RawClient(listen, timeout=10)
+    client.send(get(b"/hello") * 33)
+    client.half_close()
+    data, how = client.read_until_closed(timeout=10)
+    client.close()
+    responses, rest = split_responses(data)
+    assert len(responses) == 33 and rest == b"" and how == "fin"
+
+
+# Item 9: upstream faults are answered 502 / 504; valid responses before them still arrive.
+
+class Scripted(Server):
+    """Answers each request head with the next scripted bytes (None: never answer)."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        super().__init__()
+
+    def serve(self, connection):
+        pending = b""
+        while self.answers:
+            data = connection.recv(65536)
+            if not data:
+                return
+            pending += data
+            while b"\r\n\r\n" in pending and self.answers:
+                _, pending = pending.split(b"\r\n\r\n", 1)
+                answer = self.answers.pop(0)
+                if answer is None:
+                    time.sleep(30)
+                    return
+                connection.sendall(answer)
+        time.sleep(0.5)
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+FAULTS = {
+    "garbage": b"this is not http\r\n\r\n",
+    "cl-and-te": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "204-with-body": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
+    "bare-lf": b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+    "huge-header": b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 200_000 + b"\r\nContent-Length: 2\r\n\r\nok",
+    "negative-length": b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+    "endless-1xx": b"HTTP/1.1 100 Continue\r\n\r\n" * 200,
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_a_faulty_response_is_answered_502_after_the_valid_ones(workdir, start_sluice, fault):
+    server = Scripted([OK + FAULTS[fault]] if fault != "huge-header" else [OK, FAULTS[fault]])
+    try:
+        write_policy(workdir, server.port, "            http: [{}]\n")
+        listen = free_port()
+        proxy = start_sluice(config(workdir, listen, server.port))
+        client = RawClient(listen)
+        client.send(get(b"/a") + get(b"/b"))
+        data, how = client.read_until_closed(timeout=5)
+        client.close()
+        responses, rest = split_responses(data)
+        assert [status_of(r) for r in responses] == [200, 502], (fault, data[:300])
+        assert responses[0].endswith(b"ok") and rest == b"" and how == "fin"
+        records = [r for r in proxy.wait_for_flows(4) if r.get("Type") == "L7"]
+        assert any(r["l7"]["type"] == "RESPONSE" and r["l7"]["http"].get("code") == 502 for r in records)
+    finally:
+        server.close()
+
+
+def test_an_unsolicited_extra_response_is_not_delivered(workdir, start_sluice):
+    server = Scripted([OK + b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"])
+    try:
+        write_policy(workdir, server.port, "            http: [{}]\n")
+        listen = free_port()
+        start_sluice(config(workdir, listen, server.port))
+        client = RawClient(listen)
+        client.send(get(b"/a"))
+        data, how = client.read_until_closed(timeout=5)
+        client.close()
+        assert data == OK and how == "fin"
+    finally:
+        server.close()
+
+
+def test_a_silent_upstream_is_answered_504_after_the_response_timeout(workdir, start_sluice):
+    server = Scripted([OK, None])
+    try:
+        write_policy(workdir, server.port, "            http: [{}]\n")
+        listen = free_port()
+        start_sluice(config(workdir, listen, server.port, timeouts="response: 700ms"))
+        client = RawClient(listen)
+        client.send(get(b"/a"))
+        assert client.read_responses(1)[0] == [OK]
+        started = time.monotonic()
+        client.send(get(b"/b"))
+        data, how = client.read_until_closed(timeout=10)
+        client.close()
+        assert status_of(data) == 504 and how == "fin"
+        assert 0.6 < time.monotonic() - started < 5
+    finally:
+        server.close()
+
+
+def test_a_bad_chunk_size_in_an_allowed_body_is_answered_400(proxied, backend):
+    listen, _ = proxied(rules="            http: [{}]\n")
+    client = RawClient(listen)
+    client.send(b"POST /public/x HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+    data, how = client.read_until_closed(timeout=5)
+    client.close()
+    assert data.startswith(b"HTTP/1.1 400 ") and how in ("fin", "reset")
+
+
+# Item 10: no server connection before a request is allowed; the header clock runs from accept.
+
+def test_idle_and_denied_clients_cost_no_server_connection(proxied, backend):
+    listen, _ = proxied()
+    idle = [RawClient(listen) for _ in range(50)]
+    denied = RawClient(listen)
+    denied.send(get(b"/admin"))
+    assert status_of(denied.read_responses(1)[0][0]) == 403
+    time.sleep(0.3)
+    assert backend.connection_count() == 0
+    allowed = RawClient(listen)
+    allowed.send(get(b"/public/a"))
+    assert status_of(allowed.read_responses(1)[0][0]) == 200
+    assert backend.connection_count() == 1
+    for client in idle + [denied, allowed]:
+        client.close()
+
+
+def test_a_silent_client_gets_408_after_the_header_timeout(proxied, backend):
+    listen, _ = proxied(timeouts="header: 400ms")
+    client = RawClient(listen)
+    started = time.monotonic()
+    data, how = client.read_until_closed(timeout=5)
+    client.close()
+    assert data.startswith(b"HTTP/1.1 408 ") and time.monotonic() - started < 3
+    assert backend.connection_count() == 0
+
+
+# Item 11: signals and limits.
+
+def test_sighup_reloads_and_never_stops_sluice(proxied, workdir, backend):
+    listen, proxy = proxied(watch="off")
+    client = RawClient(listen)
+    client.send(get(b"/public/a"))
+    assert status_of(client.read_responses(1)[0][0]) == 200
+    write_policy(workdir, backend.port, PUBLIC_ONLY.replace("/public/.*", "/other/.*"))
+    proxy.process.send_signal(signal.SIGHUP)
+    wait_for_line(proxy, "SIGHUP: reloaded")
+    client.send(get(b"/public/a"))
+    assert status_of(client.read_responses(1)[0][0]) == 403, "the open connection's next request meets the reload"
+    client.close()
+    assert proxy.process.poll() is None
+
+
+def test_sigterm_closes_idle_keep_alive_connections_at_once(proxied, backend):
+    listen, proxy = proxied(timeouts="drain: 20s")
+    clients = [RawClient(listen) for _ in range(5)]
+    for client in clients:
+        client.send(get(b"/public/a"))
+        assert status_of(client.read_responses(1)[0][0]) == 200
+    started = time.monotonic()
+    proxy.process.send_signal(signal.SIGTERM)
+    assert proxy.process.wait(10) == 0
+    assert time.monotonic() - started < 3, "idle connections must not wait for the 20 s drain deadline"
+    for client in clients:
+        assert client.read_until_closed(timeout=2) == (b"", "fin")
+        client.close()
+
+
+def test_descriptor_exhaustion_is_answered_logged_and_counted(workdir, backend):
+    write_policy(workdir, backend.port, "            http: [{}]\n")
+    listen = free_port()
+    conf = workdir / "sluice.yaml"
+    conf.write_text(config(workdir, listen, backend.port, limits="maxConnectionsPerWorker: 500")
+                    .replace("@FLOWS@", str(workdir / "flows.json")))
+    from conftest import SLUICE
+    stderr = open(workdir / "stderr", "w")
+    process = subprocess.Popen(["prlimit", "--nofile=80:80", SLUICE, "run", "--config", str(conf)],
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+    clients = []
+    try:
+        wait_for_port(listen)
+        text = (workdir / "stderr").read_text()
+        assert "fits" in text and "maxConnectionsPerWorker is 500" in text, text
+        for _ in range(45):
+            client = RawClient(listen)
+            client.send(get(b"/x"))
+            clients.append(client)
+        statuses = []
+        for client in clients:
+            responses, _ = client.read_responses(1, timeout=1)
+            statuses.extend(status_of(r) for r in responses)
+        assert 503 in statuses and 200 in statuses
+        deadline = time.monotonic() + 5
+        while "out of file descriptors" not in (workdir / "stderr").read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        text = (workdir / "stderr").read_text()
+        assert text.count("out of file descriptors") == 1, "logged, and rate-limited"
+    finally:
+        for client in clients:
+            client.close()
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+        stderr.close()
