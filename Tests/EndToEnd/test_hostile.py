@@ -167,6 +167,26 @@ def test_policy_change_applies_to_the_next_request_on_every_open_connection_unde
     assert lines.count("GET /public/a HTTP/1.1") == len(clients)
 
 
+def test_an_l4_relay_is_cut_when_a_policy_change_puts_l7_rules_on_its_port(workdir, start_sluice, backend):
+    # Port allowed at L4 only: relayed without parsing. Then HTTP rules appear on it: the
+    # relay, which could never judge a request, is reset and the next connection is parsed.
+    (workdir / "endpoints.yaml").write_text(ENDPOINTS)
+    (workdir / "policy.yaml").write_text(policy_text(backend.port, "").replace("          rules:\n", ""))
+    listen = free_port()
+    proxy = start_sluice(config(workdir, listen, backend.port, l7=""))
+    relay = RawClient(listen)
+    relay.send(get(b"/admin"))
+    assert status_of(relay.read_responses(1)[0][0]) == 200, "allowed at L4: relayed"
+    before = proxy.stderr().count("reloaded")
+    write_policy(workdir, backend.port)
+    wait_for_line(proxy, "reloaded", after=before)
+    data, how = relay.read_until_closed(timeout=3)
+    relay.close()
+    assert (data, how) == (b"", "reset")
+    assert [status_of(r) for r in exchange(listen, get(b"/admin") + get(b"/public/a"), 2)] == [403, 200]
+    assert backend.request_lines().count("GET /admin HTTP/1.1") == 1
+
+
 def test_a_policy_that_does_not_load_keeps_the_previous_one(proxied, workdir, backend):
     listen, proxy = proxied()
     (workdir / "policy.yaml").write_text("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nspec: [\n")

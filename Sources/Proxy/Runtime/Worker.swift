@@ -171,15 +171,15 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         }
     }
 
-    /// The policy changed: connections relayed at L4 whose port now needs a parser (or is
-    /// now one Sluice cannot judge) were never judged request by request; they are reset,
-    /// so the client's next connection meets the new policy. L7 sessions need nothing
-    /// here: each takes the new policy before its next request.
+    /// The policy changed: connections relayed at L4 cannot meet it request by request, so
+    /// those the new policy would not relay at L4 (their port now needs a parser, or is one
+    /// Sluice cannot judge, or L3/L4 now denies them) are reset; the client's next
+    /// connection meets the new policy. L7 sessions need nothing here: each takes the new
+    /// policy before its next request.
     public func policyChanged() {
-        guard let workerPolicy else { return }
+        guard workerPolicy != nil else { return }
         for connection in Array(connections.values) where !connection.hasSession && connection.settings.l7 == .byPolicy {
-            let identities = workerPolicy.identities(client: connection.client, server: connection.destination)
-            guard workerPolicy.requirement(for: identities) != .none else { continue }
+            if case .relay = detect(.byPolicy, client: connection.client, destination: connection.destination) { continue }
             counters.resetByPolicyChange &+= 1
             connection.abort(outcome: .policyChanged)
         }

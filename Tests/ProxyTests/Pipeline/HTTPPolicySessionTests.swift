@@ -147,4 +147,32 @@ final class Collector: L7FlowReporter {
         holder.replace(with: try Self.snapshot())
         #expect(Self.run(session, .request, Self.get) == [.pass(Self.get.utf8.count)])
     }
+
+    /// Issue 9, item 9: a response that cannot be relayed, with nothing of it sent yet, is
+    /// answered 502 after the valid response before it; then the connection closes.
+    @Test func aFaultyResponseAfterAValidOneIsAnswered502() throws {
+        let (session, collector) = try Self.session()
+        _ = Self.run(session, .request, Self.get + Self.get)
+        let valid = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        let operations = Array(Self.run(session, .response, valid + "garbage\r\n\r\n").prefix(4))
+        #expect(operations.prefix(2) == [.pass(valid.utf8.count - 2), .pass(2)])
+        guard operations.count == 4, case .forward(let answer) = operations[2], case .close = operations[3] else {
+            Issue.record("expected the valid response, a 502, then close; got \(operations)")
+            return
+        }
+        #expect(String(decoding: answer, as: UTF8.self).hasPrefix("HTTP/1.1 502 Bad Gateway\r\n"))
+        #expect(collector.records.last?.serialized().contains(#""code":502"#) == true)
+    }
+
+    /// Issue 9, item 9: the response clock's answer is 504 while a response is owed, and
+    /// nothing once none is.
+    @Test func aSilentUpstreamIsAnswered504OnlyWhileAResponseIsOwed() throws {
+        let (session, _) = try Self.session()
+        #expect(!session.isAwaitingResponse && session.isIdle)
+        _ = Self.run(session, .request, Self.get)
+        #expect(session.isAwaitingResponse && !session.isIdle)
+        let answer = try #require(session.responseTimedOut())
+        #expect(String(decoding: answer, as: UTF8.self).hasPrefix("HTTP/1.1 504 Gateway Timeout\r\n"))
+        #expect(session.responseTimedOut() == nil)
+    }
 }
