@@ -62,8 +62,7 @@ public final class WorkerPolicy {
 
     /// Phase "detect protocol" for a TCP connection on a transparent listener.
     public func requirement(for identities: ConnectionIdentities) -> L7Requirement {
-        refresh()
-        return L7Detection.requirement(identities, snapshot: cachedSnapshot)
+        L7Detection.requirement(policies(for: identities), transport: identities.transport)
     }
 
     /// Whether a UDP datagram from `client` to `server` may be relayed: nil when it may,
@@ -72,7 +71,7 @@ public final class WorkerPolicy {
         refresh()
         var identities = identities(client: client, server: server)
         identities.transport = .udp
-        switch L7Detection.requirement(identities, snapshot: cachedSnapshot) {
+        switch requirement(for: identities) {
         case .none: return nil
         case .http: return "HTTP rules on a UDP port cannot be enforced: denied"
         case .unsupported(let name): return "\(name) rules on UDP port \(server.port) are not enforced by this sluice yet: denied"

@@ -51,16 +51,17 @@ public enum L7Detection {
     /// What the policies this connection passes ask for on its port: HTTP rules need the
     /// HTTP session; rules of another protocol (Kafka, DNS) are not judged by this proxy
     /// yet, so the connection is denied rather than relayed with every request allowed.
-    public static func requirement(_ identities: ConnectionIdentities, snapshot: PolicySnapshot) -> L7Requirement {
+    /// `policies` are the connection's policy questions (`identities.flows`), settled.
+    public static func requirement(_ policies: [ConnectionPolicy], transport: TransportProtocol) -> L7Requirement {
         // A request no rule can match: an allow without L7 rules answers "allowed at L4", a
         // port with HTTP rules answers with an L7 reason, a port with rules of another
         // protocol says which.
         let probe = HTTPRequestFacts(method: "\u{1}", path: "\u{1}")
         var requirement = L7Requirement.none
-        for flow in identities.flows {
-            switch snapshot.evaluate(flow: flow, http: probe).reason {
+        for policy in policies {
+            switch policy.evaluate(http: probe).reason {
             case .allowedAtL7, .noL7RuleMatches:
-                if identities.transport == .udp { return .unsupported(protocolName: "HTTP") }
+                if transport == .udp { return .unsupported(protocolName: "HTTP") }
                 requirement = .http
             case .l7ProtocolMismatch(let expected):
                 switch expected.lowercased() {
