@@ -52,6 +52,7 @@ def write_policy(workdir, port, rules=PUBLIC_ONLY):
 
 
 def config(workdir, listen, upstream, l7="l7: http", workers=1, timeouts="", limits="", watch="50ms", extra=""):
+    """A sluice config in explicit mode in front of `upstream`, under workdir's policy."""
     return f"""
 workers: {workers}
 listeners:
@@ -192,6 +193,116 @@ def test_a_policy_that_does_not_load_keeps_the_previous_one(proxied, workdir, ba
     (workdir / "policy.yaml").write_text("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nspec: [\n")
     wait_for_line(proxy, "was not applied")
     assert [status_of(r) for r in exchange(listen, get(b"/public/a") + get(b"/admin"), 2)] == [200, 403]
+
+
+# Item 2: paths are judged normalised, and the server receives the path that was judged.
+
+BYPASSES = [
+    b"/public/../admin", b"/public/%2e%2e/admin", b"/public/%2E%2E/admin", b"/public/./../admin",
+    b"/public/x/../../admin", b"http://backend/public/../admin", b"/public/..", b"/public/%2e%2e",
+]
+
+
+@pytest.mark.parametrize("target", BYPASSES, ids=[t.decode() for t in BYPASSES])
+def test_dot_segments_cannot_walk_out_of_an_allowed_prefix(proxied, backend, target):
+    listen, _ = proxied()
+    assert [status_of(r) for r in exchange(listen, get(target), 1)] == [403]
+    assert backend.received() == b"", "nothing of a denied request may reach the server"
+
+
+def test_the_server_receives_the_normalised_path_that_was_judged(proxied, backend):
+    listen, _ = proxied()
+    answers = exchange(listen, get(b"/public//x/./y/../%7Ez?q=/../a") + get(b"http://backend/public/a/../b"), 2)
+    assert [status_of(r) for r in answers] == [200, 200]
+    assert backend.request_lines() == ["GET /public/x/~z?q=/../a HTTP/1.1", "GET http://backend/public/b HTTP/1.1"]
+
+
+def test_escaped_slashes_are_redirected_to_the_unescaped_path(proxied, backend):
+    listen, _ = proxied()
+    answer = exchange(listen, get(b"/public/..%2fadmin"), 1)[0]
+    assert status_of(answer) == 307 and b"\r\nLocation: /admin\r\n" in answer
+    answer = exchange(listen, get(b"/public/a%2Fb"), 1)[0]
+    assert status_of(answer) == 307 and b"\r\nLocation: /public/a/b\r\n" in answer
+    assert backend.received() == b""
+
+
+def test_normalisation_can_be_turned_off(proxied, backend):
+    listen, _ = proxied(extra="http: {normalizePaths: false}")
+    assert [status_of(r) for r in exchange(listen, get(b"/public/../admin"), 1)] == [200]
+    assert backend.request_lines() == ["GET /public/../admin HTTP/1.1"]
+
+
+# Item 3: only upgrades the port allows become a relay; h2c never does.
+
+class Switching(Server):
+    """Answers every request `101 Switching Protocols`, then records every later byte raw."""
+
+    def __init__(self):
+        self.after = bytearray()
+        self.heads = []
+        super().__init__()
+
+    def serve(self, connection):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, rest = data.split(b"\r\n\r\n", 1)
+        self.heads.append(head)
+        offered = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.lower().startswith(b"upgrade:")]
+        # A hostile server switches even when nothing was offered.
+        protocol = offered[0] if offered else b"h2c"
+        connection.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + protocol + b"\r\n\r\n")
+        self.after += rest
+        while True:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return
+            self.after += chunk
+
+
+def test_an_h2c_upgrade_never_becomes_an_unjudged_tunnel(workdir, start_sluice):
+    server = Switching()
+    try:
+        write_policy(workdir, server.port)
+        listen = free_port()
+        start_sluice(config(workdir, listen, server.port))
+        client = RawClient(listen)
+        client.send(get(b"/public/a", b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"))
+        data, _ = client.read_until_closed(timeout=3)
+        try:
+            client.send(get(b"/admin"))  # would pass unjudged through a raw relay
+        except OSError:
+            pass
+        client.close()
+        time.sleep(0.3)
+        assert len(server.heads) == 1
+        head = server.heads[0].lower()
+        assert b"upgrade: h2c" not in head and b"http2-settings" not in head, "the offer is stripped"
+        assert b"GET /admin" not in bytes(server.after), "no later request may reach the server unjudged"
+        assert not data.startswith(b"HTTP/1.1 101"), "a 101 to a request that could not switch is a fault"
+    finally:
+        server.close()
+
+
+def test_an_upgrade_the_configuration_allows_still_switches(workdir, start_sluice):
+    server = Switching()
+    try:
+        write_policy(workdir, server.port)
+        listen = free_port()
+        start_sluice(config(workdir, listen, server.port, extra="http: {allowedUpgrades: [websocket, my-proto]}"))
+        client = RawClient(listen)
+        client.send(get(b"/public/a", b"Connection: Upgrade\r\nUpgrade: my-proto\r\n"))
+        responses, _ = client.read_responses(1)
+        assert responses and status_of(responses[0]) == 101
+        client.send(b"raw bytes of the new protocol")
+        time.sleep(0.3)
+        client.close()
+        assert bytes(server.after) == b"raw bytes of the new protocol"
+    finally:
+        server.close()
 
 
 # Item 4: duplicate headers are judged as the server will act on them.
