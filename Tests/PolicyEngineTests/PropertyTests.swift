@@ -24,7 +24,8 @@ struct ReferenceEvaluator {
                         var clauses: [(Int?, Bool, L7Rules?)] = []
                         if peerRule.portRules.isEmpty { clauses.append((nil, true, nil)) }
                         for portRule in peerRule.portRules {
-                            let covers = portRule.ports.isEmpty || portRule.ports.contains { $0.covers(port: flow.port, transport: flow.transport, namedPorts: named) }
+                            // A port rule without ports covers no port (`toPorts: [{}]`).
+                            let covers = portRule.ports.contains { $0.covers(port: flow.port, transport: flow.transport, namedPorts: named) }
                             clauses.append((portRule.index, covers, portRule.l7))
                         }
                         for (portIndex, covers, l7) in clauses where covers {
@@ -109,6 +110,10 @@ struct PropertyTests {
                     }
                 }
             }
+        }
+        if generator.next() % 6 == 0 {
+            // An empty rule: it turns default deny on and allows nothing.
+            text += "  - {}\n"
         }
         if generator.next() % 4 == 0 {
             text += "  ingressDeny:\n  - fromEndpoints: [{matchLabels: {app: \(pick(apps))}}]\n    toPorts: [{ports: [{port: \"\(pick(["80", "8080"]))\", protocol: TCP}]}]\n"

@@ -246,13 +246,14 @@ struct DocumentReader {
         let map = try field.mapping(allowed: members + ["toPorts", "icmps", "authentication"])
 
         // "Combining FromEndpoints and FromCIDR is not supported": one kind of L3 peer per rule.
-        let l3Members = members.filter { $0 != prefix + "Requires" && map.optional($0) != nil && !((try? map.list($0))?.isEmpty ?? false) }
+        let l3Fields = members.filter { $0 != prefix + "Requires" }.compactMap { name in map.optional(name).map { (name, $0) } }
+        let explicitlyEmpty = l3Fields.filter { (try? $0.1.sequence())?.isEmpty ?? false }
+        let l3Members = l3Fields.filter { member in !explicitlyEmpty.contains { $0.0 == member.0 } }
         if l3Members.count > 1 {
-            throw map.optional(l3Members[1])!.error("one kind of peer per rule: cannot combine \(l3Members[0]) and \(l3Members[1])")
+            throw l3Members[1].1.error("one kind of peer per rule: cannot combine \(l3Members[0].0) and \(l3Members[1].0)")
         }
         var peers: [Peer]? = nil
-        if let member = l3Members.first {
-            let memberField = map.optional(member)!
+        if case let (member, memberField)? = l3Members.first {
             peers = try self.peers(member: String(member.dropFirst(prefix.count)), field: memberField, namespace: namespace)
         }
         var requires: [LabelSelector] = []
@@ -261,8 +262,8 @@ struct DocumentReader {
             if let namespace, !selector.namesNamespace, !selector.namesReservedLabels { selector = selector.scoped(to: namespace) }
             requires.append(selector)
         }
-        if l3Members.first == "toServices", map.optional("toPorts") != nil {
-            throw map.optional("toPorts")!.error("toServices cannot be combined with toPorts")
+        if l3Members.first?.0 == "toServices", let toPorts = map.optional("toPorts") {
+            throw toPorts.error("toServices cannot be combined with toPorts")
         }
         var portRules: [PortRule] = []
         for (position, element) in try map.list("toPorts").enumerated() {
@@ -283,6 +284,16 @@ struct DocumentReader {
                     icmpTypes.append(try icmpType(from: fieldElement))
                 }
             }
+        }
+        if !explicitlyEmpty.isEmpty {
+            // The reference: "Explicitly check for empty non-nil slices, it should not result
+            // in any identity being selected" (`fromEndpoints: []` selects nobody, even with toPorts).
+            peers = []
+        } else if l3Members.isEmpty, portRules.isEmpty, icmpTypes.isEmpty {
+            // No peer and no port: the rule selects nothing. In `ingress`/`egress` this is the
+            // reference's documented deny-all ("ingress: [{}]": the section turns default deny
+            // on, the rule adds no allow); in `ingressDeny`/`egressDeny` it denies nothing.
+            peers = []
         }
         return PeerRule(index: index, peers: peers, requires: requires, portRules: portRules, icmpTypes: icmpTypes)
     }

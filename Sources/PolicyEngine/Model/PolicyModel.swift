@@ -73,7 +73,16 @@ public struct PolicyRule: Sendable {
 public struct PeerRule: Sendable {
     /// Its position in the policy's list for that direction, counting `specs` in order.
     public let index: Int
-    /// The peers allowed (or denied); nil = every peer (no L3 member given).
+    /// The peers allowed (or denied): nil = every peer, empty = no peer at all.
+    ///
+    /// Cilium kinds: nil when the rule names no L3 member but restricts ports or ICMP
+    /// (`toPorts`/`icmps` alone apply to every peer); empty for a rule that names neither
+    /// peers nor ports ("An empty rule is not an allow-all": `ingress: [{}]` is the
+    /// reference's documented deny-all, `ingressDeny: [{}]` denies nothing) and for an
+    /// explicitly empty member such as `fromEndpoints: []` (the reference: "Explicitly
+    /// check for empty non-nil slices, it should not result in any identity being
+    /// selected"). NetworkPolicy: nil when `from`/`to` is absent or empty ("If this field
+    /// is empty or missing, this rule matches all sources").
     public let peers: [Peer]?
     /// `fromRequires`/`toRequires`: every peer of the selected endpoint must also match these.
     public let requires: [LabelSelector]
@@ -143,7 +152,9 @@ public struct ICMPType: Sendable, Hashable {
 public struct PortRule: Sendable {
     /// Position in `toPorts`.
     public let index: Int
-    /// Empty = every port of every protocol.
+    /// The ports the rule names; empty = none, so the port rule allows (or denies)
+    /// nothing, as in the reference, where a port rule reaches the datapath only
+    /// through its ports (every port is written `port: "0"`).
     public let ports: [PortSelector]
     /// L7 rules; nil = L3/L4 only.
     public let l7: L7Rules?
