@@ -646,18 +646,18 @@ struct DocumentReader {
         switch (name, pattern) {
         case (.some(let nameField), nil):
             let text = try nameField.string()
-            guard text.utf8.count <= 255, DNSName.isValidName(text) else {
-                throw nameField.error("expected a DNS name of at most 255 characters from [-a-zA-Z0-9_.], got \"\(text.prefix(80))\"")
+            if let problem = DNSName.problem(in: text, isPattern: false) {
+                throw nameField.error("\(problem); expected a DNS name such as \"api.example.com\", got \(Self.quoted(text))")
             }
             return DNSMatcher(name: text)
         case (nil, .some(let patternField)):
             let text = try patternField.string()
-            guard text.utf8.count <= 255, DNSName.isValidPattern(text) else {
-                throw patternField.error("expected a DNS pattern of at most 255 characters from [-a-zA-Z0-9_.*], got \"\(text.prefix(80))\"")
+            if let problem = DNSName.problem(in: text, isPattern: true) {
+                throw patternField.error("\(problem); expected a DNS pattern such as \"*.example.com\", got \(Self.quoted(text))")
             }
             return DNSMatcher(pattern: text)
-        case (.some, .some):
-            throw pattern!.error("expected matchName or matchPattern, not both")
+        case (.some, .some(let patternField)):
+            throw patternField.error("expected matchName or matchPattern, not both")
         case (nil, nil):
             throw field.error("expected matchName or matchPattern")
         }
