@@ -124,6 +124,13 @@ public final class PolicySnapshot: Sendable {
     public func evaluate(flow: FlowContext, dns query: DNSQueryFacts) -> Verdict {
         policy(forEndpoint: flow.subject).evaluate(flow: flow, dns: query)
     }
+
+    /// The application protocols whose L7 rules judge requests on `flow`; empty when the
+    /// L3/L4 part decides them all (see `ConnectionPolicy.l7Protocols`, the same answer
+    /// kept per connection). Works for any transport: a DNS port over UDP answers `[.dns]`.
+    public func l7Protocols(for flow: FlowContext) -> Set<L7Protocol> {
+        policy(forEndpoint: flow.subject).l7Protocols(for: flow)
+    }
 }
 
 extension KafkaRule {

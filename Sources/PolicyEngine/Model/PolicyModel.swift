@@ -205,19 +205,29 @@ public struct PortSelector: Sendable, Hashable, CustomStringConvertible {
     static let anyProtocol: Set<TransportProtocol> = [.tcp, .udp, .sctp]
 }
 
+/// An application protocol whose requests L7 rules judge.
+public enum L7Protocol: String, Sendable, Hashable, CaseIterable, Comparable {
+    case http, kafka, dns
+
+    public static func < (lhs: Self, rhs: Self) -> Bool { lhs.rawValue < rhs.rawValue }
+}
+
 /// The L7 rules of a port rule: one type per port rule.
 public enum L7Rules: Sendable {
     case http([HTTPRule])
     case kafka([KafkaRule])
     case dns([DNSMatcher])
 
-    public var typeName: String {
+    /// The protocol these rules judge.
+    public var l7Protocol: L7Protocol {
         switch self {
-        case .http: return "http"
-        case .kafka: return "kafka"
-        case .dns: return "dns"
+        case .http: return .http
+        case .kafka: return .kafka
+        case .dns: return .dns
         }
     }
+
+    public var typeName: String { l7Protocol.rawValue }
 
     var count: Int {
         switch self {
