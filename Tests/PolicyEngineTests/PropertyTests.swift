@@ -51,12 +51,15 @@ struct ReferenceEvaluator {
     }
 
     static func matches(_ rule: HTTPRule, _ request: HTTPRequestFacts) -> Bool {
-        if let method = rule.method, !method.matches(request.method) { return false }
-        if let path = rule.path, !path.matches(request.path) { return false }
-        if let host = rule.host, !host.matches(request.host ?? "") { return false }
+        // An absent fact fails a rule field that tests it.
+        if let method = rule.method, !(request.method.map(method.matches) ?? false) { return false }
+        if let path = rule.path, !(request.path.map(path.matches) ?? false) { return false }
+        if let host = rule.host, !(request.host.map(host.matches) ?? false) { return false }
         for header in rule.headers {
+            // A repeated header is seen as its values joined with ",".
             let values = request.headers.filter { $0.name.lowercased() == header.name }.map(\.value)
-            if values.isEmpty || (header.value != nil && !values.contains(header.value!)) { return false }
+            if values.isEmpty { return false }
+            if let expected = header.value, values.joined(separator: ",") != expected { return false }
         }
         return true
     }

@@ -234,17 +234,25 @@ extension L4Match {
             logs += outcome.logMessages.map { "\(reference): \($0)" }
         }
         if let index = slot?.http {
-            index.forEachCandidate(method: request.method, path: request.path) { item, isMethodKnown, isPathKnown in
-                let candidate = index.items[item]
-                guard isAllowed(candidate.entry) else { return }
-                consider(entry: candidate.entry, rule: candidate.rule, isMethodKnown: isMethodKnown, isPathKnown: isPathKnown)
+            if let method = request.method, let path = request.path {
+                index.forEachCandidate(method: method, path: path) { item, isMethodKnown, isPathKnown in
+                    let candidate = index.items[item]
+                    guard isAllowed(candidate.entry) else { return }
+                    consider(entry: candidate.entry, rule: candidate.rule, isMethodKnown: isMethodKnown, isPathKnown: isPathKnown)
+                }
+            } else {
+                // The index is keyed by method and path; without one (a trace that gives
+                // neither) every rule is checked, and those testing the absent fact fail.
+                for candidate in index.items where isAllowed(candidate.entry) {
+                    consider(entry: candidate.entry, rule: candidate.rule, isMethodKnown: false, isPathKnown: false)
+                }
             }
         }
         for (entry, rules) in scannedHTTP {
             for rule in rules { consider(entry: entry, rule: rule, isMethodKnown: false, isPathKnown: false) }
         }
         if matched.isEmpty {
-            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(request.method) \(request.path)"))
+            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(request.method ?? "(no method)") \(request.path ?? "(no path)")"))
         }
         return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched, headerActions: actions, logMessages: logs)
     }
@@ -277,7 +285,7 @@ extension L4Match {
             matched = Array(references)
         }
         if matched.isEmpty {
-            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(KafkaAPIKeys.name(of: request.apiKey)) v\(request.apiVersion)"))
+            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(KafkaAPIKeys.name(of: request.apiKey)) \(request.apiVersion.map { "v\($0)" } ?? "(no version)")"))
         }
         return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched)
     }

@@ -557,13 +557,14 @@ struct DocumentReader {
             var mismatch = HeaderMatch.Mismatch.deny
             if let mismatchField = matchMap.optional("mismatch") {
                 let text = try mismatchField.string()
-                guard let parsed = HeaderMatch.Mismatch(rawValue: text), parsed != .deny else {
-                    throw mismatchField.error("expected LOG, ADD, DELETE or REPLACE, got \"\(text)\"")
+                switch (text, value) {
+                case ("LOG", _): mismatch = .log
+                case ("DELETE", _): mismatch = .delete
+                case ("ADD", let value?): mismatch = .add(value)
+                case ("REPLACE", let value?): mismatch = .replace(value)
+                case ("ADD", nil), ("REPLACE", nil): throw mismatchField.error("\(text) needs a value or secret to set")
+                default: throw mismatchField.error("expected LOG, ADD, DELETE or REPLACE, got \(Self.quoted(text))")
                 }
-                if value == nil, parsed == .add || parsed == .replace {
-                    throw mismatchField.error("\(text) needs a value or secret to set")
-                }
-                mismatch = parsed
             }
             headerMatches.append(HeaderMatch(name: name.lowercased(), value: value, mismatch: mismatch))
         }

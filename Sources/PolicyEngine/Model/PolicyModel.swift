@@ -264,11 +264,34 @@ public struct HTTPRule: Sendable {
 }
 
 /// `headerMatches[]`: a header that must have a value, and what to do when it does not.
+///
+/// A header sent several times is judged by all its values joined with `,`, as the
+/// reference's proxy sees it; see `HTTPRequestFacts.value(of:)`.
 public struct HeaderMatch: Sendable, Hashable {
-    public enum Mismatch: String, Sendable, Hashable {
+    /// What a mismatch does. ADD and REPLACE carry the value they set, so a rule that
+    /// sets a header always has one (the loader refuses `mismatch: ADD` without a value).
+    public enum Mismatch: Sendable, Hashable {
         /// No `mismatch`: the request is not matched by this rule.
-        case deny = "DENY"
-        case log = "LOG", add = "ADD", delete = "DELETE", replace = "REPLACE"
+        case deny
+        /// LOG: record the mismatch and go on.
+        case log
+        /// ADD: append `name: value` (copies already sent stay).
+        case add(HeaderValue)
+        /// DELETE: remove every copy of the header.
+        case delete
+        /// REPLACE: remove every copy of the header, then add `name: value`.
+        case replace(HeaderValue)
+
+        /// The policy keyword (`LOG`, `ADD`, ...; `DENY` for no `mismatch`).
+        public var keyword: String {
+            switch self {
+            case .deny: return "DENY"
+            case .log: return "LOG"
+            case .add: return "ADD"
+            case .delete: return "DELETE"
+            case .replace: return "REPLACE"
+            }
+        }
     }
     /// Lower-cased header name.
     public let name: String
