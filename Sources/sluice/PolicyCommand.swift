@@ -74,7 +74,9 @@ struct PolicyTraceCommand: ParsableCommand {
         name is reserved:world) or a label list k=v,k=v whose namespace is the label \
         k8s:io.kubernetes.pod.namespace (default: default); reserved:host and the like name \
         reserved identities. Egress is checked at the source and ingress at the destination; \
-        the flow is allowed when both allow it.
+        the flow is allowed when both allow it. A request fact that is not given (method, \
+        path, host, Kafka version, ...) stays absent: rules that test it do not match it, \
+        rules that do not test it still may.
 
         With -o json one object is printed: \
         {"verdict":"ALLOWED"|"DENIED","reason":"...","matched":[{"policy":"NS/NAME","direction":"INGRESS"|"EGRESS","rule":N}]}. \
@@ -182,14 +184,15 @@ struct PolicyTraceCommand: ParsableCommand {
                 }
                 headers.append((String(header[..<colon]).trimmingSpaces, String(header[header.index(after: colon)...]).trimmingSpaces))
             }
-            return .http(HTTPRequestFacts(method: httpMethod ?? "GET", path: httpPath ?? "/", host: httpHost, headers: headers))
+            // A fact not given stays absent: rules that test it do not match (no guessed GET or /).
+            return .http(HTTPRequestFacts(method: httpMethod, path: httpPath, host: httpHost, headers: headers))
         }
         if usesKafka {
             guard let keyText = kafkaApiKey else { throw TraceInputError(message: "--kafka-api-key is needed for a Kafka trace") }
             guard let key = Int16(keyText) ?? KafkaAPIKeys.key(named: keyText) else {
                 throw TraceInputError(message: "--kafka-api-key: expected a Kafka API name (produce, fetch, metadata, ...) or number, got \"\(keyText)\"")
             }
-            return .kafka(KafkaRequestFacts(apiKey: key, apiVersion: kafkaApiVersion ?? 0, clientID: kafkaClientId, topics: kafkaTopic))
+            return .kafka(KafkaRequestFacts(apiKey: key, apiVersion: kafkaApiVersion, clientID: kafkaClientId, topics: kafkaTopic))
         }
         if let dnsName { return .dns(DNSQueryFacts(name: dnsName)) }
         return .none

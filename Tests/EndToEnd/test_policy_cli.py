@@ -192,3 +192,152 @@ def test_trace_with_a_missing_endpoints_file_exits_2(tmp_path):
                  "--from", "10.0.1.10", "--to", "10.0.1.20", "--port", "8000/TCP", "-o", "json")
     assert result.returncode == 2
     assert "none.yaml" in result.stderr
+
+
+# Issue 9, item 6: an empty rule is the deny-all of the Cilium kinds and the allow-all of NetworkPolicy.
+EMPTY_RULE_POLICIES = {
+    "CiliumNetworkPolicy": (
+        """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: empty-rule, namespace: production}
+spec:
+  endpointSelector: {}
+  ingress:
+  - {}
+""",
+        {"verdict": "DENIED", "reason": "ingress: default deny: no rule allows this peer and port", "matched": []},
+    ),
+    "CiliumClusterwideNetworkPolicy": (
+        """\
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: empty-rule}
+spec:
+  endpointSelector: {}
+  ingress:
+  - {}
+""",
+        {"verdict": "DENIED", "reason": "ingress: default deny: no rule allows this peer and port", "matched": []},
+    ),
+    "NetworkPolicy": (
+        """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: empty-rule, namespace: production}
+spec:
+  podSelector: {}
+  ingress:
+  - {}
+""",
+        {
+            "verdict": "ALLOWED",
+            "reason": "egress: no policy enforces this direction for the endpoint; ingress: allowed at L3/L4 by an allow rule without L7 restrictions",
+            "matched": [{"policy": "production/empty-rule", "direction": "INGRESS", "rule": 0}],
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EMPTY_RULE_POLICIES))
+def test_trace_of_an_empty_ingress_rule(tmp_path, kind):
+    text, expected = EMPTY_RULE_POLICIES[kind]
+    path = tmp_path / "empty-rule.yaml"
+    path.write_text(text)
+    for port in ["8000/TCP", "53/UDP"]:
+        result = run("policy", "trace", "--policy", path, "--endpoints", ENDPOINTS,
+                     "--from", "10.0.1.10", "--to", "10.0.1.20", "--port", port, "-o", "json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == expected
+
+
+def test_trace_of_the_deny_all_ingress_example():
+    result = trace("deny-all-ingress.yaml", "--from", "10.0.3.10", "--to", "10.0.4.10", "--port", "80/TCP")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "verdict": "DENIED",
+        "reason": "ingress: default deny: no rule allows this peer and port",
+        "matched": [],
+    }
+    text = run("policy", "trace", "--policy", EXAMPLES / "deny-all-ingress.yaml", "--endpoints", ENDPOINTS,
+               "--from", "10.0.3.10", "--to", "10.0.4.10", "--port", "80/TCP")
+    assert "selected by: tenant-b/deny-all-ingress" in text.stdout
+    assert "default deny: on" in text.stdout
+
+
+# Issue 9, smaller item: a request fact not given stays absent.
+ABSENT_FACTS_POLICY = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: facts, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - toPorts:
+    - ports: [{port: "8000", protocol: TCP}]
+      rules:
+        http:
+        - {method: GET, path: /public}
+        - {path: /open}
+        - {method: POST}
+        - {host: "api[.]example[.]com", path: /hosted}
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka:
+        - {apiKey: produce, apiVersion: "0"}
+"""
+
+ABSENT_FACTS = {
+    "no method, rule tests the method": (["--http-path", "/public"], "DENIED",
+                                         "ingress: no L7 rule matches the request ((no method) /public)"),
+    "no method, rule without a method": (["--http-path", "/open"], "ALLOWED", None),
+    "no path, rule tests the path": (["--http-method", "GET"], "DENIED", "ingress: no L7 rule matches the request (GET (no path))"),
+    "no path, rule without a path": (["--http-method", "POST"], "ALLOWED", None),
+    "no host, rule tests the host": (["--http-method", "GET", "--http-path", "/hosted"], "DENIED", None),
+    "host given": (["--http-method", "GET", "--http-path", "/hosted", "--http-host", "api.example.com"], "ALLOWED", None),
+    "no Kafka version, rule names one": (["--port", "9092/TCP", "--kafka-api-key", "produce"], "DENIED",
+                                         "ingress: no L7 rule matches the request (Produce (no version))"),
+    "Kafka version given": (["--port", "9092/TCP", "--kafka-api-key", "produce", "--kafka-api-version", "0"], "ALLOWED", None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABSENT_FACTS))
+def test_trace_does_not_guess_absent_request_facts(tmp_path, name):
+    args, verdict, reason = ABSENT_FACTS[name]
+    path = tmp_path / "facts.yaml"
+    path.write_text(ABSENT_FACTS_POLICY)
+    port = [] if "--port" in args else ["--port", "8000/TCP"]
+    result = run("policy", "trace", "--policy", path, "--endpoints", ENDPOINTS,
+                 "--from", "10.0.1.10", "--to", "10.0.1.20", *port, *args, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verdict"] == verdict, report
+    if reason is not None:
+        assert report["reason"] == reason
+
+
+# Issue 9, smaller item: a bad DNS pattern says what is wrong, where.
+BAD_DNS = {
+    ".": '"." alone (the DNS root) is not a pattern; use "*" to match every name',
+    "cilium..io": 'the pattern has an empty label (".." at characters 7-8)',
+    "a/b.com": '"/" (character 2) is not allowed',
+}
+
+
+@pytest.mark.parametrize("pattern", sorted(BAD_DNS))
+def test_validate_explains_a_bad_dns_pattern(tmp_path, pattern):
+    path = tmp_path / "dns.yaml"
+    path.write_text(f"""\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: dns, namespace: default}}
+spec:
+  endpointSelector: {{}}
+  egress:
+  - toFQDNs:
+    - matchPattern: "{pattern}"
+""")
+    result = run("policy", "validate", path)
+    assert result.returncode == 2
+    assert f"{path}:8:21: spec.egress[0].toFQDNs[0].matchPattern: {BAD_DNS[pattern]}" in result.stderr, result.stderr
+    assert "from [-a-zA-Z0-9_.*]" not in result.stderr

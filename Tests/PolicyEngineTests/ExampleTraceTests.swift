@@ -92,6 +92,12 @@ struct ExampleTraceTests {
         TraceCase(file: "clusterwide-egress.json", from: "10.0.10.10", to: "54.187.174.169", port: 443, fqdn: ["evil.example.com"], allowed: false),
         TraceCase(file: "clusterwide-egress.json", from: "10.0.10.10", to: "10.0.1.20", port: 8000, allowed: true),
         TraceCase(file: "clusterwide-egress.json", from: "10.0.10.10", to: "169.254.169.254", port: 80, allowed: false),
+        // deny-all-ingress.yaml: `ingress: [{}]` in a CiliumNetworkPolicy denies all ingress (issue 9, item 6)
+        TraceCase(file: "deny-all-ingress.yaml", from: "10.0.3.10", to: "10.0.4.10", port: 80, allowed: false),
+        TraceCase(file: "deny-all-ingress.yaml", from: "192.168.0.10", to: "10.0.4.10", port: 22, allowed: false),
+        TraceCase(file: "deny-all-ingress.yaml", from: "10.0.3.10", to: "10.0.4.10", port: 53, transport: .udp, allowed: false),
+        TraceCase(file: "deny-all-ingress.yaml", from: "10.0.4.10", to: "10.0.3.10", port: 80, allowed: true),
+        TraceCase(file: "deny-all-ingress.yaml", from: "10.0.4.10", to: "93.184.216.34", port: 443, allowed: true),
         // header-matches.yaml
         TraceCase(file: "header-matches.yaml", from: "10.0.8.40", to: "10.0.8.30", port: 8080, request: http("GET", "/v1/things", host: "api.example.com"), allowed: true),
         TraceCase(file: "header-matches.yaml", from: "10.0.8.40", to: "10.0.8.30", port: 8080, request: http("POST", "/v1/things", host: "api.example.com"), allowed: false),

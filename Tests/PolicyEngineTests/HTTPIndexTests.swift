@@ -148,7 +148,7 @@ struct HTTPIndexTests {
         }
         let huge = "/(?:" + (0..<3_000).map { "w\($0)" }.joined(separator: "|") + ")"
         items.append(HTTPRuleIndex.Item(entry: 0, rule: HTTPRule(index: 600, method: nil, path: try PCRE2Pattern(huge), host: nil, headers: [], headerMatches: [])))
-        let (programs, refused) = HTTPRuleIndex.programs(for: Array(items.indices), items: items)
+        let (programs, refused) = HTTPRuleIndex.programs(for: items.enumerated().compactMap { position, item in item.rule.path.map { (position, $0.source) } })
         #expect(programs.count >= 3)
         #expect(programs.allSatisfy { $0.members.count <= PCRE2Alternation.maximumMembers })
         #expect(Set(programs.flatMap(\.members) + refused) == Set(items.indices))
@@ -171,7 +171,7 @@ struct HTTPIndexTests {
             items.append(HTTPRuleIndex.Item(entry: 0, rule: HTTPRule(index: member, method: nil, path: try PCRE2Pattern(source), host: nil, headers: [], headerMatches: [])))
         }
         #expect(PCRE2Alternation(members: items.prefix(2).map { $0.rule.path!.source }) == nil, "the pair must be too large for PCRE2")
-        let (programs, refused) = HTTPRuleIndex.programs(for: Array(items.indices), items: items)
+        let (programs, refused) = HTTPRuleIndex.programs(for: items.enumerated().compactMap { position, item in item.rule.path.map { (position, $0.source) } })
         #expect(programs.isEmpty)
         #expect(refused.sorted() == [0, 1, 2, 3])
         let index = HTTPRuleIndex(items: items)

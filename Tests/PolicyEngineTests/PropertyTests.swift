@@ -24,7 +24,8 @@ struct ReferenceEvaluator {
                         var clauses: [(Int?, Bool, L7Rules?)] = []
                         if peerRule.portRules.isEmpty { clauses.append((nil, true, nil)) }
                         for portRule in peerRule.portRules {
-                            let covers = portRule.ports.isEmpty || portRule.ports.contains { $0.covers(port: flow.port, transport: flow.transport, namedPorts: named) }
+                            // A port rule without ports covers no port (`toPorts: [{}]`).
+                            let covers = portRule.ports.contains { $0.covers(port: flow.port, transport: flow.transport, namedPorts: named) }
                             clauses.append((portRule.index, covers, portRule.l7))
                         }
                         for (portIndex, covers, l7) in clauses where covers {
@@ -50,12 +51,15 @@ struct ReferenceEvaluator {
     }
 
     static func matches(_ rule: HTTPRule, _ request: HTTPRequestFacts) -> Bool {
-        if let method = rule.method, !method.matches(request.method) { return false }
-        if let path = rule.path, !path.matches(request.path) { return false }
-        if let host = rule.host, !host.matches(request.host ?? "") { return false }
+        // An absent fact fails a rule field that tests it.
+        if let method = rule.method, !(request.method.map(method.matches) ?? false) { return false }
+        if let path = rule.path, !(request.path.map(path.matches) ?? false) { return false }
+        if let host = rule.host, !(request.host.map(host.matches) ?? false) { return false }
         for header in rule.headers {
+            // A repeated header is seen as its values joined with ",".
             let values = request.headers.filter { $0.name.lowercased() == header.name }.map(\.value)
-            if values.isEmpty || (header.value != nil && !values.contains(header.value!)) { return false }
+            if values.isEmpty { return false }
+            if let expected = header.value, values.joined(separator: ",") != expected { return false }
         }
         return true
     }
@@ -109,6 +113,10 @@ struct PropertyTests {
                     }
                 }
             }
+        }
+        if generator.next() % 6 == 0 {
+            // An empty rule: it turns default deny on and allows nothing.
+            text += "  - {}\n"
         }
         if generator.next() % 4 == 0 {
             text += "  ingressDeny:\n  - fromEndpoints: [{matchLabels: {app: \(pick(apps))}}]\n    toPorts: [{ports: [{port: \"\(pick(["80", "8080"]))\", protocol: TCP}]}]\n"

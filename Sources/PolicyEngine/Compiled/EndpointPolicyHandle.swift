@@ -30,13 +30,13 @@ public struct EndpointPolicyHandle: Sendable {
 
     /// Evaluates a connection at L3/L4 (see `PolicySnapshot.evaluate(flow:)`).
     public func evaluate(flow: FlowContext) -> Verdict {
-        L4Match(flow: flow, policy: policy.direction(flow.direction)).decide(forRequest: false)!
+        L4Match(flow: flow, policy: policy.direction(flow.direction)).connectionVerdict()
     }
 
     /// Evaluates one HTTP request (see `PolicySnapshot.evaluate(flow:http:)`).
     public func evaluate(flow: FlowContext, http request: HTTPRequestFacts) -> Verdict {
         let match = L4Match(flow: flow, policy: policy.direction(flow.direction))
-        if let decided = match.decide(forRequest: true) { return decided }
+        if let decided = match.requestVerdictAtL4() { return decided }
         let (scanned, hasHTTP) = match.httpClauses()
         return match.evaluate(http: request, scanned: scanned, hasHTTP: hasHTTP)
     }
@@ -44,13 +44,18 @@ public struct EndpointPolicyHandle: Sendable {
     /// Evaluates one Kafka request (see `PolicySnapshot.evaluate(flow:kafka:)`).
     public func evaluate(flow: FlowContext, kafka request: KafkaRequestFacts) -> Verdict {
         let match = L4Match(flow: flow, policy: policy.direction(flow.direction))
-        return match.decide(forRequest: true) ?? match.evaluate(kafka: request)
+        return match.requestVerdictAtL4() ?? match.evaluate(kafka: request)
     }
 
     /// Evaluates one DNS question (see `PolicySnapshot.evaluate(flow:dns:)`).
     public func evaluate(flow: FlowContext, dns query: DNSQueryFacts) -> Verdict {
         let match = L4Match(flow: flow, policy: policy.direction(flow.direction))
-        return match.decide(forRequest: true) ?? match.evaluate(dns: query)
+        return match.requestVerdictAtL4() ?? match.evaluate(dns: query)
+    }
+
+    /// The L7 protocols whose rules judge requests on `flow` (see `ConnectionPolicy.l7Protocols`).
+    public func l7Protocols(for flow: FlowContext) -> Set<L7Protocol> {
+        L4Match(flow: flow, policy: policy.direction(flow.direction)).l7Protocols()
     }
 }
 
@@ -67,15 +72,33 @@ public final class ConnectionPolicy: Sendable {
     private let scannedHTTP: [(entry: Int, rules: [HTTPRule])]
     private let hasHTTP: Bool
 
+    /// The application protocols whose L7 rules judge every request on this connection;
+    /// empty when its L3/L4 part decides every request the same way.
+    ///
+    /// - Empty: a deny rule matches, default deny has no rule for this peer and port, no
+    ///   policy enforces the direction, or an allow rule without L7 rules covers this peer
+    ///   and port (every request is allowed at L4). `verdict` says which: a proxy relays
+    ///   an allowed connection without parsing it, and never sees a denied one.
+    /// - Not empty: the connection is allowed only request by request, by the L7 rules of
+    ///   the allow rules that cover this peer, port and transport (`flow.transport`: DNS
+    ///   rules over UDP and TCP alike); rules for other peers or ports do not count. A
+    ///   request of a protocol outside the set is denied (`l7ProtocolMismatch`). A proxy
+    ///   that cannot parse one of these protocols must deny and report the connection,
+    ///   never relay it unjudged.
+    ///
+    /// Computed once per `ConnectionPolicy`; reading it is free.
+    public let l7Protocols: Set<L7Protocol>
+
     init(flow: FlowContext, policy: DirectionPolicy) {
         self.flow = flow
         match = L4Match(flow: flow, policy: policy)
-        requestDecision = match.decide(forRequest: true)
+        requestDecision = match.requestVerdictAtL4()
         (scannedHTTP, hasHTTP) = match.httpClauses()
+        l7Protocols = requestDecision == nil ? match.allowedL7Protocols() : []
     }
 
     /// The L3/L4 verdict for the connection (a port with L7 rules is allowed here).
-    public var verdict: Verdict { match.decide(forRequest: false)! }
+    public var verdict: Verdict { match.connectionVerdict() }
 
     /// Evaluates one HTTP request on the connection.
     public func evaluate(http request: HTTPRequestFacts) -> Verdict {
@@ -130,21 +153,46 @@ final class L4Match: Sendable {
         allowedSet?.contains(entry) ?? allows.contains(entry)
     }
 
-    /// Decides the parts common to every request type; nil means "L7 rules decide".
-    func decide(forRequest: Bool) -> Verdict? {
+    /// The verdict for the connection itself: deny rules, default deny, or allowed (a
+    /// port with L7 rules is allowed here; its requests are judged one by one).
+    func connectionVerdict() -> Verdict {
+        if let decided = decisionWithoutAllows() { return decided }
+        let plain = allows.filter { policy.entries[$0].l7 == nil }
+        let deciding = plain.isEmpty ? allows : plain
+        return Verdict(isAllowed: true, reason: .allowedAtL4, matched: deciding.map { policy.entries[$0].reference })
+    }
+
+    /// The verdict for every request on the connection when L3/L4 decides it (deny rule,
+    /// default deny, no enforcement, an allow without L7 rules); nil when the L7 rules of
+    /// the matching allow rules decide each request.
+    func requestVerdictAtL4() -> Verdict? {
+        if let decided = decisionWithoutAllows() { return decided }
+        let plain = allows.filter { policy.entries[$0].l7 == nil }
+        guard !plain.isEmpty else { return nil }
+        // An allow without L7 rules for this peer and port admits every request on it.
+        return Verdict(isAllowed: true, reason: .allowedAtL4, matched: plain.map { policy.entries[$0].reference })
+    }
+
+    /// Deny rules, then default deny (or no enforcement) when no allow matches; nil when
+    /// some allow rule matches the peer and port.
+    private func decisionWithoutAllows() -> Verdict? {
         if !denies.isEmpty {
             return Verdict(isAllowed: false, reason: .deniedByRule, matched: denies.map { policy.entries[$0].reference })
         }
         if allows.isEmpty {
             return policy.isEnforced ? Verdict(isAllowed: false, reason: .noRuleAllows) : Verdict(isAllowed: true, reason: .notEnforced)
         }
-        let plain = allows.filter { policy.entries[$0].l7 == nil }
-        if !forRequest || !plain.isEmpty {
-            // An allow without L7 rules for this peer and port admits every request on it.
-            let deciding = plain.isEmpty ? allows : plain
-            return Verdict(isAllowed: true, reason: .allowedAtL4, matched: deciding.map { policy.entries[$0].reference })
-        }
         return nil
+    }
+
+    /// See `ConnectionPolicy.l7Protocols`.
+    func l7Protocols() -> Set<L7Protocol> {
+        requestVerdictAtL4() == nil ? allowedL7Protocols() : []
+    }
+
+    /// The protocols of the L7 rules among the matching allow clauses.
+    func allowedL7Protocols() -> Set<L7Protocol> {
+        Set(allows.compactMap { policy.entries[$0].l7?.l7Protocol })
     }
 
     var l7Name: String {
@@ -163,7 +211,9 @@ extension L4Match {
         for position in allows {
             guard case .http(let rules)? = policy.entries[position].l7 else { continue }
             hasHTTP = true
-            if slot?.http == nil || !slot!.entries.contains(position) { scanned.append((position, rules)) }
+            // Rules of a clause the slot's index holds are found through the index.
+            if let slot, slot.http != nil, slot.entries.contains(position) { continue }
+            scanned.append((position, rules))
         }
         return (scanned, hasHTTP)
     }
@@ -184,17 +234,25 @@ extension L4Match {
             logs += outcome.logMessages.map { "\(reference): \($0)" }
         }
         if let index = slot?.http {
-            index.forEachCandidate(method: request.method, path: request.path) { item, isMethodKnown, isPathKnown in
-                let candidate = index.items[item]
-                guard isAllowed(candidate.entry) else { return }
-                consider(entry: candidate.entry, rule: candidate.rule, isMethodKnown: isMethodKnown, isPathKnown: isPathKnown)
+            if let method = request.method, let path = request.path {
+                index.forEachCandidate(method: method, path: path) { item, isMethodKnown, isPathKnown in
+                    let candidate = index.items[item]
+                    guard isAllowed(candidate.entry) else { return }
+                    consider(entry: candidate.entry, rule: candidate.rule, isMethodKnown: isMethodKnown, isPathKnown: isPathKnown)
+                }
+            } else {
+                // The index is keyed by method and path; without one (a trace that gives
+                // neither) every rule is checked, and those testing the absent fact fail.
+                for candidate in index.items where isAllowed(candidate.entry) {
+                    consider(entry: candidate.entry, rule: candidate.rule, isMethodKnown: false, isPathKnown: false)
+                }
             }
         }
         for (entry, rules) in scannedHTTP {
             for rule in rules { consider(entry: entry, rule: rule, isMethodKnown: false, isPathKnown: false) }
         }
         if matched.isEmpty {
-            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(request.method) \(request.path)"))
+            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(request.method ?? "(no method)") \(request.path ?? "(no path)")"))
         }
         return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched, headerActions: actions, logMessages: logs)
     }
@@ -227,7 +285,7 @@ extension L4Match {
             matched = Array(references)
         }
         if matched.isEmpty {
-            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(KafkaAPIKeys.name(of: request.apiKey)) v\(request.apiVersion)"))
+            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(KafkaAPIKeys.name(of: request.apiKey)) \(request.apiVersion.map { "v\($0)" } ?? "(no version)")"))
         }
         return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched)
     }

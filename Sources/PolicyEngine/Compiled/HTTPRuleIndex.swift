@@ -103,8 +103,8 @@ final class HTTPRuleIndex: Sendable {
     /// prefilter and those combined into programs. Few path regexes: all one by one.
     static func organize(_ members: [Int], items: [Item]) -> (single: [Int], prefilter: LiteralPrefilter?, programs: [Program]) {
         var single: [Int] = []
-        var literal: [(item: Int, literal: [UInt8])] = []
-        var combinable: [Int] = []
+        var literal: [(item: Int, literal: [UInt8], path: String)] = []
+        var combinable: [(item: Int, path: String)] = []
         let pathCount = members.count { items[$0].rule.path != nil }
         for member in members {
             guard pathCount >= minimumCombined, let path = items[member].rule.path else {
@@ -112,55 +112,56 @@ final class HTTPRuleIndex: Sendable {
                 continue
             }
             if let required = LiteralPrefilter.requiredLiteral(of: path.source) {
-                literal.append((member, required))
+                literal.append((member, required, path.source))
             } else if PCRE2Alternation.isCombinable(path.source) {
-                combinable.append(member)
+                combinable.append((member, path.source))
             } else {
                 single.append(member)
             }
         }
         var prefilter: LiteralPrefilter?
         if literal.count >= minimumCombined {
-            prefilter = LiteralPrefilter(literal)
+            prefilter = LiteralPrefilter(literal.map { ($0.item, $0.literal) })
         } else {
-            combinable += literal.map(\.item)
-            combinable.sort()
+            combinable += literal.map { ($0.item, $0.path) }
+            combinable.sort { $0.item < $1.item }
         }
         var programs: [Program] = []
         if combinable.count >= minimumCombined {
             let refused: [Int]
-            (programs, refused) = Self.programs(for: combinable, items: items)
+            (programs, refused) = Self.programs(for: combinable)
             single += refused
         } else {
-            single += combinable
+            single += combinable.map(\.item)
         }
         return (single.sorted(), prefilter, programs)
     }
 
-    /// Groups `members` into programs of at most 255 members and `maximumSourceBytes`;
-    /// a program PCRE2 refuses is split in halves, and a single member it refuses is
-    /// returned in `refused` (checked alone). No policy is ever rejected for size.
-    static func programs(for members: [Int], items: [Item]) -> (programs: [Program], refused: [Int]) {
+    /// Groups `members` (items with their path regex) into programs of at most 255
+    /// members and `maximumSourceBytes`; a program PCRE2 refuses is split in halves, and
+    /// a single member it refuses is returned in `refused` (checked alone). No policy is
+    /// ever rejected for size.
+    static func programs(for members: [(item: Int, path: String)]) -> (programs: [Program], refused: [Int]) {
         var programs: [Program] = []
         var refused: [Int] = []
-        func compile(_ chunk: [Int]) {
-            guard !chunk.isEmpty else { return }
+        func compile(_ chunk: [(item: Int, path: String)]) {
+            guard let first = chunk.first else { return }
             if chunk.count == 1 {
                 // One pattern alone is already as fast as its own PCRE2Pattern.
-                refused.append(chunk[0])
+                refused.append(first.item)
                 return
             }
-            if let alternation = PCRE2Alternation(members: chunk.map { items[$0].rule.path!.source }) {
-                programs.append(Program(alternation: alternation, members: chunk))
+            if let alternation = PCRE2Alternation(members: chunk.map(\.path)) {
+                programs.append(Program(alternation: alternation, members: chunk.map(\.item)))
             } else {
                 compile(Array(chunk[..<(chunk.count / 2)]))
                 compile(Array(chunk[(chunk.count / 2)...]))
             }
         }
-        var chunk: [Int] = []
+        var chunk: [(item: Int, path: String)] = []
         var bytes = 0
         for member in members {
-            let size = items[member].rule.path!.source.utf8.count + 16
+            let size = member.path.utf8.count + 16
             if !chunk.isEmpty, chunk.count == PCRE2Alternation.maximumMembers || bytes + size > PCRE2Alternation.maximumSourceBytes {
                 compile(chunk)
                 chunk = []
@@ -374,8 +375,8 @@ struct LiteralPrefilter: Sendable {
         var filter = [UInt64](repeating: 0, count: bits / 64)
         let shift = UInt32(32 - bits.trailingZeroBitCount)
         var byWindow: [UInt32: [(literal: [UInt8], item: Int)]] = [:]
-        for member in members {
-            precondition(member.literal.count >= Self.minimumLiteral)
+        for member in members where member.literal.count >= Self.minimumLiteral {
+            // `requiredLiteral` returns only literals this long; a shorter one is never a candidate.
             let window = member.literal.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
             let bit = Int((window &* 0x9E37_79B1) >> shift)
             filter[bit >> 6] |= 1 << UInt64(bit & 63)

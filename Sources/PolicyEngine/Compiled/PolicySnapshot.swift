@@ -68,12 +68,16 @@ public final class PolicySnapshot: Sendable {
                     for (isDeny, list) in [(false, allows), (true, denies)] {
                         for peerRule in list {
                             requirements += peerRule.requires
+                            // A rule that selects no peer (`ingress: [{}]`, `fromEndpoints: []`)
+                            // allows or denies nothing; its section still turned default deny on.
+                            if let peers = peerRule.peers, peers.isEmpty { continue }
                             let base = RuleReference(policyIndex: policyIndex, policy: policy.qualifiedName, direction: direction,
                                                      isDeny: isDeny, rule: peerRule.index, portRule: nil, l7Rule: nil)
                             if peerRule.portRules.isEmpty {
                                 entries.append(PortEntry(reference: base, peers: peerRule.peers, ports: [], icmpTypes: peerRule.icmpTypes, l7: nil))
                             }
-                            for portRule in peerRule.portRules {
+                            // A port rule without ports (`toPorts: [{}]`) covers no port.
+                            for portRule in peerRule.portRules where !portRule.ports.isEmpty {
                                 let reference = RuleReference(policyIndex: policyIndex, policy: policy.qualifiedName, direction: direction,
                                                               isDeny: isDeny, rule: peerRule.index, portRule: portRule.index, l7Rule: nil)
                                 entries.append(PortEntry(reference: reference, peers: peerRule.peers, ports: portRule.ports, icmpTypes: [], l7: portRule.l7))
@@ -119,6 +123,13 @@ public final class PolicySnapshot: Sendable {
     /// Evaluates one DNS question (egress to a DNS server, or the same matcher for toFQDNs peers).
     public func evaluate(flow: FlowContext, dns query: DNSQueryFacts) -> Verdict {
         policy(forEndpoint: flow.subject).evaluate(flow: flow, dns: query)
+    }
+
+    /// The application protocols whose L7 rules judge requests on `flow`; empty when the
+    /// L3/L4 part decides them all (see `ConnectionPolicy.l7Protocols`, the same answer
+    /// kept per connection). Works for any transport: a DNS port over UDP answers `[.dns]`.
+    public func l7Protocols(for flow: FlowContext) -> Set<L7Protocol> {
+        policy(forEndpoint: flow.subject).l7Protocols(for: flow)
     }
 }
 

@@ -10,38 +10,55 @@ extension HTTPRule {
     /// presence) and `headerMatches` with their mismatch actions. Fields are ANDed.
     /// `isMethodKnown`/`isPathKnown`: the caller has already established that the
     /// method (a literal equal to the request's) or the path matches.
+    ///
+    /// A fact the request does not have (`HTTPRequestFacts` with a nil method, path or
+    /// host) fails every rule field that tests it. A header sent several times is
+    /// compared as its values joined with `,` (`HTTPRequestFacts.value(of:)`), so
+    /// `headers: ["X-Token: secret"]` does not match `X-Token: wrong` + `X-Token: secret`;
+    /// a bare `Name` (presence) is satisfied by any copy.
     func evaluate(_ request: HTTPRequestFacts, isMethodKnown: Bool = false, isPathKnown: Bool = false) -> HTTPRuleOutcome {
         var outcome = HTTPRuleOutcome()
-        if !isMethodKnown, let method, !method.matches(request.method) { return outcome }
-        if !isPathKnown, let path, !path.matches(request.path) { return outcome }
-        if let host, !host.matches(request.host ?? "") { return outcome }
+        if !isMethodKnown, let method {
+            guard let requestMethod = request.method, method.matches(requestMethod) else { return outcome }
+        }
+        if !isPathKnown, let path {
+            guard let requestPath = request.path, path.matches(requestPath) else { return outcome }
+        }
+        if let host {
+            guard let requestHost = request.host, host.matches(requestHost) else { return outcome }
+        }
         for header in headers {
-            let values = request.values(of: header.name)
             if let expected = header.value {
-                if !values.contains(expected) { return outcome }
-            } else if values.isEmpty {
+                // "Name: value" is an exact match of the whole (combined) value.
+                guard request.value(of: header.name) == expected else { return outcome }
+            } else if !request.contains(header: header.name) {
                 return outcome
             }
         }
         for match in headerMatches {
-            let values = request.values(of: match.name)
-            let satisfied = match.value.map { values.contains($0.value) } ?? !values.isEmpty
+            let satisfied: Bool
+            if let expected = match.value {
+                satisfied = request.value(of: match.name) == expected.value
+            } else {
+                satisfied = request.contains(header: match.name)
+            }
             if satisfied { continue }
             switch match.mismatch {
             case .deny:
                 return outcome
             case .log:
                 outcome.logMessages.append("header \(match.name) mismatch: expected \(match.value.map { "\"\($0)\"" } ?? "presence")")
-            case .add:
-                outcome.headerActions.append(.add(name: match.name, value: match.value!))
+            case .add(let value):
+                outcome.headerActions.append(.add(name: match.name, value: value))
             case .delete:
+                // Every copy goes: the proxy removes fields by name.
                 outcome.headerActions.append(.remove(name: match.name))
-            case .replace:
-                outcome.headerActions.append(.replace(name: match.name, value: match.value!))
+            case .replace(let value):
+                // Every copy is replaced by the one value.
+                outcome.headerActions.append(.replace(name: match.name, value: value))
             }
         }
         outcome.matched = true
         return outcome
     }
 }
-

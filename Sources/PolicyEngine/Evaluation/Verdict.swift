@@ -21,35 +21,75 @@ public struct FlowContext: Sendable, Hashable {
 }
 
 /// An HTTP request as policy sees it (HTTP/1.1 or HTTP/2 alike).
+///
+/// A fact that is absent (nil: `policy trace` without `--http-method`, a request without
+/// a Host header) is not guessed: a rule that tests it does not match, and a rule that
+/// does not test it still may. The proxy always knows the method and the path.
 public struct HTTPRequestFacts: Sendable {
-    public let method: String
+    public let method: String?
     /// The request target including the query string (`/a?b=1`), as Cilium matches it.
-    public let path: String
+    public let path: String?
     /// Host header or `:authority`, possibly with `:port`.
     public let host: String?
+    /// Header fields in the order received; a name may repeat.
     public let headers: [(name: String, value: String)]
 
-    public init(method: String, path: String, host: String? = nil, headers: [(name: String, value: String)] = []) {
+    /// Callers with a method and a path pass them as they are (`String` converts).
+    public init(method: String?, path: String?, host: String? = nil, headers: [(name: String, value: String)] = []) {
         self.method = method
         self.path = path
         self.host = host
         self.headers = headers
     }
 
-    func values(of name: String) -> [String] {
-        headers.compactMap { $0.name.lowercased() == name ? $0.value : nil }
+    /// The value rules see for header `name` (lower case): nil when absent, the value
+    /// when sent once, and every value joined with `,` in order when sent several times,
+    /// as the reference's proxy sees a repeated header (RFC 9110 §5.3: a recipient "MAY
+    /// combine multiple field lines with the same field name into one ... by appending
+    /// each subsequent field line value to the combined field value in order, separated
+    /// by a comma"). So `X-Token: wrong` then `X-Token: secret` reads `wrong,secret`, and
+    /// a rule cannot be satisfied by one copy while the server acts on another.
+    /// Allocates only when the name repeats.
+    public func value(of name: String) -> String? {
+        var value: String?
+        for header in headers where Self.equalsIgnoringASCIICase(header.name, lowercased: name) {
+            if value == nil {
+                value = header.value
+            } else {
+                value?.append(",")
+                value?.append(header.value)
+            }
+        }
+        return value
+    }
+
+    /// True when header `name` (lower case) was sent at least once.
+    public func contains(header name: String) -> Bool {
+        headers.contains { Self.equalsIgnoringASCIICase($0.name, lowercased: name) }
+    }
+
+    /// ASCII case-insensitive comparison with an already lower-cased name, without
+    /// allocating (field names are tokens: ASCII, RFC 9110 §5.1).
+    static func equalsIgnoringASCIICase(_ text: String, lowercased name: String) -> Bool {
+        guard text.utf8.count == name.utf8.count else { return false }
+        return zip(text.utf8, name.utf8).allSatisfy { byte, lowered in
+            (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte) == lowered
+        }
     }
 }
 
 /// A Kafka request as policy sees it.
 public struct KafkaRequestFacts: Sendable {
     public let apiKey: Int16
-    public let apiVersion: Int16
+    /// Nil when not known (`policy trace` without `--kafka-api-version`): a rule that
+    /// names a version does not match.
+    public let apiVersion: Int16?
     public let clientID: String?
     /// Every topic named in the request (empty for APIs that carry none).
     public let topics: [String]
 
-    public init(apiKey: Int16, apiVersion: Int16, clientID: String? = nil, topics: [String] = []) {
+    /// Callers with a version pass it as it is (`Int16` converts).
+    public init(apiKey: Int16, apiVersion: Int16?, clientID: String? = nil, topics: [String] = []) {
         self.apiKey = apiKey
         self.apiVersion = apiVersion
         self.clientID = clientID

@@ -58,7 +58,7 @@ public struct EndpointDirectory: Sendable {
     /// True when `text` is an endpoints file rather than policy documents: its first
     /// document is a mapping with `endpoints` and no `kind`.
     public static func isEndpointsText(_ text: String) -> Bool {
-        guard let root = try? Yams.compose(yaml: text), case .mapping(let mapping) = root else { return false }
+        guard let root = try? YAMLText.firstDocument(text, file: ""), case .mapping(let mapping) = root else { return false }
         return mapping["endpoints"] != nil && mapping["kind"] == nil
     }
 
@@ -70,12 +70,7 @@ public struct EndpointDirectory: Sendable {
 
     /// Parses endpoints file text; `file` names it in errors.
     public static func load(text: String, file: String) throws(PolicyError) -> EndpointDirectory {
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: text)
-        } catch {
-            throw PolicyLoader.yamlError(error, file: file)
-        }
+        let root = try YAMLText.firstDocument(text, file: file)
         var directory = EndpointDirectory()
         guard let root else { return directory }
         let top = try YAMLField(node: root, path: "", file: file).mapping(allowed: ["namespaces", "endpoints"])
@@ -83,7 +78,8 @@ public struct EndpointDirectory: Sendable {
         if let namespaces = top.optional("namespaces") {
             let map = try namespaces.mapping(allowed: nil)
             for name in map.order {
-                namespaceLabels[name] = try stringMap(map.present(name)!)
+                guard let labels = map.present(name) else { continue }
+                namespaceLabels[name] = try stringMap(labels)
             }
         }
         for element in try top.list("endpoints") {
@@ -91,11 +87,11 @@ public struct EndpointDirectory: Sendable {
             let prefix: CIDR
             if let ipField = map.optional("ip") {
                 let text = try ipField.string()
-                guard let address = IPAddress(text) else { throw ipField.error("expected an IPv4 or IPv6 address, got \"\(text)\"") }
+                guard let address = IPAddress(text) else { throw ipField.error("expected an IPv4 or IPv6 address, got \(DocumentReader.quoted(text))") }
                 prefix = CIDR(network: address, prefixLength: address.bitWidth)
             } else if let cidrField = map.optional("cidr") {
                 let text = try cidrField.string()
-                guard let cidr = CIDR(text) else { throw cidrField.error("expected a CIDR such as 10.0.0.0/24, got \"\(text)\"") }
+                guard let cidr = CIDR(text) else { throw cidrField.error("expected a CIDR such as 10.0.0.0/24, got \(DocumentReader.quoted(text))") }
                 prefix = cidr
             } else {
                 throw element.error("expected ip or cidr")
@@ -105,17 +101,17 @@ public struct EndpointDirectory: Sendable {
             if let portsField = map.optional("ports") {
                 let portsMap = try portsField.mapping(allowed: nil)
                 for name in portsMap.order {
-                    let valueField = portsMap.present(name)!
+                    guard let valueField = portsMap.present(name) else { continue }
                     let text = try valueField.string()
                     let parts = text.split(separator: "/")
                     guard DocumentReader.isServiceName(name), let number = parts.first.flatMap({ UInt16($0) }), number > 0,
                           parts.count <= 2 else {
-                        throw valueField.error("expected NAME: PORT[/TCP|UDP|SCTP] with an IANA service name, got \(name): \"\(text)\"")
+                        throw valueField.error("expected NAME: PORT[/TCP|UDP|SCTP] with an IANA service name, got \(DocumentReader.quoted(name + ": " + text))")
                     }
                     var transport = TransportProtocol.tcp
                     if parts.count == 2 {
                         guard let parsed = TransportProtocol(rawValue: parts[1].uppercased()), parsed != .icmp, parsed != .icmpv6 else {
-                            throw valueField.error("expected TCP, UDP or SCTP after /, got \"\(parts[1])\"")
+                            throw valueField.error("expected TCP, UDP or SCTP after /, got \(DocumentReader.quoted(String(parts[1])))")
                         }
                         transport = parsed
                     }
@@ -125,7 +121,7 @@ public struct EndpointDirectory: Sendable {
             if let reservedField = map.optional("reserved") {
                 let text = try reservedField.string()
                 guard let kind = ReservedIdentity(rawValue: text), kind != .world else {
-                    throw reservedField.error("expected one of host, remote-node, kube-apiserver, health, ingress, init, unmanaged, got \"\(text)\"")
+                    throw reservedField.error("expected one of host, remote-node, kube-apiserver, health, ingress, init, unmanaged, got \(DocumentReader.quoted(text))")
                 }
                 let extra = labels.map { Label(parsing: "\($0.key)=\($0.value)") }
                 directory.add(.reserved(kind, labels: extra), prefix: prefix)
@@ -134,7 +130,7 @@ public struct EndpointDirectory: Sendable {
             let namespaceField = try map.required("namespace", "the pod's namespace (or reserved: KIND)")
             let namespace = try namespaceField.string()
             guard DocumentReader.isDNSLabel(namespace) else {
-                throw namespaceField.error("expected a namespace name (DNS label), got \"\(namespace)\"")
+                throw namespaceField.error("expected a namespace name (DNS label), got \(DocumentReader.quoted(namespace))")
             }
             let identity = Identity.pod(namespace: namespace, labels: labels, namespaceLabels: namespaceLabels[namespace] ?? [:],
                                         podName: try map.string("pod"), namedPorts: namedPorts)
@@ -147,7 +143,7 @@ public struct EndpointDirectory: Sendable {
         let map = try field.mapping(allowed: nil)
         var result: [String: String] = [:]
         for key in map.order {
-            let value = map.present(key)!
+            guard let value = map.present(key) else { continue }
             result[key] = value.isNull ? "" : try value.string()
         }
         return result

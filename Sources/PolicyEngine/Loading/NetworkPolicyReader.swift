@@ -71,7 +71,7 @@ struct NetworkPolicyReader {
                 } else if DocumentReader.isServiceName(text) {
                     port = .named(text.lowercased())
                 } else {
-                    throw portField.error("expected a port number 1-65535 or a port name, got \"\(text)\"")
+                    throw portField.error("expected a port number 1-65535 or a port name, got \(DocumentReader.quoted(text))")
                 }
             }
             var endPort: UInt16? = nil

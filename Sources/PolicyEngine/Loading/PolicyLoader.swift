@@ -49,31 +49,24 @@ public enum PolicyLoader {
         }
     }
 
-    /// Loads every document of `text`; `file` names it in errors.
+    /// Loads every document of `text`; `file` names it in errors. Never traps: any input
+    /// becomes policies and located errors (see `YAMLText` for the limits on YAML itself).
     public static func load(text: String, file: String, options: PolicyLoadOptions = PolicyLoadOptions()) -> PolicyLoadResult {
         var result = PolicyLoadResult()
-        let documents: YamlSequence<Node>
-        do {
-            documents = try Yams.compose_all(yaml: text)
-        } catch {
-            result.errors.append(yamlError(error, file: file))
-            return result
-        }
-        var iterator = documents
-        var index = 0
-        while let document = iterator.next() {
-            defer { index += 1 }
-            let field = YAMLField(node: document, path: "", file: file)
-            if field.isNull { continue }
-            result.documentCount += 1
-            do {
-                result.policies += try DocumentReader(file: file, options: options).policies(from: field)
-            } catch {
+        YAMLText.forEachDocument(text, file: file) { document in
+            switch document {
+            case .failure(let error):
                 result.errors.append(error)
+            case .success(let node):
+                let field = YAMLField(node: node, path: "", file: file)
+                if field.isNull { return }
+                result.documentCount += 1
+                do throws(PolicyError) {
+                    result.policies += try DocumentReader(file: file, options: options).policies(from: field)
+                } catch {
+                    result.errors.append(error)
+                }
             }
-        }
-        if let error = iterator.error {
-            result.errors.append(yamlError(error, file: file))
         }
         return result
     }
@@ -120,42 +113,47 @@ struct DocumentReader {
         let top = try document.mapping(allowed: nil)
         let kindField = try top.required("kind", "CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy or List")
         let kindText = try kindField.string()
-        let apiVersion = try top.required("apiVersion", "cilium.io/v2, networking.k8s.io/v1 or v1").string()
+        let apiVersionField = try top.required("apiVersion", "cilium.io/v2, networking.k8s.io/v1 or v1")
+        let apiVersion = try apiVersionField.string()
         if kindText == "List" {
-            guard apiVersion == "v1" else { throw top.optional("apiVersion")!.error("expected v1 for kind List, got \"\(apiVersion)\"") }
+            guard apiVersion == "v1" else { throw apiVersionField.error("expected v1 for kind List, got \(Self.quoted(apiVersion))") }
             var all: [Policy] = []
             for item in try top.list("items") { all += try policies(from: item) }
             return all
         }
         _ = try document.mapping(allowed: ["apiVersion", "kind", "metadata", "spec", "specs", "status"])
         guard let kind = Policy.Kind(rawValue: kindText) else {
-            throw kindField.error("expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy, got \"\(kindText)\"")
+            throw kindField.error("expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy, got \(Self.quoted(kindText))")
         }
         let expectedVersion = kind == .networkPolicy ? "networking.k8s.io/v1" : "cilium.io/v2"
         guard apiVersion == expectedVersion else {
-            throw top.optional("apiVersion")!.error("expected \(expectedVersion) for kind \(kindText), got \"\(apiVersion)\"")
+            throw apiVersionField.error("expected \(expectedVersion) for kind \(kindText), got \(Self.quoted(apiVersion))")
         }
         let metadata = try top.required("metadata", "a mapping with name (and namespace)").mapping(allowed: nil)
         let nameField = try metadata.required("name", "the policy name")
         let name = try nameField.string()
         guard Self.isDNSSubdomain(name) else {
-            throw nameField.error("expected a DNS subdomain name (lower-case letters, digits, '-' and '.', at most 253 characters), got \"\(name)\"")
+            throw nameField.error("expected a DNS subdomain name (lower-case letters, digits, '-' and '.', at most 253 characters), got \(Self.quoted(name))")
         }
         var namespace: String? = nil
         if kind != .ciliumClusterwideNetworkPolicy {
-            namespace = try metadata.string("namespace") ?? "default"
-            if let namespaceField = metadata.optional("namespace"), !Self.isDNSLabel(namespace!) {
-                throw namespaceField.error("expected a DNS label namespace (lower-case letters, digits and '-', at most 63 characters), got \"\(namespace!)\"")
+            var name = "default"
+            if let namespaceField = metadata.optional("namespace") {
+                name = try namespaceField.string()
+                guard Self.isDNSLabel(name) else {
+                    throw namespaceField.error("expected a DNS label namespace (lower-case letters, digits and '-', at most 63 characters), got \(Self.quoted(name))")
+                }
             }
+            namespace = name
         }
         let mark = document.fallbackMark
         let location = DocumentLocation(file: file, line: mark?.line ?? 0, column: mark?.column ?? 0)
 
         var rules: [PolicyRule] = []
         if kind == .networkPolicy {
-            if top.has("specs") { throw top.present("specs")!.error("NetworkPolicy has no specs; expected spec") }
+            if let specs = top.present("specs") { throw specs.error("NetworkPolicy has no specs; expected spec") }
             let spec = try top.required("spec", "the NetworkPolicy spec")
-            rules.append(try NetworkPolicyReader(reader: self, namespace: namespace!).rule(from: spec))
+            rules.append(try NetworkPolicyReader(reader: self, namespace: namespace ?? "default").rule(from: spec))
         } else {
             guard top.optional("spec") != nil || top.optional("specs") != nil else {
                 throw document.error("missing required field \"spec\" or \"specs\": expected at least one rule")
@@ -191,8 +189,8 @@ struct DocumentReader {
         switch (endpointField, nodeField) {
         case (nil, nil):
             throw field.error("expected endpointSelector or nodeSelector (rule must have one of them)")
-        case (.some, .some):
-            throw nodeField!.error("rule cannot have both endpointSelector and nodeSelector")
+        case (.some, .some(let selectorField)):
+            throw selectorField.error("rule cannot have both endpointSelector and nodeSelector")
         case (.some(let selectorField), nil):
             var selector = try labelSelector(from: selectorField)
             // Cilium scopes the subject of a namespaced policy to its namespace unconditionally.
@@ -206,8 +204,7 @@ struct DocumentReader {
             throw field.error("expected at least one of ingress, ingressDeny, egress, egressDeny")
         }
         let isHostPolicy = nodeField != nil
-        var lists: [String: [PeerRule]] = [:]
-        for list in directions {
+        func rules(_ list: String) throws(PolicyError) -> [PeerRule] {
             var rules: [PeerRule] = []
             for element in try map.list(list) {
                 let direction: Direction = list.hasPrefix("ingress") ? .ingress : .egress
@@ -218,10 +215,16 @@ struct DocumentReader {
                 }
                 rules.append(rule)
             }
-            lists[list] = rules
+            return rules
         }
-        var defaultDenyIngress = !(lists["ingress"]!.isEmpty && lists["ingressDeny"]!.isEmpty)
-        var defaultDenyEgress = !(lists["egress"]!.isEmpty && lists["egressDeny"]!.isEmpty)
+        let ingress = try rules("ingress")
+        let ingressDeny = try rules("ingressDeny")
+        let egress = try rules("egress")
+        let egressDeny = try rules("egressDeny")
+        // "if there is a peer selector for that direction, the default is deny": a section
+        // with any element, even `[{}]`, turns default deny on for its direction.
+        var defaultDenyIngress = !(ingress.isEmpty && ingressDeny.isEmpty)
+        var defaultDenyEgress = !(egress.isEmpty && egressDeny.isEmpty)
         if let defaults = map.optional("enableDefaultDeny") {
             let defaultsMap = try defaults.mapping(allowed: ["ingress", "egress"])
             if let ingress = defaultsMap.optional("ingress") { defaultDenyIngress = try ingress.bool() }
@@ -230,8 +233,8 @@ struct DocumentReader {
         if let labels = map.optional("labels") {
             for label in try labels.sequence() { _ = try label.mapping(allowed: ["key", "value", "source"]) }
         }
-        return PolicyRule(subject: subject, ingress: lists["ingress"]!, ingressDeny: lists["ingressDeny"]!,
-                          egress: lists["egress"]!, egressDeny: lists["egressDeny"]!,
+        return PolicyRule(subject: subject, ingress: ingress, ingressDeny: ingressDeny,
+                          egress: egress, egressDeny: egressDeny,
                           defaultDenyIngress: defaultDenyIngress, defaultDenyEgress: defaultDenyEgress,
                           description: try map.string("description"))
     }
@@ -243,13 +246,14 @@ struct DocumentReader {
         let map = try field.mapping(allowed: members + ["toPorts", "icmps", "authentication"])
 
         // "Combining FromEndpoints and FromCIDR is not supported": one kind of L3 peer per rule.
-        let l3Members = members.filter { $0 != prefix + "Requires" && map.optional($0) != nil && !((try? map.list($0))?.isEmpty ?? false) }
+        let l3Fields = members.filter { $0 != prefix + "Requires" }.compactMap { name in map.optional(name).map { (name, $0) } }
+        let explicitlyEmpty = l3Fields.filter { (try? $0.1.sequence())?.isEmpty ?? false }
+        let l3Members = l3Fields.filter { member in !explicitlyEmpty.contains { $0.0 == member.0 } }
         if l3Members.count > 1 {
-            throw map.optional(l3Members[1])!.error("one kind of peer per rule: cannot combine \(l3Members[0]) and \(l3Members[1])")
+            throw l3Members[1].1.error("one kind of peer per rule: cannot combine \(l3Members[0].0) and \(l3Members[1].0)")
         }
         var peers: [Peer]? = nil
-        if let member = l3Members.first {
-            let memberField = map.optional(member)!
+        if case let (member, memberField)? = l3Members.first {
             peers = try self.peers(member: String(member.dropFirst(prefix.count)), field: memberField, namespace: namespace)
         }
         var requires: [LabelSelector] = []
@@ -258,8 +262,8 @@ struct DocumentReader {
             if let namespace, !selector.namesNamespace, !selector.namesReservedLabels { selector = selector.scoped(to: namespace) }
             requires.append(selector)
         }
-        if l3Members.first == "toServices", map.optional("toPorts") != nil {
-            throw map.optional("toPorts")!.error("toServices cannot be combined with toPorts")
+        if l3Members.first?.0 == "toServices", let toPorts = map.optional("toPorts") {
+            throw toPorts.error("toServices cannot be combined with toPorts")
         }
         var portRules: [PortRule] = []
         for (position, element) in try map.list("toPorts").enumerated() {
@@ -281,6 +285,16 @@ struct DocumentReader {
                 }
             }
         }
+        if !explicitlyEmpty.isEmpty {
+            // The reference: "Explicitly check for empty non-nil slices, it should not result
+            // in any identity being selected" (`fromEndpoints: []` selects nobody, even with toPorts).
+            peers = []
+        } else if l3Members.isEmpty, portRules.isEmpty, icmpTypes.isEmpty {
+            // No peer and no port: the rule selects nothing. In `ingress`/`egress` this is the
+            // reference's documented deny-all ("ingress: [{}]": the section turns default deny
+            // on, the rule adds no allow); in `ingressDeny`/`egressDeny` it denies nothing.
+            peers = []
+        }
         return PeerRule(index: index, peers: peers, requires: requires, portRules: portRules, icmpTypes: icmpTypes)
     }
 
@@ -299,7 +313,7 @@ struct DocumentReader {
             for element in try field.sequence() {
                 let text = try element.string()
                 guard let cidr = CIDR(text, allowBareAddress: true) else {
-                    throw element.error("expected an IP address or CIDR such as 10.0.0.0/8, got \"\(text)\"")
+                    throw element.error("expected an IP address or CIDR such as 10.0.0.0/8, got \(Self.quoted(text))")
                 }
                 peers.append(.cidr(cidr, except: []))
             }
@@ -315,7 +329,7 @@ struct DocumentReader {
             for element in try field.sequence() {
                 let text = try element.string()
                 guard let entity = Entity(rawValue: text) else {
-                    throw element.error("expected an entity (\(Entity.allCases.map(\.rawValue).joined(separator: ", "))), got \"\(text)\"")
+                    throw element.error("expected an entity (\(Entity.allCases.map(\.rawValue).joined(separator: ", "))), got \(Self.quoted(text))")
                 }
                 peers.append(.entity(entity))
             }
@@ -348,13 +362,13 @@ struct DocumentReader {
         let cidrField = try map.required(cidrKey, "a CIDR such as 10.0.0.0/8")
         let text = try cidrField.string()
         guard let cidr = CIDR(text) else {
-            throw cidrField.error("expected a CIDR such as 10.0.0.0/8 (ADDRESS/LENGTH), got \"\(text)\"")
+            throw cidrField.error("expected a CIDR such as 10.0.0.0/8 (ADDRESS/LENGTH), got \(Self.quoted(text))")
         }
         var exceptions: [CIDR] = []
         for element in try map.list(exceptKey) {
             let exceptText = try element.string()
             guard let except = CIDR(exceptText) else {
-                throw element.error("expected a CIDR such as 10.1.0.0/16, got \"\(exceptText)\"")
+                throw element.error("expected a CIDR such as 10.1.0.0/16, got \(Self.quoted(exceptText))")
             }
             guard cidr.contains(except) else {
                 throw element.error("expected a prefix inside \(cidr), got \(exceptText)")
@@ -366,9 +380,10 @@ struct DocumentReader {
 
     func icmpType(from field: YAMLField) throws(PolicyError) -> ICMPType {
         let map = try field.mapping(allowed: ["type", "family"])
-        let family = try map.string("family") ?? "IPv4"
-        guard family == "IPv4" || family == "IPv6" else {
-            throw map.optional("family")!.error("expected IPv4 or IPv6, got \"\(family)\"")
+        let familyField = map.optional("family")
+        let family = try familyField?.string() ?? "IPv4"
+        if let familyField, family != "IPv4", family != "IPv6" {
+            throw familyField.error("expected IPv4 or IPv6, got \(Self.quoted(family))")
         }
         let typeField = try map.required("type", "an ICMP type number or name")
         let text = try typeField.string()
@@ -379,7 +394,7 @@ struct DocumentReader {
             "EchoRequest": (8, 128), "TimeExceeded": (11, 3), "ParameterProblem": (12, 4),
         ]
         guard let pair = names[text] else {
-            throw typeField.error("expected an ICMP type 0-255 or one of \(names.keys.sorted().joined(separator: ", ")), got \"\(text)\"")
+            throw typeField.error("expected an ICMP type 0-255 or one of \(names.keys.sorted().joined(separator: ", ")), got \(Self.quoted(text))")
         }
         return ICMPType(type: isIPv6 ? pair.1 : pair.0, isIPv6: isIPv6)
     }
@@ -390,26 +405,27 @@ struct DocumentReader {
         let allowed = deny ? ["ports"] : ["ports", "rules", "serverNames", "terminatingTLS", "originatingTLS", "listener"]
         let map = try field.mapping(allowed: allowed)
         if let listener = map.optional("listener") { throw listener.error("custom Envoy listeners are not supported by Sluice") }
-        let portFields = try map.list("ports")
-        if portFields.count > Self.maximumPortsPerRule {
-            throw map.optional("ports")!.error("too many ports (\(portFields.count)); the maximum is \(Self.maximumPortsPerRule)")
+        let portsField = map.optional("ports")
+        let portFields = try portsField?.sequence() ?? []
+        if let portsField, portFields.count > Self.maximumPortsPerRule {
+            throw portsField.error("too many ports (\(portFields.count)); the maximum is \(Self.maximumPortsPerRule)")
         }
         var rulesField = map.optional("rules")
         var hasDNS = false
         if let rules = rulesField {
             let rulesMap = try rules.mapping(allowed: ["http", "kafka", "dns", "l7proto", "l7"])
-            hasDNS = rulesMap.present("dns") != nil
-            if hasDNS, direction == .ingress {
-                throw rulesMap.present("dns")!.error("DNS rules are not allowed on ingress; expected them under egress")
+            if let dns = rulesMap.present("dns") {
+                hasDNS = true
+                if direction == .ingress { throw dns.error("DNS rules are not allowed on ingress; expected them under egress") }
             }
             if rulesMap.order.isEmpty { rulesField = nil }
         }
-        var ports: [PortSelector] = []
-        for element in portFields { ports.append(try portSelector(from: element, hasDNS: hasDNS)) }
+        var ports: [(selector: PortSelector, field: YAMLField)] = []
+        for element in portFields { ports.append((try portSelector(from: element, hasDNS: hasDNS), element)) }
 
         var l7: L7Rules? = nil
         if let rules = rulesField {
-            l7 = try l7Rules(from: rules, ports: ports, portsField: map.optional("ports"))
+            l7 = try l7Rules(from: rules, ports: ports)
         }
         let serverNames = try map.optional("serverNames")?.stringList() ?? []
         if let names = map.optional("serverNames") {
@@ -418,7 +434,7 @@ struct DocumentReader {
                 throw names.error("serverNames with L7 rules need terminatingTLS")
             }
         }
-        return PortRule(index: index, ports: ports, l7: l7, serverNames: serverNames)
+        return PortRule(index: index, ports: ports.map(\.selector), l7: l7, serverNames: serverNames)
     }
 
     func portSelector(from field: YAMLField, hasDNS: Bool) throws(PolicyError) -> PortSelector {
@@ -428,10 +444,11 @@ struct DocumentReader {
         let port: PortSelector.Port
         if Self.isServiceName(text) {
             port = .named(text.lowercased())
-        } else if let number = UInt16(text) {
+        } else if text.utf8.count <= 5, text.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }), let number = UInt16(text) {
+            // Digits only, as the reference's port pattern: no sign, no spaces, no overflow.
             port = .number(number)
         } else {
-            throw portField.error("expected a port number 0-65535 or a port name (IANA service name: letters, digits and '-', at most 15 characters), got \"\(text)\"")
+            throw portField.error("expected a port number 0-65535 or a port name (IANA service name: letters, digits and '-', at most 15 characters), got \(Self.quoted(text))")
         }
         var protocols = PortSelector.anyProtocol
         if let protocolField = map.optional("protocol") {
@@ -441,7 +458,7 @@ struct DocumentReader {
             case "UDP": protocols = [.udp]
             case "SCTP": protocols = [.sctp]
             case "ANY", "": protocols = PortSelector.anyProtocol
-            default: throw protocolField.error("expected TCP, UDP, SCTP or ANY, got \"\(protocolText)\"")
+            default: throw protocolField.error("expected TCP, UDP, SCTP or ANY, got \(Self.quoted(protocolText))")
             }
         }
         var endPort: UInt16? = nil
@@ -459,17 +476,16 @@ struct DocumentReader {
         return PortSelector(port: port, endPort: endPort, protocols: protocols)
     }
 
-    func l7Rules(from field: YAMLField, ports: [PortSelector], portsField: YAMLField?) throws(PolicyError) -> L7Rules? {
+    func l7Rules(from field: YAMLField, ports: [(selector: PortSelector, field: YAMLField)]) throws(PolicyError) -> L7Rules? {
         let map = try field.mapping(allowed: ["http", "kafka", "dns", "l7proto", "l7"])
         if let proto = map.optional("l7proto") ?? map.optional("l7") {
             throw proto.error("generic L7 (l7proto) parsers are not supported by Sluice; expected http, kafka or dns")
         }
-        let present = ["http", "kafka", "dns"].filter { map.present($0) != nil }
+        let present = ["http", "kafka", "dns"].compactMap { name in map.present(name).map { (name: name, field: $0) } }
         if present.count > 1 {
-            throw map.present(present[1])!.error("one L7 type per port rule: cannot combine \(present[0]) and \(present[1])")
+            throw present[1].field.error("one L7 type per port rule: cannot combine \(present[0].name) and \(present[1].name)")
         }
-        guard let type = present.first else { return nil }
-        let typeField = map.present(type)!
+        guard case let (type, typeField)? = present.first else { return nil }
         let elements = try typeField.sequence()
         // An empty list means "no L7 rules" (Cilium's L7Rules.IsEmpty): L3/L4 only.
         if elements.isEmpty { return nil }
@@ -478,8 +494,7 @@ struct DocumentReader {
         guard !ports.isEmpty else {
             throw field.error(type == "dns" ? "DNS rules need an explicit port (53); expected toPorts[].ports" : "L7 rules need a port; expected toPorts[].ports with a non-zero port")
         }
-        for (position, port) in ports.enumerated() {
-            let portField = (try? portsField?.sequence())?[position] ?? field
+        for (port, portField) in ports {
             if case .number(0) = port.port { throw portField.error("L7 rules can not be used when a port is 0; expected a non-zero port") }
             if type != "dns", port.protocols != [.tcp] {
                 throw portField.error("L7 rules can only apply to TCP (not \(port.protocols.count >= 3 ? "ANY" : port.protocols.map(\.rawValue).sorted().joined(separator: "+"))) except for DNS rules; expected protocol: TCP")
@@ -518,11 +533,11 @@ struct DocumentReader {
             if let colon = text.firstIndex(of: ":") {
                 let name = text[..<colon].trimmingCharacters(in: .whitespaces)
                 let value = text[text.index(after: colon)...].trimmingCharacters(in: .whitespaces)
-                guard Self.isHeaderName(name) else { throw element.error("expected \"Name: value\" or \"Name\" with a valid header name, got \"\(text)\"") }
+                guard Self.isHeaderName(name) else { throw element.error("expected \"Name: value\" or \"Name\" with a valid header name, got \(Self.quoted(text))") }
                 headers.append((name.lowercased(), value))
             } else {
                 let name = text.trimmingCharacters(in: .whitespaces)
-                guard Self.isHeaderName(name) else { throw element.error("expected \"Name: value\" or \"Name\" with a valid header name, got \"\(text)\"") }
+                guard Self.isHeaderName(name) else { throw element.error("expected \"Name: value\" or \"Name\" with a valid header name, got \(Self.quoted(text))") }
                 headers.append((name.lowercased(), nil))
             }
         }
@@ -531,7 +546,7 @@ struct DocumentReader {
             let matchMap = try element.mapping(allowed: ["name", "value", "secret", "mismatch"])
             let nameField = try matchMap.required("name", "a header name")
             let name = try nameField.string()
-            guard Self.isHeaderName(name) else { throw nameField.error("expected a header name (token characters), got \"\(name)\"") }
+            guard Self.isHeaderName(name) else { throw nameField.error("expected a header name (token characters), got \(Self.quoted(name))") }
             var value: HeaderValue? = nil
             if let secret = matchMap.optional("secret") {
                 if matchMap.optional("value") != nil { throw secret.error("expected value or secret, not both") }
@@ -542,13 +557,14 @@ struct DocumentReader {
             var mismatch = HeaderMatch.Mismatch.deny
             if let mismatchField = matchMap.optional("mismatch") {
                 let text = try mismatchField.string()
-                guard let parsed = HeaderMatch.Mismatch(rawValue: text), parsed != .deny else {
-                    throw mismatchField.error("expected LOG, ADD, DELETE or REPLACE, got \"\(text)\"")
+                switch (text, value) {
+                case ("LOG", _): mismatch = .log
+                case ("DELETE", _): mismatch = .delete
+                case ("ADD", let value?): mismatch = .add(value)
+                case ("REPLACE", let value?): mismatch = .replace(value)
+                case ("ADD", nil), ("REPLACE", nil): throw mismatchField.error("\(text) needs a value or secret to set")
+                default: throw mismatchField.error("expected LOG, ADD, DELETE or REPLACE, got \(Self.quoted(text))")
                 }
-                if value == nil, parsed == .add || parsed == .replace {
-                    throw mismatchField.error("\(text) needs a value or secret to set")
-                }
-                mismatch = parsed
             }
             headerMatches.append(HeaderMatch(name: name.lowercased(), value: value, mismatch: mismatch))
         }
@@ -561,7 +577,7 @@ struct DocumentReader {
         let name = try map.required("name", "the secret name").string()
         let namespace = try map.string("namespace") ?? "default"
         guard Self.isDNSSubdomain(name), Self.isDNSLabel(namespace) else {
-            throw field.error("expected a secret namespace and name (DNS names), got \"\(namespace)/\(name)\"")
+            throw field.error("expected a secret namespace and name (DNS names), got \(Self.quoted(namespace + "/" + name))")
         }
         guard let directory = options.secretsDirectory else {
             throw field.error("secret \(namespace)/\(name) cannot be read: no secrets directory configured (--secrets-dir)")
@@ -592,7 +608,7 @@ struct DocumentReader {
             } else if let key = KafkaAPIKeys.key(named: text) {
                 apiKeys = [key]
             } else {
-                throw apiKeyField.error("expected a Kafka API key name such as produce, fetch, metadata, offsetcommit (or its number), got \"\(text)\"")
+                throw apiKeyField.error("expected a Kafka API key name such as produce, fetch, metadata, offsetcommit (or its number), got \(Self.quoted(text))")
             }
         }
         var apiVersion: Int16? = nil
@@ -600,7 +616,7 @@ struct DocumentReader {
             let text = try versionField.string()
             if !text.isEmpty {
                 guard let version = Int16(text), version >= 0 else {
-                    throw versionField.error("expected an API version number 0-32767, got \"\(text)\"")
+                    throw versionField.error("expected an API version number 0-32767, got \(Self.quoted(text))")
                 }
                 apiVersion = version
             }
@@ -616,7 +632,7 @@ struct DocumentReader {
             let text = try topicField.string()
             if !text.isEmpty {
                 guard text.utf8.count <= 255, text.utf8.allSatisfy(Self.isTopicByte) else {
-                    throw topicField.error("expected a topic of at most 255 characters from [a-zA-Z0-9._-], got \"\(text.prefix(80))\"")
+                    throw topicField.error("expected a topic of at most 255 characters from [a-zA-Z0-9._-], got \(Self.quoted(text))")
                 }
                 topic = text
             }
@@ -631,18 +647,18 @@ struct DocumentReader {
         switch (name, pattern) {
         case (.some(let nameField), nil):
             let text = try nameField.string()
-            guard text.utf8.count <= 255, DNSName.isValidName(text) else {
-                throw nameField.error("expected a DNS name of at most 255 characters from [-a-zA-Z0-9_.], got \"\(text.prefix(80))\"")
+            if let problem = DNSName.problem(in: text, isPattern: false) {
+                throw nameField.error("\(problem); expected a DNS name such as \"api.example.com\", got \(Self.quoted(text))")
             }
             return DNSMatcher(name: text)
         case (nil, .some(let patternField)):
             let text = try patternField.string()
-            guard text.utf8.count <= 255, DNSName.isValidPattern(text) else {
-                throw patternField.error("expected a DNS pattern of at most 255 characters from [-a-zA-Z0-9_.*], got \"\(text.prefix(80))\"")
+            if let problem = DNSName.problem(in: text, isPattern: true) {
+                throw patternField.error("\(problem); expected a DNS pattern such as \"*.example.com\", got \(Self.quoted(text))")
             }
             return DNSMatcher(pattern: text)
-        case (.some, .some):
-            throw pattern!.error("expected matchName or matchPattern, not both")
+        case (.some, .some(let patternField)):
+            throw patternField.error("expected matchName or matchPattern, not both")
         case (nil, nil):
             throw field.error("expected matchName or matchPattern")
         }
@@ -656,7 +672,7 @@ struct DocumentReader {
         if let labels = map.optional("matchLabels") {
             let labelsMap = try labels.mapping(allowed: nil)
             for key in labelsMap.order {
-                let valueField = labelsMap.present(key)!
+                guard let valueField = labelsMap.present(key) else { continue }
                 let value = valueField.isNull ? "" : try valueField.string()
                 guard !key.isEmpty else { throw valueField.error("expected a non-empty label key") }
                 requirements.append(LabelSelector.Requirement(selectorKey: key, operator: .in, values: [value]))
@@ -668,15 +684,16 @@ struct DocumentReader {
             let operatorField = try expression.required("operator", "In, NotIn, Exists or DoesNotExist")
             let operatorText = try operatorField.string()
             guard let op = LabelSelector.Requirement.Operator(rawValue: operatorText) else {
-                throw operatorField.error("expected In, NotIn, Exists or DoesNotExist, got \"\(operatorText)\"")
+                throw operatorField.error("expected In, NotIn, Exists or DoesNotExist, got \(Self.quoted(operatorText))")
             }
-            let values = try expression.optional("values")?.stringList() ?? []
+            let valuesField = expression.optional("values")
+            let values = try valuesField?.stringList() ?? []
             let takesValues = op == .in || op == .notIn
             if takesValues, values.isEmpty {
                 throw element.error("operator \(operatorText) needs a non-empty values list")
             }
-            if !takesValues, !values.isEmpty {
-                throw expression.optional("values")!.error("operator \(operatorText) takes no values")
+            if !takesValues, let valuesField, !values.isEmpty {
+                throw valuesField.error("operator \(operatorText) takes no values")
             }
             requirements.append(LabelSelector.Requirement(selectorKey: key, operator: op, values: values))
         }
@@ -684,6 +701,12 @@ struct DocumentReader {
     }
 
     // MARK: Name rules
+
+    /// `text` in quotes for a message, cut to 80 characters: an error names the bad
+    /// value without copying a huge scalar into every log line.
+    static func quoted(_ text: String) -> String {
+        text.count > 80 ? "\"\(text.prefix(80))...\"" : "\"\(text)\""
+    }
 
     /// RFC 1123 subdomain, as Kubernetes object names.
     static func isDNSSubdomain(_ text: String) -> Bool {
@@ -693,12 +716,12 @@ struct DocumentReader {
 
     /// RFC 1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`.
     static func isDNSLabel(_ text: String, limit: Int = 63) -> Bool {
-        let bytes = Array(text.utf8)
-        guard !bytes.isEmpty, bytes.count <= limit else { return false }
+        let bytes = text.utf8
+        guard let first = bytes.first, let last = bytes.last, bytes.count <= limit else { return false }
         func alphanumeric(_ byte: UInt8) -> Bool {
             (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
         }
-        return alphanumeric(bytes.first!) && alphanumeric(bytes.last!) && bytes.allSatisfy { alphanumeric($0) || $0 == UInt8(ascii: "-") }
+        return alphanumeric(first) && alphanumeric(last) && bytes.allSatisfy { alphanumeric($0) || $0 == UInt8(ascii: "-") }
     }
 
     /// IANA service name (RFC 6335 §5.1): 1-15 of `[a-z0-9-]`, at least one letter,

@@ -50,7 +50,8 @@ struct YAMLField {
         var order: [String] = []
         for (key, value) in mapping {
             guard case .scalar(let keyScalar) = key else {
-                throw YAMLField(node: key, path: path, file: file, fallbackMark: fallbackMark).error("expected a string key, got \(key)")
+                let keyField = YAMLField(node: key, path: path, file: file, fallbackMark: fallbackMark)
+                throw keyField.error("expected a string key, got \(keyField.shown)")
             }
             let name = keyScalar.string
             if let allowed, !allowed.contains(name) {

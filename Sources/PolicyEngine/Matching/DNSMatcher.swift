@@ -9,31 +9,54 @@ public enum DNSName {
 
     /// Characters Cilium allows in `matchName`: `^([-a-zA-Z0-9_]+[.]?)+$`.
     static func isValidName(_ name: String) -> Bool {
-        isValid(name, allowingStar: false)
+        problem(in: name, isPattern: false) == nil
     }
 
     /// Characters Cilium allows in `matchPattern`: `^([-a-zA-Z0-9_*]+[.]?)+$`.
     static func isValidPattern(_ pattern: String) -> Bool {
-        isValid(pattern, allowingStar: true)
+        problem(in: pattern, isPattern: true) == nil
     }
 
-    private static func isValid(_ text: String, allowingStar: Bool) -> Bool {
-        guard !text.isEmpty else { return false }
-        var previousWasDot = true  // a leading dot is invalid, as are two dots in a row
-        for byte in text.utf8 {
+    /// The longest `matchName` or `matchPattern` (the reference's `MaxFQDNLength`).
+    static let maximumLength = 255
+
+    /// What is wrong with `text` as a `matchName` (or, with `isPattern`, a
+    /// `matchPattern`), said so a user can fix it; nil when it is valid. The reference
+    /// validates both with `^([-a-zA-Z0-9_]+[.]?)+$` (with `*` for patterns): labels of
+    /// at least one character separated by single dots, an optional trailing dot, and
+    /// nothing else; so `.` alone, the DNS root, is not accepted.
+    static func problem(in text: String, isPattern: Bool) -> String? {
+        let what = isPattern ? "pattern" : "name"
+        let bytes = Array(text.utf8)
+        if bytes.isEmpty { return "the \(what) is empty" }
+        if bytes.count > maximumLength { return "the \(what) is \(bytes.count) characters long; the maximum is \(maximumLength)" }
+        if bytes == [UInt8(ascii: ".")] {
+            return isPattern
+                ? "\".\" alone (the DNS root) is not a pattern; use \"*\" to match every name"
+                : "\".\" alone (the DNS root) is not a name a rule can match"
+        }
+        var labelStart = true
+        for (offset, byte) in bytes.enumerated() {
             if byte == UInt8(ascii: ".") {
-                if previousWasDot { return false }
-                previousWasDot = true
-            } else if isLabelByte(byte) || (allowingStar && byte == UInt8(ascii: "*")) {
-                previousWasDot = false
+                if labelStart {
+                    return offset == 0
+                        ? "the \(what) starts with \".\" (an empty first label)"
+                        : "the \(what) has an empty label (\"..\" at characters \(offset)-\(offset + 1))"
+                }
+                labelStart = true
+            } else if isLabelByte(byte) || (isPattern && byte == UInt8(ascii: "*")) {
+                labelStart = false
+            } else if byte == UInt8(ascii: "*") {
+                return "\"*\" (character \(offset + 1)) is not allowed in matchName; use matchPattern for wildcards"
             } else {
-                return false
+                let shown = byte < 0x80 && byte >= 0x20 ? "\"\(Character(Unicode.Scalar(byte)))\"" : "byte 0x\(String(byte, radix: 16, uppercase: true))"
+                return "\(shown) (character \(offset + 1)) is not allowed; labels are made of [-a-zA-Z0-9_\(isPattern ? "*" : "")]"
             }
         }
-        return true
+        return nil
     }
 
-    /// `[-a-zA-Z0-9_]`: what a `*` may stand for.
+    /// `[-a-zA-Z0-9_]`: the bytes of a label, and what a `*` may stand for.
     static func isLabelByte(_ byte: UInt8) -> Bool {
         switch byte {
         case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
@@ -43,19 +66,55 @@ public enum DNSName {
             return false
         }
     }
+
+    /// The labels of a query or learned name, lower-cased, or nil when the name is not
+    /// one a rule may match: the root `.` gives `[]`; otherwise every label must be one
+    /// or more bytes of `[-a-zA-Z0-9_]`, with single dots between them and at most one
+    /// trailing dot. Empty labels (`cilium..io`, `.io`), other bytes (`a/b.com`, spaces,
+    /// non-ASCII) and more than 255 bytes make it nil: such a name matches no rule.
+    static func labels(of name: String) -> [[UInt8]]? {
+        var labels: [[UInt8]] = []
+        var current: [UInt8] = []
+        var count = 0
+        for byte in name.utf8 {
+            count += 1
+            if count > maximumLength + 1 { return nil }
+            if byte == UInt8(ascii: ".") {
+                if current.isEmpty { return count == 1 && name.utf8.count == 1 ? [] : nil }
+                labels.append(current)
+                current = []
+            } else if isLabelByte(byte) {
+                // ASCII lower case only: no Unicode folding may turn a byte into a label byte.
+                current.append(byte | (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? 0x20 : 0))
+            } else {
+                return nil
+            }
+        }
+        if !current.isEmpty {
+            labels.append(current)
+        } else if labels.isEmpty {
+            return nil  // the empty name
+        }
+        return labels
+    }
 }
 
 /// One `matchName` or `matchPattern` of a DNS rule or of `toFQDNs`, with Cilium's semantics:
 ///
 /// - `matchName`: the whole name, case-insensitive, trailing dot implied.
 /// - `matchPattern`: `*` stands for any run (possibly empty) of `[-a-zA-Z0-9_]` inside ONE
-///   label; a leading `**.` stands for one or more whole labels; a pattern made only of
-///   stars matches every name. `*.cilium.io` matches `www.cilium.io` but neither
-///   `cilium.io` nor `a.b.cilium.io`; `**.cilium.io` matches both of the latter's
-///   subdomains but not `cilium.io`.
+///   label; a leading `**.` (two or more stars, then a dot) stands for one or more whole
+///   labels; a pattern made only of stars (`*`, `**`, `**.`) matches every valid name and
+///   the root, as the reference's `(^([-a-zA-Z0-9_]+[.])+$)|(^[.]$)`. `*.cilium.io`
+///   matches `www.cilium.io` but neither `cilium.io` nor `a.b.cilium.io`; `**.cilium.io`
+///   matches both of the latter's subdomains but not `cilium.io`.
 ///
-/// Matching walks labels directly instead of building a regex: no allocation per
-/// label beyond the split, and no backtracking beyond one label.
+/// A queried name is matched only when it is a valid name (`DNSName.labels(of:)`):
+/// labels of `[-a-zA-Z0-9_]+` separated by single dots. `cilium..io`, `.io`, `a/b.com`
+/// and non-ASCII names match no pattern and no name (the reference's regexes also refuse
+/// the bytes; Sluice also refuses the empty labels its `*` would accept).
+///
+/// Matching walks labels directly instead of building a regex: no backtracking beyond one label.
 public struct DNSMatcher: Hashable, Sendable, CustomStringConvertible {
     public enum Kind: Hashable, Sendable { case name, pattern }
     public let kind: Kind
@@ -64,6 +123,7 @@ public struct DNSMatcher: Hashable, Sendable, CustomStringConvertible {
 
     private let matchesEverything: Bool
     private let anySubdomainPrefix: Bool
+    /// Labels of the name, or label globs of the pattern (after a `**.` prefix).
     private let labelPatterns: [[UInt8]]
 
     public init(name: String) {
@@ -71,43 +131,45 @@ public struct DNSMatcher: Hashable, Sendable, CustomStringConvertible {
         self.text = DNSName.normalize(name)
         self.matchesEverything = false
         self.anySubdomainPrefix = false
-        self.labelPatterns = []
+        self.labelPatterns = text.split(separator: ".", omittingEmptySubsequences: false).map { Array($0.utf8) }
     }
 
     public init(pattern: String) {
         self.kind = .pattern
         let normalized = DNSName.normalize(pattern)
         self.text = normalized
+        // The reference's isDNSWildcard: `^[*]+[.]?$` (the trailing dot is already gone).
         self.matchesEverything = !normalized.isEmpty && normalized.allSatisfy { $0 == "*" }
         var rest = Substring(normalized)
-        if rest.hasPrefix("**.") {
+        // The reference's subdomain wildcard: two or more leading stars, then a dot.
+        let stars = rest.prefix { $0 == "*" }.count
+        if stars >= 2, rest.dropFirst(stars).first == "." {
             self.anySubdomainPrefix = true
-            rest = rest.dropFirst(3)
+            rest = rest.dropFirst(stars + 1)
         } else {
             self.anySubdomainPrefix = false
         }
         self.labelPatterns = rest.split(separator: ".", omittingEmptySubsequences: false).map { Array($0.utf8) }
     }
 
-    /// True when the query or learned name `name` is selected (name is normalised here).
+    /// True when the query or learned name `name` is selected (normalised here). A name
+    /// that is not valid (see `DNSName.labels(of:)`) is never selected.
     public func matches(_ name: String) -> Bool {
-        let normalized = DNSName.normalize(name)
+        guard let labels = DNSName.labels(of: name) else { return false }
+        if labels.isEmpty { return matchesEverything }  // the root `.`
         switch kind {
         case .name:
-            return normalized == text
+            return labels == labelPatterns
         case .pattern:
             if matchesEverything { return true }
-            let labels = normalized.split(separator: ".", omittingEmptySubsequences: false)
             if anySubdomainPrefix {
+                // One or more whole labels (already valid), then the rest label by label.
                 guard labels.count > labelPatterns.count else { return false }
                 let extra = labels.count - labelPatterns.count
-                for label in labels[0..<extra] where label.isEmpty || !label.utf8.allSatisfy(DNSName.isLabelByte) {
-                    return false
-                }
-                return zip(labels[extra...], labelPatterns).allSatisfy { DNSMatcher.glob($1, matches: Array($0.utf8)) }
+                return zip(labels[extra...], labelPatterns).allSatisfy { DNSMatcher.glob($1, matches: $0) }
             }
             guard labels.count == labelPatterns.count else { return false }
-            return zip(labels, labelPatterns).allSatisfy { DNSMatcher.glob($1, matches: Array($0.utf8)) }
+            return zip(labels, labelPatterns).allSatisfy { DNSMatcher.glob($1, matches: $0) }
         }
     }
 

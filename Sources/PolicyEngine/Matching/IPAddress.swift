@@ -16,6 +16,8 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable
 
     /// Parses dotted-quad IPv4 or RFC 4291 text IPv6 (`inet_pton` rules). Returns nil otherwise.
     public init?(_ text: String) {
+        // inet_pton reads a C string: text with a NUL in it would be judged by its prefix.
+        guard !text.utf8.contains(0) else { return nil }
         if text.contains(":") {
             var storage = in6_addr()
             guard inet_pton(AF_INET6, text, &storage) == 1 else { return nil }
@@ -65,7 +67,7 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable
         }
         var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
         _ = bytes.withUnsafeBytes { raw in inet_ntop(AF_INET6, raw.baseAddress, &text, socklen_t(text.count)) }
-        return String(cString: text)
+        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     public static func < (lhs: IPAddress, rhs: IPAddress) -> Bool {

@@ -68,7 +68,8 @@ final class PCRE2Alternation: @unchecked Sendable {
     /// Compiles the members as one program; nil when PCRE2 refuses it (too large, ...),
     /// in which case the caller splits the members.
     init?(members: [String], caseInsensitive: Bool = false) {
-        precondition(!members.isEmpty && members.count <= Self.maximumMembers)
+        // Member numbers are callout numbers (1...255): more members cannot be one program.
+        guard !members.isEmpty, members.count <= Self.maximumMembers else { return nil }
         let source = Self.programSource(members)
         var errorCode: Int32 = 0
         var errorOffset = 0
@@ -105,11 +106,13 @@ final class PCRE2Alternation: @unchecked Sendable {
         let words = memberCount / 64 + 1
         return withUnsafeTemporaryAllocation(of: UInt64.self, capacity: words) { seen in
             seen.initialize(repeating: 0)
-            pcre2_set_callout_8(scratch.context, recordMember, UnsafeMutableRawPointer(seen.baseAddress!))
+            guard let seenWords = seen.baseAddress else { return false }
+            pcre2_set_callout_8(scratch.context, recordMember, UnsafeMutableRawPointer(seenWords))
             let empty: [UInt8] = [0]
             let result: Int32 = empty.withUnsafeBufferPointer { fallback in
                 // An empty buffer may have a nil base address; PCRE2 needs a valid pointer.
-                pcre2_match_8(code, bytes.baseAddress ?? fallback.baseAddress!, bytes.count, 0, 0, scratch.matchData, scratch.context)
+                guard let base = bytes.baseAddress ?? fallback.baseAddress else { return PCRE2_ERROR_NULL }
+                return pcre2_match_8(code, base, bytes.count, 0, 0, scratch.matchData, scratch.context)
             }
             // Every callout fails its path, so a finished pass always ends in "no match".
             guard result == PCRE2_ERROR_NOMATCH else { return false }
@@ -159,7 +162,7 @@ final class PCRE2Alternation: @unchecked Sendable {
                 byAtom[atoms[depth], default: []].append(member)
             }
             for atom in order {
-                let sharing = byAtom[atom]!
+                guard let sharing = byAtom[atom] else { continue }
                 branches.append(sharing.count == 1 ? leaf(sharing[0], from: depth) : atom + emit(sharing, depth: depth + 1))
             }
             return branches.count == 1 ? branches[0] : "(?:" + branches.joined(separator: "|") + ")"

@@ -78,7 +78,7 @@ public final class PCRE2Pattern: @unchecked Sendable, CustomStringConvertible {
         // An empty buffer may have a nil base address; PCRE2 needs a valid pointer.
         let empty: [UInt8] = [0]
         let result: Int32 = empty.withUnsafeBufferPointer { fallback in
-            let base = bytes.baseAddress ?? fallback.baseAddress!
+            guard let base = bytes.baseAddress ?? fallback.baseAddress else { return PCRE2_ERROR_NOMATCH }
             var rc = pcre2_match_8(code, base, bytes.count, 0, 0, matchData, matchContext)
             if rc == PCRE2_ERROR_JIT_STACKLIMIT {
                 // The JIT's machine stack is small (32 KiB); the interpreter uses the heap.

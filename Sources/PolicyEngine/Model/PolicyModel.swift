@@ -73,7 +73,16 @@ public struct PolicyRule: Sendable {
 public struct PeerRule: Sendable {
     /// Its position in the policy's list for that direction, counting `specs` in order.
     public let index: Int
-    /// The peers allowed (or denied); nil = every peer (no L3 member given).
+    /// The peers allowed (or denied): nil = every peer, empty = no peer at all.
+    ///
+    /// Cilium kinds: nil when the rule names no L3 member but restricts ports or ICMP
+    /// (`toPorts`/`icmps` alone apply to every peer); empty for a rule that names neither
+    /// peers nor ports ("An empty rule is not an allow-all": `ingress: [{}]` is the
+    /// reference's documented deny-all, `ingressDeny: [{}]` denies nothing) and for an
+    /// explicitly empty member such as `fromEndpoints: []` (the reference: "Explicitly
+    /// check for empty non-nil slices, it should not result in any identity being
+    /// selected"). NetworkPolicy: nil when `from`/`to` is absent or empty ("If this field
+    /// is empty or missing, this rule matches all sources").
     public let peers: [Peer]?
     /// `fromRequires`/`toRequires`: every peer of the selected endpoint must also match these.
     public let requires: [LabelSelector]
@@ -143,7 +152,9 @@ public struct ICMPType: Sendable, Hashable {
 public struct PortRule: Sendable {
     /// Position in `toPorts`.
     public let index: Int
-    /// Empty = every port of every protocol.
+    /// The ports the rule names; empty = none, so the port rule allows (or denies)
+    /// nothing, as in the reference, where a port rule reaches the datapath only
+    /// through its ports (every port is written `port: "0"`).
     public let ports: [PortSelector]
     /// L7 rules; nil = L3/L4 only.
     public let l7: L7Rules?
@@ -194,19 +205,29 @@ public struct PortSelector: Sendable, Hashable, CustomStringConvertible {
     static let anyProtocol: Set<TransportProtocol> = [.tcp, .udp, .sctp]
 }
 
+/// An application protocol whose requests L7 rules judge.
+public enum L7Protocol: String, Sendable, Hashable, CaseIterable, Comparable {
+    case http, kafka, dns
+
+    public static func < (lhs: Self, rhs: Self) -> Bool { lhs.rawValue < rhs.rawValue }
+}
+
 /// The L7 rules of a port rule: one type per port rule.
 public enum L7Rules: Sendable {
     case http([HTTPRule])
     case kafka([KafkaRule])
     case dns([DNSMatcher])
 
-    public var typeName: String {
+    /// The protocol these rules judge.
+    public var l7Protocol: L7Protocol {
         switch self {
-        case .http: return "http"
-        case .kafka: return "kafka"
-        case .dns: return "dns"
+        case .http: return .http
+        case .kafka: return .kafka
+        case .dns: return .dns
         }
     }
+
+    public var typeName: String { l7Protocol.rawValue }
 
     var count: Int {
         switch self {
@@ -243,11 +264,34 @@ public struct HTTPRule: Sendable {
 }
 
 /// `headerMatches[]`: a header that must have a value, and what to do when it does not.
+///
+/// A header sent several times is judged by all its values joined with `,`, as the
+/// reference's proxy sees it; see `HTTPRequestFacts.value(of:)`.
 public struct HeaderMatch: Sendable, Hashable {
-    public enum Mismatch: String, Sendable, Hashable {
+    /// What a mismatch does. ADD and REPLACE carry the value they set, so a rule that
+    /// sets a header always has one (the loader refuses `mismatch: ADD` without a value).
+    public enum Mismatch: Sendable, Hashable {
         /// No `mismatch`: the request is not matched by this rule.
-        case deny = "DENY"
-        case log = "LOG", add = "ADD", delete = "DELETE", replace = "REPLACE"
+        case deny
+        /// LOG: record the mismatch and go on.
+        case log
+        /// ADD: append `name: value` (copies already sent stay).
+        case add(HeaderValue)
+        /// DELETE: remove every copy of the header.
+        case delete
+        /// REPLACE: remove every copy of the header, then add `name: value`.
+        case replace(HeaderValue)
+
+        /// The policy keyword (`LOG`, `ADD`, ...; `DENY` for no `mismatch`).
+        public var keyword: String {
+            switch self {
+            case .deny: return "DENY"
+            case .log: return "LOG"
+            case .add: return "ADD"
+            case .delete: return "DELETE"
+            case .replace: return "REPLACE"
+            }
+        }
     }
     /// Lower-cased header name.
     public let name: String
