@@ -48,32 +48,28 @@ public struct ConnectionIdentities: Sendable {
 
 /// Which L7 parser, if any, a connection needs under the current policy.
 public enum L7Detection {
-    /// What the policies this connection passes ask for on its port: HTTP rules need the
-    /// HTTP session; rules of another protocol (Kafka, DNS) are not judged by this proxy
-    /// yet, so the connection is denied rather than relayed with every request allowed.
-    /// `policies` are the connection's policy questions (`identities.flows`), settled.
+    /// What the policies this connection passes ask for on its port. HTTP rules over TCP
+    /// need the HTTP session; rules of a protocol this proxy does not judge yet (Kafka,
+    /// DNS, or HTTP over UDP) deny the connection rather than relay it with every request
+    /// allowed. `policies` are the connection's policy questions (`identities.flows`).
     public static func requirement(_ policies: [ConnectionPolicy], transport: TransportProtocol) -> L7Requirement {
-        // A request no rule can match: an allow without L7 rules answers "allowed at L4", a
-        // port with HTTP rules answers with an L7 reason, a port with rules of another
-        // protocol says which.
-        let probe = HTTPRequestFacts(method: "\u{1}", path: "\u{1}")
-        var requirement = L7Requirement.none
-        for policy in policies {
-            switch policy.evaluate(http: probe).reason {
-            case .allowedAtL7, .noL7RuleMatches:
-                if transport == .udp { return .unsupported(protocolName: "HTTP") }
-                requirement = .http
-            case .l7ProtocolMismatch(let expected):
-                switch expected.lowercased() {
-                case "kafka": return .unsupported(protocolName: "Kafka")
-                case "dns": return .unsupported(protocolName: "DNS")
-                default: return .unsupported(protocolName: expected)
-                }
-            default:
-                break
-            }
+        var protocols = Set<L7Protocol>()
+        for policy in policies { protocols.formUnion(policy.l7Protocols) }
+        if protocols.isEmpty { return .none }
+        if protocols == [.http] && transport == .tcp { return .http }
+        let unsupported = protocols.subtracting(transport == .tcp ? [.http] : []).sorted()
+        return .unsupported(protocolName: unsupported.map(\.displayName).joined(separator: " and "))
+    }
+}
+
+extension L7Protocol {
+    /// How flow records and messages name the protocol.
+    var displayName: String {
+        switch self {
+        case .http: return "HTTP"
+        case .kafka: return "Kafka"
+        case .dns: return "DNS"
         }
-        return requirement
     }
 }
 
