@@ -4,7 +4,7 @@ SWIFT ?= swift
 RELEASE_BIN := .build/release/sluice
 PYTEST := .venv/bin/python -m pytest
 
-.PHONY: all bootstrap build release bpf demo test unit-test e2e-test bench bench-l4 clean
+.PHONY: all bootstrap build release bpf demo test unit-test e2e-test bench bench-l4 clean fuzz
 
 all: release
 
@@ -41,8 +41,14 @@ bench: release
 	@scripts/bootstrap --bench
 	@bench/run
 
+# Each fuzz target (Fuzz/) under libFuzzer + AddressSanitizer for FUZZ_SECONDS (default 60)
+# on a copy of its seed corpus; built into .build-fuzz, apart from the normal build.
+# Non-zero exit on a crash; the input is kept in Fuzz/findings/<target>/.
+fuzz: bootstrap
+	@Fuzz/run
+
 clean:
-	rm -rf .build
+	rm -rf .build .build-fuzz
 
 # The datapath's BPF object, compiled from source (never committed).
 BPF_OBJECT := .build/bpf/sluice_tc.bpf.o

@@ -50,6 +50,18 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
+        // Fuzz targets (`make fuzz`, Fuzz/README.md). Built normally, each is a program that
+        // replays corpus files through its harness; built with -DSLUICE_LIBFUZZER and
+        // -sanitize=fuzzer,address into .build-fuzz, it runs libFuzzer. The harnesses are a
+        // library so the corpus replay also runs in `swift test` (FuzzCorpusTests).
+        .target(name: "CFuzzing", path: "Fuzz/CFuzzing"),
+        .target(name: "SluiceFuzzHarnesses", dependencies: ["L7Parsers", "PolicyEngine", "CFuzzing"],
+                path: "Fuzz/Harnesses"),
+        .executableTarget(name: "fuzz-http1", dependencies: ["SluiceFuzzHarnesses"], path: "Fuzz/Targets/HTTP1"),
+        .executableTarget(name: "fuzz-policy-loader", dependencies: ["SluiceFuzzHarnesses"],
+                          path: "Fuzz/Targets/PolicyLoader"),
+        .testTarget(name: "FuzzCorpusTests", dependencies: ["SluiceFuzzHarnesses"], path: "Fuzz/Tests"),
+
         .testTarget(name: "ProxyTests", dependencies: ["Proxy", "COpenSSL", "L7Parsers", "PolicyEngine"]),
         .testTarget(name: "L7ParsersTests", dependencies: ["L7Parsers", "CNghttp2"]),
         .testTarget(name: "PolicyEngineTests", dependencies: ["PolicyEngine", "CPCRE2"]),

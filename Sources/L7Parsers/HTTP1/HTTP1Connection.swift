@@ -16,29 +16,78 @@ public struct HTTP1LocalResponses: Sendable, Equatable {
         forbidden: Array("HTTP/1.1 403 Forbidden\r\nContent-Length: 15\r\nContent-Type: text/plain\r\n\r\nAccess denied\r\n".utf8),
         forbiddenClosing: Array("HTTP/1.1 403 Forbidden\r\nContent-Length: 15\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nAccess denied\r\n".utf8))
 
-    /// The answer to a request the parser rejected with `status` (400, 414, 431, 501, 505);
-    /// the connection closes after it (RFC 9112 §6.3: "the server MUST respond with a 400
-    /// (Bad Request) status code and then close the connection").
+    /// The answer to a request the parser rejected with `status` (400, 414, 431, 501, 505),
+    /// or that the proxy answers in place of the server (408, 502, 503, 504); it carries
+    /// `Connection: close` and the connection closes after it (RFC 9112 §6.3: "the server
+    /// MUST respond with a 400 (Bad Request) status code and then close the connection").
     public static func rejection(status: Int) -> [UInt8] {
         let reason: String
         switch status {
+        case 408: reason = "Request Timeout"
         case 414: reason = "URI Too Long"
         case 431: reason = "Request Header Fields Too Large"
         case 501: reason = "Not Implemented"
+        case 502: reason = "Bad Gateway"
+        case 503: reason = "Service Unavailable"
+        case 504: reason = "Gateway Timeout"
         case 505: reason = "HTTP Version Not Supported"
         default: reason = "Bad Request"
         }
         let body = reason + "\r\n"
         return Array("HTTP/1.1 \(status) \(reason)\r\nContent-Length: \(body.utf8.count)\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n\(body)".utf8)
     }
+
+    /// `307 Temporary Redirect` to `location` (RFC 9110 §15.4.8: the client repeats the
+    /// request, method and body unchanged, at the new target), with no body; with
+    /// `closes`, it also carries `Connection: close`. The answer to a target with escaped
+    /// slashes (`HTTP1TargetNormalization.redirect`). Bytes of `location` that a field value
+    /// cannot hold (controls, DEL) are percent-encoded.
+    public static func redirect(location: String, closes: Bool = false) -> [UInt8] {
+        var value: [UInt8] = []
+        for byte in location.utf8 {
+            if byte > 0x20 && byte != 0x7F {
+                value.append(byte)
+            } else {
+                let digits = Array("0123456789ABCDEF".utf8)
+                value += [UInt8(ascii: "%"), digits[Int(byte >> 4)], digits[Int(byte & 0x0F)]]
+            }
+        }
+        return Array("HTTP/1.1 307 Temporary Redirect\r\nLocation: ".utf8) + value
+            + Array("\r\nContent-Length: 0\r\n\(closes ? "Connection: close\r\n" : "")\r\n".utf8)
+    }
+}
+
+/// The driver's verdict on a request head returned by `.verdictNeeded`.
+public enum HTTP1RequestDecision: Sendable, Equatable {
+    /// Forward the request (the head as received, or a rebuilt one the driver sends in its
+    /// place); its response is relayed. An upgrade or CONNECT may switch the connection to a
+    /// relay when the server agrees (101, or 2xx to CONNECT).
+    case forward
+    /// Forward the request as an ordinary one that does not switch protocol: its `Upgrade`
+    /// is not permitted on this port (only upgrades the port allows may switch, and `h2c` is
+    /// never relayed raw). The driver forwards a head rebuilt without `Upgrade`,
+    /// `HTTP2-Settings` and the `upgrade` option of `Connection`
+    /// (`HTTP1HeadRewrite(removesUpgrade: true)`). A `101` from the server to it is a
+    /// response error. For CONNECT, which switches on a 2xx and not on `Upgrade`, this is
+    /// `.forward`.
+    case forwardWithoutUpgrade
+    /// Answer the standard `403` (`HTTP1LocalResponses.forbidden`, or `forbiddenClosing`
+    /// when the request ends the connection); the request never reaches the server.
+    case deny
+    /// Answer these bytes instead of forwarding (a `307` for escaped slashes, a `400` for an
+    /// invalid target, ...), queued in request order exactly like a denial; the request's
+    /// body is dropped. With `closes`, or when the request itself ends the connection
+    /// (`HTTP1Head.closesAfterLocalAnswer`), the connection closes after the answer: later
+    /// client bytes are dropped, and the bytes should then carry `Connection: close`.
+    case answer([UInt8], closes: Bool)
 }
 
 /// What the request side asks of the driver: an operation, or a verdict on a head.
 public enum HTTP1RequestStep: Sendable, Equatable {
     case operation(ParserOperation)
     /// A complete request head is at the front of the bytes of this call (its ranges index
-    /// them). Evaluate it, call `resolve(allowed:)`, then call `requestStep` again with the
-    /// same bytes: it answers `.pass(head.length)` or `.drop(head.length)`.
+    /// them). Evaluate it, call `resolve(_:)`, then call `requestStep` again with the same
+    /// bytes: it answers `.pass(head.length)` when forwarded, `.drop(head.length)` otherwise.
     indirect case verdictNeeded(HTTP1Head)
 }
 
@@ -65,47 +114,70 @@ public struct HTTP1ResponseStep: Sendable, Equatable {
 /// the verdict for each request asked in two phases so that this type holds no policy.
 ///
 /// Request side (`requestStep`), per request:
-/// - head → `.verdictNeeded(head)`; the driver calls `resolve(allowed:)`;
-/// - allowed: `.pass(head.length)`, then `.pass(n)` for the body and chunk framing;
-/// - denied: `.drop(head.length)`, `.drop(n)` for the body, then `.inject(403)` when due;
+/// - head → `.verdictNeeded(head)`; the driver calls `resolve(_:)` with an
+///   `HTTP1RequestDecision` (`resolve(allowed:)` is `.forward` / `.deny`);
+/// - forwarded (`.forward`, `.forwardWithoutUpgrade`): `.pass(head.length)`, then `.pass(n)`
+///   for the body and chunk framing;
+/// - denied or answered locally (`.deny`, `.answer`): `.drop(head.length)`, `.drop(n)` for
+///   the body, then `.inject(answer)` when due;
 /// - a request that cannot be parsed: `.inject(4xx with Connection: close)` when due, then
-///   `.error`. Nothing of it was passed. (A fault in the body of an *allowed* request, whose
-///   head is already upstream, is `.error` alone: the connection is cut.)
+///   `.error`. Nothing of it was passed.
+/// - a fault in the body of a *forwarded* request (a bad chunk size), whose head is already
+///   upstream: the request is answered `.inject(4xx with Connection: close)` in its turn,
+///   then `.error`, exactly like a request that cannot be parsed; earlier responses are
+///   still relayed first and nothing more of it is passed. If the server had already begun
+///   its final response to that request, that response is relayed whole instead and the
+///   connection then closes with `.error` (an answer after it would be unsolicited).
 /// - after a request that closes the connection (`Connection: close`, HTTP/1.0 without
-///   keep-alive), later client bytes are `.drop`ped (RFC 9112 §9.6).
+///   keep-alive, a local answer that closes), later client bytes are `.drop`ped
+///   (RFC 9112 §9.6).
 ///
 /// Response side (`responseStep`): `.pass` for every byte of responses to forwarded requests
-/// (1xx included), `.error` for a response that cannot be framed or that no request asked
-/// for. A driver that has passed nothing of the current response yet may answer 502 itself.
+/// (1xx included, at most `limits.maximumInformationalResponses` before a final one), and
+/// `.error` for what a server must not send: a response that cannot be framed (garbage,
+/// Content-Length with Transfer-Encoding, a bare LF, a head over the limits, an invalid
+/// Content-Length), bytes when no response is owed (an unsolicited response, a body after a
+/// 204), a `101` to a request that was not allowed to switch, too many 1xx. Every complete
+/// event before a fault is passed first: a valid response followed by garbage in the same
+/// bytes passes whole, then `.error`. On `.error`, the driver ends the connection; if
+/// `canAnswerInsteadOfServer` it first sends the client `502` (the gateway answer HAProxy
+/// and the reference give), else it closes. `isAwaitingResponse` tells the driver when a
+/// response timeout (`504`) applies.
 ///
 /// Ordering (pipelining): responses must reach the client in request order (RFC 9112 §9.3.2:
 /// a server "MUST send the corresponding responses in the same order that the requests were
 /// received"). The connection keeps a queue of in-flight requests. A local
-/// answer (403, 4xx) is *due* only when every earlier request has had its final response
-/// relayed; until then the request side keeps parsing later requests (an allowed one behind
-/// a denial is still forwarded) and the response side stalls, between responses, before any
-/// response that belongs after the local answer.
+/// answer (403, 307, 4xx) is *due* only when every earlier request has had its final
+/// response relayed; until then the request side keeps parsing later requests (an allowed
+/// one behind a denial is still forwarded) and the response side stalls, between
+/// responses, before any response that belongs after the local answer.
 ///
 /// The driver's loop: call each side with the bytes it holds for that direction (possibly
 /// none) and perform the operation; whenever either side performed anything, call the other
-/// side again too. Stop when both answer `.needMore`. In particular, after the response side
-/// completes a response, a denial may have become due on the request side even though no
-/// client byte arrived. `.inject` bytes go to the client and must be flushed before the
-/// connection closes on a following `.error`.
+/// side again too. Stop when both answer `.needMore` or `.blocked`. In particular, after the
+/// response side completes a response, a denial may have become due on the request side even
+/// though no client byte arrived. `.inject` bytes go to the client and must be flushed
+/// before the connection closes on a following `.error`.
+///
+/// Nothing here traps on what the network sends or on a driver calling out of turn: a state
+/// that should not happen ends this connection with `.error`, never the process.
 ///
 /// After a response that switches protocol (101 to an upgrade, 2xx to CONNECT), both sides
 /// answer `.pass` for every byte: the connection is a relay. Header rewriting (headerMatches
-/// ADD/DELETE/REPLACE) is left to the driver: `HTTP1Field.line` ranges tile the header
-/// section, so a driver can emit a rebuilt head instead of passing `head.length` bytes.
+/// ADD/DELETE/REPLACE, a normalised target, a removed upgrade) is left to the driver:
+/// `HTTP1Field.line` ranges tile the header section, and `HTTP1HeadRewrite` builds the head
+/// to emit instead of passing `head.length` bytes.
 public struct HTTP1Connection: Sendable {
     public let limits: HTTP1Limits
     public let localResponses: HTTP1LocalResponses
 
     private enum InFlight: Sendable, Equatable {
-        /// Forwarded upstream; its final response has not completed yet.
-        case forwarded(HTTP1RequestSummary)
-        /// Denied; `ready` once its body was dropped (or it will never come).
-        case denied(ready: Bool, closes: Bool)
+        /// Forwarded upstream; its final response has not completed yet. `sent` once the
+        /// whole request was forwarded (or nothing more of it ever will be).
+        case forwarded(sent: Bool)
+        /// Answered by the proxy: `answer` (nil: the standard 403); `ready` once its body
+        /// was dropped (or it will never come); `closes` ends the connection after it.
+        case answered([UInt8]?, ready: Bool, closes: Bool)
         /// Rejected by the parser; the connection ends after the answer.
         case rejected(HTTP1ParseError)
     }
@@ -114,8 +186,10 @@ public struct HTTP1Connection: Sendable {
     /// around copies a few bytes rather than a head and its field array.
     private struct MessageTraits: Sendable, Equatable {
         var length: Int
+        /// Whether another request may follow this one on the connection.
         var keepAlive: Bool
-        var switchesProtocolIfAccepted: Bool
+        /// Forwarded as an upgrade or CONNECT: the connection may switch after it.
+        var maySwitchProtocol: Bool
     }
 
     private enum RequestPhase: Sendable, Equatable {
@@ -123,15 +197,18 @@ public struct HTTP1Connection: Sendable {
         /// The head waiting for a verdict is kept in `headAwaitingVerdict`, outside the
         /// enum, so that switching on the phase never copies a head.
         case awaitingVerdict
-        case resolved(allowed: Bool, head: MessageTraits)
-        case message(allowed: Bool, head: MessageTraits)
-        /// An allowed upgrade or CONNECT request was sent; later bytes wait for its response.
-        case awaitingSwitch
+        case resolved(forwarded: Bool, head: MessageTraits)
+        case message(forwarded: Bool, head: MessageTraits)
+        /// A forwarded upgrade or CONNECT was sent; later bytes wait for its response.
+        case awaitingSwitch(keepAlive: Bool)
         /// The last request closes the connection; later bytes are dropped.
         case closing
         case tunnel
         /// A rejection is queued; nothing more is parsed.
         case rejected
+        /// Nothing more is parsed; once every response owed has been relayed, the
+        /// connection ends with `reason`.
+        case closingAfterResponses(reason: String)
         /// The connection must close; `reason` is for the flow log.
         case finished(reason: String)
     }
@@ -141,8 +218,13 @@ public struct HTTP1Connection: Sendable {
     private var requestPhase: RequestPhase = .idle
     private var headAwaitingVerdict = HTTP1Head()
     private var inFlight: [InFlight] = []
+    /// The response being relayed is a final one (its head passed, its end not yet).
     private var responseIsFinal = false
     private var responseSwitches = false
+    /// Interim responses relayed since the last final one.
+    private var informationalResponses = 0
+    /// Set once the response side failed outside the parser; every later call repeats it.
+    private var responseFailure: String?
 
     public init(limits: HTTP1Limits = .standard, localResponses: HTTP1LocalResponses = .standard) {
         self.limits = limits
@@ -157,29 +239,78 @@ public struct HTTP1Connection: Sendable {
     /// True once the connection is an opaque relay in both directions.
     public var isTunnel: Bool { requestPhase == .tunnel && responseParser.isTunnel }
 
+    /// True when the request at the front of the queue was forwarded and nothing of its
+    /// final response has been passed to the client yet (interim 1xx responses may have
+    /// been): an answer from the proxy in place of the server's (`502` after a response
+    /// `.error`, `504` after a response timeout) is still a well-formed answer to it.
+    /// False when nothing is owed, when a local answer is next, or in the middle of a final
+    /// response (then the only thing left to do is to close).
+    public var canAnswerInsteadOfServer: Bool {
+        guard let front = inFlight.first, case .forwarded = front else { return false }
+        return !responseIsFinal && !responseParser.isTunnel
+    }
+
+    /// True while a request that was forwarded whole (or cut short: nothing more of it will
+    /// come) is waiting for its final response to complete. The driver runs its response
+    /// timeout (the reference's 15 s route timeout: it spans from the end of the request to
+    /// the end of the response) while this is true and no response bytes arrive, then
+    /// answers `504` if `canAnswerInsteadOfServer`, else closes. False while the client is
+    /// still sending the only request in flight, and once the connection is a relay.
+    public var isAwaitingResponse: Bool {
+        inFlight.contains { entry in
+            if case .forwarded(let sent) = entry { return sent }
+            return false
+        }
+    }
+
     // MARK: - Request side
 
-    /// The verdict on the head last returned by `.verdictNeeded`.
-    public mutating func resolve(allowed: Bool) {
+    /// The verdict on the head last returned by `.verdictNeeded`. Without a head awaiting a
+    /// verdict (a driver out of step), the connection ends with `.error` on the next step.
+    public mutating func resolve(_ decision: HTTP1RequestDecision) {
         guard case .awaitingVerdict = requestPhase else {
-            preconditionFailure("resolve(allowed:) without a pending verdict")
+            if case .finished = requestPhase { return }
+            requestPhase = .finished(reason: "HTTP/1.1 verdict given with no request head awaiting one")
+            return
         }
         let head = headAwaitingVerdict
         // Release the head's field list: an idle keep-alive connection keeps nothing of it.
         headAwaitingVerdict = HTTP1Head()
-        if allowed {
-            let summary = HTTP1RequestSummary(head)
-            inFlight.append(.forwarded(summary))
+        let traits: MessageTraits
+        let forwarded: Bool
+        switch decision {
+        case .forward, .forwardWithoutUpgrade:
+            var summary = HTTP1RequestSummary(head)
+            if case .forwardWithoutUpgrade = decision {
+                // The server will not see the upgrade; a 101 from it is a response error.
+                summary.upgradeRequested = false
+            }
+            inFlight.append(.forwarded(sent: false))
             responseParser.expectResponse(to: summary)
-        } else {
+            forwarded = true
+            traits = MessageTraits(length: head.length, keepAlive: head.keepAlive,
+                                   maySwitchProtocol: summary.upgradeRequested || summary.isConnect)
+        case .deny, .answer:
+            var answer: [UInt8]? = nil
+            var closes = head.closesAfterLocalAnswer
+            if case .answer(let bytes, let answerCloses) = decision {
+                answer = bytes
+                closes = closes || answerCloses
+            }
             // RFC 9110 §10.1.1: a client that sent 100-continue may never send the body
-            // after a final answer; we close instead of guessing whether it follows.
+            // after a final answer; we answer at once and close instead of guessing whether
+            // it follows.
             let bodyMayNotFollow = head.expectsContinue && head.framing != .none
-            inFlight.append(.denied(ready: bodyMayNotFollow, closes: bodyMayNotFollow || !head.keepAlive))
+            inFlight.append(.answered(answer, ready: bodyMayNotFollow, closes: closes))
+            forwarded = false
+            traits = MessageTraits(length: head.length, keepAlive: !closes, maySwitchProtocol: false)
         }
-        requestPhase = .resolved(allowed: allowed, head: MessageTraits(
-            length: head.length, keepAlive: head.keepAlive,
-            switchesProtocolIfAccepted: head.upgradeRequested || head.isConnect))
+        requestPhase = .resolved(forwarded: forwarded, head: traits)
+    }
+
+    /// `.forward` when `allowed`, else `.deny` (the verdict before `HTTP1RequestDecision`).
+    public mutating func resolve(allowed: Bool) {
+        resolve(allowed ? .forward : .deny)
     }
 
     /// Convenience for tests and tools.
@@ -198,13 +329,19 @@ public struct HTTP1Connection: Sendable {
             switch requestPhase {
             case .finished(let reason):
                 return .operation(.error(reason: reason))
+            case .closingAfterResponses(let reason):
+                if inFlight.isEmpty {
+                    requestPhase = .finished(reason: reason)
+                    continue
+                }
+                return .operation(.blocked)
             case .rejected, .awaitingSwitch:
                 return .operation(.blocked)
             case .awaitingVerdict:
                 return .verdictNeeded(headAwaitingVerdict)
-            case .resolved(let allowed, let head):
-                requestPhase = .message(allowed: allowed, head: head)
-                return .operation(allowed ? .pass(head.length) : .drop(head.length))
+            case .resolved(let forwarded, let head):
+                requestPhase = .message(forwarded: forwarded, head: head)
+                return .operation(forwarded ? .pass(head.length) : .drop(head.length))
             case .tunnel:
                 return .operation(bytes.isEmpty ? .needMore(minimumBytes: 1) : .pass(bytes.count))
             case .closing:
@@ -223,31 +360,31 @@ public struct HTTP1Connection: Sendable {
                 case .error(let error):
                     reject(error)
                     continue
-                case let other:
-                    preconditionFailure("request parser between messages answered \(other)")
+                case .body, .chunkFraming, .messageComplete, .tunnel:
+                    requestPhase = .finished(reason: "HTTP/1.1 request parser out of step between messages")
+                    continue
                 }
-            case .message(let allowed, let head):
+            case .message(let forwarded, let head):
                 switch requestParser.parse(bytes) {
                 case .body(let count), .chunkFraming(let count):
-                    return .operation(allowed ? .pass(count) : .drop(count))
+                    return .operation(forwarded ? .pass(count) : .drop(count))
                 case .messageComplete(let consumed, _):
-                    finishRequest(allowed: allowed, head: head)
-                    if consumed > 0 { return .operation(allowed ? .pass(consumed) : .drop(consumed)) }
+                    finishRequest(forwarded: forwarded, head: head)
+                    if consumed > 0 { return .operation(forwarded ? .pass(consumed) : .drop(consumed)) }
                     continue
                 case .needMore(let minimum):
                     return .operation(.needMore(minimumBytes: minimum))
                 case .error(let error):
-                    if allowed {
-                        // Part of this request is already upstream: the only safe answer is
-                        // to cut the connection; the client gets no 400 from us.
-                        requestPhase = .finished(reason: "HTTP/1.1 request body: \(error)")
+                    if forwarded {
+                        cutShortForwardedRequest(error)
                     } else {
-                        inFlight.removeLast()
+                        if case .answered? = inFlight.last { inFlight.removeLast() }
                         reject(error)
                     }
                     continue
-                case let other:
-                    preconditionFailure("request parser inside a message answered \(other)")
+                case .head, .tunnel:
+                    requestPhase = .finished(reason: "HTTP/1.1 request parser out of step inside a message")
+                    continue
                 }
             }
         }
@@ -258,15 +395,41 @@ public struct HTTP1Connection: Sendable {
         requestPhase = .rejected
     }
 
-    private mutating func finishRequest(allowed: Bool, head: MessageTraits) {
-        if allowed {
-            if head.switchesProtocolIfAccepted {
-                requestPhase = .awaitingSwitch
+    /// The body of the forwarded request being sent is faulty (RFC 9112 §7.1: a chunk size
+    /// that is not 1*HEXDIG, ...). Its head is upstream, so the server may be waiting for the
+    /// rest; we stop sending and answer the client ourselves, in its turn (the earlier
+    /// responses are relayed first), with the 4xx the fault calls for, then close. This
+    /// request is the last in the queue: nothing is parsed after an unfinished one.
+    private mutating func cutShortForwardedRequest(_ error: HTTP1ParseError) {
+        let reason = "HTTP/1.1 request body: \(error)"
+        guard let last = inFlight.indices.last, case .forwarded = inFlight[last] else {
+            // The server already answered it whole (an early response): an answer from us
+            // now would be one response too many. Close.
+            requestPhase = .finished(reason: reason)
+            return
+        }
+        if last == 0 && (responseIsFinal || !responseParser.isAtMessageBoundary) {
+            // Its final response has begun (or may have: a head is partly read): relay it
+            // whole, then close. Nothing more of the request will be sent.
+            inFlight[last] = .forwarded(sent: true)
+            requestPhase = .closingAfterResponses(reason: reason)
+            return
+        }
+        inFlight[last] = .rejected(error)
+        requestPhase = .rejected
+    }
+
+    private mutating func finishRequest(forwarded: Bool, head: MessageTraits) {
+        if forwarded {
+            if let last = inFlight.indices.last, case .forwarded = inFlight[last] {
+                inFlight[last] = .forwarded(sent: true)
+            }
+            if head.maySwitchProtocol {
+                requestPhase = .awaitingSwitch(keepAlive: head.keepAlive)
                 return
             }
-        } else if let index = inFlight.lastIndex(where: { if case .denied = $0 { true } else { false } }),
-                  case .denied(_, let closes) = inFlight[index] {
-            inFlight[index] = .denied(ready: true, closes: closes)
+        } else if let last = inFlight.indices.last, case .answered(let answer, _, let closes) = inFlight[last] {
+            inFlight[last] = .answered(answer, ready: true, closes: closes)
         }
         requestPhase = head.keepAlive ? .idle : .closing
     }
@@ -277,14 +440,14 @@ public struct HTTP1Connection: Sendable {
         switch front {
         case .forwarded:
             return nil
-        case .denied(let ready, let closes):
+        case .answered(let answer, let ready, let closes):
             guard ready else { return nil }
             inFlight.removeFirst()
             if closes {
-                requestPhase = .finished(reason: "closed after a denied request")
-                return .inject(localResponses.forbiddenClosing)
+                requestPhase = .finished(reason: answer == nil ? "closed after a denied request" : "closed after a local answer")
+                return .inject(answer ?? localResponses.forbiddenClosing)
             }
-            return .inject(localResponses.forbidden)
+            return .inject(answer ?? localResponses.forbidden)
         case .rejected(let error):
             inFlight.removeFirst()
             requestPhase = .finished(reason: "HTTP/1.1 request rejected: \(error)")
@@ -301,36 +464,54 @@ public struct HTTP1Connection: Sendable {
 
     /// One step of the server-to-client direction for the bytes at the front of `bytes`.
     public mutating func responseStep(_ bytes: UnsafeRawBufferPointer) -> HTTP1ResponseStep {
+        if let responseFailure { return HTTP1ResponseStep(operation: .error(reason: responseFailure)) }
         while true {
             if responseParser.isAtMessageBoundary && !responseParser.isTunnel {
                 // Between responses: the next one must answer the request at the front. A
                 // local answer due first is the request side's to inject; wait for it.
                 if let front = inFlight.first, case .forwarded = front {} else if !bytes.isEmpty || !inFlight.isEmpty {
                     if inFlight.isEmpty {
-                        return HTTP1ResponseStep(operation: .error(reason: "HTTP/1.1 response without a request"))
+                        // RFC 9112 §9.3.2 pairs responses with requests; bytes when none is
+                        // owed (a second response, a body after a 204) are not HTTP we relay.
+                        return failResponse("HTTP/1.1 response without a request")
                     }
                     return HTTP1ResponseStep(operation: .blocked)
                 }
             }
             switch responseParser.parse(bytes) {
             case .head(let head):
+                if head.isInformational {
+                    informationalResponses += 1
+                    if informationalResponses > limits.maximumInformationalResponses {
+                        return failResponse("HTTP/1.1 response: more than \(limits.maximumInformationalResponses) interim (1xx) responses")
+                    }
+                }
                 responseIsFinal = !head.isInformational
                 responseSwitches = head.switchesProtocol
                 // The upgrade or CONNECT request is the last in flight (nothing is parsed
                 // after it), so its response is the one that leaves it alone in the queue.
-                if responseIsFinal && requestPhase == .awaitingSwitch && inFlight.count == 1 && !head.switchesProtocol {
+                if responseIsFinal && inFlight.count == 1 && !head.switchesProtocol,
+                   case .awaitingSwitch(let keepAlive) = requestPhase {
                     // The upgrade or CONNECT was refused: the client may send HTTP again.
-                    requestPhase = .idle
+                    requestPhase = keepAlive ? .idle : .closing
                 }
                 return HTTP1ResponseStep(operation: .pass(head.length), head: head)
             case .body(let count), .chunkFraming(let count), .tunnel(let count):
                 return HTTP1ResponseStep(operation: .pass(count))
             case .messageComplete(let consumed, _):
                 if responseIsFinal {
-                    inFlight.removeFirst()
+                    if !inFlight.isEmpty { inFlight.removeFirst() }
+                    informationalResponses = 0
                     if responseSwitches {
-                        requestParser.enterTunnel()
-                        requestPhase = .tunnel
+                        switch requestPhase {
+                        case .awaitingSwitch, .message(forwarded: true, _):
+                            requestParser.enterTunnel()
+                            requestPhase = .tunnel
+                        default:
+                            // The request side is closing (its request was cut short): the
+                            // client's later bytes are not relayed.
+                            break
+                        }
                     }
                 }
                 responseIsFinal = false
@@ -345,10 +526,16 @@ public struct HTTP1Connection: Sendable {
         }
     }
 
+    private mutating func failResponse(_ reason: String) -> HTTP1ResponseStep {
+        responseFailure = reason
+        return HTTP1ResponseStep(operation: .error(reason: reason))
+    }
+
     /// The server closed its side with `unconsumedBytes` still held. Returns `.error` when a
     /// response was cut short, nil when the close ended things cleanly (including a body
     /// delimited by the close).
     public mutating func responseEndOfInput(unconsumedBytes: Int) -> ParserOperation? {
+        if let responseFailure { return .error(reason: responseFailure) }
         switch responseParser.endOfInput(unconsumedBytes: unconsumedBytes) {
         case .cleanClose:
             return nil

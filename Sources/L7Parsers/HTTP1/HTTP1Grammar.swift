@@ -107,6 +107,16 @@ enum HTTP1Grammar {
         return true
     }
 
+    /// Whether two ranges of `bytes` hold the same bytes ignoring ASCII letter case.
+    static func equalIgnoringCase(_ bytes: UnsafeRawBufferPointer, _ first: Range<Int>, _ second: Range<Int>) -> Bool {
+        guard first.count == second.count else { return false }
+        for offset in 0..<first.count {
+            let a = bytes[first.lowerBound + offset], b = bytes[second.lowerBound + offset]
+            if a != b && !(isAlpha(a) && a | 0x20 == b | 0x20) { return false }
+        }
+        return true
+    }
+
     /// Whether `bytes[range]` equals `literal` exactly (methods are case-sensitive).
     @inline(__always)
     static func equals(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ literal: StaticString) -> Bool {

@@ -32,6 +32,11 @@ public struct HTTP1Limits: Sendable, Equatable {
     /// Requests forwarded but not yet answered that `HTTP1Connection` lets a client pipeline;
     /// beyond this the request side waits (back-pressure, not an error). Default 32.
     public var maximumPipelinedRequests: Int
+    /// Interim (1xx) responses `HTTP1Connection` relays before one final response; a server
+    /// sending more is treated as faulty (a 1xx costs the client a parse and nothing bounds
+    /// them otherwise: RFC 9110 §15.2 "A client MUST be able to parse one or more 1xx
+    /// responses received prior to a final response"). Default 10.
+    public var maximumInformationalResponses: Int
 
     public init(maximumRequestLineBytes: Int = 8192,
                 maximumStatusLineBytes: Int = 8192,
@@ -41,7 +46,8 @@ public struct HTTP1Limits: Sendable, Equatable {
                 maximumChunkLineBytes: Int = 4096,
                 maximumTrailerBytes: Int = 16384,
                 maximumLeadingEmptyLines: Int = 8,
-                maximumPipelinedRequests: Int = 32) {
+                maximumPipelinedRequests: Int = 32,
+                maximumInformationalResponses: Int = 10) {
         self.maximumRequestLineBytes = maximumRequestLineBytes
         self.maximumStatusLineBytes = maximumStatusLineBytes
         self.maximumHeaderBytes = maximumHeaderBytes
@@ -51,6 +57,7 @@ public struct HTTP1Limits: Sendable, Equatable {
         self.maximumTrailerBytes = maximumTrailerBytes
         self.maximumLeadingEmptyLines = maximumLeadingEmptyLines
         self.maximumPipelinedRequests = maximumPipelinedRequests
+        self.maximumInformationalResponses = maximumInformationalResponses
     }
 
     /// The defaults above.

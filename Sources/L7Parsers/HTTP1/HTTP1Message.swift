@@ -101,6 +101,122 @@ public struct HTTP1Head: Sendable, Equatable {
     public var isInformational = false
 
     public init() {}
+
+    /// Request: whether a local answer to this request (a deny, a redirect, a 400) ends
+    /// the connection whatever the answer says: the request asked for close (`Connection:
+    /// close`, HTTP/1.0 without keep-alive), or it expects `100-continue` and has a body
+    /// that may never follow a final answer (RFC 9110 §10.1.1), so its end cannot be found.
+    /// An answer built for such a request should carry `Connection: close`.
+    public var closesAfterLocalAnswer: Bool {
+        !keepAlive || (expectsContinue && framing != .none)
+    }
+
+    /// Request: the protocols the `Upgrade` field lines offer (RFC 9110 §7.8: Upgrade =
+    /// #protocol, protocol = protocol-name ["/" protocol-version]), each lower-cased, in
+    /// order, with their version if any ("websocket", "h2c", "http/2.0"); empty when no
+    /// upgrade is asked for. `bytes` is the buffer the head's ranges index.
+    public func upgradeProtocols(in bytes: UnsafeRawBufferPointer) -> [String] {
+        guard upgradeRequested else { return [] }
+        var protocols: [String] = []
+        for field in fields where HTTP1Grammar.equalsIgnoringCase(bytes, field.name, "upgrade") {
+            _ = HTTP1Grammar.forEachListElement(bytes, field.value) { element in
+                if !element.isEmpty {
+                    protocols.append(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[element]), as: UTF8.self).lowercased())
+                }
+                return true
+            }
+        }
+        return protocols
+    }
+}
+
+/// A request head rebuilt with changes, for a driver that must not forward the head as
+/// received: a normalised target (`HTTP1TargetNormalization`), an upgrade that is not
+/// permitted (`HTTP1RequestDecision.forwardWithoutUpgrade`), header rewriting. Pure: bytes
+/// of the received head in, bytes of the head to forward out (start line, kept field lines
+/// in their order, added field lines, the empty line). Leading empty lines are dropped.
+public struct HTTP1HeadRewrite: Sendable, Equatable {
+    /// A field line to append, as `name: value` (both already valid field syntax).
+    public struct AddedField: Sendable, Equatable {
+        public var name: String
+        public var value: String
+        public init(name: String, value: String) { self.name = name; self.value = value }
+    }
+
+    /// The request-target to send instead of the received one (nil keeps it).
+    public var target: [UInt8]?
+    /// Removes what asks for a protocol switch: the `Upgrade` and `HTTP2-Settings` field
+    /// lines, and the `upgrade` and `http2-settings` options of `Connection` (RFC 9110 §7.6.1:
+    /// connection options name the fields that belong to this hop); a `Connection` line left
+    /// with no option goes too. The server then sees an ordinary request.
+    public var removesUpgrade: Bool
+    /// Field names (compared ignoring case) whose lines are left out.
+    public var removedFieldNames: [String]
+    /// Field lines appended after the kept ones.
+    public var addedFields: [AddedField]
+
+    public init(target: [UInt8]? = nil, removesUpgrade: Bool = false, removedFieldNames: [String] = [],
+                addedFields: [AddedField] = []) {
+        self.target = target
+        self.removesUpgrade = removesUpgrade
+        self.removedFieldNames = removedFieldNames
+        self.addedFields = addedFields
+    }
+
+    /// The rebuilt head for `head`, whose ranges index `bytes`.
+    public func apply(to head: HTTP1Head, in bytes: UnsafeRawBufferPointer) -> [UInt8] {
+        func slice(_ range: Range<Int>) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: bytes[range]) }
+        let removed = removedFieldNames.map { Array($0.lowercased().utf8) }
+        func isRemoved(_ name: Range<Int>) -> Bool {
+            removed.contains { candidate in
+                candidate.count == name.count && zip(candidate, slice(name)).allSatisfy { expected, byte in
+                    expected == ((byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z")) ? byte | 0x20 : byte)
+                }
+            }
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(head.length - head.startLine.lowerBound + (target?.count ?? 0))
+        if let target, head.target.lowerBound >= head.startLine.lowerBound, head.target.upperBound <= head.startLine.upperBound {
+            out.append(contentsOf: slice(head.startLine.lowerBound..<head.target.lowerBound))
+            out.append(contentsOf: target)
+            out.append(contentsOf: slice(head.target.upperBound..<head.startLine.upperBound))
+        } else {
+            out.append(contentsOf: slice(head.startLine))
+        }
+        out.append(contentsOf: [HTTP1Grammar.carriageReturn, HTTP1Grammar.lineFeed])
+        for field in head.fields {
+            if isRemoved(field.name) { continue }
+            if removesUpgrade {
+                if HTTP1Grammar.equalsIgnoringCase(bytes, field.name, "upgrade")
+                    || HTTP1Grammar.equalsIgnoringCase(bytes, field.name, "http2-settings") { continue }
+                if HTTP1Grammar.equalsIgnoringCase(bytes, field.name, "connection") {
+                    var options: [Range<Int>] = []
+                    _ = HTTP1Grammar.forEachListElement(bytes, field.value) { option in
+                        if !option.isEmpty && !HTTP1Grammar.equalsIgnoringCase(bytes, option, "upgrade")
+                            && !HTTP1Grammar.equalsIgnoringCase(bytes, option, "http2-settings") {
+                            options.append(option)
+                        }
+                        return true
+                    }
+                    if options.isEmpty { continue }
+                    out.append(contentsOf: slice(field.name))
+                    out.append(contentsOf: Array(": ".utf8))
+                    for (index, option) in options.enumerated() {
+                        if index > 0 { out.append(contentsOf: Array(", ".utf8)) }
+                        out.append(contentsOf: slice(option))
+                    }
+                    out.append(contentsOf: [HTTP1Grammar.carriageReturn, HTTP1Grammar.lineFeed])
+                    continue
+                }
+            }
+            out.append(contentsOf: slice(field.line))
+        }
+        for field in addedFields {
+            out.append(contentsOf: Array("\(field.name): \(field.value)\r\n".utf8))
+        }
+        out.append(contentsOf: [HTTP1Grammar.carriageReturn, HTTP1Grammar.lineFeed])
+        return out
+    }
 }
 
 /// What the response parser must know about the request a response answers
@@ -152,7 +268,7 @@ public struct HTTP1ParseError: Error, Sendable, Equatable, CustomStringConvertib
         case malformedRequestLine, invalidMethod, invalidTarget, unsupportedVersion
         case malformedStatusLine, invalidStatusCode
         case invalidFieldName, whitespaceBeforeColon, obsoleteLineFolding, invalidFieldValue
-        case missingHost, duplicateHost, invalidHost
+        case missingHost, duplicateHost, invalidHost, hostDiffersFromTarget
         case contentLengthWithTransferEncoding, duplicateContentLength, invalidContentLength
         case transferEncodingInHTTP10, chunkedNotFinal, unsupportedTransferCoding, invalidTransferEncoding
         case connectWithBody

@@ -228,6 +228,16 @@ public struct HTTP1Parser: Sendable {
     private mutating func parseHead(_ bytes: UnsafeRawBufferPointer) -> HTTP1Event {
         let count = bytes.count
         var position = scan.searchFrom
+        if direction == .response && !scan.startLineDone {
+            // RFC 9112 §4: a status-line starts with HTTP-version, "HTTP/" first. Checked on
+            // the bytes already here, so a server sending garbage without a line feed (a
+            // body after a 204, say) is an error now rather than a wait for a line end.
+            let prefix: StaticString = "HTTP/"
+            let checked = min(count - scan.lineStart, prefix.utf8CodeUnitCount)
+            for offset in 0..<max(checked, 0) where bytes[scan.lineStart + offset] != prefix.utf8Start[offset] {
+                return fail(.malformedStatusLine, scan.lineStart)
+            }
+        }
         while true {
             guard let lineFeed = nextLineFeed(in: bytes, from: position) else {
                 scan.searchFrom = count
@@ -450,6 +460,16 @@ public struct HTTP1Parser: Sendable {
         let framing: HTTP1Framing
         if direction == .request {
             if version == .http11 && scan.hostCount == 0 { return fail(.missingHost, 0) }
+            // RFC 9112 §3.2: "If the target URI includes an authority component, then a
+            // client MUST send a field value for Host that is identical to that authority
+            // component". §3.2.2 tells a proxy to replace a different Host with the target's
+            // authority; a transparent proxy forwards the head as judged instead, so a
+            // server that routes by Host could act on a host nobody judged. We reject the
+            // disagreement, as HAProxy does (since 2.1), rather than guess which one counts.
+            if head.targetForm == .absolute, let authority = head.authority, let host = head.host,
+               !HTTP1Grammar.equalIgnoringCase(bytes, authority, host) {
+                return fail(.hostDiffersFromTarget, host.lowerBound)
+            }
             head.upgradeRequested = scan.sawUpgrade && scan.connectionUpgrade
             if head.isConnect {
                 // RFC 9110 §9.3.6: "A CONNECT request message does not have content."

@@ -3,21 +3,33 @@ import Testing
 
 /// A driver without sockets: it holds each direction's unconsumed bytes, performs every
 /// operation `HTTP1Connection` answers, and records what reached the upstream and the client.
-/// Its loop is the one `HTTP1Connection`'s contract prescribes.
+/// Its loop is the one `HTTP1Connection`'s contract prescribes. Like the proxy's driver, it
+/// forwards a head rebuilt without the upgrade for `.forwardWithoutUpgrade`, and answers a
+/// response `.error` with `502` when `canAnswerInsteadOfServer`.
 struct SimulatedDriver {
     var connection: HTTP1Connection
-    let allow: (String, String) -> Bool
+    let decide: (HTTP1Head, UnsafeRawBufferPointer) -> HTTP1RequestDecision
     var fromClient: [UInt8] = []
     var fromServer: [UInt8] = []
     var upstream: [UInt8] = []
     var client: [UInt8] = []
     var closedReason: String? = nil
+    /// The driver answered 502 in place of the server on a response error.
+    var answeredBadGateway = false
     var verdicts: [String] = []
     var steps = 0
+    private var rebuiltHead: [UInt8]? = nil
 
     init(limits: HTTP1Limits = .standard, allow: @escaping (_ method: String, _ target: String) -> Bool) {
+        self.init(limits: limits) { head, bytes in
+            allow(string(bytes, head.method), string(bytes, head.target)) ? .forward : .deny
+        }
+    }
+
+    init(limits: HTTP1Limits = .standard,
+         decide: @escaping (_ head: HTTP1Head, _ bytes: UnsafeRawBufferPointer) -> HTTP1RequestDecision) {
         connection = HTTP1Connection(limits: limits)
-        self.allow = allow
+        self.decide = decide
     }
 
     var upstreamText: String { String(decoding: upstream, as: UTF8.self) }
@@ -36,15 +48,27 @@ struct SimulatedDriver {
                 precondition(steps < 1_000_000, "no progress")
                 switch connection.requestStep(fromClient) {
                 case .verdictNeeded(let head):
-                    let (method, target) = fromClient.withUnsafeBytes { (string($0, head.method), string($0, head.target)) }
+                    let (method, target, decision, rebuilt) = fromClient.withUnsafeBytes { bytes in
+                        let decision = decide(head, bytes)
+                        let rebuilt = decision == .forwardWithoutUpgrade
+                            ? HTTP1HeadRewrite(removesUpgrade: true).apply(to: head, in: bytes) : nil
+                        return (string(bytes, head.method), string(bytes, head.target), decision, rebuilt)
+                    }
                     verdicts.append("\(method) \(target)")
-                    connection.resolve(allowed: allow(method, target))
+                    rebuiltHead = rebuilt
+                    connection.resolve(decision)
                 case .operation(let operation):
                     switch operation {
                     case .needMore, .blocked: break requestSide
                     case .pass(let count):
                         precondition(count > 0 && count <= fromClient.count)
-                        upstream += fromClient[..<count]; fromClient.removeFirst(count)
+                        if let rebuilt = rebuiltHead {
+                            upstream += rebuilt
+                            rebuiltHead = nil
+                        } else {
+                            upstream += fromClient[..<count]
+                        }
+                        fromClient.removeFirst(count)
                     case .drop(let count):
                         precondition(count > 0 && count <= fromClient.count)
                         fromClient.removeFirst(count)
@@ -66,7 +90,12 @@ struct SimulatedDriver {
                     fromServer.removeFirst(count)
                 case .inject:
                     Issue.record("the response side never answers the server")
-                case .error(let reason): closedReason = reason
+                case .error(let reason):
+                    if connection.canAnswerInsteadOfServer {
+                        client += HTTP1LocalResponses.rejection(status: 502)
+                        answeredBadGateway = true
+                    }
+                    closedReason = reason
                 }
                 progressed = true
             }

@@ -61,6 +61,13 @@ import Testing
         Case(name: "duplicate Host", text: "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", kind: .duplicateHost),
         Case(name: "invalid Host", text: "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", kind: .invalidHost),
         Case(name: "Host with userinfo", text: "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", kind: .invalidHost),
+        // RFC 9112 §3.2: Host must be identical to the target's authority (issue 9, item 6).
+        Case(name: "Host differs from absolute target", text: "GET http://a/x HTTP/1.1\r\nHost: admin\r\n\r\n",
+             kind: .hostDiffersFromTarget),
+        Case(name: "Host differs in port", text: "GET http://a:8080/x HTTP/1.1\r\nHost: a\r\n\r\n", kind: .hostDiffersFromTarget),
+        Case(name: "empty Host with authority", text: "GET http://a/x HTTP/1.1\r\nHost:\r\n\r\n", kind: .hostDiffersFromTarget),
+        Case(name: "two Hosts, second differs", text: "GET http://a/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+             kind: .duplicateHost),
         Case(name: "CONNECT with body", text: "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nContent-Length: 2\r\n\r\nhi", kind: .connectWithBody),
     ]
 

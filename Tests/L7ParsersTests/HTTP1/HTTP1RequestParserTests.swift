@@ -98,11 +98,21 @@ import Testing
     }
 
     @Test func absoluteFormWithoutPathHasAnEmptyPath() throws {
-        let records = verifyRequests("GET http://example.com?q=1 HTTP/1.1\r\nHost: other\r\n\r\n")
+        let records = verifyRequests("GET http://example.com?q=1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
         let head = try #require(records.first?.head)
         #expect(head.authority == "example.com")
         #expect(head.path == "?q=1")
-        #expect(head.host == "other")
+        #expect(head.host == "example.com")
+    }
+
+    /// RFC 9112 §3.2.2: the target's authority is the host. Host must agree with it (ASCII
+    /// case aside); an HTTP/1.0 request may have no Host at all.
+    @Test func absoluteFormHostAgreesWithTheAuthority() throws {
+        let records = verifyRequests("GET http://Example.COM:80/p HTTP/1.1\r\nHost: example.com:80\r\n\r\n"
+                                     + "GET http://example.com/p HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        let heads = records.compactMap(\.head)
+        #expect(heads.map(\.authority) == ["Example.COM:80", "example.com"])
+        #expect(heads.map(\.host) == ["example.com:80", nil])
     }
 
     @Test func leadingEmptyLinesAreSkippedAndCounted() throws {

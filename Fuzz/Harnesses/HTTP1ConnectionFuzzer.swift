@@ -1,0 +1,299 @@
+import L7Parsers
+
+/// Fuzz harness for `HTTP1Connection` (both directions, with `HTTP1Parser`,
+/// `HTTP1TargetNormalization` and `HTTP1HeadRewrite` underneath), driven the way the
+/// contract tells a driver to drive it.
+///
+/// Input layout (see `Fuzz/seeds.py`, which writes the seed corpus):
+/// - bytes 0-1: verdict bits; each request head takes the next 3 bits (cycling) to pick a
+///   decision from `decisions`;
+/// - byte 2 / byte 3: how many bytes the client / the server delivers per read (0 = all);
+/// - byte 4: flags; bit 0 = small limits (to reach every limit quickly), bit 1 = the server
+///   closes its side at the end (end of input);
+/// - the rest: the client's bytes, then `separator`, then the server's bytes.
+///
+/// Invariants checked (a violation traps, which libFuzzer reports as a crash):
+/// - every `.pass` / `.drop` is > 0 and within the bytes given; `.needMore` asks for >= 1;
+///   `.inject` only on the request side; a head's ranges lie within the bytes given;
+/// - progress: a bounded number of calls per byte;
+/// - normalisation: a parsed target is never `.invalid` (the parser checked its
+///   percent-encoding), results are fixed points, and a head rebuilt with the normalised
+///   target (and without its upgrade) is again a valid head with the same framing;
+/// - what reached the server, up to the point the connection became a relay, is a sequence
+///   of valid requests (a fresh parser frames it without error): nothing smuggled;
+/// - `canAnswerInsteadOfServer` implies a request is owed.
+public enum HTTP1ConnectionFuzzer {
+    public static let separator: [UInt8] = Array("\n--server--\n".utf8)
+
+    /// The decisions verdict bits select (index 0-7).
+    static let decisions: [HTTP1RequestDecision] = [
+        .forward, .forward, .forward, .forwardWithoutUpgrade, .deny, .deny,
+        .answer(Array("HTTP/1.1 418 I'm a teapot\r\nContent-Length: 0\r\n\r\n".utf8), closes: false),
+        .answer(HTTP1LocalResponses.rejection(status: 400), closes: true),
+    ]
+
+    static let smallLimits = HTTP1Limits(
+        maximumRequestLineBytes: 64, maximumStatusLineBytes: 64, maximumHeaderBytes: 256, maximumHeaderCount: 6,
+        maximumChunkSizeDigits: 4, maximumChunkLineBytes: 24, maximumTrailerBytes: 64, maximumLeadingEmptyLines: 2,
+        maximumPipelinedRequests: 2, maximumInformationalResponses: 2)
+
+    public static func run(_ input: UnsafeRawBufferPointer) {
+        _ = outcome(input)
+    }
+
+    /// What one input did: the bytes that reached the server and the client, and whether
+    /// the connection ended (for tests of the harness itself).
+    public struct Outcome: Sendable {
+        public var upstream: [UInt8]
+        public var client: [UInt8]
+        public var closed: Bool
+    }
+
+    public static func outcome(_ input: UnsafeRawBufferPointer) -> Outcome {
+        guard input.count >= 5 else { return Outcome(upstream: [], client: [], closed: false) }
+        let verdictBits = UInt16(input[0]) | UInt16(input[1]) << 8
+        let clientRead = input[2] == 0 ? Int.max : Int(input[2])
+        let serverRead = input[3] == 0 ? Int.max : Int(input[3])
+        let flags = input[4]
+        let rest = Array(input[5...])
+        let client: ArraySlice<UInt8>
+        let server: ArraySlice<UInt8>
+        if let split = firstIndex(of: separator, in: rest) {
+            client = rest[..<split]
+            server = rest[(split + separator.count)...]
+        } else {
+            client = rest[...]
+            server = []
+        }
+        var driver = Driver(limits: flags & 1 == 0 ? .standard : smallLimits, verdictBits: verdictBits)
+        var clientOffset = client.startIndex
+        var serverOffset = server.startIndex
+        while !driver.closed && (clientOffset < client.endIndex || serverOffset < server.endIndex) {
+            if clientOffset < client.endIndex {
+                let end = clientOffset + min(clientRead, client.endIndex - clientOffset)
+                driver.fromClient += client[clientOffset..<end]
+                clientOffset = end
+                driver.pump()
+            }
+            if serverOffset < server.endIndex && !driver.closed {
+                let end = serverOffset + min(serverRead, server.endIndex - serverOffset)
+                driver.fromServer += server[serverOffset..<end]
+                serverOffset = end
+                driver.pump()
+            }
+        }
+        if flags & 2 != 0 && !driver.closed { driver.serverCloses() }
+        driver.checkForwardedBytesAreValidRequests()
+        return Outcome(upstream: driver.upstream, client: driver.client, closed: driver.closed)
+    }
+
+    static func firstIndex(of needle: [UInt8], in haystack: [UInt8]) -> Int? {
+        guard haystack.count >= needle.count else { return nil }
+        for start in 0...(haystack.count - needle.count) where haystack[start] == needle[0] {
+            if haystack[start..<(start + needle.count)].elementsEqual(needle) { return start }
+        }
+        return nil
+    }
+
+    /// The driver loop of `HTTP1Connection`'s contract, with invariant checks.
+    struct Driver {
+        var connection: HTTP1Connection
+        let limits: HTTP1Limits
+        var verdictBits: UInt16
+        var verdictShift: UInt16 = 0
+        var fromClient: [UInt8] = []
+        var fromServer: [UInt8] = []
+        var upstream: [UInt8] = []
+        var client: [UInt8] = []
+        var closed = false
+        var serverEnded = false
+        /// Where the relay began in `upstream` (bytes after it are opaque).
+        var tunnelStart: Int?
+        var rebuiltHead: [UInt8]?
+
+        init(limits: HTTP1Limits, verdictBits: UInt16) {
+            connection = HTTP1Connection(limits: limits)
+            self.limits = limits
+            self.verdictBits = verdictBits
+        }
+
+        mutating func nextDecision() -> HTTP1RequestDecision {
+            // The 16 bits repeated, so that a shift near the end still reads 3 bits.
+            let doubled = UInt32(verdictBits) | UInt32(verdictBits) << 16
+            let index = Int((doubled >> UInt32(verdictShift)) & 7)
+            verdictShift = (verdictShift + 3) % 16
+            return HTTP1ConnectionFuzzer.decisions[index]
+        }
+
+        mutating func pump() {
+            var calls = 0
+            let budget = 64 + 8 * (fromClient.count + fromServer.count + 64)
+            var progressed = true
+            while progressed && !closed {
+                progressed = false
+                requestSide: while !closed {
+                    calls += 1
+                    precondition(calls < budget, "HTTP1Connection makes no progress")
+                    switch connection.requestStep(fromClient) {
+                    case .verdictNeeded(let head):
+                        judge(head)
+                    case .operation(let operation):
+                        switch operation {
+                        case .needMore(let minimum):
+                            precondition(minimum >= 1, "needMore must ask for at least one byte")
+                            break requestSide
+                        case .blocked:
+                            break requestSide
+                        case .pass(let count):
+                            precondition(count > 0 && count <= fromClient.count, "request pass \(count) of \(fromClient.count)")
+                            if let rebuilt = rebuiltHead {
+                                upstream += rebuilt
+                                rebuiltHead = nil
+                            } else {
+                                upstream += fromClient[..<count]
+                            }
+                            fromClient.removeFirst(count)
+                        case .drop(let count):
+                            precondition(count > 0 && count <= fromClient.count, "request drop \(count) of \(fromClient.count)")
+                            precondition(rebuiltHead == nil, "a rebuilt head was not passed")
+                            fromClient.removeFirst(count)
+                        case .inject(let bytes):
+                            precondition(!bytes.isEmpty, "empty injection")
+                            client += bytes
+                        case .error:
+                            closed = true
+                        }
+                    }
+                    progressed = true
+                }
+                responseSide: while !closed {
+                    calls += 1
+                    precondition(calls < budget, "HTTP1Connection makes no progress")
+                    let operation = connection.responseStep(fromServer).operation
+                    switch operation {
+                    case .needMore(let minimum):
+                        precondition(minimum >= 1, "needMore must ask for at least one byte")
+                        break responseSide
+                    case .blocked:
+                        break responseSide
+                    case .pass(let count):
+                        precondition(count > 0 && count <= fromServer.count, "response pass \(count) of \(fromServer.count)")
+                        client += fromServer[..<count]
+                        fromServer.removeFirst(count)
+                    case .drop, .inject:
+                        preconditionFailure("the response side only passes: \(operation)")
+                    case .error:
+                        if connection.canAnswerInsteadOfServer {
+                            precondition(connection.inFlightCount > 0, "an answer in place of the server needs a request")
+                            client += HTTP1LocalResponses.rejection(status: 502)
+                        }
+                        closed = true
+                    }
+                    progressed = true
+                }
+                // A relay begins when the response side completes the switching response; the
+                // request side passes opaque bytes only from its next round.
+                if tunnelStart == nil && connection.isTunnel { tunnelStart = upstream.count }
+                if connection.canAnswerInsteadOfServer { precondition(connection.inFlightCount > 0) }
+                _ = connection.isAwaitingResponse
+            }
+        }
+
+        mutating func serverCloses() {
+            guard !serverEnded else { return }
+            serverEnded = true
+            if connection.responseEndOfInput(unconsumedBytes: fromServer.count) != nil {
+                closed = true
+                return
+            }
+            pump()
+        }
+
+        mutating func judge(_ head: HTTP1Head) {
+            precondition(head.length > 0 && head.length <= fromClient.count, "head of \(head.length) in \(fromClient.count) bytes")
+            for range in [head.startLine, head.method, head.target, head.path] + head.fields.flatMap({ [$0.name, $0.value, $0.line] }) {
+                precondition(range.lowerBound >= 0 && range.upperBound <= head.length, "range \(range) outside the head")
+            }
+            var decision = nextDecision()
+            var newTarget: [UInt8]? = nil
+            fromClient.withUnsafeBytes { bytes in
+                switch HTTP1TargetNormalization.normalize(head, in: bytes) {
+                case .unchanged:
+                    break
+                case .normalized(let target, let path):
+                    precondition(HTTP1TargetNormalization.normalize(target: Array(target.utf8)) == .unchanged,
+                                 "normalised target \(target) is not a fixed point")
+                    precondition(target.hasSuffix(path), "path \(path) is not the end of target \(target)")
+                    newTarget = Array(target.utf8)
+                case .redirect(let location):
+                    precondition(HTTP1TargetNormalization.normalize(target: Array(location.utf8)) == .unchanged,
+                                 "redirect location \(location) is not a fixed point")
+                    decision = .answer(HTTP1LocalResponses.redirect(location: location, closes: head.closesAfterLocalAnswer),
+                                       closes: false)
+                case .invalid(let reason):
+                    preconditionFailure("the parser accepted a target the normaliser rejects: \(reason)")
+                }
+                _ = head.upgradeProtocols(in: bytes)
+                let removesUpgrade = decision == .forwardWithoutUpgrade
+                if case .answer = decision {
+                    rebuiltHead = nil
+                } else if case .deny = decision {
+                    rebuiltHead = nil
+                } else if newTarget != nil || removesUpgrade {
+                    let rebuilt = HTTP1HeadRewrite(target: newTarget, removesUpgrade: removesUpgrade).apply(to: head, in: bytes)
+                    checkRebuilt(rebuilt, of: head, removesUpgrade: removesUpgrade)
+                    rebuiltHead = rebuilt
+                } else {
+                    rebuiltHead = nil
+                }
+            }
+            connection.resolve(decision)
+        }
+
+        func checkRebuilt(_ rebuilt: [UInt8], of head: HTTP1Head, removesUpgrade: Bool) {
+            var parser = HTTP1Parser(direction: .request, limits: HTTP1Limits(maximumRequestLineBytes: 1 << 20,
+                                                                              maximumHeaderBytes: 1 << 20))
+            guard case .head(let again) = parser.parse(rebuilt) else {
+                preconditionFailure("a rebuilt head does not parse: \(String(decoding: rebuilt, as: UTF8.self))")
+            }
+            precondition(again.length == rebuilt.count, "a rebuilt head has bytes after it")
+            precondition(again.framing == head.framing && again.isConnect == head.isConnect && again.isHead == head.isHead,
+                         "a rebuilt head frames differently")
+            if removesUpgrade { precondition(!again.upgradeRequested, "the upgrade survived its removal") }
+        }
+
+        /// What reached the server before any relay is a sequence of valid requests.
+        func checkForwardedBytesAreValidRequests() {
+            let framed = Array(upstream[..<(tunnelStart ?? upstream.count)])
+            var parser = HTTP1Parser(direction: .request, limits: HTTP1Limits(
+                maximumRequestLineBytes: max(limits.maximumRequestLineBytes, 1 << 16),
+                maximumHeaderBytes: max(limits.maximumHeaderBytes, 1 << 16),
+                maximumHeaderCount: limits.maximumHeaderCount + 2,
+                maximumLeadingEmptyLines: limits.maximumLeadingEmptyLines))
+            var offset = 0
+            var calls = 0
+            while true {
+                calls += 1
+                precondition(calls < 4 * framed.count + 16, "the checking parser makes no progress")
+                let event = framed[offset...].withUnsafeBytes { parser.parse($0) }
+                switch event {
+                case .needMore:
+                    return
+                case .head(let head):
+                    offset += head.length
+                case .body(let count), .chunkFraming(let count), .tunnel(let count):
+                    offset += count
+                case .messageComplete(let consumed, _):
+                    offset += consumed
+                case .error(let error):
+                    preconditionFailure("the server received bytes that are not valid HTTP/1.1 requests: \(error) at \(offset)")
+                }
+                if offset == framed.count {
+                    // One more call reports a message end without bytes, if any.
+                    if case .messageComplete = framed[offset...].withUnsafeBytes({ parser.parse($0) }) {}
+                    return
+                }
+            }
+        }
+    }
+}
