@@ -121,8 +121,8 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         case .relay:
             session = nil
         case .http(let identities):
-            session = HTTPPolicySession(limits: httpLimits, policy: workerPolicy, identities: identities,
-                                        reporter: flowLog.isEnabled ? flowLog : nil)
+            session = HTTPPolicySession(limits: httpLimits, settings: configuration.http, policy: workerPolicy,
+                                        identities: identities, reporter: flowLog.isEnabled ? flowLog : nil)
         case .deny(let reason):
             counters.deniedUnjudgeable &+= 1
             socket.setResetOnClose()

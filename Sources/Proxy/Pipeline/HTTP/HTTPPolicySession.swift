@@ -83,6 +83,7 @@ public protocol L7FlowReporter: AnyObject {
 /// server, and every request and response is reported as a flow record.
 public final class HTTPPolicySession: L7Session {
     private var http: HTTP1Connection
+    private let settings: HTTPSettings
     /// The worker's view of the policy; nil: no policy section, every request is allowed.
     private let policy: WorkerPolicy?
     /// The connection's policy questions with their L3/L4 part settled, under the policy
@@ -107,9 +108,11 @@ public final class HTTPPolicySession: L7Session {
 
     /// `policy` is the worker's view of the current policy (nil: allow every request);
     /// `identities` are the connection's ends as that policy saw them at accept.
-    public init(limits: HTTP1Limits, policy: WorkerPolicy?, identities: ConnectionIdentities,
-                reporter: L7FlowReporter?, clock: @escaping () -> UInt64 = MonotonicClock.now) {
+    public init(limits: HTTP1Limits, settings: HTTPSettings = HTTPSettings(), policy: WorkerPolicy?,
+                identities: ConnectionIdentities, reporter: L7FlowReporter?,
+                clock: @escaping () -> UInt64 = MonotonicClock.now) {
         http = HTTP1Connection(limits: limits)
+        self.settings = settings
         self.policy = policy
         self.identities = identities
         policyVersion = policy?.version ?? 0
@@ -153,13 +156,13 @@ public final class HTTPPolicySession: L7Session {
         return Self.gatewayAnswer(status: 503, reason: "Service Unavailable", body: "upstream unavailable: \(reason)\r\n")
     }
 
-    public var isAwaitingResponse: Bool { !pending.isEmpty }
+    public var isAwaitingResponse: Bool { http.isAwaitingResponse }
 
-    public var isIdle: Bool { http.inFlightCount == 0 && !http.isTunnel && pending.isEmpty }
+    public var isIdle: Bool { http.inFlightCount == 0 && !http.isTunnel }
 
     public func responseTimedOut() -> [UInt8]? {
         // RFC 9110 §15.6.5: 504 "did not receive a timely response from an upstream server".
-        guard !pending.isEmpty else { return nil }
+        guard http.canAnswerInsteadOfServer, !pending.isEmpty else { return nil }
         let request = pending.removeFirst()
         reporter?.report(record(type: "RESPONSE", verdict: "ERROR", direction: request.direction, method: request.method,
                                 url: request.url, code: 504, latency: clock() &- request.start, rules: [], allowed: true))
@@ -200,11 +203,34 @@ public final class HTTPPolicySession: L7Session {
             String(decoding: UnsafeRawBufferPointer(rebasing: bytes[range]), as: UTF8.self)
         }
         let method = text(head.method)
-        let target = text(head.target)
+        var target = text(head.target)
+        var path = text(head.path)
+        var rewriteHead = HTTP1HeadRewrite()
+        var rewrites = false
+        if settings.normalizePaths {
+            // The reference normalises before matching; the server receives what was judged.
+            switch HTTP1TargetNormalization.normalize(head, in: bytes) {
+            case .unchanged:
+                break
+            case .normalized(let normalTarget, let normalPath):
+                target = normalTarget
+                path = normalPath
+                rewriteHead.target = Array(normalTarget.utf8)
+                rewrites = true
+            case .redirect(let location):
+                return answerLocally(head, method: method, url: target,
+                                     Self.localAnswer(status: 307, reason: "Temporary Redirect", location: location,
+                                                      closes: head.closesAfterLocalAnswer), closes: false)
+            case .invalid(let reason):
+                return answerLocally(head, method: method, url: target,
+                                     Self.localAnswer(status: 400, reason: "Bad Request", body: "\(reason)\r\n", closes: true),
+                                     closes: true)
+            }
+        }
         // RFC 9112 §3.2.2: with an absolute-form target, the authority in it is the host.
         let host = (head.authority ?? head.host).map(text)
         let headers = head.fields.map { (name: text($0.name), value: text($0.value)) }
-        let facts = HTTPRequestFacts(method: method, path: text(head.path), host: host, headers: headers)
+        let facts = HTTPRequestFacts(method: method, path: path, host: host, headers: headers)
 
         var allowed = true
         var deciding: [RuleReference] = []
@@ -226,43 +252,63 @@ public final class HTTPPolicySession: L7Session {
                 if case .allowedAtL7 = verdict.reason { direction = flow.direction }
             }
         }
+        var decision = HTTP1RequestDecision.deny
         if allowed {
             allowedCount += 1
             pending.append((clock(), method, target, direction))
-            if !actions.isEmpty { rewrite = Self.rebuild(head, bytes, applying: actions) }
+            decision = .forward
+            // Only upgrades the configuration allows may turn the connection into a relay; an
+            // offer naming any other protocol (h2c above all) is stripped, and the request goes
+            // on as an ordinary one.
+            let offered = head.upgradeProtocols(in: bytes)
+            if !offered.isEmpty && !offered.allSatisfy({ settings.allowedUpgrades.contains(Self.protocolName($0)) }) {
+                decision = .forwardWithoutUpgrade
+                rewriteHead.removesUpgrade = true
+                rewrites = true
+            }
+            for action in actions {
+                switch action {
+                case .add(let header, let value):
+                    rewriteHead.addedFields.append(.init(name: header, value: value.value))
+                case .replace(let header, let value):
+                    rewriteHead.removedFieldNames.append(header)
+                    rewriteHead.addedFields.append(.init(name: header, value: value.value))
+                case .remove(let header):
+                    rewriteHead.removedFieldNames.append(header)
+                }
+                rewrites = true
+            }
+            if rewrites { rewrite = rewriteHead.apply(to: head, in: bytes) }
         } else {
             deniedCount += 1
         }
-        http.resolve(allowed: allowed)
+        http.resolve(decision)
         reporter?.report(record(type: "REQUEST", verdict: allowed ? "FORWARDED" : "DROPPED", direction: direction,
                                 method: method, url: target, code: nil, latency: nil, rules: deciding, allowed: allowed))
     }
 
-    /// The head with `headerMatches` actions applied: the start line, the fields that stay,
-    /// replaced and added fields, and the blank line.
-    static func rebuild(_ head: HTTP1Head, _ bytes: UnsafeRawBufferPointer, applying actions: [HeaderAction]) -> [UInt8] {
-        func name(_ field: HTTP1Field) -> String {
-            String(decoding: UnsafeRawBufferPointer(rebasing: bytes[field.name]), as: UTF8.self).lowercased()
-        }
-        var removed = Set<String>()
-        var added: [(String, String)] = []
-        for action in actions {
-            switch action {
-            case .add(let header, let value): added.append((header, value.value))
-            case .replace(let header, let value):
-                removed.insert(header.lowercased())
-                added.append((header, value.value))
-            case .remove(let header): removed.insert(header.lowercased())
-            }
-        }
-        let fieldsStart = head.fields.first?.line.lowerBound ?? (head.length - 2)
-        var out = Array(UnsafeRawBufferPointer(rebasing: bytes[0..<fieldsStart]))
-        for field in head.fields where !removed.contains(name(field)) {
-            out += UnsafeRawBufferPointer(rebasing: bytes[field.line])
-        }
-        for (header, value) in added { out += Array("\(header): \(value)\r\n".utf8) }
-        out += Array("\r\n".utf8)
-        return out
+    /// "websocket/13" -> "websocket": the configuration names protocols without versions.
+    private static func protocolName(_ offered: String) -> String {
+        offered.split(separator: "/", maxSplits: 1).first.map(String.init) ?? offered
+    }
+
+    /// Answers a request locally (a redirect, a 400) in its turn, without judging it.
+    private func answerLocally(_ head: HTTP1Head, method: String, url: String, _ answer: [UInt8], closes: Bool) {
+        deniedCount += 1
+        http.resolve(.answer(answer, closes: closes))
+        reporter?.report(record(type: "REQUEST", verdict: "DROPPED", direction: .ingress, method: method, url: url,
+                                code: nil, latency: nil, rules: [], allowed: false))
+    }
+
+    /// A small local answer; `location` adds a Location field, `closes` a Connection: close.
+    static func localAnswer(status: Int, reason: String, location: String? = nil, body: String = "",
+                            closes: Bool) -> [UInt8] {
+        var text = "HTTP/1.1 \(status) \(reason)\r\n"
+        if let location { text += "Location: \(location)\r\n" }
+        if !body.isEmpty { text += "Content-Type: text/plain\r\n" }
+        text += "Content-Length: \(body.utf8.count)\r\n"
+        if closes { text += "Connection: close\r\n" }
+        return Array((text + "\r\n" + body).utf8)
     }
 
     // MARK: Responses
@@ -274,7 +320,7 @@ public final class HTTPPolicySession: L7Session {
             // A response that cannot be relayed. When nothing of the owed response reached the
             // client yet, it gets 502 (as from HAProxy and the reference) after every valid
             // response before it; then the connection closes.
-            guard !pending.isEmpty else { return .close(reason: reason) }
+            guard http.canAnswerInsteadOfServer, !pending.isEmpty else { return .close(reason: reason) }
             responseFault = reason
             let request = pending.removeFirst()
             reporter?.report(record(type: "RESPONSE", verdict: "ERROR", direction: request.direction, method: request.method,
