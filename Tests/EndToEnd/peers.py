@@ -266,7 +266,7 @@ class RawClient:
 
 def split_responses(data):
     """Splits HTTP/1.1 responses framed by Content-Length (or with none, when the body is
-    empty). Returns (complete responses, rest)."""
+    empty, as for 1xx, 204 and 304). Returns (complete responses, rest)."""
     responses = []
     while True:
         end = data.find(b"\r\n\r\n")
@@ -274,7 +274,9 @@ def split_responses(data):
             return responses, data
         head = data[:end]
         length = 0
-        for line in head.split(b"\r\n")[1:]:
+        status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+        # RFC 9112 §6.3: 1xx, 204 and 304 responses have no body, whatever their fields say.
+        for line in ([] if status < 200 or status in (204, 304) else head.split(b"\r\n")[1:]):
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value.strip())
