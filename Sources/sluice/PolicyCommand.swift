@@ -1,4 +1,5 @@
 import ArgumentParser
+import L7Parsers
 import Proxy
 import PolicyEngine
 #if canImport(Glibc)
@@ -78,6 +79,11 @@ struct PolicyTraceCommand: ParsableCommand {
         path, host, Kafka version, ...) stays absent: rules that test it do not match it, \
         rules that do not test it still may.
 
+        --http-path is judged as the proxy judges it: normalised (RFC 3986 dot segments, \
+        unreserved percent-decoding, merged slashes) unless --http-normalize-path false, as \
+        the configuration's http.normalizePaths. A path with escaped slashes (%2F, %5C) is \
+        answered by the proxy with a redirect to the unescaped path; trace judges that path.
+
         With -o json one object is printed: \
         {"verdict":"ALLOWED"|"DENIED","reason":"...","matched":[{"policy":"NS/NAME","direction":"INGRESS"|"EGRESS","rule":N}]}. \
         Exit codes: 0 for a verdict either way, 2 for bad input.
@@ -100,6 +106,8 @@ struct PolicyTraceCommand: ParsableCommand {
 
     @Option(name: .long, help: "HTTP method.") var httpMethod: String?
     @Option(name: .long, help: "HTTP request target (path and query).") var httpPath: String?
+    @Option(name: .long, help: ArgumentHelp("Judge --http-path normalised, as the proxy does by default (true|false).", valueName: "bool"))
+    var httpNormalizePath: Bool = true
     @Option(name: .long, help: "HTTP Host / :authority.") var httpHost: String?
     @Option(name: .long, parsing: .singleValue, help: ArgumentHelp("HTTP header \"Name: value\" (repeatable).", valueName: "header"))
     var httpHeader: [String] = []
@@ -124,7 +132,9 @@ struct PolicyTraceCommand: ParsableCommand {
         do {
             let report = try trace()
             switch output {
-            case .text: print(report.explanation)
+            case .text:
+                if let note = try? judgedPath()?.note { print(note) }
+                print(report.explanation)
             case .json: print(Self.json(report))
             }
         } catch {
@@ -169,6 +179,22 @@ struct PolicyTraceCommand: ParsableCommand {
         return snapshot.trace(from: source, to: destination, port: number, transport: transport, request: try request())
     }
 
+    /// The path the proxy would judge for --http-path, and a note when it is not the one given.
+    func judgedPath() throws(TraceInputError) -> (path: String, note: String?)? {
+        guard let httpPath else { return nil }
+        guard httpNormalizePath else { return (httpPath, nil) }
+        switch HTTP1TargetNormalization.normalize(target: Array(httpPath.utf8)) {
+        case .unchanged:
+            return (httpPath, nil)
+        case .normalized(_, let path):
+            return (path, "Path: \(httpPath) is judged (and forwarded) as \(path)")
+        case .redirect(let location):
+            return (location, "Path: \(httpPath) holds escaped slashes: the proxy redirects (307) to \(location), judged here")
+        case .invalid(let reason):
+            throw TraceInputError(message: "--http-path: \(reason); the proxy answers such a request 400")
+        }
+    }
+
     func request() throws(TraceInputError) -> TraceRequest {
         let usesHTTP = httpMethod != nil || httpPath != nil || httpHost != nil || !httpHeader.isEmpty
         let usesKafka = kafkaApiKey != nil || kafkaApiVersion != nil || kafkaClientId != nil || !kafkaTopic.isEmpty
@@ -185,7 +211,7 @@ struct PolicyTraceCommand: ParsableCommand {
                 headers.append((String(header[..<colon]).trimmingSpaces, String(header[header.index(after: colon)...]).trimmingSpaces))
             }
             // A fact not given stays absent: rules that test it do not match (no guessed GET or /).
-            return .http(HTTPRequestFacts(method: httpMethod, path: httpPath, host: httpHost, headers: headers))
+            return .http(HTTPRequestFacts(method: httpMethod, path: try judgedPath()?.path, host: httpHost, headers: headers))
         }
         if usesKafka {
             guard let keyText = kafkaApiKey else { throw TraceInputError(message: "--kafka-api-key is needed for a Kafka trace") }

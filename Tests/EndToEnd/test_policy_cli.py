@@ -341,3 +341,29 @@ spec:
     assert result.returncode == 2
     assert f"{path}:8:21: spec.egress[0].toFQDNs[0].matchPattern: {BAD_DNS[pattern]}" in result.stderr, result.stderr
     assert "from [-a-zA-Z0-9_.*]" not in result.stderr
+
+
+# Issue 9, item 2: trace judges the path the proxy would judge (and forward).
+API = ["--from", "10.0.1.10", "--to", "10.0.1.20", "--port", "8000/TCP", "--http-method", "GET"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/products/../../admin", "/api/v1/products/%2e%2e/%2E%2E/admin",
+                                  "/api/v1/products/..%2f..%2fadmin"])
+def test_trace_judges_the_normalised_path(path):
+    result = trace("cilium-http-policy.yaml", *API, "--http-path", path)
+    assert result.returncode == 0, result.stderr
+    verdict = json.loads(result.stdout)
+    assert verdict["verdict"] == "DENIED" and "(GET /api/admin)" in verdict["reason"], verdict
+    raw = trace("cilium-http-policy.yaml", *API, "--http-path", path, "--http-normalize-path", "false")
+    assert json.loads(raw.stdout)["verdict"] == "ALLOWED", "judged raw, the walk-out matches /api/v1/products/.*"
+
+
+def test_trace_says_how_the_path_was_judged():
+    result = run("policy", "trace", "--policy", EXAMPLES / "cilium-http-policy.yaml", "--endpoints", ENDPOINTS,
+                 *API, "--http-path", "/api/v1/products/../x")
+    assert result.stdout.splitlines()[0] == "Path: /api/v1/products/../x is judged (and forwarded) as /api/v1/x"
+
+
+def test_trace_refuses_a_malformed_path_as_the_proxy_does():
+    result = trace("cilium-http-policy.yaml", *API, "--http-path", "/api/%zz")
+    assert result.returncode == 2 and "malformed percent-encoding" in result.stderr and "400" in result.stderr
