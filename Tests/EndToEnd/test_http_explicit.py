@@ -145,6 +145,7 @@ def test_unreachable_upstream_is_answered_503(workdir, start_sluice):
                             capture_output=True, text=True)
     assert result.stdout.endswith(" 503"), (result.stdout, result.stderr)
     assert "upstream unavailable: upstream unreachable" in result.stdout
-    records = proxy.wait_for_flows(2)
+    # The request (allowed), the 503 answering it, and the connection's record.
+    records = proxy.wait_for_flows(3)
     assert any(r.get("Type") == "L7" and r["l7"]["http"].get("code") == 503 for r in records)
     assert any(r.get("proxy", {}).get("outcome") == "upstream_unreachable" for r in records)

@@ -171,6 +171,9 @@ public final class RelayConnection: EventHandler {
     private var responseTimer: TimerID?
     /// The proxy is draining: the connection closes as soon as it is idle between requests.
     private var draining = false
+    /// The session has acted on client input (passed, dropped or answered a request): the
+    /// header clock that started at accept no longer runs while the input is empty.
+    private var requestInputActedOn = false
     /// The proxy sent its FIN to the client before the client's FIN arrived.
     private var downstreamClosedFirstByProxy = false
     public private(set) var isFinished = false
@@ -531,6 +534,13 @@ public final class RelayConnection: EventHandler {
                     toUpstream.parseDirty = true
                 case .idle: break
                 }
+                if closeOutcome == .upstreamProtocolError && upstream != nil {
+                    // A response that cannot be relayed: reset the upstream now; the client gets
+                    // what is queued for it (valid responses, the session's 502), then a FIN.
+                    dropUpstream()
+                    toUpstream.buffer.discard(pool: pool)
+                    toUpstream.sourceEnded = true
+                }
                 guard progressed else { break }
                 lastActivity = loop.now
                 rounds += 1
@@ -569,8 +579,7 @@ public final class RelayConnection: EventHandler {
     private func trackPendingHead() {
         // Until the first request's head is consumed, the clock that began at accept runs
         // even while nothing arrives: a client that connects and stays silent is a stalled head.
-        let beforeFirstRequest = toUpstream.bytes == 0 && toUpstream.pendingDrop == 0 && !toUpstream.holdsOutput
-            && !toUpstream.sourceEnded && upstream == nil && toDownstream.output.isEmpty
+        let beforeFirstRequest = !requestInputActedOn && !toUpstream.sourceEnded
         let waiting = (!toUpstream.buffer.isEmpty || beforeFirstRequest) && toUpstream.pendingPass == 0
             && toUpstream.pendingDrop == 0 && !toUpstream.blocked
         if !waiting {
@@ -730,6 +739,7 @@ public final class RelayConnection: EventHandler {
 
     /// Records one operation of the session; false when it ends the connection at once.
     private func perform(_ operation: SessionOperation, on direction: inout Direction, side: TrafficDirection) -> Bool {
+        if side == .request, operation != .needMore, operation != .blocked { requestInputActedOn = true }
         switch operation {
         case .needMore, .blocked:
             return true
@@ -748,12 +758,9 @@ public final class RelayConnection: EventHandler {
             // response-side close (a response that cannot be relayed) resets the upstream
             // now and closes once what is queued for the client (valid responses before the
             // fault, the session's 502) has been delivered.
-            if side == .response {
-                dropUpstream()
-                toUpstream.buffer.discard(pool: owner.bufferPool)
-                toUpstream.sourceEnded = true
-                closeOutcome = .upstreamProtocolError
-            }
+            // (The upstream is dropped by `pumpSession` once this parse returns: both
+            // directions are borrowed here.)
+            if side == .response { closeOutcome = .upstreamProtocolError }
             closeAfterReply = reason
         }
         return true
