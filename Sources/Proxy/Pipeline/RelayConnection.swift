@@ -284,16 +284,7 @@ public final class RelayConnection: EventHandler {
                 return
             }
             // A head that never completes (a slow or stalled client): answer if we may, then close.
-            toUpstream.buffer.discard(pool: owner.bufferPool)
-            toUpstream.sourceEnded = true
-            if var answer = session.headerTimedOut() {
-                // Sent if it fits behind what is queued for the client; the close follows either way.
-                _ = append(&answer, to: &toDownstream.output, pool: owner.bufferPool)
-            }
-            closeAfterReply = "header timeout"
-            closeOutcome = .headerTimeout
-            pumpBoth()
-            return
+            return endWithAnswer(session.headerTimedOut(), reason: "header timeout", outcome: .headerTimeout)
         }
         idleTimer = nil
         let idleFor = loop.now &- lastActivity
@@ -358,13 +349,17 @@ public final class RelayConnection: EventHandler {
             return
         }
         dropUpstream()
+        endWithAnswer(session.responseTimedOut(), reason: "response timeout", outcome: .responseTimeout)
+    }
+
+    /// Stops reading the client, queues `answer` for it (sent if it fits behind what is
+    /// queued already; the close follows either way), and closes once that is delivered.
+    private func endWithAnswer(_ answer: [UInt8]?, reason: String, outcome: ConnectionOutcome) {
         toUpstream.buffer.discard(pool: owner.bufferPool)
         toUpstream.sourceEnded = true
-        if var answer = session.responseTimedOut() {
-            _ = append(&answer, to: &toDownstream.output, pool: owner.bufferPool)
-        }
-        closeAfterReply = "response timeout"
-        closeOutcome = .responseTimeout
+        if var answer { _ = append(&answer, to: &toDownstream.output, pool: owner.bufferPool) }
+        closeAfterReply = reason
+        closeOutcome = outcome
         pumpBoth()
     }
 
