@@ -21,6 +21,9 @@ import L7Parsers
 ///   target (and without its upgrade) is again a valid head with the same framing;
 /// - what reached the server, up to the point the connection became a relay, is a sequence
 ///   of valid requests (a fresh parser frames it without error): nothing smuggled;
+/// - what reached the client, up to the relay, is a sequence of valid responses to those
+///   requests in order (a fresh response parser told each request's method frames it, local
+///   answers included): no answer the client would misread;
 /// - `canAnswerInsteadOfServer` implies a request is owed.
 public enum HTTP1ConnectionFuzzer {
     public static let separator: [UInt8] = Array("\n--server--\n".utf8)
@@ -84,6 +87,7 @@ public enum HTTP1ConnectionFuzzer {
         }
         if flags & 2 != 0 && !driver.closed { driver.serverCloses() }
         driver.checkForwardedBytesAreValidRequests()
+        driver.checkClientBytesAreValidResponses()
         return Outcome(upstream: driver.upstream, client: driver.client, closed: driver.closed)
     }
 
@@ -107,8 +111,11 @@ public enum HTTP1ConnectionFuzzer {
         var client: [UInt8] = []
         var closed = false
         var serverEnded = false
-        /// Where the relay began in `upstream` (bytes after it are opaque).
+        /// Where the relay began in `upstream` and in `client` (bytes after it are opaque).
         var tunnelStart: Int?
+        var clientTunnelStart: Int?
+        /// What each request that gets an answer asked, in order (for the client check).
+        var answeredRequests: [HTTP1RequestSummary] = []
         var rebuiltHead: [UInt8]?
 
         init(limits: HTTP1Limits, verdictBits: UInt16) {
@@ -146,6 +153,7 @@ public enum HTTP1ConnectionFuzzer {
                             break requestSide
                         case .pass(let count):
                             precondition(count > 0 && count <= fromClient.count, "request pass \(count) of \(fromClient.count)")
+                            if tunnelStart == nil && connection.isTunnel { tunnelStart = upstream.count }
                             if let rebuilt = rebuiltHead {
                                 upstream += rebuilt
                                 rebuiltHead = nil
@@ -178,22 +186,20 @@ public enum HTTP1ConnectionFuzzer {
                         break responseSide
                     case .pass(let count):
                         precondition(count > 0 && count <= fromServer.count, "response pass \(count) of \(fromServer.count)")
+                        if clientTunnelStart == nil && connection.isTunnel { clientTunnelStart = client.count }
                         client += fromServer[..<count]
                         fromServer.removeFirst(count)
                     case .drop, .inject:
                         preconditionFailure("the response side only passes: \(operation)")
                     case .error:
-                        if connection.canAnswerInsteadOfServer {
+                        if let answer = connection.answerInsteadOfServer(status: 502) {
                             precondition(connection.inFlightCount > 0, "an answer in place of the server needs a request")
-                            client += HTTP1LocalResponses.rejection(status: 502)
+                            client += answer
                         }
                         closed = true
                     }
                     progressed = true
                 }
-                // A relay begins when the response side completes the switching response; the
-                // request side passes opaque bytes only from its next round.
-                if tunnelStart == nil && connection.isTunnel { tunnelStart = upstream.count }
                 if connection.canAnswerInsteadOfServer { precondition(connection.inFlightCount > 0) }
                 _ = connection.isAwaitingResponse
             }
@@ -247,6 +253,9 @@ public enum HTTP1ConnectionFuzzer {
                     rebuiltHead = nil
                 }
             }
+            var summary = HTTP1RequestSummary(head)
+            if decision != .forward { summary.upgradeRequested = false }
+            answeredRequests.append(summary)
             connection.resolve(decision)
         }
 
@@ -260,6 +269,42 @@ public enum HTTP1ConnectionFuzzer {
             precondition(again.framing == head.framing && again.isConnect == head.isConnect && again.isHead == head.isHead,
                          "a rebuilt head frames differently")
             if removesUpgrade { precondition(!again.upgradeRequested, "the upgrade survived its removal") }
+        }
+
+        /// What reached the client before any relay is a sequence of valid responses to the
+        /// requests answered, in order; an answer beyond them (to a request the parser
+        /// rejected, which is the last) is framed as an answer to GET.
+        func checkClientBytesAreValidResponses() {
+            let framed = Array(client[..<(clientTunnelStart ?? client.count)])
+            var parser = HTTP1Parser(direction: .response, limits: HTTP1Limits(
+                maximumStatusLineBytes: 1 << 16, maximumHeaderBytes: 1 << 20, maximumHeaderCount: 1 << 10,
+                maximumChunkSizeDigits: 16, maximumChunkLineBytes: 1 << 16, maximumTrailerBytes: 1 << 20))
+            var told = 0
+            var offset = 0
+            var calls = 0
+            while true {
+                calls += 1
+                precondition(calls < 4 * framed.count + 16, "the checking parser makes no progress")
+                if parser.pendingResponseCount == 0 && parser.isAtMessageBoundary && offset < framed.count {
+                    parser.expectResponse(to: told < answeredRequests.count ? answeredRequests[told] : HTTP1RequestSummary())
+                    told += 1
+                }
+                let event = framed[offset...].withUnsafeBytes { parser.parse($0) }
+                switch event {
+                case .needMore:
+                    return
+                case .head(let head):
+                    offset += head.length
+                case .body(let count), .chunkFraming(let count), .tunnel(let count):
+                    offset += count
+                case .messageComplete(let consumed, _):
+                    offset += consumed
+                case .error(let error):
+                    preconditionFailure("the client received bytes that are not valid responses: \(error) at \(offset) of "
+                                        + String(decoding: framed, as: UTF8.self).debugDescription)
+                }
+                if offset == framed.count && parser.isAtMessageBoundary { return }
+            }
         }
 
         /// What reached the server before any relay is a sequence of valid requests.
