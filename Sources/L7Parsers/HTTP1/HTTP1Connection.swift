@@ -119,7 +119,8 @@ public struct HTTP1ResponseStep: Sendable, Equatable {
 /// - forwarded (`.forward`, `.forwardWithoutUpgrade`): `.pass(head.length)`, then `.pass(n)`
 ///   for the body and chunk framing;
 /// - denied or answered locally (`.deny`, `.answer`): `.drop(head.length)`, `.drop(n)` for
-///   the body, then `.inject(answer)` when due;
+///   the body, then `.inject(answer)` when due (to HEAD, without its content: RFC 9110
+///   §9.3.2);
 /// - a request that cannot be parsed: `.inject(4xx with Connection: close)` when due, then
 ///   `.error`. Nothing of it was passed.
 /// - a fault in the body of a *forwarded* request (a bad chunk size), whose head is already
@@ -140,9 +141,12 @@ public struct HTTP1ResponseStep: Sendable, Equatable {
 /// 204), a `101` to a request that was not allowed to switch, too many 1xx. Every complete
 /// event before a fault is passed first: a valid response followed by garbage in the same
 /// bytes passes whole, then `.error`. On `.error`, the driver ends the connection; if
-/// `canAnswerInsteadOfServer` it first sends the client `502` (the gateway answer HAProxy
-/// and the reference give), else it closes. `isAwaitingResponse` tells the driver when a
-/// response timeout (`504`) applies.
+/// `answerInsteadOfServer(status: 502)` gives bytes (`canAnswerInsteadOfServer`) it first
+/// sends them to the client (the gateway answer HAProxy and the reference give), else it
+/// just closes. `isAwaitingResponse` tells the driver when a response timeout (`504`)
+/// applies. A final response that closes (`Connection: close`, HTTP/1.0, a body delimited
+/// by the close) is the last thing the client gets (RFC 9112 §9.6): answers still queued
+/// are dropped, nothing is owed any more, later client bytes are dropped.
 ///
 /// Ordering (pipelining): responses must reach the client in request order (RFC 9112 §9.3.2:
 /// a server "MUST send the corresponding responses in the same order that the requests were
