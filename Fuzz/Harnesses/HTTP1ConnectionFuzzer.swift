@@ -26,6 +26,16 @@ import L7Parsers
 ///   answers included): no answer the client would misread;
 /// - `canAnswerInsteadOfServer` implies a request is owed.
 public enum HTTP1ConnectionFuzzer {
+    /// An invariant; its message survives an optimised build (`precondition`'s does not).
+    static func check(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String = "",
+                      file: StaticString = #file, line: UInt = #line) {
+        if !condition() { fatalError("invariant violated: \(message())", file: file, line: line) }
+    }
+
+    static func fail(_ message: String, file: StaticString = #file, line: UInt = #line) -> Never {
+        fatalError("invariant violated: \(message)", file: file, line: line)
+    }
+
     public static let separator: [UInt8] = Array("\n--server--\n".utf8)
 
     /// The decisions verdict bits select (index 0-7).
@@ -140,19 +150,19 @@ public enum HTTP1ConnectionFuzzer {
                 progressed = false
                 requestSide: while !closed {
                     calls += 1
-                    precondition(calls < budget, "HTTP1Connection makes no progress")
+                    check(calls < budget, "HTTP1Connection makes no progress")
                     switch connection.requestStep(fromClient) {
                     case .verdictNeeded(let head):
                         judge(head)
                     case .operation(let operation):
                         switch operation {
                         case .needMore(let minimum):
-                            precondition(minimum >= 1, "needMore must ask for at least one byte")
+                            check(minimum >= 1, "needMore must ask for at least one byte")
                             break requestSide
                         case .blocked:
                             break requestSide
                         case .pass(let count):
-                            precondition(count > 0 && count <= fromClient.count, "request pass \(count) of \(fromClient.count)")
+                            check(count > 0 && count <= fromClient.count, "request pass \(count) of \(fromClient.count)")
                             if tunnelStart == nil && connection.isTunnel { tunnelStart = upstream.count }
                             if let rebuilt = rebuiltHead {
                                 upstream += rebuilt
@@ -162,11 +172,11 @@ public enum HTTP1ConnectionFuzzer {
                             }
                             fromClient.removeFirst(count)
                         case .drop(let count):
-                            precondition(count > 0 && count <= fromClient.count, "request drop \(count) of \(fromClient.count)")
-                            precondition(rebuiltHead == nil, "a rebuilt head was not passed")
+                            check(count > 0 && count <= fromClient.count, "request drop \(count) of \(fromClient.count)")
+                            check(rebuiltHead == nil, "a rebuilt head was not passed")
                             fromClient.removeFirst(count)
                         case .inject(let bytes):
-                            precondition(!bytes.isEmpty, "empty injection")
+                            check(!bytes.isEmpty, "empty injection")
                             client += bytes
                         case .error:
                             closed = true
@@ -176,31 +186,31 @@ public enum HTTP1ConnectionFuzzer {
                 }
                 responseSide: while !closed {
                     calls += 1
-                    precondition(calls < budget, "HTTP1Connection makes no progress")
+                    check(calls < budget, "HTTP1Connection makes no progress")
                     let operation = connection.responseStep(fromServer).operation
                     switch operation {
                     case .needMore(let minimum):
-                        precondition(minimum >= 1, "needMore must ask for at least one byte")
+                        check(minimum >= 1, "needMore must ask for at least one byte")
                         break responseSide
                     case .blocked:
                         break responseSide
                     case .pass(let count):
-                        precondition(count > 0 && count <= fromServer.count, "response pass \(count) of \(fromServer.count)")
+                        check(count > 0 && count <= fromServer.count, "response pass \(count) of \(fromServer.count)")
                         if clientTunnelStart == nil && connection.isTunnel { clientTunnelStart = client.count }
                         client += fromServer[..<count]
                         fromServer.removeFirst(count)
                     case .drop, .inject:
-                        preconditionFailure("the response side only passes: \(operation)")
+                        fail("the response side only passes: \(operation)")
                     case .error:
                         if let answer = connection.answerInsteadOfServer(status: 502) {
-                            precondition(connection.inFlightCount > 0, "an answer in place of the server needs a request")
+                            check(connection.inFlightCount > 0, "an answer in place of the server needs a request")
                             client += answer
                         }
                         closed = true
                     }
                     progressed = true
                 }
-                if connection.canAnswerInsteadOfServer { precondition(connection.inFlightCount > 0) }
+                if connection.canAnswerInsteadOfServer { check(connection.inFlightCount > 0) }
                 _ = connection.isAwaitingResponse
             }
         }
@@ -216,9 +226,9 @@ public enum HTTP1ConnectionFuzzer {
         }
 
         mutating func judge(_ head: HTTP1Head) {
-            precondition(head.length > 0 && head.length <= fromClient.count, "head of \(head.length) in \(fromClient.count) bytes")
+            check(head.length > 0 && head.length <= fromClient.count, "head of \(head.length) in \(fromClient.count) bytes")
             for range in [head.startLine, head.method, head.target, head.path] + head.fields.flatMap({ [$0.name, $0.value, $0.line] }) {
-                precondition(range.lowerBound >= 0 && range.upperBound <= head.length, "range \(range) outside the head")
+                check(range.lowerBound >= 0 && range.upperBound <= head.length, "range \(range) outside the head")
             }
             var decision = nextDecision()
             var newTarget: [UInt8]? = nil
@@ -227,17 +237,17 @@ public enum HTTP1ConnectionFuzzer {
                 case .unchanged:
                     break
                 case .normalized(let target, let path):
-                    precondition(HTTP1TargetNormalization.normalize(target: Array(target.utf8)) == .unchanged,
+                    check(HTTP1TargetNormalization.normalize(target: Array(target.utf8)) == .unchanged,
                                  "normalised target \(target) is not a fixed point")
-                    precondition(target.hasSuffix(path), "path \(path) is not the end of target \(target)")
+                    check(target.hasSuffix(path), "path \(path) is not the end of target \(target)")
                     newTarget = Array(target.utf8)
                 case .redirect(let location):
-                    precondition(HTTP1TargetNormalization.normalize(target: Array(location.utf8)) == .unchanged,
+                    check(HTTP1TargetNormalization.normalize(target: Array(location.utf8)) == .unchanged,
                                  "redirect location \(location) is not a fixed point")
                     decision = .answer(HTTP1LocalResponses.redirect(location: location, closes: head.closesAfterLocalAnswer),
                                        closes: false)
                 case .invalid(let reason):
-                    preconditionFailure("the parser accepted a target the normaliser rejects: \(reason)")
+                    fail("the parser accepted a target the normaliser rejects: \(reason)")
                 }
                 _ = head.upgradeProtocols(in: bytes)
                 let removesUpgrade = decision == .forwardWithoutUpgrade
@@ -263,12 +273,12 @@ public enum HTTP1ConnectionFuzzer {
             var parser = HTTP1Parser(direction: .request, limits: HTTP1Limits(maximumRequestLineBytes: 1 << 20,
                                                                               maximumHeaderBytes: 1 << 20))
             guard case .head(let again) = parser.parse(rebuilt) else {
-                preconditionFailure("a rebuilt head does not parse: \(String(decoding: rebuilt, as: UTF8.self))")
+                fail("a rebuilt head does not parse: \(String(decoding: rebuilt, as: UTF8.self))")
             }
-            precondition(again.length == rebuilt.count, "a rebuilt head has bytes after it")
-            precondition(again.framing == head.framing && again.isConnect == head.isConnect && again.isHead == head.isHead,
+            check(again.length == rebuilt.count, "a rebuilt head has bytes after it")
+            check(again.framing == head.framing && again.isConnect == head.isConnect && again.isHead == head.isHead,
                          "a rebuilt head frames differently")
-            if removesUpgrade { precondition(!again.upgradeRequested, "the upgrade survived its removal") }
+            if removesUpgrade { check(!again.upgradeRequested, "the upgrade survived its removal") }
         }
 
         /// What reached the client before any relay is a sequence of valid responses to the
@@ -284,7 +294,7 @@ public enum HTTP1ConnectionFuzzer {
             var calls = 0
             while true {
                 calls += 1
-                precondition(calls < 4 * framed.count + 16, "the checking parser makes no progress")
+                check(calls < 4 * framed.count + 16, "the checking parser makes no progress")
                 if parser.pendingResponseCount == 0 && parser.isAtMessageBoundary && offset < framed.count {
                     parser.expectResponse(to: told < answeredRequests.count ? answeredRequests[told] : HTTP1RequestSummary())
                     told += 1
@@ -300,7 +310,7 @@ public enum HTTP1ConnectionFuzzer {
                 case .messageComplete(let consumed, _):
                     offset += consumed
                 case .error(let error):
-                    preconditionFailure("the client received bytes that are not valid responses: \(error) at \(offset) of "
+                    fail("the client received bytes that are not valid responses: \(error) at \(offset) of "
                                         + String(decoding: framed, as: UTF8.self).debugDescription)
                 }
                 if offset == framed.count && parser.isAtMessageBoundary { return }
@@ -319,7 +329,7 @@ public enum HTTP1ConnectionFuzzer {
             var calls = 0
             while true {
                 calls += 1
-                precondition(calls < 4 * framed.count + 16, "the checking parser makes no progress")
+                check(calls < 4 * framed.count + 16, "the checking parser makes no progress")
                 let event = framed[offset...].withUnsafeBytes { parser.parse($0) }
                 switch event {
                 case .needMore:
@@ -331,7 +341,7 @@ public enum HTTP1ConnectionFuzzer {
                 case .messageComplete(let consumed, _):
                     offset += consumed
                 case .error(let error):
-                    preconditionFailure("the server received bytes that are not valid HTTP/1.1 requests: \(error) at \(offset)")
+                    fail("the server received bytes that are not valid HTTP/1.1 requests: \(error) at \(offset)")
                 }
                 if offset == framed.count {
                     // One more call reports a message end without bytes, if any.
