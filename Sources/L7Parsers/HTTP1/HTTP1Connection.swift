@@ -413,8 +413,14 @@ public struct HTTP1Connection: Sendable {
                     if forwarded {
                         cutShortForwardedRequest(error)
                     } else {
-                        if case .answered? = inFlight.last { inFlight.removeLast() }
-                        reject(error)
+                        // The 4xx replaces the queued answer (to HEAD, without content too).
+                        var isHead = false
+                        if case .answered(_, _, _, let answeredHead)? = inFlight.last {
+                            inFlight.removeLast()
+                            isHead = answeredHead
+                        }
+                        inFlight.append(.rejected(error, isHead: isHead))
+                        requestPhase = .rejected
                     }
                     continue
                 case .head, .tunnel:

@@ -162,6 +162,16 @@ import Testing
         #expect(answered.clientText.hasSuffix("Connection: close\r\n\r\n"))
     }
 
+    /// Found by fuzz-http1: the 400 that replaces the 403 of a denied HEAD whose chunked body
+    /// breaks must lose its content as well.
+    @Test func badChunkInADeniedHeadIsAnsweredWithoutContent() {
+        var driver = SimulatedDriver { _, _ in .deny }
+        driver.clientSends("HEAD /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: h\r\n\r\nGETkkk\r\n")
+        #expect(driver.clientText == "HTTP/1.1 400 Bad Request\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n"
+                + "Connection: close\r\n\r\n")
+        #expect(driver.closedReason?.contains("invalidChunkSize") == true)
+    }
+
     @Test func answerInsteadOfServerToHeadHasNoContent() {
         var driver = SimulatedDriver { _, _ in .forward }
         driver.clientSends("HEAD /a HTTP/1.1\r\nHost: h\r\n\r\n")
