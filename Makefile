@@ -44,8 +44,9 @@ bench: release
 # Each fuzz target (Fuzz/) under libFuzzer + AddressSanitizer for FUZZ_SECONDS (default 60)
 # on a copy of its seed corpus; built into .build-fuzz, apart from the normal build.
 # Non-zero exit on a crash; the input is kept in Fuzz/findings/<target>/.
+FUZZ_SECONDS ?= 60
 fuzz: bootstrap
-	@Fuzz/run
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) SWIFT=$(SWIFT) Fuzz/run
 
 clean:
 	rm -rf .build .build-fuzz

@@ -72,6 +72,10 @@ HTTP1_SEEDS = {
                                 server=b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
     "small-limits": http1(flags=1, client=b"\r\n\r\n\r\nGET /" + b"a" * 70 + b" HTTP/1.1\r\nHost: h\r\n\r\n" + GET * 3,
                           server=b"HTTP/1.1 100 Continue\r\n\r\n" * 3 + OK),
+    "head-denied": http1(verdicts(4, 0, 6), client=b"HEAD /a HTTP/1.1\r\nHost: h\r\n\r\n" + GET
+                         + b"HEAD /b HTTP/1.1\r\nHost: h\r\n\r\n", server=OK),
+    "closing-then-denied": http1(verdicts(0, 4), client=GET + GET + GET,
+                                 server=b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nA" + OK),
     "smuggling": http1(client=b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
                        server=b""),
 }

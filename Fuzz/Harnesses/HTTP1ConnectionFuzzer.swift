@@ -21,8 +21,21 @@ import L7Parsers
 ///   target (and without its upgrade) is again a valid head with the same framing;
 /// - what reached the server, up to the point the connection became a relay, is a sequence
 ///   of valid requests (a fresh parser frames it without error): nothing smuggled;
+/// - what reached the client, up to the relay, is a sequence of valid responses to those
+///   requests in order (a fresh response parser told each request's method frames it, local
+///   answers included): no answer the client would misread;
 /// - `canAnswerInsteadOfServer` implies a request is owed.
 public enum HTTP1ConnectionFuzzer {
+    /// An invariant; its message survives an optimised build (`precondition`'s does not).
+    static func check(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String = "",
+                      file: StaticString = #file, line: UInt = #line) {
+        if !condition() { fatalError("invariant violated: \(message())", file: file, line: line) }
+    }
+
+    static func fail(_ message: String, file: StaticString = #file, line: UInt = #line) -> Never {
+        fatalError("invariant violated: \(message)", file: file, line: line)
+    }
+
     public static let separator: [UInt8] = Array("\n--server--\n".utf8)
 
     /// The decisions verdict bits select (index 0-7).
@@ -84,6 +97,7 @@ public enum HTTP1ConnectionFuzzer {
         }
         if flags & 2 != 0 && !driver.closed { driver.serverCloses() }
         driver.checkForwardedBytesAreValidRequests()
+        driver.checkClientBytesAreValidResponses()
         return Outcome(upstream: driver.upstream, client: driver.client, closed: driver.closed)
     }
 
@@ -107,8 +121,11 @@ public enum HTTP1ConnectionFuzzer {
         var client: [UInt8] = []
         var closed = false
         var serverEnded = false
-        /// Where the relay began in `upstream` (bytes after it are opaque).
+        /// Where the relay began in `upstream` and in `client` (bytes after it are opaque).
         var tunnelStart: Int?
+        var clientTunnelStart: Int?
+        /// What each request that gets an answer asked, in order (for the client check).
+        var answeredRequests: [HTTP1RequestSummary] = []
         var rebuiltHead: [UInt8]?
 
         init(limits: HTTP1Limits, verdictBits: UInt16) {
@@ -133,19 +150,20 @@ public enum HTTP1ConnectionFuzzer {
                 progressed = false
                 requestSide: while !closed {
                     calls += 1
-                    precondition(calls < budget, "HTTP1Connection makes no progress")
+                    check(calls < budget, "HTTP1Connection makes no progress")
                     switch connection.requestStep(fromClient) {
                     case .verdictNeeded(let head):
                         judge(head)
                     case .operation(let operation):
                         switch operation {
                         case .needMore(let minimum):
-                            precondition(minimum >= 1, "needMore must ask for at least one byte")
+                            check(minimum >= 1, "needMore must ask for at least one byte")
                             break requestSide
                         case .blocked:
                             break requestSide
                         case .pass(let count):
-                            precondition(count > 0 && count <= fromClient.count, "request pass \(count) of \(fromClient.count)")
+                            check(count > 0 && count <= fromClient.count, "request pass \(count) of \(fromClient.count)")
+                            if tunnelStart == nil && connection.isTunnel { tunnelStart = upstream.count }
                             if let rebuilt = rebuiltHead {
                                 upstream += rebuilt
                                 rebuiltHead = nil
@@ -154,11 +172,11 @@ public enum HTTP1ConnectionFuzzer {
                             }
                             fromClient.removeFirst(count)
                         case .drop(let count):
-                            precondition(count > 0 && count <= fromClient.count, "request drop \(count) of \(fromClient.count)")
-                            precondition(rebuiltHead == nil, "a rebuilt head was not passed")
+                            check(count > 0 && count <= fromClient.count, "request drop \(count) of \(fromClient.count)")
+                            check(rebuiltHead == nil, "a rebuilt head was not passed")
                             fromClient.removeFirst(count)
                         case .inject(let bytes):
-                            precondition(!bytes.isEmpty, "empty injection")
+                            check(!bytes.isEmpty, "empty injection")
                             client += bytes
                         case .error:
                             closed = true
@@ -168,33 +186,31 @@ public enum HTTP1ConnectionFuzzer {
                 }
                 responseSide: while !closed {
                     calls += 1
-                    precondition(calls < budget, "HTTP1Connection makes no progress")
+                    check(calls < budget, "HTTP1Connection makes no progress")
                     let operation = connection.responseStep(fromServer).operation
                     switch operation {
                     case .needMore(let minimum):
-                        precondition(minimum >= 1, "needMore must ask for at least one byte")
+                        check(minimum >= 1, "needMore must ask for at least one byte")
                         break responseSide
                     case .blocked:
                         break responseSide
                     case .pass(let count):
-                        precondition(count > 0 && count <= fromServer.count, "response pass \(count) of \(fromServer.count)")
+                        check(count > 0 && count <= fromServer.count, "response pass \(count) of \(fromServer.count)")
+                        if clientTunnelStart == nil && connection.isTunnel { clientTunnelStart = client.count }
                         client += fromServer[..<count]
                         fromServer.removeFirst(count)
                     case .drop, .inject:
-                        preconditionFailure("the response side only passes: \(operation)")
+                        fail("the response side only passes: \(operation)")
                     case .error:
-                        if connection.canAnswerInsteadOfServer {
-                            precondition(connection.inFlightCount > 0, "an answer in place of the server needs a request")
-                            client += HTTP1LocalResponses.rejection(status: 502)
+                        if let answer = connection.answerInsteadOfServer(status: 502) {
+                            check(connection.inFlightCount > 0, "an answer in place of the server needs a request")
+                            client += answer
                         }
                         closed = true
                     }
                     progressed = true
                 }
-                // A relay begins when the response side completes the switching response; the
-                // request side passes opaque bytes only from its next round.
-                if tunnelStart == nil && connection.isTunnel { tunnelStart = upstream.count }
-                if connection.canAnswerInsteadOfServer { precondition(connection.inFlightCount > 0) }
+                if connection.canAnswerInsteadOfServer { check(connection.inFlightCount > 0) }
                 _ = connection.isAwaitingResponse
             }
         }
@@ -210,9 +226,9 @@ public enum HTTP1ConnectionFuzzer {
         }
 
         mutating func judge(_ head: HTTP1Head) {
-            precondition(head.length > 0 && head.length <= fromClient.count, "head of \(head.length) in \(fromClient.count) bytes")
+            check(head.length > 0 && head.length <= fromClient.count, "head of \(head.length) in \(fromClient.count) bytes")
             for range in [head.startLine, head.method, head.target, head.path] + head.fields.flatMap({ [$0.name, $0.value, $0.line] }) {
-                precondition(range.lowerBound >= 0 && range.upperBound <= head.length, "range \(range) outside the head")
+                check(range.lowerBound >= 0 && range.upperBound <= head.length, "range \(range) outside the head")
             }
             var decision = nextDecision()
             var newTarget: [UInt8]? = nil
@@ -221,17 +237,17 @@ public enum HTTP1ConnectionFuzzer {
                 case .unchanged:
                     break
                 case .normalized(let target, let path):
-                    precondition(HTTP1TargetNormalization.normalize(target: Array(target.utf8)) == .unchanged,
+                    check(HTTP1TargetNormalization.normalize(target: Array(target.utf8)) == .unchanged,
                                  "normalised target \(target) is not a fixed point")
-                    precondition(target.hasSuffix(path), "path \(path) is not the end of target \(target)")
+                    check(target.hasSuffix(path), "path \(path) is not the end of target \(target)")
                     newTarget = Array(target.utf8)
                 case .redirect(let location):
-                    precondition(HTTP1TargetNormalization.normalize(target: Array(location.utf8)) == .unchanged,
+                    check(HTTP1TargetNormalization.normalize(target: Array(location.utf8)) == .unchanged,
                                  "redirect location \(location) is not a fixed point")
                     decision = .answer(HTTP1LocalResponses.redirect(location: location, closes: head.closesAfterLocalAnswer),
                                        closes: false)
                 case .invalid(let reason):
-                    preconditionFailure("the parser accepted a target the normaliser rejects: \(reason)")
+                    fail("the parser accepted a target the normaliser rejects: \(reason)")
                 }
                 _ = head.upgradeProtocols(in: bytes)
                 let removesUpgrade = decision == .forwardWithoutUpgrade
@@ -247,6 +263,9 @@ public enum HTTP1ConnectionFuzzer {
                     rebuiltHead = nil
                 }
             }
+            var summary = HTTP1RequestSummary(head)
+            if decision != .forward { summary.upgradeRequested = false }
+            answeredRequests.append(summary)
             connection.resolve(decision)
         }
 
@@ -254,12 +273,48 @@ public enum HTTP1ConnectionFuzzer {
             var parser = HTTP1Parser(direction: .request, limits: HTTP1Limits(maximumRequestLineBytes: 1 << 20,
                                                                               maximumHeaderBytes: 1 << 20))
             guard case .head(let again) = parser.parse(rebuilt) else {
-                preconditionFailure("a rebuilt head does not parse: \(String(decoding: rebuilt, as: UTF8.self))")
+                fail("a rebuilt head does not parse: \(String(decoding: rebuilt, as: UTF8.self))")
             }
-            precondition(again.length == rebuilt.count, "a rebuilt head has bytes after it")
-            precondition(again.framing == head.framing && again.isConnect == head.isConnect && again.isHead == head.isHead,
+            check(again.length == rebuilt.count, "a rebuilt head has bytes after it")
+            check(again.framing == head.framing && again.isConnect == head.isConnect && again.isHead == head.isHead,
                          "a rebuilt head frames differently")
-            if removesUpgrade { precondition(!again.upgradeRequested, "the upgrade survived its removal") }
+            if removesUpgrade { check(!again.upgradeRequested, "the upgrade survived its removal") }
+        }
+
+        /// What reached the client before any relay is a sequence of valid responses to the
+        /// requests answered, in order; an answer beyond them (to a request the parser
+        /// rejected, which is the last) is framed as an answer to GET.
+        func checkClientBytesAreValidResponses() {
+            let framed = Array(client[..<(clientTunnelStart ?? client.count)])
+            var parser = HTTP1Parser(direction: .response, limits: HTTP1Limits(
+                maximumStatusLineBytes: 1 << 16, maximumHeaderBytes: 1 << 20, maximumHeaderCount: 1 << 10,
+                maximumChunkSizeDigits: 16, maximumChunkLineBytes: 1 << 16, maximumTrailerBytes: 1 << 20))
+            var told = 0
+            var offset = 0
+            var calls = 0
+            while true {
+                calls += 1
+                check(calls < 4 * framed.count + 16, "the checking parser makes no progress")
+                if parser.pendingResponseCount == 0 && parser.isAtMessageBoundary && offset < framed.count {
+                    parser.expectResponse(to: told < answeredRequests.count ? answeredRequests[told] : HTTP1RequestSummary())
+                    told += 1
+                }
+                let event = framed[offset...].withUnsafeBytes { parser.parse($0) }
+                switch event {
+                case .needMore:
+                    return
+                case .head(let head):
+                    offset += head.length
+                case .body(let count), .chunkFraming(let count), .tunnel(let count):
+                    offset += count
+                case .messageComplete(let consumed, _):
+                    offset += consumed
+                case .error(let error):
+                    fail("the client received bytes that are not valid responses: \(error) at \(offset) of "
+                                        + String(decoding: framed, as: UTF8.self).debugDescription)
+                }
+                if offset == framed.count && parser.isAtMessageBoundary { return }
+            }
         }
 
         /// What reached the server before any relay is a sequence of valid requests.
@@ -274,7 +329,7 @@ public enum HTTP1ConnectionFuzzer {
             var calls = 0
             while true {
                 calls += 1
-                precondition(calls < 4 * framed.count + 16, "the checking parser makes no progress")
+                check(calls < 4 * framed.count + 16, "the checking parser makes no progress")
                 let event = framed[offset...].withUnsafeBytes { parser.parse($0) }
                 switch event {
                 case .needMore:
@@ -286,7 +341,7 @@ public enum HTTP1ConnectionFuzzer {
                 case .messageComplete(let consumed, _):
                     offset += consumed
                 case .error(let error):
-                    preconditionFailure("the server received bytes that are not valid HTTP/1.1 requests: \(error) at \(offset)")
+                    fail("the server received bytes that are not valid HTTP/1.1 requests: \(error) at \(offset)")
                 }
                 if offset == framed.count {
                     // One more call reports a message end without bytes, if any.

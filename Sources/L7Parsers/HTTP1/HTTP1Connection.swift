@@ -119,7 +119,8 @@ public struct HTTP1ResponseStep: Sendable, Equatable {
 /// - forwarded (`.forward`, `.forwardWithoutUpgrade`): `.pass(head.length)`, then `.pass(n)`
 ///   for the body and chunk framing;
 /// - denied or answered locally (`.deny`, `.answer`): `.drop(head.length)`, `.drop(n)` for
-///   the body, then `.inject(answer)` when due;
+///   the body, then `.inject(answer)` when due (to HEAD, without its content: RFC 9110
+///   §9.3.2);
 /// - a request that cannot be parsed: `.inject(4xx with Connection: close)` when due, then
 ///   `.error`. Nothing of it was passed.
 /// - a fault in the body of a *forwarded* request (a bad chunk size), whose head is already
@@ -140,9 +141,12 @@ public struct HTTP1ResponseStep: Sendable, Equatable {
 /// 204), a `101` to a request that was not allowed to switch, too many 1xx. Every complete
 /// event before a fault is passed first: a valid response followed by garbage in the same
 /// bytes passes whole, then `.error`. On `.error`, the driver ends the connection; if
-/// `canAnswerInsteadOfServer` it first sends the client `502` (the gateway answer HAProxy
-/// and the reference give), else it closes. `isAwaitingResponse` tells the driver when a
-/// response timeout (`504`) applies.
+/// `answerInsteadOfServer(status: 502)` gives bytes (`canAnswerInsteadOfServer`) it first
+/// sends them to the client (the gateway answer HAProxy and the reference give), else it
+/// just closes. `isAwaitingResponse` tells the driver when a response timeout (`504`)
+/// applies. A final response that closes (`Connection: close`, HTTP/1.0, a body delimited
+/// by the close) is the last thing the client gets (RFC 9112 §9.6): answers still queued
+/// are dropped, nothing is owed any more, later client bytes are dropped.
 ///
 /// Ordering (pipelining): responses must reach the client in request order (RFC 9112 §9.3.2:
 /// a server "MUST send the corresponding responses in the same order that the requests were
@@ -174,12 +178,14 @@ public struct HTTP1Connection: Sendable {
     private enum InFlight: Sendable, Equatable {
         /// Forwarded upstream; its final response has not completed yet. `sent` once the
         /// whole request was forwarded (or nothing more of it ever will be).
-        case forwarded(sent: Bool)
+        case forwarded(sent: Bool, isHead: Bool)
         /// Answered by the proxy: `answer` (nil: the standard 403); `ready` once its body
-        /// was dropped (or it will never come); `closes` ends the connection after it.
-        case answered([UInt8]?, ready: Bool, closes: Bool)
-        /// Rejected by the parser; the connection ends after the answer.
-        case rejected(HTTP1ParseError)
+        /// was dropped (or it will never come); `closes` ends the connection after it;
+        /// `isHead`: the answer goes without its content.
+        case answered([UInt8]?, ready: Bool, closes: Bool, isHead: Bool)
+        /// Rejected by the parser; the connection ends after the answer (without content
+        /// when the request is known to be HEAD: a forwarded one cut short).
+        case rejected(HTTP1ParseError, isHead: Bool)
     }
 
     /// What the rest of a request needs from its head, kept small so that moving the phase
@@ -221,6 +227,9 @@ public struct HTTP1Connection: Sendable {
     /// The response being relayed is a final one (its head passed, its end not yet).
     private var responseIsFinal = false
     private var responseSwitches = false
+    /// The final response being relayed ends the connection (`Connection: close`, HTTP/1.0
+    /// without keep-alive, a body delimited by the close).
+    private var responseCloses = false
     /// Interim responses relayed since the last final one.
     private var informationalResponses = 0
     /// Set once the response side failed outside the parser; every later call repeats it.
@@ -250,6 +259,32 @@ public struct HTTP1Connection: Sendable {
         return !responseIsFinal && !responseParser.isTunnel
     }
 
+    /// The answer the driver sends in place of the server's response (`status` 502 after a
+    /// response `.error`, 504 after a response timeout), `HTTP1LocalResponses.rejection`
+    /// with `Connection: close`, without its content when the request was HEAD; nil when
+    /// `canAnswerInsteadOfServer` is false (then the driver just closes).
+    public func answerInsteadOfServer(status: Int) -> [UInt8]? {
+        guard canAnswerInsteadOfServer, case .forwarded(_, let isHead)? = inFlight.first else { return nil }
+        let answer = HTTP1LocalResponses.rejection(status: status)
+        return isHead ? Self.withoutContent(answer) : answer
+    }
+
+    /// RFC 9110 §9.3.2: "The HEAD method is identical to GET except that the server MUST NOT
+    /// send content in the response." A local answer to HEAD keeps its header section (its
+    /// Content-Length says what a GET would get, §8.6) and loses what follows it; a client
+    /// would read those bytes as the start of the next response.
+    static func withoutContent(_ answer: [UInt8]) -> [UInt8] {
+        var index = 0
+        while index + 3 < answer.count {
+            if answer[index] == HTTP1Grammar.carriageReturn && answer[index + 1] == HTTP1Grammar.lineFeed
+                && answer[index + 2] == HTTP1Grammar.carriageReturn && answer[index + 3] == HTTP1Grammar.lineFeed {
+                return Array(answer[..<(index + 4)])
+            }
+            index += 1
+        }
+        return answer
+    }
+
     /// True while a request that was forwarded whole (or cut short: nothing more of it will
     /// come) is waiting for its final response to complete. The driver runs its response
     /// timeout (the reference's 15 s route timeout: it spans from the end of the request to
@@ -258,7 +293,7 @@ public struct HTTP1Connection: Sendable {
     /// still sending the only request in flight, and once the connection is a relay.
     public var isAwaitingResponse: Bool {
         inFlight.contains { entry in
-            if case .forwarded(let sent) = entry { return sent }
+            if case .forwarded(let sent, _) = entry { return sent }
             return false
         }
     }
@@ -285,7 +320,7 @@ public struct HTTP1Connection: Sendable {
                 // The server will not see the upgrade; a 101 from it is a response error.
                 summary.upgradeRequested = false
             }
-            inFlight.append(.forwarded(sent: false))
+            inFlight.append(.forwarded(sent: false, isHead: head.isHead))
             responseParser.expectResponse(to: summary)
             forwarded = true
             traits = MessageTraits(length: head.length, keepAlive: head.keepAlive,
@@ -301,7 +336,7 @@ public struct HTTP1Connection: Sendable {
             // after a final answer; we answer at once and close instead of guessing whether
             // it follows.
             let bodyMayNotFollow = head.expectsContinue && head.framing != .none
-            inFlight.append(.answered(answer, ready: bodyMayNotFollow, closes: closes))
+            inFlight.append(.answered(answer, ready: bodyMayNotFollow, closes: closes, isHead: head.isHead))
             forwarded = false
             traits = MessageTraits(length: head.length, keepAlive: !closes, maySwitchProtocol: false)
         }
@@ -378,8 +413,14 @@ public struct HTTP1Connection: Sendable {
                     if forwarded {
                         cutShortForwardedRequest(error)
                     } else {
-                        if case .answered? = inFlight.last { inFlight.removeLast() }
-                        reject(error)
+                        // The 4xx replaces the queued answer (to HEAD, without content too).
+                        var isHead = false
+                        if case .answered(_, _, _, let answeredHead)? = inFlight.last {
+                            inFlight.removeLast()
+                            isHead = answeredHead
+                        }
+                        inFlight.append(.rejected(error, isHead: isHead))
+                        requestPhase = .rejected
                     }
                     continue
                 case .head, .tunnel:
@@ -391,7 +432,7 @@ public struct HTTP1Connection: Sendable {
     }
 
     private mutating func reject(_ error: HTTP1ParseError) {
-        inFlight.append(.rejected(error))
+        inFlight.append(.rejected(error, isHead: false))
         requestPhase = .rejected
     }
 
@@ -402,7 +443,7 @@ public struct HTTP1Connection: Sendable {
     /// request is the last in the queue: nothing is parsed after an unfinished one.
     private mutating func cutShortForwardedRequest(_ error: HTTP1ParseError) {
         let reason = "HTTP/1.1 request body: \(error)"
-        guard let last = inFlight.indices.last, case .forwarded = inFlight[last] else {
+        guard let last = inFlight.indices.last, case .forwarded(_, let isHead) = inFlight[last] else {
             // The server already answered it whole (an early response): an answer from us
             // now would be one response too many. Close.
             requestPhase = .finished(reason: reason)
@@ -411,25 +452,25 @@ public struct HTTP1Connection: Sendable {
         if last == 0 && (responseIsFinal || !responseParser.isAtMessageBoundary) {
             // Its final response has begun (or may have: a head is partly read): relay it
             // whole, then close. Nothing more of the request will be sent.
-            inFlight[last] = .forwarded(sent: true)
+            inFlight[last] = .forwarded(sent: true, isHead: isHead)
             requestPhase = .closingAfterResponses(reason: reason)
             return
         }
-        inFlight[last] = .rejected(error)
+        inFlight[last] = .rejected(error, isHead: isHead)
         requestPhase = .rejected
     }
 
     private mutating func finishRequest(forwarded: Bool, head: MessageTraits) {
         if forwarded {
-            if let last = inFlight.indices.last, case .forwarded = inFlight[last] {
-                inFlight[last] = .forwarded(sent: true)
+            if let last = inFlight.indices.last, case .forwarded(_, let isHead) = inFlight[last] {
+                inFlight[last] = .forwarded(sent: true, isHead: isHead)
             }
             if head.maySwitchProtocol {
                 requestPhase = .awaitingSwitch(keepAlive: head.keepAlive)
                 return
             }
-        } else if let last = inFlight.indices.last, case .answered(let answer, _, let closes) = inFlight[last] {
-            inFlight[last] = .answered(answer, ready: true, closes: closes)
+        } else if let last = inFlight.indices.last, case .answered(let answer, _, let closes, let isHead) = inFlight[last] {
+            inFlight[last] = .answered(answer, ready: true, closes: closes, isHead: isHead)
         }
         requestPhase = head.keepAlive ? .idle : .closing
     }
@@ -440,18 +481,19 @@ public struct HTTP1Connection: Sendable {
         switch front {
         case .forwarded:
             return nil
-        case .answered(let answer, let ready, let closes):
+        case .answered(let answer, let ready, let closes, let isHead):
             guard ready else { return nil }
             inFlight.removeFirst()
+            let bytes = answer ?? (closes ? localResponses.forbiddenClosing : localResponses.forbidden)
             if closes {
                 requestPhase = .finished(reason: answer == nil ? "closed after a denied request" : "closed after a local answer")
-                return .inject(answer ?? localResponses.forbiddenClosing)
             }
-            return .inject(answer ?? localResponses.forbidden)
-        case .rejected(let error):
+            return .inject(isHead ? Self.withoutContent(bytes) : bytes)
+        case .rejected(let error, let isHead):
             inFlight.removeFirst()
             requestPhase = .finished(reason: "HTTP/1.1 request rejected: \(error)")
-            return .inject(HTTP1LocalResponses.rejection(status: error.status))
+            let answer = HTTP1LocalResponses.rejection(status: error.status)
+            return .inject(isHead ? Self.withoutContent(answer) : answer)
         }
     }
 
@@ -488,6 +530,7 @@ public struct HTTP1Connection: Sendable {
                 }
                 responseIsFinal = !head.isInformational
                 responseSwitches = head.switchesProtocol
+                responseCloses = responseIsFinal && !head.keepAlive && !head.switchesProtocol
                 // The upgrade or CONNECT request is the last in flight (nothing is parsed
                 // after it), so its response is the one that leaves it alone in the queue.
                 if responseIsFinal && inFlight.count == 1 && !head.switchesProtocol,
@@ -502,6 +545,7 @@ public struct HTTP1Connection: Sendable {
                 if responseIsFinal {
                     if !inFlight.isEmpty { inFlight.removeFirst() }
                     informationalResponses = 0
+                    if responseCloses { serverEndedTheConnection() }
                     if responseSwitches {
                         switch requestPhase {
                         case .awaitingSwitch, .message(forwarded: true, _):
@@ -516,6 +560,7 @@ public struct HTTP1Connection: Sendable {
                 }
                 responseIsFinal = false
                 responseSwitches = false
+                responseCloses = false
                 if consumed > 0 { return HTTP1ResponseStep(operation: .pass(consumed)) }
                 continue
             case .needMore(let minimum):
@@ -524,6 +569,18 @@ public struct HTTP1Connection: Sendable {
                 return HTTP1ResponseStep(operation: .error(reason: "HTTP/1.1 response: \(error)"))
             }
         }
+    }
+
+    /// RFC 9112 §9.6: a server that sends "close" "MUST initiate closure of the connection
+    /// after it sends the response containing the close option" and does not process later
+    /// requests; the client "MUST NOT send further requests" and retries unanswered ones on a
+    /// new connection. So the relayed closing response is the last thing the client gets:
+    /// answers still queued (a 403 for a later request) are dropped rather than sent after
+    /// it, nothing is owed any more, and later client bytes are dropped until the close.
+    private mutating func serverEndedTheConnection() {
+        inFlight.removeAll()
+        if case .finished = requestPhase { return }
+        requestPhase = .closing
     }
 
     private mutating func failResponse(_ reason: String) -> HTTP1ResponseStep {
@@ -541,7 +598,9 @@ public struct HTTP1Connection: Sendable {
             return nil
         case .messageComplete:
             if responseIsFinal && !inFlight.isEmpty { inFlight.removeFirst() }
+            if responseIsFinal && responseCloses { serverEndedTheConnection() }
             responseIsFinal = false
+            responseCloses = false
             return nil
         case .truncated(let error):
             return .error(reason: "HTTP/1.1 response truncated: \(error)")

@@ -116,7 +116,7 @@ public struct HTTP1Head: Sendable, Equatable {
     /// order, with their version if any ("websocket", "h2c", "http/2.0"); empty when no
     /// upgrade is asked for. `bytes` is the buffer the head's ranges index.
     public func upgradeProtocols(in bytes: UnsafeRawBufferPointer) -> [String] {
-        guard upgradeRequested else { return [] }
+        guard upgradeRequested, length <= bytes.count else { return [] }
         var protocols: [String] = []
         for field in fields where HTTP1Grammar.equalsIgnoringCase(bytes, field.name, "upgrade") {
             _ = HTTP1Grammar.forEachListElement(bytes, field.value) { element in
@@ -163,8 +163,10 @@ public struct HTTP1HeadRewrite: Sendable, Equatable {
         self.addedFields = addedFields
     }
 
-    /// The rebuilt head for `head`, whose ranges index `bytes`.
+    /// The rebuilt head for `head`, whose ranges index `bytes` (empty if `bytes` is shorter
+    /// than the head: a driver that passed the wrong buffer).
     public func apply(to head: HTTP1Head, in bytes: UnsafeRawBufferPointer) -> [UInt8] {
+        guard head.length <= bytes.count, head.startLine.upperBound + 2 <= head.length else { return [] }
         func slice(_ range: Range<Int>) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: bytes[range]) }
         let removed = removedFieldNames.map { Array($0.lowercased().utf8) }
         func isRemoved(_ name: Range<Int>) -> Bool {

@@ -45,6 +45,7 @@ public enum HTTP1TargetNormalization: Sendable, Equatable {
     /// Normalises the request-target of `head` (ranges index `bytes`, as from
     /// `.verdictNeeded`); asterisk-form and authority-form targets are `unchanged`.
     public static func normalize(_ head: HTTP1Head, in bytes: UnsafeRawBufferPointer) -> HTTP1TargetNormalization {
+        guard head.target.upperBound <= bytes.count else { return .invalid(reason: "the head's target is outside the bytes given") }
         switch head.targetForm {
         case .origin, .absolute:
             return normalize(target: UnsafeRawBufferPointer(rebasing: bytes[head.target]))

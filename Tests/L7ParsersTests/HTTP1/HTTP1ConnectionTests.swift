@@ -91,8 +91,8 @@ struct SimulatedDriver {
                 case .inject:
                     Issue.record("the response side never answers the server")
                 case .error(let reason):
-                    if connection.canAnswerInsteadOfServer {
-                        client += HTTP1LocalResponses.rejection(status: 502)
+                    if let answer = connection.answerInsteadOfServer(status: 502) {
+                        client += answer
                         answeredBadGateway = true
                     }
                     closedReason = reason

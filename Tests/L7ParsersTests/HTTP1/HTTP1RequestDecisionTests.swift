@@ -147,6 +147,58 @@ import Testing
         #expect(head("PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")?.closesAfterLocalAnswer == true)
     }
 
+    // MARK: Local answers the client can frame
+
+    /// RFC 9110 §9.3.2: no content in a response to HEAD, local answers included; with it,
+    /// the client would read "Access denied" as the start of the next response.
+    @Test func localAnswersToHeadHaveNoContent() {
+        var driver = SimulatedDriver { head, _ in head.isHead ? .deny : .forward }
+        driver.clientSends("HEAD /a HTTP/1.1\r\nHost: h\r\n\r\n" + Self.getA)
+        driver.serverSends(Self.responseA)
+        #expect(driver.clientText == "HTTP/1.1 403 Forbidden\r\nContent-Length: 15\r\nContent-Type: text/plain\r\n\r\n"
+                + Self.responseA)
+        var answered = SimulatedDriver { _, _ in .answer(HTTP1LocalResponses.rejection(status: 400), closes: true) }
+        answered.clientSends("HEAD /a HTTP/1.1\r\nHost: h\r\n\r\n")
+        #expect(answered.clientText.hasSuffix("Connection: close\r\n\r\n"))
+    }
+
+    /// Found by fuzz-http1: the 400 that replaces the 403 of a denied HEAD whose chunked body
+    /// breaks must lose its content as well.
+    @Test func badChunkInADeniedHeadIsAnsweredWithoutContent() {
+        var driver = SimulatedDriver { _, _ in .deny }
+        driver.clientSends("HEAD /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: h\r\n\r\nGETkkk\r\n")
+        #expect(driver.clientText == "HTTP/1.1 400 Bad Request\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n"
+                + "Connection: close\r\n\r\n")
+        #expect(driver.closedReason?.contains("invalidChunkSize") == true)
+    }
+
+    @Test func answerInsteadOfServerToHeadHasNoContent() {
+        var driver = SimulatedDriver { _, _ in .forward }
+        driver.clientSends("HEAD /a HTTP/1.1\r\nHost: h\r\n\r\n")
+        let answer = driver.connection.answerInsteadOfServer(status: 504).map { String(decoding: $0, as: UTF8.self) }
+        #expect(answer == "HTTP/1.1 504 Gateway Timeout\r\nContent-Length: 17\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n")
+        driver.serverSends("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        #expect(driver.connection.answerInsteadOfServer(status: 502) == nil, "nothing is owed")
+    }
+
+    /// RFC 9112 §9.6: after a response with `Connection: close` the client gets nothing more,
+    /// not even a 403 queued for a later request; later requests are not forwarded.
+    @Test func closingResponseIsTheLastThingTheClientGets() {
+        var driver = SimulatedDriver(allow: HTTP1ConnectionTests.denyB)
+        driver.clientSends(Self.getA + HTTP1ConnectionTests.postB + Self.getA)
+        #expect(driver.upstreamText == Self.getA + Self.getA)
+        let closing = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nA"
+        driver.serverSends(closing)
+        #expect(driver.clientText == closing)
+        #expect(driver.connection.inFlightCount == 0)
+        #expect(!driver.connection.isAwaitingResponse)
+        driver.clientSends(Self.getA)
+        #expect(driver.upstreamText == Self.getA + Self.getA, "nothing more is forwarded")
+        driver.serverSends(Self.responseA)
+        #expect(driver.clientText == closing, "not even a 502 after the close")
+        #expect(driver.closedReason != nil)
+    }
+
     // MARK: Item 12: a driver out of step costs its connection, not the process
 
     @Test func resolveWithoutAPendingVerdictEndsTheConnection() {
