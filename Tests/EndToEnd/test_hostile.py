@@ -498,6 +498,25 @@ def test_a_bad_chunk_size_in_an_allowed_body_is_answered_400(proxied, backend):
     assert data.startswith(b"HTTP/1.1 400 ") and how in ("fin", "reset")
 
 
+def test_a_bad_chunk_behind_a_large_response_waits_for_it_whole(workdir, start_sluice):
+    body = bytes(range(256)) * 4096  # 1 MiB: more than the proxy's buffers hold
+    server = Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body])
+    try:
+        write_policy(workdir, server.port, "            http: [{}]\n")
+        listen = free_port()
+        start_sluice(config(workdir, listen, server.port))
+        client = RawClient(listen, timeout=10)
+        client.send(get(b"/big") + b"POST /up HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        time.sleep(0.5)  # let the proxy's buffers fill while nothing is read
+        data, how = client.read_until_closed(timeout=10)
+        client.close()
+        responses, rest = split_responses(data)
+        assert [status_of(r) for r in responses] == [200, 400] and rest == b"", (len(data), data[-200:])
+        assert responses[0].endswith(body)
+    finally:
+        server.close()
+
+
 # Item 10: no server connection before a request is allowed; the header clock runs from accept.
 
 def test_idle_and_denied_clients_cost_no_server_connection(proxied, backend):

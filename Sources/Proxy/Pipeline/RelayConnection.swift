@@ -495,7 +495,14 @@ public final class RelayConnection: EventHandler {
                 }
                 progressed = try flush(&toDownstream, to: downstream, ready: true, pool: pool) || progressed
                 if closeAfterReply != nil {
-                    if toDownstream.output.isEmpty && toDownstream.pendingBytes.isEmpty {
+                    // A response the session already let through goes out whole before the
+                    // close (its bytes may still be arriving), unless the upstream is gone.
+                    let responseOwed = toDownstream.pendingPass > 0 && upstreamConnected && !toDownstream.sourceEnded
+                    if responseOwed, let upstream {
+                        progressed = try fill(&toDownstream, from: upstream, pool: pool) || progressed
+                    }
+                    if parse(.response, session, pool: pool) == .moreWork { progressed = true }
+                    if toDownstream.output.isEmpty && toDownstream.pendingBytes.isEmpty && !responseOwed {
                         return finish(closeOutcome, resetDownstream: false, resetUpstream: true)
                     }
                     guard progressed else { break }

@@ -162,11 +162,18 @@ public final class HTTPPolicySession: L7Session {
 
     public func responseTimedOut() -> [UInt8]? {
         // RFC 9110 §15.6.5: 504 "did not receive a timely response from an upstream server".
-        guard http.canAnswerInsteadOfServer, !pending.isEmpty else { return nil }
+        answerInsteadOfServer(status: 504)
+    }
+
+    /// The proxy's answer in place of the server's response to the request at the front
+    /// (502, 504), reported as that request's response; nil when part of the server's
+    /// response already reached the client.
+    private func answerInsteadOfServer(status: Int) -> [UInt8]? {
+        guard let answer = http.answerInsteadOfServer(status: status), !pending.isEmpty else { return nil }
         let request = pending.removeFirst()
         reporter?.report(record(type: "RESPONSE", verdict: "ERROR", direction: request.direction, method: request.method,
-                                url: request.url, code: 504, latency: clock() &- request.start, rules: [], allowed: true))
-        return Self.gatewayAnswer(status: 504, reason: "Gateway Timeout", body: "upstream response timeout\r\n")
+                                url: request.url, code: status, latency: clock() &- request.start, rules: [], allowed: true))
+        return answer
     }
 
     /// A proxy-made answer that ends the connection (502, 503, 504).
@@ -218,13 +225,11 @@ public final class HTTPPolicySession: L7Session {
                 rewriteHead.target = Array(normalTarget.utf8)
                 rewrites = true
             case .redirect(let location):
-                return answerLocally(head, method: method, url: target,
-                                     Self.localAnswer(status: 307, reason: "Temporary Redirect", location: location,
-                                                      closes: head.closesAfterLocalAnswer), closes: false)
-            case .invalid(let reason):
-                return answerLocally(head, method: method, url: target,
-                                     Self.localAnswer(status: 400, reason: "Bad Request", body: "\(reason)\r\n", closes: true),
-                                     closes: true)
+                return answerLocally(method: method, url: target,
+                                     HTTP1LocalResponses.redirect(location: location, closes: head.closesAfterLocalAnswer),
+                                     closes: false)
+            case .invalid:
+                return answerLocally(method: method, url: target, HTTP1LocalResponses.rejection(status: 400), closes: true)
             }
         }
         // RFC 9112 §3.2.2: with an absolute-form target, the authority in it is the host.
@@ -293,22 +298,11 @@ public final class HTTPPolicySession: L7Session {
     }
 
     /// Answers a request locally (a redirect, a 400) in its turn, without judging it.
-    private func answerLocally(_ head: HTTP1Head, method: String, url: String, _ answer: [UInt8], closes: Bool) {
+    private func answerLocally(method: String, url: String, _ answer: [UInt8], closes: Bool) {
         deniedCount += 1
         http.resolve(.answer(answer, closes: closes))
         reporter?.report(record(type: "REQUEST", verdict: "DROPPED", direction: .ingress, method: method, url: url,
                                 code: nil, latency: nil, rules: [], allowed: false))
-    }
-
-    /// A small local answer; `location` adds a Location field, `closes` a Connection: close.
-    static func localAnswer(status: Int, reason: String, location: String? = nil, body: String = "",
-                            closes: Bool) -> [UInt8] {
-        var text = "HTTP/1.1 \(status) \(reason)\r\n"
-        if let location { text += "Location: \(location)\r\n" }
-        if !body.isEmpty { text += "Content-Type: text/plain\r\n" }
-        text += "Content-Length: \(body.utf8.count)\r\n"
-        if closes { text += "Connection: close\r\n" }
-        return Array((text + "\r\n" + body).utf8)
     }
 
     // MARK: Responses
@@ -320,12 +314,9 @@ public final class HTTPPolicySession: L7Session {
             // A response that cannot be relayed. When nothing of the owed response reached the
             // client yet, it gets 502 (as from HAProxy and the reference) after every valid
             // response before it; then the connection closes.
-            guard http.canAnswerInsteadOfServer, !pending.isEmpty else { return .close(reason: reason) }
+            guard let answer = answerInsteadOfServer(status: 502) else { return .close(reason: reason) }
             responseFault = reason
-            let request = pending.removeFirst()
-            reporter?.report(record(type: "RESPONSE", verdict: "ERROR", direction: request.direction, method: request.method,
-                                    url: request.url, code: 502, latency: clock() &- request.start, rules: [], allowed: true))
-            return .forward(Self.gatewayAnswer(status: 502, reason: "Bad Gateway", body: "upstream sent an invalid response\r\n"))
+            return .forward(answer)
         }
         if let head = step.head, !head.isInformational || head.switchesProtocol, !pending.isEmpty {
             let request = pending.removeFirst()
