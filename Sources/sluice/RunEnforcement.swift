@@ -50,7 +50,9 @@ final class RunEnforcement: @unchecked Sendable {
 
     /// Loads and translates the policies; throws on bad policy input (nothing installed yet).
     func prepare() throws {
-        prepared = try load()
+        let (snapshot, state) = try load()
+        if let snapshot { policy?.replace(with: snapshot) }
+        prepared = state
     }
 
     /// Chooses the mechanism and installs the prepared policies; `listeners` are the
@@ -64,7 +66,7 @@ final class RunEnforcement: @unchecked Sendable {
             printError("datapath: \(mode.rawValue)")
         }
         guard mode != .none else { return }
-        let desired = try prepared ?? load()
+        guard let desired = prepared else { return }
         switch mode {
         case .bpf:
             try setup.up(fresh: false)
@@ -83,17 +85,16 @@ final class RunEnforcement: @unchecked Sendable {
     }
 
     /// Loads the policy files into a new snapshot for the proxy and, when a datapath is in
-    /// use, derives its map contents. The snapshot is replaced only when everything loaded.
-    private func load() throws -> DatapathState {
-        guard let source = configuration.policy, let policy else { return DatapathState() }
+    /// use, derives its map contents. Publishes nothing: the caller does once all is well.
+    private func load() throws -> (PolicySnapshot?, DatapathState) {
+        guard let source = configuration.policy, policy != nil else { return (nil, DatapathState()) }
         let snapshot = try DatapathFiles.loadSnapshot(policyPaths: source.paths.map(resolve), endpoints: resolve(source.endpoints))
         var state = DatapathState()
         if configuration.datapath.mode != .none {
             let nodeAddresses = source.nodeAddresses.compactMap(IPv4Prefix.init)
             state = try PolicyTranslation(snapshot: snapshot, nodeAddresses: nodeAddresses, proxyPorts: proxyPorts).translate()
         }
-        _ = policy.replace(with: snapshot)
-        return state
+        return (snapshot, state)
     }
 
     /// Starts the threads that follow file changes and datapath events.
@@ -129,10 +130,11 @@ final class RunEnforcement: @unchecked Sendable {
         }
     }
 
-    /// Loads the policy files again and, when they load, publishes the new snapshot (the
-    /// next request on every connection is judged by it), re-translates it and writes only
-    /// the difference into the datapath. A change that does not load is reported and the
-    /// old policy stays in force, whole. `cause` starts the line printed.
+    /// Loads the policy files again and, when they load, re-translates them and writes only
+    /// the difference into the datapath, then publishes the new snapshot to the proxy (the
+    /// next request on every connection is judged by it) and says so. A change that does not
+    /// load, or that the datapath cannot take, is reported and the old policy stays in force,
+    /// whole. `cause` starts the line printed.
     func reload(because cause: String) {
         guard configuration.policy != nil else {
             printError("\(cause): no policy section in the configuration; nothing to reload")
@@ -140,20 +142,25 @@ final class RunEnforcement: @unchecked Sendable {
         }
         reloading.withLock { _ in
             do {
-                let desired = try load()
-                onPolicyChange?()
+                let (snapshot, desired) = try load()
+                let done: String
                 switch mode {
                 case .bpf:
                     let report = try DatapathMaps(pinRoot: configuration.datapath.pinRoot).synchronize(to: desired)
-                    printError("\(cause): reloaded; maps synchronised (\(report))")
+                    done = "maps synchronised (\(report))"
                 case .nftables:
                     try NftablesRuleset(state: desired, interfaces: configuration.datapath.interfaces, proxyPorts: proxyPorts)
                         .apply(namespace: configuration.datapath.namespace)
-                    printError("\(cause): reloaded; nftables table replaced")
+                    done = "nftables table replaced"
                 default:
-                    printError("\(cause): reloaded")
+                    done = ""
                 }
                 state.withLock { $0 = desired }
+                if let snapshot {
+                    policy?.replace(with: snapshot)
+                    onPolicyChange?()
+                }
+                printError("\(cause): reloaded" + (done.isEmpty ? "" : "; \(done)"))
             } catch {
                 printError("\(cause) but was not applied (the previous policy stays in force): \(error)")
             }

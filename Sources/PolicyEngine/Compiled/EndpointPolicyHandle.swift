@@ -8,7 +8,8 @@
 ///
 /// A handle keeps its snapshot's compiled policy alive: after the holder publishes a
 /// new snapshot, a connection keeps answering with the policy it started with until the
-/// caller takes a new handle (compare `generation` with the holder's snapshot).
+/// caller takes a new handle (compare the holder's `version` with the one it took the
+/// handle under, as the proxy's `WorkerPolicy` does before each request).
 public struct EndpointPolicyHandle: Sendable {
     /// The endpoint whose policy this is; flows given to this handle have it as subject.
     public let subject: Identity

@@ -27,7 +27,6 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     public let bufferPool: BufferPool
     private let configuration: ProxyConfiguration
     private let flowLog: FlowLog
-    private let policy: PolicySnapshotHolder?
     private let httpLimits: HTTP1Limits
     private var streamListeners: [StreamListener] = []
     private var datagramListeners: [DatagramListener] = []
@@ -50,7 +49,6 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         self.index = index
         self.configuration = configuration
         self.flowLog = flowLog
-        self.policy = policy
         workerPolicy = policy.map(WorkerPolicy.init(holder:))
         httpLimits = Self.httpLimits(bufferBytes: configuration.limits.bufferBytes)
         loop = try EventLoop()
