@@ -367,3 +367,32 @@ def test_trace_says_how_the_path_was_judged():
 def test_trace_refuses_a_malformed_path_as_the_proxy_does():
     result = trace("cilium-http-policy.yaml", *API, "--http-path", "/api/%zz")
     assert result.returncode == 2 and "malformed percent-encoding" in result.stderr and "400" in result.stderr
+
+
+# Issue 9, item 7: a pattern of only stars accepts only valid names (and the root).
+STAR_ONLY = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: dns, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  egress:
+    - toEntities: [world]
+      toPorts:
+        - ports: [{port: "53", protocol: UDP}]
+          rules:
+            dns:
+              - matchPattern: "PATTERN"
+"""
+
+
+@pytest.mark.parametrize("pattern", ["*", "**", "**."])
+@pytest.mark.parametrize("name,verdict", [("cilium..io.", "DENIED"), (".io.", "DENIED"), ("a/b.com.", "DENIED"),
+                                          ("www.cilium.io.", "ALLOWED"), ("api_1.example-2.test", "ALLOWED")])
+def test_star_only_dns_patterns_reject_malformed_names(tmp_path, pattern, name, verdict):
+    policy = tmp_path / "dns.yaml"
+    policy.write_text(STAR_ONLY.replace("PATTERN", pattern))
+    result = run("policy", "trace", "--policy", policy, "--endpoints", ENDPOINTS, "--from", "10.0.1.20",
+                 "--to", "203.0.113.9", "--port", "53/UDP", "--dns-name", name, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["verdict"] == verdict
