@@ -97,6 +97,19 @@ def exchange(port, requests, count=None, timeout=5.0):
         client.close()
 
 
+def assert_refused(port, payload):
+    """The proxy closes the connection without a byte (the reset may even beat the
+    connect's return or the send)."""
+    try:
+        client = RawClient(port)
+        client.send(payload)
+        data, how = client.read_until_closed(timeout=3)
+        client.close()
+    except ConnectionResetError:
+        data, how = b"", "reset"
+    assert data == b"" and how in ("reset", "fin")
+
+
 def wait_for_line(proxy, text, after=0, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -325,14 +338,7 @@ KAFKA_RULES = """            kafka:
 def test_a_port_with_kafka_rules_is_denied_and_reported(proxied, backend):
     listen, proxy = proxied(l7="", rules=KAFKA_RULES)
     for _ in range(3):
-        try:
-            client = RawClient(listen)
-            client.send(b"\x00\x00\x00\x10anything at all!")
-            data, how = client.read_until_closed(timeout=3)
-            client.close()
-        except ConnectionResetError:
-            data, how = b"", "reset"  # refused at accept: the reset may beat the connect's return
-        assert data == b"" and how in ("reset", "fin")
+        assert_refused(listen, b"\x00\x00\x00\x10anything at all!")
     assert backend.connection_count() == 0 and backend.received() == b""
     records = proxy.wait_for_flows(1)
     assert any(r["verdict"] == "DROPPED" and "Kafka rules on port" in r.get("drop_reason_desc", "") for r in records)
@@ -344,10 +350,7 @@ def test_an_explicit_listener_without_l7_still_meets_l3_l4_policy(workdir, start
     (workdir / "policy.yaml").write_text(policy_text(backend.port + 1, "            http: [{}]\n"))
     listen = free_port()
     start_sluice(config(workdir, listen, backend.port, l7=""))
-    client = RawClient(listen)
-    client.send(get(b"/public/a"))
-    assert client.read_until_closed(timeout=3)[0] == b""
-    client.close()
+    assert_refused(listen, get(b"/public/a"))
     assert backend.connection_count() == 0
 
 
