@@ -50,7 +50,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
-        // Fuzz targets (`make fuzz`, Fuzz/README.md). Built normally, each is a program that
+        // Fuzz targets (`make fuzz`; the README's Fuzzing section). Built normally, each is a program that
         // replays corpus files through its harness; built with -DSLUICE_LIBFUZZER and
         // -sanitize=fuzzer,address into .build-fuzz, it runs libFuzzer. The harnesses are a
         // library so the corpus replay also runs in `swift test` (FuzzCorpusTests).
