@@ -79,6 +79,11 @@ import Testing
         ("listeners:\n  - name: [a\n", "test.yaml:3:1: not valid YAML"),
         ("", "test.yaml:1:1: the file is empty"),
         ("- 1\n- 2\n", "test.yaml:1:1: expected a mapping of keys"),
+        ("http: {allowedUpgrades: [websocket, h2c]}\nlisteners:\n  - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n",
+         "test.yaml:1:37: http.allowedUpgrades[1]: h2c cannot be allowed"),
+        ("http: {normalizePaths: maybe}\nlisteners:\n  - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n", "test.yaml:1:24: http.normalizePaths: expected true or false, got 'maybe'"),
+        ("http: {allowedUpgrades: websocket}\nlisteners:\n  - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n", "http.allowedUpgrades: expected a list of upgrade protocol names"),
+        ("timeouts: {response: 0s}\nlisteners: []\n", "timeouts.response: expected a duration"),
     ])
     func badFilesAreRejectedWithAPreciseMessage(text: String, expected: String) {
         do {
@@ -96,5 +101,19 @@ import Testing
         } catch {
             #expect(error.description == "/nonexistent/sluice.yaml: cannot read the file (missing or not readable)")
         }
+    }
+
+    @Test func httpSettingsAndTheResponseTimeoutAreRead() throws {
+        let configuration = try load("""
+            http: {normalizePaths: false, allowedUpgrades: [WebSocket, my-proto]}
+            timeouts: {response: 2s}
+            listeners:
+              - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}
+            """)
+        #expect(configuration.http.normalizePaths == false)
+        #expect(configuration.http.allowedUpgrades == ["websocket", "my-proto"])
+        #expect(configuration.timeouts.response == 2_000_000_000)
+        #expect(configuration.limits.maxConnectionsPerWorker == nil, "derived from the descriptor limit at start")
+        #expect(Limits.connectionsPerWorker(descriptorLimit: 20_000, workers: 2) == 4_984)
     }
 }
