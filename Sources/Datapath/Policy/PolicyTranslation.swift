@@ -217,17 +217,11 @@ public struct PolicyTranslation {
         return result
     }
 
-    /// The proxy listener for an allowed flow whose port carries L7 rules, else nil.
+    /// The proxy listener for an allowed flow whose port carries L7 rules (of any kind: the
+    /// proxy judges the ones it knows and refuses the others), else nil.
     private func redirectPort(_ flow: FlowContext, transport: TransportProtocol) -> UInt16? {
-        // Ask with a request no rule can match: an allow without L7 rules answers
-        // "allowed at L4"; a port with L7 rules answers with an L7 reason.
-        let probe = snapshot.evaluate(flow: flow, http: HTTPRequestFacts(method: "\u{1}", path: "\u{1}"))
-        switch probe.reason {
-        case .allowedAtL7, .noL7RuleMatches, .l7ProtocolMismatch:
-            return transport == .udp ? proxyPorts.udp : proxyPorts.tcp
-        default:
-            return nil
-        }
+        guard !snapshot.l7Protocols(for: flow).isEmpty else { return nil }
+        return transport == .udp ? proxyPorts.udp : proxyPorts.tcp
     }
 
     private func isSelected(_ identity: Identity, _ direction: Direction) -> Bool {
