@@ -130,7 +130,14 @@ struct RunCommand: ParsableCommand {
         let reports = server.join()
         let accepted = reports.reduce(0) { $0 + $1.counters.accepted }
         for report in reports { if let error = report.error { printError(error) } }
-        printError("stopped: \(accepted) connection(s) served")
+        var notes: [String] = []
+        let denied = reports.reduce(0) { $0 + $1.counters.deniedUnjudgeable }
+        let reset = reports.reduce(0) { $0 + $1.counters.resetByPolicyChange }
+        let exhausted = reports.reduce(0) { $0 + $1.counters.descriptorsExhausted }
+        if denied > 0 { notes.append("\(denied) refused (rules sluice cannot judge yet)") }
+        if reset > 0 { notes.append("\(reset) L4 relay(s) reset by policy changes") }
+        if exhausted > 0 { notes.append("\(exhausted) time(s) out of file descriptors") }
+        printError("stopped: \(accepted) connection(s) served" + (notes.isEmpty ? "" : "; " + notes.joined(separator: ", ")))
         if flowLog.droppedRecords > 0 {
             printError("flow log: \(flowLog.droppedRecords) record(s) dropped (sink too slow or gone)")
         }

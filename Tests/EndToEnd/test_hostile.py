@@ -5,6 +5,7 @@ testing walked past Sluice's denials or lost responses, each replayed against th
 access log; clients are raw sockets (exact bytes) or curl.
 Starts: the sluice binary, RecordingBackend / scripted Python servers, nginx, curl."""
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -614,3 +615,6 @@ def test_descriptor_exhaustion_is_answered_logged_and_counted(workdir, backend):
         process.send_signal(signal.SIGTERM)
         process.wait(20)
         stderr.close()
+    # Counted: the exit summary says how often.
+    assert re.search(r"stopped: \d+ connection\(s\) served; \d+ time\(s\) out of file descriptors",
+                     (workdir / "stderr").read_text())
