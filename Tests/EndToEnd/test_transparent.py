@@ -117,3 +117,35 @@ def test_connection_to_the_listener_itself_is_refused(lab, start_sluice):
     records = proxy.wait_for_flows(1)
     assert records[0]["verdict"] == "DROPPED"
     assert "not diverted" in records[0]["drop_reason_desc"]
+
+
+def test_a_full_udp_session_table_evicts_the_least_recently_active_session(lab, start_sluice):
+    """Room for two sessions (one worker): clients A, B, then A again, then C. B was active
+    least recently, so C's session evicts B's, not A's (the older one by creation)."""
+    lab.spawn(lab.ns("ep2"), "python3", "-c", UDP_ECHO, SERVER, "5353")
+    config = (TRANSPARENT_CONFIG.replace("workers: 2", "workers: 1")
+              .replace("timeouts: {udpIdle: 1s, drain: 2s}", "timeouts: {udpIdle: 30s, drain: 2s}\nlimits: {maxUDPSessionsPerWorker: 2}"))
+    proxy = start_sluice(config, netns=lab.node)
+    divert(lab)
+    client_code = textwrap.dedent(f"""
+        import socket, time
+        sockets = {{name: socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for name in "ABC"}}
+        for name, s in sockets.items():
+            s.bind(("{CLIENT}", {{"A": 41001, "B": 41002, "C": 41003}}[name]))
+            s.settimeout(2)
+        def ask(name):
+            for attempt in range(20):
+                sockets[name].sendto(name.encode(), ("{SERVER}", 5353))
+                try:
+                    return sockets[name].recvfrom(65535)[0].decode()
+                except socket.timeout:
+                    time.sleep(0.1)
+        for name in "ABAC":
+            print(ask(name))
+            time.sleep(0.05)
+    """)
+    result = lab.run(lab.ns("ep1"), "python3", "-c", client_code, timeout=60)
+    assert [line.split(" ")[0] for line in result.stdout.split("\n") if line] == ["echo:A", "echo:B", "echo:A", "echo:C"]
+    records = proxy.wait_for_flows(1, timeout=5)
+    ended = [r["l4"]["UDP"]["source_port"] for r in records if "UDP" in r.get("l4", {}) and "proxy" in r]
+    assert ended == [41002], f"only B's session ends (evicted), got {ended}"

@@ -36,7 +36,9 @@ public protocol DatagramDelegate: AnyObject {
 /// the destination (with the proxy mark, so the datapath lets it pass) and a reply socket
 /// bound with `IP_TRANSPARENT` to the original destination, so answers reach the client from
 /// the address it asked. Sessions end after an idle timeout; their number is bounded, and
-/// when the table is full the least recently used session is closed to make room.
+/// when the table is full the least recently used session is closed to make room (found in
+/// O(1): sessions sit in a list ordered by last activity). Every datagram, either way, passes
+/// through the listener's one receive buffer: a session holds no buffer of its own.
 public final class DatagramListener: EventHandler {
     public let name: String
     public let address: SocketAddress
@@ -45,8 +47,13 @@ public final class DatagramListener: EventHandler {
     private var token: RegistrationToken?
     private unowned let delegate: DatagramDelegate
     private unowned let loop: EventLoop
-    private let receiveBuffer: UnsafeMutableRawBufferPointer
+    /// The one buffer every datagram of this listener passes through, client's or server's
+    /// (the loop is single-threaded and a datagram is relayed before the next is read).
+    let receiveBuffer: UnsafeMutableRawBufferPointer
     private var sessions: [SessionKey: DatagramSession] = [:]
+    /// Sessions by last activity: `leastRecent` is evicted first, `mostRecent` was active last.
+    private var leastRecent: DatagramSession?
+    private weak var mostRecent: DatagramSession?
     public private(set) var isClosed = false
 
     struct SessionKey: Hashable {
@@ -121,18 +128,44 @@ public final class DatagramListener: EventHandler {
                     continue
                 }
                 sessions[key] = session
+                append(session)
                 delegate.datagramSessionStarted(client: key.client, destination: key.destination, listener: self)
             }
+            touch(session)
             session.forwardToServer(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<datagram.length]))
         }
     }
 
     private func evictLeastRecentlyUsed() {
-        guard let oldest = sessions.values.min(by: { $0.lastActivity < $1.lastActivity }) else { return }
-        oldest.end()
+        leastRecent?.end()
+    }
+
+    // MARK: Activity order (a doubly linked list: the older link owns, the newer is weak)
+
+    private func append(_ session: DatagramSession) {
+        session.lessRecent = mostRecent
+        if let mostRecent { mostRecent.moreRecent = session } else { leastRecent = session }
+        mostRecent = session
+    }
+
+    private func unlink(_ session: DatagramSession) {
+        let older = session.lessRecent
+        let newer = session.moreRecent
+        if let newer { newer.lessRecent = older } else { mostRecent = older }
+        if let older { older.moreRecent = newer } else { leastRecent = newer }
+        session.lessRecent = nil
+        session.moreRecent = nil
+    }
+
+    /// The session was active now: it moves to the most recent end.
+    func touch(_ session: DatagramSession) {
+        guard mostRecent !== session else { return }
+        unlink(session)
+        append(session)
     }
 
     func sessionEnded(_ session: DatagramSession) {
+        unlink(session)
         sessions[session.key] = nil
         delegate.datagramSessionEnded(client: session.key.client, destination: session.key.destination,
                                       datagramsFromClient: session.datagramsFromClient,
@@ -159,8 +192,11 @@ final class DatagramSession: EventHandler {
     private unowned let listener: DatagramListener
     private unowned let loop: EventLoop
     private let settings: DatagramSettings
-    private let buffer: UnsafeMutableRawBufferPointer
     private(set) var lastActivity: UInt64
+    /// Neighbours in the listener's activity order (see `DatagramListener.touch`): the
+    /// more recent one holds the less recent one, so the list holds no cycle.
+    var lessRecent: DatagramSession?
+    weak var moreRecent: DatagramSession?
     private(set) var datagramsFromClient: UInt64 = 0
     private(set) var datagramsFromServer: UInt64 = 0
     private var ended = false
@@ -192,19 +228,15 @@ final class DatagramSession: EventHandler {
             reply.close()
             throw error
         }
-        buffer = .allocate(byteCount: settings.maxDatagramBytes + 1, alignment: 16)
         do {
             upstreamToken = try loop.registerForReading(upstream.descriptor, handler: self, tag: 0)
         } catch {
             upstream.close()
             reply.close()
-            buffer.deallocate()
             throw error
         }
         idleTimer = loop.scheduleTimer(after: settings.sessionIdleTimeout, handler: self, tag: 0)
     }
-
-    deinit { buffer.deallocate() }
 
     func forwardToServer(_ payload: UnsafeRawBufferPointer) {
         lastActivity = loop.now
@@ -214,6 +246,7 @@ final class DatagramSession: EventHandler {
     }
 
     func handleReadiness(_ readiness: Readiness, tag: UInt32, loop: EventLoop) {
+        let buffer = listener.receiveBuffer
         while !ended {
             let result: IOResult
             do {
@@ -227,6 +260,7 @@ final class DatagramSession: EventHandler {
             guard case .processed(let count) = result else { return }
             guard count <= settings.maxDatagramBytes else { continue }
             lastActivity = loop.now
+            listener.touch(self)
             datagramsFromServer &+= 1
             _ = try? reply.send(UnsafeRawBufferPointer(rebasing: buffer[0..<count]), to: key.client)
         }
