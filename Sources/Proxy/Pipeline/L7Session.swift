@@ -58,3 +58,8 @@ public protocol L7Session: AnyObject {
     /// True between messages with nothing owed either way: a draining proxy may close now.
     var isIdle: Bool { get }
 }
+
+/// Receives the flow records of L7 sessions.
+public protocol L7FlowReporter: AnyObject {
+    func report(_ record: JSONObject)
+}

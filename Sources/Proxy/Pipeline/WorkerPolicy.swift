@@ -107,3 +107,30 @@ public final class WorkerPolicy {
         connectionPolicies.removeAll(keepingCapacity: true)
     }
 }
+
+/// Which L7 parser, if any, a connection needs under the current policy.
+public enum L7Detection {
+    /// What the policies this connection passes ask for on its port. HTTP rules over TCP
+    /// need the HTTP session; rules of a protocol this proxy does not judge yet (Kafka,
+    /// DNS, or HTTP over UDP) deny the connection rather than relay it with every request
+    /// allowed. `policies` are the connection's policy questions (`identities.flows`).
+    public static func requirement(_ policies: [ConnectionPolicy], transport: TransportProtocol) -> L7Requirement {
+        var protocols = Set<L7Protocol>()
+        for policy in policies { protocols.formUnion(policy.l7Protocols) }
+        if protocols.isEmpty { return .none }
+        if protocols == [.http] && transport == .tcp { return .http }
+        let unsupported = protocols.subtracting(transport == .tcp ? [.http] : []).sorted()
+        return .unsupported(protocolName: unsupported.map(\.displayName).joined(separator: " and "))
+    }
+}
+
+extension L7Protocol {
+    /// How flow records and messages name the protocol.
+    var displayName: String {
+        switch self {
+        case .http: return "HTTP"
+        case .kafka: return "Kafka"
+        case .dns: return "DNS"
+        }
+    }
+}
