@@ -47,6 +47,7 @@ let package = Package(
         .target(name: "Datapath", dependencies: ["CBPF", "CSluiceDatapath", "CSluiceShims", "PolicyEngine"]),
         .executableTarget(name: "sluice", dependencies: [
             "Proxy", "PolicyEngine", "Datapath", "L7Parsers",
+            "CBPF",  // libbpf's helper probe (RunEnforcement.kernelHasSocketAssign)
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
