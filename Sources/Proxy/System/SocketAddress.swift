@@ -2,14 +2,25 @@
 import Glibc
 #endif
 
-/// An IPv4 or IPv6 socket address (address and port), held in `sockaddr_storage` form
-/// so it can be passed to the kernel without conversion.
+/// An IPv4 or IPv6 socket address (address and port), held as the kernel's own
+/// `sockaddr_in` / `sockaddr_in6` bytes so it can be passed to the kernel without
+/// conversion. Stored in a `sockaddr_in6`-sized value (28 bytes), not `sockaddr_storage`
+/// (128): every connection holds several of these.
 public struct SocketAddress: Equatable, Hashable, CustomStringConvertible, Sendable {
-    public private(set) var storage: sockaddr_storage
+    /// `sockaddr_in` (IPv4, in the first 16 bytes) or `sockaddr_in6`; the family field is
+    /// at the same offset in both.
+    private var storage: sockaddr_in6
 
-    public init(storage: sockaddr_storage) { self.storage = storage }
+    /// Takes an address the kernel wrote into `sockaddr_storage` (IPv4 or IPv6 only).
+    public init(storage: sockaddr_storage) {
+        var compact = sockaddr_in6()
+        withUnsafeBytes(of: storage) { source in
+            withUnsafeMutableBytes(of: &compact) { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[0..<$0.count])) }
+        }
+        self.storage = compact
+    }
 
-    public var family: Int32 { Int32(storage.ss_family) }
+    public var family: Int32 { Int32(storage.sin6_family) }
     public var isIPv6: Bool { family == AF_INET6 }
 
     public var length: socklen_t {
@@ -39,7 +50,7 @@ public struct SocketAddress: Equatable, Hashable, CustomStringConvertible, Senda
 
     /// Builds an address from a numeric host (no name resolution) and a port.
     public init?(host: String, port: UInt16) {
-        var storage = sockaddr_storage()
+        var storage = sockaddr_in6()
         var v4 = in_addr()
         var v6 = in6_addr()
         if inet_pton(AF_INET, host, &v4) == 1 {
@@ -87,7 +98,7 @@ public struct SocketAddress: Equatable, Hashable, CustomStringConvertible, Senda
     public var description: String { isIPv6 ? "[\(host)]:\(port)" : "\(host):\(port)" }
 
     public static func == (lhs: SocketAddress, rhs: SocketAddress) -> Bool {
-        lhs.family == rhs.family && lhs.port == rhs.port && lhs.host == rhs.host
+        lhs.family == rhs.family && lhs.port == rhs.port && lhs.hostKey == rhs.hostKey
     }
 
     public func hash(into hasher: inout Hasher) {
