@@ -351,7 +351,7 @@ def test_a_port_with_kafka_rules_is_denied_and_reported(proxied, backend):
         assert_refused(listen, b"\x00\x00\x00\x10anything at all!")
     assert backend.connection_count() == 0 and backend.received() == b""
     records = proxy.wait_for_flows(1)
-    assert any(r["verdict"] == "DROPPED" and "Kafka rules on port" in r.get("drop_reason_desc", "") for r in records)
+    assert any(r["verdict"] == "DROPPED" and "Kafka rules on TCP port" in r.get("drop_reason_desc", "") for r in records)
 
 
 def test_an_explicit_listener_without_l7_still_meets_l3_l4_policy(workdir, start_sluice, backend):

@@ -1,3 +1,5 @@
+import PolicyEngine
+
 /// Everything `sluice run` needs, after the configuration file has been read and checked.
 /// Plain values only: the YAML is converted once, in `ConfigurationLoader`.
 public struct ProxyConfiguration: Sendable, Equatable {
@@ -87,6 +89,13 @@ public struct ListenerConfiguration: Sendable, Equatable {
     /// connection from the policy for its destination port).
     public enum L7Protocol: String, Sendable, Equatable {
         case http
+
+        /// The policy's name for the protocol (the session registry's key).
+        public var kind: PolicyEngine.L7Protocol {
+            switch self {
+            case .http: return .http
+            }
+        }
     }
 
     public var name: String

@@ -1,4 +1,5 @@
 import L7Parsers
+import PolicyEngine
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -69,11 +70,11 @@ public struct RelaySettings: Sendable {
     /// (the reference's route timeout, 15 s); past it the client gets the session's answer
     /// (HTTP: 504).
     public var responseTimeout: UInt64 = 15_000_000_000
-    /// Whether connections are parsed at L7: never, always as HTTP (explicit `l7: http`),
-    /// or when the policy for the connection's port has HTTP rules (transparent).
+    /// Whether connections are parsed at L7: never, always as one protocol (an explicit
+    /// listener's `l7:`), or as the policy for the connection's port says (transparent).
     public var l7: L7Mode
 
-    public enum L7Mode: Sendable, Equatable { case none, http, byPolicy }
+    public enum L7Mode: Sendable, Equatable { case none, fixed(L7Protocol), byPolicy }
 
     public init(connectTimeout: UInt64, idleTimeout: UInt64, upstreamMark: UInt32?, closeWithoutTimeWait: Bool = false,
                 l7: L7Mode = .none) {

@@ -5,11 +5,12 @@ public enum L7Requirement: Equatable, Sendable {
     /// No L7 rules apply to the connection's port: relay it at L4 (the datapath has
     /// already enforced L3/L4).
     case none
-    /// HTTP rules apply: parse and judge every request.
-    case http
-    /// Rules of a protocol Sluice cannot judge on this transport yet apply (Kafka, DNS):
-    /// the connection is denied and reported, never relayed open.
-    case unsupported(protocolName: String)
+    /// Rules of one L7 protocol apply: parse and judge every message with the session the
+    /// registry has for that kind (none registered: the connection is denied).
+    case kind(L7Protocol)
+    /// Different policies put rules of different protocols on the port: no one parser can
+    /// judge every message, so the connection is denied.
+    case conflicting([L7Protocol])
 }
 
 /// One worker's view of the policy: the holder's current snapshot, each address's
@@ -62,20 +63,14 @@ public final class WorkerPolicy {
 
     /// Phase "detect protocol" for a TCP connection on a transparent listener.
     public func requirement(for identities: ConnectionIdentities) -> L7Requirement {
-        L7Detection.requirement(policies(for: identities), transport: identities.transport)
+        L7Detection.requirement(policies(for: identities))
     }
 
-    /// Whether a UDP datagram from `client` to `server` may be relayed: nil when it may,
-    /// else the reason it is denied (a port with L7 rules Sluice cannot judge over UDP).
-    public func datagramDenial(client: SocketAddress, server: SocketAddress) -> String? {
-        refresh()
+    /// Phase "detect protocol" for a UDP datagram from `client` to `server`.
+    public func datagramRequirement(client: SocketAddress, server: SocketAddress) -> L7Requirement {
         var identities = identities(client: client, server: server)
         identities.transport = .udp
-        switch requirement(for: identities) {
-        case .none: return nil
-        case .http: return "HTTP rules on a UDP port cannot be enforced: denied"
-        case .unsupported(let name): return "\(name) rules on UDP port \(server.port) are not enforced by this sluice yet: denied"
-        }
+        return requirement(for: identities)
     }
 
     private func identity(of address: SocketAddress) -> Identity {
@@ -108,25 +103,38 @@ public final class WorkerPolicy {
     }
 }
 
-/// Which L7 parser, if any, a connection needs under the current policy.
+/// Which L7 protocol, if any, a connection carries under the current policy.
 public enum L7Detection {
-    /// What the policies this connection passes ask for on its port. HTTP rules over TCP
-    /// need the HTTP session; rules of a protocol this proxy does not judge yet (Kafka,
-    /// DNS, or HTTP over UDP) deny the connection rather than relay it with every request
-    /// allowed. `policies` are the connection's policy questions (`identities.flows`).
-    public static func requirement(_ policies: [ConnectionPolicy], transport: TransportProtocol) -> L7Requirement {
+    /// What the policies this connection passes put on its port: the compiled policy's
+    /// typed L7 kind (`ConnectionPolicy.l7Protocols`), the same value the datapath's
+    /// redirect decision reads. `policies` are the connection's policy questions
+    /// (`identities.flows`).
+    public static func requirement(_ policies: [ConnectionPolicy]) -> L7Requirement {
         var protocols = Set<L7Protocol>()
         for policy in policies { protocols.formUnion(policy.l7Protocols) }
-        if protocols.isEmpty { return .none }
-        if protocols == [.http] && transport == .tcp { return .http }
-        let unsupported = protocols.subtracting(transport == .tcp ? [.http] : []).sorted()
-        return .unsupported(protocolName: unsupported.map(\.displayName).joined(separator: " and "))
+        guard let first = protocols.first else { return .none }
+        return protocols.count == 1 ? .kind(first) : .conflicting(protocols.sorted())
+    }
+
+    /// Why a connection (or datagram) with `requirement` on `port` is refused when the
+    /// registry cannot judge it; nil for `.none`.
+    public static func refusal(_ requirement: L7Requirement, transport: TransportProtocol, port: UInt16) -> String? {
+        let where_ = "\(transport == .udp ? "UDP" : "TCP") port \(port)"
+        switch requirement {
+        case .none:
+            return nil
+        case .kind(let kind):
+            return "\(kind.displayName) rules on \(where_) are not enforced by this sluice yet: denied"
+        case .conflicting(let kinds):
+            return "\(kinds.map(\.displayName).joined(separator: " and ")) rules on \(where_) cannot be judged by one "
+                + "parser: denied"
+        }
     }
 }
 
 extension L7Protocol {
     /// How flow records and messages name the protocol.
-    var displayName: String {
+    public var displayName: String {
         switch self {
         case .http: return "HTTP"
         case .kafka: return "Kafka"

@@ -27,7 +27,8 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     public let bufferPool: BufferPool
     private let configuration: ProxyConfiguration
     private let flowLog: FlowLog
-    private let httpLimits: HTTP1Limits
+    /// The L7 protocols this worker can judge (see `SessionRegistry`).
+    private let sessions: SessionRegistry
     private var streamListeners: [StreamListener] = []
     private var datagramListeners: [DatagramListener] = []
     private var connections: [ObjectIdentifier: RelayConnection] = [:]
@@ -45,12 +46,14 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
 
     /// Creates the loop and binds every configured listener; throws (naming the listener)
     /// when one cannot be opened.
-    public init(index: Int, configuration: ProxyConfiguration, flowLog: FlowLog, policy: PolicySnapshotHolder? = nil) throws {
+    /// `sessions` are the L7 protocols the worker judges (`SessionRegistry.standard` when nil).
+    public init(index: Int, configuration: ProxyConfiguration, flowLog: FlowLog, policy: PolicySnapshotHolder? = nil,
+                sessions: SessionRegistry? = nil) throws {
         self.index = index
         self.configuration = configuration
         self.flowLog = flowLog
         workerPolicy = policy.map(WorkerPolicy.init(holder:))
-        httpLimits = Self.httpLimits(bufferBytes: configuration.limits.bufferBytes)
+        self.sessions = sessions ?? .standard(configuration: configuration)
         loop = try EventLoop()
         bufferPool = BufferPool(blockSize: configuration.limits.bufferBytes,
                                 maxCached: configuration.limits.cachedBuffersPerWorker)
@@ -67,7 +70,7 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
                     var settings = relaySettings
                     // With a policy section, an explicit listener without `l7` is judged like a
                     // transparent one: by what the policy puts on the upstream's port.
-                    settings.l7 = listener.l7 == .http ? .http : (configuration.policy != nil ? .byPolicy : .none)
+                    settings.l7 = listener.l7.map { .fixed($0.kind) } ?? (configuration.policy != nil ? .byPolicy : .none)
                     let stream = try StreamListener(name: listener.name, address: listener.address, upstream: .fixed(upstream),
                                                     settings: settings, backlog: listener.backlog, delegate: self)
                     streamListeners.append(stream)
@@ -118,9 +121,8 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         switch detect(listener.settings.l7, client: client, destination: destination) {
         case .relay:
             session = nil
-        case .http(let identities):
-            session = HTTPPolicySession(limits: httpLimits, settings: configuration.http, policy: workerPolicy,
-                                        identities: identities, reporter: flowLog.isEnabled ? flowLog : nil)
+        case .judge(let kind, let context):
+            session = sessions.streamSession(kind, context: context)
         case .deny(let reason):
             counters.deniedUnjudgeable &+= 1
             socket.setResetOnClose()
@@ -140,33 +142,45 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
 
     private enum Detection {
         case relay
-        case http(ConnectionIdentities)
+        /// Judged by the registry's session for `kind` (registered: checked by `detect`).
+        case judge(L7Protocol, SessionContext)
         case deny(reason: String)
     }
 
     /// Phase "detect protocol": what a new connection needs under the current policy.
     private func detect(_ mode: RelaySettings.L7Mode, client: SocketAddress, destination: SocketAddress) -> Detection {
-        guard mode != .none else { return .relay }
-        guard let workerPolicy else {
-            // Explicit `l7: http` without a policy section: parsed, every request allowed.
-            guard mode == .http else { return .relay }
-            return .http(ConnectionIdentities(client: client, server: destination, source: .reserved(.world),
-                                              destination: .reserved(.world)))
-        }
-        let identities = workerPolicy.identities(client: client, server: destination)
-        if mode == .http { return .http(identities) }
-        switch workerPolicy.requirement(for: identities) {
+        let requirement: L7Requirement
+        var identities: ConnectionIdentities
+        switch mode {
         case .none:
-            // No L7 rules: the L3/L4 verdict decides once, here (the datapath has judged a
-            // diverted connection already; an explicit listener has no datapath before it).
-            if let denied = workerPolicy.policies(for: identities).first(where: { !$0.verdict.isAllowed }) {
-                return .deny(reason: "denied at L3/L4 by policy: \(denied.verdict.reason)")
-            }
             return .relay
-        case .http: return .http(identities)
-        case .unsupported(let name):
-            return .deny(reason: "\(name) rules on port \(destination.port) are not enforced by this sluice yet: denied")
+        case .fixed(let kind):
+            // An explicit listener that names its protocol parses it whatever the policy says
+            // (without a policy section: every message allowed).
+            requirement = .kind(kind)
+            identities = workerPolicy?.identities(client: client, server: destination)
+                ?? ConnectionIdentities(client: client, server: destination, source: .reserved(.world),
+                                        destination: .reserved(.world))
+        case .byPolicy:
+            guard let workerPolicy else { return .relay }
+            identities = workerPolicy.identities(client: client, server: destination)
+            requirement = workerPolicy.requirement(for: identities)
+            if requirement == .none {
+                // No L7 rules: the L3/L4 verdict decides once, here (the datapath has judged a
+                // diverted connection already; an explicit listener has no datapath before it).
+                if let denied = workerPolicy.policies(for: identities).first(where: { !$0.verdict.isAllowed }) {
+                    return .deny(reason: "denied at L3/L4 by policy: \(denied.verdict.reason)")
+                }
+                return .relay
+            }
         }
+        identities.transport = .tcp
+        if case .kind(let kind) = requirement, sessions.judgesStreams(of: kind) {
+            return .judge(kind, SessionContext(identities: identities, policy: workerPolicy,
+                                               reporter: flowLog.isEnabled ? flowLog : nil))
+        }
+        return .deny(reason: L7Detection.refusal(requirement, transport: .tcp, port: destination.port)
+                     ?? "no L7 session for port \(destination.port): denied")
     }
 
     /// The policy changed: connections relayed at L4 cannot meet it request by request, so
@@ -181,17 +195,6 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
             counters.resetByPolicyChange &+= 1
             connection.abort(outcome: .policyChanged)
         }
-    }
-
-    /// HTTP limits that fit the connection's input buffer: a head must fit whole.
-    static func httpLimits(bufferBytes: Int) -> HTTP1Limits {
-        var limits = HTTP1Limits.standard
-        let room = bufferBytes - 1024
-        limits.maximumRequestLineBytes = min(limits.maximumRequestLineBytes, room / 4)
-        limits.maximumStatusLineBytes = min(limits.maximumStatusLineBytes, room / 4)
-        limits.maximumHeaderBytes = min(limits.maximumHeaderBytes, room - limits.maximumRequestLineBytes)
-        limits.maximumTrailerBytes = min(limits.maximumTrailerBytes, room / 2)
-        return limits
     }
 
     public func acceptFailed(_ error: Error, listener: StreamListener) {
@@ -254,7 +257,10 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     }
 
     public func datagramDenial(client: SocketAddress, destination: SocketAddress, listener: DatagramListener) -> String? {
-        workerPolicy?.datagramDenial(client: client, server: destination)
+        guard let workerPolicy else { return nil }
+        // No datagram sessions are registered yet: a UDP port with L7 rules is denied.
+        return L7Detection.refusal(workerPolicy.datagramRequirement(client: client, server: destination),
+                                   transport: .udp, port: destination.port)
     }
 
     public func datagramDropped(client: SocketAddress, destination: SocketAddress?, reason: String,

@@ -1,0 +1,59 @@
+import PolicyEngine
+
+/// What a protocol's session is told about the connection (or UDP exchange) it judges.
+public struct SessionContext {
+    /// Both ends, as the current policy knows them (transport included).
+    public var identities: ConnectionIdentities
+    /// The worker's view of the policy; nil without a policy section (every message allowed).
+    public var policy: WorkerPolicy?
+    /// Where the session's flow records go; nil when nothing reads them.
+    public var reporter: L7FlowReporter?
+
+    public init(identities: ConnectionIdentities, policy: WorkerPolicy?, reporter: L7FlowReporter?) {
+        self.identities = identities
+        self.policy = policy
+        self.reporter = reporter
+    }
+}
+
+/// The protocols this proxy can judge, keyed by the L7 kind the compiled policy names for a
+/// (peer, port): adding a protocol is a folder with its session plus one `register` line in
+/// `standard(configuration:)`.
+///
+/// A kind with no session registered for the connection's transport is not relayed open:
+/// the worker refuses the connection (or drops the datagram) and reports why.
+public struct SessionRegistry {
+    public typealias StreamFactory = (SessionContext) -> L7Session
+
+    private var streamFactories: [L7Protocol: StreamFactory] = [:]
+
+    /// An empty registry: every L7 kind fails closed.
+    public init() {}
+
+    /// Registers how connections carrying `kind` over TCP are judged (replacing an earlier
+    /// registration of the same kind).
+    public mutating func register(_ kind: L7Protocol, stream factory: @escaping StreamFactory) {
+        streamFactories[kind] = factory
+    }
+
+    /// A new session for a TCP connection carrying `kind`; nil when no protocol is registered
+    /// for it (the connection must be refused).
+    public func streamSession(_ kind: L7Protocol, context: SessionContext) -> L7Session? {
+        streamFactories[kind].map { $0(context) }
+    }
+
+    /// Whether TCP connections carrying `kind` can be judged.
+    public func judgesStreams(of kind: L7Protocol) -> Bool { streamFactories[kind] != nil }
+
+    /// The protocols Sluice ships, set up from the configuration.
+    public static func standard(configuration: ProxyConfiguration) -> SessionRegistry {
+        var registry = SessionRegistry()
+        let httpLimits = HTTPPolicySession.limits(bufferBytes: configuration.limits.bufferBytes)
+        let httpSettings = configuration.http
+        registry.register(.http, stream: { context in
+            HTTPPolicySession(limits: httpLimits, settings: httpSettings, policy: context.policy,
+                              identities: context.identities, reporter: context.reporter)
+        })
+        return registry
+    }
+}
