@@ -64,7 +64,8 @@ let package = Package(
         .testTarget(name: "FuzzCorpusTests", dependencies: ["SluiceFuzzHarnesses"], path: "Fuzz/Tests"),
 
         .testTarget(name: "ProxyTests", dependencies: ["Proxy", "COpenSSL", "L7Parsers", "PolicyEngine"]),
-        .testTarget(name: "L7ParsersTests", dependencies: ["L7Parsers", "CNghttp2"]),
+        // The HTTP/1 connection tests run the parser through the proxy's real driver, from memory.
+        .testTarget(name: "L7ParsersTests", dependencies: ["L7Parsers", "CNghttp2", "Proxy"]),
         .testTarget(name: "PolicyEngineTests", dependencies: ["PolicyEngine", "CPCRE2"]),
         .testTarget(name: "DatapathTests", dependencies: ["Datapath", "CBPF", "CSluiceDatapath", "PolicyEngine"]),
     ]

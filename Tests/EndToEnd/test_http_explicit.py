@@ -34,7 +34,7 @@ workers: 1
 listeners:
   - {{name: web, mode: explicit, listen: 127.0.0.1:{listen}, upstream: 127.0.0.1:{upstream}, l7: http}}
 policy: {{paths: [{workdir}/policy.yaml], endpoints: {workdir}/endpoints.yaml}}
-timeouts: {{connect: 2s, idle: 60s, header: {header}, drain: 2s}}
+timeouts: {{connect: 2s, idle: 60s, message: {header}, drain: 2s}}
 flowLog: {{sink: file, path: "@FLOWS@"}}
 """
 
@@ -87,7 +87,7 @@ def test_slow_client_gets_408_after_the_header_timeout(nginx, workdir, start_slu
         assert time.monotonic() - started < 4
     assert nginx.access_lines() == []
     outcomes = [r["proxy"]["outcome"] for r in proxy.wait_for_flows(2) if "proxy" in r]
-    assert outcomes == ["header_timeout"]
+    assert outcomes == ["message_timeout"]
 
 
 def test_oversized_head_gets_431_and_nothing_is_forwarded(nginx, workdir, start_sluice):

@@ -83,10 +83,11 @@ public struct ConfigurationLoader {
         }
         var timeouts = Timeouts()
         if let node = document["timeouts"] {
-            let fields = try mapping(node, path: "timeouts", allowed: ["connect", "idle", "header", "response", "drain", "udpIdle"])
+            let fields = try mapping(node, path: "timeouts", allowed: ["connect", "idle", "message", "header", "response", "drain", "udpIdle"])
             if let value = fields["connect"] { timeouts.connect = try duration(value, path: "timeouts.connect") }
             if let value = fields["idle"] { timeouts.idle = try duration(value, path: "timeouts.idle") }
-            if let value = fields["header"] { timeouts.header = try duration(value, path: "timeouts.header") }
+            if let value = fields["header"] { timeouts.message = try duration(value, path: "timeouts.header") }
+            if let value = fields["message"] { timeouts.message = try duration(value, path: "timeouts.message") }
             if let value = fields["response"] { timeouts.response = try duration(value, path: "timeouts.response") }
             if let value = fields["drain"] { timeouts.drain = try duration(value, path: "timeouts.drain", allowZero: true) }
             if let value = fields["udpIdle"] { timeouts.udpIdle = try duration(value, path: "timeouts.udpIdle") }

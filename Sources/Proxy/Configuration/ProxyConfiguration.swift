@@ -119,8 +119,10 @@ public struct Timeouts: Sendable, Equatable {
     public var connect: UInt64 = 5_000_000_000
     /// No byte either way for this long closes a TCP connection.
     public var idle: UInt64 = 300_000_000_000
-    /// Time allowed for a complete L7 request head once its first byte arrived.
-    public var header: UInt64 = 30_000_000_000
+    /// Time allowed for an L7 message the session waits for (HTTP: a request head) once its
+    /// first byte arrived, and for the first one after the accept (`timeouts.message`; the
+    /// older name `timeouts.header` is still read).
+    public var message: UInt64 = 30_000_000_000
     /// How long an upstream may stay silent while an L7 response is owed (HTTP: 504 after
     /// it). The reference's route timeout is 15 s.
     public var response: UInt64 = 15_000_000_000

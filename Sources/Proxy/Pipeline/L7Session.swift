@@ -4,8 +4,8 @@ import L7Parsers
 /// direction's input: the parser contract (`ParserOperation`), plus `forward`, which
 /// replaces bytes on their way (a rewritten request head) and `close` after local answers.
 public enum SessionOperation: Equatable, Sendable {
-    /// Nothing can be decided yet; read more.
-    case needMore
+    /// Nothing can be decided yet; call again once at least `minimumBytes` more have arrived.
+    case needMore(minimumBytes: Int)
     /// Nothing can be consumed until the other direction makes progress: stop reading
     /// this side when its buffer is full (backpressure, never an error).
     case blocked
@@ -20,9 +20,17 @@ public enum SessionOperation: Equatable, Sendable {
     /// The connection must end once what is queued for the client has been sent.
     case close(reason: String)
 
+    /// `needMore` or `blocked`: the operation consumes and produces nothing.
+    public var isWaiting: Bool {
+        switch self {
+        case .needMore, .blocked: return true
+        default: return false
+        }
+    }
+
     public init(_ operation: ParserOperation) {
         switch operation {
-        case .needMore: self = .needMore
+        case .needMore(let minimum): self = .needMore(minimumBytes: minimum)
         case .blocked: self = .blocked
         case .pass(let count): self = .pass(count)
         case .drop(let count): self = .drop(count)
@@ -33,19 +41,25 @@ public enum SessionOperation: Equatable, Sendable {
 }
 
 /// A protocol handler for one connection: a parser from `L7Parsers` joined with a policy
-/// decision, which the driver (`RelayConnection`) calls with the unconsumed bytes of each
-/// direction. The driver owns buffers, sockets and the call loop; the session owns the
-/// protocol state and the flow records of its requests.
+/// decision, which the driver (`StreamDriver`) calls with the unconsumed bytes of each
+/// direction. The driver owns buffers and the call loop (and `RelayConnection`, around it,
+/// the sockets and clocks); the session owns the protocol state and the flow records of its
+/// messages. Register a session for its L7 kind in `SessionRegistry`.
 public protocol L7Session: AnyObject {
+    /// The largest message the session must see whole before it can answer (its head, for a
+    /// protocol whose body streams once judged). The driver holds up to this many bytes of one
+    /// direction when the session asks for them; more ends the connection.
+    var maximumMessageBytes: Int { get }
     /// The next operation for the bytes at the front of `direction`'s input (possibly none:
     /// a session may have something to say without new bytes, such as a denial that became
     /// due after a response completed).
     func step(_ direction: TrafficDirection, _ bytes: UnsafeRawBufferPointer) -> SessionOperation
     /// The source of `direction` closed with `unconsumed` bytes still held.
     func endOfInput(_ direction: TrafficDirection, unconsumed: Int) -> SessionOperation?
-    /// The client took longer than the header timeout to send a message head; returns what
-    /// to tell it before the connection closes (nil: close without a word).
-    func headerTimedOut() -> [UInt8]?
+    /// The client took longer than the incomplete-message timeout to complete what the
+    /// session waits for (HTTP: a request head); returns what to tell it before the
+    /// connection closes (nil: close without a word).
+    func incompleteMessageTimedOut() -> [UInt8]?
     /// The upstream could not be reached; returns what to tell the client before closing
     /// (nil: reset the client, as at L4).
     func upstreamFailed(reason: String) -> [UInt8]?

@@ -20,8 +20,9 @@ public enum ConnectionOutcome: String, Sendable {
     case aborted
     /// The L7 session ended the connection (a request or response that cannot be parsed).
     case protocolError = "protocol_error"
-    /// A message head did not complete within the header timeout.
-    case headerTimeout = "header_timeout"
+    /// A message the session waited for (HTTP: a request head) did not complete within the
+    /// incomplete-message timeout.
+    case messageTimeout = "message_timeout"
     /// A policy change put rules on the connection's port that its relay cannot apply.
     case policyChanged = "policy_changed"
     /// The upstream answered nothing within the response timeout (L7: the client got 504).
@@ -63,9 +64,9 @@ public struct RelaySettings: Sendable {
     /// its local address, and a TIME_WAIT there makes the kernel drop the client's next
     /// SYN on that tuple (its listener is not at that address), costing a 1 s retransmit.
     public var closeWithoutTimeWait: Bool
-    /// With an L7 session: how long a message head may take from its first byte (and the
-    /// first request from the accept).
-    public var headerTimeout: UInt64 = 30_000_000_000
+    /// With an L7 session: how long a message the session waits for (HTTP: a request head)
+    /// may take from its first byte (and the first one from the accept).
+    public var messageTimeout: UInt64 = 30_000_000_000
     /// With an L7 session: how long the upstream may stay silent while a response is owed
     /// (the reference's route timeout, 15 s); past it the client gets the session's answer
     /// (HTTP: 504).
@@ -95,6 +96,8 @@ public struct RelaySettings: Sendable {
 /// half-close (`shutdown(SHUT_WR)`) once the buffer has drained; a reset on either side
 /// resets the other. The connection closes when both directions have delivered their FIN.
 public final class RelayConnection: EventHandler {
+    /// One direction's sockets side. At L4 its `buffer` holds the bytes in flight; with an
+    /// L7 session the driver's queues do.
     private struct Direction {
         var buffer = RelayBuffer()
         /// Edge-triggered readiness: true until a read reports it would block.
@@ -106,25 +109,6 @@ public final class RelayConnection: EventHandler {
         var destinationWritable = true
         var endForwarded = false
         var bytes: UInt64 = 0
-        // L7 only: parsed bytes waiting for the destination, and operations in progress.
-        var output = RelayBuffer()
-        var pendingPass = 0
-        var pendingDrop = 0
-        var pendingBytes: [UInt8] = []
-        var pendingBytesToSource = false
-        var endOfInputReported = false
-        /// Something happened that the session has not seen: new input, the end of input,
-        /// or progress on the other side (which can make a queued answer due).
-        var parseDirty = true
-        /// The session answered `.blocked` last: what the input holds waits for the other
-        /// direction, not for more bytes (no header clock runs for it).
-        var blocked = false
-
-        /// Parsed bytes are waiting for the destination (or about to be: a pass or rebuilt
-        /// bytes in progress).
-        var holdsOutput: Bool {
-            !output.isEmpty || pendingPass > 0 || (!pendingBytes.isEmpty && !pendingBytesToSource)
-        }
     }
 
     private enum Tag {
@@ -132,7 +116,7 @@ public final class RelayConnection: EventHandler {
         static let upstream: UInt32 = 1
         static let connectTimer: UInt32 = 0
         static let idleTimer: UInt32 = 1
-        static let headerTimer: UInt32 = 2
+        static let messageTimer: UInt32 = 2
         static let responseTimer: UInt32 = 3
     }
 
@@ -142,10 +126,11 @@ public final class RelayConnection: EventHandler {
     private unowned let owner: ConnectionOwner
     private let loop: EventLoop
     public let settings: RelaySettings
-    private let session: L7Session?
-    private var closeAfterReply: String?
-    /// How the connection is reported once `closeAfterReply` has flushed.
-    private var closeOutcome = ConnectionOutcome.protocolError
+    /// The L7 half (nil: an L4 relay): the session and its byte queues, without sockets.
+    private var driver: StreamDriver?
+    /// How the connection is reported once the driver's close has flushed, when the relay
+    /// (not the session) decided it.
+    private var closeOutcome: ConnectionOutcome?
     /// Set when the upstream failed and only an answer to the client remains to be sent.
     private var upstreamOutcome: ConnectionOutcome?
     private let listenerName: String
@@ -163,18 +148,15 @@ public final class RelayConnection: EventHandler {
     private let startTime: UInt64
     private var lastActivity: UInt64
     private var resumeQueued = false
-    /// When the request input began holding an incomplete message head (L7 only).
-    private var headPendingSince: UInt64?
-    private var headerTimer: TimerID?
+    /// When the client's input began holding an incomplete message (L7 only).
+    private var messagePendingSince: UInt64?
+    private var messageTimer: TimerID?
     /// L7: when the upstream last sent something while a response was owed (or when the
     /// wait began); nil while no response is owed.
     private var responseWaitSince: UInt64?
     private var responseTimer: TimerID?
     /// The proxy is draining: the connection closes as soon as it is idle between requests.
     private var draining = false
-    /// The session has acted on client input (passed, dropped or answered a request): the
-    /// header clock that started at accept no longer runs while the input is empty.
-    private var requestInputActedOn = false
     /// The proxy sent its FIN to the client before the client's FIN arrived.
     private var downstreamClosedFirstByProxy = false
     public private(set) var isFinished = false
@@ -182,7 +164,7 @@ public final class RelayConnection: EventHandler {
     /// Takes ownership of `downstream` and starts connecting to `destination`.
     public init(downstream: Socket, client: SocketAddress, destination: SocketAddress, listenerName: String,
                 settings: RelaySettings, session: L7Session? = nil, owner: ConnectionOwner, loop: EventLoop) {
-        self.session = session
+        driver = session.map(StreamDriver.init(session:))
         self.downstream = downstream
         self.client = client
         self.destination = destination
@@ -207,9 +189,9 @@ public final class RelayConnection: EventHandler {
             return
         }
         idleTimer = loop.scheduleTimer(after: settings.idleTimeout, handler: self, tag: Tag.idleTimer)
-        if session != nil {
-            headPendingSince = loop.now
-            headerTimer = loop.scheduleTimer(after: settings.headerTimeout, handler: self, tag: Tag.headerTimer)
+        if driver != nil {
+            messagePendingSince = loop.now
+            messageTimer = loop.scheduleTimer(after: settings.messageTimeout, handler: self, tag: Tag.messageTimer)
             pumpBoth()
             return
         }
@@ -276,16 +258,17 @@ public final class RelayConnection: EventHandler {
             responseTimer = nil
             return responseTimerFired()
         }
-        if tag == Tag.headerTimer {
-            headerTimer = nil
-            guard let since = headPendingSince, let session else { return }
+        if tag == Tag.messageTimer {
+            messageTimer = nil
+            guard let since = messagePendingSince, let session = driver?.session else { return }
             let waited = loop.now &- since
-            if waited < settings.headerTimeout {
-                headerTimer = loop.scheduleTimer(after: settings.headerTimeout - waited, handler: self, tag: Tag.headerTimer)
+            if waited < settings.messageTimeout {
+                messageTimer = loop.scheduleTimer(after: settings.messageTimeout - waited, handler: self, tag: Tag.messageTimer)
                 return
             }
-            // A head that never completes (a slow or stalled client): answer if we may, then close.
-            return endWithAnswer(session.headerTimedOut(), reason: "header timeout", outcome: .headerTimeout)
+            // A message that never completes (a slow or stalled client): answer if we may, then close.
+            return endWithAnswer(session.incompleteMessageTimedOut(), reason: "incomplete message timeout",
+                                 outcome: .messageTimeout)
         }
         idleTimer = nil
         let idleFor = loop.now &- lastActivity
@@ -314,13 +297,13 @@ public final class RelayConnection: EventHandler {
         case .descriptorsExhausted: reason = "proxy out of file descriptors"
         default: reason = "upstream unreachable"
         }
-        guard let session, var answer = session.upstreamFailed(reason: reason) else {
+        guard driver != nil, let answer = driver!.session.upstreamFailed(reason: reason) else {
             return finish(outcome, resetDownstream: true)
         }
         dropUpstream()
         upstreamOutcome = outcome
-        closeAfterReply = outcome.rawValue
-        _ = append(&answer, to: &toDownstream.output, pool: owner.bufferPool)
+        driver!.answerClient(answer)
+        driver!.close(reason: outcome.rawValue)
         flushAnswerAndFinish()
     }
 
@@ -340,7 +323,7 @@ public final class RelayConnection: EventHandler {
     /// client gets the session's answer (HTTP: 504, when nothing of that response reached
     /// it yet) and the connection closes; the upstream is reset.
     private func responseTimerFired() {
-        guard let session, let since = responseWaitSince, session.isAwaitingResponse else {
+        guard let session = driver?.session, let since = responseWaitSince, session.isAwaitingResponse else {
             responseWaitSince = nil
             return
         }
@@ -356,12 +339,17 @@ public final class RelayConnection: EventHandler {
     /// Stops reading the client, queues `answer` for it (sent if it fits behind what is
     /// queued already; the close follows either way), and closes once that is delivered.
     private func endWithAnswer(_ answer: [UInt8]?, reason: String, outcome: ConnectionOutcome) {
-        toUpstream.buffer.discard(pool: owner.bufferPool)
-        toUpstream.sourceEnded = true
-        if var answer { _ = append(&answer, to: &toDownstream.output, pool: owner.bufferPool) }
-        closeAfterReply = reason
+        stopReadingClient()
+        if let answer { driver?.answerClient(answer) }
+        driver?.close(reason: reason)
         closeOutcome = outcome
         pumpBoth()
+    }
+
+    /// The client's further bytes are not wanted (a close is coming): drop what is held.
+    private func stopReadingClient() {
+        toUpstream.sourceEnded = true
+        driver?.discardInput(.request, pool: owner.bufferPool)
     }
 
     /// Starts the response clock when the session owes a response and stops it when none
@@ -386,30 +374,32 @@ public final class RelayConnection: EventHandler {
     }
 
     private func closeIfIdleWhileDraining() {
-        guard draining, let session, session.isIdle, toUpstream.buffer.isEmpty, toUpstream.output.isEmpty,
-              toDownstream.output.isEmpty, toDownstream.buffer.isEmpty, toUpstream.pendingBytes.isEmpty,
-              toDownstream.pendingBytes.isEmpty, closeAfterReply == nil else { return }
+        guard draining, let driver, driver.isIdle else { return }
         finish(.drained, resetDownstream: false, resetUpstream: false)
     }
 
     /// Writes what is queued for the client, then closes (used once the upstream is gone).
     private func flushAnswerAndFinish() {
+        guard driver != nil else { return finish(upstreamOutcome ?? .reset, resetDownstream: true) }
+        let pool = owner.bufferPool
         do {
-            _ = try flush(&toDownstream, to: downstream, ready: true, pool: owner.bufferPool)
+            while true {
+                if case .failed = driver!.advance(.response, pool: pool) { break }
+                guard try flushL7(.response, to: downstream, ready: true) else { break }
+            }
         } catch {
             return finish(upstreamOutcome ?? .reset, resetDownstream: true)
         }
-        guard toDownstream.output.isEmpty else { return }
+        guard !driver!.holdsOutput(.response) else { return }
         // Bytes the client sent that nobody read would turn the close into a reset, which
         // can destroy the answer before the client reads it: read and drop them first.
-        let pool = owner.bufferPool
         for _ in 0..<8 {
-            let space = toUpstream.buffer.writableSpace(pool: pool)
+            let space = driver!.inputSpace(.request, pool: pool)
             guard space.count > 0, case .processed(let count)? = try? downstream.read(into: space), count > 0 else { break }
-            toUpstream.buffer.didWrite(count)
-            toUpstream.buffer.discard(pool: pool)
+            driver!.received(.request, count: count)
+            driver!.discardInput(.request, pool: pool)
         }
-        toUpstream.buffer.discard(pool: pool)
+        driver!.discardInput(.request, pool: pool)
         finish(upstreamOutcome ?? .protocolError, resetDownstream: false)
     }
 
@@ -421,7 +411,7 @@ public final class RelayConnection: EventHandler {
     }
 
     /// True when requests are judged by an L7 session (false: an L4 relay).
-    public var hasSession: Bool { session != nil }
+    public var hasSession: Bool { driver != nil }
 
     // MARK: Relaying
 
@@ -429,7 +419,7 @@ public final class RelayConnection: EventHandler {
 
     private func pumpBoth() {
         if upstreamOutcome != nil { return flushAnswerAndFinish() }
-        if let session { return pumpSession(session) }
+        if driver != nil { return pumpSession() }
         guard let upstream else { return }
         // Until the connect completes, the upstream socket has nothing to read (and a read
         // would report the connect's failure as if it were a reset).
@@ -481,68 +471,64 @@ public final class RelayConnection: EventHandler {
 
     // MARK: Relaying through an L7 session
 
-    /// Operations a session may answer in a row without consuming input or producing
-    /// output; past it the session is stuck and the connection ends.
-    private static let maximumIdleOperations = 16
-
-    private func pumpSession(_ session: L7Session) {
+    private func pumpSession() {
         let pool = owner.bufferPool
         var rounds = 0
         do {
             while rounds < Self.fairnessBudget {
                 var progressed = false
                 if let upstream {
-                    progressed = try flush(&toUpstream, to: upstream, ready: upstreamConnected, pool: pool) || progressed
+                    progressed = try flushL7(.request, to: upstream, ready: upstreamConnected) || progressed
                 }
-                progressed = try flush(&toDownstream, to: downstream, ready: true, pool: pool) || progressed
-                if closeAfterReply != nil {
+                progressed = try flushL7(.response, to: downstream, ready: true) || progressed
+                if let closing = driver!.closing {
                     // A response the session already let through goes out whole before the
                     // close (its bytes may still be arriving), unless the upstream is gone.
-                    let responseOwed = toDownstream.pendingPass > 0 && upstreamConnected && !toDownstream.sourceEnded
+                    let responseOwed = driver!.isPassing(.response) && upstreamConnected && !toDownstream.sourceEnded
                     if responseOwed, let upstream {
-                        progressed = try fill(&toDownstream, from: upstream, pool: pool) || progressed
+                        progressed = try fillL7(.response, from: upstream) || progressed
                     }
-                    if parse(.response, session, pool: pool) == .moreWork { progressed = true }
-                    if toDownstream.output.isEmpty && toDownstream.pendingBytes.isEmpty && !responseOwed {
-                        return finish(closeOutcome, resetDownstream: false, resetUpstream: true)
+                    switch driver!.advance(.response, pool: pool) {
+                    case .failed: return finish(.protocolError, resetDownstream: true, resetUpstream: true)
+                    case .moreWork: progressed = true
+                    case .idle: break
+                    }
+                    if !driver!.holdsOutput(.response) && !responseOwed {
+                        let outcome = closeOutcome ?? (closing.byResponse ? .upstreamProtocolError : .protocolError)
+                        return finish(outcome, resetDownstream: false, resetUpstream: true)
                     }
                     guard progressed else { break }
                     rounds += 1
                     continue
                 }
-                progressed = try fill(&toUpstream, from: downstream, pool: pool) || progressed
+                progressed = try fillL7(.request, from: downstream) || progressed
                 if let upstream, upstreamConnected {
-                    if try fill(&toDownstream, from: upstream, pool: pool) {
+                    if try fillL7(.response, from: upstream) {
                         progressed = true
                         if responseWaitSince != nil { responseWaitSince = loop.now }
                     }
                 }
-                switch parse(.request, session, pool: pool) {
+                switch driver!.advance(.request, pool: pool) {
                 case .failed: return finish(.protocolError, resetDownstream: true, resetUpstream: true)
-                case .moreWork:
-                    progressed = true
-                    toDownstream.parseDirty = true
+                case .moreWork: progressed = true
                 case .idle: break
                 }
-                if upstream == nil && closeAfterReply == nil && toUpstream.holdsOutput {
+                if upstream == nil && driver!.closing == nil && driver!.holdsOutput(.request) {
                     // The first request allowed on this connection: only now open the upstream.
                     connectUpstream()
                     if isFinished || upstreamOutcome != nil { return }
                     progressed = true
                 }
-                switch parse(.response, session, pool: pool) {
+                switch driver!.advance(.response, pool: pool) {
                 case .failed: return finish(.protocolError, resetDownstream: true, resetUpstream: true)
-                case .moreWork:
-                    progressed = true
-                    toUpstream.parseDirty = true
+                case .moreWork: progressed = true
                 case .idle: break
                 }
-                if closeOutcome == .upstreamProtocolError && upstream != nil {
+                if driver!.closing?.byResponse == true && upstream != nil {
                     // A response that cannot be relayed: reset the upstream now; the client gets
                     // what is queued for it (valid responses, the session's 502), then a FIN.
                     dropUpstream()
-                    toUpstream.buffer.discard(pool: pool)
-                    toUpstream.sourceEnded = true
+                    stopReadingClient()
                 }
                 guard progressed else { break }
                 lastActivity = loop.now
@@ -551,20 +537,20 @@ public final class RelayConnection: EventHandler {
         } catch {
             return finish(.reset, resetDownstream: true, resetUpstream: true)
         }
-        if closeAfterReply != nil { return }
-        trackPendingHead()
-        trackResponseWait(session)
+        if driver!.closing != nil { return }
+        trackPendingMessage()
+        trackResponseWait(driver!.session)
         if let upstream {
-            forwardEndIfDone(&toUpstream, to: upstream, ready: upstreamConnected)
-        } else if toUpstream.sourceEnded && toUpstream.buffer.isEmpty && !toUpstream.holdsOutput && !toUpstream.endForwarded {
+            forwardEndIfDelivered(.request, to: upstream, ready: upstreamConnected)
+        } else if driver!.isDelivered(.request) && !toUpstream.endForwarded {
             // The client ended and nothing of it was ever allowed upstream: there is no server
             // side to close, and no response will come from one.
             toUpstream.endForwarded = true
             toDownstream.sourceEnded = true
-            toDownstream.parseDirty = true
-            _ = parse(.response, session, pool: pool)
+            driver!.inputEnded(.response)
+            _ = driver!.advance(.response, pool: pool)
         }
-        forwardEndIfDone(&toDownstream, to: downstream, ready: true)
+        forwardEndIfDelivered(.response, to: downstream, ready: true)
         if toUpstream.endForwarded && toDownstream.endForwarded {
             return finish(.closed, resetDownstream: settings.closeWithoutTimeWait && downstreamClosedFirstByProxy)
         }
@@ -576,30 +562,92 @@ public final class RelayConnection: EventHandler {
         }
     }
 
-    /// Starts the header clock when the client's input holds the start of a message the
-    /// session cannot decide yet, and stops it when that input is consumed. The timer is
-    /// armed at most once at a time and re-armed lazily when it fires early.
-    private func trackPendingHead() {
-        // Until the first request's head is consumed, the clock that began at accept runs
-        // even while nothing arrives: a client that connects and stays silent is a stalled head.
-        let beforeFirstRequest = !requestInputActedOn && !toUpstream.sourceEnded
-        let waiting = (!toUpstream.buffer.isEmpty || beforeFirstRequest) && toUpstream.pendingPass == 0
-            && toUpstream.pendingDrop == 0 && !toUpstream.blocked
-        if !waiting {
-            headPendingSince = nil
+    /// Starts the incomplete-message clock when the client's input holds the start of a
+    /// message the session cannot decide yet (or, before the first request, nothing at all),
+    /// and stops it when that input is consumed. Armed at most once at a time and re-armed
+    /// lazily when it fires early.
+    private func trackPendingMessage() {
+        guard driver!.awaitsMessage else {
+            messagePendingSince = nil
             return
         }
-        if headPendingSince == nil { headPendingSince = loop.now }
-        if headerTimer == nil {
-            headerTimer = loop.scheduleTimer(after: settings.headerTimeout, handler: self, tag: Tag.headerTimer)
+        if messagePendingSince == nil { messagePendingSince = loop.now }
+        if messageTimer == nil {
+            messageTimer = loop.scheduleTimer(after: settings.messageTimeout, handler: self, tag: Tag.messageTimer)
         }
     }
 
-    /// Writes a direction's parsed output to its destination.
-    private func flush(_ direction: inout Direction, to destination: Socket, ready: Bool, pool: BufferPool) throws -> Bool {
-        guard ready, direction.destinationWritable else { return false }
-        return try send(&direction.output, to: destination, writable: &direction.destinationWritable,
-                        sent: &direction.bytes, pool: pool)
+    /// Writes what the driver holds for `side`'s destination once; false when nothing moved.
+    private func flushL7(_ side: TrafficDirection, to destination: Socket, ready: Bool) throws -> Bool {
+        let writable = side == .request ? toUpstream.destinationWritable : toDownstream.destinationWritable
+        guard ready, writable else { return false }
+        let pending = driver!.output(side)
+        guard !pending.isEmpty else { return false }
+        switch try destination.write(from: pending) {
+        case .processed(let count):
+            driver!.sent(side, count: count, pool: owner.bufferPool)
+            // A short write means the socket buffer is full; edge-triggered epoll reports
+            // when it drains, so don't spend a syscall on the EAGAIN.
+            if side == .request {
+                toUpstream.bytes &+= UInt64(count)
+                if count < pending.count { toUpstream.destinationWritable = false }
+            } else {
+                toDownstream.bytes &+= UInt64(count)
+                if count < pending.count { toDownstream.destinationWritable = false }
+            }
+            return count > 0
+        case .wouldBlock:
+            if side == .request { toUpstream.destinationWritable = false } else { toDownstream.destinationWritable = false }
+            return false
+        }
+    }
+
+    /// Reads from `side`'s source into the driver's input once, if there is room.
+    private func fillL7(_ side: TrafficDirection, from source: Socket) throws -> Bool {
+        let pool = owner.bufferPool
+        let direction = side == .request ? toUpstream : toDownstream
+        guard direction.sourceReadable, !direction.sourceEnded else { return false }
+        let space = driver!.inputSpace(side, pool: pool)
+        guard space.count > 0 else {
+            driver!.releaseInputIfEmpty(side, pool: pool)
+            return false
+        }
+        let result: IOResult
+        do {
+            result = try source.read(into: space)
+        } catch {
+            driver!.releaseInputIfEmpty(side, pool: pool)
+            throw error
+        }
+        switch result {
+        case .processed(0):
+            driver!.releaseInputIfEmpty(side, pool: pool)
+            driver!.inputEnded(side)
+            if side == .request { toUpstream.sourceEnded = true } else { toDownstream.sourceEnded = true }
+            return true
+        case .processed(let count):
+            driver!.received(side, count: count)
+            // A short read drained the socket; every later arrival raises a new edge, so skip
+            // the read that would only say EAGAIN (as nginx does). After FIN, read to the end.
+            if count < space.count && !direction.sourceClosing {
+                if side == .request { toUpstream.sourceReadable = false } else { toDownstream.sourceReadable = false }
+            }
+            return true
+        case .wouldBlock:
+            driver!.releaseInputIfEmpty(side, pool: pool)
+            if side == .request { toUpstream.sourceReadable = false } else { toDownstream.sourceReadable = false }
+            return false
+        }
+    }
+
+    /// Forwards the end of `side`'s stream to its destination once everything from it was
+    /// delivered.
+    private func forwardEndIfDelivered(_ side: TrafficDirection, to destination: Socket, ready: Bool) {
+        let forwarded = side == .request ? toUpstream.endForwarded : toDownstream.endForwarded
+        guard ready, !forwarded, driver!.isDelivered(side) else { return }
+        destination.shutdown(.write)
+        if side == .request { toUpstream.endForwarded = true } else { toDownstream.endForwarded = true }
+        if destination == downstream && !toUpstream.sourceEnded { downstreamClosedFirstByProxy = true }
     }
 
     /// Writes what `buffer` holds to `destination` once; false when nothing moved.
@@ -630,11 +678,9 @@ public final class RelayConnection: EventHandler {
         switch try source.read(into: space) {
         case .processed(0):
             direction.sourceEnded = true
-            direction.parseDirty = true
             return true
         case .processed(let count):
             direction.buffer.didWrite(count)
-            direction.parseDirty = true
             // A short read drained the socket; every later arrival raises a new edge, so skip
             // the read that would only say EAGAIN (as nginx does). After FIN, read to the end.
             if count < space.count && !direction.sourceClosing { direction.sourceReadable = false }
@@ -645,151 +691,6 @@ public final class RelayConnection: EventHandler {
         }
     }
 
-    /// Runs the session over one direction's input until it needs more bytes or the output
-    /// is full.
-    private func parse(_ side: TrafficDirection, _ session: L7Session, pool: BufferPool) -> PumpResult {
-        if side == .request {
-            return parse(&toUpstream, replies: &toDownstream, side: side, session: session, pool: pool)
-        }
-        return parse(&toDownstream, replies: &toUpstream, side: side, session: session, pool: pool)
-    }
-
-    private func parse(_ direction: inout Direction, replies: inout Direction, side: TrafficDirection,
-                       session: L7Session, pool: BufferPool) -> PumpResult {
-        // Nothing new for this side and nothing half done: the session's answer would be
-        // the same "need more" as last time.
-        guard direction.parseDirty || direction.pendingPass > 0 || direction.pendingDrop > 0
-                || !direction.pendingBytes.isEmpty else { return .idle }
-        direction.parseDirty = false
-        var progressed = false
-        var idleOperations = 0
-        while true {
-            // Finish what earlier operations started before asking for more.
-            if !direction.pendingBytes.isEmpty {
-                let target = direction.pendingBytesToSource
-                let moved = target ? append(&direction.pendingBytes, to: &replies.output, pool: pool)
-                                   : append(&direction.pendingBytes, to: &direction.output, pool: pool)
-                guard moved else { break }
-                progressed = true
-            }
-            if direction.pendingDrop > 0 {
-                let count = min(direction.pendingDrop, direction.buffer.readableCount)
-                direction.buffer.didRead(count, pool: pool)
-                direction.pendingDrop -= count
-                if count > 0 { progressed = true }
-                if direction.pendingDrop > 0 { break }
-            }
-            if direction.pendingPass > 0 {
-                let space = direction.output.writableSpace(pool: pool)
-                let count = min(direction.pendingPass, direction.buffer.readableCount, space.count)
-                if count > 0 {
-                    space.copyMemory(from: UnsafeRawBufferPointer(rebasing: direction.buffer.readableBytes[0..<count]))
-                    direction.output.didWrite(count)
-                    direction.buffer.didRead(count, pool: pool)
-                    direction.pendingPass -= count
-                    progressed = true
-                }
-                direction.output.releaseIfEmpty(pool: pool)
-                if direction.pendingPass > 0 { break }
-            }
-            if closeAfterReply != nil { break }
-            if direction.sourceEnded && !direction.endOfInputReported && direction.buffer.isEmpty {
-                direction.endOfInputReported = true
-                if let operation = session.endOfInput(side, unconsumed: 0) {
-                    if !perform(operation, on: &direction, side: side) { return .failed }
-                    progressed = true
-                    continue
-                }
-            }
-            let operation = session.step(side, direction.buffer.readableBytes)
-            direction.blocked = operation == .blocked
-            if operation == .blocked {
-                // Backpressure: the bytes stay; once the buffer is full this side is not read
-                // until the other direction's progress unblocks the session.
-                break
-            }
-            if operation == .needMore {
-                if direction.sourceEnded && !direction.buffer.isEmpty {
-                    // The source closed in the middle of a message: those bytes never form
-                    // one, and none of them was forwarded.
-                    if side == .response, !direction.endOfInputReported {
-                        direction.endOfInputReported = true
-                        if let ending = session.endOfInput(side, unconsumed: direction.buffer.readableCount) {
-                            if !perform(ending, on: &direction, side: side) { return .failed }
-                            continue
-                        }
-                    }
-                    direction.buffer.discard(pool: pool)
-                    progressed = true
-                } else if direction.buffer.readableCount >= pool.blockSize {
-                    // A message that does not fit the buffer: the session's limits should have
-                    // caught it; end rather than wait forever.
-                    return .failed
-                }
-                break
-            }
-            let before = (direction.pendingPass, direction.pendingDrop, direction.pendingBytes.count)
-            if !perform(operation, on: &direction, side: side) { return .failed }
-            if (direction.pendingPass, direction.pendingDrop, direction.pendingBytes.count) == before {
-                idleOperations += 1
-                if idleOperations > Self.maximumIdleOperations { return .failed }
-            } else {
-                idleOperations = 0
-            }
-        }
-        return progressed ? .moreWork : .idle
-    }
-
-    /// Records one operation of the session; false when it ends the connection at once.
-    private func perform(_ operation: SessionOperation, on direction: inout Direction, side: TrafficDirection) -> Bool {
-        if side == .request, operation != .needMore, operation != .blocked { requestInputActedOn = true }
-        switch operation {
-        case .needMore, .blocked:
-            return true
-        case .pass(let count):
-            direction.pendingPass += count
-        case .drop(let count):
-            direction.pendingDrop += count
-        case .reply(let bytes):
-            direction.pendingBytes += bytes
-            direction.pendingBytesToSource = true
-        case .forward(let bytes):
-            direction.pendingBytes += bytes
-            direction.pendingBytesToSource = false
-        case .close(let reason):
-            // A request-side close follows the answer already queued for the client. A
-            // response-side close (a response that cannot be relayed) resets the upstream
-            // now and closes once what is queued for the client (valid responses before the
-            // fault, the session's 502) has been delivered.
-            // (The upstream is dropped by `pumpSession` once this parse returns: both
-            // directions are borrowed here.)
-            if side == .response { closeOutcome = .upstreamProtocolError }
-            closeAfterReply = reason
-        }
-        return true
-    }
-
-    /// Moves `bytes` into `buffer` if they fit whole; false when there is no room yet.
-    private func append(_ bytes: inout [UInt8], to buffer: inout RelayBuffer, pool: BufferPool) -> Bool {
-        let space = buffer.writableSpace(pool: pool)
-        guard space.count >= bytes.count else {
-            buffer.releaseIfEmpty(pool: pool)
-            return false
-        }
-        bytes.withUnsafeBytes { space.copyMemory(from: $0) }
-        buffer.didWrite(bytes.count)
-        bytes.removeAll(keepingCapacity: false)
-        return true
-    }
-
-    private func forwardEndIfDone(_ direction: inout Direction, to destination: Socket, ready: Bool) {
-        guard direction.sourceEnded, direction.buffer.isEmpty, direction.output.isEmpty, direction.pendingPass == 0,
-              direction.pendingBytes.isEmpty, !direction.endForwarded, ready else { return }
-        destination.shutdown(.write)
-        direction.endForwarded = true
-        if destination == downstream && !toUpstream.sourceEnded { downstreamClosedFirstByProxy = true }
-    }
-
     // MARK: Ending
 
     private func finish(_ outcome: ConnectionOutcome, resetDownstream: Bool, resetUpstream: Bool = false) {
@@ -797,11 +698,11 @@ public final class RelayConnection: EventHandler {
         isFinished = true
         if let connectTimer { loop.cancelTimer(connectTimer) }
         if let idleTimer { loop.cancelTimer(idleTimer) }
-        if let headerTimer { loop.cancelTimer(headerTimer) }
+        if let messageTimer { loop.cancelTimer(messageTimer) }
         if let responseTimer { loop.cancelTimer(responseTimer) }
         connectTimer = nil
         idleTimer = nil
-        headerTimer = nil
+        messageTimer = nil
         responseTimer = nil
         if let downstreamToken { loop.deregister(downstreamToken) }
         if let upstreamToken { loop.deregister(upstreamToken) }
@@ -815,8 +716,7 @@ public final class RelayConnection: EventHandler {
         let pool = owner.bufferPool
         toUpstream.buffer.discard(pool: pool)
         toDownstream.buffer.discard(pool: pool)
-        toUpstream.output.discard(pool: pool)
-        toDownstream.output.discard(pool: pool)
+        driver?.release(pool: pool)
         owner.connectionFinished(self, summary: ConnectionSummary(
             listener: listenerName, client: client, destination: destination,
             bytesFromClient: toUpstream.bytes, bytesFromServer: toDownstream.bytes,

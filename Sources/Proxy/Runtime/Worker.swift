@@ -59,7 +59,7 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
                                 maxCached: configuration.limits.cachedBuffersPerWorker)
         var relaySettings = RelaySettings(connectTimeout: configuration.timeouts.connect,
                                           idleTimeout: configuration.timeouts.idle, upstreamMark: nil)
-        relaySettings.headerTimeout = configuration.timeouts.header
+        relaySettings.messageTimeout = configuration.timeouts.message
         relaySettings.responseTimeout = configuration.timeouts.response
         maxConnections = configuration.limits.maxConnectionsPerWorker
             ?? Limits.connectionsPerWorker(descriptorLimit: DescriptorLimit.current, workers: configuration.workers)

@@ -1,24 +1,79 @@
 import Testing
+import Proxy
 @testable import L7Parsers
 
-/// A driver without sockets: it holds each direction's unconsumed bytes, performs every
-/// operation `HTTP1Connection` answers, and records what reached the upstream and the client.
-/// Its loop is the one `HTTP1Connection`'s contract prescribes. Like the proxy's driver, it
-/// forwards a head rebuilt without the upgrade for `.forwardWithoutUpgrade`, and answers a
-/// response `.error` with `502` when `canAnswerInsteadOfServer`.
-struct SimulatedDriver {
+/// `HTTP1Connection` under a test's own verdicts, as a session for the proxy's real driver
+/// (`StreamDriver`, fed from memory by `MemoryConnection`): what these tests see reaching the
+/// upstream and the client is what the live relay would send. Like the proxy's HTTP session,
+/// it forwards a head rebuilt without the upgrade for `.forwardWithoutUpgrade`, and answers a
+/// response `.error` with `502` when `answerInsteadOfServer` can.
+final class DecidingHTTP1Session: L7Session {
     var connection: HTTP1Connection
     let decide: (HTTP1Head, UnsafeRawBufferPointer) -> HTTP1RequestDecision
-    var fromClient: [UInt8] = []
-    var fromServer: [UInt8] = []
-    var upstream: [UInt8] = []
-    var client: [UInt8] = []
-    var closedReason: String? = nil
-    /// The driver answered 502 in place of the server on a response error.
-    var answeredBadGateway = false
     var verdicts: [String] = []
-    var steps = 0
-    private var rebuiltHead: [UInt8]? = nil
+    var answeredBadGateway = false
+    private var rebuiltHead: [UInt8]?
+    private var dropAfterRebuild = 0
+    private var responseFault: String?
+
+    init(limits: HTTP1Limits, decide: @escaping (HTTP1Head, UnsafeRawBufferPointer) -> HTTP1RequestDecision) {
+        connection = HTTP1Connection(limits: limits)
+        self.decide = decide
+    }
+
+    var maximumMessageBytes: Int { 1 << 20 }
+
+    func step(_ direction: TrafficDirection, _ bytes: UnsafeRawBufferPointer) -> SessionOperation {
+        if direction == .response {
+            if let responseFault { return .close(reason: responseFault) }
+            let operation = connection.responseStep(bytes).operation
+            if case .error(let reason) = operation {
+                guard let answer = connection.answerInsteadOfServer(status: 502) else { return .close(reason: reason) }
+                answeredBadGateway = true
+                responseFault = reason
+                return .forward(answer)
+            }
+            return SessionOperation(operation)
+        }
+        if dropAfterRebuild > 0 {
+            defer { dropAfterRebuild = 0 }
+            return .drop(dropAfterRebuild)
+        }
+        while true {
+            switch connection.requestStep(bytes) {
+            case .verdictNeeded(let head):
+                let decision = decide(head, bytes)
+                verdicts.append("\(string(bytes, head.method)) \(string(bytes, head.target))")
+                if decision == .forwardWithoutUpgrade {
+                    rebuiltHead = HTTP1HeadRewrite(removesUpgrade: true).apply(to: head, in: bytes)
+                }
+                connection.resolve(decision)
+            case .operation(let operation):
+                if case .pass(let count) = operation, let rebuilt = rebuiltHead {
+                    rebuiltHead = nil
+                    dropAfterRebuild = count
+                    return .forward(rebuilt)
+                }
+                return SessionOperation(operation)
+            }
+        }
+    }
+
+    func endOfInput(_ direction: TrafficDirection, unconsumed: Int) -> SessionOperation? {
+        direction == .response ? connection.responseEndOfInput(unconsumedBytes: unconsumed).map(SessionOperation.init) : nil
+    }
+
+    func incompleteMessageTimedOut() -> [UInt8]? { nil }
+    func upstreamFailed(reason: String) -> [UInt8]? { nil }
+    var isAwaitingResponse: Bool { connection.isAwaitingResponse }
+    func responseTimedOut() -> [UInt8]? { nil }
+    var isIdle: Bool { connection.inFlightCount == 0 }
+}
+
+/// One HTTP/1.1 connection run through the real driver from memory, with the test's verdicts.
+struct HTTP1Exchange {
+    let session: DecidingHTTP1Session
+    var memory: MemoryConnection
 
     init(limits: HTTP1Limits = .standard, allow: @escaping (_ method: String, _ target: String) -> Bool) {
         self.init(limits: limits) { head, bytes in
@@ -28,79 +83,32 @@ struct SimulatedDriver {
 
     init(limits: HTTP1Limits = .standard,
          decide: @escaping (_ head: HTTP1Head, _ bytes: UnsafeRawBufferPointer) -> HTTP1RequestDecision) {
-        connection = HTTP1Connection(limits: limits)
-        self.decide = decide
+        session = DecidingHTTP1Session(limits: limits, decide: decide)
+        memory = MemoryConnection(session: session)
     }
 
+    var connection: HTTP1Connection { session.connection }
+    var verdicts: [String] { session.verdicts }
+    var answeredBadGateway: Bool { session.answeredBadGateway }
+    var closedReason: String? { memory.closedReason }
+    /// What reached the upstream and the client.
+    var upstream: [UInt8] { memory.deliveredToServer }
+    var client: [UInt8] { memory.deliveredToClient }
     var upstreamText: String { String(decoding: upstream, as: UTF8.self) }
     var clientText: String { String(decoding: client, as: UTF8.self) }
-
-    mutating func clientSends(_ text: String) { fromClient += Array(text.utf8); pump() }
-    mutating func serverSends(_ text: String) { fromServer += Array(text.utf8); pump() }
-
-    /// Calls both sides until neither makes progress, as the contract tells a driver to.
-    mutating func pump() {
-        var progressed = true
-        while progressed && closedReason == nil {
-            progressed = false
-            requestSide: while closedReason == nil {
-                steps += 1
-                precondition(steps < 1_000_000, "no progress")
-                switch connection.requestStep(fromClient) {
-                case .verdictNeeded(let head):
-                    let (method, target, decision, rebuilt) = fromClient.withUnsafeBytes { bytes in
-                        let decision = decide(head, bytes)
-                        let rebuilt = decision == .forwardWithoutUpgrade
-                            ? HTTP1HeadRewrite(removesUpgrade: true).apply(to: head, in: bytes) : nil
-                        return (string(bytes, head.method), string(bytes, head.target), decision, rebuilt)
-                    }
-                    verdicts.append("\(method) \(target)")
-                    rebuiltHead = rebuilt
-                    connection.resolve(decision)
-                case .operation(let operation):
-                    switch operation {
-                    case .needMore, .blocked: break requestSide
-                    case .pass(let count):
-                        precondition(count > 0 && count <= fromClient.count)
-                        if let rebuilt = rebuiltHead {
-                            upstream += rebuilt
-                            rebuiltHead = nil
-                        } else {
-                            upstream += fromClient[..<count]
-                        }
-                        fromClient.removeFirst(count)
-                    case .drop(let count):
-                        precondition(count > 0 && count <= fromClient.count)
-                        fromClient.removeFirst(count)
-                    case .inject(let bytes): client += bytes
-                    case .error(let reason): closedReason = reason
-                    }
-                }
-                progressed = true
-            }
-            responseSide: while closedReason == nil {
-                steps += 1
-                precondition(steps < 1_000_000, "no progress")
-                switch connection.responseStep(fromServer).operation {
-                case .needMore, .blocked: break responseSide
-                case .pass(let count):
-                    precondition(count > 0 && count <= fromServer.count)
-                    client += fromServer[..<count]; fromServer.removeFirst(count)
-                case .drop(let count):
-                    fromServer.removeFirst(count)
-                case .inject:
-                    Issue.record("the response side never answers the server")
-                case .error(let reason):
-                    if let answer = connection.answerInsteadOfServer(status: 502) {
-                        client += answer
-                        answeredBadGateway = true
-                    }
-                    closedReason = reason
-                }
-                progressed = true
-            }
-        }
+    /// Bytes a side sent that the driver has not taken yet; append, then `pump()`.
+    var fromClient: [UInt8] {
+        get { memory.waitingFromClient }
+        set { memory.waitingFromClient = newValue }
     }
+    var fromServer: [UInt8] {
+        get { memory.waitingFromServer }
+        set { memory.waitingFromServer = newValue }
+    }
+
+    mutating func clientSends(_ text: String) { memory.clientSends(text.utf8) }
+    mutating func serverSends(_ text: String) { memory.serverSends(text.utf8) }
+    mutating func pump() { memory.pump() }
 }
 
 @Suite struct HTTP1ConnectionTests {
@@ -115,7 +123,7 @@ struct SimulatedDriver {
     static func denyB(_ method: String, _ target: String) -> Bool { target != "/b" }
 
     @Test func allowedRequestIsForwardedAndItsResponseRelayed() {
-        var driver = SimulatedDriver { _, _ in true }
+        var driver = HTTP1Exchange { _, _ in true }
         driver.clientSends(Self.getA)
         #expect(driver.upstreamText == Self.getA)
         driver.serverSends(Self.responseA)
@@ -128,7 +136,7 @@ struct SimulatedDriver {
     /// response to the request after it comes after the denial.
     @Test(arguments: [postB, postBChunked])
     func pipelinedDenialKeepsResponsesInOrder(_ denied: String) {
-        var driver = SimulatedDriver(allow: Self.denyB)
+        var driver = HTTP1Exchange(allow: Self.denyB)
         driver.clientSends(Self.getA + denied + Self.getC)
         #expect(driver.verdicts == ["GET /a", "POST /b", "GET /c"])
         #expect(driver.upstreamText == Self.getA + Self.getC, "the denied request never reaches upstream")
@@ -140,7 +148,7 @@ struct SimulatedDriver {
     }
 
     @Test func sameOutcomeWhenEveryByteArrivesAlone() {
-        var driver = SimulatedDriver(allow: Self.denyB)
+        var driver = HTTP1Exchange(allow: Self.denyB)
         for byte in (Self.getA + Self.postBChunked + Self.getC).utf8 { driver.fromClient.append(byte); driver.pump() }
         for byte in (Self.responseA + Self.responseC).utf8 { driver.fromServer.append(byte); driver.pump() }
         #expect(driver.upstreamText == Self.getA + Self.getC)
@@ -148,7 +156,7 @@ struct SimulatedDriver {
     }
 
     @Test func denialAtTheFrontIsAnsweredAtOnceAndTheConnectionStays() {
-        var driver = SimulatedDriver(allow: Self.denyB)
+        var driver = HTTP1Exchange(allow: Self.denyB)
         driver.clientSends(Self.postB)
         #expect(driver.clientText == Self.forbidden)
         #expect(driver.upstream.isEmpty)
@@ -159,7 +167,7 @@ struct SimulatedDriver {
     }
 
     @Test func denialOfAClosingRequestClosesAfterTheAnswer() {
-        var driver = SimulatedDriver(allow: Self.denyB)
+        var driver = HTTP1Exchange(allow: Self.denyB)
         driver.clientSends("GET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n" + Self.getA)
         #expect(driver.clientText == Self.forbiddenClosing)
         #expect(driver.closedReason != nil)
@@ -169,14 +177,14 @@ struct SimulatedDriver {
     /// RFC 9110 §10.1.1: the client may hold the body until it sees 100 Continue; we answer
     /// the denial with close rather than wait for a body that may never come.
     @Test func denialOfAnExpectContinueRequestDoesNotWaitForTheBody() {
-        var driver = SimulatedDriver(allow: Self.denyB)
+        var driver = HTTP1Exchange(allow: Self.denyB)
         driver.clientSends("PUT /b HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n")
         #expect(driver.clientText == Self.forbiddenClosing)
         #expect(driver.closedReason != nil)
     }
 
     @Test func malformedRequestIsAnsweredInOrderWithNothingForwarded() {
-        var driver = SimulatedDriver { _, _ in true }
+        var driver = HTTP1Exchange { _, _ in true }
         driver.clientSends(Self.getA + "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
         #expect(driver.upstreamText == Self.getA)
         #expect(driver.client.isEmpty)
@@ -187,7 +195,7 @@ struct SimulatedDriver {
     }
 
     @Test func oversizedHeadIsAnswered431() {
-        var driver = SimulatedDriver(limits: HTTP1Limits(maximumHeaderBytes: 64)) { _, _ in true }
+        var driver = HTTP1Exchange(limits: HTTP1Limits(maximumHeaderBytes: 64)) { _, _ in true }
         driver.clientSends("GET / HTTP/1.1\r\nHost: h\r\nCookie: " + String(repeating: "c", count: 100))
         #expect(driver.clientText.hasPrefix("HTTP/1.1 431 Request Header Fields Too Large\r\n"))
         #expect(driver.upstream.isEmpty)
@@ -195,7 +203,7 @@ struct SimulatedDriver {
     }
 
     @Test func websocketUpgradeBecomesARelay() {
-        var driver = SimulatedDriver { _, _ in true }
+        var driver = HTTP1Exchange { _, _ in true }
         let upgrade = "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
         driver.clientSends(upgrade + "\u{81}\u{02}hi")
         #expect(driver.upstreamText == upgrade, "frames wait for the server's answer")
@@ -209,7 +217,7 @@ struct SimulatedDriver {
     }
 
     @Test func refusedUpgradeReturnsToHTTP() {
-        var driver = SimulatedDriver { _, _ in true }
+        var driver = HTTP1Exchange { _, _ in true }
         let upgrade = "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
         driver.clientSends(upgrade + Self.getA)
         #expect(driver.upstreamText == upgrade)
@@ -219,7 +227,7 @@ struct SimulatedDriver {
     }
 
     @Test func connectBecomesARelayAfterA2xx() {
-        var driver = SimulatedDriver { _, _ in true }
+        var driver = HTTP1Exchange { _, _ in true }
         let connect = "CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n"
         driver.clientSends(connect + "early")
         #expect(driver.upstreamText == connect)
@@ -229,14 +237,14 @@ struct SimulatedDriver {
     }
 
     @Test func deniedUpgradeStaysHTTP() {
-        var driver = SimulatedDriver { _, target in target != "/ws" }
+        var driver = HTTP1Exchange { _, target in target != "/ws" }
         driver.clientSends("GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n" + Self.getA)
         #expect(driver.clientText == Self.forbidden)
         #expect(driver.upstreamText == Self.getA)
     }
 
     @Test func pipelineDepthIsBounded() {
-        var driver = SimulatedDriver(limits: HTTP1Limits(maximumPipelinedRequests: 2)) { _, _ in true }
+        var driver = HTTP1Exchange(limits: HTTP1Limits(maximumPipelinedRequests: 2)) { _, _ in true }
         driver.clientSends(Self.getA + Self.getA + Self.getC)
         #expect(driver.upstreamText == Self.getA + Self.getA, "the third waits")
         driver.serverSends(Self.responseA)
@@ -244,14 +252,14 @@ struct SimulatedDriver {
     }
 
     @Test func responseBeforeAnyRequestIsAnError() {
-        var driver = SimulatedDriver { _, _ in true }
+        var driver = HTTP1Exchange { _, _ in true }
         driver.serverSends(Self.responseA)
         #expect(driver.closedReason != nil)
         #expect(driver.client.isEmpty)
     }
 
     @Test func headResponseHasNoBodyAndInterimResponsesPass() {
-        var driver = SimulatedDriver { _, _ in true }
+        var driver = HTTP1Exchange { _, _ in true }
         driver.clientSends("HEAD /a HTTP/1.1\r\nHost: h\r\n\r\n" + Self.getC)
         driver.serverSends("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n" + Self.responseC)
         #expect(driver.clientText == "HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n" + Self.responseC)

@@ -64,7 +64,7 @@ import Testing
                                           using: &generator)
             var verdicts = generator
             var allowedHeads = 0
-            var driver = SimulatedDriver { _, _ in
+            var driver = HTTP1Exchange { _, _ in
                 let allowed = Bool.random(using: &verdicts)
                 if allowed { allowedHeads += 1 }
                 return allowed

@@ -17,7 +17,7 @@ import Testing
     // MARK: Item 3: an upgrade the port does not permit never becomes a tunnel
 
     @Test func upgradeNotPermittedIsForwardedWithoutItAndTheConnectionStaysHTTP() {
-        var driver = SimulatedDriver(decide: Self.upgradeNotPermitted)
+        var driver = HTTP1Exchange(decide: Self.upgradeNotPermitted)
         driver.clientSends(Self.h2cUpgrade + Self.getA)
         let stripped = "GET /up HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\nAccept: */*\r\n\r\n"
         #expect(driver.upstreamText == stripped + Self.getA, "no Upgrade reaches the server; the next request is not held")
@@ -29,7 +29,7 @@ import Testing
 
     /// A hostile server that switches anyway: the relay is refused, the client gets 502.
     @Test func switchingProtocolsToAStrippedUpgradeIsAResponseError() {
-        var driver = SimulatedDriver(decide: Self.upgradeNotPermitted)
+        var driver = HTTP1Exchange(decide: Self.upgradeNotPermitted)
         driver.clientSends(Self.h2cUpgrade)
         driver.serverSends(Self.switching + "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         #expect(driver.closedReason?.contains("unexpectedSwitchingProtocols") == true)
@@ -39,7 +39,7 @@ import Testing
     }
 
     @Test func permittedUpgradeStillSwitches() {
-        var driver = SimulatedDriver { _, _ in .forward }
+        var driver = HTTP1Exchange { _, _ in .forward }
         driver.clientSends(Self.h2cUpgrade + "opaque")
         driver.serverSends(Self.switching)
         #expect(driver.connection.isTunnel)
@@ -48,7 +48,7 @@ import Testing
 
     /// CONNECT switches on a 2xx, not on Upgrade: `.forwardWithoutUpgrade` leaves it as it is.
     @Test func connectIsNotAffectedByForwardWithoutUpgrade() {
-        var driver = SimulatedDriver { _, _ in .forwardWithoutUpgrade }
+        var driver = HTTP1Exchange { _, _ in .forwardWithoutUpgrade }
         let connect = "CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n"
         driver.clientSends(connect + "early")
         driver.serverSends("HTTP/1.1 200 OK\r\n\r\n")
@@ -103,7 +103,7 @@ import Testing
 
     @Test func localAnswerIsQueuedInRequestOrderLikeADenial() {
         let redirect = HTTP1LocalResponses.redirect(location: "/admin")
-        var driver = SimulatedDriver { head, bytes in
+        var driver = HTTP1Exchange { head, bytes in
             string(bytes, head.target).contains("%2f") ? .answer(redirect, closes: false) : .forward
         }
         let escaped = "POST /public/..%2fadmin HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nbody"
@@ -119,7 +119,7 @@ import Testing
 
     @Test func closingLocalAnswerEndsTheConnectionAndLaterRequestsAreNotForwarded() {
         let badRequest = HTTP1LocalResponses.rejection(status: 400)
-        var driver = SimulatedDriver { head, bytes in
+        var driver = HTTP1Exchange { head, bytes in
             string(bytes, head.target) == "/bad" ? .answer(badRequest, closes: true) : .forward
         }
         driver.clientSends("GET /bad HTTP/1.1\r\nHost: h\r\n\r\n" + Self.getA)
@@ -129,7 +129,7 @@ import Testing
     }
 
     @Test func localAnswerToARequestThatClosesClosesEvenWhenTheAnswerDoesNotSaySo() {
-        var driver = SimulatedDriver { _, _ in .answer(Array("HTTP/1.1 418 Teapot\r\nContent-Length: 0\r\n\r\n".utf8), closes: false) }
+        var driver = HTTP1Exchange { _, _ in .answer(Array("HTTP/1.1 418 Teapot\r\nContent-Length: 0\r\n\r\n".utf8), closes: false) }
         driver.clientSends("GET / HTTP/1.0\r\n\r\n")
         #expect(driver.clientText.hasPrefix("HTTP/1.1 418"))
         #expect(driver.closedReason != nil)
@@ -152,12 +152,12 @@ import Testing
     /// RFC 9110 §9.3.2: no content in a response to HEAD, local answers included; with it,
     /// the client would read "Access denied" as the start of the next response.
     @Test func localAnswersToHeadHaveNoContent() {
-        var driver = SimulatedDriver { head, _ in head.isHead ? .deny : .forward }
+        var driver = HTTP1Exchange { head, _ in head.isHead ? .deny : .forward }
         driver.clientSends("HEAD /a HTTP/1.1\r\nHost: h\r\n\r\n" + Self.getA)
         driver.serverSends(Self.responseA)
         #expect(driver.clientText == "HTTP/1.1 403 Forbidden\r\nContent-Length: 15\r\nContent-Type: text/plain\r\n\r\n"
                 + Self.responseA)
-        var answered = SimulatedDriver { _, _ in .answer(HTTP1LocalResponses.rejection(status: 400), closes: true) }
+        var answered = HTTP1Exchange { _, _ in .answer(HTTP1LocalResponses.rejection(status: 400), closes: true) }
         answered.clientSends("HEAD /a HTTP/1.1\r\nHost: h\r\n\r\n")
         #expect(answered.clientText.hasSuffix("Connection: close\r\n\r\n"))
     }
@@ -165,7 +165,7 @@ import Testing
     /// Found by fuzz-http1: the 400 that replaces the 403 of a denied HEAD whose chunked body
     /// breaks must lose its content as well.
     @Test func badChunkInADeniedHeadIsAnsweredWithoutContent() {
-        var driver = SimulatedDriver { _, _ in .deny }
+        var driver = HTTP1Exchange { _, _ in .deny }
         driver.clientSends("HEAD /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nHost: h\r\n\r\nGETkkk\r\n")
         #expect(driver.clientText == "HTTP/1.1 400 Bad Request\r\nContent-Length: 13\r\nContent-Type: text/plain\r\n"
                 + "Connection: close\r\n\r\n")
@@ -173,7 +173,7 @@ import Testing
     }
 
     @Test func answerInsteadOfServerToHeadHasNoContent() {
-        var driver = SimulatedDriver { _, _ in .forward }
+        var driver = HTTP1Exchange { _, _ in .forward }
         driver.clientSends("HEAD /a HTTP/1.1\r\nHost: h\r\n\r\n")
         let answer = driver.connection.answerInsteadOfServer(status: 504).map { String(decoding: $0, as: UTF8.self) }
         #expect(answer == "HTTP/1.1 504 Gateway Timeout\r\nContent-Length: 17\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n")
@@ -184,7 +184,7 @@ import Testing
     /// RFC 9112 §9.6: after a response with `Connection: close` the client gets nothing more,
     /// not even a 403 queued for a later request; later requests are not forwarded.
     @Test func closingResponseIsTheLastThingTheClientGets() {
-        var driver = SimulatedDriver(allow: HTTP1ConnectionTests.denyB)
+        var driver = HTTP1Exchange(allow: HTTP1ConnectionTests.denyB)
         driver.clientSends(Self.getA + HTTP1ConnectionTests.postB + Self.getA)
         #expect(driver.upstreamText == Self.getA + Self.getA)
         let closing = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nA"
@@ -242,7 +242,7 @@ import Testing
     static let badRequest = String(decoding: HTTP1LocalResponses.rejection(status: 400), as: UTF8.self)
 
     @Test func badChunkSizeInAForwardedBodyIsAnswered400ThenCloses() {
-        var driver = SimulatedDriver { _, _ in .forward }
+        var driver = HTTP1Exchange { _, _ in .forward }
         driver.clientSends(Self.badChunked)
         #expect(driver.upstreamText == "POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
                 "the valid part was forwarded, nothing after the fault")
@@ -252,7 +252,7 @@ import Testing
 
     /// Better than cutting earlier responses: the 400 waits its turn.
     @Test func badChunkBehindAPipelinedRequestWaitsForTheEarlierResponse() {
-        var driver = SimulatedDriver { _, _ in .forward }
+        var driver = HTTP1Exchange { _, _ in .forward }
         driver.clientSends(Self.getA + Self.badChunked)
         #expect(driver.client.isEmpty)
         #expect(driver.closedReason == nil)
@@ -265,7 +265,7 @@ import Testing
     /// The server answered before the body broke: its response is relayed whole, then close
     /// (a 400 after it would be one answer too many).
     @Test func badChunkAfterTheServerBeganItsResponseRelaysItThenCloses() {
-        var driver = SimulatedDriver { _, _ in .forward }
+        var driver = HTTP1Exchange { _, _ in .forward }
         driver.clientSends("POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
         driver.serverSends("HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\nto")
         driver.clientSends("zz\r\n")
@@ -278,7 +278,7 @@ import Testing
     }
 
     @Test func badChunkAfterTheServerAnsweredWholeCloses() {
-        var driver = SimulatedDriver { _, _ in .forward }
+        var driver = HTTP1Exchange { _, _ in .forward }
         driver.clientSends("POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
         driver.serverSends("HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
         driver.clientSends("zz\r\n")
@@ -289,7 +289,7 @@ import Testing
     // MARK: Item 4 on the request side: when a response is owed
 
     @Test func awaitingResponseStartsWhenTheRequestWasSentWhole() {
-        var driver = SimulatedDriver { _, _ in .forward }
+        var driver = HTTP1Exchange { _, _ in .forward }
         #expect(!driver.connection.isAwaitingResponse)
         driver.clientSends("POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n\r\nsec")
         #expect(!driver.connection.isAwaitingResponse, "the client is still sending: no response timeout yet")
@@ -305,7 +305,7 @@ import Testing
     }
 
     @Test func deniedRequestsOweNoResponse() {
-        var driver = SimulatedDriver { _, _ in .deny }
+        var driver = HTTP1Exchange { _, _ in .deny }
         driver.clientSends("POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n\r\nsec")
         #expect(!driver.connection.isAwaitingResponse)
         #expect(!driver.connection.canAnswerInsteadOfServer)

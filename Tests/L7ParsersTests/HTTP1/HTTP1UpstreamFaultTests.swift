@@ -210,7 +210,7 @@ struct HTTP1RelayDecoder: SplitFeedDecoder {
 
     /// The split-feed decoder agrees with the driver the proxy runs (same connection type).
     @Test func simulatedDriverAnswers502() {
-        var driver = SimulatedDriver { _, _ in true }
+        var driver = HTTP1Exchange { _, _ in true }
         driver.clientSends(Self.get + Self.get)
         driver.serverSends(Self.ok + "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
         #expect(driver.clientText == Self.ok + String(decoding: HTTP1LocalResponses.rejection(status: 502), as: UTF8.self))

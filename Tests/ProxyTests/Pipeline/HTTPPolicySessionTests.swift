@@ -56,7 +56,7 @@ final class Collector: L7FlowReporter {
         var operations: [SessionOperation] = []
         while true {
             let operation = bytes.withUnsafeBytes { session.step(side, $0) }
-            if operation == .needMore { return operations }
+            if case .needMore = operation { return operations }
             operations.append(operation)
             switch operation {
             case .pass(let count), .drop(let count): bytes.removeFirst(count)
@@ -114,10 +114,10 @@ final class Collector: L7FlowReporter {
 
     @Test func aStalledHeadIsAnswered408OnlyWhenNothingIsOwed() throws {
         let (idle, _) = try Self.session()
-        #expect(idle.headerTimedOut().map { String(decoding: $0, as: UTF8.self).hasPrefix("HTTP/1.1 408 ") } == true)
+        #expect(idle.incompleteMessageTimedOut().map { String(decoding: $0, as: UTF8.self).hasPrefix("HTTP/1.1 408 ") } == true)
         let (busy, _) = try Self.session()
         _ = Self.run(busy, .request, Self.get)
-        #expect(busy.headerTimedOut() == nil, "a 408 now would overtake the response still owed")
+        #expect(busy.incompleteMessageTimedOut() == nil, "a 408 now would overtake the response still owed")
     }
 
     @Test func malformedRequestsAreAnswered400AndClose() throws {

@@ -73,7 +73,15 @@ public final class HTTPPolicySession: L7Session {
         return http.responseEndOfInput(unconsumedBytes: unconsumed).map(SessionOperation.init)
     }
 
-    public func headerTimedOut() -> [UInt8]? {
+    /// A head must be seen whole (leading empty lines, the start line, the fields and the
+    /// blank line); bodies stream through once their request is judged.
+    public var maximumMessageBytes: Int {
+        let limits = http.limits
+        return limits.maximumLeadingEmptyLines * 2 + max(limits.maximumRequestLineBytes, limits.maximumStatusLineBytes)
+            + max(limits.maximumHeaderBytes, limits.maximumTrailerBytes) + 4
+    }
+
+    public func incompleteMessageTimedOut() -> [UInt8]? {
         // RFC 9110 §15.5.9: 408 "the server did not receive a complete request message within
         // the time that it was prepared to wait". Only when no earlier answer is owed, so
         // responses stay in request order.

@@ -1,0 +1,104 @@
+import L7Parsers
+
+/// A connection whose client and server are byte arrays: the real `StreamDriver` runs the
+/// session exactly as `RelayConnection` does, fed from memory instead of sockets. Tests drive
+/// sessions this way, and so does judging recorded traffic.
+///
+/// Bytes handed in wait in `waitingFromClient`/`waitingFromServer` until the driver has room
+/// for them (backpressure holds them there, as a full socket would); what the driver lets
+/// through collects in `deliveredToServer`/`deliveredToClient`.
+public struct MemoryConnection {
+    public private(set) var driver: StreamDriver
+    public let pool: BufferPool
+    public private(set) var deliveredToServer: [UInt8] = []
+    public private(set) var deliveredToClient: [UInt8] = []
+    /// Bytes sent by each side that the driver has not taken yet.
+    public var waitingFromClient: [UInt8] = []
+    public var waitingFromServer: [UInt8] = []
+    private var clientEnded = false
+    private var serverEnded = false
+    /// Why the driver ended the connection with resets, if it did.
+    public private(set) var failure: String?
+
+    /// `blockSize` is the size of the driver's buffer blocks (the proxy's `limits.bufferBytes`).
+    public init(session: L7Session, blockSize: Int = 65536) {
+        driver = StreamDriver(session: session)
+        pool = BufferPool(blockSize: blockSize, maxCached: 8)
+    }
+
+    public var session: L7Session { driver.session }
+
+    /// Why the connection ends (the session's close or the driver's failure); nil while open.
+    public var closedReason: String? { failure ?? driver.closing?.reason }
+
+    public mutating func clientSends<Bytes: Sequence>(_ bytes: Bytes) where Bytes.Element == UInt8 {
+        waitingFromClient.append(contentsOf: bytes)
+        pump()
+    }
+
+    public mutating func serverSends<Bytes: Sequence>(_ bytes: Bytes) where Bytes.Element == UInt8 {
+        waitingFromServer.append(contentsOf: bytes)
+        pump()
+    }
+
+    /// The client closed its side (FIN) after what it sent.
+    public mutating func clientCloses() {
+        clientEnded = true
+        pump()
+    }
+
+    /// The server closed its side (FIN) after what it sent.
+    public mutating func serverCloses() {
+        serverEnded = true
+        pump()
+    }
+
+    /// Moves bytes in, runs the driver and collects its output until nothing moves.
+    public mutating func pump() {
+        while failure == nil {
+            var moved = false
+            if driver.closing == nil { moved = feed(.request) || moved }
+            moved = feed(.response) || moved
+            switch driver.run(pool: pool) {
+            case .failed(let reason):
+                failure = reason
+                driver.release(pool: pool)
+                return
+            case .moreWork: moved = true
+            case .idle: break
+            }
+            moved = collect(.request) || moved
+            moved = collect(.response) || moved
+            if !moved { return }
+        }
+    }
+
+    private mutating func feed(_ side: TrafficDirection) -> Bool {
+        let waiting = side == .request ? waitingFromClient : waitingFromServer
+        guard !waiting.isEmpty else {
+            let ended = side == .request ? clientEnded : serverEnded
+            guard ended, !driver.sourceEnded(side) else { return false }
+            driver.inputEnded(side)
+            return true
+        }
+        guard !driver.sourceEnded(side) else { return false }
+        let space = driver.inputSpace(side, pool: pool)
+        let count = min(space.count, waiting.count)
+        guard count > 0 else {
+            driver.releaseInputIfEmpty(side, pool: pool)
+            return false
+        }
+        waiting.withUnsafeBytes { space.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+        driver.received(side, count: count)
+        if side == .request { waitingFromClient.removeFirst(count) } else { waitingFromServer.removeFirst(count) }
+        return true
+    }
+
+    private mutating func collect(_ side: TrafficDirection) -> Bool {
+        let output = driver.output(side)
+        guard !output.isEmpty else { return false }
+        if side == .request { deliveredToServer.append(contentsOf: output) } else { deliveredToClient.append(contentsOf: output) }
+        driver.sent(side, count: output.count, pool: pool)
+        return true
+    }
+}
