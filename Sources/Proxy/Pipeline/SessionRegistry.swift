@@ -22,8 +22,9 @@ public struct SessionContext {
 ///
 /// A kind with no session registered for the connection's transport is not relayed open:
 /// the worker refuses the connection (or drops the datagram) and reports why.
-public struct SessionRegistry {
-    public typealias StreamFactory = (SessionContext) -> L7Session
+public struct SessionRegistry: Sendable {
+    /// Makes the session of one connection; called on the worker thread that owns it.
+    public typealias StreamFactory = @Sendable (SessionContext) -> L7Session
 
     private var streamFactories: [L7Protocol: StreamFactory] = [:]
 

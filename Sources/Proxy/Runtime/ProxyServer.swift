@@ -13,6 +13,7 @@ public final class ProxyServer: @unchecked Sendable {
     private let configuration: ProxyConfiguration
     private let flowLog: FlowLog
     private let policy: PolicySnapshotHolder?
+    private let sessions: SessionRegistry?
     private var threads: [pthread_t] = []
     private let handles = Mutex<[EventLoopHandle]>([])
     private let workers = Mutex<[Int: WorkerReport]>([:])
@@ -29,11 +30,14 @@ public final class ProxyServer: @unchecked Sendable {
     }
 
     /// `policy` holds the snapshot requests are judged by; the caller replaces it when
-    /// policies change, and new connections and requests see the new one.
-    public init(configuration: ProxyConfiguration, flowLog: FlowLog, policy: PolicySnapshotHolder? = nil) {
+    /// policies change, and new connections and requests see the new one. `sessions` are the
+    /// L7 protocols the workers judge (`SessionRegistry.standard` when nil).
+    public init(configuration: ProxyConfiguration, flowLog: FlowLog, policy: PolicySnapshotHolder? = nil,
+                sessions: SessionRegistry? = nil) {
         self.configuration = configuration
         self.flowLog = flowLog
         self.policy = policy
+        self.sessions = sessions
     }
 
     /// Starts the worker threads; returns once all are serving, or throws the first
@@ -70,7 +74,8 @@ public final class ProxyServer: @unchecked Sendable {
     private func runWorker(index: Int) {
         let worker: Worker
         do {
-            worker = try Worker(index: index, configuration: configuration, flowLog: flowLog, policy: policy)
+            worker = try Worker(index: index, configuration: configuration, flowLog: flowLog, policy: policy,
+                                sessions: sessions)
         } catch {
             startupFailures.withLock { $0.append(error) }
             started.signal()
