@@ -24,8 +24,10 @@ public struct SessionContext {
 /// the worker refuses the connection (or drops the datagram) and reports why.
 public struct SessionRegistry {
     public typealias StreamFactory = (SessionContext) -> L7Session
+    public typealias DatagramFactory = (SessionContext) -> L7DatagramSession
 
     private var streamFactories: [L7Protocol: StreamFactory] = [:]
+    private var datagramFactories: [L7Protocol: DatagramFactory] = [:]
 
     /// An empty registry: every L7 kind fails closed.
     public init() {}
@@ -44,6 +46,21 @@ public struct SessionRegistry {
 
     /// Whether TCP connections carrying `kind` can be judged.
     public func judgesStreams(of kind: L7Protocol) -> Bool { streamFactories[kind] != nil }
+
+    /// Registers how UDP flows carrying `kind` are judged, datagram by datagram (replacing an
+    /// earlier registration of the same kind).
+    public mutating func register(_ kind: L7Protocol, datagram factory: @escaping DatagramFactory) {
+        datagramFactories[kind] = factory
+    }
+
+    /// A new session for a UDP flow carrying `kind`; nil when no protocol is registered for
+    /// it (the flow's datagrams must be dropped).
+    public func datagramSession(_ kind: L7Protocol, context: SessionContext) -> L7DatagramSession? {
+        datagramFactories[kind].map { $0(context) }
+    }
+
+    /// Whether UDP flows carrying `kind` can be judged.
+    public func judgesDatagrams(of kind: L7Protocol) -> Bool { datagramFactories[kind] != nil }
 
     /// The protocols Sluice ships, set up from the configuration.
     public static func standard(configuration: ProxyConfiguration) -> SessionRegistry {
