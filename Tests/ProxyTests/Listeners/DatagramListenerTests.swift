@@ -53,40 +53,55 @@ final class ToyLog: Sendable {
 
 /// A real `Worker` with a transparent UDP listener on its own thread, inside a
 /// `TransparentLoopback` namespace, with a `RecordingEchoServer` on the same loop.
-final class RunningWorker: @unchecked Sendable {
-    private(set) var worker: Worker!
-    private(set) var server: RecordingEchoServer!
-    private var startError: Error?
-    private let started = DispatchSemaphore(value: 0)
-    private let finished = DispatchSemaphore(value: 0)
+final class RunningWorker {
+    /// What the worker's thread holds: not the `RunningWorker`, so that dropping it (a test
+    /// that throws half-way) stops the thread.
+    private final class Thread: @unchecked Sendable {
+        var worker: Worker!
+        var server: RecordingEchoServer!
+        var startError: Error?
+        var sessions = SessionRegistry()
+        let started = DispatchSemaphore(value: 0)
+        let finished = DispatchSemaphore(value: 0)
+    }
+
+    private let thread = Thread()
     private var stopped = false
     let flowLogPath = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-udp-\(UUID()).jsonl").path
+
+    var worker: Worker { thread.worker }
+    var server: RecordingEchoServer { thread.server }
 
     init(_ namespace: TransparentLoopback, configuration: ProxyConfiguration, policy: PolicySnapshotHolder?,
          sessions: SessionRegistry) throws {
         let flowLogPath = flowLogPath
-        let thread = Thread { [self] in
+        let state = thread
+        state.sessions = sessions
+        Foundation.Thread {
             do {
                 try namespace.enter {
                     let flowLog = try FlowLog.open(FlowLogConfiguration(sink: .file(path: flowLogPath)))
-                    worker = try Worker(index: 0, configuration: configuration, flowLog: flowLog, policy: policy,
-                                        sessions: sessions)
-                    server = try RecordingEchoServer(address: namespace.server, loop: worker.loop)
-                    started.signal()
+                    let worker = try Worker(index: 0, configuration: configuration, flowLog: flowLog, policy: policy,
+                                            sessions: state.sessions)
+                    state.worker = worker
+                    state.server = try RecordingEchoServer(address: namespace.server, loop: worker.loop)
+                    state.started.signal()
                     // Flows open their sockets on this thread, so it stays in the namespace.
                     try worker.run()
-                    server.stop(loop: worker.loop)
+                    state.server.stop(loop: worker.loop)
                     worker.stopNow()
                 }
             } catch {
-                startError = error
-                started.signal()
+                state.startError = error
+                state.started.signal()
             }
-            finished.signal()
+            state.finished.signal()
+        }.start()
+        state.started.wait()
+        if let startError = state.startError {
+            stopped = true
+            throw startError
         }
-        thread.start()
-        started.wait()
-        if let startError { throw startError }
     }
 
     deinit {
@@ -96,10 +111,10 @@ final class RunningWorker: @unchecked Sendable {
 
     /// Stops the loop and ends every flow (each writes its flow record).
     func stop() {
-        guard !stopped, worker != nil else { return }
+        guard !stopped else { return }
         stopped = true
-        worker.loop.handle.execute { $0.stop() }
-        finished.wait()
+        thread.worker.loop.handle.execute { $0.stop() }
+        thread.finished.wait()
     }
 
     /// Flow records written so far, one JSON object per line.
@@ -159,109 +174,114 @@ struct DatagramListenerTests {
     }
 
     @Test func toyProtocolAnswersDropsAndRewritesThroughTheRealListener() throws {
-        let namespace = try TransparentLoopback()
-        let log = ToyLog()
-        let holder = PolicySnapshotHolder(try Self.snapshot(rules: Self.dnsRules))
-        let running = try RunningWorker(namespace, configuration: RunningWorker.configuration(), policy: holder,
-                                        sessions: Self.toyRegistry(log))
-        let client = try LoopbackClient(in: namespace)
+        try TransparentLoopback.with { namespace in
+            let log = ToyLog()
+            let holder = PolicySnapshotHolder(try Self.snapshot(rules: Self.dnsRules))
+            let running = try RunningWorker(namespace, configuration: RunningWorker.configuration(), policy: holder,
+                                            sessions: Self.toyRegistry(log))
+            let client = try LoopbackClient(in: namespace)
 
-        client.send("deny me", to: namespace.server)
-        let refused = try #require(client.receive())
-        #expect(refused.text == "REFUSED")
-        #expect(refused.from == namespace.server, "the answer comes from the address the client asked")
-        #expect(client.exchange("hello", with: namespace.server) == "ECHO:HELLO")
-        #expect(client.exchange("drop this", with: namespace.server, timeout: 0.3) == nil)
-        #expect(client.exchange("hello again", with: namespace.server) == "ECHO:HELLO AGAIN")
+            client.send("deny me", to: namespace.server)
+            let refused = try #require(client.receive())
+            #expect(refused.text == "REFUSED")
+            #expect(refused.from == namespace.server, "the answer comes from the address the client asked")
+            #expect(client.exchange("hello", with: namespace.server) == "ECHO:HELLO")
+            #expect(client.exchange("drop this", with: namespace.server, timeout: 0.3) == nil)
+            #expect(client.exchange("hello again", with: namespace.server) == "ECHO:HELLO AGAIN")
 
-        running.stop()
-        #expect(running.server.datagrams == ["hello", "hello again"], "denied and dropped datagrams never reach the server")
-        #expect(running.worker.counters.datagramsDropped == 1)
-        #expect(log.started.load(ordering: .relaxed) == 1 && log.ended.load(ordering: .relaxed) == 1)
-        let records = running.flowRecords
-        #expect(records.filter { $0.contains(#""toy":"#) } == [
-            #"{"verdict":"DENIED","toy":"deny me","transport":"UDP"}"#,
-            #"{"verdict":"FORWARDED","toy":"hello","transport":"UDP"}"#,
-            #"{"verdict":"FORWARDED","toy":"hello again","transport":"UDP"}"#,
-        ])
-        #expect(records.contains { $0.contains(#""drop_reason_desc":"toy: dropped drop this""#) })
-        #expect(records.contains { $0.contains(#""datagrams_from_client":4,"datagrams_from_server":2"#) },
-                "one flow for the whole exchange: \(records)")
+            running.stop()
+            #expect(running.server.datagrams == ["hello", "hello again"], "denied and dropped datagrams never reach the server")
+            #expect(running.worker.counters.datagramsDropped == 1)
+            #expect(log.started.load(ordering: .relaxed) == 1 && log.ended.load(ordering: .relaxed) == 1)
+            let records = running.flowRecords
+            #expect(records.filter { $0.contains(#""toy":"#) } == [
+                #"{"verdict":"DENIED","toy":"deny me","transport":"UDP"}"#,
+                #"{"verdict":"FORWARDED","toy":"hello","transport":"UDP"}"#,
+                #"{"verdict":"FORWARDED","toy":"hello again","transport":"UDP"}"#,
+            ])
+            #expect(records.contains { $0.contains(#""drop_reason_desc":"toy: dropped drop this""#) })
+            #expect(records.contains { $0.contains(#""datagrams_from_client":4,"datagrams_from_server":2"#) },
+                    "one flow for the whole exchange: \(records)")
+        }
     }
 
     @Test func aPolicyChangeAppliesToTheNextDatagramOfAnExistingFlow() throws {
-        let namespace = try TransparentLoopback()
-        let log = ToyLog()
-        let holder = PolicySnapshotHolder(try Self.snapshot())
-        let running = try RunningWorker(namespace, configuration: RunningWorker.configuration(), policy: holder,
-                                        sessions: Self.toyRegistry(log))
-        let client = try LoopbackClient(in: namespace)
+        try TransparentLoopback.with { namespace in
+            let log = ToyLog()
+            let holder = PolicySnapshotHolder(try Self.snapshot())
+            let running = try RunningWorker(namespace, configuration: RunningWorker.configuration(), policy: holder,
+                                            sessions: Self.toyRegistry(log))
+            let client = try LoopbackClient(in: namespace)
 
-        // No L7 rules: relayed as it is.
-        #expect(client.exchange("deny 1", with: namespace.server) == "echo:deny 1")
-        // DNS rules now: the same flow's next datagram meets the toy session.
-        holder.replace(with: try Self.snapshot(rules: Self.dnsRules))
-        #expect(client.exchange("deny 2", with: namespace.server) == "REFUSED")
-        #expect(client.exchange("hi", with: namespace.server) == "ECHO:HI")
-        // A change that keeps DNS rules keeps the session.
-        holder.replace(with: try Self.snapshot(rules: Self.dnsRules))
-        #expect(client.exchange("hi again", with: namespace.server) == "ECHO:HI AGAIN")
-        #expect(log.started.load(ordering: .relaxed) == 1)
-        // The rules are gone: relayed again, and the session has ended.
-        holder.replace(with: try Self.snapshot())
-        #expect(client.exchange("deny 3", with: namespace.server) == "echo:deny 3")
-        #expect(log.ended.load(ordering: .relaxed) == 1)
-        // Denied at L3/L4 now: dropped, and the flow ends.
-        holder.replace(with: try Self.snapshot(port: 9999))
-        #expect(client.exchange("deny 4", with: namespace.server, timeout: 0.3) == nil)
+            // No L7 rules: relayed as it is.
+            #expect(client.exchange("deny 1", with: namespace.server) == "echo:deny 1")
+            // DNS rules now: the same flow's next datagram meets the toy session.
+            holder.replace(with: try Self.snapshot(rules: Self.dnsRules))
+            #expect(client.exchange("deny 2", with: namespace.server) == "REFUSED")
+            #expect(client.exchange("hi", with: namespace.server) == "ECHO:HI")
+            // A change that keeps DNS rules keeps the session.
+            holder.replace(with: try Self.snapshot(rules: Self.dnsRules))
+            #expect(client.exchange("hi again", with: namespace.server) == "ECHO:HI AGAIN")
+            #expect(log.started.load(ordering: .relaxed) == 1)
+            // The rules are gone: relayed again, and the session has ended.
+            holder.replace(with: try Self.snapshot())
+            #expect(client.exchange("deny 3", with: namespace.server) == "echo:deny 3")
+            #expect(log.ended.load(ordering: .relaxed) == 1)
+            // Denied at L3/L4 now: dropped, and the flow ends.
+            holder.replace(with: try Self.snapshot(port: 9999))
+            #expect(client.exchange("deny 4", with: namespace.server, timeout: 0.3) == nil)
 
-        running.stop()
-        #expect(running.server.datagrams == ["deny 1", "hi", "hi again", "deny 3"])
-        #expect(running.worker.counters.datagramsDropped == 1)
-        let records = running.flowRecords
-        #expect(records.contains { $0.contains(#""drop_reason_desc":"denied at L3/L4 by policy"#) }, "\(records)")
-        // The flow ended at the denial, having seen six datagrams from the client.
-        #expect(records.filter { $0.contains(#""datagrams_from_client""#) }.count == 1)
-        #expect(records.contains { $0.contains(#""datagrams_from_client":6,"datagrams_from_server":4"#) }, "\(records)")
+            running.stop()
+            #expect(running.server.datagrams == ["deny 1", "hi", "hi again", "deny 3"])
+            #expect(running.worker.counters.datagramsDropped == 1)
+            let records = running.flowRecords
+            #expect(records.contains { $0.contains(#""drop_reason_desc":"denied at L3/L4 by policy"#) }, "\(records)")
+            // The flow ended at the denial, having seen six datagrams from the client.
+            #expect(records.filter { $0.contains(#""datagrams_from_client""#) }.count == 1)
+            #expect(records.contains { $0.contains(#""datagrams_from_client":6,"datagrams_from_server":4"#) }, "\(records)")
+        }
     }
 
     @Test func aKindWithNoDatagramSessionStaysDeniedWithTheSameReason() throws {
-        let namespace = try TransparentLoopback()
-        let configuration = RunningWorker.configuration()
-        let holder = PolicySnapshotHolder(try Self.snapshot(rules: Self.dnsRules))
-        let running = try RunningWorker(namespace, configuration: configuration, policy: holder,
-                                        sessions: .standard(configuration: configuration))
-        let client = try LoopbackClient(in: namespace)
+        try TransparentLoopback.with { namespace in
+            let configuration = RunningWorker.configuration()
+            let holder = PolicySnapshotHolder(try Self.snapshot(rules: Self.dnsRules))
+            let running = try RunningWorker(namespace, configuration: configuration, policy: holder,
+                                            sessions: .standard(configuration: configuration))
+            let client = try LoopbackClient(in: namespace)
 
-        #expect(client.exchange("query", with: namespace.server, timeout: 0.3) == nil)
-        running.stop()
-        #expect(running.server.datagrams.isEmpty)
-        #expect(running.worker.counters.datagramsDropped == 1)
-        #expect(running.flowRecords.contains {
-            $0.contains(#""drop_reason_desc":"DNS rules on UDP port 5353 are not enforced by this sluice yet: denied""#)
-        })
+            #expect(client.exchange("query", with: namespace.server, timeout: 0.3) == nil)
+            running.stop()
+            #expect(running.server.datagrams.isEmpty)
+            #expect(running.worker.counters.datagramsDropped == 1)
+            #expect(running.flowRecords.contains {
+                $0.contains(#""drop_reason_desc":"DNS rules on UDP port 5353 are not enforced by this sluice yet: denied""#)
+            })
+        }
     }
 
     @Test func everyUDPListenerOfAWorkerSharesOneReceiveBuffer() throws {
-        let namespace = try TransparentLoopback()
-        var configuration = RunningWorker.configuration(udpListeners: [15053, 15054, 15055])
-        configuration.limits.maxDatagramBytes = 1_200
-        let running = try RunningWorker(namespace, configuration: configuration, policy: nil, sessions: SessionRegistry())
-        running.stop()
-        let buffers = running.worker.datagramReceiveBuffers
-        #expect(buffers.count == 3)
-        #expect(buffers.allSatisfy { $0 === buffers[0] })
-        #expect(buffers[0].bytes.count == 1_201, "one byte more than the limit, to see truncation")
+        try TransparentLoopback.with { namespace in
+            var configuration = RunningWorker.configuration(udpListeners: [15053, 15054, 15055])
+            configuration.limits.maxDatagramBytes = 1_200
+            let running = try RunningWorker(namespace, configuration: configuration, policy: nil, sessions: SessionRegistry())
+            running.stop()
+            let buffers = running.worker.datagramReceiveBuffers
+            #expect(buffers.count == 3)
+            #expect(buffers.allSatisfy { $0 === buffers[0] })
+            #expect(buffers[0].bytes.count == 1_201, "one byte more than the limit, to see truncation")
+        }
     }
 
     @Test func relayedFlowsWorkWithoutAPolicy() throws {
-        let namespace = try TransparentLoopback()
-        let running = try RunningWorker(namespace, configuration: RunningWorker.configuration(), policy: nil,
-                                        sessions: SessionRegistry())
-        let client = try LoopbackClient(in: namespace)
-        let answer = try #require(client.exchange("ping", with: namespace.server))
-        #expect(answer == "echo:ping")
-        running.stop()
-        #expect(running.server.datagrams == ["ping"])
+        try TransparentLoopback.with { namespace in
+            let running = try RunningWorker(namespace, configuration: RunningWorker.configuration(), policy: nil,
+                                            sessions: SessionRegistry())
+            let client = try LoopbackClient(in: namespace)
+            let answer = try #require(client.exchange("ping", with: namespace.server))
+            #expect(answer == "echo:ping")
+            running.stop()
+            #expect(running.server.datagrams == ["ping"])
+        }
     }
 }

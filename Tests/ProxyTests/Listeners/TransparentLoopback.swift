@@ -12,7 +12,7 @@ import Glibc
 /// 127.0.0.1:`listenerPort`, with `IP_ORIGDSTADDR` naming 127.0.0.1:`serverPort`.
 ///
 /// Starts: `ip netns add/exec/delete` and `nft`. Needs root; see `isEnabled`.
-final class TransparentLoopback {
+final class TransparentLoopback: Sendable {
     /// Root-only tests run as root; under CI=true they run (and fail) regardless, because CI
     /// runs as root and a skip there would hide a break.
     static var isEnabled: Bool { getuid() == 0 || ProcessInfo.processInfo.environment["CI"] == "true" }
@@ -24,7 +24,7 @@ final class TransparentLoopback {
     let listenerPort: UInt16
     let serverPort: UInt16
 
-    init(listenerPort: UInt16 = 15053, serverPort: UInt16 = 5353) throws {
+    private init(listenerPort: UInt16, serverPort: UInt16) throws {
         name = "sluice-udp-\(getpid())-\(Self.counter.add(1, ordering: .relaxed).newValue)"
         self.listenerPort = listenerPort
         self.serverPort = serverPort
@@ -45,7 +45,14 @@ final class TransparentLoopback {
         }
     }
 
-    deinit { try? Self.run("ip", "netns", "delete", name) }
+    /// Runs `body` with a fresh namespace and deletes the namespace afterwards, whatever
+    /// `body` did (sockets still open in it keep it alive until they close; its name goes).
+    static func with<T>(listenerPort: UInt16 = 15053, serverPort: UInt16 = 5353,
+                        _ body: (TransparentLoopback) throws -> T) throws -> T {
+        let namespace = try TransparentLoopback(listenerPort: listenerPort, serverPort: serverPort)
+        defer { try? run("ip", "netns", "delete", namespace.name) }
+        return try body(namespace)
+    }
 
     var server: SocketAddress { SocketAddress(host: "127.0.0.1", port: serverPort)! }
 
