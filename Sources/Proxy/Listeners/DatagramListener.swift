@@ -1,44 +1,97 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import PolicyEngine
 
 /// Settings of a transparent UDP listener.
 public struct DatagramSettings: Sendable {
-    public var sessionIdleTimeout: UInt64
-    public var maxSessions: Int
+    /// A flow with no datagram either way for this long ends (nanoseconds).
+    public var flowIdleTimeout: UInt64
+    /// Flows per listener; when the table is full the least recently active one ends.
+    public var maxFlows: Int
+    /// Largest datagram relayed either way; larger ones are dropped.
     public var maxDatagramBytes: Int
     public var upstreamMark: UInt32?
 
-    public init(sessionIdleTimeout: UInt64, maxSessions: Int, maxDatagramBytes: Int, upstreamMark: UInt32?) {
-        self.sessionIdleTimeout = sessionIdleTimeout
-        self.maxSessions = maxSessions
+    public init(flowIdleTimeout: UInt64, maxFlows: Int, maxDatagramBytes: Int, upstreamMark: UInt32?) {
+        self.flowIdleTimeout = flowIdleTimeout
+        self.maxFlows = maxFlows
         self.maxDatagramBytes = maxDatagramBytes
         self.upstreamMark = upstreamMark
     }
 }
 
-/// Receives per-datagram events of a UDP listener, for counters and flow records.
+/// The one buffer every datagram of a worker passes through, client's or server's, on every
+/// UDP listener of that worker: the loop is single-threaded and a datagram is relayed (or
+/// answered, or dropped) before the next one is read, so one buffer is enough. A flow holds
+/// no buffer of its own.
+public final class DatagramReceiveBuffer {
+    /// `maxDatagramBytes + 1` bytes: one more than the limit, so an oversized datagram is
+    /// seen as truncated.
+    let bytes: UnsafeMutableRawBufferPointer
+    public let maxDatagramBytes: Int
+
+    public init(maxDatagramBytes: Int) {
+        self.maxDatagramBytes = maxDatagramBytes
+        bytes = .allocate(byteCount: maxDatagramBytes + 1, alignment: 16)
+    }
+
+    deinit { bytes.deallocate() }
+}
+
+/// What a UDP flow's datagrams get under the current policy (phase "detect protocol"),
+/// chosen by the worker (`DatagramDelegate.datagramFlowChoice`).
+public enum DatagramFlowChoice {
+    /// Relayed as they are, both ways (no L7 rules on the port).
+    case relay
+    /// Every datagram either way is first put to `session`, the registry's session for
+    /// `kind` (the kind lets the worker keep the session across a policy change that leaves
+    /// the flow's protocol as it was).
+    case judge(L7Protocol, L7DatagramSession)
+    /// Dropped and reported with `reason`; no flow is kept.
+    case deny(reason: String)
+
+    var session: L7DatagramSession? {
+        if case .judge(_, let session) = self { return session }
+        return nil
+    }
+}
+
+/// Receives the events of a UDP listener's flows and chooses what each flow gets.
 public protocol DatagramDelegate: AnyObject {
-    func datagramSessionStarted(client: SocketAddress, destination: SocketAddress, listener: DatagramListener)
-    func datagramSessionEnded(client: SocketAddress, destination: SocketAddress, datagramsFromClient: UInt64,
-                              datagramsFromServer: UInt64, listener: DatagramListener)
-    /// Whether a datagram may be relayed under the current policy: nil when it may, else
-    /// why it is denied (it is then dropped and reported through `datagramDropped`).
-    func datagramDenial(client: SocketAddress, destination: SocketAddress, listener: DatagramListener) -> String?
-    /// A datagram was dropped: no original destination, too large, denied, or no session could be made.
+    func datagramFlowStarted(client: SocketAddress, destination: SocketAddress, listener: DatagramListener)
+    func datagramFlowEnded(client: SocketAddress, destination: SocketAddress, datagramsFromClient: UInt64,
+                           datagramsFromServer: UInt64, listener: DatagramListener)
+    /// Phase "detect protocol" for a UDP flow under the current policy: relay, an L7 session,
+    /// or deny. `current` is the flow's choice so far (nil for a datagram that would start a
+    /// flow); returning it unchanged keeps the flow's session and its state.
+    func datagramFlowChoice(client: SocketAddress, destination: SocketAddress, current: DatagramFlowChoice?,
+                            listener: DatagramListener) -> DatagramFlowChoice
+    /// The policy version the last `datagramFlowChoice` was made under.
+    var datagramPolicyVersion: UInt64 { get }
+    /// True when nothing was published since `version`; asked before every datagram of an
+    /// existing flow, so it must be cheap (one atomic load).
+    func datagramPolicyIsCurrent(_ version: UInt64) -> Bool
+    /// A datagram was dropped: no original destination, too large, denied by the policy or
+    /// by a session, or no flow could be made.
     func datagramDropped(client: SocketAddress, destination: SocketAddress?, reason: String, listener: DatagramListener)
 }
 
 /// A transparent UDP listener: receives datagrams diverted to it (TPROXY or `bpf_sk_assign`),
 /// learns each one's original destination from `IP_ORIGDSTADDR`, and relays it there.
 ///
-/// Each (client, original destination) pair is a session: an upstream socket connected to
-/// the destination (with the proxy mark, so the datapath lets it pass) and a reply socket
-/// bound with `IP_TRANSPARENT` to the original destination, so answers reach the client from
-/// the address it asked. Sessions end after an idle timeout; their number is bounded, and
-/// when the table is full the least recently used session is closed to make room (found in
-/// O(1): sessions sit in a list ordered by last activity). Every datagram, either way, passes
-/// through the listener's one receive buffer: a session holds no buffer of its own.
+/// Each (client, original destination) pair is a flow (`DatagramFlow`): an upstream socket
+/// connected to the destination (with the proxy mark, so the datapath lets it pass) and a
+/// reply socket bound with `IP_TRANSPARENT` to the original destination, so answers reach
+/// the client from the address it asked. The worker chooses, when a flow starts and again
+/// before the first datagram after each policy change, whether the flow is relayed as is,
+/// judged datagram by datagram by an L7 session (`L7DatagramSession`), or denied; the
+/// listener performs the session's verdicts and knows no protocol.
+///
+/// Flows end after an idle timeout; their number is bounded, and when the table is full the
+/// least recently active flow is closed to make room (found in O(1): flows sit in a list
+/// ordered by last activity). Every datagram, either way, passes through the worker's one
+/// receive buffer (`DatagramReceiveBuffer`).
 public final class DatagramListener: EventHandler {
     public let name: String
     public let address: SocketAddress
@@ -47,25 +100,28 @@ public final class DatagramListener: EventHandler {
     private var token: RegistrationToken?
     private unowned let delegate: DatagramDelegate
     private unowned let loop: EventLoop
-    /// The one buffer every datagram of this listener passes through, client's or server's
-    /// (the loop is single-threaded and a datagram is relayed before the next is read).
-    let receiveBuffer: UnsafeMutableRawBufferPointer
-    private var sessions: [SessionKey: DatagramSession] = [:]
-    /// Sessions by last activity: `leastRecent` is evicted first, `mostRecent` was active last.
-    private var leastRecent: DatagramSession?
-    private weak var mostRecent: DatagramSession?
+    /// Shared with the worker's other UDP listeners.
+    let receiveBuffer: DatagramReceiveBuffer
+    private var flows: [FlowKey: DatagramFlow] = [:]
+    /// Flows by last activity: `leastRecent` is evicted first, `mostRecent` was active last.
+    private var leastRecent: DatagramFlow?
+    private weak var mostRecent: DatagramFlow?
     public private(set) var isClosed = false
 
-    struct SessionKey: Hashable {
+    struct FlowKey: Hashable {
         let client: SocketAddress
         let destination: SocketAddress
     }
 
-    public init(name: String, address: SocketAddress, settings: DatagramSettings,
+    /// `receiveBuffer` must hold `settings.maxDatagramBytes + 1` bytes at least.
+    public init(name: String, address: SocketAddress, settings: DatagramSettings, receiveBuffer: DatagramReceiveBuffer,
                 delegate: DatagramDelegate, loop: EventLoop) throws {
+        precondition(receiveBuffer.maxDatagramBytes >= settings.maxDatagramBytes,
+                     "the receive buffer is smaller than the largest datagram")
         self.name = name
         self.address = address
         self.settings = settings
+        self.receiveBuffer = receiveBuffer
         self.delegate = delegate
         self.loop = loop
         socket = try Socket.open(.datagram, family: address.family)
@@ -79,23 +135,20 @@ public final class DatagramListener: EventHandler {
             socket.close()
             throw error
         }
-        // One byte more than the limit, so an oversized datagram is seen as truncated.
-        receiveBuffer = .allocate(byteCount: settings.maxDatagramBytes + 1, alignment: 16)
     }
 
-    deinit { receiveBuffer.deallocate() }
-
-    public var sessionCount: Int { sessions.count }
+    public var flowCount: Int { flows.count }
 
     public func register(with loop: EventLoop) throws {
         token = try loop.registerForReading(socket.descriptor, handler: self, tag: 0)
     }
 
     public func handleReadiness(_ readiness: Readiness, tag: UInt32, loop: EventLoop) {
+        let buffer = receiveBuffer.bytes
         while !isClosed {
             let datagram: Socket.Datagram?
             do {
-                datagram = try socket.receiveDatagram(into: receiveBuffer)
+                datagram = try socket.receiveDatagram(into: buffer)
             } catch {
                 return
             }
@@ -110,29 +163,35 @@ public final class DatagramListener: EventHandler {
                                          reason: "no original destination (not diverted to the proxy)", listener: self)
                 continue
             }
-            if let denial = delegate.datagramDenial(client: datagram.source, destination: destination, listener: self) {
-                delegate.datagramDropped(client: datagram.source, destination: destination, reason: denial, listener: self)
+            let payload = UnsafeRawBufferPointer(rebasing: buffer[0..<datagram.length])
+            let key = FlowKey(client: datagram.source, destination: destination)
+            if let existing = flows[key] {
+                touch(existing)
+                existing.fromClient(payload)
                 continue
             }
-            let key = SessionKey(client: datagram.source, destination: destination)
-            let session: DatagramSession
-            if let existing = sessions[key] {
-                session = existing
-            } else {
-                if sessions.count >= settings.maxSessions { evictLeastRecentlyUsed() }
-                do {
-                    session = try DatagramSession(key: key, settings: settings, listener: self, loop: loop)
-                } catch {
-                    delegate.datagramDropped(client: datagram.source, destination: destination,
-                                             reason: "cannot open session: \(error)", listener: self)
-                    continue
-                }
-                sessions[key] = session
-                append(session)
-                delegate.datagramSessionStarted(client: key.client, destination: key.destination, listener: self)
+            let choice = delegate.datagramFlowChoice(client: key.client, destination: destination, current: nil,
+                                                     listener: self)
+            if case .deny(let reason) = choice {
+                delegate.datagramDropped(client: key.client, destination: destination, reason: reason, listener: self)
+                continue
             }
-            touch(session)
-            session.forwardToServer(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<datagram.length]))
+            let version = delegate.datagramPolicyVersion
+            if flows.count >= settings.maxFlows { evictLeastRecentlyUsed() }
+            let flow: DatagramFlow
+            do {
+                flow = try DatagramFlow(key: key, choice: choice, policyVersion: version, settings: settings,
+                                        listener: self, loop: loop)
+            } catch {
+                choice.session?.flowEnded()
+                delegate.datagramDropped(client: key.client, destination: destination,
+                                         reason: "cannot open flow: \(error)", listener: self)
+                continue
+            }
+            flows[key] = flow
+            append(flow)
+            delegate.datagramFlowStarted(client: key.client, destination: key.destination, listener: self)
+            flow.fromClient(payload)
         }
     }
 
@@ -140,51 +199,83 @@ public final class DatagramListener: EventHandler {
         leastRecent?.end()
     }
 
+    // MARK: Policy (for flows)
+
+    @inline(__always)
+    func policyIsCurrent(_ version: UInt64) -> Bool { delegate.datagramPolicyIsCurrent(version) }
+
+    /// The policy changed since `flow` chose: chooses again, keeping the flow's session when
+    /// the worker keeps it. Returns false when the flow is now denied: the datagram in hand
+    /// is dropped and reported, and the flow ends.
+    func chooseAgain(_ flow: DatagramFlow) -> Bool {
+        let choice = delegate.datagramFlowChoice(client: flow.key.client, destination: flow.key.destination,
+                                                 current: flow.choice, listener: self)
+        if case .deny(let reason) = choice {
+            delegate.datagramDropped(client: flow.key.client, destination: flow.key.destination, reason: reason,
+                                     listener: self)
+            flow.end()
+            return false
+        }
+        flow.replaceChoice(with: choice, policyVersion: delegate.datagramPolicyVersion)
+        return true
+    }
+
+    /// A session dropped one of `flow`'s datagrams.
+    func dropped(_ flow: DatagramFlow, reason: String) {
+        delegate.datagramDropped(client: flow.key.client, destination: flow.key.destination, reason: reason,
+                                 listener: self)
+    }
+
     // MARK: Activity order (a doubly linked list: the older link owns, the newer is weak)
 
-    private func append(_ session: DatagramSession) {
-        session.lessRecent = mostRecent
-        if let mostRecent { mostRecent.moreRecent = session } else { leastRecent = session }
-        mostRecent = session
+    private func append(_ flow: DatagramFlow) {
+        flow.lessRecent = mostRecent
+        if let mostRecent { mostRecent.moreRecent = flow } else { leastRecent = flow }
+        mostRecent = flow
     }
 
-    private func unlink(_ session: DatagramSession) {
-        let older = session.lessRecent
-        let newer = session.moreRecent
+    private func unlink(_ flow: DatagramFlow) {
+        let older = flow.lessRecent
+        let newer = flow.moreRecent
         if let newer { newer.lessRecent = older } else { mostRecent = older }
         if let older { older.moreRecent = newer } else { leastRecent = newer }
-        session.lessRecent = nil
-        session.moreRecent = nil
+        flow.lessRecent = nil
+        flow.moreRecent = nil
     }
 
-    /// The session was active now: it moves to the most recent end.
-    func touch(_ session: DatagramSession) {
-        guard mostRecent !== session else { return }
-        unlink(session)
-        append(session)
+    /// The flow was active now: it moves to the most recent end.
+    func touch(_ flow: DatagramFlow) {
+        guard mostRecent !== flow else { return }
+        unlink(flow)
+        append(flow)
     }
 
-    func sessionEnded(_ session: DatagramSession) {
-        unlink(session)
-        sessions[session.key] = nil
-        delegate.datagramSessionEnded(client: session.key.client, destination: session.key.destination,
-                                      datagramsFromClient: session.datagramsFromClient,
-                                      datagramsFromServer: session.datagramsFromServer, listener: self)
+    func flowEnded(_ flow: DatagramFlow) {
+        unlink(flow)
+        flows[flow.key] = nil
+        delegate.datagramFlowEnded(client: flow.key.client, destination: flow.key.destination,
+                                   datagramsFromClient: flow.datagramsFromClient,
+                                   datagramsFromServer: flow.datagramsFromServer, listener: self)
     }
 
-    /// Stops receiving and ends every session.
+    /// Stops receiving and ends every flow.
     public func close(loop: EventLoop) {
         guard !isClosed else { return }
         isClosed = true
         if let token { loop.deregister(token) }
         socket.close()
-        for session in Array(sessions.values) { session.end() }
+        for flow in Array(flows.values) { flow.end() }
     }
 }
 
-/// One client's exchange with one original destination through a transparent UDP listener.
-final class DatagramSession: EventHandler {
-    let key: DatagramListener.SessionKey
+/// One client's exchange with one original destination through a transparent UDP listener:
+/// the sockets, the idle clock, the activity links, and the choice the worker made for it
+/// (relay, or an L7 session whose verdicts the flow performs).
+final class DatagramFlow: EventHandler {
+    let key: DatagramListener.FlowKey
+    private(set) var choice: DatagramFlowChoice
+    /// The policy version `choice` was made under.
+    private var policyVersion: UInt64
     private let upstream: Socket
     private let reply: Socket
     private var upstreamToken: RegistrationToken?
@@ -195,14 +286,17 @@ final class DatagramSession: EventHandler {
     private(set) var lastActivity: UInt64
     /// Neighbours in the listener's activity order (see `DatagramListener.touch`): the
     /// more recent one holds the less recent one, so the list holds no cycle.
-    var lessRecent: DatagramSession?
-    weak var moreRecent: DatagramSession?
+    var lessRecent: DatagramFlow?
+    weak var moreRecent: DatagramFlow?
     private(set) var datagramsFromClient: UInt64 = 0
     private(set) var datagramsFromServer: UInt64 = 0
     private var ended = false
 
-    init(key: DatagramListener.SessionKey, settings: DatagramSettings, listener: DatagramListener, loop: EventLoop) throws {
+    init(key: DatagramListener.FlowKey, choice: DatagramFlowChoice, policyVersion: UInt64, settings: DatagramSettings,
+         listener: DatagramListener, loop: EventLoop) throws {
         self.key = key
+        self.choice = choice
+        self.policyVersion = policyVersion
         self.settings = settings
         self.listener = listener
         self.loop = loop
@@ -235,18 +329,63 @@ final class DatagramSession: EventHandler {
             reply.close()
             throw error
         }
-        idleTimer = loop.scheduleTimer(after: settings.sessionIdleTimeout, handler: self, tag: 0)
+        idleTimer = loop.scheduleTimer(after: settings.flowIdleTimeout, handler: self, tag: 0)
     }
 
-    func forwardToServer(_ payload: UnsafeRawBufferPointer) {
+    /// Takes the worker's new choice; a session it no longer uses has ended.
+    func replaceChoice(with newChoice: DatagramFlowChoice, policyVersion version: UInt64) {
+        let previous = choice.session
+        choice = newChoice
+        policyVersion = version
+        if let previous, previous !== newChoice.session { previous.flowEnded() }
+    }
+
+    /// Whether the flow's choice still holds for the datagram in hand: one atomic load while
+    /// the policy is unchanged; after a change the worker chooses again (false: denied, the
+    /// flow has ended).
+    @inline(__always)
+    private func choiceHolds() -> Bool {
+        listener.policyIsCurrent(policyVersion) || listener.chooseAgain(self)
+    }
+
+    /// A datagram from the client (in the shared receive buffer).
+    func fromClient(_ payload: UnsafeRawBufferPointer) {
         lastActivity = loop.now
         datagramsFromClient &+= 1
+        guard choiceHolds() else { return }
         // UDP may drop; a full socket buffer or an ICMP error from the server is such a drop.
-        _ = try? upstream.write(from: payload)
+        switch choice.session?.clientDatagram(payload) ?? .forward {
+        case .forward:
+            _ = try? upstream.write(from: payload)
+        case .forwardRewritten(let bytes):
+            _ = bytes.withUnsafeBytes { try? upstream.write(from: $0) }
+        case .answer(let bytes):
+            _ = bytes.withUnsafeBytes { try? reply.send($0, to: key.client) }
+        case .drop(let reason):
+            listener.dropped(self, reason: reason)
+        }
+    }
+
+    /// A datagram from the server (in the shared receive buffer).
+    private func fromServer(_ payload: UnsafeRawBufferPointer) {
+        lastActivity = loop.now
+        listener.touch(self)
+        datagramsFromServer &+= 1
+        guard choiceHolds() else { return }
+        switch choice.session?.serverDatagram(payload) ?? .forward {
+        case .forward:
+            _ = try? reply.send(payload, to: key.client)
+        case .forwardRewritten(let bytes):
+            _ = bytes.withUnsafeBytes { try? reply.send($0, to: key.client) }
+        case .answer(let bytes):
+            _ = bytes.withUnsafeBytes { try? upstream.write(from: $0) }
+        case .drop(let reason):
+            listener.dropped(self, reason: reason)
+        }
     }
 
     func handleReadiness(_ readiness: Readiness, tag: UInt32, loop: EventLoop) {
-        let buffer = listener.receiveBuffer
+        let buffer = listener.receiveBuffer.bytes
         while !ended {
             let result: IOResult
             do {
@@ -259,20 +398,17 @@ final class DatagramSession: EventHandler {
             }
             guard case .processed(let count) = result else { return }
             guard count <= settings.maxDatagramBytes else { continue }
-            lastActivity = loop.now
-            listener.touch(self)
-            datagramsFromServer &+= 1
-            _ = try? reply.send(UnsafeRawBufferPointer(rebasing: buffer[0..<count]), to: key.client)
+            fromServer(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
         }
     }
 
     func handleTimer(tag: UInt32, loop: EventLoop) {
         idleTimer = nil
         let idleFor = loop.now &- lastActivity
-        if idleFor >= settings.sessionIdleTimeout {
+        if idleFor >= settings.flowIdleTimeout {
             end()
         } else {
-            idleTimer = loop.scheduleTimer(after: settings.sessionIdleTimeout - idleFor, handler: self, tag: 0)
+            idleTimer = loop.scheduleTimer(after: settings.flowIdleTimeout - idleFor, handler: self, tag: 0)
         }
     }
 
@@ -283,6 +419,7 @@ final class DatagramSession: EventHandler {
         if let upstreamToken { loop.deregister(upstreamToken) }
         upstream.close()
         reply.close()
-        listener.sessionEnded(self)
+        choice.session?.flowEnded()
+        listener.flowEnded(self)
     }
 }

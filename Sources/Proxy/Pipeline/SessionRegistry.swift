@@ -23,10 +23,13 @@ public struct SessionContext {
 /// A kind with no session registered for the connection's transport is not relayed open:
 /// the worker refuses the connection (or drops the datagram) and reports why.
 public struct SessionRegistry: Sendable {
-    /// Makes the session of one connection; called on the worker thread that owns it.
+    /// Makes the session of one connection (or UDP flow); called on the worker thread that
+    /// owns it.
     public typealias StreamFactory = @Sendable (SessionContext) -> L7Session
+    public typealias DatagramFactory = @Sendable (SessionContext) -> L7DatagramSession
 
     private var streamFactories: [L7Protocol: StreamFactory] = [:]
+    private var datagramFactories: [L7Protocol: DatagramFactory] = [:]
 
     /// An empty registry: every L7 kind fails closed.
     public init() {}
@@ -45,6 +48,21 @@ public struct SessionRegistry: Sendable {
 
     /// Whether TCP connections carrying `kind` can be judged.
     public func judgesStreams(of kind: L7Protocol) -> Bool { streamFactories[kind] != nil }
+
+    /// Registers how UDP flows carrying `kind` are judged, datagram by datagram (replacing an
+    /// earlier registration of the same kind).
+    public mutating func register(_ kind: L7Protocol, datagram factory: @escaping DatagramFactory) {
+        datagramFactories[kind] = factory
+    }
+
+    /// A new session for a UDP flow carrying `kind`; nil when no protocol is registered for
+    /// it (the flow's datagrams must be dropped).
+    public func datagramSession(_ kind: L7Protocol, context: SessionContext) -> L7DatagramSession? {
+        datagramFactories[kind].map { $0(context) }
+    }
+
+    /// Whether UDP flows carrying `kind` can be judged.
+    public func judgesDatagrams(of kind: L7Protocol) -> Bool { datagramFactories[kind] != nil }
 
     /// The protocols Sluice ships, set up from the configuration.
     public static func standard(configuration: ProxyConfiguration) -> SessionRegistry {

@@ -66,11 +66,13 @@ public final class WorkerPolicy {
         L7Detection.requirement(policies(for: identities))
     }
 
-    /// Phase "detect protocol" for a UDP datagram from `client` to `server`.
-    public func datagramRequirement(client: SocketAddress, server: SocketAddress) -> L7Requirement {
+    /// Phase "detect protocol" for a UDP flow from `client` to `server`: what the policy puts
+    /// on it, and both ends (transport UDP) for the session that judges it.
+    public func datagramRequirement(client: SocketAddress, server: SocketAddress)
+        -> (requirement: L7Requirement, identities: ConnectionIdentities) {
         var identities = identities(client: client, server: server)
         identities.transport = .udp
-        return requirement(for: identities)
+        return (requirement(for: identities), identities)
     }
 
     private func identity(of address: SocketAddress) -> Identity {

@@ -63,6 +63,7 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         relaySettings.responseTimeout = configuration.timeouts.response
         maxConnections = configuration.limits.maxConnectionsPerWorker
             ?? Limits.connectionsPerWorker(descriptorLimit: DescriptorLimit.current, workers: configuration.workers)
+        var datagramBuffer: DatagramReceiveBuffer?
         for listener in configuration.listeners {
             do {
                 switch listener.kind {
@@ -83,13 +84,16 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
                                                     settings: settings, backlog: listener.backlog, delegate: self)
                     streamListeners.append(stream)
                 case .transparentUDP:
+                    // One receive buffer for every UDP listener of this worker (and all their flows).
+                    let buffer = datagramBuffer ?? DatagramReceiveBuffer(maxDatagramBytes: configuration.limits.maxDatagramBytes)
+                    datagramBuffer = buffer
                     let datagram = try DatagramListener(
                         name: listener.name, address: listener.address,
-                        settings: DatagramSettings(sessionIdleTimeout: configuration.timeouts.udpIdle,
-                                                   maxSessions: configuration.limits.maxUDPSessionsPerWorker,
+                        settings: DatagramSettings(flowIdleTimeout: configuration.timeouts.udpIdle,
+                                                   maxFlows: configuration.limits.maxUDPSessionsPerWorker,
                                                    maxDatagramBytes: configuration.limits.maxDatagramBytes,
                                                    upstreamMark: configuration.proxyMark),
-                        delegate: self, loop: loop)
+                        receiveBuffer: buffer, delegate: self, loop: loop)
                     datagramListeners.append(datagram)
                 }
             } catch {
@@ -247,21 +251,48 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
 
     // MARK: DatagramDelegate
 
-    public func datagramSessionStarted(client: SocketAddress, destination: SocketAddress, listener: DatagramListener) {}
+    /// The receive buffer of each UDP listener, in configuration order: one object, shared.
+    var datagramReceiveBuffers: [DatagramReceiveBuffer] { datagramListeners.map(\.receiveBuffer) }
 
-    public func datagramSessionEnded(client: SocketAddress, destination: SocketAddress, datagramsFromClient: UInt64,
-                                     datagramsFromServer: UInt64, listener: DatagramListener) {
+    public func datagramFlowStarted(client: SocketAddress, destination: SocketAddress, listener: DatagramListener) {}
+
+    public func datagramFlowEnded(client: SocketAddress, destination: SocketAddress, datagramsFromClient: UInt64,
+                                  datagramsFromServer: UInt64, listener: DatagramListener) {
         guard flowLog.isEnabled else { return }
         flowLog.write(FlowRecords.datagramSession(client: client, destination: destination, listener: listener.name,
                                                   fromClient: datagramsFromClient, fromServer: datagramsFromServer))
     }
 
-    public func datagramDenial(client: SocketAddress, destination: SocketAddress, listener: DatagramListener) -> String? {
-        guard let workerPolicy else { return nil }
-        // No datagram sessions are registered yet: a UDP port with L7 rules is denied.
-        return L7Detection.refusal(workerPolicy.datagramRequirement(client: client, server: destination),
-                                   transport: .udp, port: destination.port)
+    /// Phase "detect protocol" for a UDP flow, as `detect` for a TCP connection: no L7 rules
+    /// → relay (after the L3/L4 verdict); a kind with a datagram session registered → that
+    /// session (the flow's current one when it already judges that kind); any other kind →
+    /// denied, with the reason the flow record gives.
+    public func datagramFlowChoice(client: SocketAddress, destination: SocketAddress, current: DatagramFlowChoice?,
+                                   listener: DatagramListener) -> DatagramFlowChoice {
+        guard let workerPolicy else { return .relay }
+        let (requirement, identities) = workerPolicy.datagramRequirement(client: client, server: destination)
+        switch requirement {
+        case .none:
+            if let denied = workerPolicy.policies(for: identities).first(where: { !$0.verdict.isAllowed }) {
+                return .deny(reason: "denied at L3/L4 by policy: \(denied.verdict.reason)")
+            }
+            return .relay
+        case .kind(let kind):
+            if case .judge(kind, _)? = current, let current { return current }
+            let context = SessionContext(identities: identities, policy: workerPolicy,
+                                         reporter: flowLog.isEnabled ? flowLog : nil)
+            if let session = sessions.datagramSession(kind, context: context) { return .judge(kind, session) }
+        case .conflicting:
+            break
+        }
+        return .deny(reason: L7Detection.refusal(requirement, transport: .udp, port: destination.port)
+                     ?? "no L7 session for UDP port \(destination.port): denied")
     }
+
+    public var datagramPolicyVersion: UInt64 { workerPolicy?.version ?? 0 }
+
+    @inline(__always)
+    public func datagramPolicyIsCurrent(_ version: UInt64) -> Bool { workerPolicy?.isCurrent(version) ?? true }
 
     public func datagramDropped(client: SocketAddress, destination: SocketAddress?, reason: String,
                                 listener: DatagramListener) {

@@ -1,0 +1,27 @@
+import PolicyEngine
+import Testing
+@testable import Proxy
+
+/// The registry's datagram side, apart from its stream side.
+@Suite struct SessionRegistryDatagramTests {
+    static var context: SessionContext { SessionContext(
+        identities: ConnectionIdentities(client: SocketAddress("10.0.0.1:40000")!, server: SocketAddress("10.0.0.2:53")!,
+                                         source: .reserved(.world), destination: .reserved(.world)),
+        policy: nil, reporter: nil) }
+
+    @Test func aDatagramRegistrationJudgesDatagramsOnlyOfItsKind() throws {
+        var registry = SessionRegistry()
+        registry.register(.dns, datagram: { ToyDatagramSession(context: $0, log: ToyLog()) })
+        #expect(registry.judgesDatagrams(of: .dns))
+        #expect(!registry.judgesStreams(of: .dns), "a datagram session judges no TCP connection")
+        #expect(!registry.judgesDatagrams(of: .kafka))
+        #expect(registry.datagramSession(.kafka, context: Self.context) == nil)
+        let session = try #require(registry.datagramSession(.dns, context: Self.context))
+        #expect(Array("deny x".utf8).withUnsafeBytes { session.clientDatagram($0) } == .answer(Array("REFUSED".utf8)))
+    }
+
+    @Test func theStandardRegistryJudgesNoDatagramsYet() {
+        let registry = SessionRegistry.standard(configuration: ProxyConfiguration(workers: 1, listeners: []))
+        #expect(L7Protocol.allCases.allSatisfy { !registry.judgesDatagrams(of: $0) })
+    }
+}
