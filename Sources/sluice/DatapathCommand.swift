@@ -267,38 +267,15 @@ enum DatapathFiles {
     /// A datapath event as a flow record (the reference's field names), with identity names.
     static func record(_ event: DatapathEvent, names: [UInt32: String] = [:], rules: [UInt32: String] = [:]) -> JSONObject {
         let proto = [6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP"][Int(event.ipProtocol)] ?? "\(event.ipProtocol)"
-        var record = JSONObject()
-        record["time"] = .string(WallClock.rfc3339Now())
-        record["verdict"] = .string(event.kind == .drop ? "DROPPED" : "REDIRECTED")
-        var ip = JSONObject()
-        ip["source"] = .string(DatapathEvent.dottedQuad(event.source.address))
-        ip["destination"] = .string(DatapathEvent.dottedQuad(event.destination.address))
-        ip["ipVersion"] = .string("IPv4")
-        record["IP"] = .object(ip)
-        var ports = JSONObject()
-        ports["source_port"] = .unsigned(UInt64(event.source.port))
-        ports["destination_port"] = .unsigned(UInt64(event.destination.port))
-        var l4 = JSONObject()
-        l4[proto] = .object(ports)
-        record["l4"] = .object(l4)
-        for (key, identity) in [("source", event.sourceIdentity), ("destination", event.destinationIdentity)] {
-            var endpoint = JSONObject()
-            endpoint["identity"] = .unsigned(UInt64(identity))
-            if let name = names[identity] { endpoint["name"] = .string(name) }
-            record[key] = .object(endpoint)
-        }
-        record["Type"] = .string("L3_L4")
-        record["traffic_direction"] = .string(event.direction == .ingress ? "INGRESS" : "EGRESS")
-        if event.kind == .drop {
-            record["drop_reason_desc"] = .string(DatapathCounter.dropReason(event.reasonCode))
-        } else {
-            record["proxy_port"] = .unsigned(UInt64(event.proxyPort))
-        }
-        if let rule = rules[event.rule] { record["policy"] = .string(rule) }
-        let verb = event.kind == .drop ? "dropped (\(DatapathCounter.dropReason(event.reasonCode)))" : "redirected to proxy port \(event.proxyPort)"
-        record["Summary"] = .string("\(proto) \(DatapathEvent.dottedQuad(event.source.address)):\(event.source.port) -> "
-            + "\(DatapathEvent.dottedQuad(event.destination.address)):\(event.destination.port) \(verb)")
-        return record
+        let path = FlowPath(source: (DatapathEvent.dottedQuad(event.source.address), event.source.port),
+                            destination: (DatapathEvent.dottedQuad(event.destination.address), event.destination.port),
+                            isIPv6: false, transport: proto)
+        return FlowRecords.datapath(
+            event.kind == .drop ? .dropped(reason: DatapathCounter.dropReason(event.reasonCode)) : .redirected(proxyPort: event.proxyPort),
+            path: path,
+            source: FlowEndpoint(identity: event.sourceIdentity, name: names[event.sourceIdentity]),
+            destination: FlowEndpoint(identity: event.destinationIdentity, name: names[event.destinationIdentity]),
+            direction: event.direction == .ingress ? .ingress : .egress, policy: rules[event.rule])
     }
 
     static func now() -> Double {

@@ -1,5 +1,5 @@
 import Testing
-import PolicyEngine
+@testable import PolicyEngine
 @testable import Proxy
 
 /// Flow records byte for byte (field order included: readers of the flow log and the
@@ -93,5 +93,64 @@ import PolicyEngine
             + #""Type":"L7","traffic_direction":"INGRESS","is_reply":true,"#
             + #""l7":{"type":"RESPONSE","http":{"code":403,"protocol":"HTTP/1.1"}},"#
             + #""Summary":"HTTP/1.1 response 403 forwarded"}"#, "the proxy's own 403, reported as a response")
+    }
+
+    /// A protocol other than HTTP through the L7 builder: its own `l7` object, the
+    /// connection's transport, a reply's reversed path, and both policy lists.
+    @Test func anL7RecordOfAnotherProtocol() {
+        var connection = ConnectionIdentities(
+            client: SocketAddress("10.0.0.1:5353")!, server: SocketAddress("10.0.0.9:53")!,
+            source: .pod(namespace: "shop", labels: ["app": "frontend"]), destination: .reserved(.world))
+        connection.transport = .udp
+        var dns = JSONObject()
+        dns["query"] = .string("example.com.")
+        func rule(_ policy: String, _ direction: Direction) -> RuleReference {
+            RuleReference(policyIndex: 0, policy: policy, direction: direction, isDeny: true, rule: 0, portRule: nil, l7Rule: nil)
+        }
+        let record = FlowRecords.l7(verdict: .dropped, connection: connection, direction: .egress, type: .response, latency: 7,
+                                    protocolName: "dns", fields: dns,
+                                    rules: [rule("shop/b", .egress), rule("clusterwide", .egress), rule("shop/b", .egress),
+                                            rule("shop/c", .ingress)],
+                                    allowed: false, summary: "DNS answer example.com. dropped")
+        let world = FlowEndpoint(Identity.reserved(.world)).json.serialized()
+        #expect(Self.withoutTime(record) == #"{"verdict":"DROPPED","IP":{"source":"10.0.0.9","destination":"10.0.0.1","ipVersion":"IPv4"},"#
+            + #""l4":{"UDP":{"source_port":53,"destination_port":5353}},"source":\#(world),"#
+            + #""destination":{"namespace":"shop","labels":["k8s:app=frontend","#
+            + #""k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=shop","k8s:io.kubernetes.pod.namespace=shop"]},"#
+            + #""Type":"L7","traffic_direction":"EGRESS","is_reply":true,"#
+            + #""l7":{"type":"RESPONSE","latency_ns":7,"dns":{"query":"example.com."}},"#
+            + #""ingress_denied_by":[{"namespace":"shop","name":"c"}],"#
+            + #""egress_denied_by":[{"name":"clusterwide"},{"namespace":"shop","name":"b"}],"#
+            + #""Summary":"DNS answer example.com. dropped"}"#)
+    }
+
+    @Test func endpointsWriteWhatTheyKnowInOneOrder() {
+        #expect(FlowEndpoint(identity: 7, name: "shop/frontend").json.serialized() == #"{"identity":7,"name":"shop/frontend"}"#)
+        #expect(FlowEndpoint(identity: 2).json.serialized() == #"{"identity":2}"#)
+        #expect(FlowEndpoint(Identity(labels: [], namespace: nil)).json.serialized() == #"{"labels":[]}"#)
+    }
+
+    static let datapathPath = FlowPath(source: ("10.0.1.5", 40000), destination: ("10.0.2.7", 80), isIPv6: false, transport: "TCP")
+
+    @Test func datapathDrop() {
+        let record = FlowRecords.datapath(.dropped(reason: "policy denied"), path: Self.datapathPath,
+                                          source: FlowEndpoint(identity: 256, name: "shop/frontend"),
+                                          destination: FlowEndpoint(identity: 257), direction: .egress, policy: "shop/x")
+        #expect(Self.withoutTime(record) == #"{"verdict":"DROPPED","IP":{"source":"10.0.1.5","destination":"10.0.2.7","ipVersion":"IPv4"},"#
+            + #""l4":{"TCP":{"source_port":40000,"destination_port":80}},"#
+            + #""source":{"identity":256,"name":"shop/frontend"},"destination":{"identity":257},"#
+            + #""Type":"L3_L4","traffic_direction":"EGRESS","drop_reason_desc":"policy denied","policy":"shop/x","#
+            + #""Summary":"TCP 10.0.1.5:40000 -> 10.0.2.7:80 dropped (policy denied)"}"#)
+    }
+
+    @Test func datapathRedirect() {
+        let record = FlowRecords.datapath(.redirected(proxyPort: 15001), path: Self.datapathPath,
+                                          source: FlowEndpoint(identity: 256), destination: FlowEndpoint(identity: 257, name: "shop/backend"),
+                                          direction: .ingress, policy: nil)
+        #expect(Self.withoutTime(record) == #"{"verdict":"REDIRECTED","IP":{"source":"10.0.1.5","destination":"10.0.2.7","ipVersion":"IPv4"},"#
+            + #""l4":{"TCP":{"source_port":40000,"destination_port":80}},"#
+            + #""source":{"identity":256},"destination":{"identity":257,"name":"shop/backend"},"#
+            + #""Type":"L3_L4","traffic_direction":"INGRESS","proxy_port":15001,"#
+            + #""Summary":"TCP 10.0.1.5:40000 -> 10.0.2.7:80 redirected to proxy port 15001"}"#)
     }
 }
