@@ -45,9 +45,15 @@ let package = Package(
             .product(name: "Yams", package: "Yams"),
         ], swiftSettings: hotPathSettings),
         .target(name: "Datapath", dependencies: ["CBPF", "CSluiceDatapath", "CSluiceShims", "PolicyEngine"]),
+        // Where the proxy and the datapath meet policy files: loading and reloading them in
+        // order, the file watcher, the datapath's events as flow records. Above both, so
+        // Proxy keeps knowing nothing of BPF; the executable only parses commands and calls it.
+        .target(name: "Enforcement", dependencies: [
+            "Proxy", "PolicyEngine", "Datapath",
+            "CBPF",  // libbpf's helper probe (PolicyEnforcement.kernelHasSocketAssign)
+        ]),
         .executableTarget(name: "sluice", dependencies: [
-            "Proxy", "PolicyEngine", "Datapath", "L7Parsers",
-            "CBPF",  // libbpf's helper probe (RunEnforcement.kernelHasSocketAssign)
+            "Proxy", "PolicyEngine", "Datapath", "L7Parsers", "Enforcement",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -66,6 +72,7 @@ let package = Package(
         .testTarget(name: "ProxyTests", dependencies: ["Proxy", "COpenSSL", "L7Parsers", "PolicyEngine"]),
         .testTarget(name: "L7ParsersTests", dependencies: ["L7Parsers", "CNghttp2"]),
         .testTarget(name: "PolicyEngineTests", dependencies: ["PolicyEngine", "CPCRE2"]),
+        .testTarget(name: "EnforcementTests", dependencies: ["Enforcement", "Proxy", "PolicyEngine", "Datapath", "CSluiceDatapath"]),
         .testTarget(name: "DatapathTests", dependencies: ["Datapath", "CBPF", "CSluiceDatapath", "PolicyEngine"]),
     ]
 )
