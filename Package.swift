@@ -45,9 +45,15 @@ let package = Package(
             .product(name: "Yams", package: "Yams"),
         ], swiftSettings: hotPathSettings),
         .target(name: "Datapath", dependencies: ["CBPF", "CSluiceDatapath", "CSluiceShims", "PolicyEngine"]),
+        // Where the proxy and the datapath meet policy files: loading and reloading them in
+        // order, the file watcher, the datapath's events as flow records. Above both, so
+        // Proxy keeps knowing nothing of BPF; the executable only parses commands and calls it.
+        .target(name: "Enforcement", dependencies: [
+            "Proxy", "PolicyEngine", "Datapath",
+            "CBPF",  // libbpf's helper probe (PolicyEnforcement.kernelHasSocketAssign)
+        ]),
         .executableTarget(name: "sluice", dependencies: [
-            "Proxy", "PolicyEngine", "Datapath", "L7Parsers",
-            "CBPF",  // libbpf's helper probe (RunEnforcement.kernelHasSocketAssign)
+            "Proxy", "PolicyEngine", "Datapath", "L7Parsers", "Enforcement",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -67,6 +73,7 @@ let package = Package(
         // The HTTP/1 connection tests run the parser through the proxy's real driver, from memory.
         .testTarget(name: "L7ParsersTests", dependencies: ["L7Parsers", "CNghttp2", "Proxy"]),
         .testTarget(name: "PolicyEngineTests", dependencies: ["PolicyEngine", "CPCRE2"]),
+        .testTarget(name: "EnforcementTests", dependencies: ["Enforcement", "Proxy", "PolicyEngine", "Datapath", "CSluiceDatapath"]),
         .testTarget(name: "DatapathTests", dependencies: ["Datapath", "CBPF", "CSluiceDatapath", "PolicyEngine"]),
     ]
 )

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Datapath
+import Enforcement
 import PolicyEngine
 import Proxy
 #if canImport(Glibc)
@@ -54,7 +55,7 @@ struct DatapathCommand: ParsableCommand {
 
         func run() throws {
             let setup = DatapathSetup(namespace: location.netns, interfaces: location.interfaceList,
-                                      pinRoot: location.pinRoot, objectPath: object ?? DatapathFiles.defaultObject())
+                                      pinRoot: location.pinRoot, objectPath: object ?? PolicyFiles.defaultBPFObject())
             do {
                 try setup.up(fresh: fresh)
             } catch {
@@ -170,7 +171,7 @@ struct DatapathCommand: ParsableCommand {
             let deadline = seconds.map { DatapathFiles.now() + $0 }
             while deadline.map({ DatapathFiles.now() < $0 }) ?? true {
                 for event in reader.poll(timeoutMilliseconds: 100) {
-                    print(DatapathFiles.record(event).serialized())
+                    print(FlowRecords.datapathEvent(event).serialized())
                     fflush(nil)
                 }
             }
@@ -203,50 +204,13 @@ struct PolicyInputs: ParsableArguments {
     }
 
     func datapathState() throws -> DatapathState {
-        try DatapathFiles.state(policyPaths: policy, endpoints: endpoints, nodeAddresses: nodeAddress.compactMap(IPv4Prefix.init),
-                                proxyPorts: .init(tcp: tcpProxyPort, udp: udpProxyPort))
+        try PolicyFiles.datapathState(policyPaths: policy, endpoints: endpoints, nodeAddresses: nodeAddress.compactMap(IPv4Prefix.init),
+                                       proxyPorts: .init(tcp: tcpProxyPort, udp: udpProxyPort))
     }
 }
 
-/// Helpers shared by the datapath commands and `sluice run`.
+/// Output helpers of the datapath commands.
 enum DatapathFiles {
-    struct InputError: Error, CustomStringConvertible { var description: String }
-
-    /// The BPF object built by `make bpf` (`.build/bpf/sluice_tc.bpf.o`), found from the
-    /// binary's own place (`.build/release/sluice` is a link into `.build/<triple>/release`),
-    /// else an installed copy.
-    static func defaultObject() -> String {
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        var candidates: [String] = []
-        if length > 0 {
-            let executable = String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            let directory = executable.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-            candidates += ["\(directory)/../bpf/sluice_tc.bpf.o", "\(directory)/../../bpf/sluice_tc.bpf.o"]
-        }
-        candidates.append("/usr/lib/sluice/sluice_tc.bpf.o")
-        return candidates.first { access($0, R_OK) == 0 } ?? candidates[0]
-    }
-
-    static func loadSnapshot(policyPaths: [String], endpoints: String) throws -> PolicySnapshot {
-        var loaded = PolicyLoadResult()
-        for path in policyPaths {
-            for file in PolicyTraceCommand.policyFiles(at: path) { loaded.append(PolicyLoader.load(file: file)) }
-        }
-        if !loaded.errors.isEmpty {
-            throw InputError(description: "invalid policy input:\n" + loaded.errors.map(\.description).joined(separator: "\n"))
-        }
-        let directory: EndpointDirectory
-        do { directory = try EndpointDirectory.load(file: endpoints) } catch { throw InputError(description: "\(error)") }
-        return PolicySnapshot(policies: loaded.policies, endpoints: directory)
-    }
-
-    static func state(policyPaths: [String], endpoints: String, nodeAddresses: [IPv4Prefix],
-                      proxyPorts: PolicyTranslation.ProxyPorts) throws -> DatapathState {
-        let snapshot = try loadSnapshot(policyPaths: policyPaths, endpoints: endpoints)
-        return try PolicyTranslation(snapshot: snapshot, nodeAddresses: nodeAddresses, proxyPorts: proxyPorts).translate()
-    }
-
     static func printState(_ state: DatapathState) {
         print("identities:")
         for (prefix, entry) in state.addresses.sorted(by: { $0.key < $1.key }) {
@@ -262,43 +226,6 @@ enum DatapathFiles {
             let action = entry.action == .redirect ? "redirect :\(entry.proxyPort)" : "\(entry.action)"
             print("  \(state.identityNames[key.endpoint] ?? "\(key.endpoint)") \(key.direction) peer \(state.identityNames[key.peer] ?? "\(key.peer)") \(key.port == 0 ? "*" : "\(key.port)")/\(proto): \(action)\(state.ruleNames[entry.rule].map { " (\($0))" } ?? "")")
         }
-    }
-
-    /// A datapath event as a flow record (the reference's field names), with identity names.
-    static func record(_ event: DatapathEvent, names: [UInt32: String] = [:], rules: [UInt32: String] = [:]) -> JSONObject {
-        let proto = [6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP"][Int(event.ipProtocol)] ?? "\(event.ipProtocol)"
-        var record = JSONObject()
-        record["time"] = .string(WallClock.rfc3339Now())
-        record["verdict"] = .string(event.kind == .drop ? "DROPPED" : "REDIRECTED")
-        var ip = JSONObject()
-        ip["source"] = .string(DatapathEvent.dottedQuad(event.source.address))
-        ip["destination"] = .string(DatapathEvent.dottedQuad(event.destination.address))
-        ip["ipVersion"] = .string("IPv4")
-        record["IP"] = .object(ip)
-        var ports = JSONObject()
-        ports["source_port"] = .unsigned(UInt64(event.source.port))
-        ports["destination_port"] = .unsigned(UInt64(event.destination.port))
-        var l4 = JSONObject()
-        l4[proto] = .object(ports)
-        record["l4"] = .object(l4)
-        for (key, identity) in [("source", event.sourceIdentity), ("destination", event.destinationIdentity)] {
-            var endpoint = JSONObject()
-            endpoint["identity"] = .unsigned(UInt64(identity))
-            if let name = names[identity] { endpoint["name"] = .string(name) }
-            record[key] = .object(endpoint)
-        }
-        record["Type"] = .string("L3_L4")
-        record["traffic_direction"] = .string(event.direction == .ingress ? "INGRESS" : "EGRESS")
-        if event.kind == .drop {
-            record["drop_reason_desc"] = .string(DatapathCounter.dropReason(event.reasonCode))
-        } else {
-            record["proxy_port"] = .unsigned(UInt64(event.proxyPort))
-        }
-        if let rule = rules[event.rule] { record["policy"] = .string(rule) }
-        let verb = event.kind == .drop ? "dropped (\(DatapathCounter.dropReason(event.reasonCode)))" : "redirected to proxy port \(event.proxyPort)"
-        record["Summary"] = .string("\(proto) \(DatapathEvent.dottedQuad(event.source.address)):\(event.source.port) -> "
-            + "\(DatapathEvent.dottedQuad(event.destination.address)):\(event.destination.port) \(verb)")
-        return record
     }
 
     static func now() -> Double {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Enforcement
 import Proxy
 #if canImport(Glibc)
 import Glibc
@@ -83,7 +84,7 @@ struct RunCommand: ParsableCommand {
         }
         configuration.limits.maxConnectionsPerWorker = configuration.limits.maxConnectionsPerWorker ?? fitting
 
-        let enforcement = RunEnforcement(configuration: configuration, configFile: config, flowLog: flowLog)
+        let enforcement = PolicyEnforcement(configuration: configuration, configFile: config, flowLog: flowLog)
         do {
             try enforcement.prepare()
         } catch {

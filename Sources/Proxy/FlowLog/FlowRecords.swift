@@ -1,76 +1,284 @@
-/// Flow records of the L4 relay, in the shape of the reference's flow JSON (Hubble's
-/// protobuf field names), so existing tooling reads them.
+import PolicyEngine
+
+/// Every flow record Sluice writes is built here, in the shape of the reference's flow JSON
+/// (Hubble's `flow.Flow`, with its protobuf field names), so existing tooling reads them.
+/// The common fields come in one order, each when the record has it:
+///
+///     time, verdict, IP, l4, source, destination, Type, traffic_direction, is_reply,
+///     <the kind's own fields>, Summary
+///
+/// `record(...)` writes that frame; the builders below it (the L4 relay's connections and
+/// datagram sessions, refusals, L7 messages, the datapath's drops and redirects) only add
+/// their own fields and summary. A new L7 protocol calls `l7(...)` with its own `l7`
+/// sub-object (`"dns"`, `"kafka"`, ...), as `http(...)` does.
 public enum FlowRecords {
-    public static func connection(_ summary: ConnectionSummary) -> JSONObject {
+    // MARK: The frame every record shares
+
+    /// A record: the common fields from `verdict` to `is_reply` (endpoints, direction and
+    /// `isReply` only when given), then whatever `details` adds, then `Summary`.
+    public static func record(verdict: FlowVerdict, path: FlowPath, endpoints: (source: FlowEndpoint, destination: FlowEndpoint)? = nil,
+                              type: FlowType, direction: Direction? = nil, isReply: Bool? = nil, summary: String,
+                              details: (inout JSONObject) -> Void = { _ in }) -> JSONObject {
         var record = JSONObject()
         record["time"] = .string(WallClock.rfc3339Now())
-        record["verdict"] = .string(summary.outcome == .upstreamUnreachable || summary.outcome == .connectTimeout ? "ERROR" : "FORWARDED")
-        record["IP"] = .object(ip(source: summary.client, destination: summary.destination))
-        record["l4"] = .object(l4("TCP", source: summary.client, destination: summary.destination))
-        record["Type"] = .string("L3_L4")
-        record["is_reply"] = .bool(false)
-        var proxy = JSONObject()
-        proxy["listener"] = .string(summary.listener)
-        proxy["outcome"] = .string(summary.outcome.rawValue)
-        proxy["bytes_from_client"] = .unsigned(summary.bytesFromClient)
-        proxy["bytes_from_server"] = .unsigned(summary.bytesFromServer)
-        proxy["duration_ns"] = .unsigned(summary.durationNanoseconds)
-        record["proxy"] = .object(proxy)
-        record["Summary"] = .string("TCP \(summary.client) -> \(summary.destination) \(summary.outcome.rawValue), "
-            + "\(summary.bytesFromClient) B sent, \(summary.bytesFromServer) B received")
+        record["verdict"] = .string(verdict.rawValue)
+        record["IP"] = .object(ip(path))
+        if let l4 = l4(path) { record["l4"] = .object(l4) }
+        if let endpoints {
+            record["source"] = .object(endpoints.source.json)
+            record["destination"] = .object(endpoints.destination.json)
+        }
+        record["Type"] = .string(type.rawValue)
+        if let direction { record["traffic_direction"] = .string(direction == .ingress ? "INGRESS" : "EGRESS") }
+        if let isReply { record["is_reply"] = .bool(isReply) }
+        details(&record)
+        record["Summary"] = .string(summary)
         return record
     }
 
+    /// Hubble's `IP`: `source`, `destination` (when known) and `ipVersion`.
+    static func ip(_ path: FlowPath) -> JSONObject {
+        var ip = JSONObject()
+        ip["source"] = .string(path.source.host)
+        if let destination = path.destination { ip["destination"] = .string(destination.host) }
+        ip["ipVersion"] = .string(path.isIPv6 ? "IPv6" : "IPv4")
+        return ip
+    }
+
+    /// Hubble's `Layer4`: one object keyed by the transport with both ports; nil without a
+    /// destination.
+    static func l4(_ path: FlowPath) -> JSONObject? {
+        guard let destination = path.destination else { return nil }
+        var ports = JSONObject()
+        ports["source_port"] = .unsigned(UInt64(path.source.port))
+        ports["destination_port"] = .unsigned(UInt64(destination.port))
+        var l4 = JSONObject()
+        l4[path.transport] = .object(ports)
+        return l4
+    }
+
+    /// Hubble's `ingress_allowed_by`, `egress_allowed_by`, `ingress_denied_by` and
+    /// `egress_denied_by`: the policies (`namespace/name`, or a bare name) of `rules`, once
+    /// each, sorted, under the key of their direction and of the outcome (`allowed`).
+    static func appendPolicies(of rules: [RuleReference], allowed: Bool, to record: inout JSONObject) {
+        for ruleDirection in [Direction.ingress, .egress] {
+            let names = Set(rules.filter { $0.direction == ruleDirection }.map(\.policy))
+            guard !names.isEmpty else { continue }
+            let key = (ruleDirection == .ingress ? "ingress_" : "egress_") + (allowed ? "allowed_by" : "denied_by")
+            record[key] = .array(names.sorted().map { name in
+                var policy = JSONObject()
+                let parts = name.split(separator: "/", maxSplits: 1)
+                if parts.count == 2 { policy["namespace"] = .string(String(parts[0])) }
+                policy["name"] = .string(String(parts.last ?? ""))
+                return .object(policy)
+            })
+        }
+    }
+
+    // MARK: The L4 relay
+
+    /// A relayed TCP connection that finished.
+    public static func connection(_ summary: ConnectionSummary) -> JSONObject {
+        let failed = summary.outcome == .upstreamUnreachable || summary.outcome == .connectTimeout
+        return record(verdict: failed ? .error : .forwarded,
+                      path: FlowPath(source: summary.client, destination: summary.destination, transport: "TCP"),
+                      type: .l3l4, isReply: false,
+                      summary: "TCP \(summary.client) -> \(summary.destination) \(summary.outcome.rawValue), "
+                        + "\(summary.bytesFromClient) B sent, \(summary.bytesFromServer) B received") { record in
+            var proxy = JSONObject()
+            proxy["listener"] = .string(summary.listener)
+            proxy["outcome"] = .string(summary.outcome.rawValue)
+            proxy["bytes_from_client"] = .unsigned(summary.bytesFromClient)
+            proxy["bytes_from_server"] = .unsigned(summary.bytesFromServer)
+            proxy["duration_ns"] = .unsigned(summary.durationNanoseconds)
+            record["proxy"] = .object(proxy)
+        }
+    }
+
+    /// A relayed UDP session that ended.
     public static func datagramSession(client: SocketAddress, destination: SocketAddress, listener: String,
                                        fromClient: UInt64, fromServer: UInt64) -> JSONObject {
-        var record = JSONObject()
-        record["time"] = .string(WallClock.rfc3339Now())
-        record["verdict"] = .string("FORWARDED")
-        record["IP"] = .object(ip(source: client, destination: destination))
-        record["l4"] = .object(l4("UDP", source: client, destination: destination))
-        record["Type"] = .string("L3_L4")
-        record["is_reply"] = .bool(false)
-        var proxy = JSONObject()
-        proxy["listener"] = .string(listener)
-        proxy["datagrams_from_client"] = .unsigned(fromClient)
-        proxy["datagrams_from_server"] = .unsigned(fromServer)
-        record["proxy"] = .object(proxy)
-        record["Summary"] = .string("UDP \(client) -> \(destination), \(fromClient) datagrams sent, \(fromServer) received")
-        return record
+        record(verdict: .forwarded, path: FlowPath(source: client, destination: destination, transport: "UDP"),
+               type: .l3l4, isReply: false,
+               summary: "UDP \(client) -> \(destination), \(fromClient) datagrams sent, \(fromServer) received") { record in
+            var proxy = JSONObject()
+            proxy["listener"] = .string(listener)
+            proxy["datagrams_from_client"] = .unsigned(fromClient)
+            proxy["datagrams_from_server"] = .unsigned(fromServer)
+            record["proxy"] = .object(proxy)
+        }
     }
 
     /// A connection or datagram the proxy refused; with `destination`, the record carries
     /// the L4 ports of `transport` ("TCP" or "UDP") too.
     public static func dropped(client: SocketAddress, destination: SocketAddress? = nil, transport: String = "TCP",
                                listener: String, reason: String) -> JSONObject {
-        var record = JSONObject()
-        record["time"] = .string(WallClock.rfc3339Now())
-        record["verdict"] = .string("DROPPED")
-        record["IP"] = .object(ip(source: client, destination: destination))
-        if let destination { record["l4"] = .object(l4(transport, source: client, destination: destination)) }
-        record["Type"] = .string("L3_L4")
-        record["drop_reason_desc"] = .string(reason)
-        var proxy = JSONObject()
-        proxy["listener"] = .string(listener)
-        record["proxy"] = .object(proxy)
-        record["Summary"] = .string("dropped from \(client)" + (destination.map { " to \($0)" } ?? "") + ": \(reason)")
-        return record
+        record(verdict: .dropped, path: FlowPath(source: client, destination: destination, transport: transport), type: .l3l4,
+               summary: "dropped from \(client)" + (destination.map { " to \($0)" } ?? "") + ": \(reason)") { record in
+            record["drop_reason_desc"] = .string(reason)
+            var proxy = JSONObject()
+            proxy["listener"] = .string(listener)
+            record["proxy"] = .object(proxy)
+        }
     }
 
-    private static func ip(source: SocketAddress, destination: SocketAddress?) -> JSONObject {
-        var ip = JSONObject()
-        ip["source"] = .string(source.host)
-        if let destination { ip["destination"] = .string(destination.host) }
-        ip["ipVersion"] = .string(source.isIPv6 ? "IPv6" : "IPv4")
-        return ip
+    // MARK: L7 messages
+
+    /// One L7 message (Hubble's `Layer7`): a request runs from the connection's client to its
+    /// server, a response back. `protocolName` is the key of the protocol's own object inside
+    /// `l7` (`"http"`, `"dns"`, `"kafka"`) and `fields` that object; `latency` is a response's
+    /// time since its request. `rules` are the policy rules that decided, listed as the
+    /// policies that allowed (`allowed`) or denied the message; `summary` is the protocol's
+    /// one-line account.
+    public static func l7(verdict: FlowVerdict, connection: ConnectionIdentities, direction: Direction, type: L7FlowType,
+                          latency: UInt64? = nil, protocolName: String, fields: JSONObject,
+                          rules: [RuleReference], allowed: Bool, summary: String) -> JSONObject {
+        let isReply = type == .response
+        let forward = FlowPath(source: connection.client, destination: connection.server, transport: connection.transport.rawValue)
+        let source = FlowEndpoint(connection.source), destination = FlowEndpoint(connection.destination)
+        return record(verdict: verdict, path: isReply ? forward.reversed : forward,
+                      endpoints: isReply ? (destination, source) : (source, destination),
+                      type: .l7, direction: direction, isReply: isReply, summary: summary) { record in
+            var l7 = JSONObject()
+            l7["type"] = .string(type.rawValue)
+            if let latency { l7["latency_ns"] = .unsigned(latency) }
+            l7[protocolName] = .object(fields)
+            record["l7"] = .object(l7)
+            appendPolicies(of: rules, allowed: allowed, to: &record)
+        }
     }
 
-    private static func l4(_ transport: String, source: SocketAddress, destination: SocketAddress) -> JSONObject {
-        var ports = JSONObject()
-        ports["source_port"] = .unsigned(UInt64(source.port))
-        ports["destination_port"] = .unsigned(UInt64(destination.port))
-        var l4 = JSONObject()
-        l4[transport] = .object(ports)
-        return l4
+    /// An HTTP request or response (Hubble's `HTTP`: `code`, `method`, `url`, `protocol`);
+    /// a response carries the method and URL of its request when known.
+    public static func http(verdict: FlowVerdict, connection: ConnectionIdentities, direction: Direction, type: L7FlowType,
+                            method: String?, url: String?, code: Int?, latency: UInt64?, rules: [RuleReference], allowed: Bool,
+                            version: String = "HTTP/1.1") -> JSONObject {
+        var http = JSONObject()
+        if let code { http["code"] = .unsigned(UInt64(code)) }
+        if let method { http["method"] = .string(method) }
+        if let url { http["url"] = .string(url) }
+        http["protocol"] = .string(version)
+        let what = [method, url].compactMap { $0 }.joined(separator: " ")
+        let summary = "\(version) \(type == .request ? "request" : "response")" + (what.isEmpty ? "" : " \(what)")
+            + (code.map { " \($0)" } ?? "") + " \(verdict.rawValue.lowercased())"
+        return l7(verdict: verdict, connection: connection, direction: direction, type: type, latency: latency,
+                  protocolName: "http", fields: http, rules: rules, allowed: allowed, summary: summary)
+    }
+
+    // MARK: The datapath
+
+    /// What the datapath did with a new flow.
+    public enum DatapathAction: Sendable, Equatable {
+        /// Dropped, for the reason its drop code names.
+        case dropped(reason: String)
+        /// Diverted to the proxy's transparent listener on `proxyPort`.
+        case redirected(proxyPort: UInt16)
+    }
+
+    /// A drop or redirect reported by the datapath (numeric identities with their names, the
+    /// direction of the policy that decided, and that rule's name when known).
+    public static func datapath(_ action: DatapathAction, path: FlowPath, source: FlowEndpoint, destination: FlowEndpoint,
+                                direction: Direction, policy: String?) -> JSONObject {
+        let verdict: FlowVerdict, verb: String
+        switch action {
+        case .dropped(let reason): (verdict, verb) = (.dropped, "dropped (\(reason))")
+        case .redirected(let port): (verdict, verb) = (.redirected, "redirected to proxy port \(port)")
+        }
+        let to = path.destination.map { " -> \($0.host):\($0.port)" } ?? ""
+        return record(verdict: verdict, path: path,
+                      endpoints: (source, destination), type: .l3l4, direction: direction,
+                      summary: "\(path.transport) \(path.source.host):\(path.source.port)\(to) \(verb)") { record in
+            switch action {
+            case .dropped(let reason): record["drop_reason_desc"] = .string(reason)
+            case .redirected(let port): record["proxy_port"] = .unsigned(UInt64(port))
+            }
+            if let policy { record["policy"] = .string(policy) }
+        }
+    }
+}
+
+/// Hubble's `Verdict`: what became of the flow.
+public enum FlowVerdict: String, Sendable {
+    case forwarded = "FORWARDED"
+    case dropped = "DROPPED"
+    case error = "ERROR"
+    case redirected = "REDIRECTED"
+}
+
+/// Hubble's `FlowType`: which layer the record speaks of.
+public enum FlowType: String, Sendable {
+    case l3l4 = "L3_L4"
+    case l7 = "L7"
+}
+
+/// Hubble's `L7FlowType`.
+public enum L7FlowType: String, Sendable {
+    case request = "REQUEST"
+    case response = "RESPONSE"
+}
+
+/// The addresses a record reports, in its own direction (a reply runs from server to
+/// client): hosts as text, ports, and the transport that keys the `l4` object.
+public struct FlowPath: Sendable {
+    public var source: (host: String, port: UInt16)
+    /// Nil when the record does not know it (a refused connection); the record then has no `l4`.
+    public var destination: (host: String, port: UInt16)?
+    public var isIPv6: Bool
+    /// The key of Hubble's `l4` oneof as Sluice writes it: "TCP", "UDP", "SCTP", "ICMP", or
+    /// the IP protocol number as text.
+    public var transport: String
+
+    public init(source: (host: String, port: UInt16), destination: (host: String, port: UInt16)?, isIPv6: Bool,
+                transport: String) {
+        self.source = source
+        self.destination = destination
+        self.isIPv6 = isIPv6
+        self.transport = transport
+    }
+
+    public init(source: SocketAddress, destination: SocketAddress?, transport: String) {
+        self.init(source: (source.host, source.port), destination: destination.map { ($0.host, $0.port) },
+                  isIPv6: source.isIPv6, transport: transport)
+    }
+
+    /// The same path seen from the other end (a reply); without a destination, unchanged.
+    public var reversed: FlowPath {
+        guard let destination else { return self }
+        return FlowPath(source: destination, destination: source, isIPv6: isIPv6, transport: transport)
+    }
+}
+
+/// One end of a flow (Hubble's `Endpoint`): the datapath knows a numeric identity and its
+/// name; the proxy knows an endpoint's namespace, labels and pod. Fields are written in
+/// this order, each when set.
+public struct FlowEndpoint: Sendable, Equatable {
+    public var identity: UInt32?
+    public var name: String?
+    public var namespace: String?
+    public var labels: [String]?
+    public var podName: String?
+
+    public init(identity: UInt32? = nil, name: String? = nil, namespace: String? = nil, labels: [String]? = nil,
+                podName: String? = nil) {
+        self.identity = identity
+        self.name = name
+        self.namespace = namespace
+        self.labels = labels
+        self.podName = podName
+    }
+
+    /// The policy engine's view of an end: namespace, labels (always, maybe none) and pod.
+    public init(_ identity: Identity) {
+        self.init(namespace: identity.namespace, labels: identity.labels.labels.map(\.description), podName: identity.podName)
+    }
+
+    public var json: JSONObject {
+        var endpoint = JSONObject()
+        if let identity { endpoint["identity"] = .unsigned(UInt64(identity)) }
+        if let name { endpoint["name"] = .string(name) }
+        if let namespace { endpoint["namespace"] = .string(namespace) }
+        if let labels { endpoint["labels"] = .array(labels.map { .string($0) }) }
+        if let podName { endpoint["pod_name"] = .string(podName) }
+        return endpoint
     }
 }

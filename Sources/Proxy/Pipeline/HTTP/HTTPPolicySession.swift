@@ -280,59 +280,13 @@ public final class HTTPPolicySession: L7Session {
 
     private func record(type: String, verdict: String, direction: Direction, method: String?, url: String?,
                         code: Int?, latency: UInt64?, rules: [RuleReference], allowed: Bool) -> JSONObject {
-        let isReply = type == "RESPONSE"
-        var record = JSONObject()
-        record["time"] = .string(WallClock.rfc3339Now())
-        record["verdict"] = .string(verdict)
-        var ip = JSONObject()
-        ip["source"] = .string(isReply ? identities.server.host : identities.client.host)
-        ip["destination"] = .string(isReply ? identities.client.host : identities.server.host)
-        ip["ipVersion"] = .string(identities.client.isIPv6 ? "IPv6" : "IPv4")
-        record["IP"] = .object(ip)
-        var ports = JSONObject()
-        ports["source_port"] = .unsigned(UInt64(isReply ? identities.server.port : identities.client.port))
-        ports["destination_port"] = .unsigned(UInt64(isReply ? identities.client.port : identities.server.port))
-        var l4 = JSONObject()
-        l4["TCP"] = .object(ports)
-        record["l4"] = .object(l4)
-        record["source"] = .object(Self.endpoint(isReply ? identities.destination : identities.source))
-        record["destination"] = .object(Self.endpoint(isReply ? identities.source : identities.destination))
-        record["Type"] = .string("L7")
-        record["traffic_direction"] = .string(direction == .ingress ? "INGRESS" : "EGRESS")
-        record["is_reply"] = .bool(isReply)
-        var http = JSONObject()
-        if let code { http["code"] = .unsigned(UInt64(code)) }
-        if let method { http["method"] = .string(method) }
-        if let url { http["url"] = .string(url) }
-        http["protocol"] = .string("HTTP/1.1")
-        var l7 = JSONObject()
-        l7["type"] = .string(type)
-        if let latency { l7["latency_ns"] = .unsigned(latency) }
-        l7["http"] = .object(http)
-        record["l7"] = .object(l7)
-        for ruleDirection in [Direction.ingress, .egress] {
-            let names = Set(rules.filter { $0.direction == ruleDirection }.map(\.policy))
-            guard !names.isEmpty else { continue }
-            let key = (ruleDirection == .ingress ? "ingress_" : "egress_") + (allowed ? "allowed_by" : "denied_by")
-            record[key] = .array(names.sorted().map { name in
-                var policy = JSONObject()
-                let parts = name.split(separator: "/", maxSplits: 1)
-                if parts.count == 2 { policy["namespace"] = .string(String(parts[0])) }
-                policy["name"] = .string(String(parts.last ?? ""))
-                return .object(policy)
-            })
-        }
-        let what = [method, url].compactMap { $0 }.joined(separator: " ")
-        record["Summary"] = .string("HTTP/1.1 \(type == "REQUEST" ? "request" : "response")"
-            + (what.isEmpty ? "" : " \(what)") + (code.map { " \($0)" } ?? "") + " \(verdict.lowercased())")
-        return record
+        // The call sites pass the reference's spellings; anything else would be our bug, reported as an error.
+        FlowRecords.http(verdict: FlowVerdict(rawValue: verdict) ?? .error, connection: identities, direction: direction,
+                         type: type == "RESPONSE" ? .response : .request, method: method, url: url, code: code,
+                         latency: latency, rules: rules, allowed: allowed)
     }
 
     private static func endpoint(_ identity: Identity) -> JSONObject {
-        var endpoint = JSONObject()
-        if let namespace = identity.namespace { endpoint["namespace"] = .string(namespace) }
-        endpoint["labels"] = .array(identity.labels.labels.map { .string($0.description) })
-        if let pod = identity.podName { endpoint["pod_name"] = .string(pod) }
-        return endpoint
+        FlowEndpoint(identity).json
     }
 }

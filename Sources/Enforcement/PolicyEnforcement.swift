@@ -1,0 +1,226 @@
+import CBPF
+import Datapath
+import PolicyEngine
+import Proxy
+import Synchronization
+
+/// The policy side of `sluice run`: brings up the datapath the configuration names, writes
+/// the policies' L3/L4 view into it, keeps it and the proxy's snapshot in step when the
+/// files change, and turns the datapath's drop and redirect events into flow records.
+///
+/// A reload goes in one order: load and translate the files (nothing changes if they do
+/// not load), write the datapath, publish the snapshot to the proxy, call
+/// `onPolicyChange`, then report `"<cause>: reloaded"`. Any failure before publishing
+/// leaves the previous policy in force, whole, and is reported.
+public final class PolicyEnforcement: @unchecked Sendable {
+    private let configuration: ProxyConfiguration
+    private let configFile: String
+    private let flowLog: FlowLog
+    private let report: @Sendable (String) -> Void
+    /// The datapath contents in force (for naming identities and rules in event records).
+    private let state = Mutex<DatapathState>(DatapathState())
+    private let stopping = Atomic<Bool>(false)
+    /// The mechanism in use, once `install` chose it.
+    public private(set) var mode: DatapathConfiguration.Mode = .none
+    /// Where reloads write the datapath's view; nil until `install` (or without a datapath).
+    private var enforcer: DatapathEnforcer?
+    private var watcher: PolicyFileWatcher?
+    /// The snapshot the proxy judges requests by (nil without a `policy` section).
+    public let policy: PolicySnapshotHolder?
+
+    /// `report` receives one line per event worth telling an operator (standard error by default).
+    public convenience init(configuration: ProxyConfiguration, configFile: String, flowLog: FlowLog,
+                            report: @escaping @Sendable (String) -> Void = { StandardError.line($0) }) {
+        self.init(configuration: configuration, configFile: configFile, flowLog: flowLog, report: report, enforcer: nil)
+    }
+
+    /// With `enforcer`, reloads write the datapath's view there (tests bring their own).
+    init(configuration: ProxyConfiguration, configFile: String, flowLog: FlowLog,
+         report: @escaping @Sendable (String) -> Void, enforcer: DatapathEnforcer?) {
+        self.configuration = configuration
+        self.configFile = configFile
+        self.flowLog = flowLog
+        self.report = report
+        self.enforcer = enforcer
+        policy = configuration.policy == nil ? nil : PolicySnapshotHolder()
+    }
+
+    /// Paths in the configuration are relative to the configuration file's directory.
+    func resolve(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        let directory = configFile.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        return directory.isEmpty ? path : "\(directory)/\(path)"
+    }
+
+    private var setup: DatapathSetup {
+        let datapath = configuration.datapath
+        return DatapathSetup(namespace: datapath.namespace, interfaces: datapath.interfaces, pinRoot: datapath.pinRoot,
+                             objectPath: datapath.object.map(resolve) ?? PolicyFiles.defaultBPFObject())
+    }
+
+    private var proxyPorts: PolicyTranslation.ProxyPorts {
+        let tcp = configuration.listeners.first { $0.kind == .transparentTCP }?.address.port ?? 0
+        let udp = configuration.listeners.first { $0.kind == .transparentUDP }?.address.port ?? 0
+        return .init(tcp: tcp, udp: udp)
+    }
+
+    private var prepared: DatapathState?
+
+    /// Loads and translates the policies and publishes the snapshot; throws on bad policy
+    /// input (nothing installed yet).
+    public func prepare() throws {
+        let (snapshot, state) = try load()
+        if let snapshot { policy?.replace(with: snapshot) }
+        prepared = state
+    }
+
+    /// Chooses the mechanism and installs the prepared policies; `listeners` are the
+    /// proxy's transparent TCP listeners. Throws with a message.
+    public func install(listeners: [(port: UInt16, descriptor: Int32)]) throws {
+        mode = configuration.datapath.mode
+        if mode == .auto {
+            mode = Self.kernelHasSocketAssign() ? .bpf : .nftables
+            report("datapath: \(mode.rawValue) (bpf_sk_assign \(mode == .bpf ? "available" : "not available in this kernel"))")
+        } else if mode != .none {
+            report("datapath: \(mode.rawValue)")
+        }
+        guard mode != .none else { return }
+        guard let desired = prepared else { return }
+        switch mode {
+        case .bpf:
+            try setup.up(fresh: false)
+            let maps = try DatapathMaps(pinRoot: configuration.datapath.pinRoot)
+            let synchronized = try maps.synchronize(to: desired)
+            for listener in listeners { try maps.registerListener(port: listener.port, descriptor: listener.descriptor) }
+            report("datapath: maps synchronised (\(synchronized))")
+            enforcer = BPFMapsEnforcer(pinRoot: configuration.datapath.pinRoot)
+        case .nftables:
+            let nftables = NftablesEnforcer(interfaces: configuration.datapath.interfaces, namespace: configuration.datapath.namespace,
+                                            proxyPorts: proxyPorts)
+            _ = try nftables.apply(desired)
+            report("datapath: nftables table '\(NftablesRuleset.tableName)' installed (\(desired.policy.count) policy entries)")
+            enforcer = nftables
+        case .none, .auto:
+            break
+        }
+        state.withLock { $0 = desired }
+    }
+
+    /// Loads the policy files into a new snapshot for the proxy and, when a datapath is in
+    /// use, derives its map contents. Publishes nothing: the caller does once all is well.
+    private func load() throws -> (PolicySnapshot?, DatapathState) {
+        guard let source = configuration.policy, policy != nil else { return (nil, DatapathState()) }
+        let snapshot = try PolicyFiles.loadSnapshot(policyPaths: source.paths.map(resolve), endpoints: resolve(source.endpoints))
+        var state = DatapathState()
+        if configuration.datapath.mode != .none {
+            let nodeAddresses = source.nodeAddresses.compactMap(IPv4Prefix.init)
+            state = try PolicyTranslation(snapshot: snapshot, nodeAddresses: nodeAddresses, proxyPorts: proxyPorts).translate()
+        }
+        return (snapshot, state)
+    }
+
+    /// The files a change of which reloads: every policy file (a directory's as listed now)
+    /// and the endpoints file.
+    public var watchedFiles: [String] {
+        guard let source = configuration.policy else { return [] }
+        return source.paths.map(resolve).flatMap(PolicyFiles.files(at:)) + [resolve(source.endpoints)]
+    }
+
+    /// Starts the threads that follow file changes (`policy.watch`) and datapath events.
+    public func startBackgroundWork() {
+        guard let source = configuration.policy else { return }
+        if let interval = source.watchInterval {
+            let watcher = PolicyFileWatcher(files: { [self] in watchedFiles })
+            self.watcher = watcher
+            watcher.start(every: interval) { [self] in reload(because: "policy changed") }
+        }
+        if mode == .bpf {
+            startThread { [self] in forwardEvents() }
+        }
+    }
+
+    public func stop() {
+        stopping.store(true, ordering: .relaxed)
+        watcher?.stop()
+    }
+
+    /// Called after each policy change was published (the proxy resets the L4 relays the
+    /// new policy puts under L7 rules). Set before `startBackgroundWork`.
+    public var onPolicyChange: (@Sendable () -> Void)?
+    /// Serialises reloads: the file watcher and SIGHUP may ask at once.
+    private let reloading = Mutex<Void>(())
+
+    /// Loads the policy files again and, when they load, re-translates them and writes only
+    /// the difference into the datapath, then publishes the new snapshot to the proxy (the
+    /// next request on every connection is judged by it) and says so. A change that does not
+    /// load, or that the datapath cannot take, is reported and the old policy stays in force,
+    /// whole. `cause` starts the line reported.
+    public func reload(because cause: String) {
+        guard configuration.policy != nil else {
+            report("\(cause): no policy section in the configuration; nothing to reload")
+            return
+        }
+        reloading.withLock { _ in
+            do {
+                let (snapshot, desired) = try load()
+                let done = try enforcer?.apply(desired) ?? ""
+                state.withLock { $0 = desired }
+                if let snapshot {
+                    policy?.replace(with: snapshot)
+                    onPolicyChange?()
+                }
+                report("\(cause): reloaded" + (done.isEmpty ? "" : "; \(done)"))
+            } catch {
+                report("\(cause) but was not applied (the previous policy stays in force): \(error)")
+            }
+        }
+    }
+
+    /// Writes `events` to the flow log, naming identities and rules from the datapath state
+    /// in force.
+    func forward(_ events: [DatapathEvent]) {
+        guard !events.isEmpty else { return }
+        let (names, rules) = state.withLock { ($0.identityNames, $0.ruleNames) }
+        for event in events { flowLog.write(FlowRecords.datapathEvent(event, names: names, rules: rules)) }
+    }
+
+    private func forwardEvents() {
+        guard let reader = try? DatapathEventReader(pinnedAt: "\(configuration.datapath.pinRoot)/sluice_events") else {
+            report("datapath events: cannot open the ring buffer; events will not be reported")
+            return
+        }
+        while !stopping.load(ordering: .relaxed) {
+            forward(reader.poll(timeoutMilliseconds: 200))
+        }
+    }
+
+    /// Whether tc programs may call `bpf_sk_assign` on this kernel.
+    public static func kernelHasSocketAssign() -> Bool {
+        libbpf_probe_bpf_helper(BPF_PROG_TYPE_SCHED_CLS, BPF_FUNC_sk_assign, nil) == 1
+    }
+}
+
+/// Where a reload writes the datapath's view of the policy.
+protocol DatapathEnforcer: Sendable {
+    /// Makes the datapath enforce `state`; returns what was done, for the reload's line.
+    func apply(_ state: DatapathState) throws -> String
+}
+
+/// The BPF programs' pinned maps: only the entries that differ are written.
+struct BPFMapsEnforcer: DatapathEnforcer {
+    let pinRoot: String
+    func apply(_ state: DatapathState) throws -> String {
+        "maps synchronised (\(try DatapathMaps(pinRoot: pinRoot).synchronize(to: state)))"
+    }
+}
+
+/// The nftables fallback: the table is written whole (`nft -f`).
+struct NftablesEnforcer: DatapathEnforcer {
+    let interfaces: [String]
+    let namespace: String?
+    let proxyPorts: PolicyTranslation.ProxyPorts
+    func apply(_ state: DatapathState) throws -> String {
+        try NftablesRuleset(state: state, interfaces: interfaces, proxyPorts: proxyPorts).apply(namespace: namespace)
+        return "nftables table replaced"
+    }
+}
