@@ -137,7 +137,7 @@ struct DatapathCommand: ParsableCommand {
                 throw ExitCode(2)
             }
             if dryRun {
-                DatapathFiles.printState(state)
+                DatapathPrinting.printState(state)
                 return
             }
             do {
@@ -168,8 +168,8 @@ struct DatapathCommand: ParsableCommand {
                 printError("datapath events: \(error)")
                 throw ExitCode(1)
             }
-            let deadline = seconds.map { DatapathFiles.now() + $0 }
-            while deadline.map({ DatapathFiles.now() < $0 }) ?? true {
+            let deadline = seconds.map { DatapathPrinting.now() + $0 }
+            while deadline.map({ DatapathPrinting.now() < $0 }) ?? true {
                 for event in reader.poll(timeoutMilliseconds: 100) {
                     print(FlowRecords.datapathEvent(event).serialized())
                     fflush(nil)
@@ -210,7 +210,7 @@ struct PolicyInputs: ParsableArguments {
 }
 
 /// Output helpers of the datapath commands.
-enum DatapathFiles {
+enum DatapathPrinting {
     static func printState(_ state: DatapathState) {
         print("identities:")
         for (prefix, entry) in state.addresses.sorted(by: { $0.key < $1.key }) {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Enforcement
 import L7Parsers
 import Proxy
 import PolicyEngine
@@ -151,7 +152,7 @@ struct PolicyTraceCommand: ParsableCommand {
         var loaded = PolicyLoadResult()
         let options = PolicyLoadOptions(secretsDirectory: secretsDir)
         for path in policy {
-            for file in Self.policyFiles(at: path) { loaded.append(PolicyLoader.load(file: file, options: options)) }
+            for file in PolicyFiles.files(at: path) { loaded.append(PolicyLoader.load(file: file, options: options)) }
         }
         if !loaded.errors.isEmpty {
             throw TraceInputError(message: "invalid policy input:\n" + loaded.errors.map(\.description).joined(separator: "\n"))
@@ -245,20 +246,6 @@ struct PolicyTraceCommand: ParsableCommand {
         }
         let namespace = labels.first { $0.key == Label.podNamespaceKey }?.value ?? "default"
         return Identity(labels: labels, namespace: namespace)
-    }
-
-    static func policyFiles(at path: String) -> [String] {
-        var isDirectory = stat()
-        guard stat(path, &isDirectory) == 0, (isDirectory.st_mode & S_IFMT) == S_IFDIR, let directory = opendir(path) else { return [path] }
-        defer { closedir(directory) }
-        var files: [String] = []
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name.hasSuffix(".yaml") || name.hasSuffix(".yml") || name.hasSuffix(".json"), !name.hasPrefix("endpoints") {
-                files.append("\(path)/\(name)")
-            }
-        }
-        return files.sorted()
     }
 
     /// `{"verdict":...,"reason":...,"matched":[...]}`, keys in this order.

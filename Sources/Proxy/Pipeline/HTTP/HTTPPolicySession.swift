@@ -285,8 +285,4 @@ public final class HTTPPolicySession: L7Session {
                          type: type == "RESPONSE" ? .response : .request, method: method, url: url, code: code,
                          latency: latency, rules: rules, allowed: allowed)
     }
-
-    private static func endpoint(_ identity: Identity) -> JSONObject {
-        FlowEndpoint(identity).json
-    }
 }
