@@ -364,6 +364,22 @@ def test_an_explicit_listener_without_l7_still_meets_l3_l4_policy(workdir, start
     assert backend.connection_count() == 0
 
 
+# Issue 10: a head larger than one 64 KiB buffer block, within HTTP's limits, is held whole,
+# judged and forwarded (the driver grows the input to the session's message limit).
+
+def test_a_head_larger_than_a_buffer_block_is_judged_and_forwarded_whole(proxied, backend):
+    listen, _ = proxied()
+    path = b"/public/" + b"p" * 8000
+    head = get(path, b"".join(b"X-Filler-%02d: " % i + b"f" * 1100 + b"\r\n" for i in range(56)))
+    assert len(head) > 65536
+    answers = exchange(listen, head, 1)
+    assert [status_of(r) for r in answers] == [200]
+    assert backend.received() == head
+    denied = get(b"/private/" + b"p" * 8000, b"".join(b"X-Filler-%02d: " % i + b"f" * 1100 + b"\r\n" for i in range(56)))
+    assert [status_of(r) for r in exchange(listen, denied, 1)] == [403]
+    assert backend.received() == head, "the denied large head never reached the server"
+
+
 # Item 8: pipelines past the buffer are backpressure, never a reset.
 
 @pytest.mark.parametrize("count,size", [(100, 2000), (2000, 0)])

@@ -1,3 +1,4 @@
+import L7Parsers
 import PolicyEngine
 
 /// What a protocol's session is told about the connection (or UDP exchange) it judges.
@@ -67,7 +68,9 @@ public struct SessionRegistry: Sendable {
     /// The protocols Sluice ships, set up from the configuration.
     public static func standard(configuration: ProxyConfiguration) -> SessionRegistry {
         var registry = SessionRegistry()
-        let httpLimits = HTTPPolicySession.limits(bufferBytes: configuration.limits.bufferBytes)
+        // A head larger than one buffer block is held whole by the driver (up to the limits'
+        // sum): the limits are HTTP's, not the buffer's.
+        let httpLimits = HTTP1Limits.standard
         let httpSettings = configuration.http
         registry.register(.http, stream: { context in
             HTTPPolicySession(limits: httpLimits, settings: httpSettings, policy: context.policy,

@@ -44,17 +44,6 @@ public final class HTTPPolicySession: L7Session {
         self.clock = clock
     }
 
-    /// HTTP limits that fit the connection's input buffer: a head must fit whole.
-    public static func limits(bufferBytes: Int) -> HTTP1Limits {
-        var limits = HTTP1Limits.standard
-        let room = bufferBytes - 1024
-        limits.maximumRequestLineBytes = min(limits.maximumRequestLineBytes, room / 4)
-        limits.maximumStatusLineBytes = min(limits.maximumStatusLineBytes, room / 4)
-        limits.maximumHeaderBytes = min(limits.maximumHeaderBytes, room - limits.maximumRequestLineBytes)
-        limits.maximumTrailerBytes = min(limits.maximumTrailerBytes, room / 2)
-        return limits
-    }
-
     /// Takes fresh identities and policy questions when the policy changed since they
     /// were taken (one atomic load when it did not).
     private func refreshPolicies() {
