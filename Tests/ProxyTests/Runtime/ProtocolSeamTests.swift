@@ -138,14 +138,14 @@ struct LineClient {
         }
     }
 
-    /// Reads until `expected` bytes came, the peer closed or reset, or 5 s passed.
-    func receive(_ expected: Int) -> (bytes: [UInt8], reset: Bool) {
+    /// Reads until `expected` bytes came, the peer closed or reset (`ended`), or 5 s passed.
+    func receive(_ expected: Int) -> (bytes: [UInt8], ended: Bool) {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while bytes.count < expected {
             let count = chunk.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
             if count < 0 { return (bytes, errno == ECONNRESET) }
-            if count == 0 { break }
+            if count == 0 { return (bytes, true) }
             bytes += chunk[0..<count]
         }
         return (bytes, false)
@@ -223,7 +223,9 @@ struct LineClient {
             defer { client.close() }
             client.send(Array("hello\n".utf8))
             let answer = client.receive(1)
-            #expect(answer.bytes.isEmpty && answer.reset, "refused with a reset, nothing relayed")
+            // The reset may reach the client before its send, which then takes the error: the
+            // read sees the end of the connection rather than the reset itself.
+            #expect(answer.bytes.isEmpty && answer.ended, "refused, nothing relayed")
         }
         #expect(backend.connections == 0 && backend.received.isEmpty)
     }
