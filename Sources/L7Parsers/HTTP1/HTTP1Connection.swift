@@ -172,7 +172,8 @@ public struct HTTP1ResponseStep: Sendable, Equatable {
 /// `HTTP1Field.line` ranges tile the header section, and `HTTP1HeadRewrite` builds the head
 /// to emit instead of passing `head.length` bytes.
 public struct HTTP1Connection: Sendable {
-    public let limits: HTTP1Limits
+    /// The limits both parsers apply (kept once, in the parsers).
+    public var limits: HTTP1Limits { requestParser.limits }
     public let localResponses: HTTP1LocalResponses
 
     private enum InFlight: Sendable, Equatable {
@@ -200,8 +201,8 @@ public struct HTTP1Connection: Sendable {
 
     private enum RequestPhase: Sendable, Equatable {
         case idle
-        /// The head waiting for a verdict is kept in `headAwaitingVerdict`, outside the
-        /// enum, so that switching on the phase never copies a head.
+        /// The head waiting for a verdict is kept in `verdictStep`, outside the enum, so
+        /// that switching on the phase never copies a head.
         case awaitingVerdict
         case resolved(forwarded: Bool, head: MessageTraits)
         case message(forwarded: Bool, head: MessageTraits)
@@ -222,7 +223,10 @@ public struct HTTP1Connection: Sendable {
     private var requestParser: HTTP1Parser
     private var responseParser: HTTP1Parser
     private var requestPhase: RequestPhase = .idle
-    private var headAwaitingVerdict = HTTP1Head()
+    /// `.verdictNeeded(head)` for the head awaiting a verdict, nil otherwise. The step is
+    /// kept rather than the head: its case is indirect, so this costs a pointer instead of
+    /// a ~200-byte head inline in every connection, and asking again returns the same box.
+    private var verdictStep: HTTP1RequestStep?
     private var inFlight: [InFlight] = []
     /// The response being relayed is a final one (its head passed, its end not yet).
     private var responseIsFinal = false
@@ -236,7 +240,6 @@ public struct HTTP1Connection: Sendable {
     private var responseFailure: String?
 
     public init(limits: HTTP1Limits = .standard, localResponses: HTTP1LocalResponses = .standard) {
-        self.limits = limits
         self.localResponses = localResponses
         requestParser = HTTP1Parser(direction: .request, limits: limits)
         responseParser = HTTP1Parser(direction: .response, limits: limits)
@@ -308,9 +311,12 @@ public struct HTTP1Connection: Sendable {
             requestPhase = .finished(reason: "HTTP/1.1 verdict given with no request head awaiting one")
             return
         }
-        let head = headAwaitingVerdict
-        // Release the head's field list: an idle keep-alive connection keeps nothing of it.
-        headAwaitingVerdict = HTTP1Head()
+        guard case .verdictNeeded(let head)? = verdictStep else {
+            requestPhase = .finished(reason: "HTTP/1.1 verdict given with no request head awaiting one")
+            return
+        }
+        // Release the head and its field list: an idle keep-alive connection keeps nothing of it.
+        verdictStep = nil
         let traits: MessageTraits
         let forwarded: Bool
         switch decision {
@@ -373,7 +379,11 @@ public struct HTTP1Connection: Sendable {
             case .rejected, .awaitingSwitch:
                 return .operation(.blocked)
             case .awaitingVerdict:
-                return .verdictNeeded(headAwaitingVerdict)
+                guard let verdictStep else {
+                    requestPhase = .finished(reason: "HTTP/1.1 request head awaiting a verdict went missing")
+                    continue
+                }
+                return verdictStep
             case .resolved(let forwarded, let head):
                 requestPhase = .message(forwarded: forwarded, head: head)
                 return .operation(forwarded ? .pass(head.length) : .drop(head.length))
@@ -387,9 +397,10 @@ public struct HTTP1Connection: Sendable {
                 }
                 switch requestParser.parse(bytes) {
                 case .head(let head):
-                    headAwaitingVerdict = head
+                    let step = HTTP1RequestStep.verdictNeeded(head)
+                    verdictStep = step
                     requestPhase = .awaitingVerdict
-                    return .verdictNeeded(head)
+                    return step
                 case .needMore(let minimum):
                     return .operation(.needMore(minimumBytes: minimum))
                 case .error(let error):
