@@ -245,6 +245,13 @@ public struct HTTP1Connection: Sendable {
         responseParser = HTTP1Parser(direction: .response, limits: limits)
     }
 
+    /// Drops the request at the front of the queue; an emptied queue lets its storage go, so
+    /// an idle keep-alive connection holds none (one small allocation per request instead).
+    private mutating func removeFrontInFlight() {
+        inFlight.removeFirst()
+        if inFlight.isEmpty { inFlight = [] }
+    }
+
     /// Requests forwarded, denied or rejected whose answer has not been completed yet.
     public var inFlightCount: Int { inFlight.count }
 
@@ -494,14 +501,14 @@ public struct HTTP1Connection: Sendable {
             return nil
         case .answered(let answer, let ready, let closes, let isHead):
             guard ready else { return nil }
-            inFlight.removeFirst()
+            removeFrontInFlight()
             let bytes = answer ?? (closes ? localResponses.forbiddenClosing : localResponses.forbidden)
             if closes {
                 requestPhase = .finished(reason: answer == nil ? "closed after a denied request" : "closed after a local answer")
             }
             return .inject(isHead ? Self.withoutContent(bytes) : bytes)
         case .rejected(let error, let isHead):
-            inFlight.removeFirst()
+            removeFrontInFlight()
             requestPhase = .finished(reason: "HTTP/1.1 request rejected: \(error)")
             let answer = HTTP1LocalResponses.rejection(status: error.status)
             return .inject(isHead ? Self.withoutContent(answer) : answer)
@@ -554,7 +561,7 @@ public struct HTTP1Connection: Sendable {
                 return HTTP1ResponseStep(operation: .pass(count))
             case .messageComplete(let consumed, _):
                 if responseIsFinal {
-                    if !inFlight.isEmpty { inFlight.removeFirst() }
+                    if !inFlight.isEmpty { removeFrontInFlight() }
                     informationalResponses = 0
                     if responseCloses { serverEndedTheConnection() }
                     if responseSwitches {
@@ -608,7 +615,7 @@ public struct HTTP1Connection: Sendable {
         case .cleanClose:
             return nil
         case .messageComplete:
-            if responseIsFinal && !inFlight.isEmpty { inFlight.removeFirst() }
+            if responseIsFinal && !inFlight.isEmpty { removeFrontInFlight() }
             if responseIsFinal && responseCloses { serverEndedTheConnection() }
             responseIsFinal = false
             responseCloses = false

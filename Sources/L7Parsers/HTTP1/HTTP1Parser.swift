@@ -139,6 +139,13 @@ public struct HTTP1Parser: Sendable {
         pendingRequests.append(request)
     }
 
+    /// Drops the request a final response answers; an emptied queue lets its storage go, so
+    /// an idle keep-alive connection holds none.
+    private mutating func removeFrontRequest() {
+        pendingRequests.removeFirst()
+        if pendingRequests.isEmpty { pendingRequests = [] }
+    }
+
     /// Response parser only: requests told with `expectResponse(to:)` whose final response
     /// has not started yet.
     public var pendingResponseCount: Int { pendingRequests.count }
@@ -562,7 +569,7 @@ public struct HTTP1Parser: Sendable {
             let status = head.statusCode
             if status == 101 {
                 guard request.upgradeRequested else { return fail(.unexpectedSwitchingProtocols, 0) }
-                pendingRequests.removeFirst()
+                removeFrontRequest()
                 head.switchesProtocol = true
                 framing = .none
             } else if status < 200 {
@@ -570,7 +577,7 @@ public struct HTTP1Parser: Sendable {
                 head.isInformational = true
                 framing = .none
             } else {
-                pendingRequests.removeFirst()
+                removeFrontRequest()
                 if scan.sawTransferEncoding && scan.contentLength != nil {
                     return fail(.contentLengthWithTransferEncoding, 0)
                 }
