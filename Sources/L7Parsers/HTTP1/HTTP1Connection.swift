@@ -172,7 +172,8 @@ public struct HTTP1ResponseStep: Sendable, Equatable {
 /// `HTTP1Field.line` ranges tile the header section, and `HTTP1HeadRewrite` builds the head
 /// to emit instead of passing `head.length` bytes.
 public struct HTTP1Connection: Sendable {
-    public let limits: HTTP1Limits
+    /// The limits both parsers apply (kept once, in the parsers).
+    public var limits: HTTP1Limits { requestParser.limits }
     public let localResponses: HTTP1LocalResponses
 
     private enum InFlight: Sendable, Equatable {
@@ -200,8 +201,8 @@ public struct HTTP1Connection: Sendable {
 
     private enum RequestPhase: Sendable, Equatable {
         case idle
-        /// The head waiting for a verdict is kept in `headAwaitingVerdict`, outside the
-        /// enum, so that switching on the phase never copies a head.
+        /// The head waiting for a verdict is kept in `verdictStep`, outside the enum, so
+        /// that switching on the phase never copies a head.
         case awaitingVerdict
         case resolved(forwarded: Bool, head: MessageTraits)
         case message(forwarded: Bool, head: MessageTraits)
@@ -222,7 +223,10 @@ public struct HTTP1Connection: Sendable {
     private var requestParser: HTTP1Parser
     private var responseParser: HTTP1Parser
     private var requestPhase: RequestPhase = .idle
-    private var headAwaitingVerdict = HTTP1Head()
+    /// `.verdictNeeded(head)` for the head awaiting a verdict, nil otherwise. The step is
+    /// kept rather than the head: its case is indirect, so this costs a pointer instead of
+    /// a ~200-byte head inline in every connection, and asking again returns the same box.
+    private var verdictStep: HTTP1RequestStep?
     private var inFlight: [InFlight] = []
     /// The response being relayed is a final one (its head passed, its end not yet).
     private var responseIsFinal = false
@@ -236,10 +240,16 @@ public struct HTTP1Connection: Sendable {
     private var responseFailure: String?
 
     public init(limits: HTTP1Limits = .standard, localResponses: HTTP1LocalResponses = .standard) {
-        self.limits = limits
         self.localResponses = localResponses
         requestParser = HTTP1Parser(direction: .request, limits: limits)
         responseParser = HTTP1Parser(direction: .response, limits: limits)
+    }
+
+    /// Drops the request at the front of the queue; an emptied queue lets its storage go, so
+    /// an idle keep-alive connection holds none (one small allocation per request instead).
+    private mutating func removeFrontInFlight() {
+        inFlight.removeFirst()
+        if inFlight.isEmpty { inFlight = [] }
     }
 
     /// Requests forwarded, denied or rejected whose answer has not been completed yet.
@@ -308,9 +318,12 @@ public struct HTTP1Connection: Sendable {
             requestPhase = .finished(reason: "HTTP/1.1 verdict given with no request head awaiting one")
             return
         }
-        let head = headAwaitingVerdict
-        // Release the head's field list: an idle keep-alive connection keeps nothing of it.
-        headAwaitingVerdict = HTTP1Head()
+        guard case .verdictNeeded(let head)? = verdictStep else {
+            requestPhase = .finished(reason: "HTTP/1.1 verdict given with no request head awaiting one")
+            return
+        }
+        // Release the head and its field list: an idle keep-alive connection keeps nothing of it.
+        verdictStep = nil
         let traits: MessageTraits
         let forwarded: Bool
         switch decision {
@@ -373,7 +386,11 @@ public struct HTTP1Connection: Sendable {
             case .rejected, .awaitingSwitch:
                 return .operation(.blocked)
             case .awaitingVerdict:
-                return .verdictNeeded(headAwaitingVerdict)
+                guard let verdictStep else {
+                    requestPhase = .finished(reason: "HTTP/1.1 request head awaiting a verdict went missing")
+                    continue
+                }
+                return verdictStep
             case .resolved(let forwarded, let head):
                 requestPhase = .message(forwarded: forwarded, head: head)
                 return .operation(forwarded ? .pass(head.length) : .drop(head.length))
@@ -387,9 +404,10 @@ public struct HTTP1Connection: Sendable {
                 }
                 switch requestParser.parse(bytes) {
                 case .head(let head):
-                    headAwaitingVerdict = head
+                    let step = HTTP1RequestStep.verdictNeeded(head)
+                    verdictStep = step
                     requestPhase = .awaitingVerdict
-                    return .verdictNeeded(head)
+                    return step
                 case .needMore(let minimum):
                     return .operation(.needMore(minimumBytes: minimum))
                 case .error(let error):
@@ -483,14 +501,14 @@ public struct HTTP1Connection: Sendable {
             return nil
         case .answered(let answer, let ready, let closes, let isHead):
             guard ready else { return nil }
-            inFlight.removeFirst()
+            removeFrontInFlight()
             let bytes = answer ?? (closes ? localResponses.forbiddenClosing : localResponses.forbidden)
             if closes {
                 requestPhase = .finished(reason: answer == nil ? "closed after a denied request" : "closed after a local answer")
             }
             return .inject(isHead ? Self.withoutContent(bytes) : bytes)
         case .rejected(let error, let isHead):
-            inFlight.removeFirst()
+            removeFrontInFlight()
             requestPhase = .finished(reason: "HTTP/1.1 request rejected: \(error)")
             let answer = HTTP1LocalResponses.rejection(status: error.status)
             return .inject(isHead ? Self.withoutContent(answer) : answer)
@@ -543,7 +561,7 @@ public struct HTTP1Connection: Sendable {
                 return HTTP1ResponseStep(operation: .pass(count))
             case .messageComplete(let consumed, _):
                 if responseIsFinal {
-                    if !inFlight.isEmpty { inFlight.removeFirst() }
+                    if !inFlight.isEmpty { removeFrontInFlight() }
                     informationalResponses = 0
                     if responseCloses { serverEndedTheConnection() }
                     if responseSwitches {
@@ -597,7 +615,7 @@ public struct HTTP1Connection: Sendable {
         case .cleanClose:
             return nil
         case .messageComplete:
-            if responseIsFinal && !inFlight.isEmpty { inFlight.removeFirst() }
+            if responseIsFinal && !inFlight.isEmpty { removeFrontInFlight() }
             if responseIsFinal && responseCloses { serverEndedTheConnection() }
             responseIsFinal = false
             responseCloses = false

@@ -13,30 +13,78 @@
 ///   (RFC 9112 §7.1 "recipients MUST anticipate potentially large hexadecimal numerals and
 ///   prevent parsing errors due to integer conversion overflows or precision loss").
 public struct HTTP1Limits: Sendable, Equatable {
+    /// The limits as 32-bit numbers: a copy lives in each parser of every connection, and
+    /// no limit a buffer could reach needs more (values past `Int32.max` read back as it,
+    /// which no message that fits in memory can tell apart).
+    private struct Stored: Sendable, Equatable {
+        var maximumRequestLineBytes: Int32 = 0
+        var maximumStatusLineBytes: Int32 = 0
+        var maximumHeaderBytes: Int32 = 0
+        var maximumHeaderCount: Int32 = 0
+        var maximumChunkSizeDigits: Int32 = 0
+        var maximumChunkLineBytes: Int32 = 0
+        var maximumTrailerBytes: Int32 = 0
+        var maximumLeadingEmptyLines: Int32 = 0
+        var maximumPipelinedRequests: Int32 = 0
+        var maximumInformationalResponses: Int32 = 0
+    }
+
+    private var stored = Stored()
+
     /// Bytes of the request line (method, target, version), without its CRLF. Default 8 KiB.
-    public var maximumRequestLineBytes: Int
+    public var maximumRequestLineBytes: Int {
+        get { Int(stored.maximumRequestLineBytes) }
+        set { stored.maximumRequestLineBytes = Int32(clamping: newValue) }
+    }
     /// Bytes of a response's status line, without its CRLF. Default 8 KiB.
-    public var maximumStatusLineBytes: Int
+    public var maximumStatusLineBytes: Int {
+        get { Int(stored.maximumStatusLineBytes) }
+        set { stored.maximumStatusLineBytes = Int32(clamping: newValue) }
+    }
     /// Bytes of the header section after the start line, CRLFs included. Default 64 KiB.
-    public var maximumHeaderBytes: Int
+    public var maximumHeaderBytes: Int {
+        get { Int(stored.maximumHeaderBytes) }
+        set { stored.maximumHeaderBytes = Int32(clamping: newValue) }
+    }
     /// Field lines in the header section (and, separately, in a trailer section). Default 100.
-    public var maximumHeaderCount: Int
+    public var maximumHeaderCount: Int {
+        get { Int(stored.maximumHeaderCount) }
+        set { stored.maximumHeaderCount = Int32(clamping: newValue) }
+    }
     /// Hexadecimal digits in a chunk size (leading zeros count). Default 16 (64 bits).
-    public var maximumChunkSizeDigits: Int
+    public var maximumChunkSizeDigits: Int {
+        get { Int(stored.maximumChunkSizeDigits) }
+        set { stored.maximumChunkSizeDigits = Int32(clamping: newValue) }
+    }
     /// Bytes of one chunk-size line including extensions, without its CRLF. Default 4 KiB.
-    public var maximumChunkLineBytes: Int
+    public var maximumChunkLineBytes: Int {
+        get { Int(stored.maximumChunkLineBytes) }
+        set { stored.maximumChunkLineBytes = Int32(clamping: newValue) }
+    }
     /// Bytes of the trailer section, CRLFs included. Default 16 KiB.
-    public var maximumTrailerBytes: Int
+    public var maximumTrailerBytes: Int {
+        get { Int(stored.maximumTrailerBytes) }
+        set { stored.maximumTrailerBytes = Int32(clamping: newValue) }
+    }
     /// Empty lines (CRLF) accepted before a request line (RFC 9112 §2.2). Default 8.
-    public var maximumLeadingEmptyLines: Int
+    public var maximumLeadingEmptyLines: Int {
+        get { Int(stored.maximumLeadingEmptyLines) }
+        set { stored.maximumLeadingEmptyLines = Int32(clamping: newValue) }
+    }
     /// Requests forwarded but not yet answered that `HTTP1Connection` lets a client pipeline;
     /// beyond this the request side waits (back-pressure, not an error). Default 32.
-    public var maximumPipelinedRequests: Int
+    public var maximumPipelinedRequests: Int {
+        get { Int(stored.maximumPipelinedRequests) }
+        set { stored.maximumPipelinedRequests = Int32(clamping: newValue) }
+    }
     /// Interim (1xx) responses `HTTP1Connection` relays before one final response; a server
     /// sending more is treated as faulty (a 1xx costs the client a parse and nothing bounds
     /// them otherwise: RFC 9110 §15.2 "A client MUST be able to parse one or more 1xx
     /// responses received prior to a final response"). Default 10.
-    public var maximumInformationalResponses: Int
+    public var maximumInformationalResponses: Int {
+        get { Int(stored.maximumInformationalResponses) }
+        set { stored.maximumInformationalResponses = Int32(clamping: newValue) }
+    }
 
     public init(maximumRequestLineBytes: Int = 8192,
                 maximumStatusLineBytes: Int = 8192,

@@ -41,7 +41,6 @@ public struct HTTP1Parser: Sendable {
     /// caller's buffer, whose front does not move while a section is incomplete.
     private struct SectionScan: Sendable {
         var lineStart = 0
-        var searchFrom = 0
         var startLineDone = false
         var leadingEmptyLines = 0
         var fieldsStart = 0
@@ -57,20 +56,78 @@ public struct HTTP1Parser: Sendable {
         var connectionUpgrade = false
         var sawUpgrade = false
 
-        init() {
-            // One allocation per head instead of a few growths; most heads have fewer fields.
-            head.fields.reserveCapacity(16)
+        /// Appends a field line, reserving room for a typical head with the first one: one
+        /// allocation per head instead of a few growths (most heads have fewer fields), and
+        /// none at all until a field arrives, so a parser between messages (an idle
+        /// keep-alive connection) holds no field storage.
+        mutating func append(_ field: HTTP1Field) {
+            if head.fields.capacity == 0 { head.fields.reserveCapacity(16) }
+            head.fields.append(field)
         }
     }
 
+    /// A `SectionScan` out of line, copied on write: one allocation per section, made when
+    /// the section's first line is recorded and dropped when it ends, so a parser between
+    /// messages (an idle keep-alive connection) holds a nil pointer instead of ~270 bytes.
+    private final class SectionScanStorage: ManagedBuffer<Void, SectionScan> {
+        static func make(_ scan: SectionScan) -> SectionScanStorage {
+            let storage = unsafeDowncast(create(minimumCapacity: 1) { _ in }, to: SectionScanStorage.self)
+            storage.withUnsafeMutablePointerToElements { $0.initialize(to: scan) }
+            return storage
+        }
+
+        /// The scan; valid while this storage is alive. Accessed through the pointer, so
+        /// reads and writes cost no dynamic exclusivity check.
+        var pointer: UnsafeMutablePointer<SectionScan> { withUnsafeMutablePointerToElements { $0 } }
+
+        deinit { withUnsafeMutablePointerToElements { _ = $0.deinitialize(count: 1) } }
+    }
+
+    private static let freshScan = SectionScan()
+
+    /// The storage reference, Sendable because it is copied on write: a storage reachable
+    /// from two parsers is never written, so sharing it across threads shares immutable data.
+    private struct ScanReference: @unchecked Sendable {
+        var storage: SectionScanStorage?
+    }
+
     private var state: State = .head
-    private var scan = SectionScan()
+    /// The section in progress; nil until its first change (reads see a fresh scan).
+    private var scanReference = ScanReference()
+    /// Where the next line-feed search of a head, chunk line or trailer section starts. Kept
+    /// inline: chunk lines move it without needing the rest of a section scan.
+    private var searchFrom = 0
     private var pendingRequests: [HTTP1RequestSummary] = []
     private var completedHeadSwitchesProtocol = false
     private var completedHeadClosesConnection = false
     /// Bytes the line-feed searches have stepped over, for tests that prove a split feed
     /// never rescans (at most one look per byte of head, chunk line and trailers).
     private(set) var bytesExamined = 0
+
+    private var scan: SectionScan {
+        _read {
+            if let storage = scanReference.storage {
+                yield storage.pointer.pointee
+            } else {
+                yield Self.freshScan
+            }
+        }
+        _modify {
+            if scanReference.storage == nil {
+                scanReference.storage = .make(SectionScan())
+            } else if !isKnownUniquelyReferenced(&scanReference.storage!) {
+                // This parser was copied mid-section: the copies part ways here.
+                scanReference.storage = .make(scanReference.storage!.pointer.pointee)
+            }
+            yield &scanReference.storage!.pointer.pointee
+        }
+    }
+
+    /// Starts a fresh section scan (drops the current one).
+    private mutating func resetScan() {
+        scanReference.storage = nil
+        searchFrom = 0
+    }
 
     public init(direction: TrafficDirection, limits: HTTP1Limits = .standard) {
         self.direction = direction
@@ -82,13 +139,20 @@ public struct HTTP1Parser: Sendable {
         pendingRequests.append(request)
     }
 
+    /// Drops the request a final response answers; an emptied queue lets its storage go, so
+    /// an idle keep-alive connection holds none.
+    private mutating func removeFrontRequest() {
+        pendingRequests.removeFirst()
+        if pendingRequests.isEmpty { pendingRequests = [] }
+    }
+
     /// Response parser only: requests told with `expectResponse(to:)` whose final response
     /// has not started yet.
     public var pendingResponseCount: Int { pendingRequests.count }
 
     /// True between messages: nothing of a next message has been consumed or scanned.
     public var isAtMessageBoundary: Bool {
-        if case .head = state { return scan.searchFrom == 0 }
+        if case .head = state { return searchFrom == 0 }
         return false
     }
 
@@ -173,7 +237,7 @@ public struct HTTP1Parser: Sendable {
             }
             guard bytes.count >= 2 else { return .needMore(minimumBytes: 2 - bytes.count) }
             state = .chunkHeader
-            scan.searchFrom = 0
+            searchFrom = 0
             return .chunkFraming(2)
         case .trailers:
             return parseTrailers(bytes)
@@ -227,7 +291,7 @@ public struct HTTP1Parser: Sendable {
 
     private mutating func parseHead(_ bytes: UnsafeRawBufferPointer) -> HTTP1Event {
         let count = bytes.count
-        var position = scan.searchFrom
+        var position = searchFrom
         if direction == .response && !scan.startLineDone {
             // RFC 9112 §4: a status-line starts with HTTP-version, "HTTP/" first. Checked on
             // the bytes already here, so a server sending garbage without a line feed (a
@@ -240,7 +304,7 @@ public struct HTTP1Parser: Sendable {
         }
         while true {
             guard let lineFeed = nextLineFeed(in: bytes, from: position) else {
-                scan.searchFrom = count
+                searchFrom = count
                 if let (kind, offset) = partialHeadLimitExceeded(count) { return fail(kind, offset) }
                 return .needMore(minimumBytes: 1)
             }
@@ -292,7 +356,7 @@ public struct HTTP1Parser: Sendable {
                 case .failure(let failure):
                     return fail(failure.kind, failure.offset)
                 case .success(let field):
-                    scan.head.fields.append(field)
+                    scan.append(field)
                     if let (kind, offset) = noteHeaderField(bytes, field) { return fail(kind, offset) }
                 }
             }
@@ -505,7 +569,7 @@ public struct HTTP1Parser: Sendable {
             let status = head.statusCode
             if status == 101 {
                 guard request.upgradeRequested else { return fail(.unexpectedSwitchingProtocols, 0) }
-                pendingRequests.removeFirst()
+                removeFrontRequest()
                 head.switchesProtocol = true
                 framing = .none
             } else if status < 200 {
@@ -513,7 +577,7 @@ public struct HTTP1Parser: Sendable {
                 head.isInformational = true
                 framing = .none
             } else {
-                pendingRequests.removeFirst()
+                removeFrontRequest()
                 if scan.sawTransferEncoding && scan.contentLength != nil {
                     return fail(.contentLengthWithTransferEncoding, 0)
                 }
@@ -549,13 +613,13 @@ public struct HTTP1Parser: Sendable {
         case .chunked: state = .chunkHeader
         case .untilClose: state = .untilClose
         }
-        scan = SectionScan()
+        resetScan()
         return .head(head)
     }
 
     /// After `messageComplete`: the next message, or opaque bytes after a protocol switch.
     private mutating func finishMessage() {
-        scan = SectionScan()
+        resetScan()
         state = completedHeadSwitchesProtocol ? .tunnel : completedHeadClosesConnection ? .closed : .head
         completedHeadSwitchesProtocol = false
         completedHeadClosesConnection = false
@@ -775,12 +839,12 @@ public struct HTTP1Parser: Sendable {
     /// buys nothing, so we refuse it.
     private mutating func parseChunkHeader(_ bytes: UnsafeRawBufferPointer) -> HTTP1Event {
         let count = bytes.count
-        var position = scan.searchFrom
+        var position = searchFrom
         let searchStart = position
         while position < count && bytes[position] != HTTP1Grammar.lineFeed { position += 1 }
         bytesExamined += min(position + 1, count) - searchStart
         if position == count {
-            scan.searchFrom = count
+            searchFrom = count
             if count - 1 > limits.maximumChunkLineBytes { return fail(.chunkLineTooLong, 0) }
             // An early answer for garbage instead of waiting for a line that never ends.
             if count > 0 && HTTP1Grammar.hexValue(bytes[0]) == nil { return fail(.invalidChunkSize, 0) }
@@ -814,14 +878,14 @@ public struct HTTP1Parser: Sendable {
         if size == 0 {
             // last-chunk: the trailer section and its final CRLF follow.
             state = .trailers
-            scan = SectionScan()
+            resetScan()
             scan.lineStart = lineLength
-            scan.searchFrom = lineLength
+            searchFrom = lineLength
             scan.fieldsStart = lineLength
             return parseTrailers(bytes)
         }
         state = .chunkData(remaining: size)
-        scan.searchFrom = 0
+        searchFrom = 0
         return .chunkFraming(lineLength)
     }
 
@@ -867,10 +931,10 @@ public struct HTTP1Parser: Sendable {
     /// last-chunk line before it is part of what `messageComplete` consumes.
     private mutating func parseTrailers(_ bytes: UnsafeRawBufferPointer) -> HTTP1Event {
         let count = bytes.count
-        var position = scan.searchFrom
+        var position = searchFrom
         while true {
             guard let lineFeed = nextLineFeed(in: bytes, from: position) else {
-                scan.searchFrom = count
+                searchFrom = count
                 if count - scan.fieldsStart > limits.maximumTrailerBytes {
                     return fail(.trailerSectionTooLarge, scan.fieldsStart)
                 }
@@ -895,7 +959,7 @@ public struct HTTP1Parser: Sendable {
             }
             switch Self.parseFieldLine(bytes, lineStart..<contentEnd, lineEnd: next) {
             case .failure(let failure): return fail(failure.kind, failure.offset)
-            case .success(let field): scan.head.fields.append(field)
+            case .success(let field): scan.append(field)
             }
             scan.lineStart = next
             position = next

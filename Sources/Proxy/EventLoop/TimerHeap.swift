@@ -11,12 +11,15 @@ public struct TimerID: Hashable, Sendable {
 /// the heap never holds more entries than live timers. Timers with equal deadlines fire
 /// in the order they were scheduled.
 public struct TimerHeap<Payload> {
+    /// Every connection keeps a few timers, so a slot's size counts: the 32-bit fields sit
+    /// together before the payload (48 bytes with the event loop's payload, not 56).
     private struct Slot {
         var deadline: UInt64 = 0
         var sequence: UInt64 = 0
-        var payload: Payload?
-        var heapIndex: Int = -1
+        /// Position in `heap`, -1 when not scheduled (slot numbers are 32-bit already).
+        var heapIndex: Int32 = -1
         var generation: UInt32 = 0
+        var payload: Payload?
     }
 
     private var slots: [Slot] = []
@@ -45,7 +48,7 @@ public struct TimerHeap<Payload> {
         slots[Int(slot)].deadline = deadline
         slots[Int(slot)].sequence = nextSequence
         slots[Int(slot)].payload = payload
-        slots[Int(slot)].heapIndex = heap.count
+        slots[Int(slot)].heapIndex = Int32(heap.count)
         heap.append(slot)
         siftUp(heap.count - 1)
         return TimerID(slot: slot, generation: slots[Int(slot)].generation)
@@ -56,7 +59,7 @@ public struct TimerHeap<Payload> {
     public mutating func cancel(_ id: TimerID) -> Bool {
         guard Int(id.slot) < slots.count, slots[Int(id.slot)].generation == id.generation,
               slots[Int(id.slot)].heapIndex >= 0 else { return false }
-        remove(at: slots[Int(id.slot)].heapIndex)
+        remove(at: Int(slots[Int(id.slot)].heapIndex))
         return true
     }
 
@@ -78,9 +81,9 @@ public struct TimerHeap<Payload> {
         let last = heap.removeLast()
         if index < heap.count {
             heap[index] = last
-            slots[Int(last)].heapIndex = index
+            slots[Int(last)].heapIndex = Int32(index)
             siftDown(index)
-            siftUp(slots[Int(last)].heapIndex)
+            siftUp(Int(slots[Int(last)].heapIndex))
         }
         let payload = slots[Int(slot)].payload
         slots[Int(slot)].payload = nil
@@ -120,7 +123,7 @@ public struct TimerHeap<Payload> {
 
     private mutating func swapAt(_ a: Int, _ b: Int) {
         heap.swapAt(a, b)
-        slots[Int(heap[a])].heapIndex = a
-        slots[Int(heap[b])].heapIndex = b
+        slots[Int(heap[a])].heapIndex = Int32(a)
+        slots[Int(heap[b])].heapIndex = Int32(b)
     }
 }

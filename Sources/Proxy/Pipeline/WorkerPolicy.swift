@@ -26,6 +26,26 @@ public final class WorkerPolicy {
     private var cachedVersion: UInt64
     private var identities: [SocketAddress.HostKey: Identity] = [:]
     private var connectionPolicies: [FlowContext: ConnectionPolicy] = [:]
+    /// Each connection's policy questions answered whole, by the two hosts, port and
+    /// transport they were derived from: a new connection between the same peers takes the
+    /// same array (no allocation, no hashing of identities and their labels), and sessions
+    /// holding it share one buffer instead of keeping a copy each.
+    private var connectionPolicyLists: [PeersKey: PolicyList] = [:]
+
+    private struct PeersKey: Hashable {
+        var client: SocketAddress.HostKey
+        var server: SocketAddress.HostKey
+        var port: UInt16
+        var transport: TransportProtocol
+    }
+
+    private struct PolicyList {
+        /// The identities the policies were derived from: a caller holding others (taken
+        /// under an earlier policy) gets its own answer, not this one.
+        var source: Identity
+        var destination: Identity
+        var policies: [ConnectionPolicy]
+    }
     /// Bound on each cache; a full cache is emptied (it refills from the snapshot).
     static let maximumCachedEntries = 4096
 
@@ -58,7 +78,17 @@ public final class WorkerPolicy {
     /// The connection's policy questions (`identities.flows`) under the current policy.
     public func policies(for identities: ConnectionIdentities) -> [ConnectionPolicy] {
         refresh()
-        return identities.flows.map(policy(for:))
+        let key = PeersKey(client: identities.client.hostKey, server: identities.server.hostKey,
+                           port: identities.server.port, transport: identities.transport)
+        if let known = connectionPolicyLists[key] {
+            if known.source == identities.source && known.destination == identities.destination { return known.policies }
+            return identities.flows.map(policy(for:))
+        }
+        let policies = identities.flows.map(policy(for:))
+        if connectionPolicyLists.count >= Self.maximumCachedEntries { connectionPolicyLists.removeAll(keepingCapacity: true) }
+        connectionPolicyLists[key] = PolicyList(source: identities.source, destination: identities.destination,
+                                                policies: policies)
+        return policies
     }
 
     /// Phase "detect protocol" for a TCP connection on a transparent listener.
@@ -102,6 +132,7 @@ public final class WorkerPolicy {
         cachedSnapshot = holder.snapshot
         identities.removeAll(keepingCapacity: true)
         connectionPolicies.removeAll(keepingCapacity: true)
+        connectionPolicyLists.removeAll(keepingCapacity: true)
     }
 }
 
