@@ -146,6 +146,15 @@ public final class EventLoop {
         release(token.slot)
     }
 
+    /// Drops the handler reference of a descriptor that is about to be closed, without the
+    /// `epoll_ctl` call: closing a descriptor nobody duplicated removes it from epoll. Events
+    /// already collected for it in this iteration are ignored.
+    public func forgetClosing(_ token: RegistrationToken) {
+        guard token.slot < registrations.count, registrations[token.slot].generation == token.generation,
+              registrations[token.slot].handler != nil else { return }
+        release(token.slot)
+    }
+
     private func release(_ slot: Int) {
         registrations[slot].handler = nil
         registrations[slot].descriptor = -1

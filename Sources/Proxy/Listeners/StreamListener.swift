@@ -51,6 +51,8 @@ public final class StreamListener: EventHandler {
             try socket.setReuseAddress()
             try socket.setReusePort()
             if upstream == .originalDestination { try socket.setTransparent(ipv6: address.isIPv6) }
+            // Accepted sockets inherit it: no setsockopt per connection.
+            try socket.setNoDelay()
             try socket.bind(to: address)
             try socket.listen(backlog: backlog)
         } catch {

@@ -114,10 +114,7 @@ public final class RelayConnection: EventHandler {
     private enum Tag {
         static let downstream: UInt32 = 0
         static let upstream: UInt32 = 1
-        static let connectTimer: UInt32 = 0
-        static let idleTimer: UInt32 = 1
-        static let messageTimer: UInt32 = 2
-        static let responseTimer: UInt32 = 3
+        static let timer: UInt32 = 0
     }
 
     /// Reads and writes per direction before yielding to other connections.
@@ -143,18 +140,21 @@ public final class RelayConnection: EventHandler {
     private var upstreamConnected = false
     private var toUpstream = Direction()
     private var toDownstream = Direction()
-    private var connectTimer: TimerID?
-    private var idleTimer: TimerID?
+    /// The connection's one timer, armed for `timerAt`: never later than the earliest of its
+    /// clocks (connect, idle, incomplete message, response), and re-armed lazily when it
+    /// fires before any of them is due, so I/O never touches the timer heap.
+    private var timer: TimerID?
+    private var timerAt: UInt64 = 0
+    /// When the upstream connect must have completed (nil once connected).
+    private var connectDeadline: UInt64?
     private let startTime: UInt64
     private var lastActivity: UInt64
     private var resumeQueued = false
     /// When the client's input began holding an incomplete message (L7 only).
     private var messagePendingSince: UInt64?
-    private var messageTimer: TimerID?
     /// L7: when the upstream last sent something while a response was owed (or when the
     /// wait began); nil while no response is owed.
     private var responseWaitSince: UInt64?
-    private var responseTimer: TimerID?
     /// The proxy is draining: the connection closes as soon as it is idle between requests.
     private var draining = false
     /// The proxy sent its FIN to the client before the client's FIN arrived.
@@ -182,20 +182,20 @@ public final class RelayConnection: EventHandler {
     /// any failure the connection finishes at once (and reports it).
     public func start() {
         do {
-            try? downstream.setNoDelay()
+            // TCP_NODELAY comes from the listening socket (accepted sockets inherit it).
             downstreamToken = try loop.register(downstream.descriptor, handler: self, tag: Tag.downstream)
         } catch {
             finish(.reset, resetDownstream: true)
             return
         }
-        idleTimer = loop.scheduleTimer(after: settings.idleTimeout, handler: self, tag: Tag.idleTimer)
         if driver != nil {
             messagePendingSince = loop.now
-            messageTimer = loop.scheduleTimer(after: settings.messageTimeout, handler: self, tag: Tag.messageTimer)
+            armTimer()
             pumpBoth()
             return
         }
         connectUpstream()
+        if !isFinished { armTimer() }
         if !isFinished && upstreamConnected { pumpBoth() }
     }
 
@@ -211,7 +211,8 @@ public final class RelayConnection: EventHandler {
             if try socket.connect(to: destination) == .connected {
                 upstreamConnected = true
             } else {
-                connectTimer = loop.scheduleTimer(after: settings.connectTimeout, handler: self, tag: Tag.connectTimer)
+                connectDeadline = loop.now &+ settings.connectTimeout
+                armTimer()
             }
         } catch let error as Errno where error.code == EMFILE || error.code == ENFILE {
             upstreamFailed(.descriptorsExhausted)
@@ -231,14 +232,15 @@ public final class RelayConnection: EventHandler {
             if readiness.wantsWrite { toDownstream.destinationWritable = true }
         } else {
             if !upstreamConnected {
-                guard readiness.wantsWrite || readiness.contains(.error) || readiness.contains(.hangup) else { return }
-                guard upstream?.pendingError() == 0 else {
+                // A failed connect reports an error or a hang-up (with writability); writable
+                // alone means connected, without asking the socket (one syscall fewer).
+                if readiness.contains(.error) || readiness.contains(.hangup) {
                     upstreamFailed(.upstreamUnreachable)
                     return
                 }
+                guard readiness.wantsWrite else { return }
                 upstreamConnected = true
-                if let connectTimer { loop.cancelTimer(connectTimer) }
-                connectTimer = nil
+                connectDeadline = nil
             }
             if readiness.wantsRead { toDownstream.sourceReadable = true }
             if closing { toDownstream.sourceClosing = true }
@@ -248,37 +250,53 @@ public final class RelayConnection: EventHandler {
     }
 
     public func handleTimer(tag: UInt32, loop: EventLoop) {
+        timer = nil
         guard !isFinished else { return }
-        if tag == Tag.connectTimer {
-            connectTimer = nil
-            upstreamFailed(.connectTimeout)
-            return
+        let now = loop.now
+        if let connectDeadline, now >= connectDeadline {
+            return upstreamFailed(.connectTimeout)
         }
-        if tag == Tag.responseTimer {
-            responseTimer = nil
-            return responseTimerFired()
-        }
-        if tag == Tag.messageTimer {
-            messageTimer = nil
-            guard let since = messagePendingSince, let session = driver?.session else { return }
-            let waited = loop.now &- since
-            if waited < settings.messageTimeout {
-                messageTimer = loop.scheduleTimer(after: settings.messageTimeout - waited, handler: self, tag: Tag.messageTimer)
-                return
+        if let since = responseWaitSince, now &- since >= settings.responseTimeout, let session = driver?.session {
+            responseWaitSince = nil
+            if session.isAwaitingResponse, upstream != nil {
+                // The upstream stayed silent while a response was owed: the client gets the
+                // session's answer (HTTP: 504, when nothing of that response reached it yet)
+                // and the connection closes; the upstream is reset.
+                dropUpstream()
+                return endWithAnswer(session.responseTimedOut(), reason: "response timeout", outcome: .responseTimeout)
             }
+        }
+        if let since = messagePendingSince, now &- since >= settings.messageTimeout, let session = driver?.session {
             // A message that never completes (a slow or stalled client): answer if we may, then close.
             return endWithAnswer(session.incompleteMessageTimedOut(), reason: "incomplete message timeout",
                                  outcome: .messageTimeout)
         }
-        idleTimer = nil
-        let idleFor = loop.now &- lastActivity
-        if idleFor >= settings.idleTimeout {
-            finish(.idleTimeout, resetDownstream: false)
-        } else {
-            // Activity moves `lastActivity` only; the timer is re-armed lazily here, so I/O
-            // never touches the timer heap.
-            idleTimer = loop.scheduleTimer(after: settings.idleTimeout - idleFor, handler: self, tag: Tag.idleTimer)
+        if now &- lastActivity >= settings.idleTimeout {
+            return finish(.idleTimeout, resetDownstream: false)
         }
+        armTimer()
+    }
+
+    /// The earliest moment one of the connection's clocks runs out.
+    private var nextDeadline: UInt64 {
+        var deadline = lastActivity &+ settings.idleTimeout
+        if let connectDeadline { deadline = min(deadline, connectDeadline) }
+        if let since = messagePendingSince { deadline = min(deadline, since &+ settings.messageTimeout) }
+        if let since = responseWaitSince { deadline = min(deadline, since &+ settings.responseTimeout) }
+        return deadline
+    }
+
+    /// Makes sure the timer fires no later than `nextDeadline` (it may fire earlier: the
+    /// clocks are checked then, and it is re-armed).
+    private func armTimer() {
+        let deadline = nextDeadline
+        if let timer {
+            guard deadline < timerAt else { return }
+            loop.cancelTimer(timer)
+        }
+        let now = loop.now
+        timerAt = max(deadline, now)
+        timer = loop.scheduleTimer(after: timerAt &- now, handler: self, tag: Tag.timer)
     }
 
     public func handleResume(loop: EventLoop) {
@@ -309,31 +327,13 @@ public final class RelayConnection: EventHandler {
 
     /// Closes the upstream with a reset and forgets it (the client side goes on).
     private func dropUpstream() {
-        if let upstreamToken { loop.deregister(upstreamToken) }
+        if let upstreamToken { loop.forgetClosing(upstreamToken) }
         upstreamToken = nil
-        if let connectTimer { loop.cancelTimer(connectTimer) }
-        connectTimer = nil
+        connectDeadline = nil
         upstream?.setResetOnClose()
         upstream?.close()
         upstream = nil
         upstreamConnected = false
-    }
-
-    /// The upstream stayed silent for the response timeout while a response was owed: the
-    /// client gets the session's answer (HTTP: 504, when nothing of that response reached
-    /// it yet) and the connection closes; the upstream is reset.
-    private func responseTimerFired() {
-        guard let session = driver?.session, let since = responseWaitSince, session.isAwaitingResponse else {
-            responseWaitSince = nil
-            return
-        }
-        let waited = loop.now &- since
-        if waited < settings.responseTimeout {
-            responseTimer = loop.scheduleTimer(after: settings.responseTimeout - waited, handler: self, tag: Tag.responseTimer)
-            return
-        }
-        dropUpstream()
-        endWithAnswer(session.responseTimedOut(), reason: "response timeout", outcome: .responseTimeout)
     }
 
     /// Stops reading the client, queues `answer` for it (sent if it fits behind what is
@@ -359,9 +359,9 @@ public final class RelayConnection: EventHandler {
             responseWaitSince = nil
             return
         }
-        if responseWaitSince == nil { responseWaitSince = loop.now }
-        if responseTimer == nil {
-            responseTimer = loop.scheduleTimer(after: settings.responseTimeout, handler: self, tag: Tag.responseTimer)
+        if responseWaitSince == nil {
+            responseWaitSince = loop.now
+            armTimer()
         }
     }
 
@@ -423,10 +423,12 @@ public final class RelayConnection: EventHandler {
         guard let upstream else { return }
         // Until the connect completes, the upstream socket has nothing to read (and a read
         // would report the connect's failure as if it were a reset).
-        let forward = pump(&toUpstream, from: downstream, to: upstream, destinationReady: upstreamConnected)
+        let forward = pump(&toUpstream, from: downstream, to: upstream, destinationReady: upstreamConnected,
+                           otherEndForwarded: toDownstream.endForwarded)
         guard forward != .failed else { return finish(.reset, resetDownstream: true, resetUpstream: true) }
         let backward = upstreamConnected
-            ? pump(&toDownstream, from: upstream, to: downstream, destinationReady: true) : .idle
+            ? pump(&toDownstream, from: upstream, to: downstream, destinationReady: true,
+                   otherEndForwarded: toUpstream.endForwarded) : .idle
         guard backward != .failed else { return finish(.reset, resetDownstream: true, resetUpstream: true) }
 
         if toUpstream.endForwarded && toDownstream.endForwarded {
@@ -443,7 +445,7 @@ public final class RelayConnection: EventHandler {
     /// Moves bytes `source` → buffer → `destination` until neither side can make progress
     /// or the fairness budget is spent.
     private func pump(_ direction: inout Direction, from source: Socket, to destination: Socket,
-                      destinationReady: Bool) -> PumpResult {
+                      destinationReady: Bool, otherEndForwarded: Bool) -> PumpResult {
         let pool = owner.bufferPool
         var budget = Self.fairnessBudget
         do {
@@ -462,7 +464,9 @@ public final class RelayConnection: EventHandler {
             return .failed
         }
         if direction.sourceEnded && direction.buffer.isEmpty && !direction.endForwarded && destinationReady {
-            destination.shutdown(.write)
+            // With the other end already forwarded the connection closes right after, and the
+            // close sends this FIN (one syscall fewer).
+            if !otherEndForwarded { destination.shutdown(.write) }
             direction.endForwarded = true
             if destination == downstream && !toUpstream.sourceEnded { downstreamClosedFirstByProxy = true }
         }
@@ -571,9 +575,9 @@ public final class RelayConnection: EventHandler {
             messagePendingSince = nil
             return
         }
-        if messagePendingSince == nil { messagePendingSince = loop.now }
-        if messageTimer == nil {
-            messageTimer = loop.scheduleTimer(after: settings.messageTimeout, handler: self, tag: Tag.messageTimer)
+        if messagePendingSince == nil {
+            messagePendingSince = loop.now
+            armTimer()
         }
     }
 
@@ -645,7 +649,10 @@ public final class RelayConnection: EventHandler {
     private func forwardEndIfDelivered(_ side: TrafficDirection, to destination: Socket, ready: Bool) {
         let forwarded = side == .request ? toUpstream.endForwarded : toDownstream.endForwarded
         guard ready, !forwarded, driver!.isDelivered(side) else { return }
-        destination.shutdown(.write)
+        // With the other end already forwarded the connection closes right after, and the
+        // close sends this FIN (one syscall fewer).
+        let otherForwarded = side == .request ? toDownstream.endForwarded : toUpstream.endForwarded
+        if !otherForwarded { destination.shutdown(.write) }
         if side == .request { toUpstream.endForwarded = true } else { toDownstream.endForwarded = true }
         if destination == downstream && !toUpstream.sourceEnded { downstreamClosedFirstByProxy = true }
     }
@@ -696,16 +703,11 @@ public final class RelayConnection: EventHandler {
     private func finish(_ outcome: ConnectionOutcome, resetDownstream: Bool, resetUpstream: Bool = false) {
         guard !isFinished else { return }
         isFinished = true
-        if let connectTimer { loop.cancelTimer(connectTimer) }
-        if let idleTimer { loop.cancelTimer(idleTimer) }
-        if let messageTimer { loop.cancelTimer(messageTimer) }
-        if let responseTimer { loop.cancelTimer(responseTimer) }
-        connectTimer = nil
-        idleTimer = nil
-        messageTimer = nil
-        responseTimer = nil
-        if let downstreamToken { loop.deregister(downstreamToken) }
-        if let upstreamToken { loop.deregister(upstreamToken) }
+        if let timer { loop.cancelTimer(timer) }
+        timer = nil
+        // Both descriptors are closed right below, which takes them out of epoll.
+        if let downstreamToken { loop.forgetClosing(downstreamToken) }
+        if let upstreamToken { loop.forgetClosing(upstreamToken) }
         if resetDownstream { downstream.setResetOnClose() }
         downstream.close()
         if let upstream {
