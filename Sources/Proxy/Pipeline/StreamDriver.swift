@@ -23,9 +23,9 @@ public enum DriverProgress: Equatable, Sendable {
 ///   have arrived, or when the other direction's progress may have changed its mind;
 /// - grows a direction's input past one pool block only while the session waits for a
 ///   message larger than that, and never past the session's `maximumMessageBytes`;
-/// - streams what the session passes (bytes it has judged need not be held whole), straight
-///   from the input without a copy, and what it generates (a local answer, a rebuilt head or
-///   frame), whatever its size, a block at a time as the destination takes it;
+/// - streams what the session passes (bytes it has judged need not be held whole) and what
+///   it generates (a local answer, a rebuilt head or frame), whatever their size, a block at
+///   a time as the destination takes them;
 /// - keeps the client's byte stream in the order the session decided: an answer from the
 ///   request side and a response passing through are never interleaved.
 public struct StreamDriver {
@@ -50,9 +50,6 @@ public struct StreamDriver {
         var blocked = false
         /// The input count below which the session has nothing new to say (`needMore`).
         var wanted = 0
-        /// A pass just went out whole: the session's next step may finish that message
-        /// (consuming nothing), which the other direction must hear of.
-        var passCompleted = false
 
         var holdsGenerated: Bool { generatedMoved < generated.count }
     }
@@ -153,47 +150,22 @@ public struct StreamDriver {
 
     // MARK: Output
 
-    /// The bytes waiting for `side`'s destination (the server for `.request`): what the
-    /// session generated, or else the front of the input it passed, sent from where it lies
-    /// (passed bytes are never copied).
+    /// The bytes waiting for `side`'s destination (the server for `.request`).
     public func output(_ side: TrafficDirection) -> UnsafeRawBufferPointer {
-        let lane = side == .request ? toServer : toClient
-        if !lane.output.isEmpty { return lane.output.readableBytes }
-        guard lane.pendingPass > 0, side == .request || control.clientWriter == .response else {
-            return UnsafeRawBufferPointer(start: nil, count: 0)
-        }
-        let input = lane.input.readableBytes
-        return UnsafeRawBufferPointer(rebasing: input[0..<min(lane.pendingPass, input.count)])
+        side == .request ? toServer.output.readableBytes : toClient.output.readableBytes
     }
 
     /// `count` bytes of `output(side)` were delivered.
     public mutating func sent(_ side: TrafficDirection, count: Int, pool: BufferPool) {
         if side == .request {
-            Self.sent(count, lane: &toServer, other: &toClient, side: side, control: &control, pool: pool)
+            toServer.output.didRead(count, pool: pool)
+            // Room in an output can let a stalled pass or answer go on.
+            if toServer.pendingPass > 0 || toServer.holdsGenerated { toServer.dirty = true }
         } else {
-            Self.sent(count, lane: &toClient, other: &toServer, side: side, control: &control, pool: pool)
+            toClient.output.didRead(count, pool: pool)
+            if toClient.pendingPass > 0 || toClient.holdsGenerated { toClient.dirty = true }
+            if toServer.holdsGenerated && toServer.generatedToSource { toServer.dirty = true }
         }
-    }
-
-    private static func sent(_ count: Int, lane: inout Lane, other: inout Lane, side: TrafficDirection,
-                             control: inout Control, pool: BufferPool) {
-        if !lane.output.isEmpty {
-            lane.output.didRead(count, pool: pool)
-            // Room in an output can let a stalled answer go on, or a pass behind it.
-            if lane.pendingPass > 0 || lane.holdsGenerated { lane.dirty = true }
-            if side == .response && other.holdsGenerated && other.generatedToSource { other.dirty = true }
-            return
-        }
-        lane.input.didRead(count, pool: pool)
-        lane.pendingPass -= count
-        guard lane.pendingPass == 0 else { return }
-        // The pass is through: the session may go on, and the other direction may have
-        // something new to say (an answer that waited for this response).
-        lane.dirty = true
-        lane.passCompleted = true
-        other.dirty = true
-        other.wanted = 0
-        if side == .response && control.clientWriter == .response { control.clientWriter = nil }
     }
 
     /// Whether something is on its way to `side`'s destination: output waiting, or passed
@@ -311,8 +283,7 @@ public struct StreamDriver {
         // the same as last time.
         guard lane.dirty || lane.pendingPass > 0 || lane.pendingDrop > 0 || lane.holdsGenerated else { return .idle }
         lane.dirty = false
-        var progressed = lane.passCompleted
-        lane.passCompleted = false
+        var progressed = false
         var idleOperations = 0
         /// Takes the client's output for this direction; false while the other one holds it.
         func claimClient() -> Bool {
@@ -347,13 +318,23 @@ public struct StreamDriver {
                 if lane.pendingDrop > 0 { break }
             }
             if lane.pendingPass > 0 {
-                // Passed bytes go out from the input itself (`output`/`sent`); the session
-                // is asked again once they are through.
                 if side == .response && !claimClient() { break }
-                guard lane.sourceEnded && lane.input.isEmpty else { break }
-                // The source ended before all the bytes the session passed arrived: a
-                // truncated message; nothing more will come.
-                lane.pendingPass = 0
+                let space = lane.output.writableSpace(pool: pool)
+                let count = min(lane.pendingPass, lane.input.readableCount, space.count)
+                if count > 0 {
+                    space.copyMemory(from: UnsafeRawBufferPointer(rebasing: lane.input.readableBytes[0..<count]))
+                    lane.output.didWrite(count)
+                    lane.input.didRead(count, pool: pool)
+                    lane.pendingPass -= count
+                    progressed = true
+                }
+                lane.output.releaseIfEmpty(pool: pool)
+                if lane.pendingPass > 0 && lane.sourceEnded && lane.input.isEmpty {
+                    // The source ended before all the bytes the session passed arrived: a
+                    // truncated message; nothing more will come.
+                    lane.pendingPass = 0
+                }
+                if lane.pendingPass > 0 { break }
                 if side == .response { releaseClient() }
             }
             if control.closing != nil { break }
@@ -398,7 +379,6 @@ public struct StreamDriver {
             let before = (lane.pendingPass, lane.pendingDrop, lane.generated.count, control.closing)
             if case .failed(let reason) = validate(operation, lane: lane) { return .failed(reason: reason) }
             perform(operation, on: &lane, side: side, control: &control)
-            progressed = true
             if (lane.pendingPass, lane.pendingDrop, lane.generated.count, control.closing) == before {
                 idleOperations += 1
                 if idleOperations > maximumIdleOperations { return .failed(reason: "the session makes no progress") }

@@ -122,11 +122,9 @@ final class FramedToySession: L7Session {
         #expect(connection.deliveredToServer.isEmpty)
     }
 
-    /// With 16-byte blocks every move is partial. The toy passes the response a block at a
-    /// time, as it arrives; a 21-byte answer to a denied message is decided between two of
-    /// those pieces and moves into the client's stream in two parts. Each operation's bytes
-    /// stay together, in the order the session decided: the next piece of the response never
-    /// cuts into the answer.
+    /// With 16-byte blocks every move is partial. A response half moved to a client that is
+    /// not reading holds the client's stream: an answer to a denied message queued meanwhile
+    /// waits for it instead of being cut into it.
     @Test func answersAndResponsesNeverInterleaveInTheClientsStream() {
         let session = FramedToySession(judgeWhole: true, answer: Array("DENIED-DENIED-DENIED\n".utf8))
         var connection = MemoryConnection(session: session, blockSize: 16)
@@ -134,14 +132,16 @@ final class FramedToySession: L7Session {
         connection.clientSends(allowed)
         #expect(connection.deliveredToServer == allowed)
         connection.clientReads = false
-        let response = "RESPONSE-PIECE-1RESPONSE-PIECE-2RESPONSE-END\n"
-        connection.serverSends(Array(response.utf8))
+        // Ten bytes fill the client's output part way; of the next twelve, six fit and six
+        // wait, still owed to the client as one passed piece.
+        connection.serverSends(Array("response-1".utf8))
+        connection.serverSends(Array("RESPONSE-two".utf8))
         #expect(connection.deliveredToClient.isEmpty)
         connection.clientSends(FramedToySession.frame(Self.payload(8, prefix: "deny")))
         connection.clientReads = true
         connection.pump()
         #expect(String(decoding: connection.deliveredToClient, as: UTF8.self)
-                == "RESPONSE-PIECE-1DENIED-DENIED-DENIED\nRESPONSE-PIECE-2RESPONSE-END\n")
+                == "response-1RESPONSE-twoDENIED-DENIED-DENIED\n")
         #expect(connection.deliveredToServer == allowed)
     }
 }
