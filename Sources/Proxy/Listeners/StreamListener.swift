@@ -33,7 +33,8 @@ public final class StreamListener: EventHandler {
     public let settings: RelaySettings
     private let socket: Socket
     private var token: RegistrationToken?
-    private unowned let delegate: AcceptDelegate
+    /// The worker, which owns the listener (unowned(unsafe): no reference counting per accept).
+    private unowned(unsafe) let delegate: AcceptDelegate
     /// Set when accepting stopped at the connection limit with connections still queued.
     private var acceptPaused = false
     public private(set) var isClosed = false

@@ -123,6 +123,8 @@ public final class RelayConnection: EventHandler {
     // The worker outlives its connections; unowned(unsafe) spares a reference-count round
     // trip through its side table on every buffer access.
     private unowned(unsafe) let owner: ConnectionOwner
+    /// The worker's buffer pool (held here: one load instead of a call through `owner`).
+    private let pool: BufferPool
     private let loop: EventLoop
     public let settings: RelaySettings
     /// The L7 half (nil: an L4 relay): the session and its byte queues, without sockets.
@@ -173,6 +175,7 @@ public final class RelayConnection: EventHandler {
         self.listenerName = listenerName
         self.settings = settings
         self.owner = owner
+        pool = owner.bufferPool
         self.loop = loop
         startTime = loop.now
         lastActivity = loop.now
@@ -351,7 +354,7 @@ public final class RelayConnection: EventHandler {
     /// The client's further bytes are not wanted (a close is coming): drop what is held.
     private func stopReadingClient() {
         toUpstream.sourceEnded = true
-        driver?.discardInput(.request, pool: owner.bufferPool)
+        driver?.discardInput(.request, pool: pool)
     }
 
     /// Starts the response clock when the session owes a response and stops it when none
@@ -383,7 +386,6 @@ public final class RelayConnection: EventHandler {
     /// Writes what is queued for the client, then closes (used once the upstream is gone).
     private func flushAnswerAndFinish() {
         guard driver != nil else { return finish(upstreamOutcome ?? .reset, resetDownstream: true) }
-        let pool = owner.bufferPool
         do {
             while true {
                 if case .failed = driver!.advance(.response, pool: pool) { break }
@@ -448,7 +450,6 @@ public final class RelayConnection: EventHandler {
     /// or the fairness budget is spent.
     private func pump(_ direction: inout Direction, from source: Socket, to destination: Socket,
                       destinationReady: Bool, otherEndForwarded: Bool) -> PumpResult {
-        let pool = owner.bufferPool
         var budget = Self.fairnessBudget
         do {
             while budget > 0 {
@@ -478,7 +479,6 @@ public final class RelayConnection: EventHandler {
     // MARK: Relaying through an L7 session
 
     private func pumpSession() {
-        let pool = owner.bufferPool
         var rounds = 0
         do {
             while rounds < Self.fairnessBudget {
@@ -591,7 +591,7 @@ public final class RelayConnection: EventHandler {
         guard !pending.isEmpty else { return false }
         switch try destination.write(from: pending) {
         case .processed(let count):
-            driver!.sent(side, count: count, pool: owner.bufferPool)
+            driver!.sent(side, count: count, pool: pool)
             // A short write means the socket buffer is full; edge-triggered epoll reports
             // when it drains, so don't spend a syscall on the EAGAIN.
             if side == .request {
@@ -610,7 +610,6 @@ public final class RelayConnection: EventHandler {
 
     /// Reads from `side`'s source into the driver's input once, if there is room.
     private func fillL7(_ side: TrafficDirection, from source: Socket) throws -> Bool {
-        let pool = owner.bufferPool
         let direction = side == .request ? toUpstream : toDownstream
         guard direction.sourceReadable, !direction.sourceEnded else { return false }
         let space = driver!.inputSpace(side, pool: pool)
@@ -717,7 +716,6 @@ public final class RelayConnection: EventHandler {
             upstream.close()
         }
         upstream = nil
-        let pool = owner.bufferPool
         toUpstream.buffer.discard(pool: pool)
         toDownstream.buffer.discard(pool: pool)
         driver?.release(pool: pool)
