@@ -31,6 +31,8 @@ public final class StreamListener: EventHandler {
     public let address: SocketAddress
     public let upstream: UpstreamSelection
     public let settings: RelaySettings
+    /// The name and settings its connections share.
+    public let profile: RelayProfile
     private let socket: Socket
     private var token: RegistrationToken?
     /// The worker, which owns the listener (unowned(unsafe): no reference counting per accept).
@@ -46,6 +48,7 @@ public final class StreamListener: EventHandler {
         self.address = address
         self.upstream = upstream
         self.settings = settings
+        profile = RelayProfile(listenerName: name, settings: settings)
         self.delegate = delegate
         socket = try Socket.open(.stream, family: address.family)
         do {

@@ -1,19 +1,44 @@
 import PolicyEngine
 
+/// The identities of two peers, shared by every connection between them (a worker hands
+/// out one per host pair): a session holds a reference, not two copies of label sets.
+public final class PeerIdentities: Sendable {
+    public let source: Identity
+    public let destination: Identity
+
+    public init(source: Identity, destination: Identity) {
+        self.source = source
+        self.destination = destination
+    }
+}
+
 /// Who is talking to whom on one connection, as the policy engine sees it.
 public struct ConnectionIdentities: Sendable {
     public var client: SocketAddress
     public var server: SocketAddress
-    public var source: Identity
-    public var destination: Identity
+    /// Both ends' identities (shared between connections of the same peers).
+    public private(set) var peers: PeerIdentities
     /// The connection's transport (TCP unless a datagram listener asks).
     public var transport: TransportProtocol = .tcp
 
-    public init(client: SocketAddress, server: SocketAddress, source: Identity, destination: Identity) {
+    public var source: Identity {
+        get { peers.source }
+        set { peers = PeerIdentities(source: newValue, destination: peers.destination) }
+    }
+
+    public var destination: Identity {
+        get { peers.destination }
+        set { peers = PeerIdentities(source: peers.source, destination: newValue) }
+    }
+
+    public init(client: SocketAddress, server: SocketAddress, peers: PeerIdentities) {
         self.client = client
         self.server = server
-        self.source = source
-        self.destination = destination
+        self.peers = peers
+    }
+
+    public init(client: SocketAddress, server: SocketAddress, source: Identity, destination: Identity) {
+        self.init(client: client, server: server, peers: PeerIdentities(source: source, destination: destination))
     }
 
     /// Looks both ends up in the snapshot's endpoints (unknown addresses are `world`).

@@ -87,6 +87,18 @@ public struct RelaySettings: Sendable {
     }
 }
 
+/// What every connection of one listener shares: its name and settings (one reference
+/// per connection instead of a copy of each).
+public final class RelayProfile: Sendable {
+    public let listenerName: String
+    public let settings: RelaySettings
+
+    public init(listenerName: String, settings: RelaySettings) {
+        self.listenerName = listenerName
+        self.settings = settings
+    }
+}
+
 /// A relay between a downstream (client) socket and an upstream (server) socket, at L4 or,
 /// with an `L7Session`, request by request.
 ///
@@ -126,7 +138,8 @@ public final class RelayConnection: EventHandler {
     /// The worker's buffer pool (held here: one load instead of a call through `owner`).
     private let pool: BufferPool
     private let loop: EventLoop
-    public let settings: RelaySettings
+    private let profile: RelayProfile
+    public var settings: RelaySettings { profile.settings }
     /// The L7 half (nil: an L4 relay): the session and its byte queues, without sockets.
     private var driver: StreamDriver?
     /// How the connection is reported once the driver's close has flushed, when the relay
@@ -134,7 +147,6 @@ public final class RelayConnection: EventHandler {
     private var closeOutcome: ConnectionOutcome?
     /// Set when the upstream failed and only an answer to the client remains to be sent.
     private var upstreamOutcome: ConnectionOutcome?
-    private let listenerName: String
     public let client: SocketAddress
     public let destination: SocketAddress
     private let downstream: Socket
@@ -166,14 +178,14 @@ public final class RelayConnection: EventHandler {
     public private(set) var isFinished = false
 
     /// Takes ownership of `downstream` and starts connecting to `destination`.
-    public init(downstream: Socket, client: SocketAddress, destination: SocketAddress, listenerName: String,
-                settings: RelaySettings, session: L7Session? = nil, owner: ConnectionOwner, loop: EventLoop) {
+    public init(downstream: Socket, client: SocketAddress, destination: SocketAddress, profile: RelayProfile,
+                session: L7Session? = nil, owner: ConnectionOwner, loop: EventLoop) {
         driver = session.map(StreamDriver.init(session:))
+        hasSession = session != nil
         self.downstream = downstream
         self.client = client
         self.destination = destination
-        self.listenerName = listenerName
-        self.settings = settings
+        self.profile = profile
         self.owner = owner
         pool = owner.bufferPool
         self.loop = loop
@@ -261,7 +273,7 @@ public final class RelayConnection: EventHandler {
         if let connectDeadline, now >= connectDeadline {
             return upstreamFailed(.connectTimeout)
         }
-        if let since = responseWaitSince, now &- since >= settings.responseTimeout, let session = driver?.session {
+        if let since = responseWaitSince, now &- since >= settings.responseTimeout, let session = session {
             responseWaitSince = nil
             if session.isAwaitingResponse, upstream != nil {
                 // The upstream stayed silent while a response was owed: the client gets the
@@ -271,7 +283,7 @@ public final class RelayConnection: EventHandler {
                 return endWithAnswer(session.responseTimedOut(), reason: "response timeout", outcome: .responseTimeout)
             }
         }
-        if let since = messagePendingSince, now &- since >= settings.messageTimeout, let session = driver?.session {
+        if let since = messagePendingSince, now &- since >= settings.messageTimeout, let session = session {
             // A message that never completes (a slow or stalled client): answer if we may, then close.
             return endWithAnswer(session.incompleteMessageTimedOut(), reason: "incomplete message timeout",
                                  outcome: .messageTimeout)
@@ -320,7 +332,7 @@ public final class RelayConnection: EventHandler {
         case .descriptorsExhausted: reason = "proxy out of file descriptors"
         default: reason = "upstream unreachable"
         }
-        guard driver != nil, let answer = driver!.session.upstreamFailed(reason: reason) else {
+        guard driver != nil, let answer = inDriver({ $0.session }).upstreamFailed(reason: reason) else {
             return finish(outcome, resetDownstream: true)
         }
         dropUpstream()
@@ -379,7 +391,7 @@ public final class RelayConnection: EventHandler {
     }
 
     private func closeIfIdleWhileDraining() {
-        guard draining, driver?.isIdle == true else { return }
+        guard draining, hasSession && inDriver({ $0.isIdle }) else { return }
         finish(.drained, resetDownstream: false, resetUpstream: false)
     }
 
@@ -394,7 +406,7 @@ public final class RelayConnection: EventHandler {
         } catch {
             return finish(upstreamOutcome ?? .reset, resetDownstream: true)
         }
-        guard !driver!.holdsOutput(.response) else { return }
+        guard !inDriver({ $0.holdsOutput(.response) }) else { return }
         // Bytes the client sent that nobody read would turn the close into a reset, which
         // can destroy the answer before the client reads it: read and drop them first.
         for _ in 0..<8 {
@@ -415,7 +427,14 @@ public final class RelayConnection: EventHandler {
     }
 
     /// True when requests are judged by an L7 session (false: an L4 relay).
-    public var hasSession: Bool { driver != nil }
+    public let hasSession: Bool
+
+    /// Reads or changes the driver in place: a call on `driver!` itself would copy it (and
+    /// retain everything it holds) first.
+    @inline(__always)
+    private func inDriver<R>(_ body: (inout StreamDriver) -> R) -> R { body(&driver!) }
+
+    private var session: L7Session? { hasSession ? inDriver({ $0.session }) : nil }
 
     // MARK: Relaying
 
@@ -487,10 +506,10 @@ public final class RelayConnection: EventHandler {
                     progressed = try flushL7(.request, to: upstream, ready: upstreamConnected) || progressed
                 }
                 progressed = try flushL7(.response, to: downstream, ready: true) || progressed
-                if let closing = driver!.closing {
+                if let closing = inDriver({ $0.closing }) {
                     // A response the session already let through goes out whole before the
                     // close (its bytes may still be arriving), unless the upstream is gone.
-                    let responseOwed = driver!.isPassing(.response) && upstreamConnected && !toDownstream.sourceEnded
+                    let responseOwed = inDriver({ $0.isPassing(.response) }) && upstreamConnected && !toDownstream.sourceEnded
                     if responseOwed, let upstream {
                         progressed = try fillL7(.response, from: upstream) || progressed
                     }
@@ -499,7 +518,7 @@ public final class RelayConnection: EventHandler {
                     case .moreWork: progressed = true
                     case .idle: break
                     }
-                    if !driver!.holdsOutput(.response) && !responseOwed {
+                    if !inDriver({ $0.holdsOutput(.response) }) && !responseOwed {
                         let outcome = closeOutcome ?? (closing.byResponse ? .upstreamProtocolError : .protocolError)
                         return finish(outcome, resetDownstream: false, resetUpstream: true)
                     }
@@ -519,7 +538,7 @@ public final class RelayConnection: EventHandler {
                 case .moreWork: progressed = true
                 case .idle: break
                 }
-                if upstream == nil && driver!.closing == nil && driver!.holdsOutput(.request) {
+                if upstream == nil && inDriver({ $0.closing }) == nil && inDriver({ $0.holdsOutput(.request) }) {
                     // The first request allowed on this connection: only now open the upstream.
                     connectUpstream()
                     if isFinished || upstreamOutcome != nil { return }
@@ -530,7 +549,7 @@ public final class RelayConnection: EventHandler {
                 case .moreWork: progressed = true
                 case .idle: break
                 }
-                if driver!.closing?.byResponse == true && upstream != nil {
+                if inDriver({ $0.closing })?.byResponse == true && upstream != nil {
                     // A response that cannot be relayed: reset the upstream now; the client gets
                     // what is queued for it (valid responses, the session's 502), then a FIN.
                     dropUpstream()
@@ -543,12 +562,12 @@ public final class RelayConnection: EventHandler {
         } catch {
             return finish(.reset, resetDownstream: true, resetUpstream: true)
         }
-        if driver!.closing != nil { return }
+        if inDriver({ $0.closing }) != nil { return }
         trackPendingMessage()
-        trackResponseWait(driver!.session)
+        trackResponseWait(inDriver({ $0.session }))
         if let upstream {
             forwardEndIfDelivered(.request, to: upstream, ready: upstreamConnected)
-        } else if driver!.isDelivered(.request) && !toUpstream.endForwarded {
+        } else if inDriver({ $0.isDelivered(.request) }) && !toUpstream.endForwarded {
             // The client ended and nothing of it was ever allowed upstream: there is no server
             // side to close, and no response will come from one.
             toUpstream.endForwarded = true
@@ -573,7 +592,7 @@ public final class RelayConnection: EventHandler {
     /// and stops it when that input is consumed. Armed at most once at a time and re-armed
     /// lazily when it fires early.
     private func trackPendingMessage() {
-        guard driver!.awaitsMessage else {
+        guard inDriver({ $0.awaitsMessage }) else {
             messagePendingSince = nil
             return
         }
@@ -587,7 +606,7 @@ public final class RelayConnection: EventHandler {
     private func flushL7(_ side: TrafficDirection, to destination: Socket, ready: Bool) throws -> Bool {
         let writable = side == .request ? toUpstream.destinationWritable : toDownstream.destinationWritable
         guard ready, writable else { return false }
-        let pending = driver!.output(side)
+        let pending = inDriver({ $0.output(side) })
         guard !pending.isEmpty else { return false }
         switch try destination.write(from: pending) {
         case .processed(let count):
@@ -649,7 +668,7 @@ public final class RelayConnection: EventHandler {
     /// delivered.
     private func forwardEndIfDelivered(_ side: TrafficDirection, to destination: Socket, ready: Bool) {
         let forwarded = side == .request ? toUpstream.endForwarded : toDownstream.endForwarded
-        guard ready, !forwarded, driver!.isDelivered(side) else { return }
+        guard ready, !forwarded, inDriver({ $0.isDelivered(side) }) else { return }
         // With the other end already forwarded the connection closes right after, and the
         // close sends this FIN (one syscall fewer).
         let otherForwarded = side == .request ? toDownstream.endForwarded : toUpstream.endForwarded
@@ -720,7 +739,7 @@ public final class RelayConnection: EventHandler {
         toDownstream.buffer.discard(pool: pool)
         driver?.release(pool: pool)
         owner.connectionFinished(self, summary: ConnectionSummary(
-            listener: listenerName, client: client, destination: destination,
+            listener: profile.listenerName, client: client, destination: destination,
             bytesFromClient: toUpstream.bytes, bytesFromServer: toDownstream.bytes,
             durationNanoseconds: loop.now &- startTime, outcome: outcome))
     }

@@ -25,6 +25,13 @@ public final class WorkerPolicy {
     private var cachedSnapshot: PolicySnapshot
     private var cachedVersion: UInt64
     private var identities: [SocketAddress.HostKey: Identity] = [:]
+    /// Both identities of a host pair, shared by the connections between them.
+    private var peerIdentities: [HostPair: PeerIdentities] = [:]
+
+    private struct HostPair: Hashable {
+        var client: SocketAddress.HostKey
+        var server: SocketAddress.HostKey
+    }
     private var connectionPolicies: [FlowContext: ConnectionPolicy] = [:]
     /// Each connection's policy questions answered whole, by the two hosts, port and
     /// transport they were derived from: a new connection between the same peers takes the
@@ -42,8 +49,7 @@ public final class WorkerPolicy {
     private struct PolicyList {
         /// The identities the policies were derived from: a caller holding others (taken
         /// under an earlier policy) gets its own answer, not this one.
-        var source: Identity
-        var destination: Identity
+        var peers: PeerIdentities
         var policies: [ConnectionPolicy]
     }
     /// Bound on each cache; a full cache is emptied (it refills from the snapshot).
@@ -71,8 +77,12 @@ public final class WorkerPolicy {
     /// Both ends of a connection as the current policy knows them.
     public func identities(client: SocketAddress, server: SocketAddress) -> ConnectionIdentities {
         refresh()
-        return ConnectionIdentities(client: client, server: server, source: identity(of: client),
-                                    destination: identity(of: server))
+        let pair = HostPair(client: client.hostKey, server: server.hostKey)
+        if let known = peerIdentities[pair] { return ConnectionIdentities(client: client, server: server, peers: known) }
+        let peers = PeerIdentities(source: identity(of: client), destination: identity(of: server))
+        if peerIdentities.count >= Self.maximumCachedEntries { peerIdentities.removeAll(keepingCapacity: true) }
+        peerIdentities[pair] = peers
+        return ConnectionIdentities(client: client, server: server, peers: peers)
     }
 
     /// The connection's policy questions (`identities.flows`) under the current policy.
@@ -81,13 +91,15 @@ public final class WorkerPolicy {
         let key = PeersKey(client: identities.client.hostKey, server: identities.server.hostKey,
                            port: identities.server.port, transport: identities.transport)
         if let known = connectionPolicyLists[key] {
-            if known.source == identities.source && known.destination == identities.destination { return known.policies }
+            if known.peers === identities.peers
+                || (known.peers.source == identities.source && known.peers.destination == identities.destination) {
+                return known.policies
+            }
             return identities.flows.map(policy(for:))
         }
         let policies = identities.flows.map(policy(for:))
         if connectionPolicyLists.count >= Self.maximumCachedEntries { connectionPolicyLists.removeAll(keepingCapacity: true) }
-        connectionPolicyLists[key] = PolicyList(source: identities.source, destination: identities.destination,
-                                                policies: policies)
+        connectionPolicyLists[key] = PolicyList(peers: identities.peers, policies: policies)
         return policies
     }
 
@@ -131,6 +143,7 @@ public final class WorkerPolicy {
         cachedVersion = version
         cachedSnapshot = holder.snapshot
         identities.removeAll(keepingCapacity: true)
+        peerIdentities.removeAll(keepingCapacity: true)
         connectionPolicies.removeAll(keepingCapacity: true)
         connectionPolicyLists.removeAll(keepingCapacity: true)
     }

@@ -138,8 +138,7 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
             return
         }
         let connection = RelayConnection(downstream: socket, client: client, destination: destination,
-                                         listenerName: listener.name, settings: listener.settings, session: session,
-                                         owner: self, loop: loop)
+                                         profile: listener.profile, session: session, owner: self, loop: loop)
         connections[ObjectIdentifier(connection)] = connection
         connection.start()
     }

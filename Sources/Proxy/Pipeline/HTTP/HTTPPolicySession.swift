@@ -101,10 +101,18 @@ public final class HTTPPolicySession: L7Session {
     /// response already reached the client.
     private func answerInsteadOfServer(status: Int) -> [UInt8]? {
         guard let answer = http.answerInsteadOfServer(status: status), !pending.isEmpty else { return nil }
-        let request = pending.removeFirst()
+        let request = takePending()
         reporter?.report(record(type: "RESPONSE", verdict: "ERROR", direction: request.direction, method: request.method,
                                 url: request.url, code: status, latency: clock() &- request.start, rules: [], allowed: true))
         return answer
+    }
+
+    /// The oldest request still owed a response. The queue's storage goes when it empties: an
+    /// idle keep-alive connection holds none.
+    private func takePending() -> (start: UInt64, method: String, url: String, direction: Direction) {
+        let request = pending.removeFirst()
+        if pending.isEmpty { pending = [] }
+        return request
     }
 
     /// A proxy-made answer that ends the connection (502, 503, 504).
@@ -250,7 +258,7 @@ public final class HTTPPolicySession: L7Session {
             return .forward(answer)
         }
         if let head = step.head, !head.isInformational || head.switchesProtocol, !pending.isEmpty {
-            let request = pending.removeFirst()
+            let request = takePending()
             reporter?.report(record(type: "RESPONSE", verdict: "FORWARDED", direction: request.direction,
                                     method: request.method, url: request.url, code: head.statusCode,
                                     latency: clock() &- request.start, rules: [], allowed: true))
