@@ -13,9 +13,8 @@
 ///   (RFC 9112 §7.1 "recipients MUST anticipate potentially large hexadecimal numerals and
 ///   prevent parsing errors due to integer conversion overflows or precision loss").
 public struct HTTP1Limits: Sendable, Equatable {
-    /// The limits as 32-bit numbers: a copy lives in each parser of every connection, and
-    /// no limit a buffer could reach needs more (values past `Int32.max` read back as it,
-    /// which no message that fits in memory can tell apart).
+    /// The limits as 32-bit numbers: no limit a buffer could reach needs more (values past
+    /// `Int32.max` read back as it, which no message that fits in memory can tell apart).
     private struct Stored: Sendable, Equatable {
         var maximumRequestLineBytes: Int32 = 0
         var maximumStatusLineBytes: Int32 = 0
@@ -29,52 +28,68 @@ public struct HTTP1Limits: Sendable, Equatable {
         var maximumInformationalResponses: Int32 = 0
     }
 
-    private var stored = Stored()
+    /// The numbers, shared copy-on-write: both parsers of every connection hold the same
+    /// limits, so each holds a reference rather than a copy.
+    private final class Storage: @unchecked Sendable {
+        var values: Stored
+        init(_ values: Stored) { self.values = values }
+    }
+
+    private var storage = Storage(Stored())
+
+    private var stored: Stored {
+        get { storage.values }
+        set {
+            if !isKnownUniquelyReferenced(&storage) { storage = Storage(newValue) } else { storage.values = newValue }
+        }
+    }
+
+    public static func == (lhs: HTTP1Limits, rhs: HTTP1Limits) -> Bool { lhs.storage.values == rhs.storage.values }
 
     /// Bytes of the request line (method, target, version), without its CRLF. Default 8 KiB.
     public var maximumRequestLineBytes: Int {
-        get { Int(stored.maximumRequestLineBytes) }
+        get { Int(storage.values.maximumRequestLineBytes) }
         set { stored.maximumRequestLineBytes = Int32(clamping: newValue) }
     }
     /// Bytes of a response's status line, without its CRLF. Default 8 KiB.
     public var maximumStatusLineBytes: Int {
-        get { Int(stored.maximumStatusLineBytes) }
+        get { Int(storage.values.maximumStatusLineBytes) }
         set { stored.maximumStatusLineBytes = Int32(clamping: newValue) }
     }
     /// Bytes of the header section after the start line, CRLFs included. Default 64 KiB.
     public var maximumHeaderBytes: Int {
-        get { Int(stored.maximumHeaderBytes) }
+        get { Int(storage.values.maximumHeaderBytes) }
         set { stored.maximumHeaderBytes = Int32(clamping: newValue) }
     }
     /// Field lines in the header section (and, separately, in a trailer section). Default 100.
     public var maximumHeaderCount: Int {
-        get { Int(stored.maximumHeaderCount) }
+        get { Int(storage.values.maximumHeaderCount) }
         set { stored.maximumHeaderCount = Int32(clamping: newValue) }
     }
     /// Hexadecimal digits in a chunk size (leading zeros count). Default 16 (64 bits).
     public var maximumChunkSizeDigits: Int {
-        get { Int(stored.maximumChunkSizeDigits) }
+        get { Int(storage.values.maximumChunkSizeDigits) }
         set { stored.maximumChunkSizeDigits = Int32(clamping: newValue) }
     }
     /// Bytes of one chunk-size line including extensions, without its CRLF. Default 4 KiB.
     public var maximumChunkLineBytes: Int {
-        get { Int(stored.maximumChunkLineBytes) }
+        get { Int(storage.values.maximumChunkLineBytes) }
         set { stored.maximumChunkLineBytes = Int32(clamping: newValue) }
     }
     /// Bytes of the trailer section, CRLFs included. Default 16 KiB.
     public var maximumTrailerBytes: Int {
-        get { Int(stored.maximumTrailerBytes) }
+        get { Int(storage.values.maximumTrailerBytes) }
         set { stored.maximumTrailerBytes = Int32(clamping: newValue) }
     }
     /// Empty lines (CRLF) accepted before a request line (RFC 9112 §2.2). Default 8.
     public var maximumLeadingEmptyLines: Int {
-        get { Int(stored.maximumLeadingEmptyLines) }
+        get { Int(storage.values.maximumLeadingEmptyLines) }
         set { stored.maximumLeadingEmptyLines = Int32(clamping: newValue) }
     }
     /// Requests forwarded but not yet answered that `HTTP1Connection` lets a client pipeline;
     /// beyond this the request side waits (back-pressure, not an error). Default 32.
     public var maximumPipelinedRequests: Int {
-        get { Int(stored.maximumPipelinedRequests) }
+        get { Int(storage.values.maximumPipelinedRequests) }
         set { stored.maximumPipelinedRequests = Int32(clamping: newValue) }
     }
     /// Interim (1xx) responses `HTTP1Connection` relays before one final response; a server
@@ -82,7 +97,7 @@ public struct HTTP1Limits: Sendable, Equatable {
     /// them otherwise: RFC 9110 §15.2 "A client MUST be able to parse one or more 1xx
     /// responses received prior to a final response"). Default 10.
     public var maximumInformationalResponses: Int {
-        get { Int(stored.maximumInformationalResponses) }
+        get { Int(storage.values.maximumInformationalResponses) }
         set { stored.maximumInformationalResponses = Int32(clamping: newValue) }
     }
 

@@ -102,7 +102,9 @@ public struct HTTP1Parser: Sendable {
     private var completedHeadClosesConnection = false
     /// Bytes the line-feed searches have stepped over, for tests that prove a split feed
     /// never rescans (at most one look per byte of head, chunk line and trailers).
+    #if DEBUG
     private(set) var bytesExamined = 0
+    #endif
 
     private var scan: SectionScan {
         _read {
@@ -375,7 +377,9 @@ public struct HTTP1Parser: Sendable {
            let found = memchr(base + start, Int32(HTTP1Grammar.lineFeed), count - start) {
             position = UnsafeRawPointer(found) - base
         }
+        #if DEBUG
         bytesExamined += min(position + 1, count) - start
+        #endif
         return position == count ? nil : position
     }
 
@@ -842,7 +846,9 @@ public struct HTTP1Parser: Sendable {
         var position = searchFrom
         let searchStart = position
         while position < count && bytes[position] != HTTP1Grammar.lineFeed { position += 1 }
+        #if DEBUG
         bytesExamined += min(position + 1, count) - searchStart
+        #endif
         if position == count {
             searchFrom = count
             if count - 1 > limits.maximumChunkLineBytes { return fail(.chunkLineTooLong, 0) }

@@ -13,7 +13,8 @@ import Glibc
 /// of connections each holding a block for a moment left every page those blocks touched
 /// resident for good: the heap cannot shrink past the small, long-lived objects allocated
 /// between the blocks (3,000 connections opened at once: ~600 bytes per idle connection
-/// afterwards, `bench/run --only memory`). Cached blocks are reused without a system call.
+/// afterwards, `bench/run --only memory`). Cached blocks are reused without a system call;
+/// past the first `residentCached`, their pages are given back while they wait.
 public final class BufferPool {
     public let blockSize: Int
     public let maxCached: Int
@@ -53,12 +54,18 @@ public final class BufferPool {
 
     public func give(_ block: UnsafeMutableRawPointer) {
         outstanding -= 1
-        if free.count < maxCached {
-            free.append(block)
-        } else {
-            release(block)
+        guard free.count < maxCached else { return release(block) }
+        if mappedLength > 0 && free.count >= Self.residentCached {
+            // Past the hot set (the cache is LIFO, so these are the blocks a burst left
+            // behind): keep the mapping for reuse, give its pages back.
+            madvise(block, mappedLength, MADV_DONTNEED)
         }
+        free.append(block)
     }
+
+    /// Cached mapped blocks kept resident; those cached beyond them keep their mapping only
+    /// (reusing one costs page faults, not a system call to map it).
+    public static let residentCached = 64
 
     private func allocate() -> UnsafeMutableRawPointer {
         guard mappedLength > 0 else { return UnsafeMutableRawPointer.allocate(byteCount: blockSize, alignment: 16) }

@@ -161,16 +161,18 @@ public final class RelayConnection: EventHandler {
     /// fires before any of them is due, so I/O never touches the timer heap.
     private var timer: TimerID?
     private var timerAt: UInt64 = 0
-    /// When the upstream connect must have completed (nil once connected).
-    private var connectDeadline: UInt64?
+    /// The clocks below are monotonic instants, 0 while the clock is not running (the
+    /// monotonic clock never reads 0), so none needs an optional's extra word.
+    /// When the upstream connect must have completed (0 once connected).
+    private var connectDeadline: UInt64 = 0
     private let startTime: UInt64
     private var lastActivity: UInt64
     private var resumeQueued = false
-    /// When the client's input began holding an incomplete message (L7 only).
-    private var messagePendingSince: UInt64?
+    /// When the client's input began holding an incomplete message (L7 only; 0: it does not).
+    private var messagePendingSince: UInt64 = 0
     /// L7: when the upstream last sent something while a response was owed (or when the
-    /// wait began); nil while no response is owed.
-    private var responseWaitSince: UInt64?
+    /// wait began); 0 while no response is owed.
+    private var responseWaitSince: UInt64 = 0
     /// The proxy is draining: the connection closes as soon as it is idle between requests.
     private var draining = false
     /// The proxy sent its FIN to the client before the client's FIN arrived.
@@ -257,7 +259,7 @@ public final class RelayConnection: EventHandler {
                 }
                 guard readiness.wantsWrite else { return }
                 upstreamConnected = true
-                connectDeadline = nil
+                connectDeadline = 0
             }
             if readiness.wantsRead { toDownstream.sourceReadable = true }
             if closing { toDownstream.sourceClosing = true }
@@ -270,11 +272,11 @@ public final class RelayConnection: EventHandler {
         timer = nil
         guard !isFinished else { return }
         let now = loop.now
-        if let connectDeadline, now >= connectDeadline {
+        if connectDeadline != 0, now >= connectDeadline {
             return upstreamFailed(.connectTimeout)
         }
-        if let since = responseWaitSince, now &- since >= settings.responseTimeout, let session = session {
-            responseWaitSince = nil
+        if responseWaitSince != 0, now &- responseWaitSince >= settings.responseTimeout, let session = session {
+            responseWaitSince = 0
             if session.isAwaitingResponse, upstream != nil {
                 // The upstream stayed silent while a response was owed: the client gets the
                 // session's answer (HTTP: 504, when nothing of that response reached it yet)
@@ -283,7 +285,7 @@ public final class RelayConnection: EventHandler {
                 return endWithAnswer(session.responseTimedOut(), reason: "response timeout", outcome: .responseTimeout)
             }
         }
-        if let since = messagePendingSince, now &- since >= settings.messageTimeout, let session = session {
+        if messagePendingSince != 0, now &- messagePendingSince >= settings.messageTimeout, let session = session {
             // A message that never completes (a slow or stalled client): answer if we may, then close.
             return endWithAnswer(session.incompleteMessageTimedOut(), reason: "incomplete message timeout",
                                  outcome: .messageTimeout)
@@ -297,9 +299,9 @@ public final class RelayConnection: EventHandler {
     /// The earliest moment one of the connection's clocks runs out.
     private var nextDeadline: UInt64 {
         var deadline = lastActivity &+ settings.idleTimeout
-        if let connectDeadline { deadline = min(deadline, connectDeadline) }
-        if let since = messagePendingSince { deadline = min(deadline, since &+ settings.messageTimeout) }
-        if let since = responseWaitSince { deadline = min(deadline, since &+ settings.responseTimeout) }
+        if connectDeadline != 0 { deadline = min(deadline, connectDeadline) }
+        if messagePendingSince != 0 { deadline = min(deadline, messagePendingSince &+ settings.messageTimeout) }
+        if responseWaitSince != 0 { deadline = min(deadline, responseWaitSince &+ settings.responseTimeout) }
         return deadline
     }
 
@@ -346,7 +348,7 @@ public final class RelayConnection: EventHandler {
     private func dropUpstream() {
         if let upstreamToken { loop.forgetClosing(upstreamToken) }
         upstreamToken = nil
-        connectDeadline = nil
+        connectDeadline = 0
         upstream?.setResetOnClose()
         upstream?.close()
         upstream = nil
@@ -373,10 +375,10 @@ public final class RelayConnection: EventHandler {
     /// is owed; upstream bytes move it on (see `fill`). Armed at most once at a time.
     private func trackResponseWait(_ session: L7Session) {
         guard session.isAwaitingResponse, upstream != nil else {
-            responseWaitSince = nil
+            responseWaitSince = 0
             return
         }
-        if responseWaitSince == nil {
+        if responseWaitSince == 0 {
             responseWaitSince = loop.now
             armTimer()
         }
@@ -530,7 +532,7 @@ public final class RelayConnection: EventHandler {
                 if let upstream, upstreamConnected {
                     if try fillL7(.response, from: upstream) {
                         progressed = true
-                        if responseWaitSince != nil { responseWaitSince = loop.now }
+                        if responseWaitSince != 0 { responseWaitSince = loop.now }
                     }
                 }
                 switch driver!.advance(.request, pool: pool) {
@@ -593,10 +595,10 @@ public final class RelayConnection: EventHandler {
     /// lazily when it fires early.
     private func trackPendingMessage() {
         guard inDriver({ $0.awaitsMessage }) else {
-            messagePendingSince = nil
+            messagePendingSince = 0
             return
         }
-        if messagePendingSince == nil {
+        if messagePendingSince == 0 {
             messagePendingSince = loop.now
             armTimer()
         }

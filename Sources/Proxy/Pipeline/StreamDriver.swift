@@ -30,36 +30,44 @@ public enum DriverProgress: Equatable, Sendable {
 ///   request side and a response passing through are never interleaved.
 public struct StreamDriver {
     /// One direction: bytes from its source and what is on its way to its destination.
+    /// (Fields in this order so that the flags fill the buffers' padding: every L7
+    /// connection holds two of these.)
     struct Lane {
         var input = RelayBuffer()
-        var output = RelayBuffer()
-        /// Bytes of input the session passed or dropped that have not all been moved yet.
-        var pendingPass = 0
-        var pendingDrop = 0
-        /// Bytes the session generated, moved to an output from `generatedMoved` on.
-        var generated: [UInt8] = []
-        var generatedMoved = 0
-        /// Whether `generated` goes back to this direction's source (a reply) or on to its
-        /// destination (a rebuilt head).
-        var generatedToSource = false
         var sourceEnded = false
         var endOfInputReported = false
         /// Something happened that the session has not seen.
         var dirty = true
         /// The session answered `.blocked` last.
         var blocked = false
+        var output = RelayBuffer()
+        /// Whether `generated` goes back to this direction's source (a reply) or on to its
+        /// destination (a rebuilt head).
+        var generatedToSource = false
+        /// Bytes of input the session passed or dropped that have not all been moved yet.
+        var pendingPass = 0
+        var pendingDrop = 0
+        /// Bytes the session generated, moved to an output from `generatedMoved` on.
+        var generated: [UInt8] = []
+        var generatedMoved = 0
         /// The input count below which the session has nothing new to say (`needMore`).
         var wanted = 0
 
         var holdsGenerated: Bool { generatedMoved < generated.count }
     }
 
-    /// Why the session ended the connection, once it did.
-    public struct Closing: Equatable, Sendable {
-        public var reason: String
+    /// Why the session ended the connection, once it did (a class: the driver holds one
+    /// pointer for it, not a string, while it never happens).
+    public final class Closing: Sendable {
+        public let reason: String
         /// The response side ended it (a response that cannot be relayed): the upstream goes
         /// at once; what is queued for the client is still delivered.
-        public var byResponse: Bool
+        public let byResponse: Bool
+
+        init(reason: String, byResponse: Bool) {
+            self.reason = reason
+            self.byResponse = byResponse
+        }
     }
 
     public let session: L7Session
@@ -376,10 +384,10 @@ public struct StreamDriver {
                 break
             }
             lane.wanted = 0
-            let before = (lane.pendingPass, lane.pendingDrop, lane.generated.count, control.closing)
+            let before = (lane.pendingPass, lane.pendingDrop, lane.generated.count, control.closing == nil)
             if case .failed(let reason) = validate(operation, lane: lane) { return .failed(reason: reason) }
             perform(operation, on: &lane, side: side, control: &control)
-            if (lane.pendingPass, lane.pendingDrop, lane.generated.count, control.closing) == before {
+            if (lane.pendingPass, lane.pendingDrop, lane.generated.count, control.closing == nil) == before {
                 idleOperations += 1
                 if idleOperations > maximumIdleOperations { return .failed(reason: "the session makes no progress") }
             } else {

@@ -1,5 +1,8 @@
 import Testing
 @testable import Proxy
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite struct RelayBufferTests {
     @Test func borrowsABlockOnlyWhileHoldingBytes() {
@@ -38,6 +41,26 @@ import Testing
         for block in blocks { pool.give(block) }
         #expect(pool.cachedCount == 2)
         #expect(pool.outstanding == 0)
+    }
+
+    /// After a burst, only the hot set of cached blocks keeps its pages (asked of the kernel
+    /// with mincore); the rest stay mapped for reuse, and are usable again at once.
+    @Test func cachedBlocksPastTheHotSetGiveTheirPagesBack() {
+        let pool = BufferPool(blockSize: 65536, maxCached: 256)
+        let burst = BufferPool.residentCached + 40
+        let blocks = (0..<burst).map { _ in pool.take() }
+        for block in blocks { block.storeBytes(of: 0x5a, as: UInt8.self) }
+        for block in blocks { pool.give(block) }
+        #expect(pool.cachedCount == burst)
+        func resident(_ block: UnsafeMutableRawPointer) -> Bool {
+            var page: UInt8 = 0
+            return mincore(block, 4096, &page) == 0 && page & 1 == 1
+        }
+        #expect(blocks.filter(resident).count == BufferPool.residentCached)
+        let again = pool.take()
+        again.storeBytes(of: 7, as: UInt8.self)
+        #expect(again.load(as: UInt8.self) == 7)
+        pool.give(again)
     }
 
     @Test func discardReturnsUnsentBytes() {

@@ -26,8 +26,8 @@ public final class HTTPPolicySession: L7Session {
     private var dropAfterRewrite = 0
     private var rewrite: [UInt8]?
     /// Requests judged on this connection (for tests and counters).
-    public private(set) var allowedCount = 0
-    public private(set) var deniedCount = 0
+    public private(set) var allowedCount: UInt32 = 0
+    public private(set) var deniedCount: UInt32 = 0
 
     /// `policy` is the worker's view of the current policy (nil: allow every request);
     /// `identities` are the connection's ends as that policy saw them at accept.
