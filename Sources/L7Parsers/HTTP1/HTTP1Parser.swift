@@ -83,12 +83,21 @@ public struct HTTP1Parser: Sendable {
         deinit { withUnsafeMutablePointerToElements { _ = $0.deinitialize(count: 1) } }
     }
 
-    private static let freshScan = SectionScan()
+    /// What a parser between sections reads: a fresh scan, shared, never written.
+    nonisolated(unsafe) private static let freshScanStorage = SectionScanStorage.make(SectionScan())
 
     /// The storage reference, Sendable because it is copied on write: a storage reachable
     /// from two parsers is never written, so sharing it across threads shares immutable data.
     private struct ScanReference: @unchecked Sendable {
         var storage: SectionScanStorage?
+        /// Where the scan lies: in `storage`, or in the shared fresh scan when there is none.
+        /// Kept beside the reference so that reading a field costs no reference counting.
+        var pointer: UnsafeMutablePointer<SectionScan> = HTTP1Parser.freshScanStorage.pointer
+
+        mutating func replace(with storage: SectionScanStorage?) {
+            self.storage = storage
+            pointer = (storage ?? HTTP1Parser.freshScanStorage).pointer
+        }
     }
 
     private var state: State = .head
@@ -106,28 +115,27 @@ public struct HTTP1Parser: Sendable {
     private(set) var bytesExamined = 0
     #endif
 
+    /// The scan in progress, read and written in place through its storage's address. (Not
+    /// `_read`/`_modify`: a read coroutine yielding a value this large needs a heap-allocated
+    /// frame, which cost one allocation per field read: ~90 per request.)
     private var scan: SectionScan {
-        _read {
-            if let storage = scanReference.storage {
-                yield storage.pointer.pointee
-            } else {
-                yield Self.freshScan
-            }
+        unsafeAddress {
+            UnsafePointer(scanReference.pointer)
         }
-        _modify {
+        unsafeMutableAddress {
             if scanReference.storage == nil {
-                scanReference.storage = .make(SectionScan())
+                scanReference.replace(with: .make(SectionScan()))
             } else if !isKnownUniquelyReferenced(&scanReference.storage!) {
                 // This parser was copied mid-section: the copies part ways here.
-                scanReference.storage = .make(scanReference.storage!.pointer.pointee)
+                scanReference.replace(with: .make(scanReference.pointer.pointee))
             }
-            yield &scanReference.storage!.pointer.pointee
+            return scanReference.pointer
         }
     }
 
     /// Starts a fresh section scan (drops the current one).
     private mutating func resetScan() {
-        scanReference.storage = nil
+        scanReference.replace(with: nil)
         searchFrom = 0
     }
 

@@ -207,7 +207,7 @@ public final class RelayConnection: EventHandler {
             finish(.reset, resetDownstream: true)
             return
         }
-        if driver != nil {
+        if hasSession {
             messagePendingSince = loop.now
             armTimer()
             pumpBoth()
@@ -334,7 +334,7 @@ public final class RelayConnection: EventHandler {
         case .descriptorsExhausted: reason = "proxy out of file descriptors"
         default: reason = "upstream unreachable"
         }
-        guard driver != nil, let answer = inDriver({ $0.session }).upstreamFailed(reason: reason) else {
+        guard hasSession, let answer = inDriver({ $0.session }).upstreamFailed(reason: reason) else {
             return finish(outcome, resetDownstream: true)
         }
         dropUpstream()
@@ -399,7 +399,7 @@ public final class RelayConnection: EventHandler {
 
     /// Writes what is queued for the client, then closes (used once the upstream is gone).
     private func flushAnswerAndFinish() {
-        guard driver != nil else { return finish(upstreamOutcome ?? .reset, resetDownstream: true) }
+        guard hasSession else { return finish(upstreamOutcome ?? .reset, resetDownstream: true) }
         do {
             while true {
                 if case .failed = driver!.advance(.response, pool: pool) { break }
@@ -444,7 +444,7 @@ public final class RelayConnection: EventHandler {
 
     private func pumpBoth() {
         if upstreamOutcome != nil { return flushAnswerAndFinish() }
-        if driver != nil { return pumpSession() }
+        if hasSession { return pumpSession() }
         guard let upstream else { return }
         // Until the connect completes, the upstream socket has nothing to read (and a read
         // would report the connect's failure as if it were a reset).
