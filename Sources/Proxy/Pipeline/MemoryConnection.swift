@@ -13,8 +13,20 @@ public struct MemoryConnection {
     public private(set) var deliveredToServer: [UInt8] = []
     public private(set) var deliveredToClient: [UInt8] = []
     /// Bytes sent by each side that the driver has not taken yet.
-    public var waitingFromClient: [UInt8] = []
-    public var waitingFromServer: [UInt8] = []
+    public var waitingFromClient: [UInt8] {
+        get { Array(fromClient[clientTaken...]) }
+        set { (fromClient, clientTaken) = (newValue, 0) }
+    }
+    public var waitingFromServer: [UInt8] {
+        get { Array(fromServer[serverTaken...]) }
+        set { (fromServer, serverTaken) = (newValue, 0) }
+    }
+    /// What each side sent, and how much of it the driver took (an offset, so that feeding a
+    /// large message block by block costs no shifting of the rest).
+    private var fromClient: [UInt8] = []
+    private var clientTaken = 0
+    private var fromServer: [UInt8] = []
+    private var serverTaken = 0
     private var clientEnded = false
     private var serverEnded = false
     /// Whether the client takes what is sent to it (false: a client that stopped reading, so
@@ -35,12 +47,12 @@ public struct MemoryConnection {
     public var closedReason: String? { failure ?? driver.closing?.reason }
 
     public mutating func clientSends<Bytes: Sequence>(_ bytes: Bytes) where Bytes.Element == UInt8 {
-        waitingFromClient.append(contentsOf: bytes)
+        fromClient.append(contentsOf: bytes)
         pump()
     }
 
     public mutating func serverSends<Bytes: Sequence>(_ bytes: Bytes) where Bytes.Element == UInt8 {
-        waitingFromServer.append(contentsOf: bytes)
+        fromServer.append(contentsOf: bytes)
         pump()
     }
 
@@ -77,8 +89,8 @@ public struct MemoryConnection {
     }
 
     private mutating func feed(_ side: TrafficDirection) -> Bool {
-        let waiting = side == .request ? waitingFromClient : waitingFromServer
-        guard !waiting.isEmpty else {
+        let (source, taken) = side == .request ? (fromClient, clientTaken) : (fromServer, serverTaken)
+        guard taken < source.count else {
             let ended = side == .request ? clientEnded : serverEnded
             guard ended, !driver.sourceEnded(side) else { return false }
             driver.inputEnded(side)
@@ -86,14 +98,17 @@ public struct MemoryConnection {
         }
         guard !driver.sourceEnded(side) else { return false }
         let space = driver.inputSpace(side, pool: pool)
-        let count = min(space.count, waiting.count)
+        let count = min(space.count, source.count - taken)
         guard count > 0 else {
             driver.releaseInputIfEmpty(side, pool: pool)
             return false
         }
-        waiting.withUnsafeBytes { space.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+        source.withUnsafeBytes { space.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[taken..<(taken + count)])) }
         driver.received(side, count: count)
-        if side == .request { waitingFromClient.removeFirst(count) } else { waitingFromServer.removeFirst(count) }
+        if side == .request { clientTaken += count } else { serverTaken += count }
+        // All taken: let the storage go.
+        if side == .request, clientTaken == fromClient.count { (fromClient, clientTaken) = ([], 0) }
+        if side == .response, serverTaken == fromServer.count { (fromServer, serverTaken) = ([], 0) }
         return true
     }
 

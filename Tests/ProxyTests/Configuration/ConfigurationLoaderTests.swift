@@ -38,9 +38,19 @@ import Testing
         #expect(configuration.timeouts.idle == 120_000_000_000)
         #expect(configuration.timeouts.drain == 0)
         #expect(configuration.timeouts.udpIdle == 3_600_000_000_000)
+        #expect(configuration.timeouts.message == 10_000_000_000, "timeouts.header is the older name of timeouts.message")
         #expect(configuration.limits.bufferBytes == 16_384)
         #expect(configuration.limits.maxConnectionsPerWorker == 100)
         #expect(configuration.flowLog.sink == .file(path: "/tmp/flows.json"))
+    }
+
+    @Test func theIncompleteMessageTimeoutIsTimeoutsMessage() throws {
+        let configuration = try load("""
+            timeouts: {message: 750ms}
+            listeners:
+              - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}
+            """)
+        #expect(configuration.timeouts.message == 750_000_000)
     }
 
     @Test func defaultsApplyWhenKeysAreAbsent() throws {

@@ -88,6 +88,19 @@ final class FramedToySession: L7Session {
         #expect(connection.pool.outstanding == 0, "nothing is held once the message is through")
     }
 
+    /// The largest frame HTTP/2 allows (16 MiB) held whole: the input grows to it and no further.
+    @Test func aSixteenMebibyteFrameCanBeHeldWhole() {
+        let session = FramedToySession(judgeWhole: true, maximumMessageBytes: 16 << 20 + 4)
+        var connection = MemoryConnection(session: session, blockSize: 65536)
+        let message = FramedToySession.frame(Self.payload(16 << 20))
+        Self.send(message, in: 1 << 20, to: &connection)
+        #expect(connection.closedReason == nil)
+        #expect(connection.deliveredToServer.count == message.count)
+        #expect(connection.deliveredToServer == message)
+        #expect(session.largestInput == message.count)
+        #expect(connection.pool.outstanding == 0)
+    }
+
     /// A message judged by its start streams through without ever being held whole.
     @Test func aJudgedMessageStreamsThroughOneBlock() {
         let session = FramedToySession(judgeWhole: false, maximumMessageBytes: 4096)
