@@ -10,7 +10,7 @@ struct DebugCommand: ParsableCommand {
         commandName: "debug",
         abstract: "Tools for tests and troubleshooting (not a stable interface).",
         shouldDisplay: false,
-        subcommands: [DebugHTTP1ParseCommand.self])
+        subcommands: [DebugHTTP1ParseCommand.self, DebugDNSParseCommand.self])
 }
 
 /// `sluice debug http1-parse [FILE]`: what Sluice's HTTP/1.1 parser sees in raw bytes.
@@ -60,26 +60,31 @@ struct DebugHTTP1ParseCommand: ParsableCommand {
         print(report)
     }
 
-    private func readInput() throws -> [UInt8] {
-        let descriptor: Int32
-        if let file {
-            descriptor = open(file, O_RDONLY)
-            if descriptor < 0 { throw ValidationError("cannot open \(file): errno \(errno)") }
-        } else {
-            descriptor = 0
-        }
-        defer { if descriptor != 0 { close(descriptor) } }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-            if count < 0 && errno == EINTR { continue }
-            if count < 0 { throw ValidationError("read failed: errno \(errno)") }
-            if count == 0 { return bytes }
-            bytes += chunk[..<count]
-        }
-    }
+    private func readInput() throws -> [UInt8] { try readDebugInput(file) }
+}
 
+/// The bytes of `file`, or of standard input when nil.
+func readDebugInput(_ file: String?) throws -> [UInt8] {
+    let descriptor: Int32
+    if let file {
+        descriptor = open(file, O_RDONLY)
+        if descriptor < 0 { throw ValidationError("cannot open \(file): errno \(errno)") }
+    } else {
+        descriptor = 0
+    }
+    defer { if descriptor != 0 { close(descriptor) } }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+        if count < 0 && errno == EINTR { continue }
+        if count < 0 { throw ValidationError("read failed: errno \(errno)") }
+        if count == 0 { return bytes }
+        bytes += chunk[..<count]
+    }
+}
+
+extension DebugHTTP1ParseCommand {
     /// One message as the JSON report shows it.
     private struct Message {
         var start = 0
