@@ -67,6 +67,7 @@ let package = Package(
         .executableTarget(name: "fuzz-http1", dependencies: ["SluiceFuzzHarnesses"], path: "Fuzz/Targets/HTTP1"),
         .executableTarget(name: "fuzz-policy-loader", dependencies: ["SluiceFuzzHarnesses"],
                           path: "Fuzz/Targets/PolicyLoader"),
+        .executableTarget(name: "fuzz-dns", dependencies: ["SluiceFuzzHarnesses"], path: "Fuzz/Targets/DNS"),
         .testTarget(name: "FuzzCorpusTests", dependencies: ["SluiceFuzzHarnesses"], path: "Fuzz/Tests"),
 
         .testTarget(name: "ProxyTests", dependencies: ["Proxy", "COpenSSL", "L7Parsers", "PolicyEngine"]),

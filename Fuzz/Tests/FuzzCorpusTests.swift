@@ -37,6 +37,14 @@ import SluiceFuzzHarnesses
         #expect(String(decoding: hostile.client, as: UTF8.self).hasPrefix("HTTP/1.1 502 Bad Gateway\r\n"))
     }
 
+    @Test func dnsCorpusReplays() {
+        let files = CorpusFiles.list(Self.corpus + "dns")
+        #expect(files.count >= 8)
+        for file in files {
+            CorpusFiles.read(file)?.withUnsafeBytes(DNSMessageFuzzer.run)
+        }
+    }
+
     @Test func policyLoaderCorpusReplays() {
         let files = CorpusFiles.list(Self.corpus + "policy-loader")
         #expect(files.count >= 10)
