@@ -144,7 +144,50 @@ def write(folder, name, data):
     (folder / ("seed-" + name)).write_bytes(data)
 
 
+def dns_seeds():
+    """DNS messages as resolvers and clients write them (built with dnspython, compressed),
+    plus hostile shapes written by hand."""
+    import dns.edns
+    import dns.message
+    import dns.rrset
+    seeds = {}
+    query = dns.message.make_query("www.example.com", "A")
+    query.id = 1
+    seeds["query-a"] = query.to_wire()
+    cookie = dns.edns.GenericOption(10, b"\x01\x02\x03\x04\x05\x06\x07\x08")
+    query6 = dns.message.make_query("api.stripe.com", "AAAA", use_edns=0, payload=1232, options=[cookie])
+    query6.id = 2
+    seeds["query-aaaa-edns-cookie"] = query6.to_wire()
+    chain = dns.message.make_response(query)
+    chain.answer.append(dns.rrset.from_text("www.example.com.", 300, "IN", "CNAME", "web.example.com."))
+    chain.answer.append(dns.rrset.from_text("web.example.com.", 60, "IN", "A", "192.0.2.7", "192.0.2.8"))
+    seeds["response-cname-chain"] = chain.to_wire()
+    aaaa = dns.message.make_response(query6)
+    aaaa.answer.append(dns.rrset.from_text("api.stripe.com.", 30, "IN", "AAAA", "2001:db8::1"))
+    aaaa.authority.append(dns.rrset.from_text("stripe.com.", 3600, "IN", "NS", "ns1.stripe.com."))
+    seeds["response-aaaa-ns"] = aaaa.to_wire()
+    ptr_query = dns.message.make_query("7.2.0.192.in-addr.arpa", "PTR")
+    ptr_query.id = 3
+    ptr = dns.message.make_response(ptr_query)
+    ptr.answer.append(dns.rrset.from_text("7.2.0.192.in-addr.arpa.", 60, "IN", "PTR", "web.example.com."))
+    seeds["response-ptr"] = ptr.to_wire()
+    unknown = dns.message.make_response(query)
+    unknown.answer.append(dns.rrset.from_text("www.example.com.", 60, "IN", "TYPE65280", "\\# 3 abcdef"))
+    seeds["response-unknown-type"] = unknown.to_wire()
+    wire = query.to_wire()
+    frame = len(wire).to_bytes(2, "big") + wire
+    seeds["tcp-two-queries"] = frame + frame[:12]
+    header = bytes.fromhex("123401000001000000000000")
+    seeds["hostile-pointer-loop"] = (bytes.fromhex("123401000002000000000000") + b"\x01a\xc0\x12\x00\x01\x00\x01"
+                                     + b"\xc0\x0c\x00\x01\x00\x01")
+    seeds["hostile-forward-pointer"] = header + b"\xc0\x14\x00\x01\x00\x01\x01a\x00"
+    seeds["hostile-long-name"] = header + (b"\x3f" + b"a" * 63) * 4 + b"\x00\x00\x01\x00\x01"
+    return seeds
+
+
 def main():
+    for name, data in dns_seeds().items():
+        write(ROOT / "Corpus" / "dns", name, data)
     for name, data in HTTP1_SEEDS.items():
         write(ROOT / "Corpus" / "http1", name, data)
     for name, data in POLICY_SNIPPETS.items():
