@@ -62,9 +62,9 @@ struct DebugDNSParseCommand: ParsableCommand {
         var fields = #"{"name":\#(JSONObject.quoted(try DNSName.text(bytes, at: record.name))),"type":\#(record.type),"class":\#(record.recordClass),"ttl":\#(record.ttl)"#
         let data = UnsafeRawBufferPointer(rebasing: bytes[record.data])
         switch record.type {
-        case DNSRecordType.a:
+        case DNSRecordType.a where record.recordClass == DNSRecordType.internetClass:
             fields += #","address":"\#(data.map(String.init).joined(separator: "."))""#
-        case DNSRecordType.aaaa:
+        case DNSRecordType.aaaa where record.recordClass == DNSRecordType.internetClass:
             fields += #","address":"\#(ipv6Text(data))""#
         case DNSRecordType.cname, DNSRecordType.ns, DNSRecordType.ptr:
             fields += #","target":\#(JSONObject.quoted(try DNSName.text(bytes, at: record.data.lowerBound)))"#

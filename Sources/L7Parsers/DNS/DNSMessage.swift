@@ -8,14 +8,15 @@ public enum DNSParseError: Error, Equatable, Sendable {
     /// Bytes left after the last record the header counts.
     case trailingBytes
     /// A compression pointer that does not point before the name it continues (and before
-    /// the previous pointer's target): the only rule that rules out loops.
+    /// the previous pointer's target), which rules out loops, or a chain of more than
+    /// `DNSName.maximumPointers`, which bounds the work one name can cost.
     case badPointer
     /// A name longer than 255 bytes in wire form (RFC 1035 §3.1).
     case nameTooLong
     /// A label type other than a plain label or a pointer (0b01, 0b10: RFC 6891 §5).
     case badLabelType
-    /// An A record whose data is not 4 bytes, AAAA not 16, a name-valued record (CNAME, NS,
-    /// PTR) whose data is not exactly one name.
+    /// An Internet-class A record whose data is not 4 bytes, AAAA not 16, a name-valued
+    /// record (CNAME, NS, PTR) whose data is not exactly one name.
     case badRecordData
     /// More than one OPT record, one outside the additional section, one whose owner is not
     /// the root, or options that do not fill its data exactly (RFC 6891 §6.1.1).
@@ -95,6 +96,8 @@ public enum DNSRecordType {
     public static let ptr: UInt16 = 12
     public static let aaaa: UInt16 = 28
     public static let opt: UInt16 = 41
+    /// IN: the class A and AAAA data are addresses in (in CH, type 1 is Chaosnet's).
+    public static let internetClass: UInt16 = 1
 }
 
 /// A DNS message (RFC 1035 §4.1) read in place: names, record data and options are offsets
@@ -167,9 +170,9 @@ public struct DNSMessage: Equatable, Sendable {
         position = dataStart + dataLength
         let record = DNSRecord(name: name, type: type, recordClass: recordClass, ttl: ttl, data: dataStart..<position)
         switch type {
-        case DNSRecordType.a:
+        case DNSRecordType.a where recordClass == DNSRecordType.internetClass:
             guard dataLength == 4 else { throw .badRecordData }
-        case DNSRecordType.aaaa:
+        case DNSRecordType.aaaa where recordClass == DNSRecordType.internetClass:
             guard dataLength == 16 else { throw .badRecordData }
         case DNSRecordType.cname, DNSRecordType.ns, DNSRecordType.ptr:
             // Exactly one name, which may point back into the message.
@@ -206,6 +209,10 @@ public struct DNSMessage: Equatable, Sendable {
 public enum DNSName {
     /// The longest name in wire form (RFC 1035 §3.1), length bytes and the root included.
     public static let maximumLength = 255
+    /// The most compression pointers one name may follow. Strictly decreasing targets end
+    /// every chain, but a 64 KiB message could still chain thousands and make each of
+    /// thousands of names walk them all; real names need a handful (dnspython allows 16).
+    public static let maximumPointers = 127
 
     /// Checks the name at `start` (following compression pointers) and returns where its
     /// in-place part ends: the byte after its root label or after its first pointer.
@@ -247,6 +254,7 @@ public enum DNSName {
         // dnspython's rule, and the reference's: each pointer targets a byte before the name
         // started and before the previous pointer's target, so a chain always ends.
         var pointerLimit = start
+        var pointers = 0
         var length = 0
         while true {
             guard position < bytes.count else { throw .truncated }
@@ -266,7 +274,8 @@ public enum DNSName {
             case 0xc0:
                 guard position + 2 <= bytes.count else { throw .truncated }
                 let target = (count & 0x3f) << 8 | Int(bytes[position + 1])
-                guard target < pointerLimit else { throw .badPointer }
+                pointers += 1
+                guard target < pointerLimit, pointers <= maximumPointers else { throw .badPointer }
                 onPointer(position + 2)
                 pointerLimit = target
                 position = target

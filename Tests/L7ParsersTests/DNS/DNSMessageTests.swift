@@ -93,6 +93,29 @@ enum DNSWire {
         }
     }
 
+    /// A chain of pointers (each to the one before) is followed up to 127 hops, not further:
+    /// strictly decreasing targets end every chain, the cap bounds what one name can cost.
+    @Test(arguments: [(127, true), (128, false)])
+    func pointerChainsAreCapped(_ hops: Int, _ accepted: Bool) {
+        // Answer 1 (a private type) carries "a." and then `hops - 1` pointers, each to the
+        // one before; answer 2's owner enters at the last, so reading it takes `hops` pointers.
+        var bytes = DNSWire.header(flags: 0x8180, questions: 0, answers: 2)
+        let dataStart = bytes.count + 1 + 10
+        var data: [UInt8] = [1, 0x61, 0]
+        var previous = dataStart
+        for _ in 0..<(hops - 1) {
+            let here = dataStart + data.count
+            data += [0xc0 | UInt8(previous >> 8), UInt8(previous & 0xff)]
+            previous = here
+        }
+        bytes += DNSWire.record([0], type: 65280, data: data)
+        bytes += DNSWire.record([0xc0 | UInt8(previous >> 8), UInt8(previous & 0xff)], type: 1, data: [0, 0, 0, 0])
+        switch parse(bytes) {
+        case .success(let message): #expect(accepted && text(bytes, message.answers[1].name) == "a.")
+        case .failure(let error): #expect(!accepted && error == .badPointer)
+        }
+    }
+
     /// Every prefix of a valid message is rejected, never read past its end.
     @Test func everyTruncationIsRejected() {
         let whole = DNSWire.query.withCounts(additional: 1)
