@@ -42,7 +42,7 @@ struct DebugDNSParseCommand: ParsableCommand {
         do throws(DNSParseError) {
             let message = try DNSMessage.parse(bytes)
             let questions = try message.questions.map { question throws(DNSParseError) in
-                #"{"name":\#(JSONObject.quoted(try DNSName.text(bytes, at: question.name))),"type":\#(question.type),"class":\#(question.recordClass)}"#
+                #"{"name":\#(JSONObject.quoted(try DNSWireName.text(bytes, at: question.name))),"type":\#(question.type),"class":\#(question.recordClass)}"#
             }
             func records(_ list: [DNSRecord]) throws(DNSParseError) -> String {
                 try "[" + list.map { record throws(DNSParseError) in try describe(record, in: bytes) }.joined(separator: ",") + "]"
@@ -59,7 +59,7 @@ struct DebugDNSParseCommand: ParsableCommand {
     }
 
     private static func describe(_ record: DNSRecord, in bytes: UnsafeRawBufferPointer) throws(DNSParseError) -> String {
-        var fields = #"{"name":\#(JSONObject.quoted(try DNSName.text(bytes, at: record.name))),"type":\#(record.type),"class":\#(record.recordClass),"ttl":\#(record.ttl)"#
+        var fields = #"{"name":\#(JSONObject.quoted(try DNSWireName.text(bytes, at: record.name))),"type":\#(record.type),"class":\#(record.recordClass),"ttl":\#(record.ttl)"#
         let data = UnsafeRawBufferPointer(rebasing: bytes[record.data])
         switch record.type {
         case DNSRecordType.a where record.recordClass == DNSRecordType.internetClass:
@@ -67,7 +67,7 @@ struct DebugDNSParseCommand: ParsableCommand {
         case DNSRecordType.aaaa where record.recordClass == DNSRecordType.internetClass:
             fields += #","address":"\#(ipv6Text(data))""#
         case DNSRecordType.cname, DNSRecordType.ns, DNSRecordType.ptr:
-            fields += #","target":\#(JSONObject.quoted(try DNSName.text(bytes, at: record.data.lowerBound)))"#
+            fields += #","target":\#(JSONObject.quoted(try DNSWireName.text(bytes, at: record.data.lowerBound)))"#
         default:
             fields += #","rdata":"\#(hex(bytes, record.data))""#
         }

@@ -34,7 +34,7 @@ public enum DNSAnswers {
         for question in query.questions {
             // The name written out label by label: a pointer in the query could point at
             // bytes this answer does not repeat (its header).
-            try? DNSName.forEachLabel(bytes, at: question.name) { label in
+            try? DNSWireName.forEachLabel(bytes, at: question.name) { label in
                 answer.append(UInt8(label.count))
                 answer.append(contentsOf: label)
             }

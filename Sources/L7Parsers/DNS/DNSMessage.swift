@@ -9,7 +9,7 @@ public enum DNSParseError: Error, Equatable, Sendable {
     case trailingBytes
     /// A compression pointer that does not point before the name it continues (and before
     /// the previous pointer's target), which rules out loops, or a chain of more than
-    /// `DNSName.maximumPointers`, which bounds the work one name can cost.
+    /// `DNSWireName.maximumPointers`, which bounds the work one name can cost.
     case badPointer
     /// A name longer than 255 bytes in wire form (RFC 1035 §3.1).
     case nameTooLong
@@ -55,7 +55,7 @@ public struct DNSHeader: Equatable, Sendable {
     public var rcode: UInt8 { UInt8(flags & 0xf) }
 }
 
-/// A question: the name is an offset into the message's bytes (read it with `DNSName`).
+/// A question: the name is an offset into the message's bytes (read it with `DNSWireName`).
 public struct DNSQuestion: Equatable, Sendable {
     public var name: Int
     public var type: UInt16
@@ -131,7 +131,7 @@ public struct DNSMessage: Equatable, Sendable {
         if header.questionCount > 0 { message.questions.reserveCapacity(Int(header.questionCount)) }
         for _ in 0..<header.questionCount {
             let start = position
-            position = try DNSName.skip(bytes, at: position)
+            position = try DNSWireName.skip(bytes, at: position)
             guard position + 4 <= bytes.count else { throw .truncated }
             message.questions.append(DNSQuestion(name: start, type: bytes.uint16(at: position),
                                                  recordClass: bytes.uint16(at: position + 2), wire: start..<(position + 4)))
@@ -159,7 +159,7 @@ public struct DNSMessage: Equatable, Sendable {
 
     private static func readRecord(_ bytes: UnsafeRawBufferPointer, at position: inout Int) throws(DNSParseError) -> DNSRecord {
         let name = position
-        position = try DNSName.skip(bytes, at: position)
+        position = try DNSWireName.skip(bytes, at: position)
         guard position + 10 <= bytes.count else { throw .truncated }
         let type = bytes.uint16(at: position)
         let recordClass = bytes.uint16(at: position + 2)
@@ -178,7 +178,7 @@ public struct DNSMessage: Equatable, Sendable {
             // Exactly one name, which may point back into the message.
             let end: Int
             do {
-                end = try DNSName.skip(UnsafeRawBufferPointer(rebasing: bytes[0..<position]), at: dataStart)
+                end = try DNSWireName.skip(UnsafeRawBufferPointer(rebasing: bytes[0..<position]), at: dataStart)
             } catch .truncated {
                 throw .badRecordData
             }
@@ -190,7 +190,7 @@ public struct DNSMessage: Equatable, Sendable {
     }
 
     private static func edns(_ record: DNSRecord, in bytes: UnsafeRawBufferPointer) throws(DNSParseError) -> DNSEDNS {
-        guard DNSName.isRoot(bytes, at: record.name) else { throw .badEDNS }
+        guard DNSWireName.isRoot(bytes, at: record.name) else { throw .badEDNS }
         var options: [(code: UInt16, data: Range<Int>)] = []
         var position = record.data.lowerBound
         while position < record.data.upperBound {
@@ -206,7 +206,7 @@ public struct DNSMessage: Equatable, Sendable {
 }
 
 /// Names inside a message, read where they lie.
-public enum DNSName {
+public enum DNSWireName {
     /// The longest name in wire form (RFC 1035 §3.1), length bytes and the root included.
     public static let maximumLength = 255
     /// The most compression pointers one name may follow. Strictly decreasing targets end

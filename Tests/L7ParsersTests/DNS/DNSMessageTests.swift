@@ -33,7 +33,7 @@ enum DNSWire {
     }
 
     func text(_ bytes: [UInt8], _ offset: Int) -> String? {
-        bytes.withUnsafeBytes { try? DNSName.text($0, at: offset) }
+        bytes.withUnsafeBytes { try? DNSWireName.text($0, at: offset) }
     }
 
     @Test func aQueryReadsItsQuestion() throws {
