@@ -26,11 +26,11 @@ public enum DNSMessageFuzzer {
         }
         for question in message.questions {
             precondition(question.wire.upperBound <= bytes.count)
-            precondition((try? DNSName.text(bytes, at: question.name)) != nil, "an accepted question name does not read")
+            precondition((try? DNSWireName.text(bytes, at: question.name)) != nil, "an accepted question name does not read")
         }
         for record in message.answers + message.authority + message.additional {
             precondition(record.data.upperBound <= bytes.count)
-            precondition((try? DNSName.text(bytes, at: record.name)) != nil, "an accepted owner name does not read")
+            precondition((try? DNSWireName.text(bytes, at: record.name)) != nil, "an accepted owner name does not read")
         }
         let refusal = DNSAnswers.response(to: message, in: bytes, rcode: DNSAnswers.refused)
         refusal.withUnsafeBytes { answer in
@@ -38,7 +38,7 @@ public enum DNSMessageFuzzer {
             precondition(parsed.header.id == message.header.id && parsed.questions.count == message.questions.count)
             for (asked, answered) in zip(message.questions, parsed.questions) {
                 precondition(asked.type == answered.type && asked.recordClass == answered.recordClass)
-                precondition((try? DNSName.text(bytes, at: asked.name)) == (try? DNSName.text(answer, at: answered.name)),
+                precondition((try? DNSWireName.text(bytes, at: asked.name)) == (try? DNSWireName.text(answer, at: answered.name)),
                              "the answer's question differs from the query's")
             }
         }
