@@ -176,24 +176,52 @@ def test_denied_flow_is_dropped_counted_and_reported(scenario):
         assert re.search(r"counter packets [1-9]\d* bytes \d+ drop comment \"default deny shop/backend ingress\"", rules)
 
 
-def test_udp_port_with_dns_rules_is_denied_and_reported_until_dns_is_enforced(scenario):
-    """Issue 9, item 5: the datapath diverts the DNS port to sluice's UDP listener; sluice
-    cannot judge DNS yet, so the query is dropped and reported, never relayed open."""
+DNS_CLIENT = """
+import socket, struct, sys
+name, ident = sys.argv[1], int(sys.argv[2])
+question = b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\\0\\0\\1\\0\\1"
+query = struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question
+if name == "-":
+    query = b"query"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.sendto(query, (sys.argv[3], 53))
+try:
+    data, peer = s.recvfrom(2048)
+except TimeoutError:
+    print("timeout")
+    sys.exit(0)
+answer_id, flags = struct.unpack(">HH", data[:4])
+print(answer_id, flags & 0xf, peer[0], peer[1], data[12:12 + len(question)] == question)
+"""
+
+
+def test_dns_on_udp_is_judged_by_name(scenario):
+    """Issue 11: the datapath diverts the DNS port to sluice's UDP listener, which judges each
+    query against the lab's `*.shop.test` rule. A denied name is answered REFUSED by sluice
+    from the resolver's address (same ID and question) and never relayed; an allowed one is
+    relayed (no resolver listens in this scenario, so it goes unanswered), also while another
+    client's flow to the same resolver is open; bytes that are not a DNS message are dropped
+    and reported."""
     proxy = scenario.start_proxy()
-    code = textwrap.dedent(f"""
-        import socket
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(2)
-        s.sendto(b"query", ("{REMOTE}", 53))
-        data, peer = s.recvfrom(2048)
-        print(data.decode(), peer[0], peer[1])
-    """)
-    result = scenario.lab.run(scenario.lab.ns("ep1"), "python3", "-c", code, check=False, timeout=10)
-    assert "TimeoutError" in result.stderr and result.stdout == "", "the query must not be answered"
-    records = proxy.wait_for_flows(1, timeout=5)
-    dropped = [r for r in records if r["verdict"] == "DROPPED" and "UDP" in r.get("l4", {})]
-    assert dropped and dropped[0]["drop_reason_desc"] == "DNS rules on UDP port 53 are not enforced by this sluice yet: denied"
-    assert dropped[0]["l4"]["UDP"]["destination_port"] == 53 and dropped[0]["proxy"]["listener"] == "l7-udp"
+
+    def ask(name, ident):
+        result = scenario.lab.run(scenario.lab.ns("ep1"), "python3", "-c", DNS_CLIENT, name, str(ident), REMOTE,
+                                  check=False, timeout=10)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert ask("evil.example.com", 4321) == f"4321 5 {REMOTE} 53 True", "REFUSED, from the resolver's address"
+    assert ask("api.shop.test", 4322) == "timeout", "relayed to the resolver, which is not there"
+    assert ask("evil.example.com", 4323) == f"4323 5 {REMOTE} 53 True"
+    assert ask("-", 0) == "timeout", "not a DNS message: dropped"
+    records = proxy.wait_for_flows(4, timeout=5)
+    dns = [r for r in records if r.get("Type") == "L7" and "dns" in r.get("l7", {})]
+    assert any(r["verdict"] == "DROPPED" and r["l7"]["dns"]["query"] == "evil.example.com." for r in dns), dns
+    assert any(r["verdict"] == "FORWARDED" and r["l7"]["dns"]["query"] == "api.shop.test." for r in dns), \
+        [(r["verdict"], r.get("Summary"), r.get("drop_reason_desc")) for r in records]
+    dropped = [r for r in records if r["verdict"] == "DROPPED" and "UDP" in r.get("l4", {}) and "drop_reason_desc" in r]
+    assert any(r["drop_reason_desc"] == "DNS: truncated_header" and r["proxy"]["listener"] == "l7-udp" for r in dropped), dropped
 
 
 def test_proxy_stopped_means_blocked(scenario):

@@ -16,8 +16,9 @@ def test_demo_runs_and_shows_allowed_denied_and_diverted_flows():
     assert "403 from sluice's L7 policy; nginx never saw it" in out
     assert "through sluice (backend saw the node, 10.200.2.1)" in out
     assert "dropped by the datapath (POLICY_DENIED)" in out
-    # Issue 9, item 5: DNS rules are not enforced yet, so their port is denied and reported.
-    assert "dropped by sluice (DNS rules on UDP port 53 are not enforced by this sluice yet: denied)" in out
+    # Issue 11: DNS on UDP is judged by name; a denied name is answered REFUSED by sluice.
+    assert "answered by dnsmasq through sluice: 10.200.100.2" in out
+    assert "REFUSED from sluice's DNS policy; dnsmasq never saw it" in out
     assert "drop: proxy unavailable" in out
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "demo-" not in listed, "the demo must remove its namespaces"

@@ -107,7 +107,11 @@ public struct NftablesRuleset {
         lines.append("  chain prerouting {")
         lines.append("    type filter hook prerouting priority mangle; policy accept;")
         lines.append("    iifname != { \(interfaceSet) } accept")
-        lines.append("    meta l4proto { tcp, udp } socket transparent 1 meta mark set 0x200 accept comment \"diverted flow, established\"")
+        // TCP only: for UDP the socket lookup also finds a flow's reply socket (transparent,
+        // bound to the original destination, unconnected) and would hand it every other
+        // client's datagram to that address. Diverted UDP always goes to the listener, which
+        // finds the datagram's flow itself.
+        lines.append("    meta l4proto tcp socket transparent 1 meta mark set 0x200 accept comment \"diverted flow, established\"")
         lines.append("    ct state established,related accept")
         lines.append("    meta mark set meta mark and 0xffffefff")
         lines.append("    jump egress_policy")

@@ -76,6 +76,7 @@ public struct SessionRegistry: Sendable {
             HTTPPolicySession(limits: httpLimits, settings: httpSettings, policy: context.policy,
                               identities: context.identities, reporter: context.reporter)
         })
+        registry.register(.dns, datagram: { context in DNSPolicySession(context: context) })
         return registry
     }
 }

@@ -246,8 +246,9 @@ struct DatagramListenerTests {
         try TransparentLoopback.with { namespace in
             let configuration = RunningWorker.configuration()
             let holder = PolicySnapshotHolder(try Self.snapshot(rules: Self.dnsRules))
+            // A registry without the DNS session: the kind is known, nothing judges it.
             let running = try RunningWorker(namespace, configuration: configuration, policy: holder,
-                                            sessions: .standard(configuration: configuration))
+                                            sessions: SessionRegistry())
             let client = try LoopbackClient(in: namespace)
 
             #expect(client.exchange("query", with: namespace.server, timeout: 0.3) == nil)

@@ -20,8 +20,11 @@ import Testing
         #expect(Array("deny x".utf8).withUnsafeBytes { session.clientDatagram($0) } == .answer(Array("REFUSED".utf8)))
     }
 
-    @Test func theStandardRegistryJudgesNoDatagramsYet() {
+    @Test func theStandardRegistryJudgesDNSOverUDPAndNothingElse() {
         let registry = SessionRegistry.standard(configuration: ProxyConfiguration(workers: 1, listeners: []))
-        #expect(L7Protocol.allCases.allSatisfy { !registry.judgesDatagrams(of: $0) })
+        #expect(registry.judgesDatagrams(of: .dns))
+        #expect(registry.datagramSession(.dns, context: Self.context) is DNSPolicySession)
+        #expect(!registry.judgesDatagrams(of: .http) && !registry.judgesDatagrams(of: .kafka))
+        #expect(!registry.judgesStreams(of: .dns), "DNS over TCP is not judged yet")
     }
 }

@@ -9,8 +9,7 @@ import PolicyEngine
 /// answer is relayed only when it answers a query of this flow still outstanding (same ID
 /// and question): Sluice relays nothing a resolver did not send in answer.
 ///
-/// Not registered in `SessionRegistry.standard` yet: the live proxy still refuses DNS ports
-/// until the lab tests against a real resolver replace today's refusal tests (issue 11).
+/// DNS over TCP is not judged yet: a TCP port with DNS rules is still refused (issue 11).
 public final class DNSPolicySession: L7DatagramSession {
     private let context: SessionContext
     private var policies: [ConnectionPolicy]
