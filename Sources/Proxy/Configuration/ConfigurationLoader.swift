@@ -72,7 +72,7 @@ public struct ConfigurationLoader {
     // MARK: Document
 
     private func configuration(from root: Node) throws(ConfigurationError) -> ProxyConfiguration {
-        let document = try mapping(root, path: "", allowed: ["workers", "proxyMark", "listeners", "timeouts", "limits", "flowLog", "datapath", "policy", "http"])
+        let document = try mapping(root, path: "", allowed: ["workers", "proxyMark", "listeners", "timeouts", "limits", "flowLog", "datapath", "policy", "http", "dns"])
         var workers = defaultWorkers
         if let node = document["workers"] {
             workers = try integer(node, path: "workers", range: 1...256)
@@ -150,6 +150,17 @@ public struct ConfigurationLoader {
                 http.allowedUpgrades = upgrades
             }
         }
+        var dns = DNSSettings()
+        if let node = document["dns"] {
+            let fields = try mapping(node, path: "dns", allowed: ["deniedAnswer"])
+            if let value = fields["deniedAnswer"] {
+                let text = try string(value, path: "dns.deniedAnswer")
+                guard let answer = DNSSettings.DeniedAnswer(rawValue: text) else {
+                    throw error(value, path: "dns.deniedAnswer", "expected 'refused' or 'nameError', got '\(text)'")
+                }
+                dns.deniedAnswer = answer
+            }
+        }
         if datapath.mode != .none {
             guard listeners.contains(where: { $0.kind == .transparentTCP }) else {
                 throw error(document["datapath"]!, path: "datapath.mode",
@@ -162,6 +173,7 @@ public struct ConfigurationLoader {
         var configuration = ProxyConfiguration(workers: workers, proxyMark: proxyMark, listeners: listeners, timeouts: timeouts,
                                                limits: limits, flowLog: flowLog, datapath: datapath, policy: policy)
         configuration.http = http
+        configuration.dns = dns
         return configuration
     }
 

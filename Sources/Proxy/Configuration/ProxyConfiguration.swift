@@ -18,6 +18,8 @@ public struct ProxyConfiguration: Sendable, Equatable {
     public var policy: PolicySourceConfiguration?
     /// HTTP handling: path normalisation and the upgrades that may become relays.
     public var http = HTTPSettings()
+    /// DNS handling: how a denied query is answered.
+    public var dns = DNSSettings()
 
     public init(workers: Int, proxyMark: UInt32 = 0xa00, listeners: [ListenerConfiguration],
                 timeouts: Timeouts = Timeouts(), limits: Limits = Limits(), flowLog: FlowLogConfiguration = .init(),
@@ -168,6 +170,20 @@ public struct HTTPSettings: Sendable, Equatable {
     /// `Upgrade` protocols (lowercase tokens) that may turn an allowed request's connection
     /// into a relay. Other upgrade offers are stripped from the request; `h2c` never relays.
     public var allowedUpgrades: Set<String> = ["websocket"]
+
+    public init() {}
+}
+
+public struct DNSSettings: Sendable, Equatable {
+    /// What a query the policy denies is answered, in the resolver's place.
+    public enum DeniedAnswer: String, Sendable, Equatable, CaseIterable {
+        /// REFUSED (rcode 5): the reference's default; clients do not retry another name.
+        case refused
+        /// NXDOMAIN (rcode 3): the name looks as if it did not exist.
+        case nameError
+    }
+
+    public var deniedAnswer = DeniedAnswer.refused
 
     public init() {}
 }

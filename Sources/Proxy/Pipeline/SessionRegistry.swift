@@ -76,7 +76,8 @@ public struct SessionRegistry: Sendable {
             HTTPPolicySession(limits: httpLimits, settings: httpSettings, policy: context.policy,
                               identities: context.identities, reporter: context.reporter)
         })
-        registry.register(.dns, datagram: { context in DNSPolicySession(context: context) })
+        let deniedRCode = configuration.dns.deniedAnswer == .nameError ? DNSAnswers.nameError : DNSAnswers.refused
+        registry.register(.dns, datagram: { context in DNSPolicySession(context: context, deniedRCode: deniedRCode) })
         return registry
     }
 }

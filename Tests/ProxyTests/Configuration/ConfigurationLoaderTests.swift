@@ -44,6 +44,13 @@ import Testing
         #expect(configuration.flowLog.sink == .file(path: "/tmp/flows.json"))
     }
 
+    @Test func aDeniedDNSQueryIsAnsweredAsConfigured() throws {
+        let listeners = "listeners:\n  - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n"
+        #expect(try load(listeners).dns.deniedAnswer == .refused)
+        #expect(try load("dns: {deniedAnswer: nameError}\n" + listeners).dns.deniedAnswer == .nameError)
+        #expect(throws: ConfigurationError.self) { try load("dns: {deniedAnswer: drop}\n" + listeners) }
+    }
+
     @Test func theIncompleteMessageTimeoutIsTimeoutsMessage() throws {
         let configuration = try load("""
             timeouts: {message: 750ms}

@@ -96,6 +96,21 @@ import PolicyEngine
         #expect(session.deniedCount == 1 && session.allowedCount == 0)
     }
 
+    @Test func theStandardRegistryAnswersDenialsAsConfigured() throws {
+        var configuration = ProxyConfiguration(workers: 1, listeners: [])
+        configuration.dns.deniedAnswer = .nameError
+        let policy = WorkerPolicy(holder: PolicySnapshotHolder(try Self.snapshot()))
+        var identities = policy.identities(client: SocketAddress("10.0.0.1:40000")!, server: SocketAddress("10.0.0.53:53")!)
+        identities.transport = .udp
+        let session = try #require(SessionRegistry.standard(configuration: configuration).datagramSession(
+            .dns, context: SessionContext(identities: identities, policy: policy, reporter: nil)))
+        guard case .answer(let answer) = Self.query("evil.example.com").withUnsafeBytes({ session.clientDatagram($0) }) else {
+            Issue.record("a denied query must be answered")
+            return
+        }
+        #expect(answer[3] & 0x0f == DNSAnswers.nameError)
+    }
+
     @Test func onlyAnswersToOutstandingQueriesAreRelayed() throws {
         let (session, _) = Self.session(PolicySnapshotHolder(try Self.snapshot()))
         #expect(Self.call(session, server: Self.answer("api.stripe.com")) != .forward, "nothing was asked")
