@@ -111,6 +111,26 @@ import PolicyEngine
         #expect(answer[3] & 0x0f == DNSAnswers.nameError)
     }
 
+    /// Names a resolver reads differently from their text cannot pass for an allowed one: a
+    /// label holding a dot byte ("api.stripe" + "com"), a NUL inside a label, a trailing
+    /// extra label. Each is judged by its escaped text and denied.
+    static let lookalikes: [[UInt8]] = [
+        Array("\u{0a}api.stripe\u{03}com\u{00}".utf8),
+        Array("\u{03}api\u{07}stripe\u{00}\u{03}com\u{00}".utf8),
+        Array("\u{03}api\u{06}stripe\u{03}com\u{01}x\u{00}".utf8),
+    ]
+
+    @Test(arguments: lookalikes)
+    func lookalikeNamesAreDenied(_ wireName: [UInt8]) throws {
+        let (session, _) = Self.session(PolicySnapshotHolder(try Self.snapshot()))
+        let query: [UInt8] = [0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0] + wireName + [0, 1, 0, 1]
+        guard case .answer(let answer) = Self.call(session, client: query) else {
+            Issue.record("a lookalike of an allowed name must not be relayed")
+            return
+        }
+        #expect(answer[3] & 0x0f == DNSAnswers.refused)
+    }
+
     @Test func onlyAnswersToOutstandingQueriesAreRelayed() throws {
         let (session, _) = Self.session(PolicySnapshotHolder(try Self.snapshot()))
         #expect(Self.call(session, server: Self.answer("api.stripe.com")) != .forward, "nothing was asked")
