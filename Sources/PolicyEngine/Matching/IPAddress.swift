@@ -35,6 +35,19 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable
         }
     }
 
+    /// An IPv4 address from its 4 network-order bytes, or IPv6 from 16; nil for other lengths.
+    public init?<Bytes: Collection>(networkBytes bytes: Bytes) where Bytes.Element == UInt8 {
+        switch bytes.count {
+        case 4:
+            self.init(family: .ipv4, high: 0, low: bytes.reduce(0) { $0 << 8 | UInt64($1) })
+        case 16:
+            self.init(family: .ipv6, high: bytes.prefix(8).reduce(0) { $0 << 8 | UInt64($1) },
+                      low: bytes.dropFirst(8).reduce(0) { $0 << 8 | UInt64($1) })
+        default:
+            return nil
+        }
+    }
+
     init(family: Family, high: UInt64, low: UInt64) {
         self.family = family
         self.high = high

@@ -65,8 +65,9 @@ public struct SessionRegistry: Sendable {
     /// Whether UDP flows carrying `kind` can be judged.
     public func judgesDatagrams(of kind: L7Protocol) -> Bool { datagramFactories[kind] != nil }
 
-    /// The protocols Sluice ships, set up from the configuration.
-    public static func standard(configuration: ProxyConfiguration) -> SessionRegistry {
+    /// The protocols Sluice ships, set up from the configuration. `learner` receives the
+    /// addresses of allowed DNS answers (toFQDNs); nil when nothing enforces them.
+    public static func standard(configuration: ProxyConfiguration, learner: FQDNLearning? = nil) -> SessionRegistry {
         var registry = SessionRegistry()
         // A head larger than one buffer block is held whole by the driver (up to the limits'
         // sum): the limits are HTTP's, not the buffer's.
@@ -77,7 +78,9 @@ public struct SessionRegistry: Sendable {
                               identities: context.identities, reporter: context.reporter)
         })
         let deniedRCode = configuration.dns.deniedAnswer == .nameError ? DNSAnswers.nameError : DNSAnswers.refused
-        registry.register(.dns, datagram: { context in DNSPolicySession(context: context, deniedRCode: deniedRCode) })
+        registry.register(.dns, datagram: { context in
+            DNSPolicySession(context: context, deniedRCode: deniedRCode, learner: learner)
+        })
         return registry
     }
 }

@@ -17,6 +17,7 @@ public final class DNSPolicySession: L7DatagramSession {
     private var identities: ConnectionIdentities
     private let deniedRCode: UInt8
     private let clock: () -> UInt64
+    private let learner: FQDNLearning?
     /// Queries relayed and not answered yet, oldest first, at most `maximumOutstanding`.
     private var outstanding: [Outstanding] = []
     public private(set) var allowedCount: UInt32 = 0
@@ -37,8 +38,10 @@ public final class DNSPolicySession: L7DatagramSession {
 
     /// `deniedRCode`: what a denied query is answered (REFUSED by default; NXDOMAIN to look
     /// like a name that does not exist).
-    public init(context: SessionContext, deniedRCode: UInt8 = DNSAnswers.refused,
+    /// `learner` receives the addresses of each allowed answer before it is released (toFQDNs).
+    public init(context: SessionContext, deniedRCode: UInt8 = DNSAnswers.refused, learner: FQDNLearning? = nil,
                 clock: @escaping () -> UInt64 = MonotonicClock.now) {
+        self.learner = learner
         self.context = context
         identities = context.identities
         policyVersion = context.policy?.version ?? 0
@@ -95,6 +98,7 @@ public final class DNSPolicySession: L7DatagramSession {
     }
 
     public func serverDatagram(_ bytes: UnsafeRawBufferPointer) -> DatagramVerdict {
+        let received = clock()
         guard let message = try? DNSMessage.parse(bytes), message.header.isResponse,
               message.questions.count == 1, let question = message.questions.first else {
             return .drop(reason: "DNS: an answer that cannot be read")
@@ -131,7 +135,8 @@ public final class DNSPolicySession: L7DatagramSession {
         if !cnames.isEmpty { fields["cnames"] = .array(cnames) }
         if let ttl { fields["ttl"] = .unsigned(UInt64(ttl)) }
         report(type: .response, verdict: .forwarded, direction: query.direction, query: query.name, rules: [],
-               allowed: true, fields: fields, latency: clock() &- query.start)
+               allowed: true, fields: fields, latency: received &- query.start)
+        learn(from: message, in: bytes, received: received)
         return .forward
     }
 
@@ -140,6 +145,15 @@ public final class DNSPolicySession: L7DatagramSession {
     }
 
     // MARK: Helpers
+
+    /// Hands the answer's addresses to the learner; returns once the datapath holds them.
+    private func learn(from message: DNSMessage, in bytes: UnsafeRawBufferPointer, received: UInt64) {
+        guard let learner, let endpoint = IPAddress(identities.client.host),
+              let chain = DNSAnswerChain(message, in: bytes), !chain.addresses.isEmpty, let ttl = chain.ttl else { return }
+        let addresses = chain.addresses.compactMap { IPAddress(networkBytes: UnsafeRawBufferPointer(rebasing: bytes[$0])) }
+        learner.learn(LearnedAnswer(endpoint: endpoint, names: chain.names.map(PolicyEngine.DNSName.normalize),
+                                    addresses: addresses, ttl: ttl, received: received))
+    }
 
     /// FORMERR when a header can be read (RFC 1035 §4.1.1), else a drop.
     private func malformed(_ bytes: UnsafeRawBufferPointer, because reason: String) -> DatagramVerdict {
