@@ -63,6 +63,17 @@ struct {
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_policy SEC(".maps");
 
+/* Addresses learned from allowed DNS answers (toFQDNs), written by the proxy before it
+ * releases the answer. Bounded: userspace caps and evicts, and expired entries are ignored. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, SLUICE_FQDN_ENTRIES);
+    __type(key, struct sluice_fqdn_key);
+    __type(value, struct sluice_fqdn_value);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_fqdn SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, SLUICE_CT_ENTRIES);
@@ -261,6 +272,31 @@ static __always_inline struct decision policy_for(__u32 endpoint, __u8 direction
     return decision;
 }
 
+/* An egress flow the policy drops by default may go to an address the endpoint learned from
+ * an allowed DNS answer (toFQDNs): the exact port's entry, else the every-port one, while
+ * it has not expired. */
+static __always_inline void learned(struct decision *egress, const struct packet *packet, __u32 endpoint, __u16 port)
+{
+    struct sluice_fqdn_key key = { .endpoint_identity = endpoint, .addr_be = packet->tuple.daddr_be, .port = port,
+                                   .protocol = packet->tuple.protocol };
+    struct sluice_fqdn_value *found = bpf_map_lookup_elem(&sluice_fqdn, &key);
+    if (!found) {
+        key.port = 0;
+        found = bpf_map_lookup_elem(&sluice_fqdn, &key);
+    }
+    if (!found || found->action == SLUICE_ACTION_DENY)
+        return;
+    if (found->expires_ns && bpf_ktime_get_ns() >= found->expires_ns) {
+        count(SLUICE_COUNT_FQDN_EXPIRED);
+        return;
+    }
+    count(SLUICE_COUNT_FQDN_ALLOWED);
+    egress->action = found->action;
+    egress->proxy_port = found->proxy_port;
+    egress->rule = found->rule;
+    egress->reason = 0;
+}
+
 /* Egress policy of a local source and ingress policy of a local destination, combined:
  * a deny from either side wins, then a redirect (egress first), then allow. */
 static __always_inline struct decision decide(const struct packet *packet, struct sluice_ipcache_value source,
@@ -269,8 +305,11 @@ static __always_inline struct decision decide(const struct packet *packet, struc
     __u16 port = bpf_ntohs(packet->tuple.dport_be);
     struct decision egress = { .action = SLUICE_ACTION_ALLOW, .direction = SLUICE_DIRECTION_EGRESS };
     struct decision ingress = { .action = SLUICE_ACTION_ALLOW, .direction = SLUICE_DIRECTION_INGRESS };
-    if (source.flags & SLUICE_ADDRESS_LOCAL_ENDPOINT)
+    if (source.flags & SLUICE_ADDRESS_LOCAL_ENDPOINT) {
         egress = policy_for(source.identity, SLUICE_DIRECTION_EGRESS, destination.identity, port, packet->tuple.protocol);
+        if (egress.action == SLUICE_ACTION_DENY && egress.reason == SLUICE_DROP_POLICY_DEFAULT)
+            learned(&egress, packet, source.identity, port);
+    }
     if (destination.flags & SLUICE_ADDRESS_LOCAL_ENDPOINT)
         ingress = policy_for(destination.identity, SLUICE_DIRECTION_INGRESS, source.identity, port, packet->tuple.protocol);
     if (egress.action == SLUICE_ACTION_DENY)

@@ -3,6 +3,9 @@ import Datapath
 import PolicyEngine
 import Proxy
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The policy side of `sluice run`: brings up the datapath the configuration names, writes
 /// the policies' L3/L4 view into it, keeps it and the proxy's snapshot in step when the
@@ -27,6 +30,9 @@ public final class PolicyEnforcement: @unchecked Sendable {
     private var watcher: PolicyFileWatcher?
     /// The snapshot the proxy judges requests by (nil without a `policy` section).
     public let policy: PolicySnapshotHolder?
+    /// toFQDNs: what allowed DNS answers taught, written into the datapath (nil without a
+    /// datapath or a policy). DNS sessions hand it their answers.
+    public let learner: FQDNLearner?
 
     /// `report` receives one line per event worth telling an operator (standard error by default).
     public convenience init(configuration: ProxyConfiguration, configFile: String, flowLog: FlowLog,
@@ -43,13 +49,22 @@ public final class PolicyEnforcement: @unchecked Sendable {
         self.report = report
         self.enforcer = enforcer
         policy = configuration.policy == nil ? nil : PolicySnapshotHolder()
+        learner = configuration.policy == nil || configuration.datapath.mode == .none ? nil
+            : FQDNLearner(settings: configuration.fqdn, stateFile: configuration.fqdn.stateFile.map(Self.resolve(configFile: configFile)),
+                          report: report)
+    }
+
+    static func resolve(configFile: String) -> (String) -> String {
+        { path in
+            if path.hasPrefix("/") { return path }
+            let directory = configFile.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+            return directory.isEmpty ? path : "\(directory)/\(path)"
+        }
     }
 
     /// Paths in the configuration are relative to the configuration file's directory.
     func resolve(_ path: String) -> String {
-        if path.hasPrefix("/") { return path }
-        let directory = configFile.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        return directory.isEmpty ? path : "\(directory)/\(path)"
+        Self.resolve(configFile: configFile)(path)
     }
 
     private var setup: DatapathSetup {
@@ -64,14 +79,14 @@ public final class PolicyEnforcement: @unchecked Sendable {
         return .init(tcp: tcp, udp: udp)
     }
 
-    private var prepared: DatapathState?
+    private var prepared: (snapshot: PolicySnapshot?, state: DatapathState)?
 
     /// Loads and translates the policies and publishes the snapshot; throws on bad policy
     /// input (nothing installed yet).
     public func prepare() throws {
         let (snapshot, state) = try load()
         if let snapshot { policy?.replace(with: snapshot) }
-        prepared = state
+        prepared = (snapshot, state)
     }
 
     /// Chooses the mechanism and installs the prepared policies; `listeners` are the
@@ -85,7 +100,8 @@ public final class PolicyEnforcement: @unchecked Sendable {
             report("datapath: \(mode.rawValue)")
         }
         guard mode != .none else { return }
-        guard let desired = prepared else { return }
+        guard let (snapshot, desired) = prepared else { return }
+        let writer: LearnedAddressWriter?
         switch mode {
         case .bpf:
             try setup.up(fresh: false)
@@ -94,16 +110,26 @@ public final class PolicyEnforcement: @unchecked Sendable {
             for listener in listeners { try maps.registerListener(port: listener.port, descriptor: listener.descriptor) }
             report("datapath: maps synchronised (\(synchronized))")
             enforcer = BPFMapsEnforcer(pinRoot: configuration.datapath.pinRoot)
+            writer = try BPFLearnedAddresses(pinRoot: configuration.datapath.pinRoot)
         case .nftables:
             let nftables = NftablesEnforcer(interfaces: configuration.datapath.interfaces, namespace: configuration.datapath.namespace,
                                             proxyPorts: proxyPorts)
-            _ = try nftables.apply(desired)
+            _ = try nftables.apply(desired, learned: [])
             report("datapath: nftables table '\(NftablesRuleset.tableName)' installed (\(desired.policy.count) policy entries)")
             enforcer = nftables
+            writer = NftablesLearnedAddresses(namespace: configuration.datapath.namespace, clock: { MonotonicClock.now() })
         case .none, .auto:
-            break
+            writer = nil
         }
         state.withLock { $0 = desired }
+        // Learned addresses from before a restart go back in before the proxy serves.
+        if let learner, let writer, let snapshot {
+            learner.attach(writer: writer)
+            try learner.policyChanged(FQDNPolicy(snapshot: snapshot, state: desired, proxyPorts: proxyPorts)) { _ in }
+            let restored = learner.restore()
+            (writer as? BPFLearnedAddresses)?.removeAll(except: learner.entries)
+            if restored > 0 { report("fqdn: \(restored) learned address(es) restored from \(learner.stateFile ?? "")") }
+        }
     }
 
     /// Loads the policy files into a new snapshot for the proxy and, when a datapath is in
@@ -137,11 +163,36 @@ public final class PolicyEnforcement: @unchecked Sendable {
         if mode == .bpf {
             startThread { [self] in forwardEvents() }
         }
+        if learner != nil {
+            startThread { [self] in maintainLearned() }
+        }
     }
 
     public func stop() {
         stopping.store(true, ordering: .relaxed)
         watcher?.stop()
+        saveLearned()
+    }
+
+    /// Once a second: forgets learned addresses past their lifetime and saves the rest.
+    private func maintainLearned() {
+        while !stopping.load(ordering: .relaxed) {
+            learner?.expire()
+            saveLearned()
+            for _ in 0..<10 where !stopping.load(ordering: .relaxed) { usleep(100_000) }
+        }
+    }
+
+    private let saveFailed = Atomic<Bool>(false)
+
+    private func saveLearned() {
+        do {
+            try learner?.saveIfChanged()
+            saveFailed.store(false, ordering: .relaxed)
+        } catch {
+            // Said once per failure spell, not every second.
+            if !saveFailed.exchange(true, ordering: .relaxed) { report("fqdn: cannot save learned addresses: \(error)") }
+        }
     }
 
     /// Called after each policy change was published (the proxy resets the L4 relays the
@@ -163,7 +214,16 @@ public final class PolicyEnforcement: @unchecked Sendable {
         reloading.withLock { _ in
             do {
                 let (snapshot, desired) = try load()
-                let done = try enforcer?.apply(desired) ?? ""
+                var done = ""
+                if let enforcer, let learner, let snapshot {
+                    // The learned addresses are judged again under the new policy and written
+                    // with it (nftables rewrites its sets with the table).
+                    try learner.policyChanged(FQDNPolicy(snapshot: snapshot, state: desired, proxyPorts: proxyPorts)) { learned in
+                        done = try enforcer.apply(desired, learned: learned)
+                    }
+                } else {
+                    done = try enforcer?.apply(desired, learned: []) ?? ""
+                }
                 state.withLock { $0 = desired }
                 if let snapshot {
                     policy?.replace(with: snapshot)
@@ -202,15 +262,20 @@ public final class PolicyEnforcement: @unchecked Sendable {
 
 /// Where a reload writes the datapath's view of the policy.
 protocol DatapathEnforcer: Sendable {
-    /// Makes the datapath enforce `state`; returns what was done, for the reload's line.
-    func apply(_ state: DatapathState) throws -> String
+    /// Makes the datapath enforce `state` and exactly the `learned` addresses; returns what
+    /// was done, for the reload's line.
+    func apply(_ state: DatapathState, learned: [LearnedEntry]) throws -> String
 }
 
 /// The BPF programs' pinned maps: only the entries that differ are written.
 struct BPFMapsEnforcer: DatapathEnforcer {
     let pinRoot: String
-    func apply(_ state: DatapathState) throws -> String {
-        "maps synchronised (\(try DatapathMaps(pinRoot: pinRoot).synchronize(to: state)))"
+    func apply(_ state: DatapathState, learned: [LearnedEntry]) throws -> String {
+        let synchronized = try DatapathMaps(pinRoot: pinRoot).synchronize(to: state)
+        let addresses = try BPFLearnedAddresses(pinRoot: pinRoot)
+        try addresses.write(learned, replacing: [])
+        addresses.removeAll(except: learned)
+        return "maps synchronised (\(synchronized))" + (learned.isEmpty ? "" : ", \(learned.count) learned address(es) re-judged")
     }
 }
 
@@ -219,8 +284,9 @@ struct NftablesEnforcer: DatapathEnforcer {
     let interfaces: [String]
     let namespace: String?
     let proxyPorts: PolicyTranslation.ProxyPorts
-    func apply(_ state: DatapathState) throws -> String {
-        try NftablesRuleset(state: state, interfaces: interfaces, proxyPorts: proxyPorts).apply(namespace: namespace)
+    func apply(_ state: DatapathState, learned: [LearnedEntry]) throws -> String {
+        try NftablesRuleset(state: state, interfaces: interfaces, proxyPorts: proxyPorts, learned: learned,
+                            now: MonotonicClock.now()).apply(namespace: namespace)
         return "nftables table replaced"
     }
 }

@@ -93,7 +93,8 @@ struct RunCommand: ParsableCommand {
         }
 
         ShutdownSignals.block()
-        let server = ProxyServer(configuration: configuration, flowLog: flowLog, policy: enforcement.policy)
+        let server = ProxyServer(configuration: configuration, flowLog: flowLog, policy: enforcement.policy,
+                                 sessions: .standard(configuration: configuration, learner: enforcement.learner))
         do {
             try server.start()
         } catch {
@@ -139,6 +140,7 @@ struct RunCommand: ParsableCommand {
         if reset > 0 { notes.append("\(reset) L4 relay(s) reset by policy changes") }
         if exhausted > 0 { notes.append("\(exhausted) time(s) out of file descriptors") }
         printError("stopped: \(accepted) connection(s) served" + (notes.isEmpty ? "" : "; " + notes.joined(separator: ", ")))
+        if let learner = enforcement.learner { printError(learner.summary) }
         if flowLog.droppedRecords > 0 {
             printError("flow log: \(flowLog.droppedRecords) record(s) dropped (sink too slow or gone)")
         }

@@ -14,6 +14,8 @@ import CSluiceDatapath
         ("sluice_policy_value", MemoryLayout<sluice_policy_value>.size),
         ("sluice_ct_key", MemoryLayout<sluice_ct_key>.size),
         ("sluice_ct_value", MemoryLayout<sluice_ct_value>.size),
+        ("sluice_fqdn_key", MemoryLayout<sluice_fqdn_key>.size),
+        ("sluice_fqdn_value", MemoryLayout<sluice_fqdn_value>.size),
         ("sluice_event", MemoryLayout<sluice_event>.size),
     ])
     func swiftAndBPFAgreeOnSizes(name: String, swiftSize: Int) throws {

@@ -39,7 +39,7 @@ import Testing
         let applied = Mutex<[DatapathState]>([])
         init(journal: Journal) { self.journal = journal }
 
-        func apply(_ state: DatapathState) throws -> String {
+        func apply(_ state: DatapathState, learned: [LearnedEntry]) throws -> String {
             journal.add("datapath (proxy at version \(holder?.version ?? 0))")
             if refusing.load(ordering: .relaxed) { throw PolicyFiles.InputError(description: "map full") }
             applied.withLock { $0.append(state) }

@@ -44,6 +44,8 @@
 #define SLUICE_COUNT_ESTABLISHED 18 /* packets of known flows (either way) */
 #define SLUICE_COUNT_PROXY_PASS  19 /* packets carrying the proxy's own mark */
 #define SLUICE_COUNT_NOT_IP      20 /* ARP and other non-IP frames, passed */
+#define SLUICE_COUNT_FQDN_ALLOWED 21 /* new flows allowed by an address learned from DNS */
+#define SLUICE_COUNT_FQDN_EXPIRED 22 /* new flows to a learned address past its expiry (then dropped by default) */
 #define SLUICE_COUNTER_SLOTS     32
 
 #define SLUICE_EVENT_DROP     1
@@ -100,6 +102,25 @@ struct sluice_ct_value {
     __u8 pad[5];
 };
 
+/* An address an endpoint learned from an allowed DNS answer (toFQDNs), for one port and
+ * protocol (port 0: every port the exact entry does not name). Consulted only when the
+ * endpoint's egress policy would otherwise drop by default: explicit denies still win. */
+struct sluice_fqdn_key {
+    __u32 endpoint_identity;
+    __u32 addr_be;
+    __u16 port;
+    __u8 protocol;
+    __u8 pad;
+};
+
+struct sluice_fqdn_value {
+    __u64 expires_ns;         /* bpf_ktime_get_ns() past which new flows are not allowed; 0 = never */
+    __u8 action;              /* SLUICE_ACTION_ALLOW, _REDIRECT or _DENY */
+    __u8 pad;
+    __u16 proxy_port;
+    __u32 rule;
+};
+
 struct sluice_event {
     __u64 timestamp_ns;
     __u32 saddr_be;
@@ -123,6 +144,7 @@ struct sluice_event {
 #define SLUICE_POLICY_ENTRIES   65536
 #define SLUICE_ENFORCE_ENTRIES  16384
 #define SLUICE_CT_ENTRIES       262144
+#define SLUICE_FQDN_ENTRIES     131072
 #define SLUICE_EVENTS_BYTES     (1 << 20)
 
 #endif

@@ -7,13 +7,14 @@ import Glibc
 /// The datapath's pinned maps under one pin root, with typed access and synchronisation.
 public final class DatapathMaps {
     public static let names = ["sluice_ipcache", "sluice_enforce", "sluice_policy", "sluice_ct",
-                               "sluice_counters", "sluice_events", "sluice_listeners"]
+                               "sluice_counters", "sluice_events", "sluice_listeners", "sluice_fqdn"]
 
     public let pinRoot: String
     let addresses: BPFMap<sluice_ipcache_key, sluice_ipcache_value>
     let enforcement: BPFMap<UInt32, sluice_enforcement>
     let policy: BPFMap<sluice_policy_key, sluice_policy_value>
     let connections: BPFMap<sluice_ct_key, sluice_ct_value>
+    let learned: BPFMap<sluice_fqdn_key, sluice_fqdn_value>
     public let counters: CounterMap
 
     public init(pinRoot: String) throws {
@@ -22,6 +23,7 @@ public final class DatapathMaps {
         enforcement = try BPFMap(pinnedAt: "\(pinRoot)/sluice_enforce")
         policy = try BPFMap(pinnedAt: "\(pinRoot)/sluice_policy")
         connections = try BPFMap(pinnedAt: "\(pinRoot)/sluice_ct")
+        learned = try BPFMap(pinnedAt: "\(pinRoot)/sluice_fqdn")
         counters = try CounterMap(pinnedAt: "\(pinRoot)/sluice_counters")
     }
 
@@ -42,7 +44,7 @@ public final class DatapathMaps {
     /// Entry counts per map, for status.
     public func entryCounts() -> [(String, Int)] {
         [("sluice_ipcache", addresses.count), ("sluice_enforce", enforcement.count),
-         ("sluice_policy", policy.count), ("sluice_ct", connections.count)]
+         ("sluice_policy", policy.count), ("sluice_ct", connections.count), ("sluice_fqdn", learned.count)]
     }
 
     /// What the maps hold now (connection tracking excluded).
@@ -120,6 +122,41 @@ public final class DatapathMaps {
             report.deleted += 1
         }
         return report
+    }
+
+    // MARK: Learned addresses (toFQDNs)
+
+    /// Lets `endpoint` (a numeric identity) reach `address` (IPv4, host order) as `grants`
+    /// say, until `expires` (`bpf_ktime_get_ns`, i.e. CLOCK_MONOTONIC; 0 = never).
+    public func writeLearned(endpoint: UInt32, address: UInt32, grants: [LearnedGrant], expires: UInt64) throws {
+        for grant in grants {
+            try learned.update(Self.key(endpoint: endpoint, address: address, grant: grant),
+                               sluice_fqdn_value(expires_ns: expires, action: grant.entry.action.rawValue, pad: 0,
+                                                 proxy_port: grant.entry.proxyPort, rule: grant.entry.rule))
+        }
+    }
+
+    /// Removes what `writeLearned` wrote for these grants.
+    public func deleteLearned(endpoint: UInt32, address: UInt32, grants: [LearnedGrant]) {
+        for grant in grants { learned.delete(Self.key(endpoint: endpoint, address: address, grant: grant)) }
+    }
+
+    /// Every learned entry, as (endpoint, address in host order, port, protocol).
+    public func learnedEntries() -> [(endpoint: UInt32, address: UInt32, port: UInt16, ipProtocol: UInt8, expires: UInt64)] {
+        learned.keys().compactMap { key in
+            guard let value = learned.lookup(key) else { return nil }
+            return (key.endpoint_identity, UInt32(bigEndian: key.addr_be), key.port, key.protocol, value.expires_ns)
+        }
+    }
+
+    /// Forgets every learned address.
+    public func clearLearned() {
+        for key in learned.keys() { learned.delete(key) }
+    }
+
+    static func key(endpoint: UInt32, address: UInt32, grant: LearnedGrant) -> sluice_fqdn_key {
+        sluice_fqdn_key(endpoint_identity: endpoint, addr_be: address.bigEndian, port: grant.port,
+                        protocol: grant.ipProtocol, pad: 0)
     }
 
     /// Forgets every tracked connection (tests, and `--fresh`).

@@ -21,11 +21,18 @@ public struct NftablesRuleset {
     public let state: DatapathState
     public let interfaces: [String]
     public let proxyPorts: PolicyTranslation.ProxyPorts
+    /// Addresses learned from DNS (toFQDNs), written into the table's sets with what is left
+    /// of their lifetime at `now` (CLOCK_MONOTONIC nanoseconds).
+    public let learned: [LearnedEntry]
+    public let now: UInt64
 
-    public init(state: DatapathState, interfaces: [String], proxyPorts: PolicyTranslation.ProxyPorts) {
+    public init(state: DatapathState, interfaces: [String], proxyPorts: PolicyTranslation.ProxyPorts,
+                learned: [LearnedEntry] = [], now: UInt64 = 0) {
         self.state = state
         self.interfaces = interfaces
         self.proxyPorts = proxyPorts
+        self.learned = learned
+        self.now = now
     }
 
     /// The complete ruleset text, replacing any previous Sluice table atomically.
@@ -58,6 +65,19 @@ public struct NftablesRuleset {
         let carved = Set(prefixesByIdentity.keys.filter { identity in
             lines.contains("  set carve_\(identity) {")
         })
+        let learnedElements = Self.elements(learned, now: now)
+        for (endpoint, entry) in state.enforcement.sorted(by: { $0.key < $1.key }) where entry.egress {
+            let sets = Self.learnedSets(endpoint)
+            for (name, type) in [(sets.deny, "ipv4_addr . inet_proto . inet_service"), (sets.redirect, "ipv4_addr . inet_proto . inet_service"),
+                                 (sets.port, "ipv4_addr . inet_proto . inet_service"), (sets.any, "ipv4_addr . inet_proto")] {
+                lines.append("  set \(name) {")
+                lines.append("    type \(type); flags timeout;")
+                if let elements = learnedElements[name], !elements.isEmpty {
+                    lines.append("    elements = { " + elements.joined(separator: ", ") + " }")
+                }
+                lines.append("  }")
+            }
+        }
 
         for direction in [PolicyDirection.egress, .ingress] {
             lines.append("  chain \(direction)_policy {")
@@ -95,6 +115,14 @@ public struct NftablesRuleset {
                     }
                 }
                 let enforced = state.enforcement[endpoint].map { direction == .ingress ? $0.ingress : $0.egress } ?? false
+                if enforced && direction == .egress {
+                    // Addresses learned from DNS: consulted only where the default would drop.
+                    let sets = Self.learnedSets(endpoint)
+                    lines.append("    ip saddr @id_\(endpoint) ip daddr . meta l4proto . th dport @\(sets.deny) counter drop comment \"toFQDNs: not this port\"")
+                    lines.append("    ip saddr @id_\(endpoint) ip daddr . meta l4proto . th dport @\(sets.redirect) meta mark set meta mark or 0x\(String(Self.redirectBit, radix: 16)) counter return comment \"toFQDNs\"")
+                    lines.append("    ip saddr @id_\(endpoint) ip daddr . meta l4proto . th dport @\(sets.port) counter return comment \"toFQDNs\"")
+                    lines.append("    ip saddr @id_\(endpoint) ip daddr . meta l4proto @\(sets.any) counter return comment \"toFQDNs\"")
+                }
                 if enforced {
                     lines.append("    ip \(own) @id_\(endpoint) counter drop comment \"default deny \(Self.escape(state.identityNames[endpoint] ?? "\(endpoint)")) \(direction)\"")
                 }
@@ -133,6 +161,38 @@ public struct NftablesRuleset {
         lines.append("  }")
         lines.append("}")
         return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// The sets holding one endpoint's learned addresses, by what they do.
+    static func learnedSets(_ endpoint: UInt32) -> (deny: String, redirect: String, port: String, any: String) {
+        ("fqdn_deny_\(endpoint)", "fqdn_redirect_\(endpoint)", "fqdn_port_\(endpoint)", "fqdn_any_\(endpoint)")
+    }
+
+    /// Set elements for learned entries, by set name; entries already expired at `now` are left out.
+    static func elements(_ entries: [LearnedEntry], now: UInt64, withTimeouts: Bool = true) -> [String: [String]] {
+        var result: [String: [String]] = [:]
+        for entry in entries where entry.expires > now {
+            let address = PolicyTranslation.dotted(entry.address)
+            let timeout = withTimeouts ? " timeout \(max(1, (entry.expires - now) / 1_000_000))ms" : ""
+            let sets = learnedSets(entry.endpoint)
+            for grant in entry.grants {
+                let proto: String
+                switch grant.ipProtocol {
+                case 6: proto = "tcp"
+                case 17: proto = "udp"
+                case 132: proto = "sctp"
+                default: continue
+                }
+                if grant.port == 0 {
+                    guard grant.entry.action == .allow else { continue }
+                    result[sets.any, default: []].append("\(address) . \(proto)\(timeout)")
+                    continue
+                }
+                let set = grant.entry.action == .deny ? sets.deny : grant.entry.action == .redirect ? sets.redirect : sets.port
+                result[set, default: []].append("\(address) . \(proto) . \(grant.port)\(timeout)")
+            }
+        }
+        return result
     }
 
     static func escape(_ text: String) -> String {
@@ -176,5 +236,51 @@ public struct NftablesRuleset {
             throw DatapathError("nft \(arguments.joined(separator: " "))", code: EINVAL,
                                 hint: message.trimmingCharacters(in: .whitespacesAndNewlines))
         }
+    }
+}
+
+/// The nftables fallback's learned-address sets, changed element by element with `nft -f`.
+public final class NftablesLearnedAddresses: LearnedAddressWriter, @unchecked Sendable {
+    private let namespace: String?
+    private let clock: () -> UInt64
+
+    public init(namespace: String?, clock: @escaping () -> UInt64) {
+        self.namespace = namespace
+        self.clock = clock
+    }
+
+    public func write(_ entries: [LearnedEntry], replacing: [LearnedEntry]) throws {
+        let now = clock()
+        let additions = Self.commands("add", NftablesRuleset.elements(entries, now: now))
+        guard !additions.isEmpty else { return }
+        // `add` leaves an element that exists as it is (its old timeout): delete it first, in
+        // the same transaction. If it timed out meanwhile the delete fails the transaction,
+        // so then add alone.
+        let deletions = Self.commands("delete", NftablesRuleset.elements(replacing, now: now, withTimeouts: false))
+        if !deletions.isEmpty,
+           (try? NftablesRuleset.runNft(arguments: ["-f", "-"], input: deletions + additions, namespace: namespace)) != nil {
+            return
+        }
+        try NftablesRuleset.runNft(arguments: ["-f", "-"], input: additions, namespace: namespace)
+    }
+
+    public func remove(_ entries: [LearnedEntry]) {
+        // All at once; if one already timed out the transaction fails, and then one command
+        // per element, so that one does not keep the others.
+        let elements = NftablesRuleset.elements(entries, now: clock(), withTimeouts: false)
+        let all = Self.commands("delete", elements)
+        guard !all.isEmpty,
+              (try? NftablesRuleset.runNft(arguments: ["-f", "-"], input: all, namespace: namespace)) == nil else { return }
+        for (set, items) in elements {
+            for item in items {
+                try? NftablesRuleset.runNft(arguments: ["-f", "-"], input: Self.commands("delete", [set: [item]]), namespace: namespace)
+            }
+        }
+    }
+
+    static func commands(_ verb: String, _ elements: [String: [String]]) -> String {
+        elements.sorted { $0.key < $1.key }.map { set, items in
+            "\(verb) element ip \(NftablesRuleset.tableName) \(set) { \(items.joined(separator: ", ")) }\n"
+        }.joined()
     }
 }

@@ -9,7 +9,7 @@ import PolicyEngine
 /// (carved by `except`); ports are every port, range and named port the policies mention,
 /// plus one "any other port" probe written as port 0. An allowed flow whose port carries
 /// L7 rules becomes a redirect to the proxy's transparent listener.
-public struct PolicyTranslation {
+public struct PolicyTranslation: Sendable {
     public struct ProxyPorts: Sendable {
         public var tcp: UInt16
         public var udp: UInt16
@@ -166,10 +166,10 @@ public struct PolicyTranslation {
 
     // MARK: Probes
 
-    private struct PortProbe { var key: UInt16; var probe: UInt16 }
+    struct PortProbe { var key: UInt16; var probe: UInt16 }
 
     /// Per transport: the ports policies mention, and port 0 standing for every other port.
-    private func portProbes(namedPorts: [NamedPort]) -> [(TransportProtocol, [PortProbe])] {
+    func portProbes(namedPorts: [NamedPort]) -> [(TransportProtocol, [PortProbe])] {
         var mentioned: [TransportProtocol: Set<UInt16>] = [:]
         var ranges: [TransportProtocol: [ClosedRange<UInt16>]] = [:]
         for policy in snapshot.policies {
@@ -219,7 +219,7 @@ public struct PolicyTranslation {
 
     /// The proxy listener for an allowed flow whose port carries L7 rules (of any kind: the
     /// proxy judges the ones it knows and refuses the others), else nil.
-    private func redirectPort(_ flow: FlowContext, transport: TransportProtocol) -> UInt16? {
+    func redirectPort(_ flow: FlowContext, transport: TransportProtocol) -> UInt16? {
         guard !snapshot.l7Protocols(for: flow).isEmpty else { return nil }
         return transport == .udp ? proxyPorts.udp : proxyPorts.tcp
     }

@@ -72,7 +72,7 @@ public struct ConfigurationLoader {
     // MARK: Document
 
     private func configuration(from root: Node) throws(ConfigurationError) -> ProxyConfiguration {
-        let document = try mapping(root, path: "", allowed: ["workers", "proxyMark", "listeners", "timeouts", "limits", "flowLog", "datapath", "policy", "http", "dns"])
+        let document = try mapping(root, path: "", allowed: ["workers", "proxyMark", "listeners", "timeouts", "limits", "flowLog", "datapath", "policy", "http", "dns", "fqdn"])
         var workers = defaultWorkers
         if let node = document["workers"] {
             workers = try integer(node, path: "workers", range: 1...256)
@@ -161,6 +161,29 @@ public struct ConfigurationLoader {
                 dns.deniedAnswer = answer
             }
         }
+        var fqdn = FQDNSettings()
+        if let node = document["fqdn"] {
+            let fields = try mapping(node, path: "fqdn", allowed: ["minimumTTL", "grace", "maximumAddressesPerName",
+                                                                   "maximumAddressesPerEndpoint", "maximumAddresses", "stateFile"])
+            if let value = fields["minimumTTL"] {
+                fqdn.minimumTTL = UInt32(try integer(value, path: "fqdn.minimumTTL", range: 0...604_800))
+            }
+            if let value = fields["grace"] { fqdn.grace = try duration(value, path: "fqdn.grace", allowZero: true) }
+            if let value = fields["maximumAddressesPerName"] {
+                fqdn.maximumAddressesPerName = try integer(value, path: "fqdn.maximumAddressesPerName", range: 1...1_000)
+            }
+            if let value = fields["maximumAddressesPerEndpoint"] {
+                fqdn.maximumAddressesPerEndpoint = try integer(value, path: "fqdn.maximumAddressesPerEndpoint", range: 1...65_536)
+            }
+            if let value = fields["maximumAddresses"] {
+                fqdn.maximumAddresses = try integer(value, path: "fqdn.maximumAddresses", range: 1...65_536)
+            }
+            if let value = fields["stateFile"] {
+                let text = try string(value, path: "fqdn.stateFile")
+                fqdn.stateFile = text == "none" ? nil : text
+                guard !text.isEmpty else { throw error(value, path: "fqdn.stateFile", "expected a file path or 'none'") }
+            }
+        }
         if datapath.mode != .none {
             guard listeners.contains(where: { $0.kind == .transparentTCP }) else {
                 throw error(document["datapath"]!, path: "datapath.mode",
@@ -174,6 +197,7 @@ public struct ConfigurationLoader {
                                                limits: limits, flowLog: flowLog, datapath: datapath, policy: policy)
         configuration.http = http
         configuration.dns = dns
+        configuration.fqdn = fqdn
         return configuration
     }
 

@@ -20,6 +20,8 @@ public struct ProxyConfiguration: Sendable, Equatable {
     public var http = HTTPSettings()
     /// DNS handling: how a denied query is answered.
     public var dns = DNSSettings()
+    /// toFQDNs: lifetime and caps of learned addresses.
+    public var fqdn = FQDNSettings()
 
     public init(workers: Int, proxyMark: UInt32 = 0xa00, listeners: [ListenerConfiguration],
                 timeouts: Timeouts = Timeouts(), limits: Limits = Limits(), flowLog: FlowLogConfiguration = .init(),
@@ -184,6 +186,26 @@ public struct DNSSettings: Sendable, Equatable {
     }
 
     public var deniedAnswer = DeniedAnswer.refused
+
+    public init() {}
+}
+
+/// toFQDNs: how long and how many addresses learned from allowed DNS answers are kept.
+public struct FQDNSettings: Sendable, Equatable {
+    /// An answer's TTL is raised to at least this many seconds (clients often cache longer
+    /// than the TTL says).
+    public var minimumTTL: UInt32 = 60
+    /// After the TTL, the address stays allowed this much longer (nanoseconds).
+    public var grace: UInt64 = 10_000_000_000
+    /// Addresses kept per name and endpoint; past it the least recently learned goes.
+    public var maximumAddressesPerName = 50
+    /// Addresses kept per endpoint; past it its least recently learned goes.
+    public var maximumAddressesPerEndpoint = 4_096
+    /// Addresses kept in all; past it the least recently learned of any endpoint goes.
+    public var maximumAddresses = 65_536
+    /// Where learned addresses are kept across restarts (relative to the configuration file);
+    /// nil keeps them in memory only.
+    public var stateFile: String? = "/var/lib/sluice/fqdn.json"
 
     public init() {}
 }

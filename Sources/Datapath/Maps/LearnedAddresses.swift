@@ -1,0 +1,66 @@
+/// One endpoint's learned address as the datapath holds it: what it allows and until when.
+public struct LearnedEntry: Hashable, Sendable {
+    /// The endpoint's numeric identity.
+    public var endpoint: UInt32
+    /// IPv4, host byte order.
+    public var address: UInt32
+    public var grants: [LearnedGrant]
+    /// CLOCK_MONOTONIC nanoseconds past which new flows are not allowed.
+    public var expires: UInt64
+
+    public init(endpoint: UInt32, address: UInt32, grants: [LearnedGrant], expires: UInt64) {
+        self.endpoint = endpoint
+        self.address = address
+        self.grants = grants
+        self.expires = expires
+    }
+}
+
+/// Where learned addresses are written: the BPF map or the nftables sets. `write` returns
+/// once the datapath enforces them. Called under the learner's lock, from any thread.
+public protocol LearnedAddressWriter: AnyObject, Sendable {
+    /// Writes `entries`; `replacing` are the earlier versions of some of them (a refreshed
+    /// lifetime, changed grants), which must not outlive the write.
+    func write(_ entries: [LearnedEntry], replacing: [LearnedEntry]) throws
+    func remove(_ entries: [LearnedEntry])
+}
+
+/// The BPF datapath's `sluice_fqdn` map.
+public final class BPFLearnedAddresses: LearnedAddressWriter, @unchecked Sendable {
+    private let maps: DatapathMaps
+
+    public init(pinRoot: String) throws {
+        maps = try DatapathMaps(pinRoot: pinRoot)
+    }
+
+    public func write(_ entries: [LearnedEntry], replacing: [LearnedEntry]) throws {
+        for entry in entries {
+            try maps.writeLearned(endpoint: entry.endpoint, address: entry.address, grants: entry.grants, expires: entry.expires)
+        }
+        // An update overwrites in place; only grants the new versions dropped need deleting.
+        for old in replacing {
+            let kept = entries.first { $0.endpoint == old.endpoint && $0.address == old.address }?.grants ?? []
+            let gone = old.grants.filter { grant in !kept.contains { $0.port == grant.port && $0.ipProtocol == grant.ipProtocol } }
+            if !gone.isEmpty { maps.deleteLearned(endpoint: old.endpoint, address: old.address, grants: gone) }
+        }
+    }
+
+    public func remove(_ entries: [LearnedEntry]) {
+        for entry in entries { maps.deleteLearned(endpoint: entry.endpoint, address: entry.address, grants: entry.grants) }
+    }
+
+    /// Entries the map holds that `keep` does not: left by an earlier run or a lost update.
+    public func removeAll(except keep: [LearnedEntry]) {
+        var wanted = Set<[UInt64]>()
+        for entry in keep {
+            for grant in entry.grants {
+                wanted.insert([UInt64(entry.endpoint), UInt64(entry.address), UInt64(grant.port), UInt64(grant.ipProtocol)])
+            }
+        }
+        for held in maps.learnedEntries()
+        where !wanted.contains([UInt64(held.endpoint), UInt64(held.address), UInt64(held.port), UInt64(held.ipProtocol)]) {
+            maps.deleteLearned(endpoint: held.endpoint, address: held.address,
+                               grants: [LearnedGrant(port: held.port, ipProtocol: held.ipProtocol, entry: PolicyEntry(action: .allow))])
+        }
+    }
+}

@@ -1,0 +1,355 @@
+import Datapath
+import Foundation
+import PolicyEngine
+import Proxy
+import Synchronization
+
+/// toFQDNs: turns the addresses of allowed DNS answers into datapath entries that let the
+/// endpoint which asked reach them, before the answer is released (DNS sessions call
+/// `learn` and wait for it).
+///
+/// What an address allows is the policy engine's answer for the names it was learned under
+/// (`FQDNPolicy.grants`), so toFQDNs with `toPorts`, and with L7 rules (a redirect to the
+/// proxy), mean what they mean elsewhere. An address stays for its TTL (raised to
+/// `fqdn.minimumTTL`) plus `fqdn.grace`; connections opened meanwhile are tracked by the
+/// datapath and outlive it. Records are capped per name, per endpoint and in all, oldest
+/// evicted first and counted; they are saved to `fqdn.stateFile` and restored at start, so
+/// a restart does not cut egress that was allowed.
+public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
+    private struct GrantKey: Hashable {
+        var identity: UInt32
+        var names: [String]
+    }
+
+    private struct State {
+        var store: FQDNStore
+        var policy: FQDNPolicy?
+        var writer: LearnedAddressWriter?
+        var grants: [GrantKey: (grants: [LearnedGrant], rule: String?)] = [:]
+        /// Answer-to-map-write latencies in microseconds, the last `latencySamples` of them.
+        var latencies: [UInt32] = []
+        var latencyCursor = 0
+        var latencyCount: UInt64 = 0
+        var writeFailures: UInt64 = 0
+        var dirty = false
+    }
+
+    /// Grant lists remembered per (endpoint identity, names); cleared on policy changes.
+    static let grantCacheLimit = 4_096
+    static let latencySamples = 65_536
+
+    public let settings: FQDNSettings
+    /// The state file, resolved; nil keeps records in memory only.
+    public let stateFile: String?
+    private let clock: @Sendable () -> UInt64
+    private let wallClock: @Sendable () -> Double
+    private let report: @Sendable (String) -> Void
+    private let state: Mutex<State>
+
+    public init(settings: FQDNSettings, stateFile: String?,
+                clock: @escaping @Sendable () -> UInt64 = { MonotonicClock.now() },
+                wallClock: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 },
+                report: @escaping @Sendable (String) -> Void = { StandardError.line($0) }) {
+        self.settings = settings
+        self.stateFile = stateFile
+        self.clock = clock
+        self.wallClock = wallClock
+        self.report = report
+        state = Mutex(State(store: FQDNStore(limits: .init(perName: settings.maximumAddressesPerName,
+                                                           perEndpoint: settings.maximumAddressesPerEndpoint,
+                                                           total: settings.maximumAddresses))))
+    }
+
+    // MARK: Learning
+
+    public func learn(_ answer: LearnedAnswer) {
+        let now = clock()
+        let lifetime = UInt64(max(answer.ttl, settings.minimumTTL)) * 1_000_000_000 + settings.grace
+        state.withLock { state in
+            guard let policy = state.policy, let writer = state.writer,
+                  let endpoint = policy.endpoint(at: answer.endpoint), answer.endpoint.family == .ipv4 else { return }
+            let endpointAddress = UInt32(truncatingIfNeeded: answer.endpoint.low)
+            var written: [LearnedEntry] = []
+            var replaced: [LearnedEntry] = []
+            var evicted: [LearnedEntry] = []
+            var added: [FQDNStore.Key] = []
+            var seen = Set<UInt32>()
+            for address in answer.addresses where address.family == .ipv4 && policy.isWorld(address) {
+                let value = UInt32(truncatingIfNeeded: address.low)
+                guard seen.insert(value).inserted, seen.count <= settings.maximumAddressesPerName else { continue }
+                let key = FQDNStore.Key(endpoint: endpointAddress, address: value)
+                var names = state.store.records[key]?.names ?? []
+                for name in answer.names where !names.contains(name) && names.count < FQDNStore.maximumNamesPerRecord {
+                    names.append(name)
+                }
+                let (grants, rule) = Self.grants(&state, policy: policy, identity: endpoint, names: names)
+                guard !grants.isEmpty else { continue }
+                let record = FQDNStore.Record(key: key, identity: endpoint.number, names: names, ttl: answer.ttl,
+                                              expires: now + lifetime, grants: grants, rule: rule ?? "")
+                let (previous, pushedOut) = state.store.insert(record)
+                if let previous { replaced.append(previous.entry) } else { added.append(key) }
+                evicted += pushedOut.map(\.entry)
+                if let current = state.store.records[key] { written.append(current.entry) }
+            }
+            guard !written.isEmpty else { return }
+            writer.remove(evicted)
+            do {
+                try writer.write(written, replacing: replaced)
+            } catch {
+                // Not in the datapath, so not kept: the next answer tries again.
+                for key in added { state.store.remove(key) }
+                state.writeFailures += 1
+                if state.writeFailures == 1 || state.writeFailures % 1_000 == 0 {
+                    report("fqdn: cannot write learned addresses (\(state.writeFailures) time(s)): \(error)")
+                }
+                return
+            }
+            state.dirty = true
+            Self.recordLatency(&state, microseconds: (clock() &- answer.received) / 1_000)
+        }
+    }
+
+    private static func grants(_ state: inout State, policy: FQDNPolicy, identity: (number: UInt32, identity: Identity),
+                               names: [String]) -> (grants: [LearnedGrant], rule: String?) {
+        let key = GrantKey(identity: identity.number, names: names)
+        if let known = state.grants[key] { return known }
+        let computed = policy.grants(for: identity.identity, names: names)
+        if state.grants.count >= grantCacheLimit { state.grants.removeAll(keepingCapacity: true) }
+        state.grants[key] = computed
+        return computed
+    }
+
+    private static func recordLatency(_ state: inout State, microseconds: UInt64) {
+        let sample = UInt32(clamping: microseconds)
+        if state.latencies.count < latencySamples {
+            state.latencies.append(sample)
+        } else {
+            state.latencies[state.latencyCursor] = sample
+            state.latencyCursor = (state.latencyCursor + 1) % latencySamples
+        }
+        state.latencyCount += 1
+    }
+
+    // MARK: Policy and datapath
+
+    /// Starts writing learned addresses through `writer` (once the datapath is up).
+    public func attach(writer: LearnedAddressWriter) {
+        state.withLock { $0.writer = writer }
+    }
+
+    /// Re-judges every record under `policy` (records whose endpoint is gone, or whose names
+    /// no rule allows any more, are dropped) and calls `apply` with the resulting entries,
+    /// under the learner's lock: `apply` writes the policy and these entries into the
+    /// datapath. Nothing changes if `apply` throws.
+    public func policyChanged(_ policy: FQDNPolicy, apply: ([LearnedEntry]) throws -> Void) throws {
+        try state.withLock { state in
+            var next = state
+            next.policy = policy
+            next.grants.removeAll()
+            for record in state.store.records.values {
+                guard let endpoint = policy.endpoint(at: IPAddress(ipv4: record.key.endpoint)) else {
+                    next.store.remove(record.key)
+                    continue
+                }
+                let (grants, rule) = Self.grants(&next, policy: policy, identity: endpoint, names: record.names)
+                if grants.isEmpty {
+                    next.store.remove(record.key)
+                } else {
+                    next.store.update(record.key, identity: endpoint.number, grants: grants, rule: rule ?? "")
+                }
+            }
+            try apply(next.store.records.values.map(\.entry))
+            next.dirty = next.dirty || next.store.records.count != state.store.records.count
+            state = next
+        }
+    }
+
+    /// Removes records past their lifetime (the datapath already ignores them). Returns how many.
+    @discardableResult
+    public func expire() -> Int {
+        let now = clock()
+        return state.withLock { state in
+            let ended = state.store.removeExpired(now: now)
+            guard !ended.isEmpty else { return 0 }
+            state.writer?.remove(ended.map(\.entry))
+            state.dirty = true
+            return ended.count
+        }
+    }
+
+    /// What is learned now, as the datapath holds it.
+    public var entries: [LearnedEntry] {
+        state.withLock { $0.store.records.values.map(\.entry) }
+    }
+
+    // MARK: Listing and counters
+
+    public struct Listed: Codable, Equatable, Sendable {
+        public var endpoint: String
+        public var address: String
+        public var names: [String]
+        public var ttl: UInt32
+        /// Unix time (seconds) past which new connections are no longer allowed.
+        public var expiresAt: Double
+        public var rule: String
+    }
+
+    /// Every record, oldest endpoint and address first.
+    public func list() -> [Listed] {
+        let now = clock()
+        let wall = wallClock()
+        return state.withLock { state in
+            state.store.records.values.sorted { ($0.key.endpoint, $0.key.address) < ($1.key.endpoint, $1.key.address) }.map { record in
+                Listed(endpoint: IPAddress(ipv4: record.key.endpoint).description, address: IPAddress(ipv4: record.key.address).description,
+                       names: record.names, ttl: record.ttl,
+                       expiresAt: wall + (Double(record.expires) - Double(now)) / 1e9, rule: record.rule)
+            }
+        }
+    }
+
+    public struct Statistics: Sendable, Equatable {
+        public var records: Int
+        public var learned: UInt64
+        public var refreshed: UInt64
+        public var expired: UInt64
+        public var evictedPerName: UInt64
+        public var evictedPerEndpoint: UInt64
+        public var evictedTotal: UInt64
+        public var writeFailures: UInt64
+        /// Answer-to-map-write latencies over the recent answers, microseconds.
+        public var answers: UInt64
+        public var p50: UInt32
+        public var p99: UInt32
+        public var maximum: UInt32
+    }
+
+    public var statistics: Statistics {
+        state.withLock { state in
+            let sorted = state.latencies.sorted()
+            func percentile(_ p: Double) -> UInt32 {
+                sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count - 1) * p + 0.5))]
+            }
+            let counters = state.store.counters
+            return Statistics(records: state.store.count, learned: counters.learned, refreshed: counters.refreshed,
+                              expired: counters.expired, evictedPerName: counters.evictedPerName,
+                              evictedPerEndpoint: counters.evictedPerEndpoint, evictedTotal: counters.evictedTotal,
+                              writeFailures: state.writeFailures, answers: state.latencyCount,
+                              p50: percentile(0.5), p99: percentile(0.99), maximum: sorted.last ?? 0)
+        }
+    }
+
+    /// The line `sluice run` prints when it stops (bench/run reads it).
+    public var summary: String {
+        let s = statistics
+        return "fqdn answer-to-map: count=\(s.answers) p50=\(s.p50)us p99=\(s.p99)us max=\(s.maximum)us; "
+            + "\(s.records) address(es) held, \(s.learned) learned, \(s.refreshed) refreshed, \(s.expired) expired, "
+            + "evicted \(s.evictedPerName) per name, \(s.evictedPerEndpoint) per endpoint, \(s.evictedTotal) over the total cap"
+            + (s.writeFailures > 0 ? ", \(s.writeFailures) write failure(s)" : "")
+    }
+
+    // MARK: Persistence
+
+    private struct SavedFile: Codable {
+        var version: Int
+        var records: [Listed]
+    }
+
+    /// Writes the records to the state file if they changed since the last save (atomically:
+    /// a temporary file renamed over it).
+    public func saveIfChanged() throws {
+        guard let stateFile else { return }
+        let changed = state.withLock { state -> Bool in
+            defer { state.dirty = false }
+            return state.dirty
+        }
+        guard changed else { return }
+        try Self.write(list(), to: stateFile)
+    }
+
+    static func write(_ records: [Listed], to path: String) throws {
+        let data = try JSONEncoder().encode(SavedFile(version: 1, records: records))
+        let directory = (path as NSString).deletingLastPathComponent
+        if !directory.isEmpty { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
+        let temporary = path + ".tmp"
+        guard FileManager.default.createFile(atPath: temporary, contents: data) else {
+            throw FQDNStateError(path: temporary, problem: "cannot be written")
+        }
+        guard rename(temporary, path) == 0 else { throw FQDNStateError(path: path, problem: String(cString: strerror(errno))) }
+    }
+
+    /// The records saved in a state file (for `sluice fqdn list` and restarts).
+    public static func read(from path: String) throws -> [Listed] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw FQDNStateError(path: path, problem: "cannot be read (does it exist? sluice writes it once it learned an address)")
+        }
+        do {
+            let file = try JSONDecoder().decode(SavedFile.self, from: data)
+            guard file.version == 1 else { throw FQDNStateError(path: path, problem: "version \(file.version), expected 1") }
+            return file.records
+        } catch let error as FQDNStateError {
+            throw error
+        } catch {
+            throw FQDNStateError(path: path, problem: "not a sluice fqdn state file: \(error)")
+        }
+    }
+
+    /// Learns again what the state file holds and has not expired; returns how many
+    /// addresses. Call after the policy is in place (`policyChanged`) and before the proxy
+    /// serves. A missing file is an empty one; an unreadable one is reported and ignored.
+    @discardableResult
+    public func restore() -> Int {
+        guard let stateFile, FileManager.default.fileExists(atPath: stateFile) else { return 0 }
+        let saved: [Listed]
+        do {
+            saved = try Self.read(from: stateFile)
+        } catch {
+            report("fqdn: \(error); starting with no learned addresses")
+            return 0
+        }
+        let wall = wallClock()
+        let now = clock()
+        var restored = 0
+        for record in saved where record.expiresAt > wall {
+            guard let endpoint = IPAddress(record.endpoint), let address = IPAddress(record.address) else { continue }
+            let remaining = UInt64((record.expiresAt - wall) * 1e9)
+            let before = statistics.records
+            // Learned with the lifetime it had left: the minimum TTL and grace are in it already.
+            learnRestored(endpoint: endpoint, address: address, names: record.names, ttl: record.ttl, expires: now + remaining)
+            if statistics.records > before { restored += 1 }
+        }
+        return restored
+    }
+
+    private func learnRestored(endpoint: IPAddress, address: IPAddress, names: [String], ttl: UInt32, expires: UInt64) {
+        state.withLock { state in
+            guard let policy = state.policy, let writer = state.writer, let identity = policy.endpoint(at: endpoint),
+                  address.family == .ipv4, policy.isWorld(address) else { return }
+            let (grants, rule) = Self.grants(&state, policy: policy, identity: identity, names: names)
+            guard !grants.isEmpty else { return }
+            let key = FQDNStore.Key(endpoint: UInt32(truncatingIfNeeded: endpoint.low), address: UInt32(truncatingIfNeeded: address.low))
+            let record = FQDNStore.Record(key: key, identity: identity.number, names: Array(names.prefix(FQDNStore.maximumNamesPerRecord)),
+                                          ttl: ttl, expires: expires, grants: grants, rule: rule ?? "")
+            let (previous, evicted) = state.store.insert(record)
+            writer.remove(evicted.map(\.entry))
+            do {
+                try writer.write([record.entry], replacing: previous.map { [$0.entry] } ?? [])
+            } catch {
+                state.store.remove(key)
+                state.writeFailures += 1
+            }
+        }
+    }
+}
+
+public struct FQDNStateError: Error, CustomStringConvertible {
+    public var path: String
+    public var problem: String
+    public var description: String { "\(path): \(problem)" }
+}
+
+extension IPAddress {
+    /// An IPv4 address from its value in host byte order.
+    init(ipv4 value: UInt32) {
+        self.init(networkBytes: [UInt8(value >> 24), UInt8(value >> 16 & 0xff), UInt8(value >> 8 & 0xff), UInt8(value & 0xff)])!
+    }
+}
