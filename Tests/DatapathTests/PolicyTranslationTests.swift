@@ -47,6 +47,32 @@ import PolicyEngine
         #expect(state.ruleNames[rule]?.contains("shop/backend-ingress") == true)
     }
 
+    @Test func nftablesHoldsLearnedAddressesInSetsWithTimeouts() throws {
+        let state = try Self.labState()
+        let frontend = Self.identity(state, "shop/frontend")
+        let learned = [
+            LearnedEntry(endpoint: frontend, address: 0xC000_0201, grants: [
+                LearnedGrant(port: 443, ipProtocol: 6, entry: PolicyEntry(action: .allow)),
+                LearnedGrant(port: 80, ipProtocol: 6, entry: PolicyEntry(action: .redirect, proxyPort: 15001)),
+                LearnedGrant(port: 22, ipProtocol: 6, entry: PolicyEntry(action: .deny)),
+                LearnedGrant(port: 0, ipProtocol: 17, entry: PolicyEntry(action: .allow))], expires: 31_000_000_000),
+            LearnedEntry(endpoint: frontend, address: 0xC000_0202, grants: [
+                LearnedGrant(port: 443, ipProtocol: 6, entry: PolicyEntry(action: .allow))], expires: 500_000_000),
+        ]
+        let text = NftablesRuleset(state: state, interfaces: ["ep1"], proxyPorts: .init(tcp: 15001, udp: 15053),
+                                   learned: learned, now: 1_000_000_000).text()
+        #expect(text.contains("set fqdn_port_\(frontend) {\n    type ipv4_addr . inet_proto . inet_service; flags timeout;\n    elements = { 192.0.2.1 . tcp . 443 timeout 30000ms }"))
+        #expect(text.contains("192.0.2.1 . tcp . 80 timeout 30000ms"))
+        #expect(text.contains("set fqdn_any_\(frontend) {\n    type ipv4_addr . inet_proto; flags timeout;\n    elements = { 192.0.2.1 . udp timeout 30000ms }"))
+        #expect(!text.contains("192.0.2.2"), "expired before the table was written")
+        // Consulted only after the explicit entries, right before the default deny.
+        let deny = try #require(text.range(of: "ip saddr @id_\(frontend) counter drop comment \"default deny shop/frontend egress\""))
+        let learnedRule = try #require(text.range(of: "ip daddr . meta l4proto . th dport @fqdn_port_\(frontend) counter return"))
+        #expect(learnedRule.lowerBound < deny.lowerBound)
+        #expect(text.contains("@fqdn_deny_\(frontend) counter drop"))
+        #expect(text.contains("@fqdn_redirect_\(frontend) meta mark set meta mark or 0x1000 counter return"))
+    }
+
     @Test func nftablesFallbackRulesetFailsClosed() throws {
         let state = try Self.labState()
         let text = NftablesRuleset(state: state, interfaces: ["ep1", "ep2"], proxyPorts: .init(tcp: 15001, udp: 15053)).text()

@@ -85,6 +85,75 @@ final class ProgramTests {
         #expect(counter(.allowed) == 1)
     }
 
+    // MARK: Learned addresses (toFQDNs)
+
+    static func now() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+    }
+
+    static let outsideValue: UInt32 = 0xC000_0209 // 192.0.2.9
+
+    @Test func aLearnedAddressAllowsOnlyItsEndpointItsPortAndUntilItExpires() throws {
+        try apply { state in state.enforcement[300] = Enforcement(ingress: false, egress: true) }
+        let syn = { (port: UInt16, sourcePort: UInt16) in
+            PacketBuilder.frame(source: Self.client, destination: Self.outside, sourcePort: sourcePort, destinationPort: port)
+        }
+        #expect(try run(syn(443, 46000)).returnCode == Self.shot, "nothing learned: default deny")
+        try maps.writeLearned(endpoint: 300, address: Self.outsideValue,
+                              grants: [LearnedGrant(port: 443, ipProtocol: 6, entry: PolicyEntry(action: .allow))],
+                              expires: Self.now() + 60_000_000_000)
+        #expect(try run(syn(443, 46001)).returnCode == Self.ok)
+        #expect(counter(.fqdnAllowed) == 1)
+        #expect(try run(syn(80, 46002)).returnCode == Self.shot, "another port is not granted")
+        // Another endpoint did not learn it.
+        try apply { state in
+            state.addresses[IPv4Prefix("10.9.3.2")!] = AddressEntry(identity: 302, isLocalEndpoint: true)
+            state.enforcement[302] = Enforcement(ingress: false, egress: true)
+        }
+        #expect(try run(PacketBuilder.frame(source: "10.9.3.2", destination: Self.outside, sourcePort: 46003, destinationPort: 443)).returnCode == Self.shot)
+        // Expired: new flows are dropped, counted as such.
+        try maps.writeLearned(endpoint: 300, address: Self.outsideValue,
+                              grants: [LearnedGrant(port: 443, ipProtocol: 6, entry: PolicyEntry(action: .allow))],
+                              expires: Self.now() - 1)
+        #expect(try run(syn(443, 46004)).returnCode == Self.shot)
+        #expect(counter(.fqdnExpired) == 1)
+        // The flow opened while it was valid goes on.
+        #expect(try run(syn(443, 46001)).returnCode == Self.ok)
+    }
+
+    @Test func anEveryPortGrantYieldsToAnExactDenyAndToExplicitDenyRules() throws {
+        try apply { state in
+            state.enforcement[300] = Enforcement(ingress: false, egress: true)
+            state.policy[PolicyKey(endpoint: 300, direction: .egress, peer: NumericIdentity.any, port: 25, ipProtocol: 6)] = PolicyEntry(action: .deny, rule: 3)
+        }
+        try maps.writeLearned(endpoint: 300, address: Self.outsideValue,
+                              grants: [LearnedGrant(port: 0, ipProtocol: 6, entry: PolicyEntry(action: .allow)),
+                                       LearnedGrant(port: 22, ipProtocol: 6, entry: PolicyEntry(action: .deny))],
+                              expires: 0)
+        let syn = { (port: UInt16, sourcePort: UInt16) in
+            PacketBuilder.frame(source: Self.client, destination: Self.outside, sourcePort: sourcePort, destinationPort: port)
+        }
+        #expect(try run(syn(8443, 47000)).returnCode == Self.ok)
+        #expect(try run(syn(22, 47001)).returnCode == Self.shot, "the exact entry says no")
+        #expect(try run(syn(25, 47002)).returnCode == Self.shot, "an explicit deny rule wins over what DNS taught")
+        #expect(counter(.dropPolicyDeny) == 1)
+        maps.deleteLearned(endpoint: 300, address: Self.outsideValue,
+                           grants: [LearnedGrant(port: 0, ipProtocol: 6, entry: PolicyEntry(action: .allow))])
+        #expect(try run(syn(8443, 47003)).returnCode == Self.shot, "removed: default deny again")
+    }
+
+    @Test func aLearnedAddressWithL7RulesIsRedirected() throws {
+        try apply { state in state.enforcement[300] = Enforcement(ingress: false, egress: true) }
+        try maps.writeLearned(endpoint: 300, address: Self.outsideValue,
+                              grants: [LearnedGrant(port: 80, ipProtocol: 6, entry: PolicyEntry(action: .redirect, proxyPort: 1))],
+                              expires: 0)
+        // Nothing listens on 127.0.0.1:1: the redirect is taken, and fails closed.
+        #expect(try run(PacketBuilder.frame(source: Self.client, destination: Self.outside, sourcePort: 48000, destinationPort: 80)).returnCode == Self.shot)
+        #expect(counter(.dropProxyUnavailable) == 1)
+    }
+
     @Test func denyWinsOverAMoreSpecificAllow() throws {
         try apply { state in
             state.policy[PolicyKey(endpoint: 300, direction: .egress, peer: 301, port: 80, ipProtocol: 6)] = PolicyEntry(action: .allow)

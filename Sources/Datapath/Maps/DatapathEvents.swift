@@ -17,6 +17,8 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
     case established = 18
     case proxyPass = 19
     case notIP = 20
+    case fqdnAllowed = 21
+    case fqdnExpired = 22
 
     public var name: String {
         switch self {
@@ -31,6 +33,8 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
         case .established: return "established (packets)"
         case .proxyPass: return "proxy's own (packets)"
         case .notIP: return "not IP (packets)"
+        case .fqdnAllowed: return "allowed by a learned address (new flows)"
+        case .fqdnExpired: return "learned address expired (new flows)"
         }
     }
 

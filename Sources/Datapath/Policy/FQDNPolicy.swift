@@ -29,6 +29,8 @@ public struct FQDNPolicy: Sendable {
     /// for it, and the identity the policy sees.
     private let endpoints: [UInt32: (number: UInt32, identity: Identity)]
     private let probes: [(TransportProtocol, [PolicyTranslation.PortProbe])]
+    /// Every distinct toFQDNs matcher of the policies.
+    private let matchers: [DNSMatcher]
 
     /// `state` is the translation of `snapshot` (for the numeric identities of endpoints).
     public init(snapshot: PolicySnapshot, state: DatapathState, proxyPorts: PolicyTranslation.ProxyPorts) {
@@ -45,6 +47,26 @@ public struct FQDNPolicy: Sendable {
         }
         self.endpoints = endpoints
         probes = translation.portProbes(namedPorts: namedPorts)
+        var matchers: [DNSMatcher] = []
+        var seen = Set<String>()
+        for policy in snapshot.policies {
+            for rule in policy.rules {
+                for peerRule in rule.egress + rule.egressDeny {
+                    for case .fqdn(let matcher) in peerRule.peers ?? [] where seen.insert(matcher.text).inserted {
+                        matchers.append(matcher)
+                    }
+                }
+            }
+        }
+        self.matchers = matchers
+    }
+
+    /// Which toFQDNs matchers some of `names` match: names with the same signature get the
+    /// same grants (nothing else in a policy looks at names), so grants can be remembered
+    /// per signature instead of per name, and a stream of fresh names costs a few pattern
+    /// matches each, not a policy evaluation.
+    public func signature(of names: [String]) -> [Bool] {
+        matchers.map { matcher in names.contains { matcher.matches($0) } }
     }
 
     /// The local endpoint at `address`: its numeric identity and policy identity.
@@ -59,15 +81,7 @@ public struct FQDNPolicy: Sendable {
     }
 
     /// Whether any policy has a toFQDNs peer (nothing to learn otherwise).
-    public var hasFQDNPeers: Bool {
-        snapshot.policies.contains { policy in
-            policy.rules.contains { rule in
-                rule.egress.contains { peerRule in
-                    (peerRule.peers ?? []).contains { if case .fqdn = $0 { return true } else { return false } }
-                }
-            }
-        }
-    }
+    public var hasFQDNPeers: Bool { !matchers.isEmpty }
 
     /// What an address learned under `names` lets `identity` reach, and the rule that
     /// allowed it (empty when nothing: the names match no toFQDNs rule of this endpoint).
@@ -83,9 +97,8 @@ public struct FQDNPolicy: Sendable {
                 let flow = FlowContext(subject: identity, direction: .egress, remote: remote, port: probe.probe, transport: transport)
                 let verdict = snapshot.evaluate(flow: flow)
                 // Only what the names add: a flow allowed without them needs no entry.
-                let without = snapshot.evaluate(flow: FlowContext(subject: identity, direction: .egress, remote: unnamed,
-                                                                  port: probe.probe, transport: transport))
-                guard verdict.isAllowed, !without.isAllowed else {
+                guard verdict.isAllowed, !snapshot.evaluate(flow: FlowContext(subject: identity, direction: .egress, remote: unnamed,
+                                                                              port: probe.probe, transport: transport)).isAllowed else {
                     answers.append((probe.key, nil))
                     continue
                 }

@@ -18,7 +18,8 @@ import Synchronization
 public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
     private struct GrantKey: Hashable {
         var identity: UInt32
-        var names: [String]
+        /// `FQDNPolicy.signature` of the names.
+        var signature: [Bool]
     }
 
     private struct State {
@@ -34,7 +35,7 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
         var dirty = false
     }
 
-    /// Grant lists remembered per (endpoint identity, names); cleared on policy changes.
+    /// Grant lists remembered per (endpoint identity, names' signature); cleared on policy changes.
     static let grantCacheLimit = 4_096
     static let latencySamples = 65_536
 
@@ -111,7 +112,9 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
 
     private static func grants(_ state: inout State, policy: FQDNPolicy, identity: (number: UInt32, identity: Identity),
                                names: [String]) -> (grants: [LearnedGrant], rule: String?) {
-        let key = GrantKey(identity: identity.number, names: names)
+        let signature = policy.signature(of: names)
+        guard signature.contains(true) else { return ([], nil) }
+        let key = GrantKey(identity: identity.number, signature: signature)
         if let known = state.grants[key] { return known }
         let computed = policy.grants(for: identity.identity, names: names)
         if state.grants.count >= grantCacheLimit { state.grants.removeAll(keepingCapacity: true) }

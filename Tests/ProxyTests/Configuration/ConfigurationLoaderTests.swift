@@ -51,6 +51,23 @@ import Testing
         #expect(throws: ConfigurationError.self) { try load("dns: {deniedAnswer: drop}\n" + listeners) }
     }
 
+    @Test func learnedAddressLifetimesAndCapsAreConfigured() throws {
+        let listeners = "listeners:\n  - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n"
+        let defaults = try load(listeners).fqdn
+        #expect(defaults == FQDNSettings())
+        #expect(defaults.minimumTTL == 60 && defaults.grace == 10_000_000_000 && defaults.stateFile == "/var/lib/sluice/fqdn.json")
+        let set = try load("fqdn: {minimumTTL: 0, grace: 0s, maximumAddressesPerName: 5, maximumAddressesPerEndpoint: 100, "
+                           + "maximumAddresses: 1000, stateFile: none}\n" + listeners).fqdn
+        #expect(set.minimumTTL == 0 && set.grace == 0 && set.maximumAddressesPerName == 5)
+        #expect(set.maximumAddressesPerEndpoint == 100 && set.maximumAddresses == 1_000 && set.stateFile == nil)
+        for (text, key) in [("fqdn: {minimumTTL: -1}", "fqdn.minimumTTL"), ("fqdn: {maximumAddresses: 0}", "fqdn.maximumAddresses"),
+                            ("fqdn: {maximumAddresses: 100000}", "fqdn.maximumAddresses"), ("fqdn: {grace: soon}", "fqdn.grace"),
+                            ("fqdn: {stateFile: ''}", "fqdn.stateFile"), ("fqdn: {ttl: 3}", "fqdn.ttl")] {
+            let error = #expect(throws: ConfigurationError.self) { try load(text + "\n" + listeners) }
+            #expect(error.map { "\($0)".contains(key) } == true, "\(text): \(String(describing: error))")
+        }
+    }
+
     @Test func theIncompleteMessageTimeoutIsTimeoutsMessage() throws {
         let configuration = try load("""
             timeouts: {message: 750ms}
