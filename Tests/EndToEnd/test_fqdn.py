@@ -22,6 +22,7 @@ API = "10.200.100.10"        # api.shop.test: allowed by toFQDNs
 OTHER = "10.200.100.11"      # other.shop.test: the name may be resolved, not connected to
 UNANSWERED = "10.200.100.12"  # no answer ever gave it
 HOSTILE = "10.200.100.3"     # a resolver that lies, loops and floods
+WEB = "10.200.100.13"        # web.shop.test: toFQDNs with HTTP rules, through the proxy
 
 POLICY = f"""
 apiVersion: cilium.io/v2
@@ -42,13 +43,23 @@ spec:
         - matchPattern: "*.api.shop.test"
       toPorts:
         - ports: [{{port: "80", protocol: TCP}}]
+    - toFQDNs:
+        - matchName: web.shop.test
+      toPorts:
+        - ports: [{{port: "80", protocol: TCP}}]
+          rules:
+            http:
+              - method: GET
+                path: "/public/.*"
 """
 
 HTTP_SERVER = textwrap.dedent("""
-    import http.server, socketserver
+    import http.server, socketserver, sys
+    LOG = open(sys.argv[1], "a", buffering=1)
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: the open-connection check needs one connection
         def do_GET(self):
+            LOG.write(self.connection.getsockname()[0] + " " + self.path + "\\n")
             body = ("server " + self.connection.getsockname()[0] + "\\n").encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -117,12 +128,13 @@ class FQDNLab:
         policies.write_text(POLICY)
         shutil.copy(ROOT / "configs" / "lab" / "endpoints.yaml", workdir / "endpoints.yaml")
         remote = lab.ns("remote")
-        for address in (API, OTHER, UNANSWERED, HOSTILE):
+        self.server_log = workdir / "http.log"
+        for address in (API, OTHER, UNANSWERED, HOSTILE, WEB):
             lab.run(remote, "ip", "addr", "add", f"{address}/24", "dev", "eth0")
-        lab.spawn(remote, "python3", "-c", HTTP_SERVER)
+        lab.spawn(remote, "python3", "-c", HTTP_SERVER, str(self.server_log))
         lab.spawn(remote, "dnsmasq", "-k", "--no-resolv", "--no-hosts", f"--listen-address={RESOLVER}",
                   "--bind-interfaces", "--local-ttl=2", f"--address=/api.shop.test/{API}",
-                  f"--address=/other.shop.test/{OTHER}", "--log-queries", f"--log-facility={self.resolver_log}")
+                  f"--address=/other.shop.test/{OTHER}", f"--address=/web.shop.test/{WEB}", "--log-queries", f"--log-facility={self.resolver_log}")
         lab.spawn(remote, "python3", "-c", HOSTILE_RESOLVER, HOSTILE)
         self.config_text = f"""
 workers: 2
@@ -239,6 +251,23 @@ def test_only_addresses_from_allowed_answers_are_reachable_until_they_expire(lab
         records = proxy.flow_records()
         answers = [r for r in records if r.get("l7", {}).get("dns", {}).get("ips")]
         assert any(r["l7"]["dns"]["ips"] == [API] and r["l7"]["dns"]["query"] == "api.shop.test." for r in answers), answers
+    finally:
+        fqdn.down()
+
+
+def test_http_rules_on_a_learned_address_are_judged_by_the_proxy(lab, workdir, start_sluice, mode):
+    fqdn = make_lab(lab, workdir, start_sluice, mode, minimum_ttl=60)
+    try:
+        fqdn.start_proxy()
+        assert fqdn.curl_status(f"http://{WEB}/public/a") == 0, "nothing learned yet"
+        assert fqdn.answer("web.shop.test") == WEB
+        assert fqdn.curl_status(f"http://{WEB}/public/a") == 200
+        assert fqdn.curl_status(f"http://{WEB}/private/b") == 403, "the proxy judges the request by the learned name"
+        seen = fqdn.server_log.read_text().splitlines()
+        assert f"{WEB} /public/a" in seen and not any("/private" in line for line in seen), seen
+        # The API address has no HTTP rules: not through the proxy, port 80 only.
+        assert fqdn.answer("api.shop.test") == API
+        assert fqdn.curl_status(f"http://{API}/private/b") == 200
     finally:
         fqdn.down()
 

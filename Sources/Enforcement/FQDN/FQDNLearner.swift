@@ -110,6 +110,16 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
         }
     }
 
+    public func names(learnedBy endpoint: IPAddress, for address: IPAddress) -> [String] {
+        guard endpoint.family == .ipv4, address.family == .ipv4 else { return [] }
+        let key = FQDNStore.Key(endpoint: UInt32(truncatingIfNeeded: endpoint.low), address: UInt32(truncatingIfNeeded: address.low))
+        let now = clock()
+        return state.withLock { state in
+            guard let record = state.store.records[key], record.expires > now else { return [] }
+            return record.names
+        }
+    }
+
     private static func grants(_ state: inout State, policy: FQDNPolicy, identity: (number: UInt32, identity: Identity),
                                names: [String]) -> (grants: [LearnedGrant], rule: String?) {
         let signature = policy.signature(of: names)

@@ -29,6 +29,9 @@ public struct SessionRegistry: Sendable {
     public typealias StreamFactory = @Sendable (SessionContext) -> L7Session
     public typealias DatagramFactory = @Sendable (SessionContext) -> L7DatagramSession
 
+    /// Where DNS sessions hand allowed answers (toFQDNs), and where the worker asks which
+    /// names a destination was learned under.
+    public private(set) var learner: FQDNLearning?
     private var streamFactories: [L7Protocol: StreamFactory] = [:]
     private var datagramFactories: [L7Protocol: DatagramFactory] = [:]
 
@@ -69,6 +72,7 @@ public struct SessionRegistry: Sendable {
     /// addresses of allowed DNS answers (toFQDNs); nil when nothing enforces them.
     public static func standard(configuration: ProxyConfiguration, learner: FQDNLearning? = nil) -> SessionRegistry {
         var registry = SessionRegistry()
+        registry.learner = learner
         // A head larger than one buffer block is held whole by the driver (up to the limits'
         // sum): the limits are HTTP's, not the buffer's.
         let httpLimits = HTTP1Limits.standard

@@ -55,8 +55,12 @@ public final class WorkerPolicy {
     /// Bound on each cache; a full cache is emptied (it refills from the snapshot).
     static let maximumCachedEntries = 4096
 
-    public init(holder: PolicySnapshotHolder) {
+    /// Names destinations were learned under (toFQDNs); nil when nothing learns them.
+    private let learnedNames: FQDNLearning?
+
+    public init(holder: PolicySnapshotHolder, learnedNames: FQDNLearning? = nil) {
         self.holder = holder
+        self.learnedNames = learnedNames
         cachedVersion = holder.version
         cachedSnapshot = holder.snapshot
     }
@@ -79,7 +83,17 @@ public final class WorkerPolicy {
         refresh()
         let pair = HostPair(client: client.hostKey, server: server.hostKey)
         if let known = peerIdentities[pair] { return ConnectionIdentities(client: client, server: server, peers: known) }
-        let peers = PeerIdentities(source: identity(of: client), destination: identity(of: server))
+        var destination = identity(of: server)
+        if destination.isWorld, let learnedNames, let endpoint = IPAddress(client.host), let address = IPAddress(server.host) {
+            // Names come and go with DNS answers: looked up for each connection, not cached.
+            let names = learnedNames.names(learnedBy: endpoint, for: address)
+            if !names.isEmpty {
+                destination = destination.with(dnsNames: names)
+                return ConnectionIdentities(client: client, server: server,
+                                            peers: PeerIdentities(source: identity(of: client), destination: destination))
+            }
+        }
+        let peers = PeerIdentities(source: identity(of: client), destination: destination)
         if peerIdentities.count >= Self.maximumCachedEntries { peerIdentities.removeAll(keepingCapacity: true) }
         peerIdentities[pair] = peers
         return ConnectionIdentities(client: client, server: server, peers: peers)

@@ -52,8 +52,9 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         self.index = index
         self.configuration = configuration
         self.flowLog = flowLog
-        workerPolicy = policy.map(WorkerPolicy.init(holder:))
-        self.sessions = sessions ?? .standard(configuration: configuration)
+        let sessions = sessions ?? .standard(configuration: configuration)
+        self.sessions = sessions
+        workerPolicy = policy.map { WorkerPolicy(holder: $0, learnedNames: sessions.learner) }
         loop = try EventLoop()
         bufferPool = BufferPool(blockSize: configuration.limits.bufferBytes,
                                 maxCached: configuration.limits.cachedBuffersPerWorker)

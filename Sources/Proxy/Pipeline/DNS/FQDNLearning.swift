@@ -8,6 +8,10 @@ import PolicyEngine
 /// dropped. Implementations are called from worker threads, several at once.
 public protocol FQDNLearning: AnyObject, Sendable {
     func learn(_ answer: LearnedAnswer)
+    /// The names under which `endpoint` learned `address` and that have not expired (empty
+    /// when none): the destination's `dnsNames` when the proxy judges a connection to it
+    /// (toFQDNs with L7 rules).
+    func names(learnedBy endpoint: IPAddress, for address: IPAddress) -> [String]
 }
 
 /// One allowed answer's addresses (A and AAAA), with the names they answer for.
