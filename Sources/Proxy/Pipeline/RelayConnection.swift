@@ -275,7 +275,7 @@ public final class RelayConnection: EventHandler {
         if connectDeadline != 0, now >= connectDeadline {
             return upstreamFailed(.connectTimeout)
         }
-        if responseWaitSince != 0, now &- responseWaitSince >= settings.responseTimeout, let session = session {
+        if responseWaitSince != 0, let session = session, now &- responseWaitSince >= responseTimeout(session) {
             responseWaitSince = 0
             if session.isAwaitingResponse, upstream != nil {
                 // The upstream stayed silent while a response was owed: the client gets the
@@ -301,7 +301,7 @@ public final class RelayConnection: EventHandler {
         var deadline = lastActivity &+ settings.idleTimeout
         if connectDeadline != 0 { deadline = min(deadline, connectDeadline) }
         if messagePendingSince != 0 { deadline = min(deadline, messagePendingSince &+ settings.messageTimeout) }
-        if responseWaitSince != 0 { deadline = min(deadline, responseWaitSince &+ settings.responseTimeout) }
+        if responseWaitSince != 0, let session { deadline = min(deadline, responseWaitSince &+ responseTimeout(session)) }
         return deadline
     }
 
@@ -437,6 +437,11 @@ public final class RelayConnection: EventHandler {
     private func inDriver<R>(_ body: (inout StreamDriver) -> R) -> R { body(&driver!) }
 
     private var session: L7Session? { hasSession ? inDriver({ $0.session }) : nil }
+
+    /// The session's own response timeout (DNS), else the listener's.
+    private func responseTimeout(_ session: L7Session) -> UInt64 {
+        session.responseTimeout ?? settings.responseTimeout
+    }
 
     // MARK: Relaying
 
