@@ -282,8 +282,7 @@ final class DatagramFlow: EventHandler {
     private var idleTimer: TimerID?
     /// The session's clock (`L7DatagramSession.nextDeadline`), armed no later than it asks
     /// and at most one at a time; it may fire early (the session then answers nothing).
-    private var sessionTimer: TimerID?
-    private var sessionTimerAt: UInt64 = 0
+    private var sessionTimer = DeadlineTimer()
     private unowned let listener: DatagramListener
     private unowned let loop: EventLoop
     private let settings: DatagramSettings
@@ -398,18 +397,12 @@ final class DatagramFlow: EventHandler {
     /// Makes sure the session timer fires no later than the session's next deadline.
     private func armSessionTimer() {
         guard !ended, let deadline = choice.session?.nextDeadline else { return }
-        if let sessionTimer {
-            guard deadline < sessionTimerAt else { return }
-            loop.cancelTimer(sessionTimer)
-        }
-        let now = loop.now
-        sessionTimerAt = max(deadline, now)
-        sessionTimer = loop.scheduleTimer(after: sessionTimerAt &- now, handler: self, tag: Tag.session)
+        sessionTimer.arm(noLaterThan: deadline, handler: self, tag: Tag.session, loop: loop)
     }
 
     /// The session's clock ran out: what it answers goes to the client.
     private func sessionTimerFired() {
-        sessionTimer = nil
+        sessionTimer.fired()
         guard let session = choice.session else { return }
         for answer in session.timedOut(now: loop.now) {
             _ = answer.withUnsafeBytes { try? reply.send($0, to: key.client) }
@@ -450,7 +443,7 @@ final class DatagramFlow: EventHandler {
         guard !ended else { return }
         ended = true
         if let idleTimer { loop.cancelTimer(idleTimer) }
-        if let sessionTimer { loop.cancelTimer(sessionTimer) }
+        sessionTimer.cancel(loop: loop)
         if let upstreamToken { loop.deregister(upstreamToken) }
         upstream.close()
         reply.close()

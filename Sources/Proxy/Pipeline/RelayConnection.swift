@@ -156,11 +156,10 @@ public final class RelayConnection: EventHandler {
     private var upstreamConnected = false
     private var toUpstream = Direction()
     private var toDownstream = Direction()
-    /// The connection's one timer, armed for `timerAt`: never later than the earliest of its
-    /// clocks (connect, idle, incomplete message, response), and re-armed lazily when it
-    /// fires before any of them is due, so I/O never touches the timer heap.
-    private var timer: TimerID?
-    private var timerAt: UInt64 = 0
+    /// The connection's one timer: never later than the earliest of its clocks (connect,
+    /// idle, incomplete message, response), and re-armed lazily when it fires before any of
+    /// them is due, so I/O never touches the timer heap.
+    private var timer = DeadlineTimer()
     /// The clocks below are monotonic instants, 0 while the clock is not running (the
     /// monotonic clock never reads 0), so none needs an optional's extra word.
     /// When the upstream connect must have completed (0 once connected).
@@ -269,7 +268,7 @@ public final class RelayConnection: EventHandler {
     }
 
     public func handleTimer(tag: UInt32, loop: EventLoop) {
-        timer = nil
+        timer.fired()
         guard !isFinished else { return }
         let now = loop.now
         if connectDeadline != 0, now >= connectDeadline {
@@ -308,14 +307,7 @@ public final class RelayConnection: EventHandler {
     /// Makes sure the timer fires no later than `nextDeadline` (it may fire earlier: the
     /// clocks are checked then, and it is re-armed).
     private func armTimer() {
-        let deadline = nextDeadline
-        if let timer {
-            guard deadline < timerAt else { return }
-            loop.cancelTimer(timer)
-        }
-        let now = loop.now
-        timerAt = max(deadline, now)
-        timer = loop.scheduleTimer(after: timerAt &- now, handler: self, tag: Tag.timer)
+        timer.arm(noLaterThan: nextDeadline, handler: self, tag: Tag.timer, loop: loop)
     }
 
     public func handleResume(loop: EventLoop) {
@@ -730,8 +722,7 @@ public final class RelayConnection: EventHandler {
     private func finish(_ outcome: ConnectionOutcome, resetDownstream: Bool, resetUpstream: Bool = false) {
         guard !isFinished else { return }
         isFinished = true
-        if let timer { loop.cancelTimer(timer) }
-        timer = nil
+        timer.cancel(loop: loop)
         // Both descriptors are closed right below, which takes them out of epoll.
         if let downstreamToken { loop.forgetClosing(downstreamToken) }
         if let upstreamToken { loop.forgetClosing(upstreamToken) }
