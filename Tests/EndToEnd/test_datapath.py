@@ -64,7 +64,7 @@ http {{
 }}
 """)
         lab.spawn(lab.ns("ep2"), "nginx", "-c", str(conf), "-p", str(www))
-        lab.spawn(lab.ns("remote"), "python3", "-c", UDP_ECHO, REMOTE, "53")
+        self.udp_echo = lab.spawn(lab.ns("remote"), "python3", "-c", UDP_ECHO, REMOTE, "53")
         self.config_text = f"""
 workers: 2
 listeners:
@@ -79,6 +79,7 @@ policy:
   endpoints: {workdir / 'endpoints.yaml'}
   watch: 200ms
 timeouts: {{drain: 2s, udpIdle: 1s}}
+dns: {{responseTimeout: 500ms}}
 flowLog: {{sink: file, path: "@FLOWS@"}}
 """
         self.start_sluice = start_sluice
@@ -200,9 +201,10 @@ def test_dns_on_udp_is_judged_by_name(scenario):
     """Issue 11: the datapath diverts the DNS port to sluice's UDP listener, which judges each
     query against the lab's `*.shop.test` rule. A denied name is answered REFUSED by sluice
     from the resolver's address (same ID and question) and never relayed; an allowed one is
-    relayed (no resolver listens in this scenario, so it goes unanswered), also while another
-    client's flow to the same resolver is open; bytes that are not a DNS message are dropped
-    and reported."""
+    relayed, also while another client's flow to the same resolver is open, and since the
+    peer there is no resolver (its echo is no DNS answer: dropped), sluice answers SERVFAIL
+    once dns.responseTimeout (500ms here) has passed; bytes that are not a DNS message are
+    dropped and reported."""
     proxy = scenario.start_proxy()
 
     def ask(name, ident):
@@ -212,7 +214,7 @@ def test_dns_on_udp_is_judged_by_name(scenario):
         return result.stdout.strip()
 
     assert ask("evil.example.com", 4321) == f"4321 5 {REMOTE} 53 True", "REFUSED, from the resolver's address"
-    assert ask("api.shop.test", 4322) == "timeout", "relayed to the resolver, which is not there"
+    assert ask("api.shop.test", 4322) == f"4322 2 {REMOTE} 53 True", "relayed, unanswered: SERVFAIL from sluice"
     assert ask("evil.example.com", 4323) == f"4323 5 {REMOTE} 53 True"
     assert ask("-", 0) == "timeout", "not a DNS message: dropped"
     records = proxy.wait_for_flows(4, timeout=5)
@@ -222,6 +224,49 @@ def test_dns_on_udp_is_judged_by_name(scenario):
         [(r["verdict"], r.get("Summary"), r.get("drop_reason_desc")) for r in records]
     dropped = [r for r in records if r["verdict"] == "DROPPED" and "UDP" in r.get("l4", {}) and "drop_reason_desc" in r]
     assert any(r["drop_reason_desc"] == "DNS: truncated_header" and r["proxy"]["listener"] == "l7-udp" for r in dropped), dropped
+
+
+def test_dns_on_tcp_is_judged_by_name(scenario):
+    """Issue 11: with the lab's DNS rule on TCP port 53 as well, `dig +tcp` goes through
+    sluice's TCP DNS session (no longer refused): an allowed name is answered by dnsmasq (in
+    'remote', in place of the UDP peer), a denied one is answered REFUSED by sluice and never
+    reaches dnsmasq (its query log), also on one connection carrying several queries
+    (`+keepopen`). The TCP flow records carry l7.dns as UDP ones do."""
+    text = scenario.policies.read_text()
+    udp_only = '{port: "53", protocol: UDP}]'
+    assert udp_only in text
+    scenario.policies.write_text(text.replace(udp_only, '{port: "53", protocol: UDP}, {port: "53", protocol: TCP}]'))
+    scenario.udp_echo.terminate()
+    scenario.udp_echo.wait(5)
+    log = scenario.workdir / "dnsmasq.log"
+    scenario.lab.spawn(scenario.lab.ns("remote"), "dnsmasq", "-k", "--no-resolv", "--no-hosts",
+                       f"--listen-address={REMOTE}", "--bind-interfaces", f"--pid-file={scenario.workdir / 'dnsmasq.pid'}",
+                       "--address=/api.shop.test/10.200.100.2", "--address=/evil.example.com/10.200.100.66",
+                       "--log-queries", f"--log-facility={log}")
+    wait_until(lambda: f"{REMOTE}:53" in scenario.lab.run(scenario.lab.ns("remote"), "ss", "-ltn").stdout,
+               "dnsmasq listening on TCP")
+    proxy = scenario.start_proxy()
+
+    def dig(*names):
+        result = scenario.lab.run(scenario.lab.ns("ep1"), "dig", "+tcp", "+tries=1", "+time=3", "+noall", "+comments",
+                                  "+answer", f"@{REMOTE}", *names, check=False, timeout=20)
+        return result.stdout
+
+    allowed = dig("api.shop.test")
+    assert "status: NOERROR" in allowed and re.search(r"api\.shop\.test\.\s+\d+\s+IN\s+A\s+10\.200\.100\.2", allowed), allowed
+    assert "status: REFUSED" in dig("evil.example.com")
+    several = dig("+keepopen", "evil.example.com", "api.shop.test", "evil.example.com")
+    assert [line.split("status: ")[1].split(",")[0] for line in several.splitlines() if "status: " in line] \
+        == ["REFUSED", "NOERROR", "REFUSED"], several
+    queried = log.read_text()
+    assert "api.shop.test" in queried and "evil.example.com" not in queried, queried
+    records = proxy.wait_for_flows(6, timeout=5)
+    dns = [r for r in records if r.get("Type") == "L7" and "dns" in r.get("l7", {}) and "TCP" in r.get("l4", {})]
+    assert any(r["verdict"] == "DROPPED" and r["l7"]["dns"]["query"] == "evil.example.com." for r in dns), dns
+    answers = [r["l7"]["dns"] for r in dns if r["verdict"] == "FORWARDED" and "rcode" in r["l7"]["dns"]]
+    assert answers and answers[0]["query"] == "api.shop.test." and answers[0]["ips"] == ["10.200.100.2"], answers
+    assert "not enforced" not in proxy.stderr()
+    assert not any("not enforced" in r.get("Summary", "") for r in records)
 
 
 def test_proxy_stopped_means_blocked(scenario):

@@ -16,6 +16,12 @@ public enum DNSStreamFraming {
         guard bytes.count >= end else { return .needMore(minimumBytes: end - bytes.count) }
         return .message(2..<end)
     }
+
+    /// `message` behind its two-byte length (at most 65535 bytes: a DNS message's limit).
+    public static func framed(_ message: [UInt8]) -> [UInt8] {
+        precondition(message.count <= Int(UInt16.max), "a DNS message of more than 65535 bytes")
+        return [UInt8(message.count >> 8), UInt8(message.count & 0xff)] + message
+    }
 }
 
 /// Answers Sluice gives in the resolver's place.

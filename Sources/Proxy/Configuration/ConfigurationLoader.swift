@@ -152,13 +152,16 @@ public struct ConfigurationLoader {
         }
         var dns = DNSSettings()
         if let node = document["dns"] {
-            let fields = try mapping(node, path: "dns", allowed: ["deniedAnswer"])
+            let fields = try mapping(node, path: "dns", allowed: ["deniedAnswer", "responseTimeout"])
             if let value = fields["deniedAnswer"] {
                 let text = try string(value, path: "dns.deniedAnswer")
                 guard let answer = DNSSettings.DeniedAnswer(rawValue: text) else {
                     throw error(value, path: "dns.deniedAnswer", "expected 'refused' or 'nameError', got '\(text)'")
                 }
                 dns.deniedAnswer = answer
+            }
+            if let value = fields["responseTimeout"] {
+                dns.responseTimeout = try duration(value, path: "dns.responseTimeout")
             }
         }
         var fqdn = FQDNSettings()

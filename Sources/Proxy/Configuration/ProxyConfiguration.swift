@@ -186,6 +186,9 @@ public struct DNSSettings: Sendable, Equatable {
     }
 
     public var deniedAnswer = DeniedAnswer.refused
+    /// How long a resolver may take to answer an allowed query (nanoseconds); past it Sluice
+    /// answers the client SERVFAIL in its place (`dns.responseTimeout`).
+    public var responseTimeout: UInt64 = 5_000_000_000
 
     public init() {}
 }

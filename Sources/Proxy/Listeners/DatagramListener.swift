@@ -280,6 +280,9 @@ final class DatagramFlow: EventHandler {
     private let reply: Socket
     private var upstreamToken: RegistrationToken?
     private var idleTimer: TimerID?
+    /// The session's clock (`L7DatagramSession.nextDeadline`), armed no later than it asks
+    /// and at most one at a time; it may fire early (the session then answers nothing).
+    private var sessionTimer = DeadlineTimer()
     private unowned let listener: DatagramListener
     private unowned let loop: EventLoop
     private let settings: DatagramSettings
@@ -329,7 +332,12 @@ final class DatagramFlow: EventHandler {
             reply.close()
             throw error
         }
-        idleTimer = loop.scheduleTimer(after: settings.flowIdleTimeout, handler: self, tag: 0)
+        idleTimer = loop.scheduleTimer(after: settings.flowIdleTimeout, handler: self, tag: Tag.idle)
+    }
+
+    private enum Tag {
+        static let idle: UInt32 = 0
+        static let session: UInt32 = 1
     }
 
     /// Takes the worker's new choice; a session it no longer uses has ended.
@@ -364,6 +372,7 @@ final class DatagramFlow: EventHandler {
         case .drop(let reason):
             listener.dropped(self, reason: reason)
         }
+        armSessionTimer()
     }
 
     /// A datagram from the server (in the shared receive buffer).
@@ -382,6 +391,23 @@ final class DatagramFlow: EventHandler {
         case .drop(let reason):
             listener.dropped(self, reason: reason)
         }
+        armSessionTimer()
+    }
+
+    /// Makes sure the session timer fires no later than the session's next deadline.
+    private func armSessionTimer() {
+        guard !ended, let deadline = choice.session?.nextDeadline else { return }
+        sessionTimer.arm(noLaterThan: deadline, handler: self, tag: Tag.session, loop: loop)
+    }
+
+    /// The session's clock ran out: what it answers goes to the client.
+    private func sessionTimerFired() {
+        sessionTimer.fired()
+        guard let session = choice.session else { return }
+        for answer in session.timedOut(now: loop.now) {
+            _ = answer.withUnsafeBytes { try? reply.send($0, to: key.client) }
+        }
+        armSessionTimer()
     }
 
     func handleReadiness(_ readiness: Readiness, tag: UInt32, loop: EventLoop) {
@@ -403,12 +429,13 @@ final class DatagramFlow: EventHandler {
     }
 
     func handleTimer(tag: UInt32, loop: EventLoop) {
+        if tag == Tag.session { return sessionTimerFired() }
         idleTimer = nil
         let idleFor = loop.now &- lastActivity
         if idleFor >= settings.flowIdleTimeout {
             end()
         } else {
-            idleTimer = loop.scheduleTimer(after: settings.flowIdleTimeout - idleFor, handler: self, tag: 0)
+            idleTimer = loop.scheduleTimer(after: settings.flowIdleTimeout - idleFor, handler: self, tag: Tag.idle)
         }
     }
 
@@ -416,6 +443,7 @@ final class DatagramFlow: EventHandler {
         guard !ended else { return }
         ended = true
         if let idleTimer { loop.cancelTimer(idleTimer) }
+        sessionTimer.cancel(loop: loop)
         if let upstreamToken { loop.deregister(upstreamToken) }
         upstream.close()
         reply.close()

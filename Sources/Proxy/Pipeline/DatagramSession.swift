@@ -40,8 +40,17 @@ public protocol L7DatagramSession: AnyObject {
     /// listener closed); the session is not called again. Report what is still open
     /// (queries never answered).
     func flowEnded()
+    /// When the session wants `timedOut(now:)` called (`MonotonicClock` nanoseconds; nil:
+    /// no clock of its runs). The flow reads it after every datagram it puts to the session
+    /// and after `timedOut`; a call may come early (the session then returns nothing).
+    var nextDeadline: UInt64? { get }
+    /// The flow's clock reached `nextDeadline`: datagrams to send the client now (DNS: a
+    /// SERVFAIL for a query the resolver left unanswered), from the address it asked.
+    func timedOut(now: UInt64) -> [[UInt8]]
 }
 
 extension L7DatagramSession {
     public func flowEnded() {}
+    public var nextDeadline: UInt64? { nil }
+    public func timedOut(now: UInt64) -> [[UInt8]] { [] }
 }

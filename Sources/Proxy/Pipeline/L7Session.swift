@@ -69,8 +69,15 @@ public protocol L7Session: AnyObject {
     /// The upstream stayed silent for the response timeout; returns what to tell the client
     /// before closing (nil: close without a word, e.g. part of the response already went out).
     func responseTimedOut() -> [UInt8]?
+    /// How long the upstream may stay silent while a response is owed, when the protocol
+    /// has its own (DNS: `dns.responseTimeout`); nil: the listener's `timeouts.response`.
+    var responseTimeout: UInt64? { get }
     /// True between messages with nothing owed either way: a draining proxy may close now.
     var isIdle: Bool { get }
+}
+
+extension L7Session {
+    public var responseTimeout: UInt64? { nil }
 }
 
 /// Receives the flow records of L7 sessions.

@@ -156,11 +156,10 @@ public final class RelayConnection: EventHandler {
     private var upstreamConnected = false
     private var toUpstream = Direction()
     private var toDownstream = Direction()
-    /// The connection's one timer, armed for `timerAt`: never later than the earliest of its
-    /// clocks (connect, idle, incomplete message, response), and re-armed lazily when it
-    /// fires before any of them is due, so I/O never touches the timer heap.
-    private var timer: TimerID?
-    private var timerAt: UInt64 = 0
+    /// The connection's one timer: never later than the earliest of its clocks (connect,
+    /// idle, incomplete message, response), and re-armed lazily when it fires before any of
+    /// them is due, so I/O never touches the timer heap.
+    private var timer = DeadlineTimer()
     /// The clocks below are monotonic instants, 0 while the clock is not running (the
     /// monotonic clock never reads 0), so none needs an optional's extra word.
     /// When the upstream connect must have completed (0 once connected).
@@ -269,13 +268,13 @@ public final class RelayConnection: EventHandler {
     }
 
     public func handleTimer(tag: UInt32, loop: EventLoop) {
-        timer = nil
+        timer.fired()
         guard !isFinished else { return }
         let now = loop.now
         if connectDeadline != 0, now >= connectDeadline {
             return upstreamFailed(.connectTimeout)
         }
-        if responseWaitSince != 0, now &- responseWaitSince >= settings.responseTimeout, let session = session {
+        if responseWaitSince != 0, let session = session, now &- responseWaitSince >= responseTimeout(session) {
             responseWaitSince = 0
             if session.isAwaitingResponse, upstream != nil {
                 // The upstream stayed silent while a response was owed: the client gets the
@@ -301,21 +300,14 @@ public final class RelayConnection: EventHandler {
         var deadline = lastActivity &+ settings.idleTimeout
         if connectDeadline != 0 { deadline = min(deadline, connectDeadline) }
         if messagePendingSince != 0 { deadline = min(deadline, messagePendingSince &+ settings.messageTimeout) }
-        if responseWaitSince != 0 { deadline = min(deadline, responseWaitSince &+ settings.responseTimeout) }
+        if responseWaitSince != 0, let session { deadline = min(deadline, responseWaitSince &+ responseTimeout(session)) }
         return deadline
     }
 
     /// Makes sure the timer fires no later than `nextDeadline` (it may fire earlier: the
     /// clocks are checked then, and it is re-armed).
     private func armTimer() {
-        let deadline = nextDeadline
-        if let timer {
-            guard deadline < timerAt else { return }
-            loop.cancelTimer(timer)
-        }
-        let now = loop.now
-        timerAt = max(deadline, now)
-        timer = loop.scheduleTimer(after: timerAt &- now, handler: self, tag: Tag.timer)
+        timer.arm(noLaterThan: nextDeadline, handler: self, tag: Tag.timer, loop: loop)
     }
 
     public func handleResume(loop: EventLoop) {
@@ -437,6 +429,11 @@ public final class RelayConnection: EventHandler {
     private func inDriver<R>(_ body: (inout StreamDriver) -> R) -> R { body(&driver!) }
 
     private var session: L7Session? { hasSession ? inDriver({ $0.session }) : nil }
+
+    /// The session's own response timeout (DNS), else the listener's.
+    private func responseTimeout(_ session: L7Session) -> UInt64 {
+        session.responseTimeout ?? settings.responseTimeout
+    }
 
     // MARK: Relaying
 
@@ -725,8 +722,7 @@ public final class RelayConnection: EventHandler {
     private func finish(_ outcome: ConnectionOutcome, resetDownstream: Bool, resetUpstream: Bool = false) {
         guard !isFinished else { return }
         isFinished = true
-        if let timer { loop.cancelTimer(timer) }
-        timer = nil
+        timer.cancel(loop: loop)
         // Both descriptors are closed right below, which takes them out of epoll.
         if let downstreamToken { loop.forgetClosing(downstreamToken) }
         if let upstreamToken { loop.forgetClosing(upstreamToken) }

@@ -82,8 +82,14 @@ public struct SessionRegistry: Sendable {
                               identities: context.identities, reporter: context.reporter)
         })
         let deniedRCode = configuration.dns.deniedAnswer == .nameError ? DNSAnswers.nameError : DNSAnswers.refused
+        let dnsResponseTimeout = configuration.dns.responseTimeout
         registry.register(.dns, datagram: { context in
-            DNSPolicySession(context: context, deniedRCode: deniedRCode, learner: learner)
+            DNSPolicySession(context: context, deniedRCode: deniedRCode, responseTimeout: dnsResponseTimeout,
+                             learner: learner)
+        })
+        registry.register(.dns, stream: { context in
+            DNSStreamPolicySession(context: context, deniedRCode: deniedRCode, responseTimeout: dnsResponseTimeout,
+                                   learner: learner)
         })
         return registry
     }

@@ -68,6 +68,18 @@ import Testing
         }
     }
 
+    @Test func theDNSResponseTimeoutIsRead() throws {
+        let listeners = "listeners:\n  - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n"
+        #expect(try load(listeners).dns.responseTimeout == 5_000_000_000)
+        #expect(try load("dns: {responseTimeout: 1500ms}\n" + listeners).dns.responseTimeout == 1_500_000_000)
+        do {
+            _ = try load("dns: {responseTimeout: soon}\n" + listeners)
+            Issue.record("a bad duration must be rejected")
+        } catch {
+            #expect("\(error)".contains("dns.responseTimeout"), "\(error)")
+        }
+    }
+
     @Test func theIncompleteMessageTimeoutIsTimeoutsMessage() throws {
         let configuration = try load("""
             timeouts: {message: 750ms}

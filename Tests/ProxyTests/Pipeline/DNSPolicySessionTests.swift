@@ -6,7 +6,7 @@ import PolicyEngine
 /// The DNS session without sockets: datagrams in, verdicts and flow records out, under a real
 /// compiled policy.
 @Suite struct DNSPolicySessionTests {
-    static func policy(names: String) -> String {
+    static func policy(names: String, transport: String = "UDP") -> String {
         """
         apiVersion: cilium.io/v2
         kind: CiliumNetworkPolicy
@@ -16,7 +16,7 @@ import PolicyEngine
           egress:
             - toEndpoints: [{matchLabels: {app: resolver, "k8s:io.kubernetes.pod.namespace": kube-system}}]
               toPorts:
-                - ports: [{port: "53", protocol: UDP}]
+                - ports: [{port: "53", protocol: \(transport)}]
                   rules:
                     dns:
         \(names)
@@ -32,20 +32,21 @@ import PolicyEngine
           - {ip: 10.0.0.53, namespace: kube-system, pod: resolver, labels: {app: resolver}}
         """
 
-    static func snapshot(_ names: String = allowList) throws -> PolicySnapshot {
-        let loaded = PolicyLoader.load(text: policy(names: names), file: "policy.yaml")
+    static func snapshot(_ names: String = allowList, transport: String = "UDP") throws -> PolicySnapshot {
+        let loaded = PolicyLoader.load(text: policy(names: names, transport: transport), file: "policy.yaml")
         #expect(loaded.errors.isEmpty, "\(loaded.errors)")
         return PolicySnapshot(policies: loaded.policies,
                               endpoints: try EndpointDirectory.load(text: endpoints, file: "endpoints.yaml"))
     }
 
-    static func session(_ holder: PolicySnapshotHolder) -> (DNSPolicySession, Collector) {
+    static func session(_ holder: PolicySnapshotHolder,
+                        clock: @escaping () -> UInt64 = MonotonicClock.now) -> (DNSPolicySession, Collector) {
         let policy = WorkerPolicy(holder: holder)
         var identities = policy.identities(client: SocketAddress("10.0.0.1:40000")!, server: SocketAddress("10.0.0.53:53")!)
         identities.transport = .udp
         let collector = Collector()
-        return (DNSPolicySession(context: SessionContext(identities: identities, policy: policy, reporter: collector)),
-                collector)
+        return (DNSPolicySession(context: SessionContext(identities: identities, policy: policy, reporter: collector),
+                                 clock: clock), collector)
     }
 
     static func name(_ text: String) -> [UInt8] {
@@ -169,4 +170,47 @@ import PolicyEngine
         }
         #expect(Self.call(session, client: Self.query("only.example.com", id: 3)) == .forward)
     }
+
+    /// A truncated answer (TC) is relayed as the resolver sent it, so the client retries
+    /// over TCP.
+    @Test func aTruncatedAnswerIsRelayedUnchanged() throws {
+        let (session, _) = Self.session(PolicySnapshotHolder(try Self.snapshot()))
+        #expect(Self.call(session, client: Self.query("api.stripe.com")) == .forward)
+        var truncated = Self.answer("api.stripe.com")
+        truncated[2] |= 0x02   // TC
+        #expect(Self.call(session, server: truncated) == .forward, "relayed as it is (no rewritten bytes)")
+    }
+
+    /// The resolver stays silent: at `responseTimeout` after the query the client gets
+    /// SERVFAIL (same ID, the question as it asked it) and the query is forgotten, so a late
+    /// answer is dropped.
+    @Test func aSilentResolverGetsTheClientServfail() throws {
+        let clock = FakeClock()
+        let (session, collector) = Self.session(PolicySnapshotHolder(try Self.snapshot()), clock: { clock.now })
+        #expect(session.nextDeadline == nil)
+        #expect(Self.call(session, client: Self.query("API.stripe.com", id: 1)) == .forward)
+        clock.now = 2_000_000_000
+        #expect(Self.call(session, client: Self.query("db.svc.cluster.local", id: 2)) == .forward)
+        #expect(session.nextDeadline == 5_000_000_000, "the oldest query's deadline (5 s by default)")
+        #expect(session.timedOut(now: 4_999_999_999).isEmpty)
+        let first = session.timedOut(now: 5_000_000_000)
+        #expect(first.count == 1)
+        let answer = try #require(first.first)
+        let parsed = try answer.withUnsafeBytes { try DNSMessage.parse($0) }
+        #expect(parsed.header.id == 1 && parsed.header.isResponse && parsed.header.rcode == DNSAnswers.serverFailure)
+        #expect(answer.withUnsafeBytes { try? DNSWireName.text($0, at: parsed.questions[0].name) } == "API.stripe.com.")
+        #expect(session.nextDeadline == 7_000_000_000)
+        guard case .drop = Self.call(session, server: Self.answer("api.stripe.com", id: 1)) else {
+            Issue.record("a late answer to a query answered SERVFAIL must be dropped")
+            return
+        }
+        #expect(Self.call(session, server: Self.answer("db.svc.cluster.local", id: 2)) == .forward)
+        #expect(session.nextDeadline == nil)
+        #expect(collector.records.contains { $0.serialized().contains(#""rcode":2"#) }, "the SERVFAIL is a flow record")
+    }
+}
+
+/// A clock the test moves by hand.
+final class FakeClock: @unchecked Sendable {
+    var now: UInt64 = 0
 }

@@ -25,6 +25,16 @@ import Testing
         #expect(registry.judgesDatagrams(of: .dns))
         #expect(registry.datagramSession(.dns, context: Self.context) is DNSPolicySession)
         #expect(!registry.judgesDatagrams(of: .http) && !registry.judgesDatagrams(of: .kafka))
-        #expect(!registry.judgesStreams(of: .dns), "DNS over TCP is not judged yet")
+    }
+
+    @Test func theStandardRegistryJudgesDNSOverTCP() {
+        var configuration = ProxyConfiguration(workers: 1, listeners: [])
+        configuration.dns.responseTimeout = 750_000_000
+        let registry = SessionRegistry.standard(configuration: configuration)
+        #expect(registry.judgesStreams(of: .dns))
+        let session = registry.streamSession(.dns, context: Self.context)
+        #expect(session is DNSStreamPolicySession)
+        #expect(session?.responseTimeout == 750_000_000, "dns.responseTimeout, not the listener's")
+        #expect(!registry.judgesStreams(of: .kafka))
     }
 }

@@ -1,0 +1,299 @@
+import L7Parsers
+import PolicyEngine
+
+/// The judgement of one client's DNS exchange with one resolver, whatever carries it: the
+/// UDP session (`DNSPolicySession`, a datagram a message) and the TCP session
+/// (`DNSStreamPolicySession`, messages behind a two-byte length) both hand it whole messages
+/// and perform what it answers. It owns the queries in flight, the flow records, the
+/// learner call (toFQDNs) and the answers Sluice gives in the resolver's place; it knows no
+/// framing and no socket.
+///
+/// - A query's question is judged against the policy's DNS rules for that peer and port
+///   (`matchName`, `matchPattern`): allowed, it is outstanding until answered; denied, it
+///   is answered (same ID and question, REFUSED unless configured otherwise).
+/// - A query that cannot be read gets FORMERR when its header can be read (RFC 1035 §4.1.1).
+/// - An answer is relayed only when it answers an outstanding query (same ID and question:
+///   RFC 7766 §7 lets a resolver answer pipelined queries in any order), once; its addresses
+///   go to the learner before it is released.
+/// - A query whose answer does not come within `responseTimeout` is answered SERVFAIL and
+///   forgotten (a late answer is then unsolicited).
+struct DNSExchangeJudge {
+    /// What to do with a client's message.
+    enum QueryVerdict: Equatable {
+        /// Relay it to the resolver.
+        case relay
+        /// Relay nothing; send this (unframed) answer back to the client.
+        case answer([UInt8])
+        /// Relay nothing and answer nothing (a response from the client).
+        case discard(reason: String)
+        /// Not even a header could be read: nothing can be answered.
+        case unreadable(reason: String)
+    }
+
+    /// What to do with a resolver's message.
+    enum AnswerVerdict: Equatable {
+        case relay
+        /// Unreadable, or answering nothing this client asked (or asked and was answered).
+        case reject(reason: String)
+    }
+
+    private let context: SessionContext
+    private var policies: [ConnectionPolicy]
+    private var policyVersion: UInt64
+    private var identities: ConnectionIdentities
+    private let deniedRCode: UInt8
+    private let responseTimeout: UInt64
+    private let learner: FQDNLearning?
+    private let clock: () -> UInt64
+    /// Queries relayed and not answered yet, oldest first, at most `maximumOutstanding`.
+    private var outstanding: [Outstanding] = []
+    private(set) var allowedCount: UInt32 = 0
+    private(set) var deniedCount: UInt32 = 0
+
+    /// Queries one client may have in flight; past it the oldest is forgotten (its answer,
+    /// should it come, is then dropped like any unsolicited answer).
+    static let maximumOutstanding = 64
+
+    private struct Outstanding {
+        var id: UInt16
+        /// The question as a comparable key (`questionKey`).
+        var question: [UInt8]
+        var name: String
+        var qtype: String
+        var start: UInt64
+        var direction: Direction
+        /// What the client gets should the resolver stay silent: SERVFAIL, same ID and
+        /// question as asked (the name in the client's case).
+        var serverFailure: [UInt8]
+    }
+
+    init(context: SessionContext, deniedRCode: UInt8, responseTimeout: UInt64, learner: FQDNLearning?,
+         clock: @escaping () -> UInt64) {
+        self.context = context
+        identities = context.identities
+        policyVersion = context.policy?.version ?? 0
+        policies = context.policy?.policies(for: context.identities) ?? []
+        self.deniedRCode = deniedRCode
+        self.responseTimeout = responseTimeout
+        self.learner = learner
+        self.clock = clock
+    }
+
+    /// Whether an allowed query still waits for its answer.
+    var isAwaitingAnswer: Bool { !outstanding.isEmpty }
+
+    /// When the oldest outstanding query's answer is overdue (`clock` nanoseconds); nil when
+    /// none is outstanding.
+    var nextDeadline: UInt64? { outstanding.first.map { $0.start &+ responseTimeout } }
+
+    // MARK: Queries
+
+    /// Judges one whole message from the client.
+    mutating func judgeQuery(_ bytes: UnsafeRawBufferPointer) -> QueryVerdict {
+        let message: DNSMessage
+        do {
+            message = try DNSMessage.parse(bytes)
+        } catch {
+            return malformed(bytes, because: error.kind)
+        }
+        guard !message.header.isResponse else { return .discard(reason: "DNS: a response from the client") }
+        // RFC 9619: a query carries exactly one question; opcode QUERY is all a name rule judges.
+        guard message.header.opcode == 0, message.questions.count == 1,
+              let question = message.questions.first,
+              let name = try? DNSWireName.text(bytes, at: question.name) else {
+            return malformed(bytes, because: "not a standard query with one question")
+        }
+        refreshPolicies()
+        var allowed = true
+        var deciding: [RuleReference] = []
+        var direction = Direction.egress
+        if context.policy != nil {
+            let facts = DNSQueryFacts(name: PolicyEngine.DNSName.normalize(name))
+            for policy in policies {
+                let verdict = policy.evaluate(dns: facts)
+                if !verdict.isAllowed {
+                    allowed = false
+                    deciding = verdict.matched
+                    direction = policy.flow.direction
+                    break
+                }
+                deciding += verdict.matched
+            }
+        }
+        let qtype = Self.typeName(question.type)
+        if !allowed {
+            deniedCount &+= 1
+            report(type: .request, verdict: .dropped, direction: direction, query: name, rules: deciding, allowed: false,
+                   fields: Self.fields(["qtypes": .array([.string(qtype)])]))
+            return .answer(DNSAnswers.response(to: message, in: bytes, rcode: deniedRCode))
+        }
+        allowedCount &+= 1
+        if outstanding.count >= Self.maximumOutstanding { outstanding.removeFirst() }
+        outstanding.append(Outstanding(
+            id: message.header.id, question: Self.questionKey(question, in: bytes), name: name, qtype: qtype,
+            start: clock(), direction: direction,
+            serverFailure: DNSAnswers.response(to: message, in: bytes, rcode: DNSAnswers.serverFailure)))
+        report(type: .request, verdict: .forwarded, direction: direction, query: name, rules: deciding, allowed: true,
+               fields: Self.fields(["qtypes": .array([.string(qtype)])]))
+        return .relay
+    }
+
+    /// FORMERR when a header can be read (RFC 1035 §4.1.1), else unreadable.
+    private mutating func malformed(_ bytes: UnsafeRawBufferPointer, because reason: String) -> QueryVerdict {
+        guard let answer = DNSAnswers.formatError(forHeaderOf: bytes) else { return .unreadable(reason: "DNS: \(reason)") }
+        deniedCount &+= 1
+        return .answer(answer)
+    }
+
+    // MARK: Answers
+
+    /// Judges one whole message from the resolver; an answer it relays has been reported and
+    /// its addresses learned when this returns. Truncated answers (TC) are relayed as they
+    /// are: the client retries over TCP.
+    mutating func judgeAnswer(_ bytes: UnsafeRawBufferPointer) -> AnswerVerdict {
+        let received = clock()
+        guard let message = try? DNSMessage.parse(bytes), message.header.isResponse,
+              message.questions.count == 1, let question = message.questions.first else {
+            return .reject(reason: "DNS: an answer that cannot be read")
+        }
+        let key = Self.questionKey(question, in: bytes)
+        guard let index = outstanding.firstIndex(where: { $0.id == message.header.id && $0.question == key }) else {
+            return .reject(reason: "DNS: an answer to no outstanding query of this client")
+        }
+        let query = outstanding.remove(at: index)
+        report(type: .response, verdict: .forwarded, direction: query.direction, query: query.name, rules: [],
+               allowed: true, fields: Self.answerFields(message, in: bytes, qtype: query.qtype),
+               latency: received &- query.start)
+        learn(from: message, in: bytes, received: received)
+        return .relay
+    }
+
+    // MARK: Clocks
+
+    /// SERVFAIL answers (unframed, oldest first) for every query outstanding since
+    /// `responseTimeout` before `now`; those queries are forgotten.
+    mutating func expire(now: UInt64) -> [[UInt8]] {
+        var answers: [[UInt8]] = []
+        while let oldest = outstanding.first, now &- oldest.start >= responseTimeout {
+            answers.append(serverFailure(outstanding.removeFirst()))
+        }
+        return answers
+    }
+
+    /// SERVFAIL answers for every outstanding query (the resolver went silent or away);
+    /// all are forgotten.
+    mutating func expireAll() -> [[UInt8]] {
+        defer { outstanding.removeAll() }
+        return outstanding.map { serverFailure($0) }
+    }
+
+    /// The exchange ended: what is outstanding will not be answered through it.
+    mutating func end() {
+        outstanding.removeAll()
+    }
+
+    private func serverFailure(_ query: Outstanding) -> [UInt8] {
+        report(type: .response, verdict: .forwarded, direction: query.direction, query: query.name, rules: [],
+               allowed: true, fields: Self.fields(["rcode": .unsigned(UInt64(DNSAnswers.serverFailure)),
+                                                   "qtypes": .array([.string(query.qtype)])]),
+               latency: clock() &- query.start, summary: "DNS answer \(query.name) timed out: SERVFAIL")
+        return query.serverFailure
+    }
+
+    // MARK: Helpers
+
+    /// Hands the answer's addresses to the learner; returns once the datapath holds them.
+    private func learn(from message: DNSMessage, in bytes: UnsafeRawBufferPointer, received: UInt64) {
+        guard let learner, let endpoint = IPAddress(identities.client.host),
+              let chain = DNSAnswerChain(message, in: bytes), !chain.addresses.isEmpty, let ttl = chain.ttl else { return }
+        let addresses = chain.addresses.compactMap { IPAddress(networkBytes: UnsafeRawBufferPointer(rebasing: bytes[$0])) }
+        learner.learn(LearnedAnswer(endpoint: endpoint, names: chain.names.map(PolicyEngine.DNSName.normalize),
+                                    addresses: addresses, ttl: ttl, received: received))
+    }
+
+    private mutating func refreshPolicies() {
+        guard let policy = context.policy, !policy.isCurrent(policyVersion) else { return }
+        var fresh = policy.identities(client: identities.client, server: identities.server)
+        fresh.transport = identities.transport
+        identities = fresh
+        policies = policy.policies(for: identities)
+        policyVersion = policy.version
+    }
+
+    /// `l7.dns` of an answer: rcode, qtypes, rrtypes, and the ips, cnames and smallest ttl
+    /// its answer section carries.
+    private static func answerFields(_ message: DNSMessage, in bytes: UnsafeRawBufferPointer, qtype: String) -> JSONObject {
+        var ips: [JSONObject.Value] = []
+        var cnames: [JSONObject.Value] = []
+        var rrtypes = Set<String>()
+        var ttl: UInt32?
+        for record in message.answers {
+            rrtypes.insert(typeName(record.type))
+            ttl = min(ttl ?? record.ttl, record.ttl)
+            let data = UnsafeRawBufferPointer(rebasing: bytes[record.data])
+            switch (record.type, record.recordClass) {
+            case (DNSRecordType.a, DNSRecordType.internetClass):
+                ips.append(.string(data.map(String.init).joined(separator: ".")))
+            case (DNSRecordType.aaaa, DNSRecordType.internetClass):
+                ips.append(.string((0..<8).map { String(UInt16(data[$0 * 2]) << 8 | UInt16(data[$0 * 2 + 1]), radix: 16) }
+                    .joined(separator: ":")))
+            case (DNSRecordType.cname, _):
+                if let target = try? DNSWireName.text(bytes, at: record.data.lowerBound) { cnames.append(.string(target)) }
+            default:
+                break
+            }
+        }
+        var fields = Self.fields(["rcode": .unsigned(UInt64(message.header.rcode)), "qtypes": .array([.string(qtype)]),
+                                  "rrtypes": .array(rrtypes.sorted().map { .string($0) })])
+        if !ips.isEmpty { fields["ips"] = .array(ips) }
+        if !cnames.isEmpty { fields["cnames"] = .array(cnames) }
+        if let ttl { fields["ttl"] = .unsigned(UInt64(ttl)) }
+        return fields
+    }
+
+    /// The question as a comparable key: the name lower-cased, uncompressed, then type and class.
+    private static func questionKey(_ question: DNSQuestion, in bytes: UnsafeRawBufferPointer) -> [UInt8] {
+        var key: [UInt8] = []
+        try? DNSWireName.forEachLabel(bytes, at: question.name) { label in
+            key.append(UInt8(label.count))
+            for byte in label { key.append(byte >= 0x41 && byte <= 0x5a ? byte | 0x20 : byte) }
+        }
+        key += [0, UInt8(question.type >> 8), UInt8(question.type & 0xff),
+                UInt8(question.recordClass >> 8), UInt8(question.recordClass & 0xff)]
+        return key
+    }
+
+    private static func fields(_ pairs: KeyValuePairs<String, JSONObject.Value>) -> JSONObject {
+        var object = JSONObject()
+        for (key, value) in pairs { object[key] = value }
+        return object
+    }
+
+    static func typeName(_ type: UInt16) -> String {
+        switch type {
+        case 1: return "A"
+        case 2: return "NS"
+        case 5: return "CNAME"
+        case 6: return "SOA"
+        case 12: return "PTR"
+        case 15: return "MX"
+        case 16: return "TXT"
+        case 28: return "AAAA"
+        case 33: return "SRV"
+        case 65: return "HTTPS"
+        default: return "TYPE\(type)"
+        }
+    }
+
+    private func report(type: L7FlowType, verdict: FlowVerdict, direction: Direction, query: String,
+                        rules: [RuleReference], allowed: Bool, fields: JSONObject, latency: UInt64? = nil,
+                        summary: String? = nil) {
+        guard let reporter = context.reporter else { return }
+        var dns = fields
+        dns["query"] = .string(query)
+        let what = type == .request ? "query" : "answer"
+        reporter.report(FlowRecords.l7(verdict: verdict, connection: identities, direction: direction, type: type,
+                                       latency: latency, protocolName: "dns", fields: dns, rules: rules, allowed: allowed,
+                                       summary: summary ?? "DNS \(what) \(query) \(verdict.rawValue.lowercased())"))
+    }
+}
