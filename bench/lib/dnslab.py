@@ -245,6 +245,19 @@ def dnsperf_latency(lab, namespace, server, seconds, rate):
     return {"p50": pick(0.50), "p99": pick(0.99), "samples": len(samples)}
 
 
+def enforcement_check(lab, namespace, server, queries=1000):
+    """`queries` names outside the allowlist from one dnsperf socket (one UDP flow, as a stub
+    resolver reusing its port sends them): how many were REFUSED and how many got another
+    answer, which can only come from unbound, i.e. passed the proxy unjudged."""
+    denied = lab.directory / "denied.txt"
+    denied.write_text("".join(f"x{i}.other.test A\n" for i in range(queries)))
+    out = lab.run(namespace, ["dnsperf", "-s", server, "-d", str(denied), "-c", "1", "-T", "1", "-n", "1",
+                              "-Q", "2000"], timeout=60).stdout
+    codes = dict((code, int(count)) for code, count in re.findall(r"(\w+) (\d+) \([\d.]+%\)", out.split("Response codes:")[-1].split("\n")[0]))
+    refused = codes.pop("REFUSED", 0)
+    return {"queries": queries, "refused": refused, "unjudged": sum(codes.values())}
+
+
 def resolve_connect(lab, namespace, names, concurrency=200):
     """The resolve-then-connect loop (bench/dns/resolve_connect.py) from `namespace`."""
     out = lab.run(namespace, ["python3", str(HERE / "resolve_connect.py"), RESOLVER, str(SERVICE_PORT),
