@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Resolve, then connect at once: for each of n0..n{N-1}.example.test, ask RESOLVER for its
+"""Resolve, then connect at once: for each of {prefix}0..{prefix}{N-1}.example.test, ask RESOLVER for its
 A record over UDP and, as soon as the answer arrives, open a TCP connection to the answered
 address on PORT. Through Sluice with a `toFQDNs` egress rule, the connection is allowed only
 if the answer's address reached the datapath before the answer reached the client; a SYN
@@ -7,7 +7,7 @@ the datapath drops is retransmitted after 1 s, so a connect not established with
 --connect-timeout (under that second) counts as failed.
 Prints one JSON object: names, resolved, unresolved (no answer, or no A record), connected,
 failed, seconds, connect_p50_us/connect_p99_us (successful connects), first_failures.
-Usage: resolve_connect.py RESOLVER PORT [--names N] [--concurrency C]"""
+Usage: resolve_connect.py RESOLVER PORT [--prefix c] [--names N] [--concurrency C]"""
 import argparse
 import asyncio
 import json
@@ -55,6 +55,7 @@ async def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("resolver")
     parser.add_argument("port", type=int)
+    parser.add_argument("--prefix", default="c")
     parser.add_argument("--names", type=int, default=10000)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--dns-timeout", type=float, default=2.0)
@@ -66,7 +67,7 @@ async def main():
     connect_us, failures = [], []
 
     async def one(index):
-        name = f"n{index}.example.test"
+        name = f"{args.prefix}{index}.example.test"
         ident = index & 0xFFFF
         async with gate:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:

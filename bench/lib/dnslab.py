@@ -8,8 +8,8 @@ and the client that loads them, all inside namespaces the bench creates.
             dnsdist's address ("dnsdist")
   P-node    sluice (one worker) with the datapath; dnsdist on 10.200.3.1:53, the node's
             address on ep3's link, forwarding to unbound with the same suffix allowlist
-  P-remote  unbound (one thread) on 10.200.100.2:53 with n0..n9999.example.test, each an
-            address of 10.77.0.0/16, which the node routes to P-remote, where every address
+  P-remote  unbound (one thread) on 10.200.100.2:53 with n0..n9999.example.test (load) and
+            c0..c9999.example.test (resolve then connect), each an address of 10.77.0.0/16, which the node routes to P-remote, where every address
             of it is local and a TCP listener on port 8000 accepts on all of them
 
 Every peer's queries take the same path, client namespace -> node -> remote, and pass the
@@ -69,9 +69,12 @@ ENDPOINTS = """endpoints:
 """
 
 
-def address(index):
-    """n{index}.example.test's address: a distinct one of 10.77.0.0/16 (never .0 or .255)."""
-    return f"10.77.{1 + index // 250}.{1 + index % 250}"
+def address(index, prefix="n"):
+    """{prefix}{index}.example.test's address: a distinct one of 10.77.0.0/16 (never .0 or
+    .255). The load names (n...) and the resolve-then-connect names (c...) differ, so that no
+    address the loop connects to was learned before the loop asks for it."""
+    base = 1 if prefix == "n" else 101
+    return f"10.77.{base + index // 250}.{1 + index % 250}"
 
 
 def unbound_config(directory):
@@ -82,7 +85,8 @@ def unbound_config(directory):
              # Nothing recurses: names outside example.test are NXDOMAIN from unbound, so a
              # REFUSED can only come from a proxy's policy.
              '  local-zone: "." static', '  local-zone: "example.test." static']
-    lines += [f'  local-data: "n{i}.example.test. 300 IN A {address(i)}"' for i in range(NAMES)]
+    lines += [f'  local-data: "{prefix}{i}.example.test. 300 IN A {address(i, prefix)}"'
+              for prefix in ("n", "c") for i in range(NAMES)]
     lines += ["remote-control:", "  control-enable: no"]
     return "\n".join(lines) + "\n"
 
@@ -170,6 +174,13 @@ datapath: {{mode: {self.mode}, interfaces: [{', '.join(INTERFACES)}], pinRoot: {
 policy: {{paths: [{self.directory}/policy.yaml], endpoints: {self.directory}/endpoints.yaml, watch: "off"}}
 flowLog: {{sink: none}}
 """)
+        # With a toFQDNs learner, keep learned addresses in memory only, so that no run starts
+        # with what an earlier one learned; a sluice without one rejects the key.
+        text = config.read_text()
+        config.write_text(text + "fqdn: {stateFile: none}\n")
+        check = subprocess.run([b.SLUICE, "run", "--config", str(config), "--check"], capture_output=True, text=True)
+        if check.returncode != 0 and "fqdn" in check.stderr:
+            config.write_text(text)
         with open(self.sluice_stderr, "wb") as stderr:
             self.sluice = self.spawn(NODE, [b.SLUICE, "run", "--config", str(config)], stderr=stderr)
         # Diverted: a name outside the allowlist is REFUSED by sluice (unbound would say NXDOMAIN).
@@ -258,10 +269,10 @@ def enforcement_check(lab, namespace, server, queries=1000):
     return {"queries": queries, "refused": refused, "unjudged": sum(codes.values())}
 
 
-def resolve_connect(lab, namespace, names, concurrency=200):
+def resolve_connect(lab, namespace, names, prefix="c", concurrency=200):
     """The resolve-then-connect loop (bench/dns/resolve_connect.py) from `namespace`."""
     out = lab.run(namespace, ["python3", str(HERE / "resolve_connect.py"), RESOLVER, str(SERVICE_PORT),
-                              "--names", str(names), "--concurrency", str(concurrency)], timeout=600)
+                              "--prefix", prefix, "--names", str(names), "--concurrency", str(concurrency)], timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"resolve_connect.py failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout)
