@@ -272,6 +272,36 @@ def test_http_rules_on_a_learned_address_are_judged_by_the_proxy(lab, workdir, s
         fqdn.down()
 
 
+ONE_SOCKET_CLIENT = textwrap.dedent("""
+    import socket, struct, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    def ask(name, ident):
+        question = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\\0\\0\\1\\0\\1"
+        s.sendto(struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question, (sys.argv[1], 53))
+        try:
+            data = s.recvfrom(2048)[0]
+        except TimeoutError:
+            return "timeout"
+        return str(struct.unpack(">H", data[2:4])[0] & 0xf)
+    print(ask("api.shop.test", 1), " ".join(ask(f"n{i}.evil.example", 2 + i) for i in range(20)), ask("api.shop.test", 99))
+""")
+
+
+def test_every_query_of_a_reused_socket_is_judged(lab, workdir, start_sluice, mode):
+    """A client that keeps one UDP socket (dnsperf, most stub resolvers): once an allowed
+    query was answered, its later queries are still judged, not relayed as an established
+    flow (the nftables fallback once let them through)."""
+    fqdn = make_lab(lab, workdir, start_sluice, mode)
+    try:
+        fqdn.start_proxy()
+        result = lab.run(lab.ns("ep1"), "python3", "-c", ONE_SOCKET_CLIENT, RESOLVER, check=False, timeout=60)
+        assert result.stdout.split() == ["0"] + ["5"] * 20 + ["0"], result.stdout + result.stderr
+        assert "evil.example" not in fqdn.resolver_log.read_text()
+    finally:
+        fqdn.down()
+
+
 def test_learned_addresses_survive_a_restart(lab, workdir, start_sluice, mode):
     fqdn = make_lab(lab, workdir, start_sluice, mode, minimum_ttl=120)
     try:

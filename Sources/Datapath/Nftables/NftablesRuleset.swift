@@ -140,7 +140,10 @@ public struct NftablesRuleset {
         // client's datagram to that address. Diverted UDP always goes to the listener, which
         // finds the datagram's flow itself.
         lines.append("    meta l4proto tcp socket transparent 1 meta mark set 0x200 accept comment \"diverted flow, established\"")
-        lines.append("    ct state established,related accept")
+        // A diverted UDP flow is judged datagram by datagram: its conntrack entry carries the
+        // redirect bit, and its later datagrams skip the established shortcut (else, once the
+        // proxy answered, the client's next queries would go straight to the resolver).
+        lines.append("    ct state established,related ct mark and \(bit) == 0 accept")
         lines.append("    meta mark set meta mark and 0xffffefff")
         lines.append("    jump egress_policy")
         lines.append("    jump ingress_policy")
@@ -148,7 +151,7 @@ public struct NftablesRuleset {
             lines.append("    meta mark and \(bit) == \(bit) meta l4proto tcp tproxy to 127.0.0.1:\(proxyPorts.tcp) meta mark set 0x200 counter accept")
         }
         if proxyPorts.udp != 0 {
-            lines.append("    meta mark and \(bit) == \(bit) meta l4proto udp tproxy to 127.0.0.1:\(proxyPorts.udp) meta mark set 0x200 counter accept")
+            lines.append("    meta mark and \(bit) == \(bit) meta l4proto udp ct mark set ct mark or \(bit) tproxy to 127.0.0.1:\(proxyPorts.udp) meta mark set 0x200 counter accept")
         }
         lines.append("    meta mark and \(bit) == \(bit) counter drop comment \"proxy unavailable: fail closed\"")
         lines.append("  }")

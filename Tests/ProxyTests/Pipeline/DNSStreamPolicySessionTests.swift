@@ -12,6 +12,7 @@ import PolicyEngine
     final class RecordingLearner: FQDNLearning, @unchecked Sendable {
         var answers: [LearnedAnswer] = []
         func learn(_ answer: LearnedAnswer) { answers.append(answer) }
+        func names(learnedBy endpoint: IPAddress, for address: IPAddress) -> [String] { [] }
     }
 
     static func connection(learner: FQDNLearning? = nil, blockSize: Int = 65536,

@@ -52,7 +52,7 @@ struct DNSExchangeJudge {
 
     /// Queries one client may have in flight; past it the oldest is forgotten (its answer,
     /// should it come, is then dropped like any unsolicited answer).
-    static let maximumOutstanding = 64
+    static let maximumOutstanding = 256
 
     private struct Outstanding {
         var id: UInt16
