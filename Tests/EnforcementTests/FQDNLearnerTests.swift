@@ -268,18 +268,22 @@ import Testing
 
     // MARK: Store
 
-    @Test func linkedOrderKeepsOldestFirst() {
-        var order = LinkedOrder<Int>()
-        for key in 1...5 { order.append(key) }
-        order.remove(1)
-        order.remove(3)
-        order.append(1)
-        #expect(order.keys == [2, 4, 5, 1])
-        #expect(order.oldest == 2 && order.count == 4)
-        order.remove(5)
-        order.remove(1)
-        order.remove(2)
-        order.remove(4)
-        #expect(order.keys.isEmpty && order.oldest == nil)
+    @Test func theStoreKeepsRecordsOldestFirstAndReusesFreedSlots() {
+        var store = FQDNStore(limits: .init(perName: 10, perEndpoint: 10, total: 3))
+        func record(_ address: UInt32, _ name: String = "a.example.com") -> FQDNStore.Record {
+            FQDNStore.Record(key: .init(endpoint: 1, address: address), identity: 256, names: [name], ttl: 1, expires: UInt64(address),
+                             grants: [], rule: "")
+        }
+        for address: UInt32 in 1...3 { _ = store.insert(record(address)) }
+        _ = store.refresh(.init(endpoint: 1, address: 1), expires: 10)
+        #expect(store.oldestFirst.map(\.key.address) == [2, 3, 1], "learned again: newest")
+        let (_, evicted) = store.insert(record(4))
+        #expect(evicted.map(\.key.address) == [2], "the total cap pushes out the oldest")
+        #expect(store.removeExpired(now: 3).map(\.key.address) == [3])
+        _ = store.insert(record(5, "b.example.com"))
+        #expect(store.oldestFirst.map(\.key.address) == [1, 4, 5])
+        #expect(store.remove(.init(endpoint: 1, address: 4))?.key.address == 4)
+        #expect(store.oldestFirst.map(\.key.address) == [1, 5] && store.count == 2)
+        #expect(store.counters.learned == 5 && store.counters.evictedTotal == 1 && store.counters.expired == 1)
     }
 }

@@ -173,14 +173,9 @@ listeners:
 datapath: {{mode: {self.mode}, interfaces: [{', '.join(INTERFACES)}], pinRoot: {PIN_ROOT}}}
 policy: {{paths: [{self.directory}/policy.yaml], endpoints: {self.directory}/endpoints.yaml, watch: "off"}}
 flowLog: {{sink: none}}
+# Learned addresses in memory only, so that no run starts with what an earlier one learned.
+fqdn: {{stateFile: none}}
 """)
-        # With a toFQDNs learner, keep learned addresses in memory only, so that no run starts
-        # with what an earlier one learned; a sluice without one rejects the key.
-        text = config.read_text()
-        config.write_text(text + "fqdn: {stateFile: none}\n")
-        check = subprocess.run([b.SLUICE, "run", "--config", str(config), "--check"], capture_output=True, text=True)
-        if check.returncode != 0 and "fqdn" in check.stderr:
-            config.write_text(text)
         with open(self.sluice_stderr, "wb") as stderr:
             self.sluice = self.spawn(NODE, [b.SLUICE, "run", "--config", str(config)], stderr=stderr)
         # Diverted: a name outside the allowlist is REFUSED by sluice (unbound would say NXDOMAIN).

@@ -77,7 +77,8 @@ public struct FQDNPolicy: Sendable {
 
     /// Whether `address` is outside the cluster (toFQDNs selects only those, as CIDR rules do).
     public func isWorld(_ address: IPAddress) -> Bool {
-        snapshot.endpoints.identity(for: address).isWorld
+        // Most answers name addresses the endpoints file does not: no identity to build.
+        !snapshot.endpoints.knows(address) || snapshot.endpoints.identity(for: address).isWorld
     }
 
     /// Whether any policy has a toFQDNs peer (nothing to learn otherwise).

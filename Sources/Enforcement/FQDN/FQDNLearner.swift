@@ -66,6 +66,9 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
     public func learn(_ answer: LearnedAnswer) {
         let now = clock()
         let lifetime = UInt64(max(answer.ttl, settings.minimumTTL)) * 1_000_000_000 + settings.grace
+        // Rounded up to a whole second: answers that refresh an address within the same
+        // second change nothing, and cost no datapath write.
+        let expires = (now + lifetime + 999_999_999) / 1_000_000_000 * 1_000_000_000
         state.withLock { state in
             guard let policy = state.policy, let writer = state.writer,
                   let endpoint = policy.endpoint(at: answer.endpoint), answer.endpoint.family == .ipv4 else { return }
@@ -75,25 +78,51 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
             var evicted: [LearnedEntry] = []
             var added: [FQDNStore.Key] = []
             var seen = Set<UInt32>()
+            var kept = false
             for address in answer.addresses where address.family == .ipv4 && policy.isWorld(address) {
                 let value = UInt32(truncatingIfNeeded: address.low)
                 guard seen.insert(value).inserted, seen.count <= settings.maximumAddressesPerName else { continue }
                 let key = FQDNStore.Key(endpoint: endpointAddress, address: value)
-                var names = state.store.records[key]?.names ?? []
+                // Learned again under names it already has (the common case): the grants
+                // stand, only the lifetime moves.
+                if let known = state.store[key], answer.names.allSatisfy(known.names.contains),
+                   let (before, after) = state.store.refresh(key, expires: expires) {
+                    kept = true
+                    if before.entry != after.entry {
+                        replaced.append(before.entry)
+                        written.append(after.entry)
+                    }
+                    continue
+                }
+                var names = state.store[key]?.names ?? []
                 for name in answer.names where !names.contains(name) && names.count < FQDNStore.maximumNamesPerRecord {
                     names.append(name)
                 }
                 let (grants, rule) = Self.grants(&state, policy: policy, identity: endpoint, names: names)
                 guard !grants.isEmpty else { continue }
                 let record = FQDNStore.Record(key: key, identity: endpoint.number, names: names, ttl: answer.ttl,
-                                              expires: now + lifetime, grants: grants, rule: rule ?? "")
+                                              expires: expires, grants: grants, rule: rule ?? "")
                 let (previous, pushedOut) = state.store.insert(record)
-                if let previous { replaced.append(previous.entry) } else { added.append(key) }
                 evicted += pushedOut.map(\.entry)
-                if let current = state.store.records[key] { written.append(current.entry) }
+                guard let current = state.store[key] else { continue }
+                kept = true
+                if let previous {
+                    if previous.entry == current.entry {
+                        if previous.names != current.names { state.dirty = true }
+                        continue
+                    }
+                    replaced.append(previous.entry)
+                } else {
+                    added.append(key)
+                }
+                written.append(current.entry)
             }
-            guard !written.isEmpty else { return }
             writer.remove(evicted)
+            guard !written.isEmpty else {
+                // Refreshed within the second it was already written for.
+                if kept { Self.recordLatency(&state, microseconds: (clock() &- answer.received) / 1_000) }
+                return
+            }
             do {
                 try writer.write(written, replacing: replaced)
             } catch {
@@ -115,7 +144,7 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
         let key = FQDNStore.Key(endpoint: UInt32(truncatingIfNeeded: endpoint.low), address: UInt32(truncatingIfNeeded: address.low))
         let now = clock()
         return state.withLock { state in
-            guard let record = state.store.records[key], record.expires > now else { return [] }
+            guard let record = state.store[key], record.expires > now else { return [] }
             return record.names
         }
     }
@@ -159,7 +188,7 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
             var next = state
             next.policy = policy
             next.grants.removeAll()
-            for record in state.store.records.values {
+            for record in state.store.records {
                 guard let endpoint = policy.endpoint(at: IPAddress(ipv4: record.key.endpoint)) else {
                     next.store.remove(record.key)
                     continue
@@ -171,8 +200,8 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
                     next.store.update(record.key, identity: endpoint.number, grants: grants, rule: rule ?? "")
                 }
             }
-            try apply(next.store.records.values.map(\.entry))
-            next.dirty = next.dirty || next.store.records.count != state.store.records.count
+            try apply(next.store.records.map(\.entry))
+            next.dirty = next.dirty || next.store.count != state.store.count
             state = next
         }
     }
@@ -192,7 +221,7 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
 
     /// What is learned now, as the datapath holds it.
     public var entries: [LearnedEntry] {
-        state.withLock { $0.store.records.values.map(\.entry) }
+        state.withLock { $0.store.records.map(\.entry) }
     }
 
     // MARK: Listing and counters
@@ -212,7 +241,7 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
         let now = clock()
         let wall = wallClock()
         return state.withLock { state in
-            state.store.records.values.sorted { ($0.key.endpoint, $0.key.address) < ($1.key.endpoint, $1.key.address) }.map { record in
+            state.store.records.sorted { ($0.key.endpoint, $0.key.address) < ($1.key.endpoint, $1.key.address) }.map { record in
                 Listed(endpoint: IPAddress(ipv4: record.key.endpoint).description, address: IPAddress(ipv4: record.key.address).description,
                        names: record.names, ttl: record.ttl,
                        expiresAt: wall + (Double(record.expires) - Double(now)) / 1e9, rule: record.rule)

@@ -7,7 +7,8 @@ import Proxy
 /// Every record is on three least-recently-learned orders: all records, its endpoint's, and
 /// its endpoint's records for its name. A new record past a cap pushes out the oldest of
 /// the order that is full, so memory stays bounded whatever names a client asks for, and
-/// every eviction is counted.
+/// every eviction is counted. Records live in slots linked by index, so learning an address
+/// again (the common case) moves it to the front of its orders without any hashing.
 struct FQDNStore {
     struct Key: Hashable {
         /// IPv4 addresses in host byte order.
@@ -55,24 +56,80 @@ struct FQDNStore {
     /// Names remembered per address; more are not added (the first ones already allow it).
     static let maximumNamesPerRecord = 8
 
+    /// The three orders a slot is on.
+    private enum Order { case all, endpoint, name }
+
+    private struct Links {
+        var older = -1
+        var newer = -1
+    }
+
+    private struct Ends {
+        var oldest = -1
+        var newest = -1
+        var count = 0
+    }
+
+    private struct Slot {
+        var record: Record?
+        var all = Links()
+        var endpoint = Links()
+        var name = Links()
+
+        subscript(order: Order) -> Links {
+            get {
+                switch order {
+                case .all: return all
+                case .endpoint: return endpoint
+                case .name: return name
+                }
+            }
+            set {
+                switch order {
+                case .all: all = newValue
+                case .endpoint: endpoint = newValue
+                case .name: name = newValue
+                }
+            }
+        }
+    }
+
     let limits: Limits
-    private(set) var records: [Key: Record] = [:]
+    private var index: [Key: Int] = [:]
+    private var slots: [Slot] = []
+    private var free: [Int] = []
+    private var allEnds = Ends()
+    private var endpointEnds: [UInt32: Ends] = [:]
+    private var nameEnds: [NameKey: Ends] = [:]
     private(set) var counters = Counters()
-    private var all = LinkedOrder<Key>()
-    private var byEndpoint: [UInt32: LinkedOrder<Key>] = [:]
-    private var byName: [NameKey: LinkedOrder<Key>] = [:]
 
     init(limits: Limits) {
         self.limits = limits
     }
 
-    var count: Int { records.count }
+    var count: Int { index.count }
+
+    subscript(key: Key) -> Record? { index[key].flatMap { slots[$0].record } }
+
+    /// Every record (no particular order).
+    var records: [Record] { index.values.compactMap { slots[$0].record } }
+
+    /// Records oldest first, on the order of all records.
+    var oldestFirst: [Record] {
+        var result: [Record] = []
+        var cursor = allEnds.oldest
+        while cursor >= 0 {
+            result.append(slots[cursor].record!)
+            cursor = slots[cursor].all.newer
+        }
+        return result
+    }
 
     /// Adds `record`, or refreshes the one for the same endpoint and address (names merged,
     /// lifetime extended, grants replaced). Returns the previous version, if any, and the
     /// records evicted to make room.
     mutating func insert(_ record: Record) -> (previous: Record?, evicted: [Record]) {
-        if var existing = records[record.key] {
+        if let slot = index[record.key], var existing = slots[slot].record {
             let previous = existing
             for name in record.names where !existing.names.contains(name) && existing.names.count < Self.maximumNamesPerRecord {
                 existing.names.append(name)
@@ -82,104 +139,121 @@ struct FQDNStore {
             existing.grants = record.grants
             existing.identity = record.identity
             existing.rule = record.rule
-            records[record.key] = existing
-            touch(existing)
+            slots[slot].record = existing
+            touch(slot, nameKey: existing.nameKey)
             counters.refreshed += 1
             return (previous, [])
         }
         var evicted: [Record] = []
         let nameKey = record.nameKey
-        if let order = byName[nameKey], order.count >= limits.perName, let oldest = order.oldest {
-            evicted.append(remove(oldest)!)
+        if let ends = nameEnds[nameKey], ends.count >= limits.perName, let oldest = remove(slotAt: ends.oldest) {
+            evicted.append(oldest)
             counters.evictedPerName += 1
         }
-        if let order = byEndpoint[record.key.endpoint], order.count >= limits.perEndpoint, let oldest = order.oldest {
-            evicted.append(remove(oldest)!)
+        if let ends = endpointEnds[record.key.endpoint], ends.count >= limits.perEndpoint,
+           let oldest = remove(slotAt: ends.oldest) {
+            evicted.append(oldest)
             counters.evictedPerEndpoint += 1
         }
-        if all.count >= limits.total, let oldest = all.oldest {
-            evicted.append(remove(oldest)!)
+        if allEnds.count >= limits.total, let oldest = remove(slotAt: allEnds.oldest) {
+            evicted.append(oldest)
             counters.evictedTotal += 1
         }
-        records[record.key] = record
-        all.append(record.key)
-        byEndpoint[record.key.endpoint, default: LinkedOrder()].append(record.key)
-        byName[nameKey, default: LinkedOrder()].append(record.key)
+        let slot: Int
+        if let reused = free.popLast() {
+            slot = reused
+            slots[slot] = Slot(record: record)
+        } else {
+            slot = slots.count
+            slots.append(Slot(record: record))
+        }
+        index[record.key] = slot
+        Self.link(&slots, slot, .all, &allEnds)
+        Self.link(&slots, slot, .endpoint, &endpointEnds[record.key.endpoint, default: Ends()])
+        Self.link(&slots, slot, .name, &nameEnds[nameKey, default: Ends()])
         counters.learned += 1
         return (nil, evicted)
     }
 
+    /// Extends a record's lifetime to at least `expires` (an answer that taught nothing new);
+    /// returns the record before and after, or nil when there is none.
+    mutating func refresh(_ key: Key, expires: UInt64) -> (before: Record, after: Record)? {
+        guard let slot = index[key], var record = slots[slot].record else { return nil }
+        let before = record
+        record.expires = max(record.expires, expires)
+        slots[slot].record = record
+        touch(slot, nameKey: record.nameKey)
+        counters.refreshed += 1
+        return (before, record)
+    }
+
     /// Removes and returns the records whose lifetime ended at or before `now`.
     mutating func removeExpired(now: UInt64) -> [Record] {
-        let ended = records.values.filter { $0.expires <= now }.map(\.key)
+        let ended = index.values.filter { slots[$0].record.map { $0.expires <= now } ?? false }
         counters.expired += UInt64(ended.count)
-        return ended.compactMap { remove($0) }
+        return ended.compactMap { remove(slotAt: $0) }
     }
 
     @discardableResult
     mutating func remove(_ key: Key) -> Record? {
-        guard let record = records.removeValue(forKey: key) else { return nil }
-        all.remove(key)
-        let nameKey = record.nameKey
-        byEndpoint[key.endpoint]?.remove(key)
-        if byEndpoint[key.endpoint]?.count == 0 { byEndpoint[key.endpoint] = nil }
-        byName[nameKey]?.remove(key)
-        if byName[nameKey]?.count == 0 { byName[nameKey] = nil }
-        return record
+        guard let slot = index[key] else { return nil }
+        return remove(slotAt: slot)
     }
 
     /// Replaces a record's grants and identity (after a policy change).
     mutating func update(_ key: Key, identity: UInt32, grants: [LearnedGrant], rule: String) {
-        records[key]?.identity = identity
-        records[key]?.grants = grants
-        records[key]?.rule = rule
+        guard let slot = index[key] else { return }
+        slots[slot].record?.identity = identity
+        slots[slot].record?.grants = grants
+        slots[slot].record?.rule = rule
     }
 
-    private mutating func touch(_ record: Record) {
-        all.remove(record.key)
-        all.append(record.key)
-        byEndpoint[record.key.endpoint]?.remove(record.key)
-        byEndpoint[record.key.endpoint]?.append(record.key)
-        byName[record.nameKey]?.remove(record.key)
-        byName[record.nameKey]?.append(record.key)
-    }
-}
+    // MARK: Orders
 
-/// Keys from oldest to newest with O(1) append, remove and oldest.
-struct LinkedOrder<Key: Hashable> {
-    private struct Link {
-        var older: Key?
-        var newer: Key?
-    }
-
-    private var links: [Key: Link] = [:]
-    private(set) var oldest: Key?
-    private var newest: Key?
-
-    var count: Int { links.count }
-
-    mutating func append(_ key: Key) {
-        guard links[key] == nil else { return }
-        links[key] = Link(older: newest, newer: nil)
-        if let newest { links[newest]?.newer = key }
-        newest = key
-        if oldest == nil { oldest = key }
+    private mutating func remove(slotAt slot: Int) -> Record? {
+        guard slot >= 0, let record = slots[slot].record else { return nil }
+        index[record.key] = nil
+        Self.unlink(&slots, slot, .all, &allEnds)
+        let nameKey = record.nameKey
+        Self.unlink(&slots, slot, .endpoint, &endpointEnds[record.key.endpoint, default: Ends()])
+        if endpointEnds[record.key.endpoint]?.count == 0 { endpointEnds[record.key.endpoint] = nil }
+        Self.unlink(&slots, slot, .name, &nameEnds[nameKey, default: Ends()])
+        if nameEnds[nameKey]?.count == 0 { nameEnds[nameKey] = nil }
+        slots[slot].record = nil
+        free.append(slot)
+        return record
     }
 
-    mutating func remove(_ key: Key) {
-        guard let link = links.removeValue(forKey: key) else { return }
-        if let older = link.older { links[older]?.newer = link.newer } else { oldest = link.newer }
-        if let newer = link.newer { links[newer]?.older = link.older } else { newest = link.older }
-    }
-
-    /// Oldest first (for tests and listings).
-    var keys: [Key] {
-        var result: [Key] = []
-        var cursor = oldest
-        while let key = cursor {
-            result.append(key)
-            cursor = links[key]?.newer
+    /// Moves a slot to the newest end of its three orders.
+    private mutating func touch(_ slot: Int, nameKey: NameKey) {
+        if allEnds.newest != slot {
+            Self.unlink(&slots, slot, .all, &allEnds)
+            Self.link(&slots, slot, .all, &allEnds)
         }
-        return result
+        let endpoint = slots[slot].record!.key.endpoint
+        if endpointEnds[endpoint]?.newest != slot {
+            Self.unlink(&slots, slot, .endpoint, &endpointEnds[endpoint, default: Ends()])
+            Self.link(&slots, slot, .endpoint, &endpointEnds[endpoint, default: Ends()])
+        }
+        if nameEnds[nameKey]?.newest != slot {
+            Self.unlink(&slots, slot, .name, &nameEnds[nameKey, default: Ends()])
+            Self.link(&slots, slot, .name, &nameEnds[nameKey, default: Ends()])
+        }
+    }
+
+    private static func link(_ slots: inout [Slot], _ slot: Int, _ order: Order, _ ends: inout Ends) {
+        slots[slot][order] = Links(older: ends.newest, newer: -1)
+        if ends.newest >= 0 { slots[ends.newest][order].newer = slot }
+        ends.newest = slot
+        if ends.oldest < 0 { ends.oldest = slot }
+        ends.count += 1
+    }
+
+    private static func unlink(_ slots: inout [Slot], _ slot: Int, _ order: Order, _ ends: inout Ends) {
+        let links = slots[slot][order]
+        if links.older >= 0 { slots[links.older][order].newer = links.newer } else { ends.oldest = links.newer }
+        if links.newer >= 0 { slots[links.newer][order].older = links.older } else { ends.newest = links.older }
+        slots[slot][order] = Links()
+        ends.count -= 1
     }
 }

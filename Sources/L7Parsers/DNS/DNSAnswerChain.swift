@@ -19,6 +19,27 @@ public struct DNSAnswerChain: Equatable, Sendable {
         guard message.header.rcode == 0, message.header.isResponse,
               let question = message.questions.first, question.recordClass == DNSRecordType.internetClass else { return nil }
         guard let first = try? DNSWireName.text(bytes, at: question.name) else { return nil }
+        // The common answer: no CNAME, address records named by a pointer to the question.
+        // Those need no name read at all.
+        if !message.answers.contains(where: { $0.type == DNSRecordType.cname }) {
+            var firstKey: String?
+            var addresses: [Range<Int>] = []
+            var ttl: UInt32?
+            for record in message.answers where record.recordClass == DNSRecordType.internetClass {
+                let expected = record.type == DNSRecordType.a ? 4 : record.type == DNSRecordType.aaaa ? 16 : 0
+                guard expected != 0, record.data.count == expected else { continue }
+                if !Self.pointsAt(question.name, from: record.name, in: bytes) {
+                    firstKey = firstKey ?? Self.key(first)
+                    guard let owner = try? DNSWireName.text(bytes, at: record.name), Self.key(owner) == firstKey else { continue }
+                }
+                addresses.append(record.data)
+                ttl = min(ttl ?? record.ttl, record.ttl)
+            }
+            self.names = [first]
+            self.addresses = addresses
+            self.ttl = ttl
+            return
+        }
         var names = [first]
         var keys = [Self.key(first)]
         var ttl: UInt32?
@@ -45,6 +66,14 @@ public struct DNSAnswerChain: Equatable, Sendable {
         self.names = names
         self.addresses = addresses
         self.ttl = ttl
+    }
+
+    /// Whether the name at `offset` is the name at `target` itself or a bare compression
+    /// pointer to it (the parser has already checked every name of the message).
+    private static func pointsAt(_ target: Int, from offset: Int, in bytes: UnsafeRawBufferPointer) -> Bool {
+        if offset == target { return true }
+        guard offset + 1 < bytes.count, bytes[offset] & 0xC0 == 0xC0 else { return false }
+        return (Int(bytes[offset] & 0x3F) << 8 | Int(bytes[offset + 1])) == target
     }
 
     /// Names compare case-insensitively and without the trailing dot.

@@ -203,7 +203,7 @@ public struct FQDNSettings: Sendable, Equatable {
     /// Addresses kept per name and endpoint; past it the least recently learned goes.
     public var maximumAddressesPerName = 50
     /// Addresses kept per endpoint; past it its least recently learned goes.
-    public var maximumAddressesPerEndpoint = 4_096
+    public var maximumAddressesPerEndpoint = 16_384
     /// Addresses kept in all; past it the least recently learned of any endpoint goes.
     public var maximumAddresses = 65_536
     /// Where learned addresses are kept across restarts (relative to the configuration file);

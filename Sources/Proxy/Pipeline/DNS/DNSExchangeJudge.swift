@@ -41,6 +41,8 @@ struct DNSExchangeJudge {
     private var policies: [ConnectionPolicy]
     private var policyVersion: UInt64
     private var identities: ConnectionIdentities
+    /// The asking endpoint's address, for the learner (the client end never changes).
+    private let clientAddress: IPAddress?
     private let deniedRCode: UInt8
     private let responseTimeout: UInt64
     private let learner: FQDNLearning?
@@ -71,6 +73,7 @@ struct DNSExchangeJudge {
          clock: @escaping () -> UInt64) {
         self.context = context
         identities = context.identities
+        clientAddress = learner == nil ? nil : IPAddress(context.identities.client.host)
         policyVersion = context.policy?.version ?? 0
         policies = context.policy?.policies(for: context.identities) ?? []
         self.deniedRCode = deniedRCode
@@ -204,7 +207,7 @@ struct DNSExchangeJudge {
 
     /// Hands the answer's addresses to the learner; returns once the datapath holds them.
     private func learn(from message: DNSMessage, in bytes: UnsafeRawBufferPointer, received: UInt64) {
-        guard let learner, let endpoint = IPAddress(identities.client.host),
+        guard let learner, let endpoint = clientAddress,
               let chain = DNSAnswerChain(message, in: bytes), !chain.addresses.isEmpty, let ttl = chain.ttl else { return }
         let addresses = chain.addresses.compactMap { IPAddress(networkBytes: UnsafeRawBufferPointer(rebasing: bytes[$0])) }
         learner.learn(LearnedAnswer(endpoint: endpoint, names: chain.names.map(PolicyEngine.DNSName.normalize),
@@ -286,10 +289,10 @@ struct DNSExchangeJudge {
     }
 
     private func report(type: L7FlowType, verdict: FlowVerdict, direction: Direction, query: String,
-                        rules: [RuleReference], allowed: Bool, fields: JSONObject, latency: UInt64? = nil,
+                        rules: [RuleReference], allowed: Bool, fields: @autoclosure () -> JSONObject, latency: UInt64? = nil,
                         summary: String? = nil) {
         guard let reporter = context.reporter else { return }
-        var dns = fields
+        var dns = fields()
         dns["query"] = .string(query)
         let what = type == .request ? "query" : "answer"
         reporter.report(FlowRecords.l7(verdict: verdict, connection: identities, direction: direction, type: type,
