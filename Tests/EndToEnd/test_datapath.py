@@ -78,6 +78,7 @@ policy:
   paths: [{self.policies}]
   endpoints: {workdir / 'endpoints.yaml'}
   watch: 200ms
+fqdn: {{stateFile: none}}
 timeouts: {{drain: 2s, udpIdle: 1s}}
 dns: {{responseTimeout: 500ms}}
 flowLog: {{sink: file, path: "@FLOWS@"}}

@@ -20,6 +20,11 @@ def test_demo_runs_and_shows_allowed_denied_and_diverted_flows():
     assert "answered by dnsmasq through sluice: 10.200.100.2" in out
     assert "REFUSED from sluice's DNS policy; dnsmasq never saw it" in out
     assert "drop: proxy unavailable" in out
+    # toFQDNs: the CDN's address is dropped until the frontend's own allowed answer gave it.
+    assert "blocked  frontend GET cdn:8080 before any DNS answer          dropped by the datapath" in out
+    assert "toFQDNs: the address came from the frontend's own allowed answer for cdn.shop.test" in out
+    assert "10.200.1.2  cdn.shop.test  10.200.100.10" in out, "sluice fqdn list shows the learned address"
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "demo-" not in listed, "the demo must remove its namespaces"
     assert not os.path.exists("/sys/fs/bpf/sluice-lab"), "the demo must remove its pins"
+    assert not os.path.exists("/run/sluice-lab"), "the demo must remove its learned-address state"

@@ -33,8 +33,8 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
         case .established: return "established (packets)"
         case .proxyPass: return "proxy's own (packets)"
         case .notIP: return "not IP (packets)"
-        case .fqdnAllowed: return "allowed by a learned address (new flows)"
-        case .fqdnExpired: return "learned address expired (new flows)"
+        case .fqdnAllowed: return "toFQDNs allowed (new flows)"
+        case .fqdnExpired: return "toFQDNs expired (new flows)"
         }
     }
 
