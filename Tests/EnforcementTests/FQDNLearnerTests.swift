@@ -275,7 +275,13 @@ import Testing
                              grants: [], rule: "")
         }
         for address: UInt32 in 1...3 { _ = store.insert(record(address)) }
-        _ = store.refresh(.init(endpoint: 1, address: 1), expires: 10)
+        #expect(store.refresh(.init(endpoint: 1, address: 1), names: ["other.example.com"], expires: 10) == .unknown)
+        #expect(store.refresh(.init(endpoint: 1, address: 1), names: ["a.example.com"], expires: 1) == .unchanged)
+        guard case .extended(let before, let after) = store.refresh(.init(endpoint: 1, address: 1), names: ["a.example.com"], expires: 10) else {
+            Issue.record("a longer lifetime extends the record")
+            return
+        }
+        #expect(before.expires == 1 && after.expires == 10)
         #expect(store.oldestFirst.map(\.key.address) == [2, 3, 1], "learned again: newest")
         let (_, evicted) = store.insert(record(4))
         #expect(evicted.map(\.key.address) == [2], "the total cap pushes out the oldest")

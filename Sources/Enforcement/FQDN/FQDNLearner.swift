@@ -85,14 +85,17 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
                 let key = FQDNStore.Key(endpoint: endpointAddress, address: value)
                 // Learned again under names it already has (the common case): the grants
                 // stand, only the lifetime moves.
-                if let known = state.store[key], answer.names.allSatisfy(known.names.contains),
-                   let (before, after) = state.store.refresh(key, expires: expires) {
+                switch state.store.refresh(key, names: answer.names, expires: expires) {
+                case .unchanged:
                     kept = true
-                    if before.entry != after.entry {
-                        replaced.append(before.entry)
-                        written.append(after.entry)
-                    }
                     continue
+                case .extended(let before, let after):
+                    kept = true
+                    replaced.append(before)
+                    written.append(after)
+                    continue
+                case .unknown:
+                    break
                 }
                 var names = state.store[key]?.names ?? []
                 for name in answer.names where !names.contains(name) && names.count < FQDNStore.maximumNamesPerRecord {

@@ -72,6 +72,9 @@ struct FQDNStore {
 
     private struct Slot {
         var record: Record?
+        /// Where its endpoint's and its name's orders end (`groups` indices).
+        var endpointGroup = -1
+        var nameGroup = -1
         var all = Links()
         var endpoint = Links()
         var name = Links()
@@ -99,8 +102,12 @@ struct FQDNStore {
     private var slots: [Slot] = []
     private var free: [Int] = []
     private var allEnds = Ends()
-    private var endpointEnds: [UInt32: Ends] = [:]
-    private var nameEnds: [NameKey: Ends] = [:]
+    /// The ends of every endpoint's and every name's order, found by key once per new record
+    /// and by index (in the slot) after that.
+    private var groups: [Ends] = []
+    private var freeGroups: [Int] = []
+    private var endpointGroups: [UInt32: Int] = [:]
+    private var nameGroups: [NameKey: Int] = [:]
     private(set) var counters = Counters()
 
     init(limits: Limits) {
@@ -140,18 +147,18 @@ struct FQDNStore {
             existing.identity = record.identity
             existing.rule = record.rule
             slots[slot].record = existing
-            touch(slot, nameKey: existing.nameKey)
+            touch(slot)
             counters.refreshed += 1
             return (previous, [])
         }
         var evicted: [Record] = []
         let nameKey = record.nameKey
-        if let ends = nameEnds[nameKey], ends.count >= limits.perName, let oldest = remove(slotAt: ends.oldest) {
+        if let group = nameGroups[nameKey], groups[group].count >= limits.perName, let oldest = remove(slotAt: groups[group].oldest) {
             evicted.append(oldest)
             counters.evictedPerName += 1
         }
-        if let ends = endpointEnds[record.key.endpoint], ends.count >= limits.perEndpoint,
-           let oldest = remove(slotAt: ends.oldest) {
+        if let group = endpointGroups[record.key.endpoint], groups[group].count >= limits.perEndpoint,
+           let oldest = remove(slotAt: groups[group].oldest) {
             evicted.append(oldest)
             counters.evictedPerEndpoint += 1
         }
@@ -168,23 +175,40 @@ struct FQDNStore {
             slots.append(Slot(record: record))
         }
         index[record.key] = slot
+        let endpointGroup = endpointGroups[record.key.endpoint] ?? newGroup()
+        endpointGroups[record.key.endpoint] = endpointGroup
+        let nameGroup = nameGroups[nameKey] ?? newGroup()
+        nameGroups[nameKey] = nameGroup
+        slots[slot].endpointGroup = endpointGroup
+        slots[slot].nameGroup = nameGroup
         Self.link(&slots, slot, .all, &allEnds)
-        Self.link(&slots, slot, .endpoint, &endpointEnds[record.key.endpoint, default: Ends()])
-        Self.link(&slots, slot, .name, &nameEnds[nameKey, default: Ends()])
+        Self.link(&slots, slot, .endpoint, &groups[endpointGroup])
+        Self.link(&slots, slot, .name, &groups[nameGroup])
         counters.learned += 1
         return (nil, evicted)
     }
 
-    /// Extends a record's lifetime to at least `expires` (an answer that taught nothing new);
-    /// returns the record before and after, or nil when there is none.
-    mutating func refresh(_ key: Key, expires: UInt64) -> (before: Record, after: Record)? {
-        guard let slot = index[key], var record = slots[slot].record else { return nil }
-        let before = record
-        record.expires = max(record.expires, expires)
-        slots[slot].record = record
-        touch(slot, nameKey: record.nameKey)
+    /// What `refresh` did.
+    enum Refresh: Equatable {
+        /// No record for the key, or the names are not all known: learn it in full.
+        case unknown
+        /// Its lifetime already reached that far.
+        case unchanged
+        /// Its lifetime moved: the datapath entry before and after.
+        case extended(before: LearnedEntry, after: LearnedEntry)
+    }
+
+    /// Extends the lifetime of the record for `key` to at least `expires`, when it was
+    /// learned under every one of `names` already (an answer that teaches nothing new).
+    mutating func refresh(_ key: Key, names: [String], expires: UInt64) -> Refresh {
+        guard let slot = index[key], let known = slots[slot].record?.names,
+              names.allSatisfy(known.contains) else { return .unknown }
         counters.refreshed += 1
-        return (before, record)
+        touch(slot)
+        guard expires > slots[slot].record!.expires else { return .unchanged }
+        let before = slots[slot].record!.entry
+        slots[slot].record!.expires = expires
+        return .extended(before: before, after: slots[slot].record!.entry)
     }
 
     /// Removes and returns the records whose lifetime ended at or before `now`.
@@ -214,31 +238,46 @@ struct FQDNStore {
         guard slot >= 0, let record = slots[slot].record else { return nil }
         index[record.key] = nil
         Self.unlink(&slots, slot, .all, &allEnds)
-        let nameKey = record.nameKey
-        Self.unlink(&slots, slot, .endpoint, &endpointEnds[record.key.endpoint, default: Ends()])
-        if endpointEnds[record.key.endpoint]?.count == 0 { endpointEnds[record.key.endpoint] = nil }
-        Self.unlink(&slots, slot, .name, &nameEnds[nameKey, default: Ends()])
-        if nameEnds[nameKey]?.count == 0 { nameEnds[nameKey] = nil }
+        let endpointGroup = slots[slot].endpointGroup, nameGroup = slots[slot].nameGroup
+        Self.unlink(&slots, slot, .endpoint, &groups[endpointGroup])
+        if groups[endpointGroup].count == 0 {
+            endpointGroups[record.key.endpoint] = nil
+            freeGroups.append(endpointGroup)
+        }
+        Self.unlink(&slots, slot, .name, &groups[nameGroup])
+        if groups[nameGroup].count == 0 {
+            nameGroups[record.nameKey] = nil
+            freeGroups.append(nameGroup)
+        }
         slots[slot].record = nil
         free.append(slot)
         return record
     }
 
     /// Moves a slot to the newest end of its three orders.
-    private mutating func touch(_ slot: Int, nameKey: NameKey) {
+    private mutating func touch(_ slot: Int) {
         if allEnds.newest != slot {
             Self.unlink(&slots, slot, .all, &allEnds)
             Self.link(&slots, slot, .all, &allEnds)
         }
-        let endpoint = slots[slot].record!.key.endpoint
-        if endpointEnds[endpoint]?.newest != slot {
-            Self.unlink(&slots, slot, .endpoint, &endpointEnds[endpoint, default: Ends()])
-            Self.link(&slots, slot, .endpoint, &endpointEnds[endpoint, default: Ends()])
+        let endpointGroup = slots[slot].endpointGroup, nameGroup = slots[slot].nameGroup
+        if groups[endpointGroup].newest != slot {
+            Self.unlink(&slots, slot, .endpoint, &groups[endpointGroup])
+            Self.link(&slots, slot, .endpoint, &groups[endpointGroup])
         }
-        if nameEnds[nameKey]?.newest != slot {
-            Self.unlink(&slots, slot, .name, &nameEnds[nameKey, default: Ends()])
-            Self.link(&slots, slot, .name, &nameEnds[nameKey, default: Ends()])
+        if groups[nameGroup].newest != slot {
+            Self.unlink(&slots, slot, .name, &groups[nameGroup])
+            Self.link(&slots, slot, .name, &groups[nameGroup])
         }
+    }
+
+    private mutating func newGroup() -> Int {
+        if let reused = freeGroups.popLast() {
+            groups[reused] = Ends()
+            return reused
+        }
+        groups.append(Ends())
+        return groups.count - 1
     }
 
     private static func link(_ slots: inout [Slot], _ slot: Int, _ order: Order, _ ends: inout Ends) {

@@ -15,10 +15,11 @@ public struct DNSAnswerChain: Equatable, Sendable {
 
     /// The chain of `message` (parsed from `bytes`) for its first question, or nil when the
     /// answer is not NOERROR, has no question, or its names cannot be read.
-    public init?(_ message: DNSMessage, in bytes: UnsafeRawBufferPointer) {
+    /// `questionName`: the question's name when the caller already read it (saves reading it again).
+    public init?(_ message: DNSMessage, in bytes: UnsafeRawBufferPointer, questionName: String? = nil) {
         guard message.header.rcode == 0, message.header.isResponse,
               let question = message.questions.first, question.recordClass == DNSRecordType.internetClass else { return nil }
-        guard let first = try? DNSWireName.text(bytes, at: question.name) else { return nil }
+        guard let first = questionName ?? (try? DNSWireName.text(bytes, at: question.name)) else { return nil }
         // The common answer: no CNAME, address records named by a pointer to the question.
         // Those need no name read at all.
         if !message.answers.contains(where: { $0.type == DNSRecordType.cname }) {

@@ -61,6 +61,8 @@ struct DNSExchangeJudge {
         /// The question as a comparable key (`questionKey`).
         var question: [UInt8]
         var name: String
+        /// `name` lower-cased without the trailing dot, as the policy judged it.
+        var normalized: String
         var qtype: String
         var start: UInt64
         var direction: Direction
@@ -110,8 +112,9 @@ struct DNSExchangeJudge {
         var allowed = true
         var deciding: [RuleReference] = []
         var direction = Direction.egress
+        let normalized = PolicyEngine.DNSName.normalize(name)
         if context.policy != nil {
-            let facts = DNSQueryFacts(name: PolicyEngine.DNSName.normalize(name))
+            let facts = DNSQueryFacts(name: normalized)
             for policy in policies {
                 let verdict = policy.evaluate(dns: facts)
                 if !verdict.isAllowed {
@@ -133,7 +136,8 @@ struct DNSExchangeJudge {
         allowedCount &+= 1
         if outstanding.count >= Self.maximumOutstanding { outstanding.removeFirst() }
         outstanding.append(Outstanding(
-            id: message.header.id, question: Self.questionKey(question, in: bytes), name: name, qtype: qtype,
+            id: message.header.id, question: Self.questionKey(question, in: bytes), name: name, normalized: normalized,
+            qtype: qtype,
             start: clock(), direction: direction,
             serverFailure: DNSAnswers.response(to: message, in: bytes, rcode: DNSAnswers.serverFailure)))
         report(type: .request, verdict: .forwarded, direction: direction, query: name, rules: deciding, allowed: true,
@@ -167,7 +171,7 @@ struct DNSExchangeJudge {
         report(type: .response, verdict: .forwarded, direction: query.direction, query: query.name, rules: [],
                allowed: true, fields: Self.answerFields(message, in: bytes, qtype: query.qtype),
                latency: received &- query.start)
-        learn(from: message, in: bytes, received: received)
+        learn(from: message, in: bytes, asked: query.normalized, received: received)
         return .relay
     }
 
@@ -206,12 +210,15 @@ struct DNSExchangeJudge {
     // MARK: Helpers
 
     /// Hands the answer's addresses to the learner; returns once the datapath holds them.
-    private func learn(from message: DNSMessage, in bytes: UnsafeRawBufferPointer, received: UInt64) {
+    /// `asked` is the question's name as the policy judged it (the answer's question is the
+    /// same name: it matched the outstanding query).
+    private func learn(from message: DNSMessage, in bytes: UnsafeRawBufferPointer, asked: String, received: UInt64) {
         guard let learner, let endpoint = clientAddress,
-              let chain = DNSAnswerChain(message, in: bytes), !chain.addresses.isEmpty, let ttl = chain.ttl else { return }
+              let chain = DNSAnswerChain(message, in: bytes, questionName: asked), !chain.addresses.isEmpty,
+              let ttl = chain.ttl else { return }
         let addresses = chain.addresses.compactMap { IPAddress(networkBytes: UnsafeRawBufferPointer(rebasing: bytes[$0])) }
-        learner.learn(LearnedAnswer(endpoint: endpoint, names: chain.names.map(PolicyEngine.DNSName.normalize),
-                                    addresses: addresses, ttl: ttl, received: received))
+        let names = chain.names.count == 1 ? [asked] : [asked] + chain.names.dropFirst().map(PolicyEngine.DNSName.normalize)
+        learner.learn(LearnedAnswer(endpoint: endpoint, names: names, addresses: addresses, ttl: ttl, received: received))
     }
 
     private mutating func refreshPolicies() {
