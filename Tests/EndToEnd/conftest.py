@@ -90,7 +90,10 @@ class Sluice:
         import json
         if not self.flows.exists():
             return []
-        return [json.loads(line) for line in self.flows.read_text().splitlines() if line.strip()]
+        text = self.flows.read_text()
+        # sluice may be writing a record right now: a last line without its newline is not whole yet.
+        lines = text.split("\n")[:-1]
+        return [json.loads(line) for line in lines if line.strip()]
 
     def wait_for_flows(self, count, timeout=5.0):
         deadline = time.monotonic() + timeout
