@@ -174,12 +174,16 @@ public final class PolicyEnforcement: @unchecked Sendable {
         saveLearned()
     }
 
-    /// Once a second: forgets learned addresses past their lifetime and saves the rest.
+    /// Every 100 ms forgets learned addresses past their lifetime, a few thousand records
+    /// at a time (the lock is held briefly; the datapath ignores expired entries anyway);
+    /// once a second saves what changed.
     private func maintainLearned() {
+        var ticks = 0
         while !stopping.load(ordering: .relaxed) {
-            learner?.expire()
-            saveLearned()
-            for _ in 0..<10 where !stopping.load(ordering: .relaxed) { usleep(100_000) }
+            learner?.expire(slots: FQDNLearner.sweepSlots)
+            ticks += 1
+            if ticks % 10 == 0 { saveLearned() }
+            usleep(100_000)
         }
     }
 

@@ -291,5 +291,9 @@ import Testing
         #expect(store.remove(.init(endpoint: 1, address: 4))?.key.address == 4)
         #expect(store.oldestFirst.map(\.key.address) == [1, 5] && store.count == 2)
         #expect(store.counters.learned == 5 && store.counters.evictedTotal == 1 && store.counters.expired == 1)
+        // A sweep may look at a few slots at a time; it resumes where it stopped.
+        var swept: [UInt32] = []
+        for _ in 0..<6 { swept += store.removeExpired(now: 100, slotsToScan: 1).map(\.key.address) }
+        #expect(Set(swept) == [1, 5] && store.count == 0)
     }
 }

@@ -209,12 +209,16 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
         }
     }
 
-    /// Removes records past their lifetime (the datapath already ignores them). Returns how many.
+    /// Slots one `expire` call looks at.
+    public static let sweepSlots = 4_096
+
+    /// Removes records past their lifetime (the datapath already ignores them), looking at
+    /// `slots` records at most. Returns how many went.
     @discardableResult
-    public func expire() -> Int {
+    public func expire(slots: Int = .max) -> Int {
         let now = clock()
         return state.withLock { state in
-            let ended = state.store.removeExpired(now: now)
+            let ended = state.store.removeExpired(now: now, slotsToScan: slots)
             guard !ended.isEmpty else { return 0 }
             state.writer?.remove(ended.map(\.entry))
             state.dirty = true

@@ -101,6 +101,8 @@ struct FQDNStore {
     private var index: [Key: Int] = [:]
     private var slots: [Slot] = []
     private var free: [Int] = []
+    /// Where the next `removeExpired` looks first.
+    private var sweepCursor = 0
     private var allEnds = Ends()
     /// The ends of every endpoint's and every name's order, found by key once per new record
     /// and by index (in the slot) after that.
@@ -211,11 +213,23 @@ struct FQDNStore {
         return .extended(before: before, after: slots[slot].record!.entry)
     }
 
-    /// Removes and returns the records whose lifetime ended at or before `now`.
-    mutating func removeExpired(now: UInt64) -> [Record] {
-        let ended = index.values.filter { slots[$0].record.map { $0.expires <= now } ?? false }
+    /// Removes and returns the records whose lifetime ended at or before `now`, looking at
+    /// no more than `slotsToScan` slots from where the last call stopped (so a sweep holds the
+    /// learner's lock briefly however many records there are; the datapath ignores expired
+    /// entries by itself meanwhile).
+    mutating func removeExpired(now: UInt64, slotsToScan: Int = .max) -> [Record] {
+        var ended: [Record] = []
+        var scanned = 0
+        while scanned < min(slotsToScan, slots.count) {
+            if sweepCursor >= slots.count { sweepCursor = 0 }
+            if let expires = slots[sweepCursor].record?.expires, expires <= now, let record = remove(slotAt: sweepCursor) {
+                ended.append(record)
+            }
+            sweepCursor += 1
+            scanned += 1
+        }
         counters.expired += UInt64(ended.count)
-        return ended.compactMap { remove(slotAt: $0) }
+        return ended
     }
 
     @discardableResult
