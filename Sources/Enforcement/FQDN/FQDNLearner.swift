@@ -243,16 +243,16 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
         public var rule: String
     }
 
-    /// Every record, oldest endpoint and address first.
+    /// Every record, by endpoint and address. Only the copy is made under the lock (the
+    /// sort and the text outside it: answers are not held up by a listing or a save).
     public func list() -> [Listed] {
         let now = clock()
         let wall = wallClock()
-        return state.withLock { state in
-            state.store.records.sorted { ($0.key.endpoint, $0.key.address) < ($1.key.endpoint, $1.key.address) }.map { record in
-                Listed(endpoint: IPAddress(ipv4: record.key.endpoint).description, address: IPAddress(ipv4: record.key.address).description,
-                       names: record.names, ttl: record.ttl,
-                       expiresAt: wall + (Double(record.expires) - Double(now)) / 1e9, rule: record.rule)
-            }
+        let records = state.withLock { $0.store.records }
+        return records.sorted { ($0.key.endpoint, $0.key.address) < ($1.key.endpoint, $1.key.address) }.map { record in
+            Listed(endpoint: IPAddress(ipv4: record.key.endpoint).description, address: IPAddress(ipv4: record.key.address).description,
+                   names: record.names, ttl: record.ttl,
+                   expiresAt: wall + (Double(record.expires) - Double(now)) / 1e9, rule: record.rule)
         }
     }
 
