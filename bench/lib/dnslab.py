@@ -36,11 +36,15 @@ DNSDIST = "10.200.3.1"
 SERVICE_NET = "10.77.0.0/16"
 SERVICE_PORT = 8000
 NAMES = 10000
+# Fresh names for the memory check: each resolves to its own address, none asked before.
+FRESH_NAMES = 100_000
 INTERFACES = ["ep1", "ep2", "ep3", "up0"]
 PIN_ROOT = f"/sys/fs/bpf/sluice-{PREFIX}"
 LAB = str(b.ROOT / "scripts" / "lab")
 HERE = pathlib.Path(__file__).resolve().parents[1] / "dns"
 ANSWER_TO_MAP = re.compile(r"fqdn answer-to-map: count=(\d+) p50=(\d+)us p99=(\d+)us max=(\d+)us")
+LEARNED_HELD = re.compile(r"(\d+) address\(es\) held, (\d+) learned, \d+ refreshed, \d+ expired, evicted (\d+) per name, "
+                          r"(\d+) per endpoint, (\d+) over the total cap")
 
 POLICY = f"""apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -72,7 +76,10 @@ ENDPOINTS = """endpoints:
 def address(index, prefix="n"):
     """{prefix}{index}.example.test's address: a distinct one of 10.77.0.0/16 (never .0 or
     .255). The load names (n...) and the resolve-then-connect names (c...) differ, so that no
-    address the loop connects to was learned before the loop asks for it."""
+    address the loop connects to was learned before the loop asks for it. The fresh names
+    (f...) of the memory check get one each of 10.78.0.0/15."""
+    if prefix == "f":
+        return f"10.{78 + index // 50000}.{index % 50000 // 250}.{1 + index % 250}"
     base = 1 if prefix == "n" else 101
     return f"10.77.{base + index // 250}.{1 + index % 250}"
 
@@ -87,6 +94,7 @@ def unbound_config(directory):
              '  local-zone: "." static', '  local-zone: "example.test." static']
     lines += [f'  local-data: "{prefix}{i}.example.test. 300 IN A {address(i, prefix)}"'
               for prefix in ("n", "c") for i in range(NAMES)]
+    lines += [f'  local-data: "f{i}.example.test. 300 IN A {address(i, "f")}"' for i in range(FRESH_NAMES)]
     lines += ["remote-control:", "  control-enable: no"]
     return "\n".join(lines) + "\n"
 
@@ -198,10 +206,16 @@ fqdn: {{stateFile: none}}
             self.sluice.wait(15)
         except subprocess.TimeoutExpired:
             self.sluice.kill()
-        match = ANSWER_TO_MAP.search(self.sluice_stderr.read_text(errors="replace"))
+        text = self.sluice_stderr.read_text(errors="replace")
+        match = ANSWER_TO_MAP.search(text)
         if not match:
             return None
-        return dict(zip(("count", "p50_us", "p99_us", "max_us"), map(int, match.groups())))
+        figures = dict(zip(("count", "p50_us", "p99_us", "max_us"), map(int, match.groups())))
+        held = LEARNED_HELD.search(text)
+        if held:
+            figures.update(zip(("held", "learned", "evicted_per_name", "evicted_per_endpoint", "evicted_total"),
+                               map(int, held.groups())))
+        return figures
 
     def close(self):
         """Processes, BPF programs and pins, namespaces: removed whatever state they are in."""
@@ -262,6 +276,15 @@ def enforcement_check(lab, namespace, server, queries=1000):
     codes = dict((code, int(count)) for code, count in re.findall(r"(\w+) (\d+) \([\d.]+%\)", out.split("Response codes:")[-1].split("\n")[0]))
     refused = codes.pop("REFUSED", 0)
     return {"queries": queries, "refused": refused, "unjudged": sum(codes.values())}
+
+
+def fresh_names(lab, namespace, server, start, count):
+    """`count` names never asked before (f{start}..), each once, as fast as dnsperf goes."""
+    names = lab.directory / f"fresh-{start}.txt"
+    names.write_text("".join(f"f{i}.example.test A\n" for i in range(start, start + count)))
+    out = lab.run(namespace, ["dnsperf", "-s", server, "-d", str(names), "-c", "1", "-T", "1", "-q", "100", "-n", "1"],
+                  timeout=300).stdout
+    return int(DNSPERF_COMPLETED.search(out).group(1))
 
 
 def resolve_connect(lab, namespace, names, prefix="c", concurrency=200):
