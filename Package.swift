@@ -30,6 +30,8 @@ let package = Package(
                        providers: [.apt(["libpcre2-dev"])]),
         .systemLibrary(name: "CBPF", path: "Sources/CBPF", pkgConfig: "libbpf",
                        providers: [.apt(["libbpf-dev"])]),
+        .systemLibrary(name: "CNftables", path: "Sources/CNftables", pkgConfig: "libnftables",
+                       providers: [.apt(["libnftables-dev"])]),
         // The structs and constants shared with the BPF programs (bpf/include), for Swift.
         .systemLibrary(name: "CSluiceDatapath", path: "bpf/include"),
         // Linux socket-layer macros and packed structs that Swift cannot import directly.
@@ -44,7 +46,7 @@ let package = Package(
             "CPCRE2",
             .product(name: "Yams", package: "Yams"),
         ], swiftSettings: hotPathSettings),
-        .target(name: "Datapath", dependencies: ["CBPF", "CSluiceDatapath", "CSluiceShims", "PolicyEngine"]),
+        .target(name: "Datapath", dependencies: ["CBPF", "CNftables", "CSluiceDatapath", "CSluiceShims", "PolicyEngine"]),
         // Where the proxy and the datapath meet policy files: loading and reloading them in
         // order, the file watcher, the datapath's events as flow records. Above both, so
         // Proxy keeps knowing nothing of BPF; the executable only parses commands and calls it.

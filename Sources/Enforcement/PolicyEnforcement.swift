@@ -117,7 +117,7 @@ public final class PolicyEnforcement: @unchecked Sendable {
             _ = try nftables.apply(desired, learned: [])
             report("datapath: nftables table '\(NftablesRuleset.tableName)' installed (\(desired.policy.count) policy entries)")
             enforcer = nftables
-            writer = NftablesLearnedAddresses(namespace: configuration.datapath.namespace, clock: { MonotonicClock.now() })
+            writer = try NftablesLearnedAddresses(namespace: configuration.datapath.namespace, clock: { MonotonicClock.now() })
         case .none, .auto:
             writer = nil
         }

@@ -73,6 +73,14 @@ import PolicyEngine
         #expect(text.contains("@fqdn_redirect_\(frontend) meta mark set meta mark or 0x1000 counter return"))
     }
 
+    @Test func nftablesRoundsLearnedLifetimesUpByAnEighthAtMost() throws {
+        let writer = try NftablesLearnedAddresses(namespace: nil, clock: { 0 })
+        let second: UInt64 = 1_000_000_000
+        #expect(writer.roundedExpiry(100 * second + 1, lifetime: 70 * second) == 104 * second, "steps of 8 s for 70 s")
+        #expect(writer.roundedExpiry(100 * second + 1, lifetime: 2 * second) == 101 * second, "never under a second")
+        #expect(writer.roundedExpiry(96 * second, lifetime: 70 * second) == 96 * second)
+    }
+
     @Test func nftablesFallbackRulesetFailsClosed() throws {
         let state = try Self.labState()
         let text = NftablesRuleset(state: state, interfaces: ["ep1", "ep2"], proxyPorts: .init(tcp: 15001, udp: 15053)).text()

@@ -23,6 +23,22 @@ public protocol LearnedAddressWriter: AnyObject, Sendable {
     /// lifetime, changed grants), which must not outlive the write.
     func write(_ entries: [LearnedEntry], replacing: [LearnedEntry]) throws
     func remove(_ entries: [LearnedEntry])
+    /// `expires` (of a lifetime of `lifetime` ns) rounded up as this datapath wants it:
+    /// answers refreshing an address before the rounded time change nothing and cost no write.
+    func roundedExpiry(_ expires: UInt64, lifetime: UInt64) -> UInt64
+}
+
+extension LearnedAddressWriter {
+    /// To the next whole second.
+    public func roundedExpiry(_ expires: UInt64, lifetime: UInt64) -> UInt64 {
+        LearnedEntry.roundUp(expires, to: 1_000_000_000)
+    }
+}
+
+extension LearnedEntry {
+    static func roundUp(_ value: UInt64, to step: UInt64) -> UInt64 {
+        (value + step - 1) / step * step
+    }
 }
 
 /// The BPF datapath's `sluice_fqdn` map.

@@ -242,14 +242,18 @@ public struct NftablesRuleset {
     }
 }
 
-/// The nftables fallback's learned-address sets, changed element by element with `nft -f`.
+/// The nftables fallback's learned-address sets, changed element by element through
+/// libnftables: one netlink transaction per answer, in this process.
 public final class NftablesLearnedAddresses: LearnedAddressWriter, @unchecked Sendable {
     private let namespace: String?
     private let clock: () -> UInt64
+    private let library: NftablesLibrary
 
-    public init(namespace: String?, clock: @escaping () -> UInt64) {
+    /// Commands run in network namespace `namespace` (nil: sluice's own).
+    public init(namespace: String?, clock: @escaping () -> UInt64) throws {
         self.namespace = namespace
         self.clock = clock
+        library = try NftablesLibrary()
     }
 
     public func write(_ entries: [LearnedEntry], replacing: [LearnedEntry]) throws {
@@ -260,11 +264,15 @@ public final class NftablesLearnedAddresses: LearnedAddressWriter, @unchecked Se
         // the same transaction. If it timed out meanwhile the delete fails the transaction,
         // so then add alone.
         let deletions = Self.commands("delete", NftablesRuleset.elements(replacing, now: now, withTimeouts: false))
-        if !deletions.isEmpty,
-           (try? NftablesRuleset.runNft(arguments: ["-f", "-"], input: deletions + additions, namespace: namespace)) != nil {
-            return
-        }
-        try NftablesRuleset.runNft(arguments: ["-f", "-"], input: additions, namespace: namespace)
+        if !deletions.isEmpty, (try? run(deletions + additions)) != nil { return }
+        try run(additions)
+    }
+
+    /// Each write is a netlink transaction (about 0.2 ms): lifetimes are rounded up by up to
+    /// an eighth of themselves (at least a second), so an address asked for again and again
+    /// is rewritten a few times per lifetime, not at every answer.
+    public func roundedExpiry(_ expires: UInt64, lifetime: UInt64) -> UInt64 {
+        LearnedEntry.roundUp(expires, to: max(1_000_000_000, lifetime / 8 / 1_000_000_000 * 1_000_000_000))
     }
 
     public func remove(_ entries: [LearnedEntry]) {
@@ -272,13 +280,16 @@ public final class NftablesLearnedAddresses: LearnedAddressWriter, @unchecked Se
         // per element, so that one does not keep the others.
         let elements = NftablesRuleset.elements(entries, now: clock(), withTimeouts: false)
         let all = Self.commands("delete", elements)
-        guard !all.isEmpty,
-              (try? NftablesRuleset.runNft(arguments: ["-f", "-"], input: all, namespace: namespace)) == nil else { return }
+        guard !all.isEmpty, (try? run(all)) == nil else { return }
         for (set, items) in elements {
-            for item in items {
-                try? NftablesRuleset.runNft(arguments: ["-f", "-"], input: Self.commands("delete", [set: [item]]), namespace: namespace)
-            }
+            for item in items { try? run(Self.commands("delete", [set: [item]])) }
         }
+    }
+
+    private func run(_ commands: String) throws {
+        guard let namespace else { return try library.run(commands) }
+        let library = self.library
+        try NetworkNamespace.run(namespace) { try library.run(commands) }
     }
 
     static func commands(_ verb: String, _ elements: [String: [String]]) -> String {

@@ -66,13 +66,13 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
     public func learn(_ answer: LearnedAnswer) {
         let now = clock()
         let lifetime = UInt64(max(answer.ttl, settings.minimumTTL)) * 1_000_000_000 + settings.grace
-        // Rounded up to a whole second: answers that refresh an address within the same
-        // second change nothing, and cost no datapath write.
-        let expires = (now + lifetime + 999_999_999) / 1_000_000_000 * 1_000_000_000
         state.withLock { state in
             guard let policy = state.policy, let writer = state.writer,
                   let endpoint = policy.endpoint(at: answer.endpoint), answer.endpoint.family == .ipv4 else { return }
             let endpointAddress = UInt32(truncatingIfNeeded: answer.endpoint.low)
+            // Rounded up as the datapath wants (BPF: to the second): answers that refresh an
+            // address before that change nothing, and cost no datapath write.
+            let expires = writer.roundedExpiry(now + lifetime, lifetime: lifetime)
             var written: [LearnedEntry] = []
             var replaced: [LearnedEntry] = []
             var evicted: [LearnedEntry] = []
