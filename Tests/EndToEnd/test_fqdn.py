@@ -6,6 +6,7 @@ toFQDNs rule). Starts: scripts/lab namespaces, the BPF programs or the nftables 
 sluice, dnsmasq and a Python HTTP server in 'remote' (on extra addresses .10-.12), dig and
 curl in the frontend."""
 import json
+import re
 import shutil
 import subprocess
 import textwrap
@@ -227,6 +228,14 @@ def test_only_addresses_from_allowed_answers_are_reachable_until_they_expire(lab
         assert fqdn.curl_status(f"http://{OTHER}/") == 0
         assert not any(r["address"] == OTHER for r in fqdn.listed())
         assert fqdn.curl_status(f"http://{UNANSWERED}/") == 0, "no allowed answer gave this address"
+        # ... and the drop is reported: a flow record (BPF) or the default-deny rule's counter (nftables).
+        if mode == "bpf":
+            wait_until(lambda: any(r["verdict"] == "DROPPED" and r["IP"]["destination"] == UNANSWERED
+                                   and r.get("drop_reason_desc") == "POLICY_DENIED" and r["traffic_direction"] == "EGRESS"
+                                   for r in proxy.flow_records()), "the drop to the unanswered address to be reported")
+        else:
+            rules = lab.run(lab.node, "nft", "list", "table", "ip", "sluice").stdout
+            assert re.search(r'counter packets [1-9]\d* bytes \d+ drop comment "default deny shop/frontend egress"', rules), rules
         # A denied name never reaches the resolver.
         assert "status: REFUSED" in fqdn.dig("api.evil.example")
 
