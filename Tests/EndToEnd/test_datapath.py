@@ -33,6 +33,25 @@ UDP_ECHO = textwrap.dedent("""
 """)
 
 
+def lab_config(mode, pin_root, policies, endpoints, rest):
+    """sluice's configuration for the lab's node: transparent TCP and UDP listeners, the
+    datapath in `mode` on the lab's interfaces, the policy files; `rest` continues the
+    policy section and adds sections (YAML text)."""
+    return f"""
+workers: 2
+listeners:
+  - {{name: l7-tcp, mode: transparent, listen: 127.0.0.1:15001}}
+  - {{name: l7-udp, mode: transparent, protocol: udp, listen: 127.0.0.1:15053}}
+datapath:
+  mode: {mode}
+  interfaces: [ep1, ep2, ep3, up0]
+  pinRoot: {pin_root}
+policy:
+  paths: [{policies}]
+  endpoints: {endpoints}""" + rest + """flowLog: {sink: file, path: "@FLOWS@"}
+"""
+
+
 class Scenario:
     """The lab with nginx in the backend, a UDP peer in 'remote', and sluice in the node."""
 
@@ -65,24 +84,12 @@ http {{
 """)
         lab.spawn(lab.ns("ep2"), "nginx", "-c", str(conf), "-p", str(www))
         self.udp_echo = lab.spawn(lab.ns("remote"), "python3", "-c", UDP_ECHO, REMOTE, "53")
-        self.config_text = f"""
-workers: 2
-listeners:
-  - {{name: l7-tcp, mode: transparent, listen: 127.0.0.1:15001}}
-  - {{name: l7-udp, mode: transparent, protocol: udp, listen: 127.0.0.1:15053}}
-datapath:
-  mode: {mode}
-  interfaces: [ep1, ep2, ep3, up0]
-  pinRoot: {self.pin_root}
-policy:
-  paths: [{self.policies}]
-  endpoints: {workdir / 'endpoints.yaml'}
+        self.config_text = lab_config(mode, self.pin_root, self.policies, workdir / "endpoints.yaml", """
   watch: 200ms
-fqdn: {{stateFile: none}}
-timeouts: {{drain: 2s, udpIdle: 1s}}
-dns: {{responseTimeout: 500ms}}
-flowLog: {{sink: file, path: "@FLOWS@"}}
-"""
+fqdn: {stateFile: none}
+timeouts: {drain: 2s, udpIdle: 1s}
+dns: {responseTimeout: 500ms}
+""")
         self.start_sluice = start_sluice
         self.proxy = None
         wait_until(lambda: (www / "nginx.pid").exists(), "nginx in the backend endpoint")

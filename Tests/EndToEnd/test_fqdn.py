@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT, SLUICE
 from lab import lab  # noqa: F401  (fixture)
-from test_datapath import INTERFACES, wait_until
+from test_datapath import INTERFACES, lab_config, wait_until
 
 RESOLVER = "10.200.100.2"
 API = "10.200.100.10"        # api.shop.test: allowed by toFQDNs
@@ -137,22 +137,10 @@ class FQDNLab:
                   "--bind-interfaces", "--local-ttl=2", f"--address=/api.shop.test/{API}",
                   f"--address=/other.shop.test/{OTHER}", f"--address=/web.shop.test/{WEB}", "--log-queries", f"--log-facility={self.resolver_log}")
         lab.spawn(remote, "python3", "-c", HOSTILE_RESOLVER, HOSTILE)
-        self.config_text = f"""
-workers: 2
-listeners:
-  - {{name: l7-tcp, mode: transparent, listen: 127.0.0.1:15001}}
-  - {{name: l7-udp, mode: transparent, protocol: udp, listen: 127.0.0.1:15053}}
-datapath:
-  mode: {mode}
-  interfaces: [ep1, ep2, ep3, up0]
-  pinRoot: {self.pin_root}
-policy:
-  paths: [{policies}]
-  endpoints: {workdir / 'endpoints.yaml'}
+        self.config_text = lab_config(mode, self.pin_root, policies, workdir / "endpoints.yaml", f"""
 fqdn: {{minimumTTL: {minimum_ttl}, grace: 0s, stateFile: {self.state_file}}}
 timeouts: {{drain: 1s, udpIdle: 1s}}
-flowLog: {{sink: file, path: "@FLOWS@"}}
-"""
+""")
         wait_until(lambda: self.curl_status(f"http://{API}/", namespace="node") == 200, "the HTTP server in remote")
 
     def start_proxy(self):

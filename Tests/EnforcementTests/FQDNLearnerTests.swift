@@ -93,6 +93,14 @@ import Testing
         return (learner, writer)
     }
 
+    /// Lifetimes of exactly the TTL (no minimum, no grace).
+    static func lifetime(minimumTTL: UInt32 = 0, graceSeconds: UInt64 = 0) -> FQDNSettings {
+        var settings = FQDNSettings()
+        settings.minimumTTL = minimumTTL
+        settings.grace = graceSeconds * 1_000_000_000
+        return settings
+    }
+
     static func answer(_ names: [String], _ addresses: [String], ttl: UInt32 = 30, from endpoint: String = "10.1.0.2") -> LearnedAnswer {
         LearnedAnswer(endpoint: IPAddress(endpoint)!, names: names, addresses: addresses.map { IPAddress($0)! }, ttl: ttl,
                       received: 0)
@@ -135,11 +143,8 @@ import Testing
     }
 
     @Test func cnameNamesCountAndTheMinimumTTLAndGraceSetTheLifetime() throws {
-        var settings = FQDNSettings()
-        settings.minimumTTL = 10
-        settings.grace = 5_000_000_000
         let clock = FakeClock()
-        let (learner, writer) = try Self.learner(settings, clock: clock)
+        let (learner, writer) = try Self.learner(Self.lifetime(minimumTTL: 10, graceSeconds: 5), clock: clock)
         // The question's name is not allowed, the CNAME target is.
         learner.learn(Self.answer(["alias.example.net", "img.cdn.example.com"], ["192.0.2.5"], ttl: 2))
         let entry = try #require(writer.held.withLock { $0.values.first })
@@ -153,11 +158,8 @@ import Testing
     }
 
     @Test func aRefreshExtendsTheLifetimeAndMergesNames() throws {
-        var settings = FQDNSettings()
-        settings.minimumTTL = 0
-        settings.grace = 0
         let clock = FakeClock()
-        let (learner, _) = try Self.learner(settings, clock: clock)
+        let (learner, _) = try Self.learner(Self.lifetime(), clock: clock)
         learner.learn(Self.answer(["api.example.com"], ["192.0.2.1"], ttl: 10))
         clock.advance(seconds: 8)
         learner.learn(Self.answer(["a.cdn.example.com"], ["192.0.2.1"], ttl: 10))
@@ -238,9 +240,7 @@ import Testing
     @Test func savedAddressesComeBackWithWhatIsLeftOfTheirLifetime() throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
-        var settings = FQDNSettings()
-        settings.minimumTTL = 0
-        settings.grace = 0
+        let settings = Self.lifetime()
         let clock = FakeClock()
         let file = directory.file("state/fqdn.json")
         let (learner, _) = try Self.learner(settings, stateFile: file, clock: clock)
