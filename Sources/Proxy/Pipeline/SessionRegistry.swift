@@ -9,11 +9,16 @@ public struct SessionContext {
     public var policy: WorkerPolicy?
     /// Where the session's flow records go; nil when nothing reads them.
     public var reporter: L7FlowReporter?
+    /// Judge and report, change nothing: a denied message is reported `DROPPED` and still
+    /// relayed as it was, so that recorded traffic replayed through the session stays in step
+    /// with what the recorded server answered (`sluice replay`). Off in the live proxy.
+    public var audit: Bool
 
-    public init(identities: ConnectionIdentities, policy: WorkerPolicy?, reporter: L7FlowReporter?) {
+    public init(identities: ConnectionIdentities, policy: WorkerPolicy?, reporter: L7FlowReporter?, audit: Bool = false) {
         self.identities = identities
         self.policy = policy
         self.reporter = reporter
+        self.audit = audit
     }
 }
 
@@ -79,7 +84,7 @@ public struct SessionRegistry: Sendable {
         let httpSettings = configuration.http
         registry.register(.http, stream: { context in
             HTTPPolicySession(limits: httpLimits, settings: httpSettings, policy: context.policy,
-                              identities: context.identities, reporter: context.reporter)
+                              identities: context.identities, reporter: context.reporter, audit: context.audit)
         })
         let deniedRCode = configuration.dns.deniedAnswer == .nameError ? DNSAnswers.nameError : DNSAnswers.refused
         let dnsResponseTimeout = configuration.dns.responseTimeout

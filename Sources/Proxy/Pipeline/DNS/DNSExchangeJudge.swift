@@ -64,6 +64,8 @@ struct DNSExchangeJudge {
         /// `name` lower-cased without the trailing dot, as the policy judged it.
         var normalized: String
         var qtype: String
+        /// False only in audit mode: the query was denied and relayed anyway.
+        var allowed: Bool
         var start: UInt64
         var direction: Direction
         /// What the client gets should the resolver stay silent: SERVFAIL, same ID and
@@ -131,17 +133,20 @@ struct DNSExchangeJudge {
             deniedCount &+= 1
             report(type: .request, verdict: .dropped, direction: direction, query: name, rules: deciding, allowed: false,
                    fields: Self.fields(["qtypes": .array([.string(qtype)])]))
-            return .answer(DNSAnswers.response(to: message, in: bytes, rcode: deniedRCode))
+            // Audit (replay): reported, and relayed as recorded so that its recorded answer matches.
+            if !context.audit { return .answer(DNSAnswers.response(to: message, in: bytes, rcode: deniedRCode)) }
+        } else {
+            allowedCount &+= 1
         }
-        allowedCount &+= 1
         if outstanding.count >= Self.maximumOutstanding { outstanding.removeFirst() }
         outstanding.append(Outstanding(
             id: message.header.id, question: Self.questionKey(question, in: bytes), name: name, normalized: normalized,
-            qtype: qtype,
-            start: clock(), direction: direction,
+            qtype: qtype, allowed: allowed, start: clock(), direction: direction,
             serverFailure: DNSAnswers.response(to: message, in: bytes, rcode: DNSAnswers.serverFailure)))
-        report(type: .request, verdict: .forwarded, direction: direction, query: name, rules: deciding, allowed: true,
-               fields: Self.fields(["qtypes": .array([.string(qtype)])]))
+        if allowed {
+            report(type: .request, verdict: .forwarded, direction: direction, query: name, rules: deciding, allowed: true,
+                   fields: Self.fields(["qtypes": .array([.string(qtype)])]))
+        }
         return .relay
     }
 
@@ -168,10 +173,12 @@ struct DNSExchangeJudge {
             return .reject(reason: "DNS: an answer to no outstanding query of this client")
         }
         let query = outstanding.remove(at: index)
-        report(type: .response, verdict: .forwarded, direction: query.direction, query: query.name, rules: [],
-               allowed: true, fields: Self.answerFields(message, in: bytes, qtype: query.qtype),
+        // In audit mode the answer to a denied query is relayed as recorded, reported as one
+        // the client would not have had, and teaches nothing.
+        report(type: .response, verdict: query.allowed ? .forwarded : .dropped, direction: query.direction, query: query.name,
+               rules: [], allowed: query.allowed, fields: Self.answerFields(message, in: bytes, qtype: query.qtype),
                latency: received &- query.start)
-        learn(from: message, in: bytes, asked: query.normalized, received: received)
+        if query.allowed { learn(from: message, in: bytes, asked: query.normalized, received: received) }
         return .relay
     }
 

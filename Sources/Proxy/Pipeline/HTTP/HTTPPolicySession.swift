@@ -31,10 +31,15 @@ public final class HTTPPolicySession: L7Session {
 
     /// `policy` is the worker's view of the current policy (nil: allow every request);
     /// `identities` are the connection's ends as that policy saw them at accept.
+    /// Audit (`SessionContext.audit`): every request is judged and reported, and relayed as
+    /// it was, denied or not (replaying recorded traffic).
+    private let audit: Bool
+
     public init(limits: HTTP1Limits, settings: HTTPSettings = HTTPSettings(), policy: WorkerPolicy?,
-                identities: ConnectionIdentities, reporter: L7FlowReporter?,
+                identities: ConnectionIdentities, reporter: L7FlowReporter?, audit: Bool = false,
                 clock: @escaping () -> UInt64 = MonotonicClock.now) {
         http = HTTP1Connection(limits: limits)
+        self.audit = audit
         self.settings = settings
         self.policy = policy
         self.identities = identities
@@ -197,7 +202,12 @@ public final class HTTPPolicySession: L7Session {
             }
         }
         var decision = HTTP1RequestDecision.deny
-        if allowed {
+        if audit {
+            // Judged and reported below; relayed as recorded, so its recorded response follows.
+            if allowed { allowedCount += 1 } else { deniedCount += 1 }
+            pending.append((clock(), method, target, direction))
+            decision = .forward
+        } else if allowed {
             allowedCount += 1
             pending.append((clock(), method, target, direction))
             decision = .forward
@@ -239,7 +249,12 @@ public final class HTTPPolicySession: L7Session {
     /// Answers a request locally (a redirect, a 400) in its turn, without judging it.
     private func answerLocally(method: String, url: String, _ answer: [UInt8], closes: Bool) {
         deniedCount += 1
-        http.resolve(.answer(answer, closes: closes))
+        if audit {
+            pending.append((clock(), method, url, .ingress))
+            http.resolve(.forward)
+        } else {
+            http.resolve(.answer(answer, closes: closes))
+        }
         reporter?.report(record(type: "REQUEST", verdict: "DROPPED", direction: .ingress, method: method, url: url,
                                 code: nil, latency: nil, rules: [], allowed: false))
     }
