@@ -18,7 +18,9 @@ public final class HTTPPolicySession: L7Session {
     private let reporter: L7FlowReporter?
     private let clock: () -> UInt64
     /// Start times of forwarded requests whose final response has not begun, in order.
-    private var pending: [(start: UInt64, method: String, url: String, direction: Direction)] = []
+    /// Requests owed a response, oldest first (`allowed` false only in audit mode: judged
+    /// denied and relayed anyway).
+    private var pending: [(start: UInt64, method: String, url: String, direction: Direction, allowed: Bool)] = []
     /// Set once the response side met a fault and said so to the client (502): the next
     /// response step closes the connection.
     private var responseFault: String?
@@ -114,7 +116,7 @@ public final class HTTPPolicySession: L7Session {
 
     /// The oldest request still owed a response. The queue's storage goes when it empties: an
     /// idle keep-alive connection holds none.
-    private func takePending() -> (start: UInt64, method: String, url: String, direction: Direction) {
+    private func takePending() -> (start: UInt64, method: String, url: String, direction: Direction, allowed: Bool) {
         let request = pending.removeFirst()
         if pending.isEmpty { pending = [] }
         return request
@@ -205,11 +207,11 @@ public final class HTTPPolicySession: L7Session {
         if audit {
             // Judged and reported below; relayed as recorded, so its recorded response follows.
             if allowed { allowedCount += 1 } else { deniedCount += 1 }
-            pending.append((clock(), method, target, direction))
+            pending.append((clock(), method, target, direction, allowed))
             decision = .forward
         } else if allowed {
             allowedCount += 1
-            pending.append((clock(), method, target, direction))
+            pending.append((clock(), method, target, direction, true))
             decision = .forward
             // Only upgrades the configuration allows may turn the connection into a relay; an
             // offer naming any other protocol (h2c above all) is stripped, and the request goes
@@ -250,7 +252,7 @@ public final class HTTPPolicySession: L7Session {
     private func answerLocally(method: String, url: String, _ answer: [UInt8], closes: Bool) {
         deniedCount += 1
         if audit {
-            pending.append((clock(), method, url, .ingress))
+            pending.append((clock(), method, url, .ingress, false))
             http.resolve(.forward)
         } else {
             http.resolve(.answer(answer, closes: closes))
@@ -274,9 +276,11 @@ public final class HTTPPolicySession: L7Session {
         }
         if let head = step.head, !head.isInformational || head.switchesProtocol, !pending.isEmpty {
             let request = takePending()
-            reporter?.report(record(type: "RESPONSE", verdict: "FORWARDED", direction: request.direction,
-                                    method: request.method, url: request.url, code: head.statusCode,
-                                    latency: clock() &- request.start, rules: [], allowed: true))
+            // In audit mode the response to a denied request is one the client would not have had.
+            reporter?.report(record(type: "RESPONSE", verdict: request.allowed ? "FORWARDED" : "DROPPED",
+                                    direction: request.direction, method: request.method, url: request.url,
+                                    code: head.statusCode, latency: clock() &- request.start, rules: [],
+                                    allowed: request.allowed))
         }
         return SessionOperation(step.operation)
     }
