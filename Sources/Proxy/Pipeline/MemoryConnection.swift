@@ -32,6 +32,9 @@ public struct MemoryConnection {
     /// Whether the client takes what is sent to it (false: a client that stopped reading, so
     /// its output fills up and holds the driver back).
     public var clientReads = true
+    /// Whether what the driver lets through is kept in `deliveredToServer`/`deliveredToClient`
+    /// (false: counted as sent and let go, for judging recordings of any length).
+    public var keepsDelivered = true
     /// Why the driver ended the connection with resets, if it did.
     public private(set) var failure: String?
 
@@ -115,7 +118,9 @@ public struct MemoryConnection {
     private mutating func collect(_ side: TrafficDirection) -> Bool {
         let output = driver.output(side)
         guard !output.isEmpty else { return false }
-        if side == .request { deliveredToServer.append(contentsOf: output) } else { deliveredToClient.append(contentsOf: output) }
+        if keepsDelivered {
+            if side == .request { deliveredToServer.append(contentsOf: output) } else { deliveredToClient.append(contentsOf: output) }
+        }
         driver.sent(side, count: output.count, pool: pool)
         return true
     }

@@ -1,0 +1,179 @@
+import PolicyEngine
+
+/// Recorded conversations judged as the live proxy would judge them (`sluice replay`):
+/// each TCP connection and UDP flow, handed in as it was recorded, goes through the same
+/// phases as live traffic (the policy's L3/L4 verdict, then the L7 kind its port carries,
+/// then the registry's session driven by the socket-free `StreamDriver`), and every verdict
+/// becomes the same flow record.
+///
+/// Sessions run in audit mode (`SessionContext.audit`): a message judged denied is
+/// reported `DROPPED` and still fed on as recorded, so the conversation stays in step with
+/// what its server answered. Nothing here touches a socket or a capture format; the caller
+/// decodes and reassembles, and hands over client and server bytes in recorded order.
+public final class RecordedTraffic {
+    /// Why a recorded connection was not judged at L7.
+    public enum Outcome: Equatable, Sendable {
+        /// Its port carries L7 rules of this kind: every message is judged.
+        case judged(L7Protocol)
+        /// No L7 rules on its port: the L3/L4 verdict is all there is.
+        case layer4
+        /// The L3/L4 policy drops it (the datapath would have).
+        case deniedAtLayer4
+        /// L7 rules sluice cannot judge yet (or of two kinds): the live proxy refuses it.
+        case refused(String)
+    }
+
+    public struct Counters: Equatable, Sendable {
+        public var connections = 0
+        public var judged = 0
+        public var layer4 = 0
+        public var deniedAtLayer4 = 0
+        public var refused = 0
+        public var datagrams = 0
+        /// Connections whose session ended them (unreadable traffic, a fault), by reason.
+        public var endedBySession: [String: Int] = [:]
+    }
+
+    private struct Stream {
+        var identities: ConnectionIdentities
+        var connection: MemoryConnection?
+    }
+
+    private struct FlowKey: Hashable {
+        var client: SocketAddress
+        var server: SocketAddress
+    }
+
+    private let policy: WorkerPolicy
+    private let registry: SessionRegistry
+    private let reporter: L7FlowReporter?
+    private var streams: [Int: Stream] = [:]
+    private var flows: [FlowKey: (identities: ConnectionIdentities, session: L7DatagramSession?)] = [:]
+    public private(set) var counters = Counters()
+
+    /// Flows remembered at once; past it the oldest half is forgotten (a later datagram of
+    /// one starts it again, judged the same way).
+    public static let maximumFlows = 65_536
+
+    public init(policy: WorkerPolicy, registry: SessionRegistry, reporter: L7FlowReporter?) {
+        self.policy = policy
+        self.registry = registry
+        self.reporter = reporter
+    }
+
+    // MARK: TCP
+
+    /// A recorded TCP connection begins (`id` names it in the calls that follow).
+    @discardableResult
+    public func streamOpened(_ id: Int, client: SocketAddress, server: SocketAddress) -> Outcome {
+        counters.connections += 1
+        let identities = policy.identities(client: client, server: server)
+        let outcome = judge(identities)
+        var stream = Stream(identities: identities, connection: nil)
+        if case .judged(let kind) = outcome,
+           let session = registry.streamSession(kind, context: SessionContext(identities: identities, policy: policy,
+                                                                            reporter: reporter, audit: true)) {
+            var connection = MemoryConnection(session: session)
+            connection.keepsDelivered = false
+            stream.connection = connection
+        }
+        streams[id] = stream
+        return outcome
+    }
+
+    /// Bytes the connection's client (`fromClient`) or server sent, in recorded order.
+    public func streamData(_ id: Int, fromClient: Bool, _ bytes: UnsafeRawBufferPointer) {
+        guard var connection = streams[id]?.connection, connection.closedReason == nil else { return }
+        streams[id]?.connection = nil // one owner while it runs: no copy of its buffers
+        if fromClient { connection.clientSends(bytes) } else { connection.serverSends(bytes) }
+        streams[id]?.connection = connection
+    }
+
+    /// The connection ended (FIN either way, a reset, or the end of the capture).
+    public func streamEnded(_ id: Int) {
+        guard let stream = streams.removeValue(forKey: id), var connection = stream.connection else { return }
+        connection.clientCloses()
+        connection.serverCloses()
+        if let reason = connection.closedReason { counters.endedBySession[reason, default: 0] += 1 }
+    }
+
+    // MARK: UDP
+
+    /// One recorded datagram. A flow's first datagram names its client (the sender) and
+    /// server; later ones in either direction belong to it.
+    public func datagram(from source: SocketAddress, to destination: SocketAddress, _ payload: UnsafeRawBufferPointer) {
+        counters.datagrams += 1
+        let reply = FlowKey(client: destination, server: source)
+        if let flow = flows[reply] {
+            _ = flow.session?.serverDatagram(payload)
+            return
+        }
+        let key = FlowKey(client: source, server: destination)
+        if flows[key] == nil {
+            if flows.count >= Self.maximumFlows { forgetOldestFlows() }
+            counters.connections += 1
+            var identities = policy.identities(client: source, server: destination)
+            identities.transport = .udp
+            var session: L7DatagramSession?
+            if case .judged(let kind) = judge(identities) {
+                session = registry.datagramSession(kind, context: SessionContext(identities: identities, policy: policy,
+                                                                                reporter: reporter, audit: true))
+            }
+            flows[key] = (identities, session)
+        }
+        _ = flows[key]?.session?.clientDatagram(payload)
+    }
+
+    /// The capture ended: every connection still open ends with it.
+    public func finish() {
+        for id in Array(streams.keys) { streamEnded(id) }
+        for flow in flows.values { flow.session?.flowEnded() }
+        flows.removeAll()
+    }
+
+    // MARK: Phases
+
+    /// L3/L4 first (as the datapath decides before the proxy sees anything), then the kind.
+    private func judge(_ identities: ConnectionIdentities) -> Outcome {
+        let snapshot = policy.snapshot
+        for flow in identities.flows where !snapshot.evaluate(flow: flow).isAllowed {
+            counters.deniedAtLayer4 += 1
+            reporter?.report(FlowRecords.dropped(client: identities.client, destination: identities.server,
+                                                 transport: identities.transport == .udp ? "UDP" : "TCP",
+                                                 listener: "replay", reason: "POLICY_DENIED"))
+            return .deniedAtLayer4
+        }
+        switch policy.requirement(for: identities) {
+        case .none:
+            counters.layer4 += 1
+            return .layer4
+        case .kind(let kind):
+            let judges = identities.transport == .udp ? registry.judgesDatagrams(of: kind) : registry.judgesStreams(of: kind)
+            guard judges else {
+                return refuse(identities, L7Detection.refusal(.kind(kind), transport: identities.transport,
+                                                              port: identities.server.port) ?? "not judged")
+            }
+            counters.judged += 1
+            return .judged(kind)
+        case .conflicting(let kinds):
+            return refuse(identities, L7Detection.refusal(.conflicting(kinds), transport: identities.transport,
+                                                          port: identities.server.port) ?? "not judged")
+        }
+    }
+
+    private func refuse(_ identities: ConnectionIdentities, _ reason: String) -> Outcome {
+        counters.refused += 1
+        reporter?.report(FlowRecords.dropped(client: identities.client, destination: identities.server,
+                                             transport: identities.transport == .udp ? "UDP" : "TCP",
+                                             listener: "replay", reason: reason))
+        return .refused(reason)
+    }
+
+    private func forgetOldestFlows() {
+        // Dictionaries keep no age: forget half, arbitrarily; a later datagram restarts its flow.
+        for key in flows.keys.prefix(flows.count / 2) {
+            flows[key]?.session?.flowEnded()
+            flows[key] = nil
+        }
+    }
+}
