@@ -2,8 +2,9 @@
 public enum ReplayEvent {
     case tcp(TCPEvent, time: UInt64)
     /// A UDP datagram as captured; `payload` is valid only during the handler call.
+    /// `missingPayloadBytes` > 0 means the snaplen cut it: the payload is incomplete.
     case datagram(source: TransportEndpoint, destination: TransportEndpoint,
-                  payload: UnsafeRawBufferPointer, time: UInt64)
+                  payload: UnsafeRawBufferPointer, missingPayloadBytes: Int, time: UInt64)
 }
 
 /// Runs capture files through the reader, the decoder and the TCP reassembler.
@@ -42,7 +43,8 @@ public final class CaptureReplay {
                 reassembler.process(segment)
             case .udp(let datagram):
                 handler(.datagram(source: datagram.source, destination: datagram.destination,
-                                  payload: datagram.payload, time: datagram.timestamp))
+                                  payload: datagram.payload, missingPayloadBytes: datagram.missingPayloadBytes,
+                                  time: datagram.timestamp))
             case .skipped:
                 break
             }

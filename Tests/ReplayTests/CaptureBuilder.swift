@@ -123,7 +123,7 @@ final class ReplayRecorder {
     func record(_ event: ReplayEvent) {
         switch event {
         case .tcp(let event, _): record(event)
-        case .datagram(let source, let destination, let payload, _):
+        case .datagram(let source, let destination, let payload, _, _):
             entries.append(.datagram("\(source)", "\(destination)", Array(payload)))
         }
     }

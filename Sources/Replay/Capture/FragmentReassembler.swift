@@ -7,6 +7,8 @@ public struct FragmentLimits: Sendable {
     public var timeoutNanoseconds: UInt64 = 30_000_000_000
     /// The largest reassembled payload accepted (an IPv4 total length is 16 bits).
     public var maximumDatagramBytes: Int = 65535
+    /// Fragment bytes held across all datagrams; past it the oldest datagrams are dropped.
+    public var maximumBufferedBytes: Int = 32 << 20
 
     public init() {}
 }
@@ -58,6 +60,8 @@ struct FragmentReassembler {
     /// Datagrams dropped (overlap, too large, timed out, evicted, truncated fragment).
     private(set) var droppedDatagrams = 0
     private(set) var reassembledDatagrams = 0
+    /// Fragment bytes held now, across all datagrams.
+    private(set) var bufferedBytes = 0
     /// Where complete datagrams are assembled; reused, so a payload is valid until the next add.
     let buffer: UnsafeMutableRawBufferPointer
 
@@ -72,13 +76,22 @@ struct FragmentReassembler {
 
     /// Drops datagrams older than the timeout; called with each fragment's time, sweeps at
     /// most once per second of capture time.
+    private mutating func dropOldest() {
+        guard let oldest = datagrams.min(by: { $0.value.firstSeen < $1.value.firstSeen }) else { return }
+        datagrams[oldest.key] = nil
+        bufferedBytes -= oldest.value.receivedBytes
+        if !oldest.value.isPoisoned { droppedDatagrams += 1 }
+    }
+
     mutating func expire(now: UInt64) {
         guard now >= lastSweep &+ 1_000_000_000 || now < lastSweep else { return }
         lastSweep = now
         let timeout = limits.timeoutNanoseconds
-        let before = datagrams.count
-        datagrams = datagrams.filter { now < $0.value.firstSeen || now - $0.value.firstSeen <= timeout }
-        droppedDatagrams += before - datagrams.count
+        for (key, datagram) in datagrams where now >= datagram.firstSeen && now - datagram.firstSeen > timeout {
+            datagrams[key] = nil
+            bufferedBytes -= datagram.receivedBytes
+            if !datagram.isPoisoned { droppedDatagrams += 1 }  // a poisoned one was counted then
+        }
     }
 
     /// Adds one fragment: `payload` is the fragment's data (after the IPv4 header or the
@@ -91,13 +104,10 @@ struct FragmentReassembler {
         if let existing = datagrams.removeValue(forKey: key) {
             datagram = existing
         } else {
-            if datagrams.count >= limits.maximumDatagramsInFlight,
-               let oldest = datagrams.min(by: { $0.value.firstSeen < $1.value.firstSeen }) {
-                datagrams[oldest.key] = nil
-                droppedDatagrams += 1
-            }
+            if datagrams.count >= limits.maximumDatagramsInFlight { dropOldest() }
             datagram = Datagram(firstSeen: time)
         }
+        while bufferedBytes + payload.count > limits.maximumBufferedBytes && !datagrams.isEmpty { dropOldest() }
         if datagram.isPoisoned {
             datagrams[key] = datagram
             return .dropped
@@ -125,6 +135,8 @@ struct FragmentReassembler {
             // Kept, emptied, so the datagram's later fragments are discarded until it times out.
             datagram.isPoisoned = true
             datagram.fragments = []
+            bufferedBytes -= datagram.receivedBytes
+            datagram.receivedBytes = 0
             datagrams[key] = datagram
             droppedDatagrams += 1
             return .dropped
@@ -137,6 +149,7 @@ struct FragmentReassembler {
         if offset == 0, let nextHeader { datagram.nextHeader = nextHeader }
         datagram.fragments.append(Fragment(offset: offset, bytes: Array(payload)))
         datagram.receivedBytes += payload.count
+        bufferedBytes += payload.count
         guard let total = datagram.totalLength, datagram.receivedBytes == total else {
             datagrams[key] = datagram
             return .held
@@ -148,6 +161,7 @@ struct FragmentReassembler {
                     .copyMemory(from: bytes)
             }
         }
+        bufferedBytes -= datagram.receivedBytes
         reassembledDatagrams += 1
         return .complete(length: total, nextHeader: datagram.nextHeader ?? key.protocolNumber)
     }

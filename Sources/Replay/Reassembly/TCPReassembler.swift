@@ -58,6 +58,9 @@ public enum TCPEvent {
 public struct TCPReassemblyLimits: Sendable {
     /// Out-of-order bytes held per direction; past it, the hole in front is a gap.
     public var maximumBufferedBytesPerDirection = 1 << 20
+    /// Out-of-order segments held per direction (so tiny segments cannot multiply the
+    /// bookkeeping under the byte cap); past it, the hole in front is a gap too.
+    public var maximumBufferedSegmentsPerDirection = 4096
     /// A connection with no segment for this much capture time is closed (`.idle`).
     public var idleTimeoutNanoseconds: UInt64 = 300_000_000_000
     /// Connections tracked at once; past it, the least recently active is evicted.
@@ -269,7 +272,8 @@ public final class TCPReassembler {
             if !payload.isEmpty || missing > 0 {
                 (conflict, gap, delivered) = stream.accept(
                     start: start, payload: payload, missing: missing,
-                    cap: limits.maximumBufferedBytesPerDirection) { bytes in
+                    cap: limits.maximumBufferedBytesPerDirection,
+                    segmentCap: limits.maximumBufferedSegmentsPerDirection) { bytes in
                         handler(.data(connection, direction, bytes), time)
                     }
             }
@@ -389,7 +393,7 @@ struct StreamState {
     /// Takes a segment's bytes at `start`: delivers what is in order (through `deliver`),
     /// holds what is ahead, compares what overlaps. Returns whether bytes conflicted, the
     /// size of a gap found (the caller reports it), and how many bytes were delivered.
-    mutating func accept(start: Int64, payload: UnsafeRawBufferPointer, missing: Int, cap: Int,
+    mutating func accept(start: Int64, payload: UnsafeRawBufferPointer, missing: Int, cap: Int, segmentCap: Int,
                          deliver: (UnsafeRawBufferPointer) -> Void) -> (conflict: Bool, gap: Int?, delivered: Int) {
         var conflict = false
         var deliveredCount = 0
@@ -433,7 +437,7 @@ struct StreamState {
         }
         let (drained, gap) = drain(deliver: deliver)
         deliveredCount += drained
-        if gap == nil, pendingBytes > cap, let first = pending.first {
+        if gap == nil, pendingBytes > cap || pending.count > segmentCap, let first = pending.first {
             return (conflict, max(1, Int(first.start - delivered)), deliveredCount)
         }
         return (conflict, gap, deliveredCount)

@@ -154,6 +154,17 @@ import Replay
         #expect(recorder.entries.filter { if case .gap = $0 { true } else { false } }.count == 1)
     }
 
+    @Test func outOfOrderSegmentCountCapIsAGap() throws {
+        var conversation = Conversation()
+        var records = conversation.handshake()
+        for index in 0..<10 { records.append(conversation.fromClient(at: UInt32(1 + index * 2), "y")) }
+        var limits = TCPReassemblyLimits()
+        limits.maximumBufferedSegmentsPerDirection = 8
+        let (recorder, _) = try ReplayRecorder.replay([CaptureFile.pcap("segcap.pcap", linkType: 1, records)], tcpLimits: limits)
+        #expect(recorder.request == "")
+        #expect(recorder.entries.contains(.gap(.clientToServer, 1)))
+    }
+
     @Test func tooManyConnectionsEvictTheLeastRecentlyActive() throws {
         var records: [Record] = []
         var time: UInt64 = 1_700_000_000_000_000_000
