@@ -243,7 +243,7 @@ public final class TCPReassembler {
             guard !stream.isIncomplete, !stream.isFinished else { return nil }
             let acknowledged = stream.offset(of: acknowledgement)
             guard acknowledged > Int64(stream.delivered) else { return nil }
-            if let first = stream.pending.first { return Int(first.start - stream.delivered) }
+            if !stream.pending.isEmpty { return stream.holeInFront }
             if let finOffset = stream.finOffset, acknowledged > Int64(finOffset) {
                 return Int(finOffset - stream.delivered)
             }
@@ -381,11 +381,18 @@ struct StreamState {
         Int64(delivered) + Int64(Int32(bitPattern: sequence &- nextSequence))
     }
 
+    /// The bytes missing between the next one to deliver and the first waiting segment
+    /// (at least 1: waiting data always starts past the next byte).
+    var holeInFront: Int {
+        guard let first = pending.first, first.start > delivered else { return 1 }
+        return Int(first.start - delivered)
+    }
+
     /// What a close must report as missing: the hole in front of waiting data, or before
     /// a FIN not yet reached.
     func missingAtEnd() -> Int? {
         guard isSynchronized, !isIncomplete, !isFinished else { return nil }
-        if let first = pending.first { return max(1, Int(first.start - delivered)) }
+        if !pending.isEmpty { return holeInFront }
         if let finOffset, finOffset > delivered { return Int(finOffset - delivered) }
         return nil
     }
@@ -437,8 +444,8 @@ struct StreamState {
         }
         let (drained, gap) = drain(deliver: deliver)
         deliveredCount += drained
-        if gap == nil, pendingBytes > cap || pending.count > segmentCap, let first = pending.first {
-            return (conflict, max(1, Int(first.start - delivered)), deliveredCount)
+        if gap == nil, pendingBytes > cap || pending.count > segmentCap, !pending.isEmpty {
+            return (conflict, holeInFront, deliveredCount)
         }
         return (conflict, gap, deliveredCount)
     }
