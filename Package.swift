@@ -32,6 +32,8 @@ let package = Package(
                        providers: [.apt(["libbpf-dev"])]),
         .systemLibrary(name: "CNftables", path: "Sources/CNftables", pkgConfig: "libnftables",
                        providers: [.apt(["libnftables-dev"])]),
+        .systemLibrary(name: "CPcap", path: "Sources/CPcap", pkgConfig: "libpcap",
+                       providers: [.apt(["libpcap-dev"])]),
         // The structs and constants shared with the BPF programs (bpf/include), for Swift.
         .systemLibrary(name: "CSluiceDatapath", path: "bpf/include"),
         // Linux socket-layer macros and packed structs that Swift cannot import directly.
@@ -54,6 +56,11 @@ let package = Package(
             "Proxy", "PolicyEngine", "Datapath",
             "CBPF",  // libbpf's helper probe (PolicyEnforcement.kernelHasSocketAssign)
         ]),
+        // `sluice replay`'s foundation: capture files read through libpcap (gzip through
+        // zlib), packets decoded to TCP segments and UDP datagrams, TCP streams reassembled.
+        // Knows nothing of the proxy or of policy.
+        .target(name: "CReplayGzip", path: "Sources/CReplayGzip", linkerSettings: [.linkedLibrary("z")]),
+        .target(name: "Replay", dependencies: ["CPcap", "CReplayGzip"], swiftSettings: hotPathSettings),
         .executableTarget(name: "sluice", dependencies: [
             "Proxy", "PolicyEngine", "Datapath", "L7Parsers", "Enforcement",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -77,6 +84,7 @@ let package = Package(
         .testTarget(name: "L7ParsersTests", dependencies: ["L7Parsers", "CNghttp2", "Proxy"]),
         .testTarget(name: "PolicyEngineTests", dependencies: ["PolicyEngine", "CPCRE2"]),
         .testTarget(name: "EnforcementTests", dependencies: ["Enforcement", "Proxy", "PolicyEngine", "Datapath", "CSluiceDatapath"]),
+        .testTarget(name: "ReplayTests", dependencies: ["Replay"]),
         .testTarget(name: "DatapathTests", dependencies: ["Datapath", "CBPF", "CSluiceDatapath", "PolicyEngine"]),
     ]
 )

@@ -1,0 +1,13 @@
+#ifndef CREPLAYGZIP_H
+#define CREPLAYGZIP_H
+#include <stdio.h>
+
+/// Opens a gzip-compressed file as a read-only stdio stream that yields the decompressed
+/// bytes (zlib's gzopen behind fopencookie), so libpcap can read a compressed capture
+/// through pcap_fopen_offline without the whole file being inflated first.
+/// Returns NULL and sets errno when the file cannot be opened. Reading returns -1 (a stdio
+/// error) when the compressed data is corrupt; a truncated gzip stream ends early, which
+/// libpcap then reports as a truncated capture. fclose (or pcap_close) closes the file.
+FILE *sluice_gzip_fopen(const char *path);
+
+#endif
