@@ -52,6 +52,7 @@ let package = Package(
         // Where the proxy and the datapath meet policy files: loading and reloading them in
         // order, the file watcher, the datapath's events as flow records. Above both, so
         // Proxy keeps knowing nothing of BPF; the executable only parses commands and calls it.
+        .target(name: "CaptureJudgement", dependencies: ["Replay", "Proxy", "PolicyEngine"]),
         .target(name: "Enforcement", dependencies: [
             "Proxy", "PolicyEngine", "Datapath",
             "CBPF",  // libbpf's helper probe (PolicyEnforcement.kernelHasSocketAssign)
@@ -62,7 +63,7 @@ let package = Package(
         .target(name: "CReplayGzip", path: "Sources/CReplayGzip", linkerSettings: [.linkedLibrary("z")]),
         .target(name: "Replay", dependencies: ["CPcap", "CReplayGzip"], swiftSettings: hotPathSettings),
         .executableTarget(name: "sluice", dependencies: [
-            "Proxy", "PolicyEngine", "Datapath", "L7Parsers", "Enforcement",
+            "Proxy", "PolicyEngine", "Datapath", "L7Parsers", "Enforcement", "CaptureJudgement",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

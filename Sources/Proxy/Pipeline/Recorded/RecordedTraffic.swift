@@ -32,6 +32,8 @@ public final class RecordedTraffic {
         public var datagrams = 0
         /// Connections whose session ended them (unreadable traffic, a fault), by reason.
         public var endedBySession: [String: Int] = [:]
+
+        public init() {}
     }
 
     private struct Stream {

@@ -1,0 +1,120 @@
+import ArgumentParser
+import CaptureJudgement
+import Enforcement
+import PolicyEngine
+import Proxy
+import Replay
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `sluice replay CAPTURE... --policy PATH --endpoints FILE`: what a policy would have done
+/// to every request in recorded traffic.
+struct ReplayCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "replay",
+        abstract: "Judge recorded traffic (pcap, pcapng, gzip-compressed) against policies, as the live proxy would.",
+        discussion: """
+        Reads the captures in order as one recording (tcpdump -w, a tap, a CI run): link types \
+        Ethernet (VLAN tags too), Linux cooked (SLL, SLL2), raw IP and loopback; IPv4 and IPv6 \
+        with fragments reassembled; TCP reassembled per connection (out of order, \
+        retransmissions: the first copy wins). Each connection and UDP flow meets the L3/L4 \
+        policy first, then the L7 rules of its port, judged by the live proxy's own sessions \
+        (HTTP/1.1, DNS over UDP and TCP). Every verdict becomes a flow record, the same JSON \
+        as `sluice run` writes, on standard output or --output. A denied request is reported \
+        DROPPED and the recording goes on as it was recorded, so later requests are judged \
+        too. A summary on standard error ends the run: requests per protocol and verdict, per \
+        denying policy, and connections not judged and why (first seen after their handshake, \
+        bytes missing from the capture).
+
+        Exit codes: 0 done, 1 a capture cannot be read, 2 bad input (flags, policy).
+        """)
+
+    @Argument(help: ArgumentHelp("Capture files, read in order as one recording.", valueName: "capture"))
+    var captures: [String]
+
+    @Option(name: .long, parsing: .singleValue, help: ArgumentHelp("A policy file or directory (repeatable).", valueName: "path"))
+    var policy: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("The endpoints file: addresses to namespaces and labels.", valueName: "file"))
+    var endpoints: String
+
+    @Option(name: .long, help: ArgumentHelp("Write flow records here instead of standard output.", valueName: "file"))
+    var output: String?
+
+    @Option(name: .long, help: ArgumentHelp("A 'sluice run' configuration whose http and dns settings to judge with (default: the defaults).", valueName: "file"))
+    var config: String?
+
+    func validate() throws {
+        if captures.isEmpty { throw ValidationError("give at least one capture file") }
+        if policy.isEmpty { throw ValidationError("give at least one --policy file or directory") }
+    }
+
+    func run() throws {
+        var configuration = ProxyConfiguration(workers: 1, listeners: [])
+        if let config {
+            do {
+                configuration = try ConfigurationLoader(file: config, defaultWorkers: 1).load()
+            } catch {
+                printError("\(error)")
+                throw ExitCode(2)
+            }
+        }
+        let snapshot: PolicySnapshot
+        do {
+            snapshot = try PolicyFiles.loadSnapshot(policyPaths: policy, endpoints: endpoints)
+        } catch {
+            printError("policy: \(error)")
+            throw ExitCode(2)
+        }
+        let writer: RecordWriter
+        do {
+            writer = try output.map { path throws(RecordWriterError) in try RecordWriter(path: path) } ?? RecordWriter()
+        } catch {
+            printError("\(error)")
+            throw ExitCode(2)
+        }
+        let judge = CaptureJudge(snapshot: snapshot, registry: .standard(configuration: configuration), output: writer)
+        let started = MonotonicClock.now()
+        let summary: CaptureJudge.Summary
+        do {
+            summary = try judge.judge(paths: captures) { path in printError("replay: reading \(path)") }
+        } catch {
+            writer.flush()
+            printError("replay: \(error)")
+            throw ExitCode(1)
+        }
+        writer.flush()
+        printSummary(summary, records: writer.written, seconds: Double(MonotonicClock.now() - started) / 1e9)
+    }
+
+    private func printSummary(_ summary: CaptureJudge.Summary, records: Int, seconds: Double) {
+        let capture = summary.capture
+        let megabytes = Double(capture.capturedBytes) / 1_048_576
+        printError(String(format: "replay: %d packets, %.1f MiB in %.2f s (%.1f MiB/s); %d flow records",
+                          capture.packets, megabytes, seconds, seconds > 0 ? megabytes / seconds : 0, records))
+        for (kind, verdicts) in summary.requests.sorted(by: { $0.key < $1.key }) {
+            let parts = verdicts.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.lowercased())" }
+            printError("  \(kind) requests: " + parts.joined(separator: ", "))
+        }
+        for (policy, count) in summary.deniedBy.sorted(by: { $0.value > $1.value }) {
+            printError(policy == "no rule allows it" ? "  denied: \(count), no rule allowing them"
+                       : "  denied: \(count) by \(policy)")
+        }
+        let connections = summary.connections
+        printError("  connections and flows: \(connections.connections) (\(connections.judged) judged at L7, "
+                   + "\(connections.layer4) L3/L4 only, \(connections.deniedAtLayer4) denied at L3/L4, "
+                   + "\(connections.refused) with L7 rules sluice cannot judge yet)")
+        var notJudged: [String] = []
+        if summary.skippedMidstream > 0 { notJudged.append("\(summary.skippedMidstream) first seen after their handshake (skipped)") }
+        if summary.incomplete > 0 { notJudged.append("\(summary.incomplete) with bytes missing from the capture (judged up to the gap)") }
+        if summary.truncatedDatagrams > 0 { notJudged.append("\(summary.truncatedDatagrams) UDP datagrams cut by the snaplen (skipped)") }
+        for (reason, count) in connections.endedBySession.sorted(by: { $0.value > $1.value }) {
+            notJudged.append("\(count) ended by their session: \(reason)")
+        }
+        if !notJudged.isEmpty { printError("  not judged in full: " + notJudged.joined(separator: "; ")) }
+        if capture.conflictingOverlaps > 0 {
+            printError("  \(capture.conflictingOverlaps) retransmission(s) carried different bytes: the first copy was judged")
+        }
+    }
+}
