@@ -27,28 +27,50 @@ public final class CaptureJudge {
 
     private let traffic: RecordedTraffic
     private let counting: CountingReporter
+    /// With `--compare`: the other policy set, judging the same events side by side.
+    private let other: (traffic: RecordedTraffic, ledger: VerdictLedger, mine: VerdictLedger)?
     private var ids: [TCPConnection: Int] = [:]
     private var nextID = 0
     private var gapped = Set<Int>()
     private var summary = Summary()
+    private let onChange: ((VerdictChange) -> Void)?
+    public private(set) var changes = 0
 
     /// `registry`'s sessions judge each connection under `snapshot`; records go to `output`.
-    public init(snapshot: PolicySnapshot, registry: SessionRegistry, output: L7FlowReporter) {
-        counting = CountingReporter(next: output)
+    /// With `comparedWith`, every request is judged under that policy set too, and
+    /// `onChange` hears of each one whose verdict differs (records then go to `output` only
+    /// for `snapshot`).
+    public init(snapshot: PolicySnapshot, registry: SessionRegistry, output: L7FlowReporter?,
+                comparedWith otherSnapshot: PolicySnapshot? = nil, onChange: ((VerdictChange) -> Void)? = nil) {
+        let mine = VerdictLedger(next: output)
+        counting = CountingReporter(next: mine)
         traffic = RecordedTraffic(policy: WorkerPolicy(holder: PolicySnapshotHolder(snapshot)), registry: registry,
                                   reporter: counting)
+        if let otherSnapshot {
+            let ledger = VerdictLedger(next: nil)
+            other = (RecordedTraffic(policy: WorkerPolicy(holder: PolicySnapshotHolder(otherSnapshot)), registry: registry,
+                                     reporter: ledger), ledger, mine)
+        } else {
+            other = nil
+        }
+        self.onChange = onChange
     }
 
     /// Reads every file in turn as one capture, then ends the connections still open.
     /// `progress` is called now and then with the file being read.
     public func judge(paths: [String], progress: ((String) -> Void)? = nil) throws(CaptureError) -> Summary {
         let replay = CaptureReplay { [unowned self] event in self.handle(event) }
+        defer { ids.removeAll(); outcomes.removeAll() }
         for path in paths {
             progress?(path)
             try replay.read(path: path)
         }
         replay.finish()
         traffic.finish()
+        if let other {
+            other.traffic.finish()
+            compare(other.mine.drain(), other.ledger.drain())
+        }
         summary.connections = traffic.counters
         summary.capture = replay.statistics
         summary.requests = counting.requests
@@ -57,41 +79,96 @@ public final class CaptureJudge {
     }
 
     private func handle(_ event: ReplayEvent) {
+        dispatch(event, to: traffic, counting: true)
+        guard let other else { return }
+        dispatch(event, to: other.traffic, counting: false)
+        compare(other.mine.drain(), other.ledger.drain())
+    }
+
+    /// Requests judged under both sets are matched by key; one judged under only one set
+    /// (its connection met another L3/L4 verdict or kind there) is compared with how that
+    /// connection fared under the other.
+    private func compare(_ before: [(key: String, connection: String, what: String, verdict: String)],
+                         _ after: [(key: String, connection: String, what: String, verdict: String)]) {
+        guard !before.isEmpty || !after.isEmpty else { return }
+        var others: [String: String] = [:]
+        for request in after { others[request.key] = request.verdict }
+        for request in before {
+            let verdict = others.removeValue(forKey: request.key) ?? "not judged at L7"
+            if verdict != request.verdict { report(request.connection, request.what, request.verdict, verdict) }
+        }
+        for request in after where others[request.key] != nil {
+            report(request.connection, request.what, "not judged at L7", request.verdict)
+        }
+    }
+
+    private func report(_ connection: String, _ what: String, _ before: String, _ after: String) {
+        changes += 1
+        onChange?(VerdictChange(connection: connection, what: what, before: before, after: after))
+    }
+
+    /// The connection-level verdicts (L3/L4, kind) of a new connection under both sets.
+    private var outcomes: [Int: RecordedTraffic.Outcome] = [:]
+
+    private func dispatch(_ event: ReplayEvent, to traffic: RecordedTraffic, counting: Bool) {
         switch event {
         case .tcp(let tcp, _):
-            handle(tcp)
+            dispatch(tcp, to: traffic, counting: counting)
         case .datagram(let source, let destination, let payload, let missing, _):
             guard missing == 0 else {
-                summary.truncatedDatagrams += 1
+                if counting { summary.truncatedDatagrams += 1 }
                 return
             }
             traffic.datagram(from: Self.address(source), to: Self.address(destination), payload)
         }
     }
 
-    private func handle(_ event: TCPEvent) {
+    /// `counting`: the first set's pass, which keeps the connection table and the summary;
+    /// the compared set's pass follows it for the same event.
+    private func dispatch(_ event: TCPEvent, to traffic: RecordedTraffic, counting: Bool) {
         switch event {
         case .opened(let connection, let midstream):
             guard !midstream else {
-                summary.skippedMidstream += 1
+                if counting { summary.skippedMidstream += 1 }
                 return
             }
-            let id = nextID
-            nextID += 1
-            ids[connection] = id
-            traffic.streamOpened(id, client: Self.address(connection.client), server: Self.address(connection.server))
+            if counting {
+                ids[connection] = nextID
+                nextID += 1
+            }
+            guard let id = ids[connection] else { return }
+            let outcome = traffic.streamOpened(id, client: Self.address(connection.client), server: Self.address(connection.server))
+            if counting {
+                outcomes[id] = outcome
+            } else if let first = outcomes.removeValue(forKey: id), Self.layer(first) != Self.layer(outcome) {
+                report("\(connection.client) -> \(connection.server)", "connection", Self.layer(first), Self.layer(outcome))
+            }
         case .data(let connection, let direction, let bytes):
             guard let id = ids[connection] else { return }
             traffic.streamData(id, fromClient: direction == .clientToServer, bytes)
         case .gap(let connection, _, _):
-            guard let id = ids[connection], gapped.insert(id).inserted else { return }
+            guard counting, let id = ids[connection], gapped.insert(id).inserted else { return }
             summary.incomplete += 1
         case .conflictingOverlap:
             break // counted in the capture statistics; the first copy was judged
         case .closed(let connection, _):
-            guard let id = ids.removeValue(forKey: connection) else { return }
-            gapped.remove(id)
+            guard let id = ids[connection] else { return }
             traffic.streamEnded(id)
+            // The compared set's pass comes second: it forgets the connection.
+            if !counting || other == nil {
+                ids[connection] = nil
+                gapped.remove(id)
+                outcomes[id] = nil
+            }
+        }
+    }
+
+    private static func layer(_ outcome: RecordedTraffic.Outcome) -> String {
+        switch outcome {
+        case .judged(let kind): return "judged at L7 (\(kind))"
+        case .layer4: return "allowed at L3/L4, no L7 rules"
+        case .deniedAtLayer4: return "denied at L3/L4"
+        case .refused(let reason): return "refused (\(reason))"
         }
     }
 

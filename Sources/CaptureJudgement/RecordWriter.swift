@@ -32,7 +32,12 @@ public final class RecordWriter: L7FlowReporter {
     }
 
     public func report(_ record: JSONObject) {
-        buffer.append(contentsOf: record.serialized().utf8)
+        line(record.serialized())
+    }
+
+    /// One line of text (without its newline).
+    public func line(_ text: String) {
+        buffer.append(contentsOf: text.utf8)
         buffer.append(UInt8(ascii: "\n"))
         written += 1
         if buffer.count >= 1 << 16 { flush() }

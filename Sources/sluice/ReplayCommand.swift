@@ -42,6 +42,9 @@ struct ReplayCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Write flow records here instead of standard output.", valueName: "file"))
     var output: String?
 
+    @Option(name: .long, parsing: .singleValue, help: ArgumentHelp("Judge every request under this policy set too (repeatable, like --policy) and print only the requests and connections whose verdict changes, one a line: the review of a policy change. Flow records then go only to --output.", valueName: "path"))
+    var compare: [String] = []
+
     @Option(name: .long, help: ArgumentHelp("A 'sluice run' configuration whose http and dns settings to judge with (default: the defaults).", valueName: "file"))
     var config: String?
 
@@ -67,25 +70,45 @@ struct ReplayCommand: ParsableCommand {
             printError("policy: \(error)")
             throw ExitCode(2)
         }
-        let writer: RecordWriter
+        var compared: PolicySnapshot?
+        if !compare.isEmpty {
+            do {
+                compared = try PolicyFiles.loadSnapshot(policyPaths: compare, endpoints: endpoints)
+            } catch {
+                printError("--compare: \(error)")
+                throw ExitCode(2)
+            }
+        }
+        let writer: RecordWriter?
         do {
-            writer = try output.map { path throws(RecordWriterError) in try RecordWriter(path: path) } ?? RecordWriter()
+            if let output {
+                writer = try RecordWriter(path: output)
+            } else {
+                writer = compared == nil ? RecordWriter() : nil
+            }
         } catch {
             printError("\(error)")
             throw ExitCode(2)
         }
-        let judge = CaptureJudge(snapshot: snapshot, registry: .standard(configuration: configuration), output: writer)
+        let changes = RecordWriter()
+        let judge = CaptureJudge(snapshot: snapshot, registry: .standard(configuration: configuration), output: writer,
+                                 comparedWith: compared) { change in changes.line(change.description) }
         let started = MonotonicClock.now()
         let summary: CaptureJudge.Summary
         do {
             summary = try judge.judge(paths: captures) { path in printError("replay: reading \(path)") }
         } catch {
-            writer.flush()
+            writer?.flush()
+            changes.flush()
             printError("replay: \(error)")
             throw ExitCode(1)
         }
-        writer.flush()
-        printSummary(summary, records: writer.written, seconds: Double(MonotonicClock.now() - started) / 1e9)
+        writer?.flush()
+        changes.flush()
+        printSummary(summary, records: writer?.written ?? 0, seconds: Double(MonotonicClock.now() - started) / 1e9)
+        if compared != nil {
+            printError("  compared with \(compare.joined(separator: ", ")): \(judge.changes) verdict(s) change")
+        }
     }
 
     private func printSummary(_ summary: CaptureJudge.Summary, records: Int, seconds: Double) {

@@ -67,6 +67,27 @@ def test_a_capture_of_live_traffic_replays_to_the_live_verdicts(lab, workdir, st
     assert "http requests:" in result.stderr and "dns requests:" in result.stderr, result.stderr
     assert "denied: 5, no rule allowing them" in result.stderr, result.stderr
 
+    # --compare: the review of a policy change. Let the frontend GET /admin too, and stop
+    # letting it reach the backend's metrics port at all: only what changes is printed.
+    changed = workdir / "changed.yaml"
+    changed.write_text(scenario.policies.read_text().replace(
+        '              - method: GET\n                path: "/api/.*"',
+        '              - method: GET\n                path: "/api/.*"\n              - method: GET\n                path: "/admin"'))
+    assert changed.read_text() != scenario.policies.read_text()
+    result = subprocess.run([SLUICE, "replay", str(capture), "--policy", str(scenario.policies),
+                             "--endpoints", str(workdir / "endpoints.yaml"), "--compare", str(changed)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all(line.endswith("http GET /admin: DROPPED -> FORWARDED") for line in lines), result.stdout
+    assert all(line.startswith("10.200.1.2:") and f"-> {BACKEND}:8080" in line for line in lines), result.stdout
+    assert "2 verdict(s) change" in result.stderr, result.stderr
+    # The same policy on both sides changes nothing.
+    result = subprocess.run([SLUICE, "replay", str(capture), "--policy", str(scenario.policies),
+                             "--endpoints", str(workdir / "endpoints.yaml"), "--compare", str(scenario.policies)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == "" and "0 verdict(s) change" in result.stderr, result.stderr
+
 
 def test_replay_explains_bad_input(workdir):
     policy = workdir / "policy.yaml"
