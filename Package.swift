@@ -52,7 +52,9 @@ let package = Package(
         // Where the proxy and the datapath meet policy files: loading and reloading them in
         // order, the file watcher, the datapath's events as flow records. Above both, so
         // Proxy keeps knowing nothing of BPF; the executable only parses commands and calls it.
-        .target(name: "CaptureJudgement", dependencies: ["Replay", "Proxy", "PolicyEngine"]),
+        .target(name: "CaptureJudgement", dependencies: [
+            "Replay", "Proxy", "PolicyEngine", .product(name: "Yams", package: "Yams"),
+        ]),
         .target(name: "Enforcement", dependencies: [
             "Proxy", "PolicyEngine", "Datapath",
             "CBPF",  // libbpf's helper probe (PolicyEnforcement.kernelHasSocketAssign)
@@ -86,6 +88,7 @@ let package = Package(
         .testTarget(name: "PolicyEngineTests", dependencies: ["PolicyEngine", "CPCRE2"]),
         .testTarget(name: "EnforcementTests", dependencies: ["Enforcement", "Proxy", "PolicyEngine", "Datapath", "CSluiceDatapath"]),
         .testTarget(name: "ReplayTests", dependencies: ["Replay"]),
+        .testTarget(name: "CaptureJudgementTests", dependencies: ["CaptureJudgement"]),
         .testTarget(name: "DatapathTests", dependencies: ["Datapath", "CBPF", "CSluiceDatapath", "PolicyEngine"]),
     ]
 )

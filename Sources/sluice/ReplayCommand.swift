@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import CaptureJudgement
 import Enforcement
 import PolicyEngine
@@ -27,7 +28,13 @@ struct ReplayCommand: ParsableCommand {
         denying policy, and connections not judged and why (first seen after their handshake, \
         bytes missing from the capture).
 
-        Exit codes: 0 done, 1 a capture cannot be read, 2 bad input (flags, policy).
+        With --expect FILE the run is a CI check: every expectation the recording breaks is \
+        printed with the requests that broke it, and the exit code is 1. With --compare \
+        OTHER, every request is also judged under another policy set, and only those whose \
+        verdict changes are printed: the review of a policy change.
+
+        Exit codes: 0 done (every expectation met), 1 an expectation unmet or a capture \
+        that cannot be read, 2 bad input (flags, policy, expectations).
         """)
 
     @Argument(help: ArgumentHelp("Capture files, read in order as one recording.", valueName: "capture"))
@@ -41,6 +48,9 @@ struct ReplayCommand: ParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Write flow records here instead of standard output.", valueName: "file"))
     var output: String?
+
+    @Option(name: .long, help: ArgumentHelp("A YAML list of expectations (from/to labels or address, port, http method and path or dns name, and 'verdict: allowed|denied' or 'never: denied'); every unmet one is printed with the requests that broke it, and sluice exits 1.", valueName: "file"))
+    var expect: String?
 
     @Option(name: .long, parsing: .singleValue, help: ArgumentHelp("Judge every request under this policy set too (repeatable, like --policy) and print only the requests and connections whose verdict changes, one a line: the review of a policy change. Flow records then go only to --output.", valueName: "path"))
     var compare: [String] = []
@@ -90,8 +100,22 @@ struct ReplayCommand: ParsableCommand {
             printError("\(error)")
             throw ExitCode(2)
         }
+        var check: ExpectationCheck?
+        if let expect {
+            do {
+                let text = try String(contentsOfFile: expect, encoding: .utf8)
+                check = ExpectationCheck(try Expectation.load(text: text, file: expect), next: writer)
+            } catch let error as ExpectationError {
+                printError("\(error)")
+                throw ExitCode(2)
+            } catch {
+                printError("\(expect): cannot be read: \(error)")
+                throw ExitCode(2)
+            }
+        }
         let changes = RecordWriter()
-        let judge = CaptureJudge(snapshot: snapshot, registry: .standard(configuration: configuration), output: writer,
+        let judge = CaptureJudge(snapshot: snapshot, registry: .standard(configuration: configuration),
+                                 output: check.map { $0 as L7FlowReporter } ?? writer,
                                  comparedWith: compared) { change in changes.line(change.description) }
         let started = MonotonicClock.now()
         let summary: CaptureJudge.Summary
@@ -108,6 +132,15 @@ struct ReplayCommand: ParsableCommand {
         printSummary(summary, records: writer?.written ?? 0, seconds: Double(MonotonicClock.now() - started) / 1e9)
         if compared != nil {
             printError("  compared with \(compare.joined(separator: ", ")): \(judge.changes) verdict(s) change")
+        }
+        if let check {
+            let unmet = check.unmet
+            for failure in unmet {
+                printError("unmet: \(failure.expectation.name): \(failure.reason)")
+                for example in failure.examples { printError("  \(example)") }
+            }
+            printError("expectations: \(check.checked - unmet.count) of \(check.checked) met")
+            if !unmet.isEmpty { throw ExitCode(1) }
         }
     }
 

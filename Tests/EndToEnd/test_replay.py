@@ -82,6 +82,37 @@ def test_a_capture_of_live_traffic_replays_to_the_live_verdicts(lab, workdir, st
     assert len(lines) == 2 and all(line.endswith("http GET /admin: DROPPED -> FORWARDED") for line in lines), result.stdout
     assert all(line.startswith("10.200.1.2:") and f"-> {BACKEND}:8080" in line for line in lines), result.stdout
     assert "2 verdict(s) change" in result.stderr, result.stderr
+    # --expect: a CI check. Two expectations hold, one is broken by the denied DNS name.
+    expectations = workdir / "expect.yaml"
+    expectations.write_text(f"""
+- name: the frontend reads products
+  from: {{app: frontend}}
+  to: {{app: backend}}
+  port: 8080
+  http: {{method: GET, path: /api/products}}
+  verdict: allowed
+- name: the frontend never gets /admin
+  from: 10.200.1.2
+  http: {{path: /admin}}
+  verdict: denied
+- name: no DNS query of the frontend is refused
+  from: {{app: frontend}}
+  dns: {{}}
+  never: denied
+""")
+    replay = [SLUICE, "replay", str(capture), "--policy", str(scenario.policies), "--endpoints", str(workdir / "endpoints.yaml"),
+              "--output", str(workdir / "records.json")]
+    result = subprocess.run(replay + ["--expect", str(expectations)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "unmet: no DNS query of the frontend is refused: 1 of 3 matching request(s) broke it" in result.stderr, result.stderr
+    assert "dns evil.example.com.: DROPPED" in result.stderr and "expectations: 2 of 3 met" in result.stderr, result.stderr
+    expectations.write_text("\n".join(expectations.read_text().splitlines()[:11]) + "\n")
+    result = subprocess.run(replay + ["--expect", str(expectations)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "expectations: 2 of 2 met" in result.stderr, result.stderr
+    expectations.write_text("- name: typo\n  verdict: allowd\n")
+    result = subprocess.run(replay + ["--expect", str(expectations)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and f"{expectations}:2:" in result.stderr and "[0].verdict" in result.stderr, result.stderr
+
     # The same policy on both sides changes nothing.
     result = subprocess.run([SLUICE, "replay", str(capture), "--policy", str(scenario.policies),
                              "--endpoints", str(workdir / "endpoints.yaml"), "--compare", str(scenario.policies)],
