@@ -32,7 +32,10 @@ public final class RecordWriter: L7FlowReporter {
     }
 
     public func report(_ record: JSONObject) {
-        line(record.serialized())
+        record.serialize(into: &buffer)
+        buffer.append(UInt8(ascii: "\n"))
+        written += 1
+        if buffer.count >= 1 << 16 { flush() }
     }
 
     /// One line of text (without its newline).

@@ -71,10 +71,11 @@ public final class FlowLog: Sendable {
     /// Writes one record as one line.
     public func write(_ record: JSONObject) {
         guard descriptor >= 0 else { return }
-        var line = record.serialized()
-        line.append("\n")
+        var utf8: [UInt8] = []
+        utf8.reserveCapacity(768)
+        record.serialize(into: &utf8)
+        utf8.append(UInt8(ascii: "\n"))
         lock.withLock { _ in
-            var utf8 = Array(line.utf8)
             utf8.withUnsafeMutableBytes { raw in
                 var offset = 0
                 while offset < raw.count {
@@ -126,58 +127,77 @@ public struct JSONObject: Sendable {
     }
 
     public func serialized() -> String {
-        var out = "{"
-        for (index, (key, value)) in fields.enumerated() {
-            if index > 0 { out += "," }
-            Self.appendString(key, to: &out)
-            out += ":"
-            Self.append(value, to: &out)
-        }
-        out += "}"
-        return out
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(768)
+        serialize(into: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
     }
 
-    private static func append(_ value: Value, to out: inout String) {
+    /// Appends the object's JSON text (UTF-8) to `out`: nested objects into the same buffer,
+    /// strings copied whole unless they need escaping.
+    public func serialize(into out: inout [UInt8]) {
+        out.append(UInt8(ascii: "{"))
+        for (index, (key, value)) in fields.enumerated() {
+            if index > 0 { out.append(UInt8(ascii: ",")) }
+            Self.appendString(key, to: &out)
+            out.append(UInt8(ascii: ":"))
+            Self.append(value, to: &out)
+        }
+        out.append(UInt8(ascii: "}"))
+    }
+
+    private static func append(_ value: Value, to out: inout [UInt8]) {
         switch value {
         case .string(let text): appendString(text, to: &out)
-        case .integer(let number): out += String(number)
-        case .unsigned(let number): out += String(number)
-        case .bool(let flag): out += flag ? "true" : "false"
-        case .object(let object): out += object.serialized()
+        case .integer(let number): out.append(contentsOf: String(number).utf8)
+        case .unsigned(let number): out.append(contentsOf: String(number).utf8)
+        case .bool(let flag): out.append(contentsOf: (flag ? "true" : "false").utf8)
+        case .object(let object): object.serialize(into: &out)
         case .array(let values):
-            out += "["
+            out.append(UInt8(ascii: "["))
             for (index, element) in values.enumerated() {
-                if index > 0 { out += "," }
+                if index > 0 { out.append(UInt8(ascii: ",")) }
                 append(element, to: &out)
             }
-            out += "]"
+            out.append(UInt8(ascii: "]"))
         }
     }
 
     /// `text` as a JSON string literal, quotes included.
     public static func quoted(_ text: String) -> String {
-        var out = ""
+        var out: [UInt8] = []
         appendString(text, to: &out)
-        return out
+        return String(decoding: out, as: UTF8.self)
     }
 
-    /// RFC 8259 §7: quote, backslash and control characters are escaped.
-    static func appendString(_ text: String, to out: inout String) {
-        out += "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
+    /// RFC 8259 §7: quote, backslash and control characters are escaped; everything else,
+    /// UTF-8 included, is copied as it is.
+    static func appendString(_ text: String, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        var text = text
+        text.withUTF8 { bytes in
+            // Runs that need no escaping (nearly all text) are copied whole.
+            var start = 0
+            for index in 0..<bytes.count {
+                let byte = bytes[index]
+                guard byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") else { continue }
+                out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start..<index]))
+                start = index + 1
+                switch byte {
+                case UInt8(ascii: "\""): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
+                case UInt8(ascii: "\\"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
+                case UInt8(ascii: "\n"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
+                case UInt8(ascii: "\r"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
+                case UInt8(ascii: "\t"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
+                default:
+                    let hex = Array("0123456789abcdef".utf8)
+                    out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"),
+                                            hex[Int(byte >> 4)], hex[Int(byte & 0xf)]])
+                }
             }
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start..<bytes.count]))
         }
-        out += "\""
+        out.append(UInt8(ascii: "\""))
     }
 }
 
