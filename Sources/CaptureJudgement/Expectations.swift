@@ -44,18 +44,9 @@ public struct Expectation: Sendable, Equatable {
     public var rule: Rule
 }
 
-public struct ExpectationError: Error, CustomStringConvertible, Sendable {
-    public var file: String
-    public var line: Int
-    public var column: Int
-    public var path: String
-    public var message: String
-
-    public var description: String {
-        let location = line > 0 ? "\(file):\(line):\(column)" : file
-        return path.isEmpty ? "\(location): \(message)" : "\(location): \(path): \(message)"
-    }
-}
+/// A located problem in an expectations file (file, line, column, key path), worded as
+/// configuration errors are.
+public typealias ExpectationError = ConfigurationError
 
 extension Expectation {
     /// Reads an expectations file: every key is checked, errors name the file, line,
