@@ -126,6 +126,12 @@ public struct JSONObject: Sendable {
         }
     }
 
+    /// Adds a field the object does not have yet, without looking for it first (building a
+    /// record field by field; the subscript replaces an existing key instead).
+    public mutating func add(_ key: String, _ value: Value) {
+        fields.append((key, value))
+    }
+
     public func serialized() -> String {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(768)

@@ -19,18 +19,26 @@ public enum FlowRecords {
     public static func record(verdict: FlowVerdict, path: FlowPath, endpoints: (source: FlowEndpoint, destination: FlowEndpoint)? = nil,
                               type: FlowType, direction: Direction? = nil, isReply: Bool? = nil, summary: String,
                               details: (inout JSONObject) -> Void = { _ in }) -> JSONObject {
+        record(verdict: verdict, path: path, endpoints: endpoints.map { (.object($0.source.json), .object($0.destination.json)) },
+               type: type, direction: direction, isReply: isReply, summary: summary, details: details)
+    }
+
+    /// The same, with the endpoints' JSON already built (a connection's, kept for all its records).
+    static func record(verdict: FlowVerdict, path: FlowPath, endpoints: (source: JSONObject.Value, destination: JSONObject.Value)?,
+                       type: FlowType, direction: Direction? = nil, isReply: Bool? = nil, summary: String,
+                       details: (inout JSONObject) -> Void = { _ in }) -> JSONObject {
         var record = JSONObject()
-        record["time"] = .string(WallClock.rfc3339Now())
-        record["verdict"] = .string(verdict.rawValue)
-        record["IP"] = .object(ip(path))
-        if let l4 = l4(path) { record["l4"] = .object(l4) }
+        record.add("time", .string(WallClock.rfc3339Now()))
+        record.add("verdict", .string(verdict.rawValue))
+        record.add("IP", .object(ip(path)))
+        if let l4 = l4(path) { record.add("l4", .object(l4)) }
         if let endpoints {
-            record["source"] = .object(endpoints.source.json)
-            record["destination"] = .object(endpoints.destination.json)
+            record.add("source", endpoints.source)
+            record.add("destination", endpoints.destination)
         }
-        record["Type"] = .string(type.rawValue)
-        if let direction { record["traffic_direction"] = .string(direction == .ingress ? "INGRESS" : "EGRESS") }
-        if let isReply { record["is_reply"] = .bool(isReply) }
+        record.add("Type", .string(type.rawValue))
+        if let direction { record.add("traffic_direction", .string(direction == .ingress ? "INGRESS" : "EGRESS")) }
+        if let isReply { record.add("is_reply", .bool(isReply)) }
         details(&record)
         record["Summary"] = .string(summary)
         return record
@@ -135,7 +143,7 @@ public enum FlowRecords {
                           rules: [RuleReference], allowed: Bool, summary: String) -> JSONObject {
         let isReply = type == .response
         let forward = FlowPath(source: connection.client, destination: connection.server, transport: connection.transport.rawValue)
-        let source = FlowEndpoint(connection.source), destination = FlowEndpoint(connection.destination)
+        let source = connection.peers.sourceRecord, destination = connection.peers.destinationRecord
         return record(verdict: verdict, path: isReply ? forward.reversed : forward,
                       endpoints: isReply ? (destination, source) : (source, destination),
                       type: .l7, direction: direction, isReply: isReply, summary: summary) { record in
