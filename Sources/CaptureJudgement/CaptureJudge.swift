@@ -188,22 +188,12 @@ final class CountingReporter: L7FlowReporter {
 
     func report(_ record: JSONObject) {
         next.report(record)
-        guard case .object(let l7)? = record["l7"], case .string("REQUEST")? = l7["type"],
-              case .string(let verdict)? = record["verdict"] else { return }
-        let kind = ["http", "dns", "kafka"].first { l7[$0] != nil } ?? "other"
-        requests[kind, default: [:]][verdict, default: 0] += 1
-        guard verdict == "DROPPED" else { return }
-        guard case .array(let policies)? = record["ingress_denied_by"] ?? record["egress_denied_by"], !policies.isEmpty else {
-            // Denied because no rule of the L7 kind allows it (default deny at L7).
-            deniedBy["no rule allows it", default: 0] += 1
-            return
-        }
-        for case .object(let policy) in policies {
-            if case .string(let namespace)? = policy["namespace"], case .string(let name)? = policy["name"] {
-                deniedBy["\(namespace)/\(name)", default: 0] += 1
-            } else if case .string(let name)? = policy["name"] {
-                deniedBy[name, default: 0] += 1
-            }
+        guard let request = RequestRecord(record) else { return }
+        requests[request.protocolName, default: [:]][request.verdict, default: 0] += 1
+        guard request.verdict == "DROPPED" else { return }
+        // Denied because no rule of the L7 kind allows it (default deny at L7) names no policy.
+        for policy in request.deniedBy.isEmpty ? ["no rule allows it"] : request.deniedBy {
+            deniedBy[policy, default: 0] += 1
         }
     }
 }

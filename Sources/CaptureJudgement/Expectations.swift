@@ -176,20 +176,18 @@ public final class ExpectationCheck: L7FlowReporter {
 
     public func report(_ record: JSONObject) {
         next?.report(record)
-        guard case .object(let l7)? = record["l7"], case .string("REQUEST")? = l7["type"],
-              case .string(let verdict)? = record["verdict"] else { return }
-        let allowed = verdict == "FORWARDED"
-        for (index, expectation) in expectations.enumerated() where Self.matches(expectation, record, l7) {
+        guard let request = RequestRecord(record) else { return }
+        for (index, expectation) in expectations.enumerated() where Self.matches(expectation, request) {
             matched[index] += 1
             let holds: Bool
             switch expectation.rule {
-            case .verdict(let wanted): holds = allowed == wanted
-            case .neverDenied: holds = allowed
+            case .verdict(let wanted): holds = request.isAllowed == wanted
+            case .neverDenied: holds = request.isAllowed
             }
             if !holds {
                 brokenCount[index, default: 0] += 1
                 if broken[index, default: []].count < Self.maximumExamples {
-                    broken[index, default: []].append(Self.describe(record, l7, verdict: verdict))
+                    broken[index, default: []].append("\(request.connection) \(request.what): \(request.verdict)")
                 }
             }
         }
@@ -212,33 +210,32 @@ public final class ExpectationCheck: L7FlowReporter {
 
     public var checked: Int { expectations.count }
 
-    static func matches(_ expectation: Expectation, _ record: JSONObject, _ l7: JSONObject) -> Bool {
-        if let from = expectation.from, !matches(from, endpoint: record["source"], address: address(record, "source")) { return false }
-        if let to = expectation.to, !matches(to, endpoint: record["destination"], address: address(record, "destination")) { return false }
-        if let port = expectation.port, destinationPort(record) != port { return false }
+    static func matches(_ expectation: Expectation, _ request: RequestRecord) -> Bool {
+        if let from = expectation.from, !matches(from, endpoint: request.source, address: request.sourceAddress) { return false }
+        if let to = expectation.to, !matches(to, endpoint: request.destination, address: request.destinationAddress) { return false }
+        if let port = expectation.port, request.destinationPort != port { return false }
         switch expectation.kind {
         case .any:
             return true
         case .http(let method, let path):
-            guard case .object(let http)? = l7["http"] else { return false }
-            if let method, case .string(let actual)? = http["method"], actual != method { return false }
-            if let path, case .string(let url)? = http["url"], url != path { return false }
+            guard request.protocolName == "http" else { return false }
+            if let method, request.method != method { return false }
+            if let path, request.url != path { return false }
             return true
         case .dns(let name):
-            guard case .object(let dns)? = l7["dns"] else { return false }
-            if let name, case .string(let query)? = dns["query"] {
-                return query.lowercased() == name.lowercased() || query.lowercased() == name.lowercased() + "."
-            }
-            return true
+            guard request.protocolName == "dns" else { return false }
+            guard let name else { return true }
+            let query = request.query?.lowercased()
+            return query == name.lowercased() || query == name.lowercased() + "."
         }
     }
 
-    private static func matches(_ end: Expectation.End, endpoint: JSONObject.Value?, address: String?) -> Bool {
+    private static func matches(_ end: Expectation.End, endpoint: JSONObject?, address: String?) -> Bool {
         switch end {
         case .address(let wanted):
             return address == wanted
         case .labels(let wanted):
-            guard case .object(let endpoint)? = endpoint, case .array(let labels)? = endpoint["labels"] else { return false }
+            guard case .array(let labels)? = endpoint?["labels"] else { return false }
             let have = Set(labels.compactMap { value -> String? in
                 guard case .string(let label) = value else { return nil }
                 // "k8s:app=frontend" -> "app=frontend"
@@ -246,28 +243,5 @@ public final class ExpectationCheck: L7FlowReporter {
             })
             return wanted.allSatisfy { have.contains("\($0.key)=\($0.value)") }
         }
-    }
-
-    private static func address(_ record: JSONObject, _ side: String) -> String? {
-        guard case .object(let ip)? = record["IP"], case .string(let address)? = ip[side] else { return nil }
-        return address
-    }
-
-    private static func destinationPort(_ record: JSONObject) -> UInt16? {
-        guard case .object(let l4)? = record["l4"] else { return nil }
-        for (_, value) in l4.fields {
-            if case .object(let ports) = value, case .unsigned(let port)? = ports["destination_port"] { return UInt16(port) }
-        }
-        return nil
-    }
-
-    private static func describe(_ record: JSONObject, _ l7: JSONObject, verdict: String) -> String {
-        var what = "request"
-        if case .object(let http)? = l7["http"], case .string(let method)? = http["method"], case .string(let url)? = http["url"] {
-            what = "http \(method) \(url)"
-        } else if case .object(let dns)? = l7["dns"], case .string(let query)? = dns["query"] {
-            what = "dns \(query)"
-        }
-        return "\(VerdictLedger.connection(of: record)) \(what): \(verdict)"
     }
 }

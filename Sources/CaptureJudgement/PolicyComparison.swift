@@ -27,22 +27,12 @@ final class VerdictLedger: L7FlowReporter {
 
     func report(_ record: JSONObject) {
         next?.report(record)
-        guard case .object(let l7)? = record["l7"], case .string("REQUEST")? = l7["type"],
-              case .string(let verdict)? = record["verdict"] else { return }
-        let connection = Self.connection(of: record)
-        let what: String
-        if case .object(let http)? = l7["http"], case .string(let method)? = http["method"], case .string(let url)? = http["url"] {
-            what = "http \(method) \(url)"
-        } else if case .object(let dns)? = l7["dns"], case .string(let query)? = dns["query"] {
-            what = "dns \(query)"
-        } else {
-            what = "request"
-        }
-        let base = connection + " " + what
+        guard let request = RequestRecord(record) else { return }
+        let base = request.connection + " " + request.what
         let number = seen[base, default: 0]
         seen[base] = number + 1
         if seen.count > 100_000 { seen.removeAll() } // bounded; numbering only tells repeats apart
-        fresh.append((base + " #\(number)", connection, what, verdict))
+        fresh.append((base + " #\(number)", request.connection, request.what, request.verdict))
     }
 
     func drain() -> [(key: String, connection: String, what: String, verdict: String)] {
@@ -50,18 +40,4 @@ final class VerdictLedger: L7FlowReporter {
         return fresh
     }
 
-    static func connection(of record: JSONObject) -> String {
-        guard case .object(let ip)? = record["IP"], case .string(let source)? = ip["source"],
-              case .string(let destination)? = ip["destination"] else { return "?" }
-        var ports = ("", "")
-        if case .object(let l4)? = record["l4"] {
-            for (_, value) in l4.fields {
-                if case .object(let fields) = value, case .unsigned(let from)? = fields["source_port"],
-                   case .unsigned(let to)? = fields["destination_port"] {
-                    ports = (":\(from)", ":\(to)")
-                }
-            }
-        }
-        return "\(source)\(ports.0) -> \(destination)\(ports.1)"
-    }
 }

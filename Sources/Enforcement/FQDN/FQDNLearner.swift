@@ -64,28 +64,36 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
     // MARK: Learning
 
     public func learn(_ answer: LearnedAnswer) {
-        let now = clock()
         let lifetime = UInt64(max(answer.ttl, settings.minimumTTL)) * 1_000_000_000 + settings.grace
+        keep(endpoint: answer.endpoint, addresses: answer.addresses, names: answer.names, ttl: answer.ttl,
+             until: clock() + lifetime, lifetime: lifetime, received: answer.received)
+    }
+
+    /// Records the addresses and writes what changed into the datapath, under the lock. Used
+    /// by answers and by restarts (with what was left of the lifetime); `received` (answers
+    /// only) times the answer-to-map latency.
+    private func keep(endpoint address: IPAddress, addresses: [IPAddress], names answerNames: [String], ttl: UInt32,
+                      until deadline: UInt64, lifetime: UInt64, received: UInt64?) {
         state.withLock { state in
             guard let policy = state.policy, let writer = state.writer,
-                  let endpoint = policy.endpoint(at: answer.endpoint), answer.endpoint.family == .ipv4 else { return }
-            let endpointAddress = UInt32(truncatingIfNeeded: answer.endpoint.low)
+                  let endpoint = policy.endpoint(at: address), address.family == .ipv4 else { return }
+            let endpointAddress = UInt32(truncatingIfNeeded: address.low)
             // Rounded up as the datapath wants (BPF: to the second): answers that refresh an
             // address before that change nothing, and cost no datapath write.
-            let expires = writer.roundedExpiry(now + lifetime, lifetime: lifetime)
+            let expires = writer.roundedExpiry(deadline, lifetime: lifetime)
             var written: [LearnedEntry] = []
             var replaced: [LearnedEntry] = []
             var evicted: [LearnedEntry] = []
             var added: [FQDNStore.Key] = []
             var seen = Set<UInt32>()
             var kept = false
-            for address in answer.addresses where address.family == .ipv4 && policy.isWorld(address) {
+            for address in addresses where address.family == .ipv4 && policy.isWorld(address) {
                 let value = UInt32(truncatingIfNeeded: address.low)
                 guard seen.insert(value).inserted, seen.count <= settings.maximumAddressesPerName else { continue }
                 let key = FQDNStore.Key(endpoint: endpointAddress, address: value)
                 // Learned again under names it already has (the common case): the grants
                 // stand, only the lifetime moves.
-                switch state.store.refresh(key, names: answer.names, expires: expires) {
+                switch state.store.refresh(key, names: answerNames, expires: expires) {
                 case .unchanged:
                     kept = true
                     continue
@@ -98,12 +106,12 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
                     break
                 }
                 var names = state.store[key]?.names ?? []
-                for name in answer.names where !names.contains(name) && names.count < FQDNStore.maximumNamesPerRecord {
+                for name in answerNames where !names.contains(name) && names.count < FQDNStore.maximumNamesPerRecord {
                     names.append(name)
                 }
                 let (grants, rule) = Self.grants(&state, policy: policy, identity: endpoint, names: names)
                 guard !grants.isEmpty else { continue }
-                let record = FQDNStore.Record(key: key, identity: endpoint.number, names: names, ttl: answer.ttl,
+                let record = FQDNStore.Record(key: key, identity: endpoint.number, names: names, ttl: ttl,
                                               expires: expires, grants: grants, rule: rule ?? "")
                 let (previous, pushedOut) = state.store.insert(record)
                 evicted += pushedOut.map(\.entry)
@@ -123,7 +131,7 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
             writer.remove(evicted)
             guard !written.isEmpty else {
                 // Refreshed within the second it was already written for.
-                if kept { Self.recordLatency(&state, microseconds: (clock() &- answer.received) / 1_000) }
+                if kept, let received { Self.recordLatency(&state, microseconds: (clock() &- received) / 1_000) }
                 return
             }
             do {
@@ -138,7 +146,7 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
                 return
             }
             state.dirty = true
-            Self.recordLatency(&state, microseconds: (clock() &- answer.received) / 1_000)
+            if let received { Self.recordLatency(&state, microseconds: (clock() &- received) / 1_000) }
         }
     }
 
@@ -361,32 +369,13 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
         for record in saved where record.expiresAt > wall {
             guard let endpoint = IPAddress(record.endpoint), let address = IPAddress(record.address) else { continue }
             let remaining = UInt64((record.expiresAt - wall) * 1e9)
-            let before = statistics.records
-            // Learned with the lifetime it had left: the minimum TTL and grace are in it already.
-            learnRestored(endpoint: endpoint, address: address, names: record.names, ttl: record.ttl, expires: now + remaining)
-            if statistics.records > before { restored += 1 }
+            let before = state.withLock { $0.store.count }
+            // Kept with the lifetime it had left: the minimum TTL and grace are in it already.
+            keep(endpoint: endpoint, addresses: [address], names: Array(record.names.prefix(FQDNStore.maximumNamesPerRecord)),
+                 ttl: record.ttl, until: now + remaining, lifetime: remaining, received: nil)
+            if state.withLock({ $0.store.count }) > before { restored += 1 }
         }
         return restored
-    }
-
-    private func learnRestored(endpoint: IPAddress, address: IPAddress, names: [String], ttl: UInt32, expires: UInt64) {
-        state.withLock { state in
-            guard let policy = state.policy, let writer = state.writer, let identity = policy.endpoint(at: endpoint),
-                  address.family == .ipv4, policy.isWorld(address) else { return }
-            let (grants, rule) = Self.grants(&state, policy: policy, identity: identity, names: names)
-            guard !grants.isEmpty else { return }
-            let key = FQDNStore.Key(endpoint: UInt32(truncatingIfNeeded: endpoint.low), address: UInt32(truncatingIfNeeded: address.low))
-            let record = FQDNStore.Record(key: key, identity: identity.number, names: Array(names.prefix(FQDNStore.maximumNamesPerRecord)),
-                                          ttl: ttl, expires: expires, grants: grants, rule: rule ?? "")
-            let (previous, evicted) = state.store.insert(record)
-            writer.remove(evicted.map(\.entry))
-            do {
-                try writer.write([record.entry], replacing: previous.map { [$0.entry] } ?? [])
-            } catch {
-                state.store.remove(key)
-                state.writeFailures += 1
-            }
-        }
     }
 }
 

@@ -19,22 +19,14 @@ public enum FlowRecords {
     public static func record(verdict: FlowVerdict, path: FlowPath, endpoints: (source: FlowEndpoint, destination: FlowEndpoint)? = nil,
                               type: FlowType, direction: Direction? = nil, isReply: Bool? = nil, summary: String,
                               details: (inout JSONObject) -> Void = { _ in }) -> JSONObject {
-        record(verdict: verdict, path: path, endpoints: endpoints.map { (.object($0.source.json), .object($0.destination.json)) },
-               type: type, direction: direction, isReply: isReply, summary: summary, details: details)
-    }
-
-    /// The same, with the endpoints' JSON already built (a connection's, kept for all its records).
-    static func record(verdict: FlowVerdict, path: FlowPath, endpoints: (source: JSONObject.Value, destination: JSONObject.Value)?,
-                       type: FlowType, direction: Direction? = nil, isReply: Bool? = nil, summary: String,
-                       details: (inout JSONObject) -> Void = { _ in }) -> JSONObject {
         var record = JSONObject()
         record.add("time", .string(WallClock.rfc3339Now()))
         record.add("verdict", .string(verdict.rawValue))
         record.add("IP", .object(ip(path)))
         if let l4 = l4(path) { record.add("l4", .object(l4)) }
         if let endpoints {
-            record.add("source", endpoints.source)
-            record.add("destination", endpoints.destination)
+            record.add("source", .object(endpoints.source.json))
+            record.add("destination", .object(endpoints.destination.json))
         }
         record.add("Type", .string(type.rawValue))
         if let direction { record.add("traffic_direction", .string(direction == .ingress ? "INGRESS" : "EGRESS")) }
@@ -143,7 +135,7 @@ public enum FlowRecords {
                           rules: [RuleReference], allowed: Bool, summary: String) -> JSONObject {
         let isReply = type == .response
         let forward = FlowPath(source: connection.client, destination: connection.server, transport: connection.transport.rawValue)
-        let source = connection.peers.sourceRecord, destination = connection.peers.destinationRecord
+        let source = FlowEndpoint(connection.source), destination = FlowEndpoint(connection.destination)
         return record(verdict: verdict, path: isReply ? forward.reversed : forward,
                       endpoints: isReply ? (destination, source) : (source, destination),
                       type: .l7, direction: direction, isReply: isReply, summary: summary) { record in

@@ -5,16 +5,10 @@ import PolicyEngine
 public final class PeerIdentities: Sendable {
     public let source: Identity
     public let destination: Identity
-    /// Both ends as flow records show them (`FlowEndpoint`), built once for every record of
-    /// every connection between the two.
-    let sourceRecord: JSONObject.Value
-    let destinationRecord: JSONObject.Value
 
     public init(source: Identity, destination: Identity) {
         self.source = source
         self.destination = destination
-        sourceRecord = .object(FlowEndpoint(source).json)
-        destinationRecord = .object(FlowEndpoint(destination).json)
     }
 }
 
