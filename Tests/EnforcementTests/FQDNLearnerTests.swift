@@ -157,6 +157,37 @@ import Testing
         #expect(learner.statistics.expired == 1)
     }
 
+    @Test func aZeroTTLStillLeavesTheClientTimeToConnect() throws {
+        let clock = FakeClock()
+        let (learner, writer) = try Self.learner(Self.lifetime(), clock: clock)
+        learner.learn(Self.answer(["api.example.com"], ["192.0.2.1"], ttl: 0))
+        let entry = try #require(writer.held.withLock { $0.values.first })
+        #expect(entry.expires >= clock.now + FQDNLearner.minimumLifetime, "TTL 0, no minimum, no grace: still a second")
+    }
+
+    @Test func aHostileAnswerWithThousandsOfAddressesIsCappedPerName() throws {
+        let (learner, writer) = try Self.learner()
+        let flood = (0..<2_000).map { "198.18.\($0 / 250).\($0 % 250 + 1)" }
+        learner.learn(Self.answer(["x.cdn.example.com"], flood))
+        #expect(writer.held.withLock { $0.count } == FQDNSettings().maximumAddressesPerName)
+        #expect(learner.list().count == 50)
+    }
+
+    @Test func aRestartUnderANarrowerPolicyRestoresOnlyWhatItStillAllows() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let clock = FakeClock()
+        let file = directory.file("fqdn.json")
+        let (learner, _) = try Self.learner(stateFile: file, clock: clock)
+        learner.learn(Self.answer(["api.example.com"], ["192.0.2.1"]))
+        learner.learn(Self.answer(["img.cdn.example.com"], ["192.0.2.2"]))
+        try learner.saveIfChanged()
+        let narrower = Self.policy.replacingOccurrences(of: "    - toFQDNs: [{matchPattern: \"*.cdn.example.com\"}]\n", with: "")
+        let (restarted, writer) = try Self.learner(stateFile: file, clock: clock, policy: try Self.fqdnPolicy(narrower))
+        #expect(restarted.restore() == 1)
+        #expect(writer.addresses == ["192.0.2.1"], "the CDN address is no longer allowed: not restored")
+    }
+
     @Test func aRefreshExtendsTheLifetimeAndMergesNames() throws {
         let clock = FakeClock()
         let (learner, _) = try Self.learner(Self.lifetime(), clock: clock)

@@ -63,8 +63,12 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
 
     // MARK: Learning
 
+    /// The shortest lifetime an address gets, whatever the TTL (0 included) and the settings
+    /// say: the client that asked must still have time to connect.
+    public static let minimumLifetime: UInt64 = 1_000_000_000
+
     public func learn(_ answer: LearnedAnswer) {
-        let lifetime = UInt64(max(answer.ttl, settings.minimumTTL)) * 1_000_000_000 + settings.grace
+        let lifetime = max(Self.minimumLifetime, UInt64(max(answer.ttl, settings.minimumTTL)) * 1_000_000_000 + settings.grace)
         keep(endpoint: answer.endpoint, addresses: answer.addresses, names: answer.names, ttl: answer.ttl,
              until: clock() + lifetime, lifetime: lifetime, received: answer.received)
     }
