@@ -62,6 +62,24 @@ import PolicyEngine
         #expect(traffic.counters.datagrams == 4 && traffic.counters.connections == 1)
     }
 
+    @Test func recordedDNSOverTCPIsJudgedByName() throws {
+        let (traffic, collector) = Self.traffic(try DNSPolicySessionTests.snapshot(transport: "TCP"))
+        #expect(traffic.streamOpened(4, client: SocketAddress("10.0.0.1:40002")!, server: SocketAddress("10.0.0.53:53")!)
+                == .judged(.dns))
+        let wire = DNSPolicySessionTests.self
+        func framed(_ message: [UInt8]) -> [UInt8] { [UInt8(message.count >> 8), UInt8(message.count & 0xff)] + message }
+        // Two queries in one segment, their answers split across segments in another order.
+        let queries = framed(wire.query("api.stripe.com", id: 1)) + framed(wire.query("evil.example.com", id: 2))
+        queries.withUnsafeBytes { traffic.streamData(4, fromClient: true, $0) }
+        let answers = framed(wire.answer("evil.example.com", id: 2)) + framed(wire.answer("api.stripe.com", id: 1))
+        answers[..<7].withUnsafeBytes { traffic.streamData(4, fromClient: false, UnsafeRawBufferPointer($0)) }
+        answers[7...].withUnsafeBytes { traffic.streamData(4, fromClient: false, UnsafeRawBufferPointer($0)) }
+        traffic.streamEnded(4)
+        #expect(AuditModeTests.verdicts(collector) == ["request FORWARDED", "request DROPPED", "response DROPPED",
+                                                       "response FORWARDED"])
+        #expect(traffic.counters.endedBySession.isEmpty)
+    }
+
     @Test func unreadableTrafficOnAJudgedPortEndsThatConnectionOnly() throws {
         let (traffic, _) = Self.traffic(try HTTPPolicySessionTests.snapshot())
         traffic.streamOpened(3, client: SocketAddress("10.0.0.1:40001")!, server: SocketAddress("10.0.0.2:8080")!)
