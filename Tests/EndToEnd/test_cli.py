@@ -74,3 +74,23 @@ def test_listener_that_cannot_bind_names_itself(tmp_path):
     holder.close()
     assert result.returncode == 1
     assert f"listener 'web' on 127.0.0.1:{port}: bind(127.0.0.1:{port}): Address already in use" in result.stderr
+
+
+def test_fqdn_list_explains_what_it_cannot_read(tmp_path):
+    missing = subprocess.run([SLUICE, "fqdn", "list", "--state", str(tmp_path / "none.json")], capture_output=True, text=True)
+    assert missing.returncode == 1 and "none.json" in missing.stderr and "cannot be read" in missing.stderr, missing.stderr
+    corrupt = tmp_path / "fqdn.json"
+    corrupt.write_text("{not json")
+    result = subprocess.run([SLUICE, "fqdn", "list", "--state", str(corrupt)], capture_output=True, text=True)
+    assert result.returncode == 1 and "not a sluice fqdn state file" in result.stderr, result.stderr
+    config = tmp_path / "sluice.yaml"
+    config.write_text("listeners:\n  - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n"
+                      "fqdn: {stateFile: none}\n")
+    result = subprocess.run([SLUICE, "fqdn", "list", "--config", str(config)], capture_output=True, text=True)
+    assert result.returncode == 1 and "memory only" in result.stderr, result.stderr
+    both = subprocess.run([SLUICE, "fqdn", "list"], capture_output=True, text=True)
+    assert both.returncode == 2 and "--config" in both.stderr, both.stderr
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"version": 1, "records": []}')
+    result = subprocess.run([SLUICE, "fqdn", "list", "--state", str(empty)], capture_output=True, text=True)
+    assert result.returncode == 0 and "(no learned addresses)" in result.stdout, result.stdout

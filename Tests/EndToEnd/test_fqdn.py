@@ -8,6 +8,7 @@ curl in the frontend."""
 import json
 import re
 import shutil
+import signal
 import subprocess
 import textwrap
 import time
@@ -295,6 +296,27 @@ def test_every_query_of_a_reused_socket_is_judged(lab, workdir, start_sluice, mo
         result = lab.run(lab.ns("ep1"), "python3", "-c", ONE_SOCKET_CLIENT, RESOLVER, check=False, timeout=60)
         assert result.stdout.split() == ["0"] + ["5"] * 20 + ["0"], result.stdout + result.stderr
         assert "evil.example" not in fqdn.resolver_log.read_text()
+    finally:
+        fqdn.down()
+
+
+def test_a_policy_change_that_drops_the_rule_cuts_new_connections_to_learned_addresses(lab, workdir, start_sluice, mode):
+    """The learned address is judged again when the policy changes: with its toFQDNs rule
+    gone, the next connection is dropped (and nothing reaches the server), though the answer
+    that taught it is still within its TTL."""
+    fqdn = make_lab(lab, workdir, start_sluice, mode, minimum_ttl=120)
+    try:
+        proxy = fqdn.start_proxy()
+        assert fqdn.answer("api.shop.test") == API
+        assert fqdn.curl_status(f"http://{API}/") == 200
+        seen = len(fqdn.server_log.read_text().splitlines())
+        policies = workdir / "policies.yaml"
+        policies.write_text(policies.read_text().replace("        - matchName: api.shop.test\n", ""))
+        proxy.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "SIGHUP: reloaded" in proxy.stderr(), "sluice to apply the changed policy")
+        assert fqdn.curl_status(f"http://{API}/") == 0, "the rule is gone: dropped"
+        assert len(fqdn.server_log.read_text().splitlines()) == seen, "nothing more reached the server"
+        wait_until(lambda: not any(r["address"] == API for r in fqdn.listed()), "the record to leave the list", 3)
     finally:
         fqdn.down()
 

@@ -287,6 +287,17 @@ import Testing
         #expect(entry.expires == clock.now + 90_000_000_000)
     }
 
+    @Test func aStateFileThatCannotBeWrittenFailsTheSaveNotTheLearning() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let blocker = directory.write("not-a-directory", "x")
+        let (learner, writer) = try Self.learner(stateFile: blocker + "/fqdn.json")
+        learner.learn(Self.answer(["api.example.com"], ["192.0.2.1"]))
+        #expect(throws: (any Error).self) { try learner.saveIfChanged() }
+        learner.learn(Self.answer(["api.example.com"], ["192.0.2.2"]))
+        #expect(writer.addresses == ["192.0.2.1", "192.0.2.2"], "still learning, still in the datapath")
+    }
+
     @Test func aCorruptStateFileIsReportedAndIgnored() throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
