@@ -53,7 +53,7 @@ let package = Package(
         // order, the file watcher, the datapath's events as flow records. Above both, so
         // Proxy keeps knowing nothing of BPF; the executable only parses commands and calls it.
         .target(name: "CaptureJudgement", dependencies: [
-            "Replay", "Proxy", "PolicyEngine", .product(name: "Yams", package: "Yams"),
+            "Replay", "Proxy", "PolicyEngine", "L7Parsers", .product(name: "Yams", package: "Yams"),
         ]),
         .target(name: "Enforcement", dependencies: [
             "Proxy", "PolicyEngine", "Datapath",

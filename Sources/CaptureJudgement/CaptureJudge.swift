@@ -14,9 +14,12 @@ public final class CaptureJudge {
     /// allows it" for denials by default.
         public var deniedBy: [String: Int] = [:]
         public var connections = RecordedTraffic.Counters()
-        /// Connections first seen after their handshake: not judged (a stream cannot be
-        /// entered at an arbitrary byte), counted here.
+        /// Connections first seen after their handshake and not judged: not HTTP (a stream
+        /// cannot be entered at an arbitrary byte), or no request line found in them.
         public var skippedMidstream = 0
+        /// HTTP connections first seen after their handshake, judged from the first whole
+        /// request line their client sent.
+        public var resynchronised = 0
         /// Connections with bytes missing from the capture (lost segments, snaplen): judged up
         /// to the gap, never on invented bytes.
         public var incomplete = 0
@@ -33,6 +36,7 @@ public final class CaptureJudge {
     private var nextID = 0
     private var gapped = Set<Int>()
     private var summary = Summary()
+    private var midstream = MidstreamResync()
     private let onChange: ((VerdictChange) -> Void)?
     public private(set) var changes = 0
 
@@ -42,11 +46,12 @@ public final class CaptureJudge {
     /// for `snapshot`).
     public init(snapshot: PolicySnapshot, registry: SessionRegistry, output: L7FlowReporter?,
                 comparedWith otherSnapshot: PolicySnapshot? = nil, onChange: ((VerdictChange) -> Void)? = nil) {
-        let mine = VerdictLedger(next: output)
-        counting = CountingReporter(next: mine)
+        // The first set's requests reach its ledger only when there is something to compare.
+        let mine = otherSnapshot.map { _ in VerdictLedger(next: nil) }
+        counting = CountingReporter(next: output, ledger: mine)
         traffic = RecordedTraffic(policy: WorkerPolicy(holder: PolicySnapshotHolder(snapshot)), registry: registry,
                                   reporter: counting)
-        if let otherSnapshot {
+        if let otherSnapshot, let mine {
             let ledger = VerdictLedger(next: nil)
             other = (RecordedTraffic(policy: WorkerPolicy(holder: PolicySnapshotHolder(otherSnapshot)), registry: registry,
                                      reporter: ledger), ledger, mine)
@@ -56,14 +61,25 @@ public final class CaptureJudge {
         self.onChange = onChange
     }
 
+    /// How far a replay has got: the file being read (its index in the list), and how many of
+    /// its bytes on disk have been read.
+    public struct Progress: Sendable {
+        public var file: String
+        public var fileIndex: Int
+        public var bytesRead: Int64
+        public var fileSize: Int64
+    }
+
     /// Reads every file in turn as one capture, then ends the connections still open.
-    /// `progress` is called now and then with the file being read.
-    public func judge(paths: [String], progress: ((String) -> Void)? = nil) throws(CaptureError) -> Summary {
+    /// `progress` is called as each file starts and now and then while it is read.
+    public func judge(paths: [String], progress: ((Progress) -> Void)? = nil) throws(CaptureError) -> Summary {
         let replay = CaptureReplay { [unowned self] event in self.handle(event) }
         defer { ids.removeAll(); outcomes.removeAll() }
-        for path in paths {
-            progress?(path)
-            try replay.read(path: path)
+        for (index, path) in paths.enumerated() {
+            progress?(Progress(file: path, fileIndex: index, bytesRead: 0, fileSize: 0))
+            try replay.read(path: path) { read, size in
+                progress?(Progress(file: path, fileIndex: index, bytesRead: read, fileSize: size))
+            }
         }
         replay.finish()
         traffic.finish()
@@ -79,10 +95,56 @@ public final class CaptureJudge {
     }
 
     private func handle(_ event: ReplayEvent) {
+        switch event {
+        case .tcp(let tcp, let time):
+            traffic.now = time
+            guard let replaced = resynchronise(tcp) else { break }
+            for tcp in replaced { judge(.tcp(tcp, time: time)) }
+            return
+        case .datagram(_, _, _, _, let time):
+            traffic.now = time
+        }
+        judge(event)
+    }
+
+    /// Judges one event under the policy set, then under the compared one.
+    private func judge(_ event: ReplayEvent) {
         dispatch(event, to: traffic, counting: true)
         guard let other else { return }
+        other.traffic.now = traffic.now
         dispatch(event, to: other.traffic, counting: false)
         compare(other.mine.drain(), other.ledger.drain())
+    }
+
+    /// The events to judge instead of `event` for a connection entered part-way (none while
+    /// no request line is found); nil for every other event. An HTTP connection is opened
+    /// when its client's first whole request line arrives, as if it started there.
+    private func resynchronise(_ event: TCPEvent) -> [TCPEvent]? {
+        switch event {
+        case .opened(let connection, midstream: true):
+            let client = Self.address(connection.client), server = Self.address(connection.server)
+            guard traffic.carries(.http, client: client, server: server), midstream.track(connection) else { return nil }
+            return []
+        case .data(let connection, let direction, let bytes):
+            guard midstream.isTracking(connection) else { return nil }
+            guard let (from, entered) = midstream.data(connection, direction, bytes) else { return [] }
+            let judged = UnsafeRawBufferPointer(rebasing: bytes[from...])
+            if entered {
+                summary.resynchronised += 1
+                return [.opened(connection, midstream: false), .data(connection, direction, judged)]
+            }
+            return [.data(connection, direction, judged)]
+        case .gap(let connection, _, _), .conflictingOverlap(let connection, _):
+            guard midstream.isTracking(connection), ids[connection] == nil else { return nil }
+            return [] // before the stream was entered: nothing of it judged
+        case .closed(let connection, _):
+            guard midstream.isTracking(connection) else { return nil }
+            if midstream.end(connection) { return nil }
+            summary.skippedMidstream += 1
+            return []
+        case .opened:
+            return nil
+        }
     }
 
     /// Requests judged under both sets are matched by key; one judged under only one set
@@ -180,15 +242,21 @@ public final class CaptureJudge {
 /// Passes records on and counts the L7 requests among them by protocol, verdict and the
 /// policy that denied them.
 final class CountingReporter: L7FlowReporter {
-    private let next: L7FlowReporter
+    private let next: L7FlowReporter?
+    private let ledger: VerdictLedger?
     private(set) var requests: [String: [String: Int]] = [:]
     private(set) var deniedBy: [String: Int] = [:]
 
-    init(next: L7FlowReporter) { self.next = next }
+    /// Records go on to `next`; each request, once read, to `ledger` too (`--compare`).
+    init(next: L7FlowReporter?, ledger: VerdictLedger?) {
+        self.next = next
+        self.ledger = ledger
+    }
 
     func report(_ record: JSONObject) {
-        next.report(record)
+        next?.report(record)
         guard let request = RequestRecord(record) else { return }
+        ledger?.add(request)
         requests[request.protocolName, default: [:]][request.verdict, default: 0] += 1
         guard request.verdict == "DROPPED" else { return }
         // Denied because no rule of the L7 kind allows it (default deny at L7) names no policy.

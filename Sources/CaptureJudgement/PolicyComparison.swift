@@ -28,6 +28,11 @@ final class VerdictLedger: L7FlowReporter {
     func report(_ record: JSONObject) {
         next?.report(record)
         guard let request = RequestRecord(record) else { return }
+        add(request)
+    }
+
+    /// A request already read from its record (the counting reporter reads each once).
+    func add(_ request: RequestRecord) {
         let base = request.connection + " " + request.what
         let number = seen[base, default: 0]
         seen[base] = number + 1

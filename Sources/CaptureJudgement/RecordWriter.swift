@@ -1,3 +1,4 @@
+import Dispatch
 import Proxy
 #if canImport(Glibc)
 import Glibc
@@ -6,11 +7,23 @@ import Glibc
 /// Flow records, one JSON object a line, to a file descriptor: buffered, and blocking when
 /// the reader is slow (a replay must not lose records, unlike the live proxy's flow log,
 /// which drops rather than stall traffic).
+///
+/// Full buffers are written by a thread of their own, so that the kernel's copying (a
+/// replay writes about as many bytes of records as it reads of capture) overlaps the
+/// judging; at most `maximumBuffersInFlight` wait for it (64 KiB each), then the judging
+/// waits.
 public final class RecordWriter: L7FlowReporter {
     private let descriptor: Int32
     private let ownsDescriptor: Bool
     private var buffer: [UInt8] = []
+    /// Records waiting to be written (serialised on the writing thread).
+    private var records: [JSONObject] = []
     public private(set) var written = 0
+    private static let bufferBytes = 1 << 16
+    private static let recordsPerBatch = 1024
+    static let maximumBuffersInFlight = 8
+    private let writes = DispatchQueue(label: "sluice.replay.records")
+    private let inFlight = DispatchSemaphore(value: RecordWriter.maximumBuffersInFlight)
 
     /// Standard output.
     public init() {
@@ -32,30 +45,56 @@ public final class RecordWriter: L7FlowReporter {
     }
 
     public func report(_ record: JSONObject) {
-        record.serialize(into: &buffer)
-        buffer.append(UInt8(ascii: "\n"))
+        records.append(record)
         written += 1
-        if buffer.count >= 1 << 16 { flush() }
+        if records.count >= Self.recordsPerBatch { handOver() }
     }
 
     /// One line of text (without its newline).
     public func line(_ text: String) {
+        if !records.isEmpty { handOver() }
         buffer.append(contentsOf: text.utf8)
         buffer.append(UInt8(ascii: "\n"))
         written += 1
-        if buffer.count >= 1 << 16 { flush() }
+        if buffer.count >= Self.bufferBytes { handOver() }
     }
 
-    /// Writes what is buffered (blocking until written or the reader is gone).
+    /// Writes what is buffered and waits for every buffer handed over before (blocking until
+    /// written or the reader is gone).
     public func flush() {
+        handOver()
+        writes.sync {}
+    }
+
+    /// Gives the buffered lines, then the records (which it serialises), to the writing
+    /// thread, in order (waiting while too many batches are on their way).
+    private func handOver() {
+        guard !buffer.isEmpty || !records.isEmpty else { return }
+        let lines = buffer, batch = records
+        buffer = []
+        records = []
+        records.reserveCapacity(Self.recordsPerBatch)
+        inFlight.wait()
+        writes.async { [descriptor, inFlight] in
+            var bytes = lines
+            bytes.reserveCapacity(lines.count + batch.count * 1024)
+            for record in batch {
+                record.serialize(into: &bytes)
+                bytes.append(UInt8(ascii: "\n"))
+            }
+            Self.write(bytes, to: descriptor)
+            inFlight.signal()
+        }
+    }
+
+    private static func write(_ bytes: [UInt8], to descriptor: Int32) {
         var offset = 0
-        while offset < buffer.count {
-            let count = buffer.withUnsafeBytes { write(descriptor, $0.baseAddress! + offset, $0.count - offset) }
+        while offset < bytes.count {
+            let count = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + offset, $0.count - offset) }
             if count < 0 && errno == EINTR { continue }
             guard count > 0 else { break }
             offset += count
         }
-        buffer.removeAll(keepingCapacity: true)
     }
 }
 

@@ -7,14 +7,25 @@ struct RequestRecord {
     /// "http", "dns", "kafka" or "other".
     var protocolName: String
     /// "http GET /api", "dns example.com.", or the protocol name.
-    var what: String
+    var what: String {
+        switch protocolName {
+        case "http": return ["http", method, url].compactMap { $0 }.joined(separator: " ")
+        case "dns": return ["dns", query].compactMap { $0 }.joined(separator: " ")
+        default: return protocolName
+        }
+    }
     /// HTTP method and URL, DNS name, when the record has them.
     var method: String?
     var url: String?
     var query: String?
     /// "10.0.0.1:40000 -> 10.0.0.2:8080"
-    var connection: String
+    var connection: String {
+        let from = (sourceAddress ?? "?") + (sourcePort.map { ":\($0)" } ?? "")
+        let to = (destinationAddress ?? "?") + (destinationPort.map { ":\($0)" } ?? "")
+        return "\(from) -> \(to)"
+    }
     var sourceAddress: String?
+    var sourcePort: UInt64?
     var destinationAddress: String?
     var destinationPort: UInt16?
     /// The endpoints as recorded (`source`, `destination`: labels, namespace, ...).
@@ -32,20 +43,16 @@ struct RequestRecord {
             protocolName = "http"
             if case .string(let method)? = http["method"] { self.method = method }
             if case .string(let url)? = http["url"] { self.url = url }
-            what = ["http", method, url].compactMap { $0 }.joined(separator: " ")
         } else if case .object(let dns)? = l7["dns"] {
             protocolName = "dns"
             if case .string(let query)? = dns["query"] { self.query = query }
-            what = ["dns", query].compactMap { $0 }.joined(separator: " ")
         } else {
             protocolName = l7["kafka"] != nil ? "kafka" : "other"
-            what = protocolName
         }
         if case .object(let ip)? = record["IP"] {
             if case .string(let address)? = ip["source"] { sourceAddress = address }
             if case .string(let address)? = ip["destination"] { destinationAddress = address }
         }
-        var sourcePort: UInt64?
         if case .object(let l4)? = record["l4"] {
             for (_, value) in l4.fields {
                 if case .object(let ports) = value, case .unsigned(let from)? = ports["source_port"],
@@ -55,9 +62,6 @@ struct RequestRecord {
                 }
             }
         }
-        let from = (sourceAddress ?? "?") + (sourcePort.map { ":\($0)" } ?? "")
-        let to = (destinationAddress ?? "?") + (destinationPort.map { ":\($0)" } ?? "")
-        connection = "\(from) -> \(to)"
         if case .object(let endpoint)? = record["source"] { source = endpoint }
         if case .object(let endpoint)? = record["destination"] { destination = endpoint }
         deniedBy = []

@@ -32,11 +32,22 @@ public final class CaptureReplay {
 
     /// Reads one file to its end. Throws `CaptureError` (naming the file); what was read
     /// before the error has been delivered.
-    public func read(path: String) throws(CaptureError) {
+    /// `progress` hears, every few thousand packets and at the end, how many bytes of the
+    /// file have been read and its size.
+    public func read(path: String, progress: ((_ read: Int64, _ size: Int64) -> Void)? = nil) throws(CaptureError) {
         let reader = try CaptureReader(path: path)
         let decoder = PacketDecoder(linkType: reader.linkType, fragmentLimits: fragmentLimits)
-        defer { decoderStatistics = decoderStatistics + decoder.statistics }
+        defer {
+            decoderStatistics = decoderStatistics + decoder.statistics
+            progress?(reader.bytesRead, reader.fileSize)
+        }
+        var sinceProgress = 0
         while let packet = try reader.next() {
+            sinceProgress += 1
+            if sinceProgress == 4096, let progress {
+                sinceProgress = 0
+                progress(reader.bytesRead, reader.fileSize)
+            }
             lastTime = max(lastTime, packet.timestamp)
             switch decoder.decode(packet) {
             case .tcp(let segment):

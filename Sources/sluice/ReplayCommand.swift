@@ -58,7 +58,13 @@ struct ReplayCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("A 'sluice run' configuration whose http and dns settings to judge with (default: the defaults).", valueName: "file"))
     var config: String?
 
+    @Option(name: .long, help: ArgumentHelp("Print a progress line (bytes read, rate, time left) every this many seconds; 0 for none. Default: after two seconds, every second on a terminal, every ten seconds otherwise.", valueName: "seconds"))
+    var progress: Double?
+
     func validate() throws {
+        if let progress, !(progress >= 0 && progress <= 86_400) {
+            throw ValidationError("--progress takes seconds between 0 and 86400, not \(progress)")
+        }
         if captures.isEmpty { throw ValidationError("give at least one capture file") }
         if policy.isEmpty { throw ValidationError("give at least one --policy file or directory") }
     }
@@ -119,9 +125,12 @@ struct ReplayCommand: ParsableCommand {
                                  comparedWith: compared) { change in changes.line(change.description) }
         let started = MonotonicClock.now()
         let summary: CaptureJudge.Summary
+        let progress = ReplayProgressLine(captures: captures, interval: self.progress)
         do {
-            summary = try judge.judge(paths: captures) { path in printError("replay: reading \(path)") }
+            summary = try judge.judge(paths: captures) { progress.update($0) }
+            progress.finish()
         } catch {
+            progress.finish()
             writer?.flush()
             changes.flush()
             printError("replay: \(error)")
@@ -162,7 +171,12 @@ struct ReplayCommand: ParsableCommand {
                    + "\(connections.layer4) L3/L4 only, \(connections.deniedAtLayer4) denied at L3/L4, "
                    + "\(connections.refused) with L7 rules sluice cannot judge yet)")
         var notJudged: [String] = []
-        if summary.skippedMidstream > 0 { notJudged.append("\(summary.skippedMidstream) first seen after their handshake (skipped)") }
+        if summary.resynchronised > 0 {
+            printError("  \(summary.resynchronised) HTTP connection(s) first seen after their handshake, judged from their first whole request line")
+        }
+        if summary.skippedMidstream > 0 {
+            notJudged.append("\(summary.skippedMidstream) first seen after their handshake (skipped: not HTTP, or no request line in them)")
+        }
         if summary.incomplete > 0 { notJudged.append("\(summary.incomplete) with bytes missing from the capture (judged up to the gap)") }
         if summary.truncatedDatagrams > 0 { notJudged.append("\(summary.truncatedDatagrams) UDP datagrams cut by the snaplen (skipped)") }
         for (reason, count) in connections.endedBySession.sorted(by: { $0.value > $1.value }) {
@@ -172,5 +186,70 @@ struct ReplayCommand: ParsableCommand {
         if capture.conflictingOverlaps > 0 {
             printError("  \(capture.conflictingOverlaps) retransmission(s) carried different bytes: the first copy was judged")
         }
+    }
+}
+
+/// The progress line on standard error while a long replay runs: bytes read of all the
+/// captures, the rate, and the time left. By default nothing for a replay shorter than two
+/// seconds, then on a terminal the line is redrawn in place every second, and otherwise (a CI
+/// log) a line every ten seconds; `interval` (seconds, from `--progress`) sets the period
+/// from the start instead, 0 turning it off.
+final class ReplayProgressLine {
+    private let sizes: [Int64]
+    private let total: Int64
+    private let started = MonotonicClock.now()
+    private var lastPrinted: UInt64 = 0
+    private var drawn = false
+    private let terminal = isatty(STDERR_FILENO) == 1
+    private var currentFile = -1
+    private let firstAfter: UInt64
+    private let period: UInt64?
+
+    init(captures: [String], interval: Double? = nil) {
+        if let interval {
+            firstAfter = 0
+            period = interval > 0 ? UInt64(interval * 1e9) : nil
+        } else {
+            firstAfter = 2_000_000_000
+            period = terminal ? 1_000_000_000 : 10_000_000_000
+        }
+        sizes = captures.map { path in
+            var status = stat()
+            return stat(path, &status) == 0 ? Int64(status.st_size) : 0
+        }
+        total = sizes.reduce(0, +)
+    }
+
+    func update(_ progress: CaptureJudge.Progress) {
+        if progress.fileIndex != currentFile {
+            currentFile = progress.fileIndex
+            clear()
+            printError("replay: reading \(progress.file)")
+        }
+        let now = MonotonicClock.now()
+        let elapsed = now - started
+        guard let period, elapsed >= firstAfter, elapsed > 0, now - lastPrinted >= period else { return }
+        lastPrinted = now
+        let done = sizes.prefix(progress.fileIndex).reduce(0, +) + progress.bytesRead
+        let seconds = Double(elapsed) / 1e9
+        let rate = Double(done) / seconds
+        var line = String(format: "replay: %.1f of %.1f MiB read (%.0f%%), %.1f MiB/s", Double(done) / 1_048_576,
+                          Double(total) / 1_048_576, total > 0 ? Double(done) * 100 / Double(total) : 0, rate / 1_048_576)
+        if rate > 0, total > done { line += String(format: ", about %.0f s left", Double(total - done) / rate) }
+        if terminal {
+            writeStandardError("\r\u{1B}[K" + line)
+            drawn = true
+        } else {
+            printError(line)
+        }
+    }
+
+    /// Ends the line drawn in place, if any, so that what follows starts on its own line.
+    func finish() { clear() }
+
+    private func clear() {
+        guard drawn else { return }
+        writeStandardError("\r\u{1B}[K")
+        drawn = false
     }
 }

@@ -65,6 +65,11 @@ enum CaptureFile {
     static let directory: URL = {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("replay-tests-\(getpid())")
         try? FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        // Removed when the test process exits: the tests leave nothing behind.
+        atexit {
+            try? FileManager.default.removeItem(
+                at: FileManager.default.temporaryDirectory.appendingPathComponent("replay-tests-\(getpid())"))
+        }
         return url
     }()
 

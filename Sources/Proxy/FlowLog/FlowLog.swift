@@ -99,6 +99,19 @@ public final class FlowLog: Sendable {
     }
 }
 
+/// An object and its JSON text (`JSONObject.Value.prebuilt`).
+public final class PrebuiltJSON: Sendable {
+    public let object: JSONObject
+    public let text: [UInt8]
+
+    public init(_ object: JSONObject) {
+        self.object = object
+        var text: [UInt8] = []
+        object.serialize(into: &text)
+        self.text = text
+    }
+}
+
 /// An ordered JSON object built by hand: flow records have a fixed shape and are written
 /// on the hot path, so they skip Foundation's encoders.
 public struct JSONObject: Sendable {
@@ -109,6 +122,10 @@ public struct JSONObject: Sendable {
         case bool(Bool)
         case object(JSONObject)
         case array([Value])
+        /// An object with its JSON text made once, for parts that many records share (a
+        /// connection's addresses, its endpoints): written by copying the text, read through
+        /// the subscript as `.object`.
+        case prebuilt(PrebuiltJSON)
     }
 
     public private(set) var fields: [(String, Value)] = []
@@ -116,7 +133,11 @@ public struct JSONObject: Sendable {
     public init() {}
 
     public subscript(key: String) -> Value? {
-        get { fields.first { $0.0 == key }?.1 }
+        get {
+            guard let value = fields.first(where: { $0.0 == key })?.1 else { return nil }
+            if case .prebuilt(let prebuilt) = value { return .object(prebuilt.object) }
+            return value
+        }
         set {
             if let index = fields.firstIndex(where: { $0.0 == key }) {
                 if let newValue { fields[index].1 = newValue } else { fields.remove(at: index) }
@@ -159,6 +180,7 @@ public struct JSONObject: Sendable {
         case .unsigned(let number): out.append(contentsOf: String(number).utf8)
         case .bool(let flag): out.append(contentsOf: (flag ? "true" : "false").utf8)
         case .object(let object): object.serialize(into: &out)
+        case .prebuilt(let prebuilt): out.append(contentsOf: prebuilt.text)
         case .array(let values):
             out.append(UInt8(ascii: "["))
             for (index, element) in values.enumerated() {
@@ -168,6 +190,9 @@ public struct JSONObject: Sendable {
             out.append(UInt8(ascii: "]"))
         }
     }
+
+    /// `self` with its JSON text made now, to be shared by the records that carry it.
+    public var prebuilt: Value { .prebuilt(PrebuiltJSON(self)) }
 
     /// `text` as a JSON string literal, quotes included.
     public static func quoted(_ text: String) -> String {

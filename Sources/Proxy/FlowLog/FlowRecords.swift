@@ -16,17 +16,28 @@ public enum FlowRecords {
 
     /// A record: the common fields from `verdict` to `is_reply` (endpoints, direction and
     /// `isReply` only when given), then whatever `details` adds, then `Summary`.
-    public static func record(verdict: FlowVerdict, path: FlowPath, endpoints: (source: FlowEndpoint, destination: FlowEndpoint)? = nil,
+    public static func record(time: UInt64? = nil, verdict: FlowVerdict, path: FlowPath,
+                              endpoints: (source: FlowEndpoint, destination: FlowEndpoint)? = nil,
                               type: FlowType, direction: Direction? = nil, isReply: Bool? = nil, summary: String,
                               details: (inout JSONObject) -> Void = { _ in }) -> JSONObject {
+        record(time: time ?? WallClock.nanosecondsNow(), verdict: verdict, ip: .object(ip(path)), l4: l4(path).map { .object($0) },
+               endpoints: endpoints.map { (.object($0.source.json), .object($0.destination.json)) }, type: type,
+               direction: direction, isReply: isReply, summary: summary, details: details)
+    }
+
+    /// The frame with its parts already made (`L7RecordParts` keeps a connection's).
+    static func record(time: UInt64, verdict: FlowVerdict, ip: JSONObject.Value, l4: JSONObject.Value?,
+                       endpoints: (source: JSONObject.Value, destination: JSONObject.Value)?, type: FlowType,
+                       direction: Direction?, isReply: Bool?, summary: String,
+                       details: (inout JSONObject) -> Void) -> JSONObject {
         var record = JSONObject()
-        record.add("time", .string(WallClock.rfc3339Now()))
+        record.add("time", .string(WallClock.rfc3339(time)))
         record.add("verdict", .string(verdict.rawValue))
-        record.add("IP", .object(ip(path)))
-        if let l4 = l4(path) { record.add("l4", .object(l4)) }
+        record.add("IP", ip)
+        if let l4 { record.add("l4", l4) }
         if let endpoints {
-            record.add("source", .object(endpoints.source.json))
-            record.add("destination", .object(endpoints.destination.json))
+            record.add("source", endpoints.source)
+            record.add("destination", endpoints.destination)
         }
         record.add("Type", .string(type.rawValue))
         if let direction { record.add("traffic_direction", .string(direction == .ingress ? "INGRESS" : "EGRESS")) }
@@ -61,18 +72,24 @@ public enum FlowRecords {
     /// `egress_denied_by`: the policies (`namespace/name`, or a bare name) of `rules`, once
     /// each, sorted, under the key of their direction and of the outcome (`allowed`).
     static func appendPolicies(of rules: [RuleReference], allowed: Bool, to record: inout JSONObject) {
+        for (key, value) in policyFields(of: rules, allowed: allowed) { record[key] = value }
+    }
+
+    static func policyFields(of rules: [RuleReference], allowed: Bool) -> [(String, JSONObject.Value)] {
+        var fields: [(String, JSONObject.Value)] = []
         for ruleDirection in [Direction.ingress, .egress] {
             let names = Set(rules.filter { $0.direction == ruleDirection }.map(\.policy))
             guard !names.isEmpty else { continue }
             let key = (ruleDirection == .ingress ? "ingress_" : "egress_") + (allowed ? "allowed_by" : "denied_by")
-            record[key] = .array(names.sorted().map { name in
+            fields.append((key, .array(names.sorted().map { name in
                 var policy = JSONObject()
                 let parts = name.split(separator: "/", maxSplits: 1)
                 if parts.count == 2 { policy["namespace"] = .string(String(parts[0])) }
                 policy["name"] = .string(String(parts.last ?? ""))
-                return .object(policy)
-            })
+                return policy.prebuilt
+            })))
         }
+        return fields
     }
 
     // MARK: The L4 relay
@@ -112,8 +129,8 @@ public enum FlowRecords {
     /// A connection or datagram the proxy refused; with `destination`, the record carries
     /// the L4 ports of `transport` ("TCP" or "UDP") too.
     public static func dropped(client: SocketAddress, destination: SocketAddress? = nil, transport: String = "TCP",
-                               listener: String, reason: String) -> JSONObject {
-        record(verdict: .dropped, path: FlowPath(source: client, destination: destination, transport: transport), type: .l3l4,
+                               listener: String, reason: String, time: UInt64? = nil) -> JSONObject {
+        record(time: time, verdict: .dropped, path: FlowPath(source: client, destination: destination, transport: transport), type: .l3l4,
                summary: "dropped from \(client)" + (destination.map { " to \($0)" } ?? "") + ": \(reason)") { record in
             record["drop_reason_desc"] = .string(reason)
             var proxy = JSONObject()
@@ -133,18 +150,30 @@ public enum FlowRecords {
     public static func l7(verdict: FlowVerdict, connection: ConnectionIdentities, direction: Direction, type: L7FlowType,
                           latency: UInt64? = nil, protocolName: String, fields: JSONObject,
                           rules: [RuleReference], allowed: Bool, summary: String) -> JSONObject {
+        var parts = L7RecordParts()
+        return l7(verdict: verdict, connection: connection, parts: &parts, time: WallClock.nanosecondsNow(), direction: direction,
+                  type: type, latency: latency, protocolName: protocolName, fields: fields, rules: rules, allowed: allowed,
+                  summary: summary)
+    }
+
+    /// `l7(...)` for a session that keeps its connection's record parts (`parts`), with the
+    /// record's `time` (nanoseconds since the epoch) from its clock.
+    public static func l7(verdict: FlowVerdict, connection: ConnectionIdentities, parts: inout L7RecordParts, time: UInt64,
+                          direction: Direction, type: L7FlowType, latency: UInt64? = nil, protocolName: String,
+                          fields: JSONObject, rules: [RuleReference], allowed: Bool, summary: String) -> JSONObject {
         let isReply = type == .response
-        let forward = FlowPath(source: connection.client, destination: connection.server, transport: connection.transport.rawValue)
-        let source = FlowEndpoint(connection.source), destination = FlowEndpoint(connection.destination)
-        return record(verdict: verdict, path: isReply ? forward.reversed : forward,
-                      endpoints: isReply ? (destination, source) : (source, destination),
+        let made = parts.made(for: connection)
+        let policies = parts.policies(of: rules, allowed: allowed)
+        return record(time: time, verdict: verdict, ip: isReply ? made.replyIP : made.forwardIP,
+                      l4: isReply ? made.replyL4 : made.forwardL4,
+                      endpoints: isReply ? (made.destination, made.source) : (made.source, made.destination),
                       type: .l7, direction: direction, isReply: isReply, summary: summary) { record in
             var l7 = JSONObject()
-            l7["type"] = .string(type.rawValue)
-            if let latency { l7["latency_ns"] = .unsigned(latency) }
-            l7[protocolName] = .object(fields)
-            record["l7"] = .object(l7)
-            appendPolicies(of: rules, allowed: allowed, to: &record)
+            l7.add("type", .string(type.rawValue))
+            if let latency { l7.add("latency_ns", .unsigned(latency)) }
+            l7.add(protocolName, .object(fields))
+            record.add("l7", .object(l7))
+            for (key, value) in policies { record.add(key, value) }
         }
     }
 
@@ -153,16 +182,28 @@ public enum FlowRecords {
     public static func http(verdict: FlowVerdict, connection: ConnectionIdentities, direction: Direction, type: L7FlowType,
                             method: String?, url: String?, code: Int?, latency: UInt64?, rules: [RuleReference], allowed: Bool,
                             version: String = "HTTP/1.1") -> JSONObject {
+        var parts = L7RecordParts()
+        return http(verdict: verdict, connection: connection, parts: &parts, time: WallClock.nanosecondsNow(),
+                    direction: direction, type: type, method: method, url: url, code: code, latency: latency, rules: rules,
+                    allowed: allowed, version: version)
+    }
+
+    /// `http(...)` for a session that keeps its connection's record parts.
+    public static func http(verdict: FlowVerdict, connection: ConnectionIdentities, parts: inout L7RecordParts, time: UInt64,
+                            direction: Direction, type: L7FlowType, method: String?, url: String?, code: Int?,
+                            latency: UInt64?, rules: [RuleReference], allowed: Bool, version: String = "HTTP/1.1") -> JSONObject {
         var http = JSONObject()
-        if let code { http["code"] = .unsigned(UInt64(code)) }
-        if let method { http["method"] = .string(method) }
-        if let url { http["url"] = .string(url) }
-        http["protocol"] = .string(version)
-        let what = [method, url].compactMap { $0 }.joined(separator: " ")
-        let summary = "\(version) \(type == .request ? "request" : "response")" + (what.isEmpty ? "" : " \(what)")
-            + (code.map { " \($0)" } ?? "") + " \(verdict.rawValue.lowercased())"
-        return l7(verdict: verdict, connection: connection, direction: direction, type: type, latency: latency,
-                  protocolName: "http", fields: http, rules: rules, allowed: allowed, summary: summary)
+        if let code { http.add("code", .unsigned(UInt64(code))) }
+        if let method { http.add("method", .string(method)) }
+        if let url { http.add("url", .string(url)) }
+        http.add("protocol", .string(version))
+        var summary = version + (type == .request ? " request" : " response")
+        if let method { summary += " " + method }
+        if let url { summary += " " + url }
+        if let code { summary += " \(code)" }
+        summary += verdict == .forwarded ? " forwarded" : " " + verdict.rawValue.lowercased()
+        return l7(verdict: verdict, connection: connection, parts: &parts, time: time, direction: direction, type: type,
+                  latency: latency, protocolName: "http", fields: http, rules: rules, allowed: allowed, summary: summary)
     }
 
     // MARK: The datapath
@@ -195,6 +236,62 @@ public enum FlowRecords {
             if let policy { record["policy"] = .string(policy) }
         }
     }
+}
+
+/// The parts of a connection's L7 records that stay the same from one record to the next:
+/// both directions' addresses and both ends, made (with their JSON text) on the first
+/// record, and the policy lists of the last verdict. A session keeps one; nothing is made
+/// while no record is.
+public struct L7RecordParts {
+    final class Made {
+        let forwardIP, replyIP, source, destination: JSONObject.Value
+        let forwardL4, replyL4: JSONObject.Value?
+
+        init(_ connection: ConnectionIdentities) {
+            let forward = FlowPath(source: connection.client, destination: connection.server,
+                                   transport: connection.transport.rawValue)
+            let reply = forward.reversed
+            forwardIP = FlowRecords.ip(forward).prebuilt
+            replyIP = FlowRecords.ip(reply).prebuilt
+            forwardL4 = FlowRecords.l4(forward)?.prebuilt
+            replyL4 = FlowRecords.l4(reply)?.prebuilt
+            source = FlowEndpoint(connection.source).json.prebuilt
+            destination = FlowEndpoint(connection.destination).json.prebuilt
+        }
+    }
+
+    private var made: Made?
+    /// The policy lists of the verdicts seen so far, by deciding rules (a connection meets
+    /// few; past `maximumRemembered` they are forgotten and made again).
+    private var policyLists: [PolicyListKey: [(String, JSONObject.Value)]] = [:]
+    private static let maximumRemembered = 32
+
+    private struct PolicyListKey: Hashable {
+        var rules: [RuleReference]
+        var allowed: Bool
+    }
+
+    public init() {}
+
+    mutating func made(for connection: ConnectionIdentities) -> Made {
+        if let made { return made }
+        let fresh = Made(connection)
+        made = fresh
+        return fresh
+    }
+
+    mutating func policies(of rules: [RuleReference], allowed: Bool) -> [(String, JSONObject.Value)] {
+        if rules.isEmpty { return [] }
+        let key = PolicyListKey(rules: rules, allowed: allowed)
+        if let fields = policyLists[key] { return fields }
+        if policyLists.count >= Self.maximumRemembered { policyLists.removeAll() }
+        let fields = FlowRecords.policyFields(of: rules, allowed: allowed)
+        policyLists[key] = fields
+        return fields
+    }
+
+    /// Forgets what was made (the connection's identities changed: a policy reload).
+    public mutating func reset() { self = L7RecordParts() }
 }
 
 /// Hubble's `Verdict`: what became of the flow.

@@ -13,12 +13,17 @@ public struct SessionContext {
     /// relayed as it was, so that recorded traffic replayed through the session stays in step
     /// with what the recorded server answered (`sluice replay`). Off in the live proxy.
     public var audit: Bool
+    /// The clocks for latencies, timeouts and record times: the system's live, the
+    /// capture's in a replay.
+    public var clock: SessionClock
 
-    public init(identities: ConnectionIdentities, policy: WorkerPolicy?, reporter: L7FlowReporter?, audit: Bool = false) {
+    public init(identities: ConnectionIdentities, policy: WorkerPolicy?, reporter: L7FlowReporter?, audit: Bool = false,
+                clock: SessionClock = .system) {
         self.identities = identities
         self.policy = policy
         self.reporter = reporter
         self.audit = audit
+        self.clock = clock
     }
 }
 
@@ -84,7 +89,8 @@ public struct SessionRegistry: Sendable {
         let httpSettings = configuration.http
         registry.register(.http, stream: { context in
             HTTPPolicySession(limits: httpLimits, settings: httpSettings, policy: context.policy,
-                              identities: context.identities, reporter: context.reporter, audit: context.audit)
+                              identities: context.identities, reporter: context.reporter, audit: context.audit,
+                              clock: context.clock.monotonic, wallClock: context.clock.wall)
         })
         let deniedRCode = configuration.dns.deniedAnswer == .nameError ? DNSAnswers.nameError : DNSAnswers.refused
         let dnsResponseTimeout = configuration.dns.responseTimeout

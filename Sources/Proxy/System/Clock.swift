@@ -13,21 +13,60 @@ public enum MonotonicClock {
 
 /// Wall-clock time for flow records, as RFC 3339 text with nanoseconds.
 public enum WallClock {
-    public static func rfc3339Now() -> String {
+    /// Nanoseconds since the Unix epoch.
+    public static func nanosecondsNow() -> UInt64 {
         var time = timespec()
         clock_gettime(CLOCK_REALTIME, &time)
-        var seconds = time.tv_sec
+        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+    }
+
+    public static func rfc3339Now() -> String { rfc3339(nanosecondsNow()) }
+
+    /// `2026-12-01T16:23:17.123456789Z` for a time in nanoseconds since the epoch: digits
+    /// written straight into the string (a record each request carries one).
+    public static func rfc3339(_ nanoseconds: UInt64) -> String {
+        var seconds = time_t(nanoseconds / 1_000_000_000)
         var parts = tm()
         gmtime_r(&seconds, &parts)
-        func pad(_ value: Int32, _ width: Int) -> String {
-            let text = String(value)
-            return String(repeating: "0", count: max(0, width - text.count)) + text
+        return String(unsafeUninitializedCapacity: 30) { text in
+            var at = 0
+            func digits(_ value: Int, _ width: Int) {
+                var value = value
+                for index in stride(from: at + width - 1, through: at, by: -1) {
+                    text[index] = UInt8(ascii: "0") &+ UInt8(value % 10)
+                    value /= 10
+                }
+                at += width
+            }
+            func mark(_ character: Unicode.Scalar) {
+                text[at] = UInt8(ascii: character)
+                at += 1
+            }
+            digits(Int(parts.tm_year) + 1900, 4); mark("-")
+            digits(Int(parts.tm_mon) + 1, 2); mark("-")
+            digits(Int(parts.tm_mday), 2); mark("T")
+            digits(Int(parts.tm_hour), 2); mark(":")
+            digits(Int(parts.tm_min), 2); mark(":")
+            digits(Int(parts.tm_sec), 2); mark(".")
+            digits(Int(nanoseconds % 1_000_000_000), 9); mark("Z")
+            return at
         }
-        let nanos = String(time.tv_nsec)
-        let fraction = String(repeating: "0", count: 9 - nanos.count) + nanos
-        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
-            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(fraction)Z"
     }
+}
+
+/// The clocks a session reads: the monotonic one for latencies and timeouts, the wall one
+/// for its records' times. Live traffic reads the system's; a replay reads the capture's, so
+/// that records carry when the recorded packet was seen and latencies are the recorded ones.
+public struct SessionClock: Sendable {
+    public var monotonic: @Sendable () -> UInt64
+    public var wall: @Sendable () -> UInt64
+
+    public init(monotonic: @escaping @Sendable () -> UInt64, wall: @escaping @Sendable () -> UInt64) {
+        self.monotonic = monotonic
+        self.wall = wall
+    }
+
+    public static let system = SessionClock(monotonic: MonotonicClock.now, wall: WallClock.nanosecondsNow)
 }
 
 /// The process's open-files limit (`RLIMIT_NOFILE`).

@@ -68,6 +68,10 @@ public final class CaptureReader {
     public let isCompressed: Bool
 
     private let handle: OpaquePointer
+    /// zlib's handle of a compressed file, for `bytesRead`.
+    private let compressedFile: UnsafeMutableRawPointer?
+    /// The file's size on disk (0 when unknown), for progress.
+    public let fileSize: Int64
 
     /// The link types `PacketDecoder` understands.
     public static let supportedLinkTypes: Set<Int32> = [
@@ -90,8 +94,9 @@ public final class CaptureReader {
         fclose(probe)
         let compressed = magicCount == 2 && magic == (0x1f, 0x8b)
         var opened: OpaquePointer?
+        var compressedFile: UnsafeMutableRawPointer?
         if compressed {
-            guard let stream = sluice_gzip_fopen(path) else {
+            guard let stream = sluice_gzip_fopen(path, &compressedFile) else {
                 throw .cannotOpen(path: path, reason: String(cString: strerror(errno)))
             }
             // pcap_fopen_offline owns `stream` from here, closing it on failure too.
@@ -120,6 +125,16 @@ public final class CaptureReader {
         self.linkType = linkType
         self.snapshotLength = Int(pcap_snapshot(handle))
         self.isCompressed = compressed
+        self.compressedFile = compressedFile
+        var status = stat()
+        fileSize = stat(path, &status) == 0 ? Int64(status.st_size) : 0
+    }
+
+    /// How many bytes of the file (compressed, for a gzip file) have been read so far.
+    public var bytesRead: Int64 {
+        if let compressedFile { return max(0, sluice_gzip_offset(compressedFile)) }
+        guard let file = pcap_file(handle) else { return 0 }
+        return max(0, Int64(ftello(file)))
     }
 
     deinit { pcap_close(handle) }

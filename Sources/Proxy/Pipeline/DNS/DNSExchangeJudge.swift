@@ -40,7 +40,10 @@ struct DNSExchangeJudge {
     private let context: SessionContext
     private var policies: [ConnectionPolicy]
     private var policyVersion: UInt64
-    private var identities: ConnectionIdentities
+    private var identities: ConnectionIdentities {
+        didSet { recordParts.reset() }
+    }
+    private var recordParts = L7RecordParts()
     /// The asking endpoint's address, for the learner (the client end never changes).
     private let clientAddress: IPAddress?
     private let deniedRCode: UInt8
@@ -206,7 +209,7 @@ struct DNSExchangeJudge {
         outstanding.removeAll()
     }
 
-    private func serverFailure(_ query: Outstanding) -> [UInt8] {
+    private mutating func serverFailure(_ query: Outstanding) -> [UInt8] {
         report(type: .response, verdict: .forwarded, direction: query.direction, query: query.name, rules: [],
                allowed: true, fields: Self.fields(["rcode": .unsigned(UInt64(DNSAnswers.serverFailure)),
                                                    "qtypes": .array([.string(query.qtype)])]),
@@ -302,14 +305,15 @@ struct DNSExchangeJudge {
         }
     }
 
-    private func report(type: L7FlowType, verdict: FlowVerdict, direction: Direction, query: String,
+    private mutating func report(type: L7FlowType, verdict: FlowVerdict, direction: Direction, query: String,
                         rules: [RuleReference], allowed: Bool, fields: @autoclosure () -> JSONObject, latency: UInt64? = nil,
                         summary: String? = nil) {
         guard let reporter = context.reporter else { return }
         var dns = fields()
         dns["query"] = .string(query)
         let what = type == .request ? "query" : "answer"
-        reporter.report(FlowRecords.l7(verdict: verdict, connection: identities, direction: direction, type: type,
+        reporter.report(FlowRecords.l7(verdict: verdict, connection: identities, parts: &recordParts, time: context.clock.wall(),
+                                       direction: direction, type: type,
                                        latency: latency, protocolName: "dns", fields: dns, rules: rules, allowed: allowed,
                                        summary: summary ?? "DNS \(what) \(query) \(verdict.rawValue.lowercased())"))
     }

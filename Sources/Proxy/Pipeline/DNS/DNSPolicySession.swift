@@ -24,9 +24,9 @@ public final class DNSPolicySession: L7DatagramSession {
     /// `learner` receives the addresses of each allowed answer before it is released (toFQDNs).
     public init(context: SessionContext, deniedRCode: UInt8 = DNSAnswers.refused,
                 responseTimeout: UInt64 = DNSSettings().responseTimeout, learner: FQDNLearning? = nil,
-                clock: @escaping () -> UInt64 = MonotonicClock.now) {
+                clock: (() -> UInt64)? = nil) {
         judge = DNSExchangeJudge(context: context, deniedRCode: deniedRCode, responseTimeout: responseTimeout,
-                                 learner: learner, clock: clock)
+                                 learner: learner, clock: clock ?? context.clock.monotonic)
     }
 
     public func clientDatagram(_ bytes: UnsafeRawBufferPointer) -> DatagramVerdict {

@@ -36,9 +36,9 @@ public final class DNSStreamPolicySession: L7Session {
     /// Parameters as for `DNSPolicySession`.
     public init(context: SessionContext, deniedRCode: UInt8 = DNSAnswers.refused,
                 responseTimeout: UInt64 = DNSSettings().responseTimeout, learner: FQDNLearning? = nil,
-                clock: @escaping () -> UInt64 = MonotonicClock.now) {
+                clock: (() -> UInt64)? = nil) {
         judge = DNSExchangeJudge(context: context, deniedRCode: deniedRCode, responseTimeout: responseTimeout,
-                                 learner: learner, clock: clock)
+                                 learner: learner, clock: clock ?? context.clock.monotonic)
         self.responseTimeout = responseTimeout
     }
 

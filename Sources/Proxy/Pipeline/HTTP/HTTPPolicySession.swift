@@ -14,9 +14,13 @@ public final class HTTPPolicySession: L7Session {
     /// peer and port, and a request after a policy change takes fresh ones first.
     private var policies: [ConnectionPolicy]
     private var policyVersion: UInt64
-    private var identities: ConnectionIdentities
+    private var identities: ConnectionIdentities {
+        didSet { recordParts.reset() }
+    }
     private let reporter: L7FlowReporter?
     private let clock: () -> UInt64
+    private let wallClock: () -> UInt64
+    private var recordParts = L7RecordParts()
     /// Start times of forwarded requests whose final response has not begun, in order.
     /// Requests owed a response, oldest first (`allowed` false only in audit mode: judged
     /// denied and relayed anyway).
@@ -39,7 +43,8 @@ public final class HTTPPolicySession: L7Session {
 
     public init(limits: HTTP1Limits, settings: HTTPSettings = HTTPSettings(), policy: WorkerPolicy?,
                 identities: ConnectionIdentities, reporter: L7FlowReporter?, audit: Bool = false,
-                clock: @escaping () -> UInt64 = MonotonicClock.now) {
+                clock: @escaping () -> UInt64 = MonotonicClock.now,
+                wallClock: @escaping () -> UInt64 = WallClock.nanosecondsNow) {
         http = HTTP1Connection(limits: limits)
         self.audit = audit
         self.settings = settings
@@ -49,6 +54,7 @@ public final class HTTPPolicySession: L7Session {
         policies = policy?.policies(for: identities) ?? []
         self.reporter = reporter
         self.clock = clock
+        self.wallClock = wallClock
     }
 
     /// Takes fresh identities and policy questions when the policy changed since they
@@ -297,7 +303,8 @@ public final class HTTPPolicySession: L7Session {
     private func record(type: String, verdict: String, direction: Direction, method: String?, url: String?,
                         code: Int?, latency: UInt64?, rules: [RuleReference], allowed: Bool) -> JSONObject {
         // The call sites pass the reference's spellings; anything else would be our bug, reported as an error.
-        FlowRecords.http(verdict: FlowVerdict(rawValue: verdict) ?? .error, connection: identities, direction: direction,
+        FlowRecords.http(verdict: FlowVerdict(rawValue: verdict) ?? .error, connection: identities, parts: &recordParts,
+                         time: wallClock(), direction: direction,
                          type: type == "RESPONSE" ? .response : .request, method: method, url: url, code: code,
                          latency: latency, rules: rules, allowed: allowed)
     }

@@ -36,9 +36,18 @@ public final class RecordedTraffic {
         public init() {}
     }
 
-    private struct Stream {
-        var identities: ConnectionIdentities
+    /// A class: each data event finds it with one lookup and runs its connection in place.
+    private final class Stream {
         var connection: MemoryConnection?
+
+        init(connection: MemoryConnection?) { self.connection = connection }
+    }
+
+    /// The capture time of what is being judged (nanoseconds since the epoch): the sessions'
+    /// clocks read it, so records carry when the packet was recorded and latencies are the
+    /// recorded ones. (Read and written on the replay's one thread.)
+    private final class CaptureTime: @unchecked Sendable {
+        var nanoseconds: UInt64 = 0
     }
 
     private struct FlowKey: Hashable {
@@ -52,6 +61,15 @@ public final class RecordedTraffic {
     private var streams: [Int: Stream] = [:]
     private var flows: [FlowKey: (identities: ConnectionIdentities, session: L7DatagramSession?)] = [:]
     public private(set) var counters = Counters()
+    private let captureTime = CaptureTime()
+    private let clock: SessionClock
+
+    /// When the recorded packet being handed in was captured (nanoseconds since the epoch);
+    /// set it before each call.
+    public var now: UInt64 {
+        get { captureTime.nanoseconds }
+        set { captureTime.nanoseconds = newValue }
+    }
 
     /// Flows remembered at once; past it the oldest half is forgotten (a later datagram of
     /// one starts it again, judged the same way).
@@ -61,6 +79,8 @@ public final class RecordedTraffic {
         self.policy = policy
         self.registry = registry
         self.reporter = reporter
+        let time = captureTime
+        clock = SessionClock(monotonic: { time.nanoseconds }, wall: { time.nanoseconds })
     }
 
     // MARK: TCP
@@ -71,10 +91,10 @@ public final class RecordedTraffic {
         counters.connections += 1
         let identities = policy.identities(client: client, server: server)
         let outcome = judge(identities)
-        var stream = Stream(identities: identities, connection: nil)
+        let stream = Stream(connection: nil)
         if case .judged(let kind) = outcome,
            let session = registry.streamSession(kind, context: SessionContext(identities: identities, policy: policy,
-                                                                            reporter: reporter, audit: true)) {
+                                                                            reporter: reporter, audit: true, clock: clock)) {
             var connection = MemoryConnection(session: session)
             connection.keepsDelivered = false
             stream.connection = connection
@@ -83,12 +103,16 @@ public final class RecordedTraffic {
         return outcome
     }
 
+    /// Whether a TCP connection between these ends would be judged as `kind` (its port's L7
+    /// rules), before it is opened: a replay entering a connection part-way asks first.
+    public func carries(_ kind: L7Protocol, client: SocketAddress, server: SocketAddress) -> Bool {
+        policy.requirement(for: policy.identities(client: client, server: server)) == .kind(kind)
+    }
+
     /// Bytes the connection's client (`fromClient`) or server sent, in recorded order.
     public func streamData(_ id: Int, fromClient: Bool, _ bytes: UnsafeRawBufferPointer) {
-        guard var connection = streams[id]?.connection, connection.closedReason == nil else { return }
-        streams[id]?.connection = nil // one owner while it runs: no copy of its buffers
-        if fromClient { connection.clientSends(bytes) } else { connection.serverSends(bytes) }
-        streams[id]?.connection = connection
+        guard let stream = streams[id], stream.connection?.closedReason == nil else { return }
+        if fromClient { stream.connection?.clientSends(bytes) } else { stream.connection?.serverSends(bytes) }
     }
 
     /// The connection ended (FIN either way, a reset, or the end of the capture).
@@ -119,7 +143,7 @@ public final class RecordedTraffic {
             var session: L7DatagramSession?
             if case .judged(let kind) = judge(identities) {
                 session = registry.datagramSession(kind, context: SessionContext(identities: identities, policy: policy,
-                                                                                reporter: reporter, audit: true))
+                                                                                reporter: reporter, audit: true, clock: clock))
             }
             flows[key] = (identities, session)
         }
@@ -142,7 +166,7 @@ public final class RecordedTraffic {
             counters.deniedAtLayer4 += 1
             reporter?.report(FlowRecords.dropped(client: identities.client, destination: identities.server,
                                                  transport: identities.transport == .udp ? "UDP" : "TCP",
-                                                 listener: "replay", reason: "POLICY_DENIED"))
+                                                 listener: "replay", reason: "POLICY_DENIED", time: now))
             return .deniedAtLayer4
         }
         switch policy.requirement(for: identities) {
@@ -167,7 +191,7 @@ public final class RecordedTraffic {
         counters.refused += 1
         reporter?.report(FlowRecords.dropped(client: identities.client, destination: identities.server,
                                              transport: identities.transport == .udp ? "UDP" : "TCP",
-                                             listener: "replay", reason: reason))
+                                             listener: "replay", reason: reason, time: now))
         return .refused(reason)
     }
 
