@@ -26,4 +26,24 @@ import Foundation
         #expect(tcp?["destination_port"] as? Int == 80)
         #expect((json["proxy"] as? [String: Any])?["bytes_from_server"] as? Int == 20)
     }
+
+    @Test func prebuiltPartsAreWrittenAsTheirTextAndReadAsObjects() {
+        var inner = JSONObject()
+        inner["source"] = .string("10.0.0.1")
+        var record = JSONObject()
+        record.add("IP", inner.prebuilt)
+        record.add("n", .unsigned(1))
+        #expect(record.serialized() == #"{"IP":{"source":"10.0.0.1"},"n":1}"#)
+        guard case .object(let read)? = record["IP"], case .string(let source)? = read["source"] else {
+            Issue.record("a prebuilt part must read as an object")
+            return
+        }
+        #expect(source == "10.0.0.1")
+    }
+
+    @Test func recordTimesAreRFC3339WithNanoseconds() {
+        #expect(WallClock.rfc3339(0) == "1970-01-01T00:00:00.000000000Z")
+        #expect(WallClock.rfc3339(1_790_000_000_123_456_789) == "2026-09-21T14:13:20.123456789Z")
+        #expect(WallClock.rfc3339(951_782_400_000_000_001) == "2000-02-29T00:00:00.000000001Z")
+    }
 }
