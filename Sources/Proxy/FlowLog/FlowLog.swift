@@ -132,6 +132,12 @@ public struct JSONObject: Sendable {
 
     public init() {}
 
+    /// An empty object with room for `capacity` fields (a record's shape is known: one
+    /// allocation instead of one per doubling).
+    public init(capacity: Int) {
+        fields.reserveCapacity(capacity)
+    }
+
     public subscript(key: String) -> Value? {
         get {
             guard let value = fields.first(where: { $0.0 == key })?.1 else { return nil }

@@ -30,7 +30,7 @@ public enum FlowRecords {
                        endpoints: (source: JSONObject.Value, destination: JSONObject.Value)?, type: FlowType,
                        direction: Direction?, isReply: Bool?, summary: String,
                        details: (inout JSONObject) -> Void) -> JSONObject {
-        var record = JSONObject()
+        var record = JSONObject(capacity: 16)
         record.add("time", .string(WallClock.rfc3339(time)))
         record.add("verdict", .string(verdict.rawValue))
         record.add("IP", ip)
@@ -43,7 +43,7 @@ public enum FlowRecords {
         if let direction { record.add("traffic_direction", .string(direction == .ingress ? "INGRESS" : "EGRESS")) }
         if let isReply { record.add("is_reply", .bool(isReply)) }
         details(&record)
-        record["Summary"] = .string(summary)
+        record.add("Summary", .string(summary))
         return record
     }
 
@@ -168,7 +168,7 @@ public enum FlowRecords {
                       l4: isReply ? made.replyL4 : made.forwardL4,
                       endpoints: isReply ? (made.destination, made.source) : (made.source, made.destination),
                       type: .l7, direction: direction, isReply: isReply, summary: summary) { record in
-            var l7 = JSONObject()
+            var l7 = JSONObject(capacity: 3)
             l7.add("type", .string(type.rawValue))
             if let latency { l7.add("latency_ns", .unsigned(latency)) }
             l7.add(protocolName, .object(fields))
@@ -192,7 +192,7 @@ public enum FlowRecords {
     public static func http(verdict: FlowVerdict, connection: ConnectionIdentities, parts: inout L7RecordParts, time: UInt64,
                             direction: Direction, type: L7FlowType, method: String?, url: String?, code: Int?,
                             latency: UInt64?, rules: [RuleReference], allowed: Bool, version: String = "HTTP/1.1") -> JSONObject {
-        var http = JSONObject()
+        var http = JSONObject(capacity: 4)
         if let code { http.add("code", .unsigned(UInt64(code))) }
         if let method { http.add("method", .string(method)) }
         if let url { http.add("url", .string(url)) }
