@@ -57,6 +57,14 @@ public final class HTTP2PolicySession: L7Session {
     public init(limits: HTTP2Limits = .standard, settings: HTTPSettings = HTTPSettings(), policy: WorkerPolicy?,
                 identities: ConnectionIdentities, reporter: L7FlowReporter?, audit: Bool = false,
                 clock: @escaping () -> UInt64 = MonotonicClock.now) {
+        var limits = limits
+        if audit {
+            // A recording's peers kept to each other's windows and stream limits, not to
+            // the proxy's: take whatever they sent (nothing waits for a reader here).
+            limits.streamWindowBytes = Int32.max
+            limits.connectionWindowBytes = Int32.max
+            limits.maximumConcurrentStreams = UInt32(Int32.max)
+        }
         downstream = HTTP2Endpoint(role: .server, limits: limits)
         upstream = HTTP2Endpoint(role: .client, limits: limits)
         judge = HTTPRequestJudge(policy: policy, identities: identities)
