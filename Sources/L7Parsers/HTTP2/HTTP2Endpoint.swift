@@ -89,6 +89,8 @@ public final class HTTP2Endpoint {
         var ended = false
         var trailers: [HTTP2Header] = []
         var deferred = false
+        /// RST_STREAM to send once the body went out (a server's NO_ERROR after an early response).
+        var resetCode: UInt32?
         var remaining: Int { bytes.count - start }
     }
 
@@ -250,6 +252,13 @@ public final class HTTP2Endpoint {
     /// Resets `stream` with `errorCode` (RST_STREAM).
     public func resetStream(_ stream: Int32, errorCode: UInt32) {
         nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, errorCode)
+    }
+
+    /// Resets `stream` with `errorCode` once its body has gone out whole (at once when it has
+    /// none being sent): RST_STREAM would otherwise overtake the DATA still queued.
+    public func resetAfterBody(_ stream: Int32, errorCode: UInt32) {
+        guard outgoing[stream] != nil else { return resetStream(stream, errorCode: errorCode) }
+        outgoing[stream]!.resetCode = errorCode
     }
 
     /// Sends GOAWAY: no stream above `lastStreamID` (default: the last the peer opened) was
@@ -417,6 +426,9 @@ public final class HTTP2Endpoint {
         if body.remaining == 0 {
             if body.ended {
                 flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue)
+                if let code = body.resetCode {
+                    nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, code)
+                }
                 if !body.trailers.isEmpty {
                     flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
                     let trailers = body.trailers

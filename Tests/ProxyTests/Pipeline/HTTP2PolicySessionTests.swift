@@ -274,6 +274,25 @@ import PolicyEngine
         #expect(harness.http2Session?.isIdle == true)
     }
 
+    /// nginx answers before reading a request body, then resets the stream NO_ERROR (RFC 9113
+    /// §8.1): the client gets the whole response, then the reset, as from the server itself.
+    @Test func anEarlyResponseThenNoErrorResetReachTheClientInOrder() throws {
+        let harness = try Harness(policy: Self.openPolicy)
+        harness.serve = nil
+        let stream = harness.request("POST", "/upload", body: [UInt8](repeating: 1, count: 200_000), endBody: false)
+        let serverStream = try #require(harness.arrivals.first)
+        harness.server.submitResponse(stream: serverStream, [HTTP2Header(":status", "200")], hasBody: true)
+        harness.server.appendBody(stream: serverStream, [UInt8](repeating: 2, count: 100_000))
+        harness.server.endBody(stream: serverStream)
+        harness.pump()
+        harness.server.resetStream(serverStream, errorCode: 0)
+        harness.pump()
+        #expect(harness.responses[stream]?.status == "200")
+        #expect(harness.responses[stream]?.body.count == 100_000)
+        #expect(harness.responses[stream]?.closed == 0)
+        #expect(harness.http2Session?.isIdle == true)
+    }
+
     @Test func serverResetReachesTheClient() throws {
         let harness = try Harness(policy: Self.openPolicy)
         harness.serve = { harness, stream, _ in harness.server.resetStream(stream, errorCode: 7) }  // REFUSED_STREAM

@@ -48,6 +48,8 @@ public final class HTTP2PolicySession: L7Session {
         var direction: Direction
         var allowed: Bool
         var awaitingResponse: Bool
+        /// The client ended its request (END_STREAM).
+        var requestEnded: Bool
     }
 
     /// Bytes of one endpoint's output handed to the driver per step.
@@ -180,8 +182,10 @@ public final class HTTP2PolicySession: L7Session {
                 downstream.consume(stream: id, count: bytes.count)
             }
         case .endOfBody(let id):
+            streams[id]?.requestEnded = true
             if let upstreamID = streams[id]?.upstreamID { upstream.endBody(stream: upstreamID) }
         case .trailers(let id, let headers):
+            streams[id]?.requestEnded = true
             if let upstreamID = streams[id]?.upstreamID { upstream.endBody(stream: upstreamID, trailers: headers) }
         case .closed(let id, let errorCode):
             guard let stream = streams.removeValue(forKey: id) else { return }
@@ -227,6 +231,11 @@ public final class HTTP2PolicySession: L7Session {
             if errorCode != NGHTTP2_NO_ERROR.rawValue {
                 // The server reset the stream (or it was refused, or broke the protocol).
                 downstream.resetStream(id, errorCode: errorCode)
+            } else if streams[id]?.requestEnded == false {
+                // RFC 9113 §8.1: the server answered before the request ended and asks the client
+                // to stop sending "by sending a RST_STREAM with an error code of NO_ERROR after
+                // sending a complete response": relayed after the response, in that order.
+                downstream.resetAfterBody(id, errorCode: NGHTTP2_NO_ERROR.rawValue)
             }
         case .bodyTaken(let upstreamID, let count):
             // Request body bytes left for the server: the client may send as much more.
@@ -276,7 +285,7 @@ public final class HTTP2PolicySession: L7Session {
                 deniedCount += 1
                 reportRequest(method: method, url: path, judgement: .init(allowed: false))
                 streams[id] = Stream(upstreamID: nil, method: method, url: path, start: clock(), direction: .ingress,
-                                     allowed: false, awaitingResponse: false)
+                                     allowed: false, awaitingResponse: false, requestEnded: endStream)
                 return answer(stream: id, status: 400, body: Array("Bad Request\r\n".utf8))
             }
         }
@@ -287,7 +296,7 @@ public final class HTTP2PolicySession: L7Session {
         let judgement = judge.judge(facts)
         if judgement.allowed { allowedCount += 1 } else { deniedCount += 1 }
         var stream = Stream(upstreamID: nil, method: method, url: url, start: clock(), direction: judgement.direction,
-                            allowed: judgement.allowed, awaitingResponse: false)
+                            allowed: judgement.allowed, awaitingResponse: false, requestEnded: endStream)
         reportRequest(method: method, url: url, judgement: judgement)
         guard judgement.allowed || audit else {
             streams[id] = stream
