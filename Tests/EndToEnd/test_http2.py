@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, Nginx, free_port, wait_for_port
+from conftest import ROOT, SLUICE, Nginx, free_port, require_root, wait_for_port
 from test_hostile import config, write_policy
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -231,3 +231,39 @@ def test_grpc_through_sluice(workdir, start_sluice):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_replay_judges_an_h2c_capture(workdir):
+    """`sluice replay` on traffic captured between nghttp and nginx h2c (no proxy between them):
+    each stream judged by the same session in audit mode. Root (tcpdump)."""
+    require_root("tcpdump on the loopback interface")
+    nginx = Nginx(workdir, free_port(), LOCATIONS.replace("WWW", str(workdir / "nginx" / "www")),
+                  listen_options="http2")
+    capture = workdir / "h2c.pcap"
+    tcpdump = subprocess.Popen(["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-w", str(capture), f"tcp port {nginx.port}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "listening on" in tcpdump.stderr.readline()
+        urls = [f"http://127.0.0.1:{nginx.port}{path}" for path in ("/api/a", "/admin", "/api/b")]
+        result = subprocess.run(["nghttp", "-n", *urls], capture_output=True, text=True, timeout=20)
+        assert result.returncode == 0, result.stderr
+        code, _, _ = curl2(nginx.port, "/admin?again")
+        assert code == "200", "nothing between them: nginx answers /admin"
+        time.sleep(0.3)
+    finally:
+        tcpdump.terminate()
+        tcpdump.wait(5)
+        nginx.stop()
+    write_policy(workdir, nginx.port, RULES)
+    output = workdir / "replay.json"
+    result = subprocess.run([SLUICE, "replay", str(capture), "--policy", str(workdir / "policy.yaml"),
+                             "--endpoints", str(workdir / "endpoints.yaml"), "--output", str(output)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
+    requests = sorted((r["l7"]["http"]["url"], r["verdict"], r["l7"]["http"]["protocol"])
+                      for r in records if r.get("Type") == "L7" and r["l7"]["type"] == "REQUEST")
+    assert requests == [("/admin", "DROPPED", "HTTP/2"), ("/admin?again", "DROPPED", "HTTP/2"),
+                        ("/api/a", "FORWARDED", "HTTP/2"), ("/api/b", "FORWARDED", "HTTP/2")], result.stderr
+    responses = [r for r in records if r.get("Type") == "L7" and r["l7"]["type"] == "RESPONSE"]
+    assert len(responses) == 4 and {r["l7"]["http"]["code"] for r in responses} == {200}

@@ -208,7 +208,12 @@ public final class HTTP2Endpoint {
     /// Opens a stream with `headers` (pseudo-header fields first); with `hasBody`, its body
     /// comes through `appendBody`/`endBody`. Returns the stream ID, or nil when no stream
     /// can be opened (the peer said GOAWAY, stream IDs ran out).
-    public func submitRequest(_ headers: [HTTP2Header], hasBody: Bool) -> Int32? {
+    /// `streamID`, when given and not below the next free one, is the ID the stream gets
+    /// (a proxy keeps its client's stream IDs, so a recording's server answers line up).
+    public func submitRequest(_ headers: [HTTP2Header], hasBody: Bool, streamID: Int32? = nil) -> Int32? {
+        if let streamID, role == .client, streamID & 1 == 1, UInt32(streamID) >= nghttp2_session_get_next_stream_id(session) {
+            nghttp2_session_set_next_stream_id(session, streamID)
+        }
         let stream = withHeaderList(headers) { list, count in
             hasBody ? withDataProvider { nghttp2_submit_request(session, nil, list, count, $0, nil) }
                 : nghttp2_submit_request(session, nil, list, count, nil, nil)

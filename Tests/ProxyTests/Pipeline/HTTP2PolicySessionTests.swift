@@ -332,6 +332,49 @@ import PolicyEngine
         }
     }
 
+    /// Replay: a conversation recorded between a client and a server (no proxy between them)
+    /// is judged stream by stream in audit mode; the denied stream is reported and relayed,
+    /// so that the recorded server's answers stay in step.
+    @Test func aRecordedConversationIsJudgedInAuditMode() throws {
+        // Record: client and server endpoints talking directly.
+        let client = HTTP2Endpoint(role: .client), server = HTTP2Endpoint(role: .server)
+        var fromClient: [UInt8] = [], fromServer: [UInt8] = []
+        func head(_ method: String, _ path: String) -> [HTTP2Header] {
+            [HTTP2Header(":method", method), HTTP2Header(":scheme", "http"), HTTP2Header(":authority", "b"),
+             HTTP2Header(":path", path)]
+        }
+        for (method, path) in [("GET", "/api/a"), ("DELETE", "/api/a"), ("GET", "/api/b")] {
+            _ = client.submitRequest(head(method, path), hasBody: false)
+        }
+        for _ in 0..<6 {
+            if case .success(let bytes) = client.takeOutput(limit: 1 << 20) {
+                fromClient += bytes
+                _ = bytes.withUnsafeBytes { server.receive($0) }
+            }
+            for event in server.takeEvents() {
+                if case .head(let stream, _, _) = event {
+                    server.submitResponse(stream: stream, [HTTP2Header(":status", "200")], hasBody: true)
+                    server.appendBody(stream: stream, Array("ok".utf8))
+                    server.endBody(stream: stream)
+                }
+            }
+            if case .success(let bytes) = server.takeOutput(limit: 1 << 20) {
+                fromServer += bytes
+                _ = bytes.withUnsafeBytes { client.receive($0) }
+            }
+            _ = client.takeEvents()
+        }
+        // Replay through the registry's session in audit mode.
+        let harness = try Harness(audit: true)
+        harness.connection.clientSends(fromClient)
+        harness.connection.serverSends(fromServer)
+        #expect(AuditModeTests.verdicts(harness.collector) == [
+            "request FORWARDED", "request DROPPED", "request FORWARDED",
+            "response FORWARDED", "response DROPPED", "response FORWARDED",
+        ])
+        #expect(harness.connection.closedReason == nil)
+    }
+
     static let openPolicy = """
         apiVersion: cilium.io/v2
         kind: CiliumNetworkPolicy

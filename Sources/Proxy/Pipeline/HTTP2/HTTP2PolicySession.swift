@@ -315,7 +315,7 @@ public final class HTTP2PolicySession: L7Session {
             return
         }
         if judgement.allowed { apply(judgement.actions, to: &forwarded) }
-        guard let upstreamID = upstream.submitRequest(forwarded, hasBody: !endStream) else {
+        guard let upstreamID = upstream.submitRequest(forwarded, hasBody: !endStream, streamID: id) else {
             // The server said GOAWAY: the client may retry elsewhere (RFC 9113 §8.7).
             downstream.resetStream(id, errorCode: NGHTTP2_REFUSED_STREAM.rawValue)
             return
