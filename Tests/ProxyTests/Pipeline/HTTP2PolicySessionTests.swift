@@ -375,18 +375,11 @@ import PolicyEngine
         #expect(harness.connection.closedReason == nil)
     }
 
-    static let openPolicy = """
-        apiVersion: cilium.io/v2
-        kind: CiliumNetworkPolicy
-        metadata: {name: backend, namespace: shop}
-        spec:
-          endpointSelector: {matchLabels: {app: backend}}
-          ingress:
-            - fromEndpoints: [{matchLabels: {app: frontend}}]
-              toPorts:
-                - ports: [{port: "8080", protocol: TCP}]
-                  rules:
-                    http:
-                      - {path: "/.*"}
-        """
+    /// HTTPPolicySessionTests' policy with one rule that allows every path.
+    static let openPolicy: String = {
+        let policy = HTTPPolicySessionTests.policy
+        let rules = policy.range(of: "http:\n")!
+        let indent = policy[rules.upperBound...].prefix { $0 == " " }
+        return policy[..<rules.upperBound] + indent + "- {path: \"/.*\"}\n"
+    }()
 }
