@@ -1,8 +1,9 @@
-"""End-to-end: HTTP/2 (prior knowledge, h2c) and gRPC through `sluice run` in explicit mode
-(no root), per-stream verdicts by the same HTTP rules as HTTP/1.1. What reached the server
-is asserted on nginx's access log and on the gRPC server's own record of every call.
+"""End-to-end: HTTP/2 (prior knowledge, h2c) and gRPC through `sluice run`, per-stream verdicts
+by the same HTTP rules as HTTP/1.1: in explicit mode (no root), through the eBPF datapath in
+the namespace lab (root), and `sluice replay` of an h2c capture (root, tcpdump). What reached
+the server is asserted on nginx's access log and on the gRPC server's own record of every call.
 Starts: the sluice binary, nginx with an h2c listener (`listen ... http2;` without TLS),
-curl --http2-prior-knowledge, nghttp, a grpcio server and client (Python)."""
+curl --http2-prior-knowledge, nghttp, a grpcio server and client (Python), scripts/lab, tcpdump."""
 import hashlib
 import json
 import subprocess
@@ -13,6 +14,7 @@ import time
 import pytest
 
 from conftest import ROOT, SLUICE, Nginx, free_port, require_root, wait_for_port
+from lab import lab  # noqa: F401  (fixture)
 from test_hostile import config, write_policy
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -267,3 +269,38 @@ def test_replay_judges_an_h2c_capture(workdir):
                         ("/api/a", "FORWARDED", "HTTP/2"), ("/api/b", "FORWARDED", "HTTP/2")], result.stderr
     responses = [r for r in records if r.get("Type") == "L7" and r["l7"]["type"] == "RESPONSE"]
     assert len(responses) == 4 and {r["l7"]["http"]["code"] for r in responses} == {200}
+
+
+def test_grpc_through_the_datapath_in_the_lab(lab, workdir, start_sluice):
+    """Transparent: the frontend's gRPC calls to the backend are diverted by the eBPF datapath
+    to sluice under configs/lab/policies.yaml (port 50051: only POST /shop.Orders/Get). Root."""
+    from test_datapath import BACKEND, Scenario, wait_until
+    scenario = Scenario(lab, workdir, start_sluice, "bpf")
+    calls = workdir / "lab-calls.jsonl"
+    lab.spawn(lab.ns("ep2"), PYTHON, "-c", GRPC_SERVER.replace('"127.0.0.1:"', f'"{BACKEND}:"'), "50051", str(calls))
+    wait_until(lambda: lab.run(lab.ns("ep2"), "python3", "-c",
+                               f"import socket; socket.create_connection(('{BACKEND}', 50051), 1)",
+                               check=False).returncode == 0, "the gRPC server")
+    proxy = scenario.start_proxy()
+    try:
+        code = textwrap.dedent(f"""
+            import grpc, json
+            channel = grpc.insecure_channel("{BACKEND}:50051")
+            out = {{}}
+            for name in ("Get", "Delete"):
+                try:
+                    out[name] = channel.unary_unary("/shop.Orders/" + name)(b"9", timeout=5).decode()
+                except grpc.RpcError as error:
+                    out[name] = error.code().name
+            print(json.dumps(out))
+        """)
+        result = lab.run(lab.ns("ep1"), PYTHON, "-c", code, check=False, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == {"Get": "order:9", "Delete": "PERMISSION_DENIED"}
+        assert [json.loads(line)["method"] for line in calls.read_text().splitlines()] == ["Get"]
+        records = [r for r in proxy.wait_for_flows(4) if r.get("Type") == "L7" and r["l7"]["type"] == "REQUEST"]
+        assert [(r["verdict"], r["l7"]["http"]["url"]) for r in records] == [
+            ("FORWARDED", "/shop.Orders/Get"), ("DROPPED", "/shop.Orders/Delete")]
+    finally:
+        scenario.proxy.terminate()
+        scenario.teardown()
