@@ -158,7 +158,7 @@ flowLog: {{sink: file, path: "@FLOWS@"}}
 class Nginx:
     """A real nginx on 127.0.0.1 with its own prefix, config, and access log."""
 
-    def __init__(self, workdir, port, extra_locations=""):
+    def __init__(self, workdir, port, extra_locations="", listen_options=""):
         self.prefix = pathlib.Path(workdir) / "nginx"
         self.prefix.mkdir()
         (self.prefix / "www").mkdir()
@@ -180,7 +180,7 @@ http {{
   scgi_temp_path {self.prefix}/scgi;
   keepalive_requests 100000;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{" " + listen_options if listen_options else ""};
     root {self.prefix}/www;
     location = /hello {{ return 200 "hello from nginx\\n"; }}
     {extra_locations}

@@ -240,14 +240,17 @@ public enum FlowRecords {
 
 /// The parts of a connection's L7 records that stay the same from one record to the next:
 /// both directions' addresses and both ends, made (with their JSON text) on the first
-/// record, and the policy lists of the last verdict. A session keeps one; nothing is made
-/// while no record is.
+/// record (again when its identities change), and the policy lists of the verdicts seen. A
+/// session keeps one; nothing is made while no record is.
 public struct L7RecordParts {
     final class Made {
+        /// The identities they were made for (a policy change that renames an end makes them again).
+        let peers: PeerIdentities
         let forwardIP, replyIP, source, destination: JSONObject.Value
         let forwardL4, replyL4: JSONObject.Value?
 
         init(_ connection: ConnectionIdentities) {
+            peers = connection.peers
             let forward = FlowPath(source: connection.client, destination: connection.server,
                                    transport: connection.transport.rawValue)
             let reply = forward.reversed
@@ -274,7 +277,7 @@ public struct L7RecordParts {
     public init() {}
 
     mutating func made(for connection: ConnectionIdentities) -> Made {
-        if let made { return made }
+        if let made, made.peers === connection.peers { return made }
         let fresh = Made(connection)
         made = fresh
         return fresh
@@ -290,8 +293,6 @@ public struct L7RecordParts {
         return fields
     }
 
-    /// Forgets what was made (the connection's identities changed: a policy reload).
-    public mutating func reset() { self = L7RecordParts() }
 }
 
 /// Hubble's `Verdict`: what became of the flow.

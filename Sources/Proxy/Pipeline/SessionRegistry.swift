@@ -87,10 +87,20 @@ public struct SessionRegistry: Sendable {
         // sum): the limits are HTTP's, not the buffer's.
         let httpLimits = HTTP1Limits.standard
         let httpSettings = configuration.http
+        // One port, both versions: the client's first bytes choose (HTTP/2 prior knowledge or HTTP/1.1).
+        let http2Limits = HTTP2Limits.standard
         registry.register(.http, stream: { context in
-            HTTPPolicySession(limits: httpLimits, settings: httpSettings, policy: context.policy,
-                              identities: context.identities, reporter: context.reporter, audit: context.audit,
-                              clock: context.clock.monotonic, wallClock: context.clock.wall)
+            HTTPVersionDetectingSession(
+                http1: {
+                    HTTPPolicySession(limits: httpLimits, settings: httpSettings, policy: context.policy,
+                                      identities: context.identities, reporter: context.reporter, audit: context.audit,
+                                      clock: context.clock.monotonic, wallClock: context.clock.wall)
+                },
+                http2: {
+                    HTTP2PolicySession(limits: http2Limits, settings: httpSettings, policy: context.policy,
+                                       identities: context.identities, reporter: context.reporter, audit: context.audit,
+                                       clock: context.clock.monotonic, wallClock: context.clock.wall)
+                })
         })
         let deniedRCode = configuration.dns.deniedAnswer == .nameError ? DNSAnswers.nameError : DNSAnswers.refused
         let dnsResponseTimeout = configuration.dns.responseTimeout

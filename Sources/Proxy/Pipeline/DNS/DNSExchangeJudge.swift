@@ -40,9 +40,7 @@ struct DNSExchangeJudge {
     private let context: SessionContext
     private var policies: [ConnectionPolicy]
     private var policyVersion: UInt64
-    private var identities: ConnectionIdentities {
-        didSet { recordParts.reset() }
-    }
+    private var identities: ConnectionIdentities
     private var recordParts = L7RecordParts()
     /// The asking endpoint's address, for the learner (the client end never changes).
     private let clientAddress: IPAddress?

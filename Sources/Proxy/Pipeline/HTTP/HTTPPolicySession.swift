@@ -7,16 +7,9 @@ import PolicyEngine
 public final class HTTPPolicySession: L7Session {
     private var http: HTTP1Connection
     private let settings: HTTPSettings
-    /// The worker's view of the policy; nil: no policy section, every request is allowed.
-    private let policy: WorkerPolicy?
-    /// The connection's policy questions with their L3/L4 part settled, under the policy
-    /// version `policyVersion`: each request only runs the L7 rules that apply to this
-    /// peer and port, and a request after a policy change takes fresh ones first.
-    private var policies: [ConnectionPolicy]
-    private var policyVersion: UInt64
-    private var identities: ConnectionIdentities {
-        didSet { recordParts.reset() }
-    }
+    /// The policy's HTTP rules for this connection's requests.
+    private var judge: HTTPRequestJudge
+    private var identities: ConnectionIdentities { judge.identities }
     private let reporter: L7FlowReporter?
     private let clock: () -> UInt64
     private let wallClock: () -> UInt64
@@ -48,22 +41,10 @@ public final class HTTPPolicySession: L7Session {
         http = HTTP1Connection(limits: limits)
         self.audit = audit
         self.settings = settings
-        self.policy = policy
-        self.identities = identities
-        policyVersion = policy?.version ?? 0
-        policies = policy?.policies(for: identities) ?? []
+        judge = HTTPRequestJudge(policy: policy, identities: identities)
         self.reporter = reporter
         self.clock = clock
         self.wallClock = wallClock
-    }
-
-    /// Takes fresh identities and policy questions when the policy changed since they
-    /// were taken (one atomic load when it did not).
-    private func refreshPolicies() {
-        guard let policy, !policy.isCurrent(policyVersion) else { return }
-        identities = policy.identities(client: identities.client, server: identities.server)
-        policies = policy.policies(for: identities)
-        policyVersion = policy.version
     }
 
     public func step(_ direction: TrafficDirection, _ bytes: UnsafeRawBufferPointer) -> SessionOperation {
@@ -144,7 +125,7 @@ public final class HTTPPolicySession: L7Session {
         while true {
             switch http.requestStep(bytes) {
             case .verdictNeeded(let head):
-                judge(head, bytes)
+                judgeRequest(head, bytes)
             case .operation(let operation):
                 if case .pass(let count) = operation, let rebuilt = rewrite {
                     rewrite = nil
@@ -157,7 +138,7 @@ public final class HTTPPolicySession: L7Session {
         }
     }
 
-    private func judge(_ head: HTTP1Head, _ bytes: UnsafeRawBufferPointer) {
+    private func judgeRequest(_ head: HTTP1Head, _ bytes: UnsafeRawBufferPointer) {
         func text(_ range: Range<Int>) -> String {
             String(decoding: UnsafeRawBufferPointer(rebasing: bytes[range]), as: UTF8.self)
         }
@@ -189,26 +170,9 @@ public final class HTTPPolicySession: L7Session {
         let headers = head.fields.map { (name: text($0.name), value: text($0.value)) }
         let facts = HTTPRequestFacts(method: method, path: path, host: host, headers: headers)
 
-        var allowed = true
-        var deciding: [RuleReference] = []
-        var actions: [HeaderAction] = []
-        var direction = Direction.ingress
-        refreshPolicies()
-        if policy != nil {
-            for policy in policies {
-                let flow = policy.flow
-                let verdict = policy.evaluate(http: facts)
-                if !verdict.isAllowed {
-                    allowed = false
-                    deciding = verdict.matched
-                    direction = flow.direction
-                    break
-                }
-                deciding += verdict.matched
-                actions += verdict.headerActions
-                if case .allowedAtL7 = verdict.reason { direction = flow.direction }
-            }
-        }
+        let judgement = judge.judge(facts)
+        let (allowed, deciding, actions, direction) = (judgement.allowed, judgement.rules, judgement.actions,
+                                                       judgement.direction)
         var decision = HTTP1RequestDecision.deny
         if audit {
             // Judged and reported below; relayed as recorded, so its recorded response follows.

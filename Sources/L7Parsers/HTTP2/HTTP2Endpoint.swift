@@ -1,0 +1,458 @@
+import CNghttp2
+
+/// One header field of an HTTP/2 header block, as its bytes (values may hold obs-text bytes
+/// that a `String` would not keep as they were).
+public struct HTTP2Header: Equatable, Sendable {
+    public var name: [UInt8]
+    public var value: [UInt8]
+
+    public init(name: [UInt8], value: [UInt8]) {
+        self.name = name
+        self.value = value
+    }
+
+    public init(_ name: String, _ value: String) {
+        self.name = Array(name.utf8)
+        self.value = Array(value.utf8)
+    }
+
+    public var nameText: String { String(decoding: name, as: UTF8.self) }
+    public var valueText: String { String(decoding: value, as: UTF8.self) }
+}
+
+/// What an endpoint's peer did, in the order it did it (drained with `takeEvents`).
+public enum HTTP2Event: Equatable, Sendable {
+    /// A stream's request head (server endpoint) or final response head (client endpoint),
+    /// complete and checked by nghttp2's HTTP messaging rules (RFC 9113 §8.2-8.3: pseudo-header
+    /// fields, connection-specific fields, lowercase names). Informational (1xx) heads are
+    /// not reported.
+    case head(stream: Int32, headers: [HTTP2Header], endStream: Bool)
+    /// The trailer section that ends a stream.
+    case trailers(stream: Int32, headers: [HTTP2Header])
+    /// Body bytes of a stream. They count against the endpoint's receive window until the
+    /// owner calls `consume`.
+    case data(stream: Int32, bytes: [UInt8])
+    /// The peer ended its side of the stream after a body (END_STREAM on DATA).
+    case endOfBody(stream: Int32)
+    /// The stream is gone: `errorCode` is NO_ERROR for a stream that ended both ways, else
+    /// why it was reset (by the peer, or by nghttp2 for a protocol violation).
+    case closed(stream: Int32, errorCode: UInt32)
+    /// `count` body bytes the owner handed to `appendBody` left for the peer (or were
+    /// discarded with their stream): the side they came from may send that much more.
+    case bodyTaken(stream: Int32, count: Int)
+    /// The peer sent GOAWAY.
+    case goAway(lastStreamID: Int32, errorCode: UInt32)
+}
+
+/// Why an endpoint cannot go on: nghttp2's fatal error (the connection must close; nghttp2
+/// has queued GOAWAY with the RFC 9113 error where the protocol allows one).
+public struct HTTP2Failure: Error, Equatable, Sendable {
+    public let code: Int32
+    public var description: String { String(cString: nghttp2_strerror(code)) }
+}
+
+/// One `nghttp2_session`, server or client side, run from memory: bytes from the peer go
+/// in through `receive`, what nghttp2 has for the peer comes out of `takeOutput`, and what
+/// the peer did comes out of `takeEvents`. No sockets, no policy.
+///
+/// Flow control is the owner's: nghttp2 does not open the receive window by itself
+/// (`no_auto_window_update`); the owner calls `consume` once body bytes reported in `.data`
+/// have been taken by whoever they were for, so a slow reader throttles the writer.
+/// Outgoing bodies wait in the endpoint (`appendBody`) until nghttp2 sends them within the
+/// peer's window; `.bodyTaken` says when.
+///
+/// Not re-entrant: nghttp2 calls back into the endpoint while `receive` and `takeOutput`
+/// run; those callbacks only record events and read queued bodies.
+public final class HTTP2Endpoint {
+    public enum Role: Sendable { case server, client }
+
+    public let role: Role
+    public let limits: HTTP2Limits
+    private var session: OpaquePointer?
+    private var events: [HTTP2Event] = []
+    /// Header fields of the block being received, per stream.
+    private var incoming: [Int32: IncomingBlock] = [:]
+    /// Bodies waiting for the peer's window, per stream.
+    private var outgoing: [Int32: OutgoingBody] = [:]
+    private var running = false
+
+    private struct IncomingBlock {
+        var headers: [HTTP2Header] = []
+        var bytes = 0
+        var finalHeadSeen = false
+        var tooLarge = false
+    }
+
+    private struct OutgoingBody {
+        var bytes: [UInt8] = []
+        var start = 0
+        var ended = false
+        var trailers: [HTTP2Header] = []
+        var deferred = false
+        /// RST_STREAM to send once the body went out (a server's NO_ERROR after an early response).
+        var resetCode: UInt32?
+        var remaining: Int { bytes.count - start }
+    }
+
+    /// A server endpoint expects the client's connection preface first; a client endpoint
+    /// sends its own preface with its first output.
+    public init(role: Role, limits: HTTP2Limits = .standard) {
+        self.role = role
+        self.limits = limits
+        var callbacks: OpaquePointer?
+        nghttp2_session_callbacks_new(&callbacks)
+        defer { nghttp2_session_callbacks_del(callbacks) }
+        nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, Self.onBeginHeaders)
+        nghttp2_session_callbacks_set_on_header_callback(callbacks, Self.onHeader)
+        nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, Self.onFrameReceived)
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, Self.onDataChunk)
+        nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, Self.onStreamClose)
+        nghttp2_session_callbacks_set_on_frame_not_send_callback(callbacks, Self.onFrameNotSent)
+
+        var options: OpaquePointer?
+        nghttp2_option_new(&options)
+        defer { nghttp2_option_del(options) }
+        nghttp2_option_set_no_auto_window_update(options, 1)
+        nghttp2_option_set_max_continuations(options, limits.maximumContinuations)
+        nghttp2_option_set_stream_reset_rate_limit(options, limits.streamResetBurst, limits.streamResetsPerSecond)
+        nghttp2_option_set_max_settings(options, limits.maximumSettingsEntries)
+        nghttp2_option_set_max_outbound_ack(options, limits.maximumQueuedControlFrames)
+        // Streams closed long ago need no priority bookkeeping (it would grow with them).
+        nghttp2_option_set_no_closed_streams(options, 1)
+
+        let userData = Unmanaged.passUnretained(self).toOpaque()
+        switch role {
+        case .server: nghttp2_session_server_new2(&session, callbacks, userData, options)
+        case .client: nghttp2_session_client_new2(&session, callbacks, userData, options)
+        }
+        var settings = [
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue),
+                                   value: limits.maximumConcurrentStreams),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue),
+                                   value: UInt32(limits.streamWindowBytes)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_HEADER_TABLE_SIZE.rawValue),
+                                   value: limits.headerTableBytes),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue),
+                                   value: UInt32(limits.maximumHeaderListBytes)),
+        ]
+        if role == .client {
+            // A client takes no pushed streams (RFC 9113 §8.4: SETTINGS_ENABLE_PUSH 0).
+            settings[0] = nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0)
+        }
+        nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
+        nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, limits.connectionWindowBytes)
+    }
+
+    deinit {
+        nghttp2_session_del(session)
+    }
+
+    // MARK: Bytes in and out
+
+    /// Feeds bytes from the peer; returns how many were taken (all of them unless nghttp2
+    /// failed). Events go to `takeEvents`.
+    public func receive(_ bytes: UnsafeRawBufferPointer) -> Result<Int, HTTP2Failure> {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return .success(0) }
+        precondition(!running, "HTTP2Endpoint.receive re-entered from a callback")
+        running = true
+        defer { running = false }
+        let result = nghttp2_session_mem_recv(session, base.assumingMemoryBound(to: UInt8.self), bytes.count)
+        return result < 0 ? .failure(HTTP2Failure(code: Int32(result))) : .success(result)
+    }
+
+    /// What nghttp2 has for the peer, up to about `limit` bytes (one frame may go past it).
+    public func takeOutput(limit: Int) -> Result<[UInt8], HTTP2Failure> {
+        precondition(!running, "HTTP2Endpoint.takeOutput re-entered from a callback")
+        running = true
+        defer { running = false }
+        var output: [UInt8] = []
+        while output.count < limit {
+            var pointer: UnsafePointer<UInt8>?
+            let count = nghttp2_session_mem_send(session, &pointer)
+            if count < 0 { return .failure(HTTP2Failure(code: Int32(count))) }
+            guard count > 0, let pointer else { break }
+            output.append(contentsOf: UnsafeBufferPointer(start: pointer, count: count))
+        }
+        return .success(output)
+    }
+
+    /// The peer's actions since the last call.
+    public func takeEvents() -> [HTTP2Event] {
+        defer { events.removeAll(keepingCapacity: events.count <= 64) }
+        return events
+    }
+
+    public var hasEvents: Bool { !events.isEmpty }
+
+    /// nghttp2 has frames for the peer (or bodies it could send).
+    public var wantsToWrite: Bool { nghttp2_session_want_write(session) != 0 }
+    /// The connection is still open for reading (false after GOAWAY both ways with no stream left, or a fatal error).
+    public var wantsToRead: Bool { nghttp2_session_want_read(session) != 0 }
+
+    // MARK: Flow control
+
+    /// `count` body bytes of `stream` reported in `.data` were taken: the peer may send that
+    /// much more (WINDOW_UPDATE once nghttp2 finds it worth one).
+    /// With `stream` nil (the stream is gone), only the connection's window opens.
+    public func consume(stream: Int32?, count: Int) {
+        guard count > 0 else { return }
+        if let stream, stream > 0 {
+            nghttp2_session_consume(session, stream, count)
+        } else {
+            nghttp2_session_consume_connection(session, count)
+        }
+    }
+
+    // MARK: Submitting
+
+    /// Opens a stream with `headers` (pseudo-header fields first); with `hasBody`, its body
+    /// comes through `appendBody`/`endBody`. Returns the stream ID, or nil when no stream
+    /// can be opened (the peer said GOAWAY, stream IDs ran out).
+    /// `streamID`, when given and not below the next free one, is the ID the stream gets
+    /// (a proxy keeps its client's stream IDs, so a recording's server answers line up).
+    public func submitRequest(_ headers: [HTTP2Header], hasBody: Bool, streamID: Int32? = nil) -> Int32? {
+        if let streamID, role == .client, streamID & 1 == 1, UInt32(streamID) >= nghttp2_session_get_next_stream_id(session) {
+            nghttp2_session_set_next_stream_id(session, streamID)
+        }
+        let stream = withHeaderList(headers) { list, count in
+            hasBody ? withDataProvider { nghttp2_submit_request(session, nil, list, count, $0, nil) }
+                : nghttp2_submit_request(session, nil, list, count, nil, nil)
+        }
+        guard stream > 0 else { return nil }
+        if hasBody { outgoing[stream] = OutgoingBody() }
+        return stream
+    }
+
+    /// Answers `stream` with `headers`; with `hasBody`, its body comes through
+    /// `appendBody`/`endBody`, else the head ends the stream.
+    @discardableResult
+    public func submitResponse(stream: Int32, _ headers: [HTTP2Header], hasBody: Bool) -> Bool {
+        let result = withHeaderList(headers) { list, count in
+            hasBody ? withDataProvider { nghttp2_submit_response(session, stream, list, count, $0) }
+                : nghttp2_submit_response(session, stream, list, count, nil)
+        }
+        guard result == 0 else { return false }
+        if hasBody && outgoing[stream] == nil { outgoing[stream] = OutgoingBody() }
+        return true
+    }
+
+    /// Queues body bytes of `stream` (opened with a body); they leave within the peer's window.
+    public func appendBody(stream: Int32, _ bytes: [UInt8]) {
+        guard outgoing[stream] != nil else { return }
+        outgoing[stream]!.bytes += bytes
+        resume(stream)
+    }
+
+    /// The body of `stream` ends after what was queued, with `trailers` when not empty.
+    public func endBody(stream: Int32, trailers: [HTTP2Header] = []) {
+        guard outgoing[stream] != nil else { return }
+        outgoing[stream]!.ended = true
+        outgoing[stream]!.trailers = trailers
+        resume(stream)
+    }
+
+    /// Whether `stream` has a body being sent.
+    public func sendsBody(stream: Int32) -> Bool { outgoing[stream] != nil }
+
+    /// Resets `stream` with `errorCode` (RST_STREAM).
+    public func resetStream(_ stream: Int32, errorCode: UInt32) {
+        nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, errorCode)
+    }
+
+    /// Resets `stream` with `errorCode` once its body has gone out whole (at once when it has
+    /// none being sent): RST_STREAM would otherwise overtake the DATA still queued.
+    public func resetAfterBody(_ stream: Int32, errorCode: UInt32) {
+        guard outgoing[stream] != nil else { return resetStream(stream, errorCode: errorCode) }
+        outgoing[stream]!.resetCode = errorCode
+    }
+
+    /// Sends GOAWAY: no stream above `lastStreamID` (default: the last the peer opened) was
+    /// or will be processed.
+    public func goAway(errorCode: UInt32, lastStreamID: Int32? = nil) {
+        let last = lastStreamID ?? nghttp2_session_get_last_proc_stream_id(session)
+        nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), last, errorCode, nil, 0)
+    }
+
+    /// The highest stream ID the peer opened that this endpoint processed.
+    public var lastPeerStreamID: Int32 { nghttp2_session_get_last_proc_stream_id(session) }
+
+    private func resume(_ stream: Int32) {
+        guard outgoing[stream]?.deferred == true else { return }
+        outgoing[stream]!.deferred = false
+        nghttp2_session_resume_data(session, stream)
+    }
+
+    /// Calls `body` with an nghttp2 header list pointing into one flat copy of `headers`.
+    private func withHeaderList<Result>(_ headers: [HTTP2Header],
+                                        _ body: (UnsafePointer<nghttp2_nv>, Int) -> Result) -> Result {
+        var flat: [UInt8] = []
+        flat.reserveCapacity(headers.reduce(0) { $0 + $1.name.count + $1.value.count })
+        for header in headers { flat += header.name; flat += header.value }
+        return flat.withUnsafeMutableBufferPointer { storage in
+            var list: [nghttp2_nv] = []
+            list.reserveCapacity(headers.count)
+            var offset = 0
+            for header in headers {
+                let name = storage.baseAddress! + offset
+                offset += header.name.count
+                let value = storage.baseAddress! + offset
+                offset += header.value.count
+                list.append(nghttp2_nv(name: name, value: value, namelen: header.name.count,
+                                       valuelen: header.value.count, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+            }
+            return list.withUnsafeBufferPointer { body($0.baseAddress!, $0.count) }
+        }
+    }
+
+    private func withDataProvider<Result>(_ body: (UnsafePointer<nghttp2_data_provider>) -> Result) -> Result {
+        var provider = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: Self.readBody)
+        return body(&provider)
+    }
+
+    // MARK: Callbacks (nghttp2 calls them while `receive` or `takeOutput` runs)
+
+    private static func endpoint(_ userData: UnsafeMutableRawPointer?) -> HTTP2Endpoint {
+        Unmanaged<HTTP2Endpoint>.fromOpaque(userData!).takeUnretainedValue()
+    }
+
+    private static let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, userData in
+        let endpoint = endpoint(userData)
+        let stream = frame!.pointee.hd.stream_id
+        var block = endpoint.incoming[stream] ?? IncomingBlock()
+        block.headers = []
+        block.bytes = 0
+        block.tooLarge = false
+        endpoint.incoming[stream] = block
+        return 0
+    }
+
+    private static let onHeader: nghttp2_on_header_callback = { _, frame, name, nameLength, value, valueLength, _, userData in
+        let endpoint = endpoint(userData)
+        let stream = frame!.pointee.hd.stream_id
+        guard var block = endpoint.incoming[stream] else { return 0 }
+        // RFC 9113 §6.5.2: "the uncompressed size of header fields, including the length of the
+        // name and value in octets plus an overhead of 32 octets for each header field".
+        block.bytes += nameLength + valueLength + 32
+        if block.bytes > endpoint.limits.maximumHeaderListBytes || block.headers.count >= endpoint.limits.maximumHeaderCount {
+            // The stream is reset (nghttp2 answers a temporal failure with RST_STREAM
+            // INTERNAL_ERROR); what remains of the block is decoded to keep HPACK in step, unseen.
+            endpoint.incoming[stream] = nil
+            return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+        }
+        block.headers.append(HTTP2Header(name: Array(UnsafeBufferPointer(start: name, count: nameLength)),
+                                         value: Array(UnsafeBufferPointer(start: value, count: valueLength))))
+        endpoint.incoming[stream] = block
+        return 0
+    }
+
+    private static let onFrameReceived: nghttp2_on_frame_recv_callback = { _, frame, userData in
+        let endpoint = endpoint(userData)
+        let header = frame!.pointee.hd
+        let endStream = header.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
+        switch UInt32(header.type) {
+        case NGHTTP2_HEADERS.rawValue:
+            guard var block = endpoint.incoming[header.stream_id] else { return 0 }
+            let headers = block.headers
+            block.headers = []
+            if !block.finalHeadSeen {
+                let status = headers.first { $0.name == HTTP2Endpoint.statusName }.map { $0.value }
+                if let status, status.first == UInt8(ascii: "1") {
+                    endpoint.incoming[header.stream_id] = block  // informational: not relayed
+                    return 0
+                }
+                block.finalHeadSeen = true
+                endpoint.incoming[header.stream_id] = block
+                endpoint.events.append(.head(stream: header.stream_id, headers: headers, endStream: endStream))
+            } else {
+                endpoint.incoming[header.stream_id] = block
+                endpoint.events.append(.trailers(stream: header.stream_id, headers: headers))
+            }
+        case NGHTTP2_DATA.rawValue:
+            if endStream { endpoint.events.append(.endOfBody(stream: header.stream_id)) }
+        case NGHTTP2_GOAWAY.rawValue:
+            let goAway = frame!.pointee.goaway
+            endpoint.events.append(.goAway(lastStreamID: goAway.last_stream_id, errorCode: goAway.error_code))
+        default:
+            break
+        }
+        return 0
+    }
+
+    private static let statusName = Array(":status".utf8)
+
+    private static let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, stream, data, length, userData in
+        endpoint(userData).events.append(.data(stream: stream, bytes: Array(UnsafeBufferPointer(start: data, count: length))))
+        return 0
+    }
+
+    private static let onStreamClose: nghttp2_on_stream_close_callback = { _, stream, errorCode, userData in
+        let endpoint = endpoint(userData)
+        endpoint.incoming[stream] = nil
+        if let body = endpoint.outgoing.removeValue(forKey: stream), body.remaining > 0 {
+            endpoint.events.append(.bodyTaken(stream: stream, count: body.remaining))
+        }
+        endpoint.events.append(.closed(stream: stream, errorCode: errorCode))
+        return 0
+    }
+
+    /// A request that never left (the peer said GOAWAY first): its stream is as good as refused.
+    private static let onFrameNotSent: nghttp2_on_frame_not_send_callback = { _, frame, _, userData in
+        let endpoint = endpoint(userData)
+        let header = frame!.pointee.hd
+        guard UInt32(header.type) == NGHTTP2_HEADERS.rawValue, endpoint.role == .client,
+              frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST else { return 0 }
+        if let body = endpoint.outgoing.removeValue(forKey: header.stream_id), body.remaining > 0 {
+            endpoint.events.append(.bodyTaken(stream: header.stream_id, count: body.remaining))
+        }
+        endpoint.events.append(.closed(stream: header.stream_id, errorCode: NGHTTP2_REFUSED_STREAM.rawValue))
+        return 0
+    }
+
+    private static let readBody: nghttp2_data_source_read_callback = { session, stream, buffer, length, flags, _, userData in
+        let endpoint = endpoint(userData)
+        guard var body = endpoint.outgoing[stream] else {
+            return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+        }
+        let count = min(length, body.remaining)
+        if count > 0 {
+            body.bytes.withUnsafeBufferPointer { bytes in
+                buffer!.update(from: bytes.baseAddress! + body.start, count: count)
+            }
+            body.start += count
+            if body.start == body.bytes.count {
+                body.bytes.removeAll(keepingCapacity: body.bytes.capacity <= 65_536)
+                body.start = 0
+            } else if body.start >= 65_536 {
+                body.bytes.removeFirst(body.start)
+                body.start = 0
+            }
+            endpoint.events.append(.bodyTaken(stream: stream, count: count))
+        }
+        if body.remaining == 0 {
+            if body.ended {
+                flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue)
+                if let code = body.resetCode {
+                    nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, code)
+                }
+                if !body.trailers.isEmpty {
+                    flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
+                    let trailers = body.trailers
+                    endpoint.outgoing[stream] = nil
+                    endpoint.withHeaderList(trailers) { list, listCount in
+                        _ = nghttp2_submit_trailer(session, stream, list, listCount)
+                    }
+                    return count
+                }
+                endpoint.outgoing[stream] = nil
+                return count
+            }
+            if count == 0 {
+                body.deferred = true
+                endpoint.outgoing[stream] = body
+                return Int(NGHTTP2_ERR_DEFERRED.rawValue)
+            }
+        }
+        endpoint.outgoing[stream] = body
+        return count
+    }
+}

@@ -1,0 +1,391 @@
+import CNghttp2
+import L7Parsers
+import PolicyEngine
+
+/// HTTP/2 (prior knowledge, h2c) under policy. The proxy terminates HTTP/2 on both sides: a
+/// server endpoint faces the client, a client endpoint faces the original destination, and
+/// every client stream whose request head the HTTP rules allow is opened upstream with the
+/// same head (header actions applied), body and trailers; responses, trailers, resets and
+/// GOAWAY come back the same way. A denied stream is answered by the proxy and never reaches
+/// the server: `403` with `Access denied\r\n`, or for gRPC a trailers-only response with
+/// `grpc-status: 7` (PERMISSION_DENIED), as the reference does. Other streams go on.
+///
+/// Driving: every input byte is fed to its endpoint at once and dropped; what the endpoints
+/// have for either side comes out as `forward`/`reply` on later steps (the driver calls
+/// again while something moves, and holds a step's output until its destination took it).
+///
+/// Flow control end to end: neither endpoint opens its receive window by itself. Body bytes
+/// from one side wait in the other endpoint until it sent them within its peer's window; only
+/// then are they consumed on the side they came from. A slow reader therefore throttles the
+/// writer on the other side, and each connection holds at most its two receive windows of
+/// body bytes (`HTTP2Limits`).
+///
+/// Audit (`SessionContext.audit`): denied streams are reported `DROPPED` and forwarded anyway.
+public final class HTTP2PolicySession: L7Session {
+    private let downstream: HTTP2Endpoint
+    private let upstream: HTTP2Endpoint
+    private var judge: HTTPRequestJudge
+    private let settings: HTTPSettings
+    private let reporter: L7FlowReporter?
+    private let audit: Bool
+    private let clock: () -> UInt64
+    private let wallClock: () -> UInt64
+    private var recordParts = L7RecordParts()
+    /// Open client streams, by the client's stream ID.
+    private var streams: [Int32: Stream] = [:]
+    /// The client's stream ID for each upstream stream ID.
+    private var clientStream: [Int32: Int32] = [:]
+    /// Why the connection must end (an endpoint failed, a side went away).
+    private var ending: String?
+    /// Requests judged on this connection (for tests and counters).
+    public private(set) var allowedCount: UInt32 = 0
+    public private(set) var deniedCount: UInt32 = 0
+
+    private struct Stream {
+        /// The upstream stream carrying it; nil when the proxy answered it.
+        var upstreamID: Int32?
+        var method: String
+        var url: String
+        var start: UInt64
+        var direction: Direction
+        var allowed: Bool
+        var awaitingResponse: Bool
+        /// The client ended its request (END_STREAM).
+        var requestEnded: Bool
+    }
+
+    /// Bytes of one endpoint's output handed to the driver per step.
+    static let outputBytesPerStep = 65_536
+    static let deniedBody = Array("Access denied\r\n".utf8)
+
+    public init(limits: HTTP2Limits = .standard, settings: HTTPSettings = HTTPSettings(), policy: WorkerPolicy?,
+                identities: ConnectionIdentities, reporter: L7FlowReporter?, audit: Bool = false,
+                clock: @escaping () -> UInt64 = MonotonicClock.now,
+                wallClock: @escaping () -> UInt64 = WallClock.nanosecondsNow) {
+        var limits = limits
+        if audit {
+            // A recording's peers kept to each other's windows and stream limits, not to
+            // the proxy's: take whatever they sent (nothing waits for a reader here).
+            limits.streamWindowBytes = Int32.max
+            limits.connectionWindowBytes = Int32.max
+            limits.maximumConcurrentStreams = UInt32(Int32.max)
+        }
+        downstream = HTTP2Endpoint(role: .server, limits: limits)
+        upstream = HTTP2Endpoint(role: .client, limits: limits)
+        judge = HTTPRequestJudge(policy: policy, identities: identities)
+        self.settings = settings
+        self.reporter = reporter
+        self.audit = audit
+        self.clock = clock
+        self.wallClock = wallClock
+    }
+
+    // MARK: L7Session
+
+    /// Input is fed to nghttp2 as it comes: the driver never holds more than a block.
+    public var maximumMessageBytes: Int { 65_536 }
+
+    public func step(_ direction: TrafficDirection, _ bytes: UnsafeRawBufferPointer) -> SessionOperation {
+        // Output first: what an endpoint has for a side leaves before more input adds to it.
+        let (ahead, back) = direction == .request ? (upstream, downstream) : (downstream, upstream)
+        if let output = output(of: ahead) { return .forward(output) }
+        if let output = output(of: back) { return .reply(output) }
+        if ending == nil {
+            if !downstream.wantsToRead && !downstream.wantsToWrite {
+                ending = "the client's HTTP/2 connection ended"
+            } else if !upstream.wantsToRead && !upstream.wantsToWrite && streams.isEmpty {
+                downstream.goAway(errorCode: NGHTTP2_NO_ERROR.rawValue)
+                ending = "the server's HTTP/2 connection ended"
+                if let output = output(of: downstream) { return direction == .request ? .reply(output) : .forward(output) }
+            }
+        }
+        if let ending { return .close(reason: ending) }
+        guard bytes.count > 0 else { return .needMore(minimumBytes: 1) }
+        let endpoint = direction == .request ? downstream : upstream
+        switch endpoint.receive(bytes) {
+        case .success(let count):
+            process()
+            return .drop(count)
+        case .failure(let failure):
+            // nghttp2 queued GOAWAY with the RFC 9113 error where one applies: it goes out
+            // on the next steps, then the connection closes.
+            ending = (direction == .request ? "client" : "server") + " HTTP/2 error: \(failure.description)"
+            process()
+            if direction == .response { failStreamsUpstreamLost() }
+            return .drop(bytes.count)
+        }
+    }
+
+    public func endOfInput(_ direction: TrafficDirection, unconsumed: Int) -> SessionOperation? {
+        if direction == .request {
+            ending = ending ?? "client closed"
+            return .close(reason: ending!)
+        }
+        // The server went away: streams it still owed are reset, the client told GOAWAY.
+        ending = ending ?? "server closed"
+        failStreamsUpstreamLost()
+        return output(of: downstream).map(SessionOperation.forward) ?? .close(reason: ending!)
+    }
+
+    public func incompleteMessageTimedOut() -> [UInt8]? { nil }
+
+    public func upstreamFailed(reason: String) -> [UInt8]? {
+        reporter?.report(record(type: .response, verdict: .error, direction: .ingress, method: nil, url: nil,
+                                code: 503, latency: nil, rules: [], allowed: false))
+        downstream.goAway(errorCode: NGHTTP2_REFUSED_STREAM.rawValue)
+        return output(of: downstream)
+    }
+
+    public var isAwaitingResponse: Bool { streams.values.contains { $0.awaitingResponse } }
+
+    public func responseTimedOut() -> [UInt8]? {
+        // RFC 9110 §15.6.5: 504 for each stream the server left without a response head.
+        for (id, stream) in streams where stream.awaitingResponse {
+            if let upstreamID = stream.upstreamID { upstream.resetStream(upstreamID, errorCode: NGHTTP2_CANCEL.rawValue) }
+            reporter?.report(record(type: .response, verdict: .error, direction: stream.direction, method: stream.method,
+                                    url: stream.url, code: 504, latency: clock() &- stream.start, rules: [],
+                                    allowed: true))
+            answer(stream: id, status: 504, body: Array("upstream timed out\r\n".utf8))
+        }
+        downstream.goAway(errorCode: NGHTTP2_NO_ERROR.rawValue)
+        return output(of: downstream)
+    }
+
+    public var isIdle: Bool { streams.isEmpty }
+
+    // MARK: Moving events between the endpoints
+
+    private func output(of endpoint: HTTP2Endpoint) -> [UInt8]? {
+        switch endpoint.takeOutput(limit: Self.outputBytesPerStep) {
+        case .success(let bytes):
+            // Sending bodies may have freed window on the other side.
+            if endpoint.hasEvents { process() }
+            return bytes.isEmpty ? nil : bytes
+        case .failure(let failure):
+            ending = ending ?? "HTTP/2 output failed: \(failure.description)"
+            return nil
+        }
+    }
+
+    /// Acts on what both peers did until neither endpoint has anything new.
+    private func process() {
+        while downstream.hasEvents || upstream.hasEvents {
+            for event in downstream.takeEvents() { clientDid(event) }
+            for event in upstream.takeEvents() { serverDid(event) }
+        }
+    }
+
+    private func clientDid(_ event: HTTP2Event) {
+        switch event {
+        case .head(let id, let headers, let endStream):
+            request(id, headers: headers, endStream: endStream)
+        case .data(let id, let bytes):
+            if let upstreamID = streams[id]?.upstreamID, upstream.sendsBody(stream: upstreamID) {
+                upstream.appendBody(stream: upstreamID, bytes)
+            } else {
+                downstream.consume(stream: id, count: bytes.count)
+            }
+        case .endOfBody(let id):
+            streams[id]?.requestEnded = true
+            if let upstreamID = streams[id]?.upstreamID { upstream.endBody(stream: upstreamID) }
+        case .trailers(let id, let headers):
+            streams[id]?.requestEnded = true
+            if let upstreamID = streams[id]?.upstreamID { upstream.endBody(stream: upstreamID, trailers: headers) }
+        case .closed(let id, let errorCode):
+            guard let stream = streams.removeValue(forKey: id) else { return }
+            if let upstreamID = stream.upstreamID, clientStream.removeValue(forKey: upstreamID) != nil {
+                // The client reset the stream (or nghttp2 did, for a violation): so is the upstream one.
+                upstream.resetStream(upstreamID, errorCode: errorCode == NGHTTP2_NO_ERROR.rawValue
+                                     ? NGHTTP2_CANCEL.rawValue : errorCode)
+            }
+        case .bodyTaken(let id, let count):
+            // Response body bytes left for the client: the server may send as much more.
+            guard let stream = streams[id], let upstreamID = stream.upstreamID else { return }
+            upstream.consume(stream: upstreamID, count: count)
+        case .goAway(_, let errorCode):
+            upstream.goAway(errorCode: errorCode, lastStreamID: 0)
+        }
+    }
+
+    private func serverDid(_ event: HTTP2Event) {
+        switch event {
+        case .head(let upstreamID, let headers, let endStream):
+            guard let id = clientStream[upstreamID], var stream = streams[id] else { return }
+            stream.awaitingResponse = false
+            streams[id] = stream
+            let status = headers.first { $0.name == Self.statusName }.flatMap { Int($0.valueText) }
+            reporter?.report(record(type: .response, verdict: stream.allowed ? .forwarded : .dropped,
+                                    direction: stream.direction, method: stream.method, url: stream.url, code: status,
+                                    latency: clock() &- stream.start, rules: [], allowed: stream.allowed))
+            if !downstream.submitResponse(stream: id, headers, hasBody: !endStream) {
+                upstream.resetStream(upstreamID, errorCode: NGHTTP2_INTERNAL_ERROR.rawValue)
+            }
+        case .data(let upstreamID, let bytes):
+            if let id = clientStream[upstreamID], downstream.sendsBody(stream: id) {
+                downstream.appendBody(stream: id, bytes)
+            } else {
+                upstream.consume(stream: upstreamID, count: bytes.count)
+            }
+        case .endOfBody(let upstreamID):
+            if let id = clientStream[upstreamID] { downstream.endBody(stream: id) }
+        case .trailers(let upstreamID, let headers):
+            if let id = clientStream[upstreamID] { downstream.endBody(stream: id, trailers: headers) }
+        case .closed(let upstreamID, let errorCode):
+            guard let id = clientStream.removeValue(forKey: upstreamID) else { return }
+            if errorCode != NGHTTP2_NO_ERROR.rawValue {
+                // The server reset the stream (or it was refused, or broke the protocol).
+                downstream.resetStream(id, errorCode: errorCode)
+            } else if streams[id]?.requestEnded == false {
+                // RFC 9113 §8.1: the server answered before the request ended and asks the client
+                // to stop sending "by sending a RST_STREAM with an error code of NO_ERROR after
+                // sending a complete response": relayed after the response, in that order.
+                downstream.resetAfterBody(id, errorCode: NGHTTP2_NO_ERROR.rawValue)
+            }
+        case .bodyTaken(let upstreamID, let count):
+            // Request body bytes left for the server: the client may send as much more.
+            downstream.consume(stream: clientStream[upstreamID], count: count)
+        case .goAway(let lastStreamID, let errorCode):
+            // Streams above `lastStreamID` are closed REFUSED_STREAM by nghttp2 (and reset to
+            // the client); the client is told that no stream past those in flight will be taken.
+            let inFlight = clientStream.filter { $0.key <= lastStreamID }.map(\.value).max() ?? 0
+            downstream.goAway(errorCode: errorCode, lastStreamID: max(inFlight, 0))
+            if ending == nil && streams.isEmpty { ending = "server sent GOAWAY" }
+        }
+    }
+
+    private static let statusName = Array(":status".utf8)
+
+    /// Phase "evaluate" for one stream: judged by the HTTP rules, then opened upstream or
+    /// answered here.
+    private func request(_ id: Int32, headers: [HTTP2Header], endStream: Bool) {
+        var method = "", path = "", authority: String?, host: String?, grpc = false
+        var fields: [(name: String, value: String)] = []
+        for header in headers {
+            switch header.name.first == UInt8(ascii: ":") ? header.nameText : "" {
+            case ":method": method = header.valueText
+            case ":path": path = header.valueText
+            case ":authority": authority = header.valueText
+            case ":scheme", ":protocol": break
+            default:
+                let name = header.nameText, value = header.valueText
+                if name == "host" { host = value }
+                if name == "content-type" && value.hasPrefix("application/grpc") { grpc = true }
+                fields.append((name, value))
+            }
+        }
+        var forwarded = headers
+        var url = path
+        if settings.normalizePaths {
+            // The reference normalises before matching; the server receives what was judged.
+            switch HTTP1TargetNormalization.normalize(target: Array(path.utf8)) {
+            case .unchanged:
+                break
+            case .normalized(let target, _):
+                url = target
+                if let index = forwarded.firstIndex(where: { $0.name == Self.pathName }) {
+                    forwarded[index].value = Array(target.utf8)
+                }
+            case .redirect, .invalid:
+                deniedCount += 1
+                reportRequest(method: method, url: path, judgement: .init(allowed: false))
+                streams[id] = Stream(upstreamID: nil, method: method, url: path, start: clock(), direction: .ingress,
+                                     allowed: false, awaitingResponse: false, requestEnded: endStream)
+                return answer(stream: id, status: 400, body: Array("Bad Request\r\n".utf8))
+            }
+        }
+        // RFC 9113 §8.3.1: ":authority ... clients that generate HTTP/2 requests directly MUST
+        // use the :authority pseudo-header field to convey authority information"; a Host field
+        // is the fallback.
+        let facts = HTTPRequestFacts(method: method, path: url, host: authority ?? host, headers: fields)
+        let judgement = judge.judge(facts)
+        if judgement.allowed { allowedCount += 1 } else { deniedCount += 1 }
+        var stream = Stream(upstreamID: nil, method: method, url: url, start: clock(), direction: judgement.direction,
+                            allowed: judgement.allowed, awaitingResponse: false, requestEnded: endStream)
+        reportRequest(method: method, url: url, judgement: judgement)
+        guard judgement.allowed || audit else {
+            streams[id] = stream
+            if grpc {
+                // The reference's gRPC denial: a trailers-only response (gRPC over HTTP/2:
+                // "Trailers-Only ... HTTP-Status Content-Type Trailers"), status 7.
+                downstream.submitResponse(stream: id, [
+                    HTTP2Header(":status", "200"), HTTP2Header("content-type", "application/grpc"),
+                    HTTP2Header("grpc-status", "7"), HTTP2Header("grpc-message", "Access denied"),
+                ], hasBody: false)
+                reportAnswer(stream, code: 200)
+            } else {
+                answer(stream: id, status: 403, body: Self.deniedBody)
+                reportAnswer(stream, code: 403)
+            }
+            return
+        }
+        if judgement.allowed { apply(judgement.actions, to: &forwarded) }
+        guard let upstreamID = upstream.submitRequest(forwarded, hasBody: !endStream, streamID: id) else {
+            // The server said GOAWAY: the client may retry elsewhere (RFC 9113 §8.7).
+            downstream.resetStream(id, errorCode: NGHTTP2_REFUSED_STREAM.rawValue)
+            return
+        }
+        stream.upstreamID = upstreamID
+        stream.awaitingResponse = true
+        streams[id] = stream
+        clientStream[upstreamID] = id
+    }
+
+    private static let pathName = Array(":path".utf8)
+
+    /// Answers a stream from the proxy with `status` and a plain-text body.
+    private func answer(stream id: Int32, status: Int, body: [UInt8]) {
+        guard downstream.submitResponse(stream: id, [
+            HTTP2Header(":status", String(status)), HTTP2Header("content-type", "text/plain"),
+            HTTP2Header("content-length", String(body.count)),
+        ], hasBody: true) else { return }
+        downstream.appendBody(stream: id, body)
+        downstream.endBody(stream: id)
+    }
+
+    /// Header actions of the allowing rules (names are lowercase on HTTP/2, RFC 9113 §8.2.1).
+    private func apply(_ actions: [HeaderAction], to headers: inout [HTTP2Header]) {
+        for action in actions {
+            switch action {
+            case .add(let name, let value):
+                headers.append(HTTP2Header(name.lowercased(), value.value))
+            case .replace(let name, let value):
+                let lowered = Array(name.lowercased().utf8)
+                headers.removeAll { $0.name == lowered }
+                headers.append(HTTP2Header(name: lowered, value: Array(value.value.utf8)))
+            case .remove(let name):
+                let lowered = Array(name.lowercased().utf8)
+                headers.removeAll { $0.name == lowered }
+            }
+        }
+    }
+
+    /// The server is gone: every stream it owed is reset to the client, and the client is
+    /// told GOAWAY.
+    private func failStreamsUpstreamLost() {
+        for (id, stream) in streams where stream.upstreamID != nil {
+            downstream.resetStream(id, errorCode: NGHTTP2_INTERNAL_ERROR.rawValue)
+        }
+        clientStream = [:]
+        downstream.goAway(errorCode: NGHTTP2_NO_ERROR.rawValue)
+    }
+
+    // MARK: Flow records
+
+    private func reportRequest(method: String, url: String, judgement: HTTPRequestJudge.Judgement) {
+        reporter?.report(record(type: .request, verdict: judgement.allowed ? .forwarded : .dropped,
+                                direction: judgement.direction, method: method, url: url, code: nil, latency: nil,
+                                rules: judgement.rules, allowed: judgement.allowed))
+    }
+
+    private func reportAnswer(_ stream: Stream, code: Int) {
+        reporter?.report(record(type: .response, verdict: .forwarded, direction: stream.direction, method: stream.method,
+                                url: stream.url, code: code, latency: clock() &- stream.start, rules: [], allowed: false))
+    }
+
+    private func record(type: L7FlowType, verdict: FlowVerdict, direction: Direction, method: String?, url: String?,
+                        code: Int?, latency: UInt64?, rules: [RuleReference], allowed: Bool) -> JSONObject {
+        FlowRecords.http(verdict: verdict, connection: judge.identities, parts: &recordParts, time: wallClock(),
+                         direction: direction, type: type, method: method, url: url, code: code, latency: latency,
+                         rules: rules, allowed: allowed, version: "HTTP/2")
+    }
+}

@@ -1,0 +1,306 @@
+"""End-to-end: HTTP/2 (prior knowledge, h2c) and gRPC through `sluice run`, per-stream verdicts
+by the same HTTP rules as HTTP/1.1: in explicit mode (no root), through the eBPF datapath in
+the namespace lab (root), and `sluice replay` of an h2c capture (root, tcpdump). What reached
+the server is asserted on nginx's access log and on the gRPC server's own record of every call.
+Starts: the sluice binary, nginx with an h2c listener (`listen ... http2;` without TLS),
+curl --http2-prior-knowledge, nghttp, a grpcio server and client (Python), scripts/lab, tcpdump."""
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import ROOT, SLUICE, Nginx, free_port, require_root, wait_for_port
+from lab import lab  # noqa: F401  (fixture)
+from test_hostile import config, write_policy
+
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+
+RULES = """            http:
+              - {method: GET, path: "/api/.*"}
+              - method: POST
+                path: "/api/orders"
+                headers: ["X-Token: s3cret"]
+"""
+
+LOCATIONS = """
+    location /api/ { client_max_body_size 16m; return 200 "api $request_uri\\n"; }
+    location /admin { return 200 "admin\\n"; }
+    location /files/ { alias WWW/; }
+"""
+
+
+@pytest.fixture
+def h2c(workdir, start_sluice):
+    """nginx speaking h2c behind sluice under RULES; yields (sluice port, nginx, proxy)."""
+    nginx = Nginx(workdir, free_port(), LOCATIONS.replace("WWW", str(workdir / "nginx" / "www")),
+                  listen_options="http2")
+    write_policy(workdir, nginx.port, RULES)
+    listen = free_port()
+    proxy = start_sluice(config(workdir, listen, nginx.port))
+    yield listen, nginx, proxy
+    nginx.stop()
+
+
+def curl2(port, path, *args):
+    result = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "--max-time", "10", "-o", "-",
+                             "-w", "\n%{http_code} %{http_version}", *args, f"http://127.0.0.1:{port}{path}"],
+                            capture_output=True, timeout=20)
+    body, _, trailer = result.stdout.rpartition(b"\n")
+    assert result.returncode == 0, result.stderr
+    code, version = trailer.decode().split()
+    return code, version, body
+
+
+def requested_paths(nginx):
+    return [line.split('"')[1] for line in nginx.access_lines()]
+
+
+def test_curl_allowed_and_denied_streams(h2c):
+    port, nginx, proxy = h2c
+    code, version, body = curl2(port, "/api/items")
+    assert (code, version, body) == ("200", "2", b"api /api/items\n")
+    code, version, body = curl2(port, "/admin")
+    assert (code, version, body) == ("403", "2", b"Access denied\r\n")
+    code, _, _ = curl2(port, "/api/orders", "-d", "x=1")
+    assert code == "403", "POST without the token header"
+    code, _, body = curl2(port, "/api/orders", "-d", "x=1", "-H", "X-Token: s3cret")
+    assert (code, body) == ("200", b"api /api/orders\n")
+    assert requested_paths(nginx) == ["GET /api/items HTTP/2.0", "POST /api/orders HTTP/2.0"]
+    records = [r for r in proxy.wait_for_flows(8) if r.get("Type") == "L7"]
+    requests = [(r["verdict"], r["l7"]["http"]["method"], r["l7"]["http"]["url"], r["l7"]["http"]["protocol"])
+                for r in records if r["l7"]["type"] == "REQUEST"]
+    assert requests == [("FORWARDED", "GET", "/api/items", "HTTP/2"), ("DROPPED", "GET", "/admin", "HTTP/2"),
+                        ("DROPPED", "POST", "/api/orders", "HTTP/2"), ("FORWARDED", "POST", "/api/orders", "HTTP/2")]
+    codes = [r["l7"]["http"].get("code") for r in records if r["l7"]["type"] == "RESPONSE"]
+    assert codes == [200, 403, 403, 200]
+
+
+def test_nghttp_multiplexes_allowed_and_denied_streams_on_one_connection(h2c):
+    port, nginx, _ = h2c
+    urls = [f"http://127.0.0.1:{port}{path}" for path in ("/api/a", "/admin", "/api/b", "/admin?x", "/api/c")]
+    result = subprocess.run(["nghttp", "-nv", *urls], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("recv (stream_id=") >= 5
+    assert result.stdout.count(":status: 200") == 3 and result.stdout.count(":status: 403") == 2
+    assert result.stdout.count("send HEADERS frame") == 5 and "GOAWAY" not in result.stdout.split("recv SETTINGS")[0]
+    assert sorted(requested_paths(nginx)) == ["GET /api/a HTTP/2.0", "GET /api/b HTTP/2.0", "GET /api/c HTTP/2.0"]
+
+
+def test_large_bodies_cross_with_flow_control(h2c, workdir):
+    port, nginx, _ = h2c
+    data = bytes((i * 7919) % 251 for i in range(6 << 20))
+    (workdir / "nginx" / "www" / "big.bin").write_bytes(data)
+    rules = RULES + """              - {method: GET, path: "/files/.*"}\n"""
+    write_policy(workdir, nginx.port, rules)
+    time.sleep(0.3)  # the policy watcher's period is 50 ms
+    code, _, body = curl2(port, "/files/big.bin")
+    assert code == "200" and hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+    # A slow reader: curl limited to 4 MB/s still gets every byte (windows reopen as it reads).
+    code, _, body = curl2(port, "/files/big.bin", "--limit-rate", "4M")
+    assert code == "200" and len(body) == len(data)
+    upload = workdir / "upload.bin"
+    upload.write_bytes(data[: 3 << 20])
+    # nginx answers before it read the body, then resets the stream NO_ERROR (RFC 9113 §8.1):
+    # the client sees both, in that order, as it would from nginx itself.
+    result = subprocess.run(["nghttp", "-v", "-d", str(upload), "-H", "x-token: s3cret",
+                             f"http://127.0.0.1:{port}/api/orders"], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert ":status: 200" in result.stdout and "api /api/orders" in result.stdout
+    after_response = result.stdout.split("api /api/orders")[1]
+    assert "recv RST_STREAM" in after_response and "error_code=NO_ERROR" in after_response
+    assert nginx.access_lines()[-1].split('"')[1] == "POST /api/orders HTTP/2.0"
+
+
+GRPC_SERVER = textwrap.dedent("""
+    import json, sys, time
+    from concurrent import futures
+    import grpc
+    record = open(sys.argv[2], "a", buffering=1)
+    def note(name, context):
+        meta = {k: v for k, v in context.invocation_metadata()}
+        record.write(json.dumps({"method": name, "role": meta.get("x-role"),
+                                 "remaining": context.time_remaining()}) + "\\n")
+    def get(request, context):
+        note("Get", context); return b"order:" + request
+    def cancel(request, context):
+        note("Cancel", context); return b"cancelled"
+    def delete(request, context):
+        note("Delete", context); return b"deleted"
+    def watch(request, context):
+        note("Watch", context)
+        for i in range(int(request)):
+            yield str(i).encode()
+    def upload(requests, context):
+        note("Upload", context)
+        return str(sum(len(r) for r in requests)).encode()
+    def chat(requests, context):
+        note("Chat", context)
+        for r in requests:
+            yield r
+    def slow(request, context):
+        note("Slow", context); time.sleep(1.5); return b"late"
+    def big(request, context):
+        note("Big", context); return request[::-1]
+    handlers = {"Get": grpc.unary_unary_rpc_method_handler(get), "Cancel": grpc.unary_unary_rpc_method_handler(cancel),
+                "Delete": grpc.unary_unary_rpc_method_handler(delete),
+                "Watch": grpc.unary_stream_rpc_method_handler(watch),
+                "Upload": grpc.stream_unary_rpc_method_handler(upload),
+                "Chat": grpc.stream_stream_rpc_method_handler(chat),
+                "Slow": grpc.unary_unary_rpc_method_handler(slow), "Big": grpc.unary_unary_rpc_method_handler(big)}
+    options = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
+    server = grpc.server(futures.ThreadPoolExecutor(8), options=options)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("shop.Orders", handlers)])
+    server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+    server.start()
+    server.wait_for_termination()
+""")
+
+GRPC_CLIENT = textwrap.dedent("""
+    import json, sys, time
+    import grpc
+    options = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
+    channel = grpc.insecure_channel("127.0.0.1:" + sys.argv[1], options=options)
+    grpc.channel_ready_future(channel).result(timeout=10)
+    def call(kind, name):
+        return getattr(channel, kind)("/shop.Orders/" + name)
+    results = {}
+    def outcome(key, thunk):
+        try:
+            results[key] = {"ok": thunk()}
+        except grpc.RpcError as error:
+            results[key] = {"code": error.code().name, "details": error.details()}
+    outcome("get", lambda: call("unary_unary", "Get")(b"42", timeout=10).decode())
+    outcome("delete", lambda: call("unary_unary", "Delete")(b"42", timeout=10).decode())
+    outcome("cancel_plain", lambda: call("unary_unary", "Cancel")(b"42", timeout=10).decode())
+    outcome("cancel_admin", lambda: call("unary_unary", "Cancel")(b"42", timeout=10,
+                                                                 metadata=[("x-role", "admin")]).decode())
+    outcome("watch", lambda: len(list(call("unary_stream", "Watch")(b"500", timeout=20))))
+    outcome("upload", lambda: call("stream_unary", "Upload")(iter([b"x" * 1000] * 300), timeout=20).decode())
+    outcome("chat", lambda: sum(1 for _ in call("stream_stream", "Chat")(
+        (str(i).encode() for i in range(10000)), timeout=60)))
+    outcome("big", lambda: len(call("unary_unary", "Big")(bytes(range(256)) * (4 << 12), timeout=30)))
+    started = time.monotonic()
+    outcome("slow", lambda: call("unary_unary", "Slow")(b"", timeout=0.5).decode())
+    results["slow"]["seconds"] = time.monotonic() - started
+    outcome("get_after", lambda: call("unary_unary", "Get")(b"7", timeout=10).decode())
+    print(json.dumps(results))
+""")
+
+GRPC_RULES = """            http:
+              - {method: POST, path: "/shop.Orders/(Get|Watch|Upload|Chat|Slow|Big)"}
+              - method: POST
+                path: "/shop.Orders/Cancel"
+                headers: ["X-Role: admin"]
+"""
+
+
+def test_grpc_through_sluice(workdir, start_sluice):
+    port = free_port()
+    calls = workdir / "calls.jsonl"
+    server = subprocess.Popen([PYTHON, "-c", GRPC_SERVER, str(port), str(calls)])
+    try:
+        wait_for_port(port)
+        write_policy(workdir, port, GRPC_RULES)
+        listen = free_port()
+        proxy = start_sluice(config(workdir, listen, port))
+        result = subprocess.run([PYTHON, "-c", GRPC_CLIENT, str(listen)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        results = json.loads(result.stdout)
+        assert results["get"] == {"ok": "order:42"}
+        assert results["delete"]["code"] == "PERMISSION_DENIED"
+        assert results["cancel_plain"]["code"] == "PERMISSION_DENIED"
+        assert results["cancel_admin"] == {"ok": "cancelled"}, "a rule on metadata (a header)"
+        assert results["watch"] == {"ok": 500}
+        assert results["upload"] == {"ok": "300000"}
+        assert results["chat"] == {"ok": 10000}
+        assert results["big"] == {"ok": 4 << 20}
+        assert results["slow"]["code"] == "DEADLINE_EXCEEDED" and results["slow"]["seconds"] < 1.4
+        assert results["get_after"] == {"ok": "order:7"}
+        seen = [json.loads(line) for line in calls.read_text().splitlines()]
+        methods = [call["method"] for call in seen]
+        assert "Delete" not in methods, "a denied call never reaches the server"
+        assert [c["role"] for c in seen if c["method"] == "Cancel"] == ["admin"]
+        slow = next(c for c in seen if c["method"] == "Slow")
+        assert slow["remaining"] is not None and slow["remaining"] < 0.6, "the deadline (grpc-timeout) passed through"
+        records = [r for r in proxy.flow_records() if r.get("Type") == "L7" and r["l7"]["type"] == "REQUEST"]
+        denied = [r["l7"]["http"]["url"] for r in records if r["verdict"] == "DROPPED"]
+        assert denied == ["/shop.Orders/Delete", "/shop.Orders/Cancel"]
+        assert all(r["l7"]["http"]["protocol"] == "HTTP/2" for r in records)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_replay_judges_an_h2c_capture(workdir):
+    """`sluice replay` on traffic captured between nghttp and nginx h2c (no proxy between them):
+    each stream judged by the same session in audit mode. Root (tcpdump)."""
+    require_root("tcpdump on the loopback interface")
+    nginx = Nginx(workdir, free_port(), LOCATIONS.replace("WWW", str(workdir / "nginx" / "www")),
+                  listen_options="http2")
+    capture = workdir / "h2c.pcap"
+    tcpdump = subprocess.Popen(["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-w", str(capture), f"tcp port {nginx.port}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "listening on" in tcpdump.stderr.readline()
+        urls = [f"http://127.0.0.1:{nginx.port}{path}" for path in ("/api/a", "/admin", "/api/b")]
+        result = subprocess.run(["nghttp", "-n", *urls], capture_output=True, text=True, timeout=20)
+        assert result.returncode == 0, result.stderr
+        code, _, _ = curl2(nginx.port, "/admin?again")
+        assert code == "200", "nothing between them: nginx answers /admin"
+        time.sleep(0.3)
+    finally:
+        tcpdump.terminate()
+        tcpdump.wait(5)
+        nginx.stop()
+    write_policy(workdir, nginx.port, RULES)
+    output = workdir / "replay.json"
+    result = subprocess.run([SLUICE, "replay", str(capture), "--policy", str(workdir / "policy.yaml"),
+                             "--endpoints", str(workdir / "endpoints.yaml"), "--output", str(output)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
+    requests = sorted((r["l7"]["http"]["url"], r["verdict"], r["l7"]["http"]["protocol"])
+                      for r in records if r.get("Type") == "L7" and r["l7"]["type"] == "REQUEST")
+    assert requests == [("/admin", "DROPPED", "HTTP/2"), ("/admin?again", "DROPPED", "HTTP/2"),
+                        ("/api/a", "FORWARDED", "HTTP/2"), ("/api/b", "FORWARDED", "HTTP/2")], result.stderr
+    responses = [r for r in records if r.get("Type") == "L7" and r["l7"]["type"] == "RESPONSE"]
+    assert len(responses) == 4 and {r["l7"]["http"]["code"] for r in responses} == {200}
+
+
+def test_grpc_through_the_datapath_in_the_lab(lab, workdir, start_sluice):
+    """Transparent: the frontend's gRPC calls to the backend are diverted by the eBPF datapath
+    to sluice under configs/lab/policies.yaml (port 50051: only POST /shop.Orders/Get). Root."""
+    from test_datapath import BACKEND, Scenario, wait_until
+    scenario = Scenario(lab, workdir, start_sluice, "bpf")
+    calls = workdir / "lab-calls.jsonl"
+    lab.spawn(lab.ns("ep2"), PYTHON, "-c", GRPC_SERVER.replace('"127.0.0.1:"', f'"{BACKEND}:"'), "50051", str(calls))
+    wait_until(lambda: lab.run(lab.ns("ep2"), "python3", "-c",
+                               f"import socket; socket.create_connection(('{BACKEND}', 50051), 1)",
+                               check=False).returncode == 0, "the gRPC server")
+    proxy = scenario.start_proxy()
+    try:
+        code = textwrap.dedent(f"""
+            import grpc, json
+            channel = grpc.insecure_channel("{BACKEND}:50051")
+            out = {{}}
+            for name in ("Get", "Delete"):
+                try:
+                    out[name] = channel.unary_unary("/shop.Orders/" + name)(b"9", timeout=5).decode()
+                except grpc.RpcError as error:
+                    out[name] = error.code().name
+            print(json.dumps(out))
+        """)
+        result = lab.run(lab.ns("ep1"), PYTHON, "-c", code, check=False, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == {"Get": "order:9", "Delete": "PERMISSION_DENIED"}
+        assert [json.loads(line)["method"] for line in calls.read_text().splitlines()] == ["Get"]
+        records = [r for r in proxy.wait_for_flows(4) if r.get("Type") == "L7" and r["l7"]["type"] == "REQUEST"]
+        assert [(r["verdict"], r["l7"]["http"]["url"]) for r in records] == [
+            ("FORWARDED", "/shop.Orders/Get"), ("DROPPED", "/shop.Orders/Delete")]
+    finally:
+        scenario.proxy.terminate()
+        scenario.teardown()

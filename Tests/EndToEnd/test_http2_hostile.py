@@ -1,0 +1,262 @@
+"""End-to-end: hostile HTTP/2 peers against `sluice run` (explicit mode, no root), each bounded
+in CPU and memory and answered with the RFC 9113 error, never a crash. Frames are written with
+Python `h2`'s own framing and HPACK libraries (hyperframe, hpack) so that they can be as wrong as
+an attacker makes them. What reached the server is asserted on nginx's access log; that Sluice
+stays well is asserted by a normal request on a fresh connection and by its resident memory.
+Starts: the sluice binary, nginx with an h2c listener, Python raw HTTP/2 clients."""
+import socket
+import time
+
+import hpack
+import pytest
+from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame,
+                              RstStreamFrame, SettingsFrame, WindowUpdateFrame)
+
+from conftest import Nginx, free_port
+from test_hostile import config, write_policy
+from test_http2 import LOCATIONS, RULES, curl2
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PROTOCOL_ERROR, REFUSED_STREAM, CANCEL = 0x1, 0x7, 0x8
+
+
+class RawH2:
+    """A client that writes frames as given and reads whatever comes back."""
+
+    def __init__(self, port, settings=None):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.encoder = hpack.Encoder()
+        self.buffer = b""
+        self.closed = False
+        self.send(PREFACE + SettingsFrame(0, settings=settings or {}).serialize())
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def block(self, path, method="GET", extra=()):
+        return self.encoder.encode([(":method", method), (":scheme", "http"), (":authority", "backend"),
+                                    (":path", path), *extra])
+
+    def headers(self, stream, block, end_stream=True, end_headers=True):
+        flags = (["END_STREAM"] if end_stream else []) + (["END_HEADERS"] if end_headers else [])
+        return HeadersFrame(stream, data=block, flags=flags).serialize()
+
+    def frames(self, timeout=2.0, until=None):
+        """Frames read until `until(frame)` is true, the peer closes, or `timeout` passes."""
+        frames = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.closed:
+            while len(self.buffer) >= 9:
+                frame, length = Frame.parse_frame_header(memoryview(self.buffer[:9]))
+                if len(self.buffer) < 9 + length:
+                    break
+                frame.parse_body(memoryview(self.buffer[9:9 + length]))
+                self.buffer = self.buffer[9 + length:]
+                frames.append(frame)
+                if until and until(frame):
+                    return frames
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(1 << 20)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.closed = True
+            self.buffer += data
+        return frames
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def stack(workdir, start_sluice):
+    """nginx (h2c) behind sluice under RULES; yields (sluice port, nginx, proxy)."""
+    nginx = Nginx(workdir, free_port(), LOCATIONS.replace("WWW", str(workdir / "nginx" / "www")),
+                  listen_options="http2")
+    (workdir / "nginx" / "www" / "big.bin").write_bytes(b"z" * (8 << 20))
+    write_policy(workdir, nginx.port, RULES + """              - {method: GET, path: "/files/.*"}\n""")
+    listen = free_port()
+    proxy = start_sluice(config(workdir, listen, nginx.port))
+    yield listen, nginx, proxy
+    nginx.stop()
+
+
+def resident_kib(proxy):
+    for line in open(f"/proc/{proxy.process.pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def cpu_seconds(proxy):
+    fields = open(f"/proc/{proxy.process.pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100
+
+
+def still_serves(port, nginx, proxy):
+    assert proxy.process.poll() is None, "sluice is alive"
+    code, version, body = curl2(port, "/api/after")
+    assert (code, version, body) == ("200", "2", b"api /api/after\n")
+
+
+def served(nginx, fragment):
+    return [line for line in nginx.access_lines() if fragment in line]
+
+
+def test_rapid_reset_is_bounded(stack):
+    """CVE-2023-44487: streams opened and reset at once, thousands of times."""
+    port, nginx, proxy = stack
+    before = cpu_seconds(proxy)
+    client = RawH2(port)
+    burst = b"".join(client.headers(stream, client.block(f"/api/rr/{stream}"))
+                     + RstStreamFrame(stream, error_code=CANCEL).serialize() for stream in range(1, 20_001, 2))
+    try:
+        client.send(burst)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    frames = client.frames(timeout=3, until=lambda f: isinstance(f, GoAwayFrame))
+    goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
+    assert goaways, "past the reset rate limit the connection ends with GOAWAY"
+    client.close()
+    time.sleep(0.3)
+    assert len(served(nginx, "/api/rr/")) <= 1100, "at most the reset burst reached the server"
+    assert cpu_seconds(proxy) - before < 3.0
+    still_serves(port, nginx, proxy)
+
+
+def test_continuation_flood_ends_the_connection(stack):
+    port, nginx, proxy = stack
+    client = RawH2(port)
+    first = client.block("/api/flood")
+    flood = client.headers(1, first, end_stream=True, end_headers=False) + b"".join(
+        ContinuationFrame(1, data=client.encoder.encode([(f"x-f{i}", "v")])).serialize() for i in range(2000))
+    try:
+        client.send(flood)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    client.frames(timeout=3)
+    assert client.closed, "the connection is closed"
+    client.close()
+    assert not served(nginx, "/api/flood")
+    still_serves(port, nginx, proxy)
+
+
+def test_hpack_bomb_resets_the_stream(stack):
+    """A header block of a few hundred bytes that decodes to ~1 MB (one 4 KB table entry
+    referenced again and again)."""
+    port, nginx, proxy = stack
+    client = RawH2(port)
+    # The seed puts x-bomb last into the decoder's table: dynamic index 62.
+    client.send(client.headers(1, client.block("/api/seed", extra=[("x-bomb", "a" * 4000)])))
+    # :method GET and :scheme http from the static table, :path literal, then x-bomb 250 times.
+    bomb = b"\x82\x86" + b"\x04\x09/api/bomb" + b"\xbe" * 250
+    assert len(bomb) < 300
+    client.send(client.headers(3, bomb))
+    frames = client.frames(timeout=2, until=lambda f: f.stream_id == 3 and isinstance(f, RstStreamFrame))
+    resets = [f for f in frames if isinstance(f, RstStreamFrame) and f.stream_id == 3]
+    goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
+    assert resets or goaways, [type(f).__name__ for f in frames]
+    client.close()
+    assert not served(nginx, "/api/bomb")
+    assert resident_kib(proxy) < 64 * 1024
+    still_serves(port, nginx, proxy)
+
+
+@pytest.mark.parametrize("frame", ["settings", "ping"])
+def test_control_frame_floods_from_a_peer_that_never_reads(stack, frame):
+    port, nginx, proxy = stack
+    start = resident_kib(proxy)
+    client = RawH2(port)
+    one = SettingsFrame(0).serialize() if frame == "settings" else PingFrame(0, opaque_data=b"12345678").serialize()
+    chunk = one * 10_000
+    client.sock.settimeout(0.5)
+    sent = 0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        try:
+            client.sock.sendall(chunk)
+            sent += len(chunk)
+        except (socket.timeout, BrokenPipeError, ConnectionResetError):
+            break
+    # The peer's writes stop (its acknowledgements are not read, so the proxy stops reading
+    # it) or the connection is closed: either way the proxy holds little.
+    assert resident_kib(proxy) - start < 32 * 1024, f"sent {sent} bytes"
+    client.close()
+    still_serves(port, nginx, proxy)
+
+
+def test_a_peer_that_never_opens_its_window_holds_one_window(stack):
+    port, nginx, proxy = stack
+    start = resident_kib(proxy)
+    client = RawH2(port, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 0})
+    client.send(client.headers(1, client.block("/files/big.bin")))
+    frames = client.frames(timeout=1.5)
+    assert any(isinstance(f, HeadersFrame) and f.stream_id == 1 for f in frames)
+    assert sum(len(f.data) for f in frames if isinstance(f, DataFrame)) == 0
+    assert resident_kib(proxy) - start < 8 * 1024, "at most a window or two of the 8 MiB body is held"
+    # Opening the window lets the rest through.
+    client.send(WindowUpdateFrame(1, window_increment=8 << 20).serialize()
+                + WindowUpdateFrame(0, window_increment=8 << 20).serialize()
+                + SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 1 << 20}).serialize())
+    got = 0
+    deadline = time.monotonic() + 10
+    while got < (8 << 20) and time.monotonic() < deadline:
+        got += sum(len(f.data) for f in client.frames(timeout=0.2) if isinstance(f, DataFrame))
+    assert got == 8 << 20
+    client.close()
+    still_serves(port, nginx, proxy)
+
+
+def test_more_streams_than_allowed_are_refused(stack):
+    port, nginx, proxy = stack
+    client = RawH2(port)
+    client.frames(timeout=0.3)  # the proxy's SETTINGS (SETTINGS_MAX_CONCURRENT_STREAMS 100)
+    client.send(b"".join(client.headers(stream, client.block(f"/api/many/{stream}"))
+                         for stream in range(1, 301, 2)))
+    frames = client.frames(timeout=3)
+    refused = {f.stream_id for f in frames if isinstance(f, RstStreamFrame)
+               and f.error_code in (REFUSED_STREAM, PROTOCOL_ERROR)}
+    answered = {f.stream_id for f in frames if isinstance(f, HeadersFrame)}
+    assert refused and len(answered) <= 100
+    assert answered | refused == set(range(1, 301, 2)) or any(isinstance(f, GoAwayFrame) for f in frames)
+    client.close()
+    time.sleep(0.2)
+    assert len(served(nginx, "/api/many/")) == len(answered) <= 100
+    still_serves(port, nginx, proxy)
+
+
+MALFORMED = {
+    "no-path": [(":method", "GET"), (":scheme", "http"), (":authority", "backend")],
+    "unknown-pseudo": [(":method", "GET"), (":scheme", "http"), (":authority", "b"), (":path", "/api/m"),
+                       (":smuggle", "1")],
+    "pseudo-after-regular": [(":method", "GET"), (":scheme", "http"), ("x-a", "1"), (":path", "/api/m")],
+    "twice-path": [(":method", "GET"), (":scheme", "http"), (":path", "/api/m"), (":path", "/admin")],
+    "uppercase-name": [(":method", "GET"), (":scheme", "http"), (":path", "/api/m"), ("X-Upper", "1")],
+    "connection": [(":method", "GET"), (":scheme", "http"), (":path", "/api/m"), ("connection", "keep-alive")],
+    "transfer-encoding": [(":method", "POST"), (":scheme", "http"), (":path", "/api/m"),
+                          ("transfer-encoding", "chunked")],
+    "upgrade": [(":method", "GET"), (":scheme", "http"), (":path", "/api/m"), ("upgrade", "h2c")],
+    "keep-alive": [(":method", "GET"), (":scheme", "http"), (":path", "/api/m"), ("keep-alive", "timeout=5")],
+    "te-not-trailers": [(":method", "GET"), (":scheme", "http"), (":path", "/api/m"), ("te", "gzip")],
+    "newline-in-value": [(":method", "GET"), (":scheme", "http"), (":path", "/api/m"), ("x-a", "1\r\nx-b: 2")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_requests_are_stream_errors(stack, case):
+    """RFC 9113 §8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR; the
+    connection goes on (a request after it on the same connection is served)."""
+    port, nginx, proxy = stack
+    client = RawH2(port)
+    client.send(client.headers(1, client.encoder.encode(MALFORMED[case])))
+    client.send(client.headers(3, client.block("/api/next")))
+    frames = client.frames(timeout=2, until=lambda f: isinstance(f, HeadersFrame) and f.stream_id == 3)
+    resets = [f for f in frames if isinstance(f, RstStreamFrame) and f.stream_id == 1]
+    assert resets and resets[0].error_code == PROTOCOL_ERROR, [repr(f) for f in frames]
+    assert any(isinstance(f, HeadersFrame) and f.stream_id == 3 for f in frames)
+    client.close()
+    time.sleep(0.1)
+    assert [line.split('"')[1] for line in nginx.access_lines()] == ["GET /api/next HTTP/2.0"]
