@@ -30,6 +30,8 @@ public final class CaptureJudge {
 
     private let traffic: RecordedTraffic
     private let counting: CountingReporter
+    /// The output, when it counts the records itself (see `init`).
+    private var writer: RecordWriter?
     /// With `--compare`: the other policy set, judging the same events side by side.
     private let other: (traffic: RecordedTraffic, ledger: VerdictLedger, mine: VerdictLedger)?
     private var ids: [TCPConnection: Int] = [:]
@@ -48,9 +50,20 @@ public final class CaptureJudge {
                 comparedWith otherSnapshot: PolicySnapshot? = nil, onChange: ((VerdictChange) -> Void)? = nil) {
         // The first set's requests reach its ledger only when there is something to compare.
         let mine = otherSnapshot.map { _ in VerdictLedger(next: nil) }
-        counting = CountingReporter(next: output, ledger: mine)
+        let reporter: L7FlowReporter
+        if mine == nil, let writer = output as? RecordWriter {
+            // Nothing else reads the records as they come: they are counted on the writer's
+            // thread, as it serialises them, off the judging thread.
+            counting = CountingReporter(next: nil, ledger: nil)
+            writer.alsoReading = counting
+            self.writer = writer
+            reporter = writer
+        } else {
+            counting = CountingReporter(next: output, ledger: mine)
+            reporter = counting
+        }
         traffic = RecordedTraffic(policy: WorkerPolicy(holder: PolicySnapshotHolder(snapshot)), registry: registry,
-                                  reporter: counting)
+                                  reporter: reporter)
         if let otherSnapshot, let mine {
             let ledger = VerdictLedger(next: nil)
             other = (RecordedTraffic(policy: WorkerPolicy(holder: PolicySnapshotHolder(otherSnapshot)), registry: registry,
@@ -89,6 +102,7 @@ public final class CaptureJudge {
         }
         summary.connections = traffic.counters
         summary.capture = replay.statistics
+        writer?.flush() // every record counted
         summary.requests = counting.requests
         summary.deniedBy = counting.deniedBy
         return summary
@@ -240,8 +254,9 @@ public final class CaptureJudge {
 }
 
 /// Passes records on and counts the L7 requests among them by protocol, verdict and the
-/// policy that denied them.
-final class CountingReporter: L7FlowReporter {
+/// policy that denied them. (Unchecked Sendable: used by one thread at a time, the judging
+/// one or the record writer's, whose queue its owner waits for before reading the counts.)
+final class CountingReporter: L7FlowReporter, @unchecked Sendable {
     private let next: L7FlowReporter?
     private let ledger: VerdictLedger?
     private(set) var requests: [String: [String: Int]] = [:]

@@ -1,5 +1,6 @@
 import Dispatch
 import Proxy
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -19,10 +20,21 @@ public final class RecordWriter: L7FlowReporter {
     /// Records waiting to be written (serialised on the writing thread).
     private var records: [JSONObject] = []
     public private(set) var written = 0
+    /// Also hears every record, on the writing thread, in order (set before the first
+    /// record; read what it gathered after `flush`).
+    var alsoReading: CountingReporter?
     private static let bufferBytes = 1 << 16
     private static let recordsPerBatch = 1024
     static let maximumBuffersInFlight = 8
     private let writes = DispatchQueue(label: "sluice.replay.records")
+    /// Batches written, handed back so that their records are freed on the thread that made
+    /// them (freed on the writing thread, they would contend for the allocator's lock with
+    /// every allocation the judging makes).
+    private let writtenBatches = WrittenBatches()
+
+    private final class WrittenBatches: Sendable {
+        let batches = Mutex<[[JSONObject]]>([])
+    }
     private let inFlight = DispatchSemaphore(value: RecordWriter.maximumBuffersInFlight)
 
     /// Standard output.
@@ -74,15 +86,22 @@ public final class RecordWriter: L7FlowReporter {
         buffer = []
         records = []
         records.reserveCapacity(Self.recordsPerBatch)
+        let done = writtenBatches.batches.withLock { batches in
+            defer { batches.removeAll(keepingCapacity: true) }
+            return batches
+        }
+        _ = done // freed here, on this thread
         inFlight.wait()
-        writes.async { [descriptor, inFlight] in
+        writes.async { [descriptor, inFlight, alsoReading, writtenBatches] in
             var bytes = lines
             bytes.reserveCapacity(lines.count + batch.count * 1024)
             for record in batch {
+                alsoReading?.report(record)
                 record.serialize(into: &bytes)
                 bytes.append(UInt8(ascii: "\n"))
             }
             Self.write(bytes, to: descriptor)
+            writtenBatches.batches.withLock { $0.append(batch) }
             inFlight.signal()
         }
     }

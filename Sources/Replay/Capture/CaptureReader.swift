@@ -93,19 +93,13 @@ public final class CaptureReader {
         let magicCount = withUnsafeMutableBytes(of: &magic) { fread($0.baseAddress, 1, 2, probe) }
         fclose(probe)
         let compressed = magicCount == 2 && magic == (0x1f, 0x8b)
-        var opened: OpaquePointer?
         var compressedFile: UnsafeMutableRawPointer?
-        if compressed {
-            guard let stream = sluice_gzip_fopen(path, &compressedFile) else {
-                throw .cannotOpen(path: path, reason: String(cString: strerror(errno)))
-            }
-            // pcap_fopen_offline owns `stream` from here, closing it on failure too.
-            opened = pcap_fopen_offline_with_tstamp_precision(
-                stream, UInt32(PCAP_TSTAMP_PRECISION_NANO), &errorBuffer)
-        } else {
-            opened = pcap_open_offline_with_tstamp_precision(
-                path, UInt32(PCAP_TSTAMP_PRECISION_NANO), &errorBuffer)
-        }
+        let stream = compressed ? sluice_gzip_fopen(path, &compressedFile) : fopen(path, "rb")
+        guard let stream else { throw .cannotOpen(path: path, reason: String(cString: strerror(errno))) }
+        // Large reads (stdio's default is a few KiB: a read call every few packets).
+        setvbuf(stream, nil, _IOFBF, 1 << 20)
+        // pcap_fopen_offline owns `stream` from here, closing it on failure too.
+        let opened = pcap_fopen_offline_with_tstamp_precision(stream, UInt32(PCAP_TSTAMP_PRECISION_NANO), &errorBuffer)
         guard let handle = opened else {
             let reason = errorBuffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
             if reason.contains("truncated") { throw .truncated(path: path, reason: reason) }
