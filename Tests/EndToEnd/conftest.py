@@ -158,7 +158,7 @@ flowLog: {{sink: file, path: "@FLOWS@"}}
 class Nginx:
     """A real nginx on 127.0.0.1 with its own prefix, config, and access log."""
 
-    def __init__(self, workdir, port, extra_locations="", listen_options=""):
+    def __init__(self, workdir, port, extra_locations="", listen_options="", extra_servers=""):
         self.prefix = pathlib.Path(workdir) / "nginx"
         self.prefix.mkdir()
         (self.prefix / "www").mkdir()
@@ -185,6 +185,7 @@ http {{
     location = /hello {{ return 200 "hello from nginx\\n"; }}
     {extra_locations}
   }}
+  {extra_servers}
 }}
 """)
         self.process = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(self.prefix)],

@@ -26,18 +26,35 @@ RULES = """            http:
                 headers: ["X-Token: s3cret"]
 """
 
+# /api/ goes through nginx's own proxy to a second, HTTP/1.1 server: nginx then reads a
+# request's whole body before answering. (nginx's `return` answers an h2 request before its
+# body and resets the stream with NO_ERROR after the response, RFC 9113 §8.1; curl 7.88 then
+# fails the transfer now and then with error 92, straight to nginx as through sluice.)
 LOCATIONS = """
-    location /api/ { client_max_body_size 16m; return 200 "api $request_uri\\n"; }
+    location /api/ { client_max_body_size 16m; proxy_pass http://127.0.0.1:INNER; proxy_http_version 1.1; }
+    location /early/ { client_max_body_size 16m; return 200 "early $request_uri\\n"; }
     location /admin { return 200 "admin\\n"; }
     location /files/ { alias WWW/; }
 """
+
+INNER_SERVER = """server {
+    listen 127.0.0.1:INNER;
+    access_log off;
+    location / { client_max_body_size 16m; return 200 "api $request_uri\\n"; }
+  }"""
+
+
+def h2c_nginx(workdir):
+    """nginx speaking h2c on a free port with LOCATIONS (and the inner server behind /api/)."""
+    inner = free_port()
+    return Nginx(workdir, free_port(), LOCATIONS.replace("WWW", str(workdir / "nginx" / "www")).replace("INNER", str(inner)),
+                 listen_options="http2", extra_servers=INNER_SERVER.replace("INNER", str(inner)))
 
 
 @pytest.fixture
 def h2c(workdir, start_sluice):
     """nginx speaking h2c behind sluice under RULES; yields (sluice port, nginx, proxy)."""
-    nginx = Nginx(workdir, free_port(), LOCATIONS.replace("WWW", str(workdir / "nginx" / "www")),
-                  listen_options="http2")
+    nginx = h2c_nginx(workdir)
     write_policy(workdir, nginx.port, RULES)
     listen = free_port()
     proxy = start_sluice(config(workdir, listen, nginx.port))
@@ -94,7 +111,7 @@ def test_large_bodies_cross_with_flow_control(h2c, workdir):
     port, nginx, _ = h2c
     data = bytes((i * 7919) % 251 for i in range(6 << 20))
     (workdir / "nginx" / "www" / "big.bin").write_bytes(data)
-    rules = RULES + """              - {method: GET, path: "/files/.*"}\n"""
+    rules = RULES + """              - {method: GET, path: "/files/.*"}\n              - {method: POST, path: "/early/.*"}\n"""
     write_policy(workdir, nginx.port, rules)
     time.sleep(0.3)  # the policy watcher's period is 50 ms
     code, _, body = curl2(port, "/files/big.bin")
@@ -106,13 +123,18 @@ def test_large_bodies_cross_with_flow_control(h2c, workdir):
     upload.write_bytes(data[: 3 << 20])
     # nginx answers before it read the body, then resets the stream NO_ERROR (RFC 9113 §8.1):
     # the client sees both, in that order, as it would from nginx itself.
-    result = subprocess.run(["nghttp", "-v", "-d", str(upload), "-H", "x-token: s3cret",
-                             f"http://127.0.0.1:{port}/api/orders"], capture_output=True, text=True, timeout=20)
+    result = subprocess.run(["nghttp", "-v", "-d", str(upload), f"http://127.0.0.1:{port}/early/orders"],
+                            capture_output=True, text=True, timeout=20)
     assert result.returncode == 0, result.stderr
-    assert ":status: 200" in result.stdout and "api /api/orders" in result.stdout
-    after_response = result.stdout.split("api /api/orders")[1]
+    assert ":status: 200" in result.stdout and "early /early/orders" in result.stdout
+    after_response = result.stdout.split("early /early/orders")[1]
     assert "recv RST_STREAM" in after_response and "error_code=NO_ERROR" in after_response
-    assert nginx.access_lines()[-1].split('"')[1] == "POST /api/orders HTTP/2.0"
+    assert nginx.access_lines()[-1].split('"')[1] == "POST /early/orders HTTP/2.0"
+    # Read whole first (nginx's own proxy in front of /api/), a 3 MiB upload arrives entire.
+    result = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "--data-binary", f"@{upload}",
+                             "-H", "X-Token: s3cret", "-o", "-", "-w", "%{http_code}",
+                             f"http://127.0.0.1:{port}/api/orders"], capture_output=True, timeout=20)
+    assert result.returncode == 0 and result.stdout == b"api /api/orders\n200", result
 
 
 GRPC_SERVER = textwrap.dedent("""
@@ -239,8 +261,7 @@ def test_replay_judges_an_h2c_capture(workdir):
     """`sluice replay` on traffic captured between nghttp and nginx h2c (no proxy between them):
     each stream judged by the same session in audit mode. Root (tcpdump)."""
     require_root("tcpdump on the loopback interface")
-    nginx = Nginx(workdir, free_port(), LOCATIONS.replace("WWW", str(workdir / "nginx" / "www")),
-                  listen_options="http2")
+    nginx = h2c_nginx(workdir)
     capture = workdir / "h2c.pcap"
     tcpdump = subprocess.Popen(["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-w", str(capture), f"tcp port {nginx.port}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

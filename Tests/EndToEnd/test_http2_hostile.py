@@ -12,9 +12,9 @@ import pytest
 from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame,
                               RstStreamFrame, SettingsFrame, WindowUpdateFrame)
 
-from conftest import Nginx, free_port
+from conftest import free_port
 from test_hostile import config, write_policy
-from test_http2 import LOCATIONS, RULES, curl2
+from test_http2 import RULES, curl2, h2c_nginx
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PROTOCOL_ERROR, REFUSED_STREAM, CANCEL = 0x1, 0x7, 0x8
@@ -74,8 +74,7 @@ class RawH2:
 @pytest.fixture
 def stack(workdir, start_sluice):
     """nginx (h2c) behind sluice under RULES; yields (sluice port, nginx, proxy)."""
-    nginx = Nginx(workdir, free_port(), LOCATIONS.replace("WWW", str(workdir / "nginx" / "www")),
-                  listen_options="http2")
+    nginx = h2c_nginx(workdir)
     (workdir / "nginx" / "www" / "big.bin").write_bytes(b"z" * (8 << 20))
     write_policy(workdir, nginx.port, RULES + """              - {method: GET, path: "/files/.*"}\n""")
     listen = free_port()

@@ -70,17 +70,20 @@ public final class HTTP2Endpoint {
     public let limits: HTTP2Limits
     private var session: OpaquePointer?
     private var events: [HTTP2Event] = []
-    /// Header fields of the block being received, per stream.
-    private var incoming: [Int32: IncomingBlock] = [:]
+    /// The header block being received. Blocks never interleave (RFC 9113 §6.10: a HEADERS
+    /// frame without END_HEADERS is followed by its CONTINUATIONs, nothing else), so one is
+    /// enough; nil while none is, or once the one being received went over its limits.
+    private var incoming: IncomingBlock?
+    /// Client streams that got an informational (1xx) head and still wait for their final one.
+    private var informational: Set<Int32> = []
     /// Bodies waiting for the peer's window, per stream.
     private var outgoing: [Int32: OutgoingBody] = [:]
     private var running = false
 
     private struct IncomingBlock {
+        var stream: Int32
         var headers: [HTTP2Header] = []
         var bytes = 0
-        var finalHeadSeen = false
-        var tooLarge = false
     }
 
     private struct OutgoingBody {
@@ -163,6 +166,7 @@ public final class HTTP2Endpoint {
     /// What nghttp2 has for the peer, up to about `limit` bytes (one frame may go past it).
     public func takeOutput(limit: Int) -> Result<[UInt8], HTTP2Failure> {
         precondition(!running, "HTTP2Endpoint.takeOutput re-entered from a callback")
+        guard wantsToWrite else { return .success([]) }
         running = true
         defer { running = false }
         var output: [UInt8] = []
@@ -317,31 +321,27 @@ public final class HTTP2Endpoint {
 
     private static let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, userData in
         let endpoint = endpoint(userData)
-        let stream = frame!.pointee.hd.stream_id
-        var block = endpoint.incoming[stream] ?? IncomingBlock()
-        block.headers = []
-        block.bytes = 0
-        block.tooLarge = false
-        endpoint.incoming[stream] = block
+        endpoint.incoming = IncomingBlock(stream: frame!.pointee.hd.stream_id)
+        endpoint.incoming!.headers.reserveCapacity(12)
         return 0
     }
 
     private static let onHeader: nghttp2_on_header_callback = { _, frame, name, nameLength, value, valueLength, _, userData in
         let endpoint = endpoint(userData)
-        let stream = frame!.pointee.hd.stream_id
-        guard var block = endpoint.incoming[stream] else { return 0 }
+        guard endpoint.incoming?.stream == frame!.pointee.hd.stream_id else { return 0 }
         // RFC 9113 §6.5.2: "the uncompressed size of header fields, including the length of the
         // name and value in octets plus an overhead of 32 octets for each header field".
-        block.bytes += nameLength + valueLength + 32
-        if block.bytes > endpoint.limits.maximumHeaderListBytes || block.headers.count >= endpoint.limits.maximumHeaderCount {
+        endpoint.incoming!.bytes += nameLength + valueLength + 32
+        if endpoint.incoming!.bytes > endpoint.limits.maximumHeaderListBytes
+            || endpoint.incoming!.headers.count >= endpoint.limits.maximumHeaderCount {
             // The stream is reset (nghttp2 answers a temporal failure with RST_STREAM
             // INTERNAL_ERROR); what remains of the block is decoded to keep HPACK in step, unseen.
-            endpoint.incoming[stream] = nil
+            endpoint.incoming = nil
             return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
         }
-        block.headers.append(HTTP2Header(name: Array(UnsafeBufferPointer(start: name, count: nameLength)),
-                                         value: Array(UnsafeBufferPointer(start: value, count: valueLength))))
-        endpoint.incoming[stream] = block
+        // Appended in place (the block is a stored property: no copy of what came before).
+        endpoint.incoming!.headers.append(HTTP2Header(name: Array(UnsafeBufferPointer(start: name, count: nameLength)),
+                                                      value: Array(UnsafeBufferPointer(start: value, count: valueLength))))
         return 0
     }
 
@@ -351,22 +351,24 @@ public final class HTTP2Endpoint {
         let endStream = header.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
         switch UInt32(header.type) {
         case NGHTTP2_HEADERS.rawValue:
-            guard var block = endpoint.incoming[header.stream_id] else { return 0 }
-            let headers = block.headers
-            block.headers = []
-            if !block.finalHeadSeen {
-                let status = headers.first { $0.name == HTTP2Endpoint.statusName }.map { $0.value }
-                if let status, status.first == UInt8(ascii: "1") {
-                    endpoint.incoming[header.stream_id] = block  // informational: not relayed
-                    return 0
-                }
-                block.finalHeadSeen = true
-                endpoint.incoming[header.stream_id] = block
-                endpoint.events.append(.head(stream: header.stream_id, headers: headers, endStream: endStream))
-            } else {
-                endpoint.incoming[header.stream_id] = block
-                endpoint.events.append(.trailers(stream: header.stream_id, headers: headers))
+            guard let block = endpoint.incoming, block.stream == header.stream_id else { return 0 }
+            endpoint.incoming = nil
+            let stream = header.stream_id, category = frame!.pointee.headers.cat
+            // A request's head (server side); a response's first head, or its final one after
+            // an informational one (client side); otherwise trailers.
+            let isHead = endpoint.role == .server ? category == NGHTTP2_HCAT_REQUEST
+                : category == NGHTTP2_HCAT_RESPONSE || endpoint.informational.contains(stream)
+            guard isHead else {
+                endpoint.events.append(.trailers(stream: stream, headers: block.headers))
+                return 0
             }
+            if endpoint.role == .client,
+               block.headers.first(where: { $0.name == HTTP2Endpoint.statusName })?.value.first == UInt8(ascii: "1") {
+                endpoint.informational.insert(stream)  // informational: not relayed
+                return 0
+            }
+            if !endpoint.informational.isEmpty { endpoint.informational.remove(stream) }
+            endpoint.events.append(.head(stream: stream, headers: block.headers, endStream: endStream))
         case NGHTTP2_DATA.rawValue:
             if endStream { endpoint.events.append(.endOfBody(stream: header.stream_id)) }
         case NGHTTP2_GOAWAY.rawValue:
@@ -387,7 +389,8 @@ public final class HTTP2Endpoint {
 
     private static let onStreamClose: nghttp2_on_stream_close_callback = { _, stream, errorCode, userData in
         let endpoint = endpoint(userData)
-        endpoint.incoming[stream] = nil
+        if endpoint.incoming?.stream == stream { endpoint.incoming = nil }
+        if !endpoint.informational.isEmpty { endpoint.informational.remove(stream) }
         if let body = endpoint.outgoing.removeValue(forKey: stream), body.remaining > 0 {
             endpoint.events.append(.bodyTaken(stream: stream, count: body.remaining))
         }

@@ -35,6 +35,8 @@ public final class HTTP2PolicySession: L7Session {
     private var streams: [Int32: Stream] = [:]
     /// The client's stream ID for each upstream stream ID.
     private var clientStream: [Int32: Int32] = [:]
+    /// Streams whose `awaitingResponse` is set (the driver asks after every step).
+    private var awaitingCount = 0
     /// Why the connection must end (an endpoint failed, a side went away).
     private var ending: String?
     /// Requests judged on this connection (for tests and counters).
@@ -49,6 +51,7 @@ public final class HTTP2PolicySession: L7Session {
         var start: UInt64
         var direction: Direction
         var allowed: Bool
+        /// Forwarded, its response head not back yet (counted in `awaitingCount`).
         var awaitingResponse: Bool
         /// The client ended its request (END_STREAM).
         var requestEnded: Bool
@@ -136,7 +139,7 @@ public final class HTTP2PolicySession: L7Session {
         return output(of: downstream)
     }
 
-    public var isAwaitingResponse: Bool { streams.values.contains { $0.awaitingResponse } }
+    public var isAwaitingResponse: Bool { awaitingCount > 0 }
 
     public func responseTimedOut() -> [UInt8]? {
         // RFC 9110 §15.6.5: 504 for each stream the server left without a response head.
@@ -193,6 +196,7 @@ public final class HTTP2PolicySession: L7Session {
             if let upstreamID = streams[id]?.upstreamID { upstream.endBody(stream: upstreamID, trailers: headers) }
         case .closed(let id, let errorCode):
             guard let stream = streams.removeValue(forKey: id) else { return }
+            if stream.awaitingResponse { awaitingCount -= 1 }
             if let upstreamID = stream.upstreamID, clientStream.removeValue(forKey: upstreamID) != nil {
                 // The client reset the stream (or nghttp2 did, for a violation): so is the upstream one.
                 upstream.resetStream(upstreamID, errorCode: errorCode == NGHTTP2_NO_ERROR.rawValue
@@ -211,6 +215,7 @@ public final class HTTP2PolicySession: L7Session {
         switch event {
         case .head(let upstreamID, let headers, let endStream):
             guard let id = clientStream[upstreamID], var stream = streams[id] else { return }
+            if stream.awaitingResponse { awaitingCount -= 1 }
             stream.awaitingResponse = false
             streams[id] = stream
             let status = headers.first { $0.name == Self.statusName }.flatMap { Int($0.valueText) }
@@ -326,6 +331,7 @@ public final class HTTP2PolicySession: L7Session {
         }
         stream.upstreamID = upstreamID
         stream.awaitingResponse = true
+        awaitingCount += 1
         streams[id] = stream
         clientStream[upstreamID] = id
     }
