@@ -34,6 +34,7 @@ LOCATIONS = """
     location /api/ { client_max_body_size 16m; proxy_pass http://127.0.0.1:INNER; proxy_http_version 1.1; }
     location /early/ { client_max_body_size 16m; return 200 "early $request_uri\\n"; }
     location /admin { return 200 "admin\\n"; }
+    location = /team { return 200 "team=$http_x_team\\n"; }
     location /files/ { alias WWW/; }
 """
 

@@ -42,7 +42,9 @@ public struct HTTP1LocalResponses: Sendable, Equatable {
     /// `closes`, it also carries `Connection: close`. The answer to a target with escaped
     /// slashes (`HTTP1TargetNormalization.redirect`). Bytes of `location` that a field value
     /// cannot hold (controls, DEL) are percent-encoded.
-    public static func redirect(location: String, closes: Bool = false) -> [UInt8] {
+    /// `location` as a Location field value: controls, spaces and DEL percent-encoded, so that
+    /// no byte of it can end the field or the head.
+    public static func locationValue(_ location: String) -> [UInt8] {
         var value: [UInt8] = []
         for byte in location.utf8 {
             if byte > 0x20 && byte != 0x7F {
@@ -52,7 +54,11 @@ public struct HTTP1LocalResponses: Sendable, Equatable {
                 value += [UInt8(ascii: "%"), digits[Int(byte >> 4)], digits[Int(byte & 0x0F)]]
             }
         }
-        return Array("HTTP/1.1 307 Temporary Redirect\r\nLocation: ".utf8) + value
+        return value
+    }
+
+    public static func redirect(location: String, closes: Bool = false) -> [UInt8] {
+        Array("HTTP/1.1 307 Temporary Redirect\r\nLocation: ".utf8) + locationValue(location)
             + Array("\r\nContent-Length: 0\r\n\(closes ? "Connection: close\r\n" : "")\r\n".utf8)
     }
 }

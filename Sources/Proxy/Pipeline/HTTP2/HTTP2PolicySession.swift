@@ -290,12 +290,21 @@ public final class HTTP2PolicySession: L7Session {
                 if let index = forwarded.firstIndex(where: { $0.name == Self.pathName }) {
                     forwarded[index].value = Array(target.utf8)
                 }
-            case .redirect, .invalid:
-                deniedCount += 1
-                reportRequest(method: method, url: path, judgement: .init(allowed: false))
-                streams[id] = Stream(upstreamID: nil, method: method, url: path, start: clock(), direction: .ingress,
-                                     allowed: false, awaitingResponse: false, requestEnded: endStream)
-                return answer(stream: id, status: 400, body: Array("Bad Request\r\n".utf8))
+            case .redirect(let location):
+                // As over HTTP/1.1: an escaped slash is sent to the unescaped path (307).
+                return answerUnjudged(id, method: method, url: path, endStream: endStream, forwarded: forwarded) {
+                    self.downstream.submitResponse(stream: id, [
+                        HTTP2Header(":status", "307"),
+                        HTTP2Header(name: Array("location".utf8), value: HTTP1LocalResponses.locationValue(location)),
+                        HTTP2Header("content-length", "0"),
+                    ], hasBody: false)
+                    return 307
+                }
+            case .invalid:
+                return answerUnjudged(id, method: method, url: path, endStream: endStream, forwarded: forwarded) {
+                    self.answer(stream: id, status: 400, body: Array("Bad Request\r\n".utf8))
+                    return 400
+                }
             }
         }
         // RFC 9113 §8.3.1: ":authority ... clients that generate HTTP/2 requests directly MUST
@@ -376,6 +385,27 @@ public final class HTTP2PolicySession: L7Session {
     }
 
     // MARK: Flow records
+
+    /// A request answered here before any rule is asked (a target to redirect, or one that
+    /// cannot be normalised): reported denied, answered by `answer` (which returns its status);
+    /// in audit mode forwarded as recorded instead, unjudged.
+    private func answerUnjudged(_ id: Int32, method: String, url: String, endStream: Bool, forwarded: [HTTP2Header],
+                                answer: () -> Int) {
+        deniedCount += 1
+        reportRequest(method: method, url: url, judgement: .init(allowed: false))
+        var stream = Stream(upstreamID: nil, method: method, url: url, start: clock(), direction: .ingress,
+                            allowed: false, awaitingResponse: false, requestEnded: endStream)
+        guard audit, let upstreamID = upstream.submitRequest(forwarded, hasBody: !endStream, streamID: id) else {
+            streams[id] = stream
+            reportAnswer(stream, code: answer())
+            return
+        }
+        stream.upstreamID = upstreamID
+        stream.awaitingResponse = true
+        awaitingCount += 1
+        streams[id] = stream
+        clientStream[upstreamID] = id
+    }
 
     private func reportRequest(method: String, url: String, judgement: HTTPRequestJudge.Judgement) {
         reporter?.report(record(type: .request, verdict: judgement.allowed ? .forwarded : .dropped,
