@@ -74,12 +74,14 @@ let package = Package(
         // -sanitize=fuzzer,address into .build-fuzz, it runs libFuzzer. The harnesses are a
         // library so the corpus replay also runs in `swift test` (FuzzCorpusTests).
         .target(name: "CFuzzing", path: "Fuzz/CFuzzing"),
-        .target(name: "SluiceFuzzHarnesses", dependencies: ["L7Parsers", "PolicyEngine", "CFuzzing"],
-                path: "Fuzz/Harnesses"),
+        // Proxy's C shims hold libbpf's quiet-logging hook (for Datapath): linked here too.
+        .target(name: "SluiceFuzzHarnesses", dependencies: ["L7Parsers", "PolicyEngine", "Proxy", "CFuzzing"],
+                path: "Fuzz/Harnesses", linkerSettings: [.linkedLibrary("bpf")]),
         .executableTarget(name: "fuzz-http1", dependencies: ["SluiceFuzzHarnesses"], path: "Fuzz/Targets/HTTP1"),
         .executableTarget(name: "fuzz-policy-loader", dependencies: ["SluiceFuzzHarnesses"],
                           path: "Fuzz/Targets/PolicyLoader"),
         .executableTarget(name: "fuzz-dns", dependencies: ["SluiceFuzzHarnesses"], path: "Fuzz/Targets/DNS"),
+        .executableTarget(name: "fuzz-http2", dependencies: ["SluiceFuzzHarnesses"], path: "Fuzz/Targets/HTTP2"),
         .testTarget(name: "FuzzCorpusTests", dependencies: ["SluiceFuzzHarnesses"], path: "Fuzz/Tests"),
 
         .testTarget(name: "ProxyTests", dependencies: ["Proxy", "COpenSSL", "L7Parsers", "PolicyEngine"]),

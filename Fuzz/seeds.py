@@ -185,7 +185,75 @@ def dns_seeds():
     return seeds
 
 
+def http2_seeds():
+    """HTTP/2 conversations (client frames, then the server's), built with hyperframe and hpack:
+    allowed and denied streams, gRPC, bodies and trailers, resets, and hostile shapes. fuzz-http2
+    inputs: 1 byte read size (0 = all at once), 1 byte flags (1 = the client stops reading,
+    2 = the server closes), the client's bytes, "\\n--server--\\n", the server's bytes."""
+    import hpack
+    from hyperframe.frame import (ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame, PingFrame,
+                                  RstStreamFrame, SettingsFrame, WindowUpdateFrame)
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+    def request(encoder, stream, method, path, extra=(), end=True):
+        block = encoder.encode([(":method", method), (":scheme", "http"), (":authority", "backend"),
+                                (":path", path), *extra])
+        return HeadersFrame(stream, data=block, flags=["END_HEADERS"] + (["END_STREAM"] if end else [])).serialize()
+
+    def conversation(client, server=b"", read=0, flags=0):
+        return bytes([read, flags]) + client + SEPARATOR + server
+
+    client = hpack.Encoder()
+    server = hpack.Encoder()
+    hello = preface + SettingsFrame(0).serialize()
+    answer = (SettingsFrame(0).serialize() + SettingsFrame(0, flags=["ACK"]).serialize()
+              + HeadersFrame(1, data=server.encode([(":status", "200"), ("content-length", "2")]),
+                             flags=["END_HEADERS"]).serialize()
+              + DataFrame(1, data=b"ok", flags=["END_STREAM"]).serialize())
+    seeds = {}
+    seeds["get-allowed"] = conversation(hello + request(client, 1, "GET", "/api/a"), answer)
+    client = hpack.Encoder()
+    seeds["denied-and-allowed"] = conversation(
+        hello + request(client, 1, "GET", "/api/a") + request(client, 3, "DELETE", "/api/a")
+        + request(client, 5, "GET", "/api/..%2fadmin") + request(client, 7, "GET", "/api/../admin"), answer, read=7)
+    client = hpack.Encoder()
+    grpc = [("content-type", "application/grpc"), ("te", "trailers")]
+    seeds["grpc-denied"] = conversation(hello + request(client, 1, "POST", "/shop.Orders/Get", grpc, end=False)
+                                        + DataFrame(1, data=b"\0\0\0\0\x02hi", flags=["END_STREAM"]).serialize())
+    client = hpack.Encoder()
+    server = hpack.Encoder()
+    seeds["post-body-trailers"] = conversation(
+        hello + request(client, 1, "POST", "/orders", [("x-token", "s3cret")], end=False)
+        + DataFrame(1, data=b"x" * 3000).serialize()
+        + HeadersFrame(1, data=client.encode([("x-sum", "1")]), flags=["END_HEADERS", "END_STREAM"]).serialize(),
+        SettingsFrame(0).serialize() + SettingsFrame(0, flags=["ACK"]).serialize()
+        + HeadersFrame(1, data=server.encode([(":status", "100")]), flags=["END_HEADERS"]).serialize()
+        + HeadersFrame(1, data=server.encode([(":status", "200")]), flags=["END_HEADERS"]).serialize()
+        + DataFrame(1, data=b"y" * 5000).serialize()
+        + HeadersFrame(1, data=server.encode([("grpc-status", "0")]), flags=["END_HEADERS", "END_STREAM"]).serialize(),
+        read=100, flags=2)
+    client = hpack.Encoder()
+    seeds["resets-and-goaway"] = conversation(
+        hello + request(client, 1, "GET", "/api/a") + RstStreamFrame(1, error_code=8).serialize()
+        + request(client, 3, "GET", "/api/b") + WindowUpdateFrame(0, window_increment=1000).serialize()
+        + PingFrame(0, opaque_data=b"12345678").serialize() + GoAwayFrame(0, last_stream_id=3).serialize(),
+        SettingsFrame(0).serialize() + RstStreamFrame(3, error_code=2).serialize()
+        + GoAwayFrame(0, last_stream_id=0, error_code=0).serialize())
+    client = hpack.Encoder()
+    block = client.encode([(":method", "GET"), (":scheme", "http"), (":path", "/api/a"), ("x-big", "v" * 3000)])
+    seeds["hostile-continuations"] = conversation(
+        hello + HeadersFrame(1, data=block[:10], flags=[]).serialize()
+        + b"".join(ContinuationFrame(1, data=block[10 + i * 100:10 + (i + 1) * 100]).serialize() for i in range(12)))
+    seeds["hostile-flood"] = conversation(
+        hello + b"".join(PingFrame(0, opaque_data=b"%08d" % i).serialize() for i in range(200))
+        + b"".join(SettingsFrame(0).serialize() for _ in range(50)), flags=1)
+    seeds["hostile-not-a-preface"] = conversation(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n" + b"\0" * 30)
+    return seeds
+
+
 def main():
+    for name, data in http2_seeds().items():
+        write(ROOT / "Corpus" / "http2", name, data)
     for name, data in dns_seeds().items():
         write(ROOT / "Corpus" / "dns", name, data)
     for name, data in HTTP1_SEEDS.items():

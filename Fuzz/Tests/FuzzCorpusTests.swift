@@ -45,6 +45,14 @@ import SluiceFuzzHarnesses
         }
     }
 
+    @Test func http2CorpusReplays() {
+        let files = CorpusFiles.list(Self.corpus + "http2")
+        #expect(files.count >= 8)
+        for file in files {
+            CorpusFiles.read(file)?.withUnsafeBytes(HTTP2SessionFuzzer.run)
+        }
+    }
+
     @Test func policyLoaderCorpusReplays() {
         let files = CorpusFiles.list(Self.corpus + "policy-loader")
         #expect(files.count >= 10)
