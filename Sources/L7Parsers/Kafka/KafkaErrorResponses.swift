@@ -56,8 +56,17 @@ public enum KafkaErrorResponses {
 
     static let partitionFieldNames: Set<String> = ["PartitionIndex", "Partition", "Index", "PartitionId"]
 
+    /// Responses seldom mark their topic names (`entityType`): a string called Name, Topic or
+    /// TopicName in a response element is one.
+    static let topicNameFieldNames: Set<String> = ["Name", "Topic", "TopicName"]
+
+    static func isTopicName(_ field: KafkaFieldSchema) -> Bool {
+        guard case .string = field.type else { return false }
+        return field.entity == "topicName" || topicNameFieldNames.contains(field.name)
+    }
+
     static func isTopicField(_ field: KafkaFieldSchema) -> Bool {
-        if field.entity == "topicName" { return true }
+        if isTopicName(field) { return true }
         if field.name == "TopicId", case .uuid = field.type { return true }
         return false
     }
@@ -85,15 +94,17 @@ public enum KafkaErrorResponses {
         let version: Int16
         let errorCode: Int16
         let topLevelCode: Int16
+        /// Error codes placed in listed topics and partitions so far.
+        var placed = 0
 
         mutating func mirror(_ schema: KafkaStructSchema, from source: Source?, depth: Int) -> KafkaStruct {
             var values = [KafkaValue](repeating: .absent, count: schema.fields.count)
-            var listsElements = false
             var errorIndex: Int?
             for (index, field) in schema.fields.enumerated() where field.isRegular(in: version) {
-                if field.name == "ErrorCode", case .int16 = field.type {
-                    if depth > 0 {
+                if field.name.hasSuffix("ErrorCode"), case .int16 = field.type {
+                    if depth > 0 || field.name != "ErrorCode" {
                         values[index] = .int(Int64(errorCode))
+                        placed += 1
                     } else {
                         errorIndex = index
                     }
@@ -105,7 +116,6 @@ public enum KafkaErrorResponses {
                 }
                 if case .array(.structure(let element)) = field.type {
                     let sources = elements(for: field, element: element, in: source)
-                    if !sources.isEmpty { listsElements = true }
                     values[index] = .array(sources.map { .structure(mirror(element, from: $0, depth: depth + 1)) })
                     continue
                 }
@@ -113,7 +123,8 @@ public enum KafkaErrorResponses {
                 if case .array = field.type { values[index] = .array([]) }
             }
             if let errorIndex {
-                values[errorIndex] = .int(Int64(listsElements ? 0 : topLevelCode))
+                // The top-level error only where no listed topic or partition carries one.
+                values[errorIndex] = .int(Int64(placed > 0 ? 0 : topLevelCode))
             }
             return KafkaStruct(values: values)
         }
@@ -124,7 +135,7 @@ public enum KafkaErrorResponses {
             guard let source else { return nil }
             switch source {
             case .topicName(let name):
-                if field.entity == "topicName", case .string = field.type { return .string(name) }
+                if isTopicName(field) { return .string(name) }
                 return nil
             case .partition(let index):
                 return isPartitionField(field) ? .int(index) : nil
@@ -138,7 +149,7 @@ public enum KafkaErrorResponses {
                 for (index, candidate) in schema.fields.enumerated() where index < value.values.count {
                     guard value.values[index] != .absent else { continue }
                     let same = candidate.name == field.name
-                        || (field.entity == "topicName" && candidate.entity == "topicName")
+                        || (isTopicName(field) && candidate.entity == "topicName")
                         || (isPartitionField(field) && isPartitionField(candidate))
                     guard same else { continue }
                     switch (field.type, value.values[index]) {
@@ -155,8 +166,24 @@ public enum KafkaErrorResponses {
             }
         }
 
-        /// The request elements a response array lists again.
+        /// The request elements a response array lists again: from the request element's own
+        /// arrays, else (topics grouped otherwise in the request, such as AlterReplicaLogDirs'
+        /// topics under their directories) from the arrays nested in them.
         func elements(for field: KafkaFieldSchema, element: KafkaStructSchema, in source: Source?) -> [Source] {
+            let direct = directElements(for: field, element: element, in: source)
+            guard direct.isEmpty, kind(of: element, version: version) == .topic,
+                  case .structure(let value, let schema)? = source else { return direct }
+            var nested: [Source] = []
+            for (index, candidate) in schema.fields.enumerated() where index < value.values.count {
+                guard case .array(.structure(let inner)) = candidate.type, case .array(let items?) = value.values[index] else { continue }
+                for case .structure(let item?) in items {
+                    nested += elements(for: field, element: element, in: .structure(item, inner))
+                }
+            }
+            return nested
+        }
+
+        func directElements(for field: KafkaFieldSchema, element: KafkaStructSchema, in source: Source?) -> [Source] {
             guard case .structure(let value, let schema)? = source else { return [] }
             let wanted = kind(of: element, version: version)
             for (index, candidate) in schema.fields.enumerated() where index < value.values.count {

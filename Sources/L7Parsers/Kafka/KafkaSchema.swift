@@ -28,7 +28,7 @@ public struct KafkaVersions: Sendable, Hashable {
 extension Optional where Wrapped == KafkaVersions {
     /// The schemas' "none" is nil: no version is in it.
     @inline(__always)
-    func contains(_ version: Int16) -> Bool { self?.contains(version) ?? false }
+    public func contains(_ version: Int16) -> Bool { self?.contains(version) ?? false }
 }
 
 /// The type of one field, as the schemas spell it (`int32`, `[]string`, `[]TopicData`, ...).
