@@ -47,6 +47,36 @@ public enum KafkaErrorResponses {
                                    body: deniedBody(api: api, version: version, request: request, errorCode: errorCode))
     }
 
+    /// A Metadata request (decoded, `version`) keeping only the topics `keep` allows, for the
+    /// broker; nil when its topic list cannot be narrowed (v0, where an empty list means every
+    /// topic, would widen to all).
+    public static func narrowedMetadataRequest(_ request: KafkaStruct, version: Int16,
+                                               keep: (String) -> Bool) -> KafkaStruct? {
+        let root = KafkaMessages.MetadataRequest.schema.root
+        guard version >= 1, let topicsIndex = root.index(of: "Topics"),
+              case .array(.structure(let topicSchema)) = root.fields[topicsIndex].type,
+              let nameIndex = topicSchema.index(of: "Name"),
+              case .array(let topics?) = request.values[topicsIndex] else { return nil }
+        var narrowed = request
+        narrowed.values[topicsIndex] = .array(topics.filter { topic in
+            guard case .structure(let element?) = topic, case .string(let name?) = element.values[nameIndex] else { return true }
+            return keep(name)
+        })
+        return narrowed
+    }
+
+    /// A Metadata response (decoded, `version`) with an entry for each of `denied` added, error
+    /// 29 and no partitions: what a broker answers for topics the client may not see.
+    public static func metadataResponse(_ response: KafkaStruct, version: Int16, adding denied: [String]) -> KafkaStruct {
+        let root = KafkaMessages.MetadataResponse.schema.root
+        guard let topicsIndex = root.index(of: "Topics"), case .array(.structure(let topicSchema)) = root.fields[topicsIndex].type,
+              case .array(let topics?) = response.values[topicsIndex] else { return response }
+        var builder = Builder(version: version, errorCode: topicAuthorizationFailed, topLevelCode: topicAuthorizationFailed)
+        var widened = response
+        widened.values[topicsIndex] = .array(topics + denied.map { .structure(builder.mirror(topicSchema, from: .topicName($0), depth: 1)) })
+        return widened
+    }
+
     /// Where a response element's values come from.
     enum Source {
         case structure(KafkaStruct, KafkaStructSchema)

@@ -43,6 +43,11 @@ public final class KafkaPolicySession: L7Session {
     private var pendingHead = 0
     /// Bytes of a request already answered locally, to drop at the next request step.
     private var answeredRequestBytes = 0
+    /// Bytes of a response already rewritten, to drop at the next response step.
+    private var rewrittenResponseBytes = 0
+    /// A request had to end the connection: once the responses owed for earlier requests
+    /// are through, it closes (so that no allowed request's answer is lost).
+    private var closeWhenAnswered: String?
     /// A produce request being streamed.
     private var produce: ProduceInFlight?
     /// The last client ID seen and its bytes, so that a client sending the same one each
@@ -65,7 +70,9 @@ public final class KafkaPolicySession: L7Session {
         var direction: Direction
         var allowed: Bool
         /// The answer Sluice gives in the broker's place; nil: the broker answers.
-        var answer: [UInt8]?
+        var answer: [UInt8]? = nil
+        /// Topics removed from a Metadata request: its response gets them back with error 29.
+        var deniedTopics: [String] = []
     }
 
     struct ProduceInFlight {
@@ -101,6 +108,9 @@ public final class KafkaPolicySession: L7Session {
     // MARK: Requests
 
     private func requestStep(_ bytes: UnsafeRawBufferPointer) -> SessionOperation {
+        if let reason = closeWhenAnswered {
+            return pendingHead == pending.count ? .close(reason: reason) : .blocked
+        }
         if answeredRequestBytes > 0 {
             defer { answeredRequestBytes = 0 }
             return .drop(answeredRequestBytes)
@@ -181,7 +191,40 @@ public final class KafkaPolicySession: L7Session {
                 ? "Kafka \(KafkaAPIKeys.name(of: header.apiKey)) v\(header.apiVersion): a version whose topics Sluice cannot read"
                 : "Kafka \(KafkaAPIKeys.name(of: header.apiKey)): unknown topic ID \(unknownID)"
         }
-        let topic = topics.first
+        var topic = topics.first
+        if !allowed, topics.count > 1 {
+            // The record names the first topic the policy refuses.
+            topic = topics.first { !judge(KafkaRequestFacts(apiKey: header.apiKey, apiVersion: header.apiVersion,
+                                                             clientID: clientID, topics: [$0])).allowed } ?? topic
+        }
+        if !allowed, !context.audit, header.apiKey == 3, unknownID == nil, let body,
+           judge(KafkaRequestFacts(apiKey: 3, apiVersion: header.apiVersion, clientID: clientID, topics: [])).allowed {
+            // Metadata for topics of which some are refused: the broker is asked about the others
+            // only (never about a refused one, which it might create), and its answer gets the
+            // refused ones back with error 29, as a broker answers topics the client may not see.
+            let refused = topics.filter { !judge(KafkaRequestFacts(apiKey: 3, apiVersion: header.apiVersion,
+                                                                   clientID: clientID, topics: [$0])).allowed }
+            if let narrowed = KafkaErrorResponses.narrowedMetadataRequest(body, version: header.apiVersion,
+                                                                          keep: { !refused.contains($0) }) {
+                deniedCount &+= 1
+                report(type: .request, verdict: .dropped, key: 3, version: header.apiVersion, correlation: header.correlationID,
+                       topic: refused.first, errorCode: KafkaErrorResponses.topicAuthorizationFailed, rules: [], allowed: false,
+                       summary: "Kafka Metadata: topics \(refused.joined(separator: ", ")) refused; the broker is asked about the others")
+                var writer = KafkaWriter(capacity: frame.count)
+                KafkaCodec.encode(narrowed, KafkaMessages.MetadataRequest.schema, version: header.apiVersion, into: &writer)
+                var rebuilt = [UInt8](frame[0..<header.bodyOffset])
+                rebuilt += writer.bytes
+                let size = UInt32(rebuilt.count - 4)
+                rebuilt[0] = UInt8(size >> 24)
+                rebuilt[1] = UInt8(truncatingIfNeeded: size >> 16)
+                rebuilt[2] = UInt8(truncatingIfNeeded: size >> 8)
+                rebuilt[3] = UInt8(truncatingIfNeeded: size)
+                enqueue(Pending(correlationID: header.correlationID, apiKey: 3, apiVersion: header.apiVersion, topic: refused.first,
+                                start: start, direction: direction, allowed: true, deniedTopics: refused))
+                answeredRequestBytes = frame.count
+                return .forward(rebuilt)
+            }
+        }
         report(type: .request, verdict: allowed ? .forwarded : .dropped, key: header.apiKey, version: header.apiVersion,
                correlation: header.correlationID, topic: topic, errorCode: allowed ? 0 : KafkaErrorResponses.topicAuthorizationFailed,
                rules: rules, allowed: allowed, summary: summary)
@@ -194,7 +237,7 @@ public final class KafkaPolicySession: L7Session {
         deniedCount &+= 1
         guard let api, api.request.versions.contains(header.apiVersion) else {
             // No schema for this API or version: no answer of the right shape can be made.
-            return .close(reason: "Kafka \(KafkaAPIKeys.name(of: header.apiKey)) v\(header.apiVersion) denied, and Sluice cannot answer that version")
+            return closeOnceAnswered("Kafka \(KafkaAPIKeys.name(of: header.apiKey)) v\(header.apiVersion) denied, and Sluice cannot answer that version")
         }
         let answer = KafkaErrorResponses.deniedFrame(api: api, version: header.apiVersion, correlationID: header.correlationID,
                                                      request: body ?? KafkaStruct(values: []))
@@ -326,6 +369,10 @@ public final class KafkaPolicySession: L7Session {
     // MARK: Responses
 
     private func responseStep(_ bytes: UnsafeRawBufferPointer) -> SessionOperation {
+        if rewrittenResponseBytes > 0 {
+            defer { rewrittenResponseBytes = 0 }
+            return .drop(rewrittenResponseBytes)
+        }
         if pendingHead < pending.count, let answer = pending[pendingHead].answer {
             let entry = dequeue()
             reportAnswer(key: entry.apiKey, version: entry.apiVersion, correlation: entry.correlationID, topic: entry.topic,
@@ -350,6 +397,7 @@ public final class KafkaPolicySession: L7Session {
         let isMetadata = entry.apiKey == 3
         let reads = isMetadata ? length <= settings.maximumMetadataResponseBytes : length <= Self.readResponseBytes
         var errorCode: Int16 = 0
+        var rewritten: [UInt8]?
         if reads {
             guard bytes.count >= frameEnd else { return .needMore(minimumBytes: frameEnd - bytes.count) }
             if let api = KafkaMessages.apis[entry.apiKey], api.response.versions.contains(entry.apiVersion),
@@ -358,12 +406,35 @@ public final class KafkaPolicySession: L7Session {
                let body = try? KafkaCodec.decode(api.response, version: entry.apiVersion, bytes, from: offset, to: frameEnd) {
                 errorCode = KafkaTopics.firstErrorCode(in: body, schema: api.response.root)
                 if isMetadata && entry.allowed { directory.learn(KafkaTopics.learned(fromMetadataResponse: body)) }
+                if entry.apiKey == 18, errorCode == 0, let restricted = KafkaAPIVersions.restricted(body) {
+                    var writer = KafkaWriter(capacity: frameEnd)
+                    KafkaCodec.encode(restricted, api.response, version: entry.apiVersion, into: &writer)
+                    rewritten = KafkaFraming.responseFrame(correlationID: correlationID, headerVersion: 0, body: writer.bytes)
+                }
+                if !entry.deniedTopics.isEmpty {
+                    let widened = KafkaErrorResponses.metadataResponse(body, version: entry.apiVersion, adding: entry.deniedTopics)
+                    var writer = KafkaWriter(capacity: frameEnd + 64 * entry.deniedTopics.count)
+                    KafkaCodec.encode(widened, api.response, version: entry.apiVersion, into: &writer)
+                    rewritten = KafkaFraming.responseFrame(correlationID: correlationID,
+                                                           headerVersion: api.responseHeaderVersion(entry.apiVersion), body: writer.bytes)
+                    errorCode = KafkaErrorResponses.topicAuthorizationFailed
+                }
             }
+            if !entry.deniedTopics.isEmpty && rewritten == nil {
+                malformedCount &+= 1
+                return .close(reason: "Kafka Metadata response v\(entry.apiVersion) cannot be read to add the refused topics")
+            }
+        } else if !entry.deniedTopics.isEmpty {
+            return .close(reason: "Kafka Metadata response over \(settings.maximumMetadataResponseBytes) bytes")
         }
         _ = dequeue()
         report(type: .response, verdict: entry.allowed ? .forwarded : .dropped, key: entry.apiKey, version: entry.apiVersion,
                correlation: correlationID, topic: entry.topic, errorCode: errorCode, rules: [], allowed: entry.allowed,
                latency: clock() &- entry.start, direction: entry.direction)
+        if let rewritten {
+            rewrittenResponseBytes = frameEnd
+            return .forward(rewritten)
+        }
         return .pass(frameEnd)
     }
 
@@ -379,7 +450,15 @@ public final class KafkaPolicySession: L7Session {
 
     public func responseTimedOut() -> [UInt8]? { nil }
 
-    public var isIdle: Bool { pendingHead == pending.count && produce == nil && answeredRequestBytes == 0 }
+    /// Brokers hold some answers on purpose: JoinGroup until the group rebalances (up to the
+    /// client's rebalance timeout, 5 minutes by default), Fetch until data comes (its
+    /// `MaxWaitMs`). The listener's response timeout is for HTTP; a Kafka broker may take
+    /// as long as the clients allow (kafka-python's JoinGroup waits 305 s).
+    public var responseTimeout: UInt64? { 330_000_000_000 }
+
+    public var isIdle: Bool {
+        pendingHead == pending.count && produce == nil && answeredRequestBytes == 0 && rewrittenResponseBytes == 0
+    }
 
     // MARK: Helpers
 
@@ -400,6 +479,12 @@ public final class KafkaPolicySession: L7Session {
             }
         }
         return pending[pendingHead]
+    }
+
+    /// Ends the connection after the responses owed for earlier requests.
+    private func closeOnceAnswered(_ reason: String) -> SessionOperation {
+        closeWhenAnswered = reason
+        return pendingHead == pending.count ? .close(reason: reason) : .blocked
     }
 
     private func malformed(_ reason: String) -> SessionOperation {
