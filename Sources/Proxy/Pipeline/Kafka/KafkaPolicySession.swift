@@ -50,6 +50,10 @@ public final class KafkaPolicySession: L7Session {
     private var closeWhenAnswered: String?
     /// A produce request being streamed.
     private var produce: ProduceInFlight?
+    /// The last produce topic judged and its verdict, under `policyVersion` (a producer sends
+    /// to the same topic again and again).
+    private var lastProduceVerdict: (topic: String, clientID: String?, version: Int16, policyVersion: UInt64,
+                                     allowed: Bool, rules: [RuleReference], direction: Direction)?
     /// The last client ID seen and its bytes, so that a client sending the same one each
     /// time costs no allocation.
     private var lastClientID: (bytes: [UInt8], text: String?) = ([], nil)
@@ -294,8 +298,7 @@ public final class KafkaPolicySession: L7Session {
         let header = flight.header
         for topic in piece.topics where flight.passing || !flight.judged {
             let name = topic.name ?? topic.id.flatMap { directory.name(of: $0) }
-            var (allowed, rules, direction) = judge(KafkaRequestFacts(apiKey: 0, apiVersion: header.apiVersion,
-                                                                      clientID: flight.clientID, topics: name.map { [$0] } ?? []))
+            var (allowed, rules, direction) = judgeProduce(name, clientID: flight.clientID, version: header.apiVersion)
             if name == nil {
                 allowed = false
                 flight.deniedReason = "Kafka produce: unknown topic ID \(topic.id.map(String.init(describing:)) ?? "?")"
@@ -395,7 +398,10 @@ public final class KafkaPolicySession: L7Session {
         let entry = pending[pendingHead]
         let frameEnd = 4 + length
         let isMetadata = entry.apiKey == 3
-        let reads = isMetadata ? length <= settings.maximumMetadataResponseBytes : length <= Self.readResponseBytes
+        // Metadata (topic IDs) and ApiVersions (what clients may use) are always read; other
+        // responses only for the error code a flow record carries, when records are kept.
+        let reads = isMetadata ? length <= settings.maximumMetadataResponseBytes
+            : (entry.apiKey == 18 || context.reporter != nil) && length <= Self.readResponseBytes
         var errorCode: Int16 = 0
         var rewritten: [UInt8]?
         if reads {
@@ -501,6 +507,21 @@ public final class KafkaPolicySession: L7Session {
         let text = String(decoding: slice, as: UTF8.self)
         lastClientID = (Array(slice), text)
         return text
+    }
+
+    /// `judge` for one produce topic, remembered for the next request to the same topic.
+    private func judgeProduce(_ topic: String?, clientID: String?, version: Int16)
+        -> (allowed: Bool, rules: [RuleReference], direction: Direction) {
+        refreshPolicies()
+        if let topic, let last = lastProduceVerdict, last.topic == topic, last.clientID == clientID, last.version == version,
+           last.policyVersion == policyVersion {
+            return (last.allowed, last.rules, last.direction)
+        }
+        let verdict = judge(KafkaRequestFacts(apiKey: 0, apiVersion: version, clientID: clientID, topics: topic.map { [$0] } ?? []))
+        if let topic {
+            lastProduceVerdict = (topic, clientID, version, policyVersion, verdict.allowed, verdict.rules, verdict.direction)
+        }
+        return verdict
     }
 
     /// Every policy of the connection must allow the request.
