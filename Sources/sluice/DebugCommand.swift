@@ -10,7 +10,7 @@ struct DebugCommand: ParsableCommand {
         commandName: "debug",
         abstract: "Tools for tests and troubleshooting (not a stable interface).",
         shouldDisplay: false,
-        subcommands: [DebugHTTP1ParseCommand.self, DebugDNSParseCommand.self])
+        subcommands: [DebugHTTP1ParseCommand.self, DebugDNSParseCommand.self, DebugKafkaCodecCommand.self])
 }
 
 /// `sluice debug http1-parse [FILE]`: what Sluice's HTTP/1.1 parser sees in raw bytes.

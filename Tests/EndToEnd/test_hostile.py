@@ -338,20 +338,21 @@ def test_a_repeated_header_cannot_satisfy_a_rule_with_one_copy(proxied, backend)
     assert b"X-Token: wrong" not in backend.received()
 
 
-# Item 5: a port with rules Sluice cannot judge is denied, never relayed open.
+# Item 5: a port with Kafka rules is judged as Kafka: bytes that are no Kafka request close
+# the connection, and nothing reaches the backend.
 
 KAFKA_RULES = """            kafka:
               - {role: produce, topic: orders}
 """
 
 
-def test_a_port_with_kafka_rules_is_denied_and_reported(proxied, backend):
+def test_a_port_with_kafka_rules_judges_kafka_and_closes_on_garbage(proxied, backend):
     listen, proxy = proxied(l7="", rules=KAFKA_RULES)
     for _ in range(3):
         assert_refused(listen, b"\x00\x00\x00\x10anything at all!")
-    assert backend.connection_count() == 0 and backend.received() == b""
-    records = proxy.wait_for_flows(1)
-    assert any(r["verdict"] == "DROPPED" and "Kafka rules on TCP port" in r.get("drop_reason_desc", "") for r in records)
+    assert backend.received() == b""
+    records = proxy.wait_for_flows(3)
+    assert sum(1 for r in records if r["verdict"] == "ERROR" and "kafka" in r.get("l7", {})) >= 3
 
 
 def test_an_explicit_listener_without_l7_still_meets_l3_l4_policy(workdir, start_sluice, backend):

@@ -80,7 +80,7 @@ public struct ConfigurationLoader {
     // MARK: Document
 
     private func configuration(from root: Node) throws(ConfigurationError) -> ProxyConfiguration {
-        let document = try mapping(root, path: "", allowed: ["workers", "proxyMark", "listeners", "timeouts", "limits", "flowLog", "datapath", "policy", "http", "dns", "fqdn"])
+        let document = try mapping(root, path: "", allowed: ["workers", "proxyMark", "listeners", "timeouts", "limits", "flowLog", "datapath", "policy", "http", "dns", "kafka", "fqdn"])
         var workers = defaultWorkers
         if let node = document["workers"] {
             workers = try integer(node, path: "workers", range: 1...256)
@@ -172,6 +172,17 @@ public struct ConfigurationLoader {
                 dns.responseTimeout = try duration(value, path: "dns.responseTimeout")
             }
         }
+        var kafka = KafkaSettings()
+        if let node = document["kafka"] {
+            let fields = try mapping(node, path: "kafka", allowed: ["maximumRequestBytes", "maximumMetadataResponseBytes"])
+            if let value = fields["maximumRequestBytes"] {
+                kafka.maximumRequestBytes = try size(value, path: "kafka.maximumRequestBytes", range: 1024...(1 << 30))
+            }
+            if let value = fields["maximumMetadataResponseBytes"] {
+                kafka.maximumMetadataResponseBytes = try size(value, path: "kafka.maximumMetadataResponseBytes",
+                                                              range: 1024...(1 << 30))
+            }
+        }
         var fqdn = FQDNSettings()
         if let node = document["fqdn"] {
             let fields = try mapping(node, path: "fqdn", allowed: ["minimumTTL", "grace", "maximumAddressesPerName",
@@ -208,6 +219,7 @@ public struct ConfigurationLoader {
                                                limits: limits, flowLog: flowLog, datapath: datapath, policy: policy)
         configuration.http = http
         configuration.dns = dns
+        configuration.kafka = kafka
         configuration.fqdn = fqdn
         return configuration
     }
@@ -297,7 +309,7 @@ public struct ConfigurationLoader {
         if let l7Node = fields["l7"] {
             let text = try string(l7Node, path: "\(path).l7")
             guard let parsed = ListenerConfiguration.L7Protocol(rawValue: text) else {
-                throw error(l7Node, path: "\(path).l7", "expected 'http', got '\(text)'")
+                throw error(l7Node, path: "\(path).l7", "expected 'http' or 'kafka', got '\(text)'")
             }
             guard mode == "explicit" else {
                 throw error(l7Node, path: "\(path).l7", "only for explicit listeners; transparent listeners choose the parser from the policy of each connection's port")

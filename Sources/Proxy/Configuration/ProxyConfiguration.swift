@@ -20,6 +20,7 @@ public struct ProxyConfiguration: Sendable, Equatable {
     public var http = HTTPSettings()
     /// DNS handling: how a denied query is answered.
     public var dns = DNSSettings()
+    public var kafka = KafkaSettings()
     /// toFQDNs: lifetime and caps of learned addresses.
     public var fqdn = FQDNSettings()
 
@@ -93,11 +94,13 @@ public struct ListenerConfiguration: Sendable, Equatable {
     /// connection from the policy for its destination port).
     public enum L7Protocol: String, Sendable, Equatable {
         case http
+        case kafka
 
         /// The policy's name for the protocol (the session registry's key).
         public var kind: PolicyEngine.L7Protocol {
             switch self {
             case .http: return .http
+            case .kafka: return .kafka
             }
         }
     }
@@ -189,6 +192,18 @@ public struct DNSSettings: Sendable, Equatable {
     /// How long a resolver may take to answer an allowed query (nanoseconds); past it Sluice
     /// answers the client SERVFAIL in its place (`dns.responseTimeout`).
     public var responseTimeout: UInt64 = 5_000_000_000
+
+    public init() {}
+}
+
+public struct KafkaSettings: Sendable, Equatable {
+    /// The largest request frame (`kafka.maximumRequestBytes`, default 1 MiB like the broker's
+    /// `message.max.bytes`): a produce request's records stream through and are never held,
+    /// but no request may be larger; a larger one closes the connection.
+    public var maximumRequestBytes = 1 << 20
+    /// The largest Metadata response held whole to learn topic IDs' names; a larger one
+    /// passes unread (its IDs stay unknown, and requests naming them are denied).
+    public var maximumMetadataResponseBytes = 16 << 20
 
     public init() {}
 }

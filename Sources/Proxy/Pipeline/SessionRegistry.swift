@@ -112,6 +112,12 @@ public struct SessionRegistry: Sendable {
             DNSStreamPolicySession(context: context, deniedRCode: deniedRCode, responseTimeout: dnsResponseTimeout,
                                    learner: learner)
         })
+        // Kafka: topic IDs learned from Metadata responses on any connection judge requests on all.
+        let kafkaSettings = configuration.kafka
+        let kafkaTopics = KafkaTopicDirectory()
+        registry.register(.kafka, stream: { context in
+            KafkaPolicySession(context: context, settings: kafkaSettings, directory: kafkaTopics)
+        })
         return registry
     }
 }

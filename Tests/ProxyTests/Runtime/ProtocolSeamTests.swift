@@ -9,7 +9,7 @@ import Testing
 import Glibc
 #endif
 
-/// A toy line protocol, registered under the `kafka` kind (which Sluice does not judge yet):
+/// A toy line protocol, registered under the `kafka` kind in a registry of its own (in place of Sluice's Kafka session):
 /// each request is one line; a line starting with "deny" is answered "DENIED" by the proxy
 /// and dropped, every other line goes to the server whole. Responses pass as they come. Lines
 /// up to 2 MiB are allowed: a line must be seen whole before it is judged.
