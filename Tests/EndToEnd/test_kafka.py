@@ -362,3 +362,45 @@ def test_malformed_and_oversized_frames_close_the_connection(kafka_setup):
             assert connection.recv(100) == b""  # closed, nothing answered
     errors = [r for r in kafka_records(proxy, 4) if r["verdict"] == "ERROR"]
     assert len(errors) >= 4
+
+
+def test_replay_judges_a_kafka_capture(workdir):
+    """`sluice replay` on traffic captured between kafka-python and Tansu, nothing between them:
+    the recording holds a produce to an allowed and to a forbidden topic (Tansu takes both);
+    replayed under the topic policy, each ProduceRequest is judged by the same session as
+    live, in audit mode. Root (tcpdump on the loopback interface)."""
+    from conftest import SLUICE, require_root
+    import json
+    require_root("tcpdump on the loopback interface")
+    port = free_port()
+    broker = Broker(workdir, port, port)
+    capture = workdir / "kafka.pcap"
+    tcpdump = subprocess.Popen(["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-w", str(capture), f"tcp port {port}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "listening on" in tcpdump.stderr.readline()
+        broker.create("orders")
+        broker.create("secrets")
+        producer = KafkaProducer(bootstrap_servers=f"127.0.0.1:{port}", acks=1, request_timeout_ms=5000,
+                                 max_block_ms=5000, client_id="shop-producer")
+        producer.send("orders", b"first").get(timeout=10)
+        producer.send("secrets", b"straight to the broker").get(timeout=10)
+        producer.close()
+        time.sleep(0.3)
+    finally:
+        tcpdump.terminate()
+        tcpdump.wait(5)
+        broker.stop()
+    (workdir / "endpoints.yaml").write_text(
+        "endpoints:\n  - {ip: 127.0.0.1, namespace: shop, pod: broker, labels: {app: broker}}\n")
+    (workdir / "policy.yaml").write_text(POLICY.format(port=port, rules=DEFAULT_RULES))
+    output = workdir / "replay.json"
+    result = subprocess.run([SLUICE, "replay", str(capture), "--policy", str(workdir / "policy.yaml"),
+                             "--endpoints", str(workdir / "endpoints.yaml"), "--output", str(output)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
+    produce = [(r["verdict"], r["l7"]["kafka"].get("topic")) for r in records
+               if r.get("l7", {}).get("kafka") and r["l7"]["type"] == "REQUEST" and r["l7"]["kafka"]["api_key"] == "Produce"]
+    assert produce == [("FORWARDED", "orders"), ("DROPPED", "secrets")], result.stderr
+    assert "kafka requests:" in result.stderr, result.stderr
