@@ -38,7 +38,7 @@ public struct EndpointPolicyHandle: Sendable {
     public func evaluate(flow: FlowContext, http request: HTTPRequestFacts) -> Verdict {
         let match = L4Match(flow: flow, policy: policy.direction(flow.direction))
         if let decided = match.requestVerdictAtL4() { return decided }
-        let (scanned, hasHTTP) = match.httpClauses()
+        let (scanned, hasHTTP, _) = match.httpClauses()
         return match.evaluate(http: request, scanned: scanned, hasHTTP: hasHTTP)
     }
 
@@ -89,12 +89,17 @@ public final class ConnectionPolicy: Sendable {
     ///
     /// Computed once per `ConnectionPolicy`; reading it is free.
     public let l7Protocols: Set<L7Protocol>
+    /// Whether judging an HTTP request here can read its header fields (some rule it may be
+    /// judged by has `headers` or `headerMatches`): when not, a proxy need not collect them.
+    public let httpReadsHeaders: Bool
 
     init(flow: FlowContext, policy: DirectionPolicy) {
         self.flow = flow
         match = L4Match(flow: flow, policy: policy)
         requestDecision = match.requestVerdictAtL4()
-        (scannedHTTP, hasHTTP) = match.httpClauses()
+        let clauses = match.httpClauses()
+        (scannedHTTP, hasHTTP) = (clauses.scanned, clauses.hasHTTP)
+        httpReadsHeaders = requestDecision == nil && clauses.readsHeaders
         l7Protocols = requestDecision == nil ? match.allowedL7Protocols() : []
     }
 
@@ -205,18 +210,21 @@ final class L4Match: Sendable {
 extension L4Match {
     /// Allow clauses with HTTP rules that the slot's index does not cover (egress named
     /// ports resolved per peer, ports without a slot): their rules are checked one by
-    /// one. And whether any allow clause has HTTP rules at all.
-    func httpClauses() -> (scanned: [(entry: Int, rules: [HTTPRule])], hasHTTP: Bool) {
+    /// one. Whether any allow clause has HTTP rules at all, and whether any of those rules
+    /// reads header fields (`headers`, `headerMatches`).
+    func httpClauses() -> (scanned: [(entry: Int, rules: [HTTPRule])], hasHTTP: Bool, readsHeaders: Bool) {
         var scanned: [(entry: Int, rules: [HTTPRule])] = []
         var hasHTTP = false
+        var readsHeaders = false
         for position in allows {
             guard case .http(let rules)? = policy.entries[position].l7 else { continue }
             hasHTTP = true
+            if !readsHeaders { readsHeaders = rules.contains { !$0.headers.isEmpty || !$0.headerMatches.isEmpty } }
             // Rules of a clause the slot's index holds are found through the index.
             if let slot, slot.http != nil, slot.entries.contains(position) { continue }
             scanned.append((position, rules))
         }
-        return (scanned, hasHTTP)
+        return (scanned, hasHTTP, readsHeaders)
     }
 
     /// Evaluates one HTTP request once `decide(forRequest: true)` left it to the L7 rules.

@@ -35,6 +35,9 @@ import Testing
         let session = registry.streamSession(.dns, context: Self.context)
         #expect(session is DNSStreamPolicySession)
         #expect(session?.responseTimeout == 750_000_000, "dns.responseTimeout, not the listener's")
-        #expect(!registry.judgesStreams(of: .kafka))
+        // Every kind the policy model knows has a stream session now (Kafka landed last);
+        // none of them over UDP but DNS.
+        #expect(registry.judgesStreams(of: .kafka) && registry.judgesStreams(of: .http))
+        #expect(!registry.judgesDatagrams(of: .kafka) && !registry.judgesDatagrams(of: .http))
     }
 }

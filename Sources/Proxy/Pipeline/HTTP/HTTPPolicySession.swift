@@ -167,7 +167,8 @@ public final class HTTPPolicySession: L7Session {
         }
         // RFC 9112 §3.2.2: with an absolute-form target, the authority in it is the host.
         let host = (head.authority ?? head.host).map(text)
-        let headers = head.fields.map { (name: text($0.name), value: text($0.value)) }
+        // Header fields become text only when a rule can read them.
+        let headers = judge.needsHeaders() ? head.fields.map { (name: text($0.name), value: text($0.value)) } : []
         let facts = HTTPRequestFacts(method: method, path: path, host: host, headers: headers)
 
         let judgement = judge.judge(facts)

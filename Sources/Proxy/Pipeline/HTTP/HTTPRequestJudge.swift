@@ -11,8 +11,13 @@ struct HTTPRequestJudge {
     /// The connection's policy questions with their L3/L4 part settled, under the policy
     /// version `policyVersion`: each request only runs the L7 rules that apply to this
     /// peer and port, and a request after a policy change takes fresh ones first.
-    private var policies: [ConnectionPolicy]
+    private var policies: [ConnectionPolicy] {
+        didSet { readsHeaders = policy == nil ? false : policies.contains { $0.httpReadsHeaders } }
+    }
     private var policyVersion: UInt64
+    /// Whether a request's header fields can matter to its verdict (checked before each
+    /// request with `needsHeaders`): when not, the session need not turn them into facts.
+    private var readsHeaders = true
 
     /// What the rules said of one request.
     struct Judgement {
@@ -30,6 +35,14 @@ struct HTTPRequestJudge {
         self.identities = identities
         policyVersion = policy?.version ?? 0
         policies = policy?.policies(for: identities) ?? []
+        readsHeaders = policy == nil ? false : policies.contains { $0.httpReadsHeaders }
+    }
+
+    /// Whether the next request's header fields can matter to its verdict (under the policy
+    /// in force now: call right before building the request's facts).
+    mutating func needsHeaders() -> Bool {
+        refreshPolicies()
+        return readsHeaders
     }
 
     /// Judges one request; every policy the connection passes must allow it.

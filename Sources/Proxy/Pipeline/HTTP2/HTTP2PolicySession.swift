@@ -60,6 +60,17 @@ public final class HTTP2PolicySession: L7Session {
     /// Bytes of one endpoint's output handed to the driver per step.
     static let outputBytesPerStep = 65_536
     static let deniedBody = Array("Access denied\r\n".utf8)
+    /// The head of a denied stream's 403, made once.
+    static let deniedHead = [
+        HTTP2Header(":status", "403"), HTTP2Header("content-type", "text/plain"),
+        HTTP2Header("content-length", String(deniedBody.count)),
+    ]
+    /// The reference's gRPC denial: a trailers-only response ("Trailers-Only ... HTTP-Status
+    /// Content-Type Trailers"), status 7 (PERMISSION_DENIED), made once.
+    static let grpcDenial = [
+        HTTP2Header(":status", "200"), HTTP2Header("content-type", "application/grpc"),
+        HTTP2Header("grpc-status", "7"), HTTP2Header("grpc-message", "Access denied"),
+    ]
 
     public init(limits: HTTP2Limits = .standard, settings: HTTPSettings = HTTPSettings(), policy: WorkerPolicy?,
                 identities: ConnectionIdentities, reporter: L7FlowReporter?, audit: Bool = false,
@@ -259,24 +270,32 @@ public final class HTTP2PolicySession: L7Session {
     }
 
     private static let statusName = Array(":status".utf8)
+    private static let methodName = Array(":method".utf8)
+    private static let authorityName = Array(":authority".utf8)
+    private static let hostName = Array("host".utf8)
+    private static let contentTypeName = Array("content-type".utf8)
+    private static let grpcContentType = Array("application/grpc".utf8)
 
     /// Phase "evaluate" for one stream: judged by the HTTP rules, then opened upstream or
     /// answered here.
     private func request(_ id: Int32, headers: [HTTP2Header], endStream: Bool) {
         var method = "", path = "", authority: String?, host: String?, grpc = false
         var fields: [(name: String, value: String)] = []
+        // Header fields become text only when a rule can read them.
+        let readsHeaders = judge.needsHeaders()
         for header in headers {
-            switch header.name.first == UInt8(ascii: ":") ? header.nameText : "" {
-            case ":method": method = header.valueText
-            case ":path": path = header.valueText
-            case ":authority": authority = header.valueText
-            case ":scheme", ":protocol": break
-            default:
-                let name = header.nameText, value = header.valueText
-                if name == "host" { host = value }
-                if name == "content-type" && value.hasPrefix("application/grpc") { grpc = true }
-                fields.append((name, value))
+            if header.name.first == UInt8(ascii: ":") {
+                switch header.name {
+                case Self.methodName: method = header.valueText
+                case Self.pathName: path = header.valueText
+                case Self.authorityName: authority = header.valueText
+                default: break // :scheme, :protocol
+                }
+                continue
             }
+            if header.name == Self.hostName { host = header.valueText }
+            if header.name == Self.contentTypeName && header.value.starts(with: Self.grpcContentType) { grpc = true }
+            if readsHeaders { fields.append((header.nameText, header.valueText)) }
         }
         var forwarded = headers
         var url = path
@@ -321,10 +340,7 @@ public final class HTTP2PolicySession: L7Session {
             if grpc {
                 // The reference's gRPC denial: a trailers-only response (gRPC over HTTP/2:
                 // "Trailers-Only ... HTTP-Status Content-Type Trailers"), status 7.
-                downstream.submitResponse(stream: id, [
-                    HTTP2Header(":status", "200"), HTTP2Header("content-type", "application/grpc"),
-                    HTTP2Header("grpc-status", "7"), HTTP2Header("grpc-message", "Access denied"),
-                ], hasBody: false)
+                downstream.submitResponse(stream: id, Self.grpcDenial, hasBody: false)
                 reportAnswer(stream, code: 200)
             } else {
                 answer(stream: id, status: 403, body: Self.deniedBody)
@@ -349,10 +365,11 @@ public final class HTTP2PolicySession: L7Session {
 
     /// Answers a stream from the proxy with `status` and a plain-text body.
     private func answer(stream id: Int32, status: Int, body: [UInt8]) {
-        guard downstream.submitResponse(stream: id, [
+        let head = status == 403 && body == Self.deniedBody ? Self.deniedHead : [
             HTTP2Header(":status", String(status)), HTTP2Header("content-type", "text/plain"),
             HTTP2Header("content-length", String(body.count)),
-        ], hasBody: true) else { return }
+        ]
+        guard downstream.submitResponse(stream: id, head, hasBody: true) else { return }
         downstream.appendBody(stream: id, body)
         downstream.endBody(stream: id)
     }
