@@ -9,6 +9,8 @@ import CSluiceDatapath
     @Test(arguments: [
         ("sluice_ipcache_key", MemoryLayout<sluice_ipcache_key>.size),
         ("sluice_ipcache_value", MemoryLayout<sluice_ipcache_value>.size),
+        ("sluice_ipcache6_key", MemoryLayout<sluice_ipcache6_key>.size),
+        ("sluice_ct6_key", MemoryLayout<sluice_ct6_key>.size),
         ("sluice_enforcement", MemoryLayout<sluice_enforcement>.size),
         ("sluice_policy_key", MemoryLayout<sluice_policy_key>.size),
         ("sluice_policy_value", MemoryLayout<sluice_policy_value>.size),

@@ -1,7 +1,8 @@
 import Foundation
 
 /// The nftables fallback datapath, for kernels without `bpf_sk_assign`: the same map
-/// contents (`DatapathState`) written as one nftables table.
+/// contents (`DatapathState`) written as two nftables tables named `sluice`, one per family
+/// (`ip` from the IPv4 identities, `ip6` from the IPv6 ones; policy entries are shared).
 ///
 /// Traffic entering the node from the configured interfaces goes through an egress check
 /// (the source endpoint's policy) and an ingress check (the destination endpoint's);
@@ -35,47 +36,104 @@ public struct NftablesRuleset {
         self.now = now
     }
 
-    /// The complete ruleset text, replacing any previous Sluice table atomically.
+    /// The address family of one of the two tables (`ip sluice`, `ip6 sluice`).
+    enum Family {
+        case ipv4, ipv6
+        /// nftables' family and address keyword (`ip` / `ip6`).
+        var keyword: String { self == .ipv4 ? "ip" : "ip6" }
+        var addressType: String { self == .ipv4 ? "ipv4_addr" : "ipv6_addr" }
+        /// The identity of addresses nobody claims, in this family.
+        var world: UInt32 { self == .ipv4 ? NumericIdentity.world : NumericIdentity.worldIPv6 }
+        /// The proxy's listeners, on loopback.
+        var loopback: String { self == .ipv4 ? "127.0.0.1" : "[::1]" }
+    }
+
+    /// One address prefix of either family, as the table names it.
+    struct TablePrefix: Hashable, Comparable {
+        var text: String
+        var order: [UInt64]
+        var length: UInt8
+        var covers: @Sendable (TablePrefix) -> Bool
+
+        init(_ prefix: IPv4Prefix) {
+            text = prefix.description
+            order = [UInt64(prefix.address), UInt64(prefix.length)]
+            length = prefix.length
+            covers = { other in other.length > prefix.length && IPv4Prefix(other.text).map { PolicyTranslation.contains(prefix, $0.address) } ?? false }
+        }
+
+        init(_ prefix: IPv6Prefix) {
+            text = prefix.description
+            order = [prefix.high, prefix.low, UInt64(prefix.length)]
+            length = prefix.length
+            covers = { other in other.length > prefix.length && IPv6Prefix(other.text).map { prefix.contains($0) } ?? false }
+        }
+
+        static func == (lhs: Self, rhs: Self) -> Bool { lhs.text == rhs.text }
+        func hash(into hasher: inout Hasher) { hasher.combine(text) }
+        static func < (lhs: Self, rhs: Self) -> Bool { lhs.order.lexicographicallyPrecedes(rhs.order) }
+    }
+
+    /// The complete ruleset text: an `ip` table for IPv4 and an `ip6` table for IPv6, both
+    /// named `sluice`, replacing any previous Sluice tables atomically (one `nft -f`).
     public func text() -> String {
-        var prefixesByIdentity: [UInt32: [IPv4Prefix]] = [:]
-        for (prefix, entry) in state.addresses { prefixesByIdentity[entry.identity, default: []].append(prefix) }
-        let allPrefixes = state.addresses.keys.sorted()
+        table(.ipv4) + table(.ipv6)
+    }
+
+    /// One family's table. The IPv6 table has no learned (toFQDNs) sets: IPv6 flows to
+    /// learned addresses stay under default deny.
+    func table(_ family: Family) -> String {
+        var addresses: [TablePrefix: AddressEntry] = [:]
+        switch family {
+        case .ipv4: for (prefix, entry) in state.addresses { addresses[TablePrefix(prefix)] = entry }
+        case .ipv6: for (prefix, entry) in state.addresses6 { addresses[TablePrefix(prefix)] = entry }
+        }
+        let ip = family.keyword
+        var prefixesByIdentity: [UInt32: [TablePrefix]] = [:]
+        for (prefix, entry) in addresses { prefixesByIdentity[entry.identity, default: []].append(prefix) }
+        let allPrefixes = addresses.keys.sorted()
         var lines: [String] = []
-        lines.append("table ip \(Self.tableName) {}")
-        lines.append("delete table ip \(Self.tableName)")
-        lines.append("table ip \(Self.tableName) {")
-        func set(_ name: String, _ prefixes: [IPv4Prefix]) {
+        lines.append("table \(ip) \(Self.tableName) {}")
+        lines.append("delete table \(ip) \(Self.tableName)")
+        lines.append("table \(ip) \(Self.tableName) {")
+        func set(_ name: String, _ prefixes: [TablePrefix]) {
             lines.append("  set \(name) {")
-            lines.append("    type ipv4_addr; flags interval; auto-merge;")
+            lines.append("    type \(family.addressType); flags interval; auto-merge;")
             if !prefixes.isEmpty {
-                lines.append("    elements = { " + prefixes.sorted().map(\.description).joined(separator: ", ") + " }")
+                lines.append("    elements = { " + prefixes.sorted().map(\.text).joined(separator: ", ") + " }")
             }
             lines.append("  }")
         }
         set("known", allPrefixes)
-        for (identity, prefixes) in prefixesByIdentity.sorted(by: { $0.key < $1.key }) {
+        // Every identity a rule may name has a set in both tables (empty where it has no
+        // address of the family).
+        let named = Set(prefixesByIdentity.keys).union(state.policy.keys.flatMap { [$0.endpoint, $0.peer] })
+            .union(state.enforcement.keys).subtracting([NumericIdentity.any, NumericIdentity.world, NumericIdentity.worldIPv6])
+        for identity in named.sorted() {
+            let prefixes = prefixesByIdentity[identity] ?? []
             set("id_\(identity)", prefixes)
             // Addresses of this identity's prefixes that a longer prefix gives to someone else.
             let inner = allPrefixes.filter { other in
-                state.addresses[other]?.identity != identity
-                    && prefixes.contains { $0.length < other.length && PolicyTranslation.contains($0, other.address) }
+                addresses[other]?.identity != identity && prefixes.contains { $0.covers(other) }
             }
             if !inner.isEmpty { set("carve_\(identity)", inner) }
         }
-        let carved = Set(prefixesByIdentity.keys.filter { identity in
+        let carved = Set(named.filter { identity in
             lines.contains("  set carve_\(identity) {")
         })
-        let learnedElements = Self.elements(learned, now: now)
-        for (endpoint, entry) in state.enforcement.sorted(by: { $0.key < $1.key }) where entry.egress {
-            let sets = Self.learnedSets(endpoint)
-            for (name, type) in [(sets.deny, "ipv4_addr . inet_proto . inet_service"), (sets.redirect, "ipv4_addr . inet_proto . inet_service"),
-                                 (sets.port, "ipv4_addr . inet_proto . inet_service"), (sets.any, "ipv4_addr . inet_proto")] {
-                lines.append("  set \(name) {")
-                lines.append("    type \(type); flags timeout;")
-                if let elements = learnedElements[name], !elements.isEmpty {
-                    lines.append("    elements = { " + elements.joined(separator: ", ") + " }")
+        let learnedElements = family == .ipv4 ? Self.elements(learned, now: now) : [:]
+        if family == .ipv4 {
+            for (endpoint, entry) in state.enforcement.sorted(by: { $0.key < $1.key }) where entry.egress {
+                let sets = Self.learnedSets(endpoint)
+                for (name, type) in [(sets.deny, "ipv4_addr . inet_proto . inet_service"), (sets.redirect, "ipv4_addr . inet_proto . inet_service"),
+                                     (sets.port, "ipv4_addr . inet_proto . inet_service"), (sets.any, "ipv4_addr . inet_proto")] {
+                    lines.append("  set \(name) {")
+                    lines.append("    type \(type); flags timeout;")
+                    if let elements = learnedElements[name], !elements.isEmpty {
+                        lines.append("    elements = { " + elements.joined(separator: ", ") + " }")
+                    }
+                    lines.append("  }")
                 }
-                lines.append("  }")
             }
         }
 
@@ -91,21 +149,25 @@ public struct NftablesRuleset {
                     return leftRank != rightRank ? leftRank < rightRank : left.key < right.key
                 }
                 for (key, entry) in ordered {
-                    var match = "ip \(own) @id_\(endpoint)"
-                    if key.peer == NumericIdentity.world {
-                        match += " ip \(peer) != @known"
+                    // The other family's world and ICMP are not this table's business.
+                    if key.peer == (family == .ipv4 ? NumericIdentity.worldIPv6 : NumericIdentity.world) { continue }
+                    if key.ipProtocol == (family == .ipv4 ? 58 : 1) { continue }
+                    var match = "\(ip) \(own) @id_\(endpoint)"
+                    if key.peer == family.world {
+                        match += " \(ip) \(peer) != @known"
                     } else if key.peer != NumericIdentity.any {
-                        match += " ip \(peer) @id_\(key.peer)"
-                        if carved.contains(key.peer) { match += " ip \(peer) != @carve_\(key.peer)" }
+                        match += " \(ip) \(peer) @id_\(key.peer)"
+                        if carved.contains(key.peer) { match += " \(ip) \(peer) != @carve_\(key.peer)" }
                     }
                     switch key.ipProtocol {
                     case 6: match += " meta l4proto tcp"
                     case 17: match += " meta l4proto udp"
                     case 132: match += " meta l4proto sctp"
                     case 1: match += " meta l4proto icmp"
+                    case 58: match += " meta l4proto ipv6-icmp"
                     default: match += " meta l4proto \(key.ipProtocol)"
                     }
-                    if key.port != 0 && key.ipProtocol != 1 { match += " th dport \(key.port)" }
+                    if key.port != 0 && key.ipProtocol != 1 && key.ipProtocol != 58 { match += " th dport \(key.port)" }
                     let note = state.ruleNames[entry.rule].map { " comment \"\(Self.escape($0))\"" } ?? ""
                     switch entry.action {
                     case .deny: lines.append("    \(match) counter drop\(note)")
@@ -115,7 +177,7 @@ public struct NftablesRuleset {
                     }
                 }
                 let enforced = state.enforcement[endpoint].map { direction == .ingress ? $0.ingress : $0.egress } ?? false
-                if enforced && direction == .egress {
+                if enforced && direction == .egress && family == .ipv4 {
                     // Addresses learned from DNS: consulted only where the default would drop.
                     let sets = Self.learnedSets(endpoint)
                     lines.append("    ip saddr @id_\(endpoint) ip daddr . meta l4proto . th dport @\(sets.deny) counter drop comment \"toFQDNs: not this port\"")
@@ -124,7 +186,7 @@ public struct NftablesRuleset {
                     lines.append("    ip saddr @id_\(endpoint) ip daddr . meta l4proto @\(sets.any) counter return comment \"toFQDNs\"")
                 }
                 if enforced {
-                    lines.append("    ip \(own) @id_\(endpoint) counter drop comment \"default deny \(Self.escape(state.identityNames[endpoint] ?? "\(endpoint)")) \(direction)\"")
+                    lines.append("    \(ip) \(own) @id_\(endpoint) counter drop comment \"default deny \(Self.escape(state.identityNames[endpoint] ?? "\(endpoint)")) \(direction)\"")
                 }
             }
             lines.append("  }")
@@ -135,6 +197,17 @@ public struct NftablesRuleset {
         lines.append("  chain prerouting {")
         lines.append("    type filter hook prerouting priority mangle; policy accept;")
         lines.append("    iifname != { \(interfaceSet) } accept")
+        if family == .ipv6 {
+            // What endpoints need to keep their link, and nothing that can leave it (RFC 4861:
+            // hop limit 255 on receipt; MLD: hop limit 1). Other ICMPv6 meets the policy.
+            lines.append("    \(Self.neighbourDiscovery) counter accept comment \"neighbour discovery\"")
+            lines.append("    \(Self.multicastListener) counter accept comment \"multicast listener discovery\"")
+            // The final destination of a packet with segments left is not the one judged;
+            // IPv4-mapped addresses never belong on the wire (RFC 4291 2.5.5.2).
+            lines.append("    rt seg-left != 0 counter drop comment \"routing header with segments left\"")
+            lines.append("    ip6 daddr ::ffff:0.0.0.0/96 counter drop comment \"IPv4-mapped address\"")
+            lines.append("    ip6 saddr ::ffff:0.0.0.0/96 counter drop comment \"IPv4-mapped address\"")
+        }
         // TCP only: for UDP the socket lookup also finds a flow's reply socket (transparent,
         // bound to the original destination, unconnected) and would hand it every other
         // client's datagram to that address. Diverted UDP always goes to the listener, which
@@ -148,16 +221,20 @@ public struct NftablesRuleset {
         lines.append("    jump egress_policy")
         lines.append("    jump ingress_policy")
         if proxyPorts.tcp != 0 {
-            lines.append("    meta mark and \(bit) == \(bit) meta l4proto tcp tproxy to 127.0.0.1:\(proxyPorts.tcp) meta mark set 0x200 counter accept")
+            lines.append("    meta mark and \(bit) == \(bit) meta l4proto tcp tproxy to \(family.loopback):\(proxyPorts.tcp) meta mark set 0x200 counter accept")
         }
         if proxyPorts.udp != 0 {
-            lines.append("    meta mark and \(bit) == \(bit) meta l4proto udp ct mark set ct mark or \(bit) tproxy to 127.0.0.1:\(proxyPorts.udp) meta mark set 0x200 counter accept")
+            lines.append("    meta mark and \(bit) == \(bit) meta l4proto udp ct mark set ct mark or \(bit) tproxy to \(family.loopback):\(proxyPorts.udp) meta mark set 0x200 counter accept")
         }
         lines.append("    meta mark and \(bit) == \(bit) counter drop comment \"proxy unavailable: fail closed\"")
         lines.append("  }")
         lines.append("  chain output {")
         lines.append("    type filter hook output priority filter; policy accept;")
         lines.append("    oifname != { \(interfaceSet) } accept")
+        if family == .ipv6 {
+            lines.append("    \(Self.neighbourDiscovery) accept comment \"neighbour discovery\"")
+            lines.append("    \(Self.multicastListener) accept comment \"multicast listener discovery\"")
+        }
         lines.append("    meta mark and 0xf00 == 0xa00 accept comment \"the proxy's own upstream connections\"")
         lines.append("    ct state established,related accept")
         lines.append("    jump ingress_policy")
@@ -165,6 +242,9 @@ public struct NftablesRuleset {
         lines.append("}")
         return lines.joined(separator: "\n") + "\n"
     }
+
+    static let neighbourDiscovery = "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } ip6 hoplimit 255"
+    static let multicastListener = "icmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report } ip6 hoplimit 1"
 
     /// The sets holding one endpoint's learned addresses, by what they do.
     static func learnedSets(_ endpoint: UInt32) -> (deny: String, redirect: String, port: String, any: String) {
@@ -209,7 +289,8 @@ public struct NftablesRuleset {
 
     /// Removes the table (idempotent).
     public static func remove(namespace: String?) throws {
-        try runNft(arguments: ["-f", "-"], input: "table ip \(tableName) {}\ndelete table ip \(tableName)\n", namespace: namespace)
+        try runNft(arguments: ["-f", "-"], input: "table ip \(tableName) {}\ndelete table ip \(tableName)\n"
+                   + "table ip6 \(tableName) {}\ndelete table ip6 \(tableName)\n", namespace: namespace)
     }
 
     static func runNft(arguments: [String], input: String, namespace: String?) throws {
