@@ -21,11 +21,17 @@ FRONTEND = "10.200.1.2"
 INTRUDER = "10.200.3.2"
 REMOTE = "10.200.100.2"
 NODE_TO_BACKEND = "10.200.2.1"
+# The lab is dual stack (scripts/lab): the same endpoints over IPv6.
+BACKEND6 = "fd00:200:2::2"
+FRONTEND6 = "fd00:200:1::2"
+INTRUDER6 = "fd00:200:3::2"
+REMOTE6 = "fd00:200:100::2"
+NODE_TO_BACKEND6 = "fd00:200:2::1"
 INTERFACES = "ep1,ep2,ep3,up0"
 
 UDP_ECHO = textwrap.dedent("""
     import socket, sys
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((sys.argv[1], int(sys.argv[2])))
     while True:
         data, peer = s.recvfrom(65535)
@@ -76,7 +82,7 @@ http {{
   client_body_temp_path {www}/b; proxy_temp_path {www}/p; fastcgi_temp_path {www}/f;
   uwsgi_temp_path {www}/u; scgi_temp_path {www}/s;
   server {{
-    listen {BACKEND}:8080; listen {BACKEND}:9090;
+    listen {BACKEND}:8080; listen {BACKEND}:9090; listen [{BACKEND6}]:8080; listen [{BACKEND6}]:9090;
     location / {{ return 200 "backend $server_port\\n"; }}
     location /slow {{ return 200 "slow\\n"; }}
   }}
@@ -110,10 +116,11 @@ dns: {responseTimeout: 500ms}
         assert result.returncode == 0, result.stderr
         return result.stdout
 
-    def counter(self, name):
-        match = re.search(rf"^\s+{re.escape(name)}\s+(\d+)$", self.status(), re.M)
+    def counter(self, name, family="ipv4"):
+        """A counter from `sluice datapath status`, which shows IPv4 and IPv6 apart."""
+        match = re.search(rf"^\s+{re.escape(name)}\s+(\d+)\s+(\d+|-)$", self.status(), re.M)
         assert match, self.status()
-        return int(match.group(1))
+        return int(match.group(1 if family == "ipv4" else 2))
 
     def teardown(self):
         if self.mode == "bpf":
@@ -192,7 +199,7 @@ question = b"".join(bytes([len(label)]) + label.encode() for label in name.split
 query = struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question
 if name == "-":
     query = b"query"
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[3] else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(2)
 s.sendto(query, (sys.argv[3], 53))
 try:

@@ -1,0 +1,131 @@
+"""End-to-end: IPv6 enforced like IPv4 (issue 15), in both datapath modes, in the dual-stack
+namespace lab with the lab's real policies (configs/lab). Root only.
+Starts: scripts/lab namespaces (IPv4 and IPv6 on every link), the BPF programs (tc,
+bpf_sk_assign to sluice's [::1] listeners) or the nftables fallback (ip6 table, TPROXY), the
+sluice binary, nginx in the backend endpoint listening on both families, curl in the
+others, Python UDP peers. Every assertion on what was allowed is made on what reached the
+server (nginx's access log, the peer's answers), not only on what the client saw."""
+import re
+import subprocess
+
+import pytest
+
+from lab import lab  # noqa: F401  (fixture)
+from test_datapath import (BACKEND6, DNS_CLIENT, FRONTEND6, INTRUDER6, NODE_TO_BACKEND6, REMOTE6, UDP_ECHO,  # noqa: F401
+                           scenario, wait_until)
+
+
+def url(address, port, path="/"):
+    return f"http://[{address}]:{port}{path}"
+
+
+def nft_ip6(scenario):
+    return scenario.lab.run(scenario.lab.node, "nft", "list", "table", "ip6", "sluice").stdout
+
+
+def test_ipv6_l7_port_goes_through_the_proxy_and_l4_port_does_not(scenario):
+    proxy = scenario.start_proxy()
+    result = scenario.curl("ep1", url(BACKEND6, 8080, "/api/products"))
+    assert result.stdout == "backend 8080\n", result.stderr
+    result = scenario.curl("ep1", url(BACKEND6, 9090, "/metrics"))
+    assert result.stdout == "backend 9090\n", result.stderr
+    # L7 policy over IPv6: a path the policy does not allow gets sluice's 403 and never
+    # reaches nginx.
+    denied = scenario.lab.run(scenario.lab.ns("ep1"), "curl", "-sS", "--max-time", "3", "-o", "/dev/null", "-w",
+                              "%{http_code}", "-d", "x=1", url(BACKEND6, 8080, "/api/products"), check=False)
+    assert denied.stdout == "403", denied.stderr
+    # The backend saw the node's IPv6 address (the proxy's upstream leg) for the L7 port and
+    # the client itself for the L4-only port; the denied POST never arrived.
+    assert scenario.access() == [f"{NODE_TO_BACKEND6} 8080 GET /api/products HTTP/1.1",
+                                 f"{FRONTEND6} 9090 GET /metrics HTTP/1.1"], scenario.access()
+    records = proxy.wait_for_flows(3)
+    relayed = [r for r in records if r.get("proxy", {}).get("listener") == "l7-tcp"]
+    assert relayed, records
+    assert relayed[0]["IP"] == {"source": FRONTEND6, "destination": BACKEND6, "ipVersion": "IPv6"}, relayed[0]["IP"]
+    assert relayed[0]["l4"]["TCP"]["destination_port"] == 8080
+    if scenario.mode == "bpf":
+        redirected = [r for r in records if r["verdict"] == "REDIRECTED"]
+        assert redirected and redirected[0]["IP"]["source"] == FRONTEND6
+        assert redirected[0]["source"]["name"] == "shop/frontend" and redirected[0]["destination"]["name"] == "shop/backend"
+        assert scenario.counter("redirected to proxy (packets)", "ipv6") > 0
+        assert scenario.counter("redirected to proxy (packets)", "ipv4") == 0, "IPv6 is counted apart from IPv4"
+        # The endpoints resolved their neighbours through the datapath.
+        assert scenario.counter("ICMPv6 ND/MLD passed (packets)", "ipv6") > 0
+        assert "sluice_ct6" in scenario.status()
+    else:
+        assert re.search(r"tproxy to \[::1\]:15001 meta mark set 0x00000200 counter packets [1-9]", nft_ip6(scenario)), nft_ip6(scenario)
+    neighbours = scenario.lab.run(scenario.lab.ns("ep1"), "ip", "-6", "neigh", "show", "fd00:200:1::1").stdout
+    assert re.search(r"lladdr \S+ (router )?(REACHABLE|STALE|DELAY|PROBE)", neighbours), neighbours
+
+
+def test_ipv6_denied_flows_are_dropped_counted_and_reported(scenario):
+    proxy = scenario.start_proxy()
+    assert scenario.curl("ep3", url(BACKEND6, 8080, "/api/products"), timeout=2).returncode != 0, \
+        "the intruder must not reach the backend over IPv6"
+    assert scenario.curl("ep3", url(BACKEND6, 9090), timeout=2).returncode != 0
+    assert scenario.curl("ep1", url(BACKEND6, 7777), timeout=2).returncode != 0, \
+        "the frontend may use only the ports its policy names, over IPv6 too"
+    # The frontend's egress is default deny: the remote host's IPv6 address is allowed only
+    # on the ports of the policy's fd00:200:100::/64 toCIDR.
+    assert scenario.curl("ep1", url(REMOTE6, 8443), timeout=2).returncode != 0
+    assert scenario.access() == [], "nothing reached the backend, directly or relayed"
+    if scenario.mode == "bpf":
+        assert scenario.counter("drop: default deny", "ipv6") >= 4
+        assert scenario.counter("drop: default deny", "ipv4") == 0
+        records = proxy.wait_for_flows(4)
+        drops = [r for r in records if r["verdict"] == "DROPPED" and r["IP"].get("ipVersion") == "IPv6"]
+        seen = {(r["IP"]["source"], r["IP"]["destination"], r["l4"]["TCP"]["destination_port"]) for r in drops}
+        assert {(INTRUDER6, BACKEND6, 8080), (FRONTEND6, BACKEND6, 7777), (FRONTEND6, REMOTE6, 8443)} <= seen, seen
+        intruder = next(r for r in drops if r["IP"]["source"] == INTRUDER6)
+        assert intruder["drop_reason_desc"] == "POLICY_DENIED" and intruder["traffic_direction"] == "INGRESS"
+        assert intruder["destination"]["name"] == "shop/backend"
+        remote = next(r for r in drops if r["IP"]["destination"] == REMOTE6)
+        assert remote["traffic_direction"] == "EGRESS" and remote["destination"]["name"] == "cidr:fd00:200:100::/64"
+    else:
+        rules = nft_ip6(scenario)
+        assert re.search(r"counter packets [1-9]\d* bytes \d+ drop comment \"default deny shop/backend ingress\"", rules), rules
+        assert re.search(r"counter packets [1-9]\d* bytes \d+ drop comment \"default deny shop/frontend egress\"", rules), rules
+
+
+def test_ipv6_allowed_cidr_and_unrestricted_endpoints(scenario):
+    """The policy's IPv6 toCIDR admits the frontend to the remote host's port 80, and an
+    endpoint without policy (the intruder) is unrestricted on egress, over IPv6."""
+    scenario.start_proxy()
+    www = scenario.workdir / "remote-www"
+    www.mkdir()
+    (www / "index.html").write_text("remote over IPv6\n")
+    server = scenario.lab.spawn(scenario.lab.ns("remote"), "python3", "-m", "http.server", "--bind", REMOTE6,
+                                "--directory", str(www), "80")
+    wait_until(lambda: f"[{REMOTE6}]:80" in scenario.lab.run(scenario.lab.ns("remote"), "ss", "-ltn").stdout,
+               "the remote host's web server")
+    assert scenario.curl("ep1", url(REMOTE6, 80)).stdout == "remote over IPv6\n"
+    assert scenario.curl("ep3", url(REMOTE6, 80)).stdout == "remote over IPv6\n"
+    server.terminate()
+
+
+def test_ipv6_dns_on_udp_is_judged_by_name(scenario):
+    """DNS to the resolver's IPv6 address goes through sluice's UDP listener on [::1]: a
+    denied name is answered REFUSED from the resolver's address and never relayed (the peer
+    echoes whatever reaches it, which is no DNS answer), an allowed one is relayed (and,
+    unanswered, SERVFAIL from sluice after dns.responseTimeout)."""
+    echo = scenario.workdir / "echo.log"
+    recorder = UDP_ECHO.replace('s.sendto(b"answer:"', 'open(%r, "ab").write(data + b"\\n"); s.sendto(b"answer:"' % str(echo))
+    scenario.lab.spawn(scenario.lab.ns("remote"), "python3", "-c", recorder, REMOTE6, "53")
+    wait_until(lambda: f"[{REMOTE6}]:53" in scenario.lab.run(scenario.lab.ns("remote"), "ss", "-lun").stdout,
+               "the IPv6 UDP peer")
+    proxy = scenario.start_proxy()
+
+    def ask(name, ident):
+        result = scenario.lab.run(scenario.lab.ns("ep1"), "python3", "-c", DNS_CLIENT, name, str(ident), REMOTE6,
+                                  check=False, timeout=10)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert ask("evil.example.com", 4321) == f"4321 5 {REMOTE6} 53 True", "REFUSED, from the resolver's IPv6 address"
+    assert ask("api.shop.test", 4322) == f"4322 2 {REMOTE6} 53 True", "relayed, unanswered: SERVFAIL from sluice"
+    relayed = echo.read_bytes() if echo.exists() else b""
+    assert b"api" in relayed and b"evil" not in relayed, relayed
+    records = proxy.wait_for_flows(2, timeout=5)
+    dns = [r for r in records if r.get("Type") == "L7" and "dns" in r.get("l7", {})]
+    assert any(r["verdict"] == "DROPPED" and r["l7"]["dns"]["query"] == "evil.example.com."
+               and r["IP"]["ipVersion"] == "IPv6" for r in dns), dns
