@@ -129,3 +129,35 @@ def test_ipv6_dns_on_udp_is_judged_by_name(scenario):
     dns = [r for r in records if r.get("Type") == "L7" and "dns" in r.get("l7", {})]
     assert any(r["verdict"] == "DROPPED" and r["l7"]["dns"]["query"] == "evil.example.com."
                and r["IP"]["ipVersion"] == "IPv6" for r in dns), dns
+
+
+# A TCP client whose every packet carries a destination options header (sticky
+# IPV6_DSTOPTS) before the TCP header: the datapath must judge the port behind it.
+DSTOPTS_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, bytes([0, 0, 1, 4, 0, 0, 0, 0]))
+s.settimeout(2)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    s.sendall(b"GET /behind-options HTTP/1.0\\r\\n\\r\\n")
+    print(s.recv(100).split(b"\\r\\n")[0].decode())
+except OSError as error:
+    print("failed", type(error).__name__)
+"""
+
+
+def test_ipv6_extension_headers_do_not_walk_around_the_policy(scenario):
+    scenario.start_proxy()
+
+    def connect(endpoint, port):
+        result = scenario.lab.run(scenario.lab.ns(endpoint), "python3", "-c", DSTOPTS_CLIENT, BACKEND6, str(port),
+                                  check=False, timeout=10)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert connect("ep3", 9090).startswith("failed"), "the intruder is denied behind a destination options header"
+    assert connect("ep1", 9090) == "HTTP/1.1 200 OK", "the frontend is allowed, headers or not"
+    assert scenario.access() == [f"{FRONTEND6} 9090 GET /behind-options HTTP/1.0"], scenario.access()
+    if scenario.mode == "bpf":
+        assert scenario.counter("drop: default deny", "ipv6") >= 1
