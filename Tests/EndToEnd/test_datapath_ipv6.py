@@ -161,3 +161,77 @@ def test_ipv6_extension_headers_do_not_walk_around_the_policy(scenario):
     assert scenario.access() == [f"{FRONTEND6} 9090 GET /behind-options HTTP/1.0"], scenario.access()
     if scenario.mode == "bpf":
         assert scenario.counter("drop: default deny", "ipv6") >= 1
+
+
+def test_ipv6_proxy_stopped_means_blocked(scenario):
+    proxy = scenario.start_proxy()
+    assert scenario.curl("ep1", url(BACKEND6, 8080, "/api/x")).stdout == "backend 8080\n"
+    assert proxy.terminate() == 0
+    assert scenario.curl("ep1", url(BACKEND6, 8080, "/api/x"), timeout=2).returncode != 0, \
+        "with no [::1] listener the redirected port must fail closed"
+    assert scenario.curl("ep1", url(BACKEND6, 9090)).stdout == "backend 9090\n", "L4-only ports keep working"
+    assert scenario.access().count(f"{NODE_TO_BACKEND6} 8080 GET /api/x HTTP/1.1") == 1
+    assert not any(line.startswith(FRONTEND6 + " 8080") for line in scenario.access()), "never straight through"
+    if scenario.mode == "bpf":
+        assert scenario.counter("drop: proxy unavailable", "ipv6") >= 1
+    else:
+        assert re.search(r"counter packets [1-9]\d* bytes \d+ drop comment \"proxy unavailable: fail closed\"", nft_ip6(scenario))
+
+
+def test_the_nodes_own_ipv6_traffic_meets_ingress_policy(scenario):
+    scenario.start_proxy()
+    blocked = scenario.lab.run(scenario.lab.node, "curl", "-sS", "--max-time", "2", url(BACKEND6, 9090), check=False)
+    assert blocked.returncode != 0, "the node's own IPv6 connection must meet the backend's ingress policy"
+    assert scenario.access() == []
+    intruder = scenario.lab.spawn(scenario.lab.ns("ep3"), "python3", "-m", "http.server", "--bind", INTRUDER6, "8000")
+    wait_until(lambda: f"[{INTRUDER6}]:8000" in scenario.lab.run(scenario.lab.ns("ep3"), "ss", "-ltn").stdout,
+               "the intruder's web server")
+    allowed = scenario.lab.run(scenario.lab.node, "curl", "-sS", "--max-time", "3", "-o", "/dev/null", "-w", "%{http_code}",
+                               url(INTRUDER6, 8000), check=False)
+    assert allowed.stdout == "200"
+    intruder.terminate()
+
+
+# Raw ICMPv6: a recorder that logs every ICMPv6 message carrying a marker, and a sender of
+# one message of a given type with hop limit 255 (what neighbour discovery carries).
+ICMP6_RECORDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+log = open(sys.argv[1], "ab", buffering=0)
+log.write(b"ready\\n")
+while True:
+    data, peer = s.recvfrom(2048)
+    if b"marker-" in data:
+        log.write(data[data.index(b"marker-"):].split(b"\\0")[0] + b" " + peer[0].encode() + b"\\n")
+"""
+ICMP6_SENDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+icmp_type, target, marker = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode()
+# type, code, checksum (the kernel fills it in), reserved, target address, then the marker
+message = bytes([icmp_type, 0, 0, 0, 0, 0, 0, 0]) + socket.inet_pton(socket.AF_INET6, target) + marker + b"\\0"
+s.sendto(message, (target, 0))
+"""
+
+
+def test_icmpv6_beyond_the_link_meets_the_policy(scenario):
+    """Neighbour discovery passes unjudged only on its own link: a neighbour solicitation the
+    intruder sends to the backend across the node (forwarded, so no longer ND) and an echo
+    request are judged like any ICMPv6 and dropped by the backend's default deny, while the
+    node's own solicitation on the backend's link arrives (the recorder works)."""
+    scenario.start_proxy()
+    log = scenario.workdir / "icmp6.log"
+    scenario.lab.spawn(scenario.lab.ns("ep2"), "python3", "-c", ICMP6_RECORDER, str(log))
+    wait_until(lambda: log.exists(), "the recorder")
+
+    def send(namespace, icmp_type, marker):
+        result = scenario.lab.run(namespace, "python3", "-c", ICMP6_SENDER, str(icmp_type), BACKEND6, marker, check=False)
+        assert result.returncode == 0, result.stderr
+
+    send(scenario.lab.ns("ep3"), 135, "marker-forwarded-solicitation")
+    send(scenario.lab.ns("ep3"), 128, "marker-echo")
+    send(scenario.lab.node, 135, "marker-node-solicitation")
+    wait_until(lambda: log.exists() and b"marker-node-solicitation" in log.read_bytes(), "the node's solicitation")
+    received = log.read_bytes()
+    assert b"marker-forwarded-solicitation" not in received and b"marker-echo" not in received, received

@@ -200,7 +200,10 @@ public struct NftablesRuleset {
         if family == .ipv6 {
             // What endpoints need to keep their link, and nothing that can leave it (RFC 4861:
             // hop limit 255 on receipt; MLD: hop limit 1). Other ICMPv6 meets the policy.
-            lines.append("    \(Self.neighbourDiscovery) counter accept comment \"neighbour discovery\"")
+            // Only to the node itself or a multicast group: one forwarded to an endpoint on
+            // another link is judged like any ICMPv6 (the BPF datapath judges it at egress,
+            // where its hop limit is no longer 255).
+            lines.append("    \(Self.neighbourDiscovery) fib daddr type { local, multicast } counter accept comment \"neighbour discovery\"")
             lines.append("    \(Self.multicastListener) counter accept comment \"multicast listener discovery\"")
             // The final destination of a packet with segments left is not the one judged;
             // IPv4-mapped addresses never belong on the wire (RFC 4291 2.5.5.2).
