@@ -360,12 +360,16 @@ def test_teardown_leaves_no_namespace_pin_program_or_process(lab, workdir, start
     assert not alive, f"BPF programs still loaded: {alive}"
 
 
-def test_reconnect_on_a_tuple_the_proxy_closed_first_needs_no_retransmit(lab, workdir, start_sluice):
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_reconnect_on_a_tuple_the_proxy_closed_first_needs_no_retransmit(lab, workdir, start_sluice, family):
     """The proxy closes first when the server does (Connection: close), which leaves a
     TIME_WAIT socket holding the client's tuple. A new SYN on the same tuple must still
-    reach the proxy at once (sk_lookup answers for it), not after a 1 s SYN retransmit."""
+    reach the proxy at once (sk_lookup answers for it, for IPv4 and IPv6), not after a 1 s
+    SYN retransmit."""
     scenario = Scenario(lab, workdir, start_sluice, "bpf")
     scenario.start_proxy()
+    frontend, backend = (FRONTEND, BACKEND) if family == "ipv4" else (FRONTEND6, BACKEND6)
+    socket_family = "socket.AF_INET" if family == "ipv4" else "socket.AF_INET6"
     code = textwrap.dedent(f"""
         import socket
         def retransmits():
@@ -375,11 +379,11 @@ def test_reconnect_on_a_tuple_the_proxy_closed_first_needs_no_retransmit(lab, wo
         before = retransmits()
         answers = []
         for attempt in range(5):
-            s = socket.socket()
+            s = socket.socket({socket_family})
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("{FRONTEND}", 40404))
+            s.bind(("{frontend}", 40404))
             s.settimeout(10)
-            s.connect(("{BACKEND}", 8080))
+            s.connect(("{backend}", 8080))
             s.sendall(b"GET /api/again HTTP/1.1\\r\\nHost: b\\r\\nConnection: close\\r\\n\\r\\n")
             data = b""
             while True:
@@ -396,7 +400,8 @@ def test_reconnect_on_a_tuple_the_proxy_closed_first_needs_no_retransmit(lab, wo
     answers, retransmitted = result.stdout.rsplit(" ", 1)
     assert answers == str(["HTTP/1.1 200 OK"] * 5)
     time_wait = scenario.lab.run(scenario.lab.node, "ss", "-tan", "state", "time-wait").stdout
-    assert f"{BACKEND}:8080" in time_wait, "the proxy must have closed first (the case under test)"
+    assert (f"{BACKEND}:8080" if family == "ipv4" else f"[{BACKEND6}]:8080") in time_wait, \
+        "the proxy must have closed first (the case under test)"
     assert int(retransmitted) == 0, "a SYN had to be retransmitted: the TIME_WAIT tuple swallowed it"
 
 
