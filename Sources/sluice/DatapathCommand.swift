@@ -217,10 +217,10 @@ enum DatapathPrinting {
     static func printState(_ state: DatapathState) {
         print("identities:")
         for (prefix, entry) in state.addresses.sorted(by: { $0.key < $1.key }) {
-            print("  \(prefix.description.padding(18)) \(entry.identity) \(state.identityNames[entry.identity] ?? "")\(entry.isLocalEndpoint ? " (local endpoint)" : "")")
+            print("  \(prefix.description.padding(20)) \(entry.identity) \(state.identityNames[entry.identity] ?? "")\(entry.isLocalEndpoint ? " (local endpoint)" : "")")
         }
         for (prefix, entry) in state.addresses6.sorted(by: { $0.key < $1.key }) {
-            print("  \(prefix.description.padding(18)) \(entry.identity) \(state.identityNames[entry.identity] ?? "")\(entry.isLocalEndpoint ? " (local endpoint)" : "")")
+            print("  \(prefix.description.padding(20)) \(entry.identity) \(state.identityNames[entry.identity] ?? "")\(entry.isLocalEndpoint ? " (local endpoint)" : "")")
         }
         print("enforced:")
         for (identity, entry) in state.enforcement.sorted(by: { $0.key < $1.key }) {

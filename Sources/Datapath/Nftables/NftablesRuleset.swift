@@ -49,29 +49,37 @@ public struct NftablesRuleset {
     }
 
     /// One address prefix of either family, as the table names it.
-    struct TablePrefix: Hashable, Comparable {
-        var text: String
-        var order: [UInt64]
-        var length: UInt8
-        var covers: @Sendable (TablePrefix) -> Bool
+    enum TablePrefix: Hashable, Comparable {
+        case ipv4(IPv4Prefix)
+        case ipv6(IPv6Prefix)
 
-        init(_ prefix: IPv4Prefix) {
-            text = prefix.description
-            order = [UInt64(prefix.address), UInt64(prefix.length)]
-            length = prefix.length
-            covers = { other in other.length > prefix.length && IPv4Prefix(other.text).map { PolicyTranslation.contains(prefix, $0.address) } ?? false }
+        var text: String {
+            switch self {
+            case .ipv4(let prefix): return prefix.description
+            case .ipv6(let prefix): return prefix.description
+            }
         }
 
-        init(_ prefix: IPv6Prefix) {
-            text = prefix.description
-            order = [prefix.high, prefix.low, UInt64(prefix.length)]
-            length = prefix.length
-            covers = { other in other.length > prefix.length && IPv6Prefix(other.text).map { prefix.contains($0) } ?? false }
+        /// True when `other` is a longer prefix inside this one.
+        func covers(_ other: TablePrefix) -> Bool {
+            switch (self, other) {
+            case (.ipv4(let outer), .ipv4(let inner)):
+                return inner.length > outer.length && PolicyTranslation.contains(outer, inner.address)
+            case (.ipv6(let outer), .ipv6(let inner)):
+                return inner.length > outer.length && outer.contains(inner)
+            default:
+                return false
+            }
         }
 
-        static func == (lhs: Self, rhs: Self) -> Bool { lhs.text == rhs.text }
-        func hash(into hasher: inout Hasher) { hasher.combine(text) }
-        static func < (lhs: Self, rhs: Self) -> Bool { lhs.order.lexicographicallyPrecedes(rhs.order) }
+        static func < (lhs: Self, rhs: Self) -> Bool {
+            switch (lhs, rhs) {
+            case (.ipv4(let left), .ipv4(let right)): return left < right
+            case (.ipv6(let left), .ipv6(let right)): return left < right
+            case (.ipv4, .ipv6): return true
+            case (.ipv6, .ipv4): return false
+            }
+        }
     }
 
     /// The complete ruleset text: an `ip` table for IPv4 and an `ip6` table for IPv6, both
@@ -85,8 +93,8 @@ public struct NftablesRuleset {
     func table(_ family: Family) -> String {
         var addresses: [TablePrefix: AddressEntry] = [:]
         switch family {
-        case .ipv4: for (prefix, entry) in state.addresses { addresses[TablePrefix(prefix)] = entry }
-        case .ipv6: for (prefix, entry) in state.addresses6 { addresses[TablePrefix(prefix)] = entry }
+        case .ipv4: for (prefix, entry) in state.addresses { addresses[.ipv4(prefix)] = entry }
+        case .ipv6: for (prefix, entry) in state.addresses6 { addresses[.ipv6(prefix)] = entry }
         }
         let ip = family.keyword
         var prefixesByIdentity: [UInt32: [TablePrefix]] = [:]
