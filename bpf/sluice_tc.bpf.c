@@ -98,6 +98,15 @@ struct {
 } sluice_fqdn SEC(".maps");
 
 struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, SLUICE_FQDN_ENTRIES);
+    __type(key, struct sluice_fqdn6_key);
+    __type(value, struct sluice_fqdn_value);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_fqdn6 SEC(".maps");
+
+struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, SLUICE_CT_ENTRIES);
     __type(key, struct sluice_ct_key);
@@ -485,20 +494,26 @@ static __always_inline struct decision policy_for(__u32 endpoint, __u8 direction
     return decision;
 }
 
-/* An egress flow the policy drops by default may go to an address the endpoint learned from
- * an allowed DNS answer (toFQDNs): the exact port's entry, else the every-port one, while
- * it has not expired. IPv4 only: IPv6 flows to learned addresses stay denied. */
-static __always_inline void learned(struct decision *egress, const struct packet *packet, __u32 endpoint, __u16 port)
+static __always_inline struct sluice_fqdn_value *learned_entry(const struct packet *packet, __u32 endpoint, __u16 port)
 {
-    if (packet->family != 4)
-        return;
+    if (packet->family == 6) {
+        struct sluice_fqdn6_key key = { .endpoint_identity = endpoint, .port = port, .protocol = packet->protocol };
+        __builtin_memcpy(key.addr_be, packet->tuple6.daddr_be, 16);
+        return bpf_map_lookup_elem(&sluice_fqdn6, &key);
+    }
     struct sluice_fqdn_key key = { .endpoint_identity = endpoint, .addr_be = packet->tuple.daddr_be, .port = port,
                                    .protocol = packet->protocol };
-    struct sluice_fqdn_value *found = bpf_map_lookup_elem(&sluice_fqdn, &key);
-    if (!found) {
-        key.port = 0;
-        found = bpf_map_lookup_elem(&sluice_fqdn, &key);
-    }
+    return bpf_map_lookup_elem(&sluice_fqdn, &key);
+}
+
+/* An egress flow the policy drops by default may go to an address the endpoint learned from
+ * an allowed DNS answer (toFQDNs, A records into sluice_fqdn, AAAA into sluice_fqdn6): the
+ * exact port's entry, else the every-port one, while it has not expired. */
+static __always_inline void learned(struct decision *egress, const struct packet *packet, __u32 endpoint, __u16 port)
+{
+    struct sluice_fqdn_value *found = learned_entry(packet, endpoint, port);
+    if (!found)
+        found = learned_entry(packet, endpoint, 0);
     if (!found || found->action == SLUICE_ACTION_DENY)
         return;
     if (found->expires_ns && bpf_ktime_get_ns() >= found->expires_ns) {

@@ -1,5 +1,6 @@
 import Testing
 import CSluiceDatapath
+import PolicyEngine
 @testable import Datapath
 #if canImport(Glibc)
 import Glibc
@@ -122,6 +123,34 @@ final class IPv6ProgramTests {
         #expect(ipv6(.dropProxyUnavailable) == 1)
         #expect(try run(syn(81, sourcePort: 44001), mark: UInt32(SLUICE_MARK_FROM_PROXY)) == Self.ok)
         #expect(ipv6(.proxyPass) == 1)
+    }
+
+    @Test func aLearnedIPv6AddressAllowsOnlyItsEndpointItsPortAndUntilItExpires() throws {
+        var state = maps.read()
+        state.enforcement[300] = Enforcement(ingress: false, egress: true)
+        try maps.synchronize(to: state)
+        let syn = { (port: UInt16, sourcePort: UInt16) in
+            PacketBuilder6.frame(source: Self.client, destination: Self.outside, sourcePort: sourcePort, destinationPort: port)
+        }
+        #expect(try run(syn(443, 46000)) == Self.shot, "nothing learned: default deny")
+        let grant = [LearnedGrant(port: 443, ipProtocol: 6, entry: PolicyEntry(action: .allow))]
+        // The same bits as an IPv4 address teach IPv6 nothing.
+        try maps.writeLearned(endpoint: 300, address: IPAddress("32.1.13.184")!, grants: grant, expires: 0)
+        #expect(try run(syn(443, 46001)) == Self.shot)
+        try maps.writeLearned(endpoint: 300, address: IPAddress(Self.outside)!, grants: grant, expires: 0)
+        #expect(try run(syn(443, 46002)) == Self.ok)
+        #expect(ipv6(.fqdnAllowed) == 1)
+        #expect(try run(syn(80, 46003)) == Self.shot, "another port is not granted")
+        #expect(try run(PacketBuilder6.frame(source: Self.server, destination: Self.outside, sourcePort: 46004, destinationPort: 443))
+                == Self.ok, "the server's egress is not enforced at all")
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        try maps.writeLearned(endpoint: 300, address: IPAddress(Self.outside)!, grants: grant, expires: UInt64(time.tv_sec) * 1_000_000_000 - 1)
+        #expect(try run(syn(443, 46005)) == Self.shot, "expired")
+        #expect(ipv6(.fqdnExpired) == 1)
+        #expect(maps.learnedEntries().contains { $0.address == IPAddress(Self.outside)! && $0.endpoint == 300 })
+        maps.clearLearned()
+        #expect(maps.learnedEntries().isEmpty)
     }
 
     @Test func theNodesOwnIPv6TrafficMeetsTheDestinationsIngressPolicy() throws {

@@ -51,12 +51,12 @@ import PolicyEngine
         let state = try Self.labState()
         let frontend = Self.identity(state, "shop/frontend")
         let learned = [
-            LearnedEntry(endpoint: frontend, address: 0xC000_0201, grants: [
+            LearnedEntry(endpoint: frontend, address: IPAddress("192.0.2.1")!, grants: [
                 LearnedGrant(port: 443, ipProtocol: 6, entry: PolicyEntry(action: .allow)),
                 LearnedGrant(port: 80, ipProtocol: 6, entry: PolicyEntry(action: .redirect, proxyPort: 15001)),
                 LearnedGrant(port: 22, ipProtocol: 6, entry: PolicyEntry(action: .deny)),
                 LearnedGrant(port: 0, ipProtocol: 17, entry: PolicyEntry(action: .allow))], expires: 31_000_000_000),
-            LearnedEntry(endpoint: frontend, address: 0xC000_0202, grants: [
+            LearnedEntry(endpoint: frontend, address: IPAddress("192.0.2.2")!, grants: [
                 LearnedGrant(port: 443, ipProtocol: 6, entry: PolicyEntry(action: .allow))], expires: 500_000_000),
         ]
         let text = NftablesRuleset(state: state, interfaces: ["ep1"], proxyPorts: .init(tcp: 15001, udp: 15053),
@@ -165,8 +165,26 @@ import PolicyEngine
         #expect(ipv6.contains("fd00:200:2::2/128") && !ipv6.contains("10.200.2.2"))
         #expect(ipv6.contains("nd-neighbor-solicit") && ipv6.contains("ip6 hoplimit 255"))
         #expect(ipv6.contains("rt seg-left != 0 counter drop"))
-        #expect(!ipv6.contains("fqdn_"), "learned addresses are IPv4 only")
+        #expect(ipv6.contains("type ipv6_addr . inet_proto . inet_service; flags timeout;"), "learned IPv6 addresses have sets of their own")
+        #expect(ipv6.contains("ip6 saddr @id_") && ipv6.contains("ip6 daddr . meta l4proto . th dport @fqdn_port_"))
         #expect(!ipv4.contains("fd00:") && ipv4.contains("tproxy to 127.0.0.1:15001"))
+    }
+
+    @Test func learnedAddressesGoToTheTableOfTheirFamily() throws {
+        let state = try Self.labState()
+        let frontend = Self.identity(state, "shop/frontend")
+        let grants = [LearnedGrant(port: 443, ipProtocol: 6, entry: PolicyEntry(action: .allow))]
+        let learned = [LearnedEntry(endpoint: frontend, address: IPAddress("192.0.2.1")!, grants: grants, expires: 31_000_000_000),
+                       LearnedEntry(endpoint: frontend, address: IPAddress("2001:db8::1")!, grants: grants, expires: 31_000_000_000)]
+        let text = NftablesRuleset(state: state, interfaces: ["ep1"], proxyPorts: .init(tcp: 15001, udp: 15053),
+                                   learned: learned, now: 1_000_000_000).text()
+        let split = try #require(text.range(of: "table ip6 sluice {}"))
+        #expect(text[..<split.lowerBound].contains("192.0.2.1 . tcp . 443 timeout 30000ms"))
+        #expect(!text[..<split.lowerBound].contains("2001:db8::1"))
+        #expect(text[split.lowerBound...].contains("2001:db8::1 . tcp . 443 timeout 30000ms"))
+        let commands = NftablesLearnedAddresses.commands("add", learned, now: 1_000_000_000)
+        #expect(commands.contains("add element ip sluice fqdn_port_\(frontend) { 192.0.2.1 . tcp . 443 timeout 30000ms }"))
+        #expect(commands.contains("add element ip6 sluice fqdn_port_\(frontend) { 2001:db8::1 . tcp . 443 timeout 30000ms }"))
     }
 
     @Test(arguments: [("fd00::1", "fd00::1/128"), ("fd00:1:2:3::5/48", "fd00:1:2::/48"), ("::/0", "::/0"),

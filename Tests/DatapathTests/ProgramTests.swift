@@ -1,5 +1,6 @@
 import Testing
 import CSluiceDatapath
+import PolicyEngine
 import Synchronization
 @testable import Datapath
 #if canImport(Glibc)
@@ -93,7 +94,7 @@ final class ProgramTests {
         return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
     }
 
-    static let outsideValue: UInt32 = 0xC000_0209 // 192.0.2.9
+    static let outsideValue = IPAddress("192.0.2.9")!
 
     @Test func aLearnedAddressAllowsOnlyItsEndpointItsPortAndUntilItExpires() throws {
         try apply { state in state.enforcement[300] = Enforcement(ingress: false, egress: true) }

@@ -235,3 +235,114 @@ def test_icmpv6_beyond_the_link_meets_the_policy(scenario):
     wait_until(lambda: log.exists() and b"marker-node-solicitation" in log.read_bytes(), "the node's solicitation")
     received = log.read_bytes()
     assert b"marker-forwarded-solicitation" not in received and b"marker-echo" not in received, received
+
+
+API6 = "fd00:200:100::10"     # api.shop.test's AAAA record: allowed by toFQDNs
+OTHER6 = "fd00:200:100::11"   # other.shop.test: may be resolved, not connected to
+
+FQDN6_POLICY = f"""
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: frontend-fqdn6, namespace: shop}}
+spec:
+  endpointSelector:
+    matchLabels: {{app: frontend}}
+  egress:
+    - toCIDR: ["{REMOTE6}/128"]
+      toPorts:
+        - ports: [{{port: "53", protocol: UDP}}]
+          rules:
+            dns:
+              - matchPattern: "*.shop.test"
+    - toFQDNs:
+        - matchName: api.shop.test
+      toPorts:
+        - ports: [{{port: "80", protocol: TCP}}]
+"""
+
+# Logs every request with the address it was made to and the client's, on both addresses.
+HTTP6_SERVER = """
+import http.server, socketserver, socket, sys, threading
+LOG = open(sys.argv[1], "a", buffering=1)
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        LOG.write(self.client_address[0] + " -> " + self.connection.getsockname()[0] + " " + self.path + "\\n")
+        body = b"served\\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+    allow_reuse_address = True
+servers = [Server((address, 80), Handler) for address in sys.argv[2:]]
+for server in servers[1:]:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+servers[0].serve_forever()
+"""
+
+
+def test_ipv6_addresses_from_allowed_aaaa_answers_are_reachable(lab, workdir, start_sluice, mode6):
+    """toFQDNs over IPv6: the frontend asks the resolver's IPv6 address (the DNS rule, through
+    sluice's [::1] UDP listener); the AAAA record of an allowed answer for a name the
+    toFQDNs rule names becomes reachable on the rule's port, and nothing else does."""
+    import shutil
+    from conftest import ROOT, SLUICE
+    from test_datapath import lab_config
+    remote = lab.ns("remote")
+    for address in (API6, OTHER6):
+        lab.run(remote, "ip", "addr", "add", f"{address}/64", "dev", "eth0", "nodad")
+    log = workdir / "http.log"
+    lab.spawn(remote, "python3", "-c", HTTP6_SERVER, str(log), API6, OTHER6)
+    lab.spawn(remote, "dnsmasq", "-k", "--no-resolv", "--no-hosts", f"--listen-address={REMOTE6}", "--bind-interfaces",
+              "--local-ttl=30", f"--address=/api.shop.test/{API6}", f"--address=/other.shop.test/{OTHER6}")
+    policies = workdir / "policies.yaml"
+    policies.write_text(FQDN6_POLICY)
+    shutil.copy(ROOT / "configs" / "lab" / "endpoints.yaml", workdir / "endpoints.yaml")
+    state = workdir / "fqdn.json"
+    pin_root = f"/sys/fs/bpf/sluice-{lab.prefix}"
+    config = lab_config(mode6, pin_root, policies, workdir / "endpoints.yaml", f"""
+fqdn: {{minimumTTL: 0, grace: 0s, stateFile: {state}}}
+timeouts: {{drain: 1s, udpIdle: 1s}}
+""")
+    wait_until(lambda: f"[{REMOTE6}]:53" in lab.run(remote, "ss", "-lun").stdout and f"[{API6}]:80" in lab.run(remote, "ss", "-ltn").stdout,
+               "dnsmasq and the web server in remote")
+    # The first connection to a fresh address waits for the links' neighbour discovery (about
+    # 2 s in the lab, with or without sluice): warm up from the node, before any policy.
+    warm = lab.run(lab.node, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url(API6, 80, "/warm"),
+                   check=False)
+    assert warm.stdout == "200", warm
+    log.write_text("")
+    start_sluice(config, netns=lab.node)
+    try:
+        def get(address):
+            result = lab.run(lab.ns("ep1"), "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2",
+                             url(address, 80, "/x"), check=False)
+            return int(result.stdout or 0)
+
+        def resolve(name):
+            result = lab.run(lab.ns("ep1"), "dig", f"@{REMOTE6}", name, "AAAA", "+short", "+time=2", "+tries=1", check=False)
+            return result.stdout.split()[-1] if result.stdout.split() else None
+
+        assert get(API6) == 0, "nothing learned yet: dropped"
+        assert resolve("api.shop.test") == API6
+        assert get(API6) == 200, "the AAAA record of the allowed answer is reachable at once"
+        assert resolve("other.shop.test") == OTHER6
+        assert get(OTHER6) == 0, "a name no toFQDNs rule names teaches nothing"
+        assert log.read_text().splitlines() == [f"{FRONTEND6} -> {API6} /x"], log.read_text()
+        wait_until(lambda: subprocess.run([SLUICE, "fqdn", "list", "--state", str(state)], capture_output=True,
+                                          text=True).stdout.count(API6) == 1, "sluice fqdn list to show the address", 2)
+        listed = subprocess.run([SLUICE, "fqdn", "list", "--state", str(state)], capture_output=True, text=True).stdout
+        assert FRONTEND6 in listed and "api.shop.test" in listed and OTHER6 not in listed, listed
+    finally:
+        if mode6 == "bpf":
+            subprocess.run([SLUICE, "datapath", "down", "--netns", lab.node, "--interfaces", "ep1,ep2,ep3,up0",
+                            "--pin-root", pin_root], capture_output=True)
+
+
+@pytest.fixture(params=["bpf", "nftables"])
+def mode6(request):
+    return request.param

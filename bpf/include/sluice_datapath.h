@@ -143,6 +143,15 @@ struct sluice_fqdn_key {
     __u8 pad;
 };
 
+/* The same for IPv6 addresses (sluice_fqdn6); values as for IPv4. */
+struct sluice_fqdn6_key {
+    __u32 endpoint_identity;
+    __u32 addr_be[4];
+    __u16 port;
+    __u8 protocol;
+    __u8 pad;
+};
+
 struct sluice_fqdn_value {
     __u64 expires_ns;         /* bpf_ktime_get_ns() past which new flows are not allowed; 0 = never */
     __u8 action;              /* SLUICE_ACTION_ALLOW, _REDIRECT or _DENY */

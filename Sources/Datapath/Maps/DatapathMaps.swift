@@ -8,7 +8,7 @@ import Glibc
 /// The datapath's pinned maps under one pin root, with typed access and synchronisation.
 public final class DatapathMaps {
     public static let names = ["sluice_ipcache", "sluice_ipcache6", "sluice_enforce", "sluice_policy", "sluice_ct",
-                               "sluice_ct6", "sluice_counters", "sluice_events", "sluice_listeners", "sluice_fqdn"]
+                               "sluice_ct6", "sluice_counters", "sluice_events", "sluice_listeners", "sluice_fqdn", "sluice_fqdn6"]
 
     public let pinRoot: String
     let addresses: BPFMap<sluice_ipcache_key, sluice_ipcache_value>
@@ -18,6 +18,7 @@ public final class DatapathMaps {
     let connections: BPFMap<sluice_ct_key, sluice_ct_value>
     let connections6: BPFMap<sluice_ct6_key, sluice_ct_value>
     let learned: BPFMap<sluice_fqdn_key, sluice_fqdn_value>
+    let learned6: BPFMap<sluice_fqdn6_key, sluice_fqdn_value>
     public let counters: CounterMap
 
     public init(pinRoot: String) throws {
@@ -29,6 +30,7 @@ public final class DatapathMaps {
         connections = try BPFMap(pinnedAt: "\(pinRoot)/sluice_ct")
         connections6 = try BPFMap(pinnedAt: "\(pinRoot)/sluice_ct6")
         learned = try BPFMap(pinnedAt: "\(pinRoot)/sluice_fqdn")
+        learned6 = try BPFMap(pinnedAt: "\(pinRoot)/sluice_fqdn6")
         counters = try CounterMap(pinnedAt: "\(pinRoot)/sluice_counters")
     }
 
@@ -61,7 +63,7 @@ public final class DatapathMaps {
     public func entryCounts() -> [(String, Int)] {
         [("sluice_ipcache", addresses.count), ("sluice_ipcache6", addresses6.count), ("sluice_enforce", enforcement.count),
          ("sluice_policy", policy.count), ("sluice_ct", connections.count), ("sluice_ct6", connections6.count),
-         ("sluice_fqdn", learned.count)]
+         ("sluice_fqdn", learned.count), ("sluice_fqdn6", learned6.count)]
     }
 
     /// What the maps hold now (connection tracking excluded).
@@ -157,37 +159,68 @@ public final class DatapathMaps {
 
     // MARK: Learned addresses (toFQDNs)
 
-    /// Lets `endpoint` (a numeric identity) reach `address` (IPv4, host order) as `grants`
-    /// say, until `expires` (`bpf_ktime_get_ns`, i.e. CLOCK_MONOTONIC; 0 = never).
-    public func writeLearned(endpoint: UInt32, address: UInt32, grants: [LearnedGrant], expires: UInt64) throws {
+    /// Lets `endpoint` (a numeric identity) reach `address` (IPv4: `sluice_fqdn`, IPv6:
+    /// `sluice_fqdn6`) as `grants` say, until `expires` (`bpf_ktime_get_ns`, i.e.
+    /// CLOCK_MONOTONIC; 0 = never).
+    public func writeLearned(endpoint: UInt32, address: IPAddress, grants: [LearnedGrant], expires: UInt64) throws {
         for grant in grants {
-            try learned.update(Self.key(endpoint: endpoint, address: address, grant: grant),
-                               sluice_fqdn_value(expires_ns: expires, action: grant.entry.action.rawValue, pad: 0,
-                                                 proxy_port: grant.entry.proxyPort, rule: grant.entry.rule))
+            let value = sluice_fqdn_value(expires_ns: expires, action: grant.entry.action.rawValue, pad: 0,
+                                          proxy_port: grant.entry.proxyPort, rule: grant.entry.rule)
+            if address.family == .ipv6 {
+                try learned6.update(Self.key6(endpoint: endpoint, address: address, port: grant.port, ipProtocol: grant.ipProtocol), value)
+            } else {
+                try learned.update(Self.key(endpoint: endpoint, address: address, grant: grant), value)
+            }
         }
     }
 
     /// Removes what `writeLearned` wrote for these grants.
-    public func deleteLearned(endpoint: UInt32, address: UInt32, grants: [LearnedGrant]) {
-        for grant in grants { learned.delete(Self.key(endpoint: endpoint, address: address, grant: grant)) }
+    public func deleteLearned(endpoint: UInt32, address: IPAddress, grants: [LearnedGrant]) {
+        for grant in grants {
+            if address.family == .ipv6 {
+                learned6.delete(Self.key6(endpoint: endpoint, address: address, port: grant.port, ipProtocol: grant.ipProtocol))
+            } else {
+                learned.delete(Self.key(endpoint: endpoint, address: address, grant: grant))
+            }
+        }
     }
 
-    /// Every learned entry, as (endpoint, address in host order, port, protocol).
-    public func learnedEntries() -> [(endpoint: UInt32, address: UInt32, port: UInt16, ipProtocol: UInt8, expires: UInt64)] {
-        learned.keys().compactMap { key in
+    /// Every learned entry of both families, as (endpoint, address, port, protocol, expiry).
+    public func learnedEntries() -> [(endpoint: UInt32, address: IPAddress, port: UInt16, ipProtocol: UInt8, expires: UInt64)] {
+        let ipv4: [(endpoint: UInt32, address: IPAddress, port: UInt16, ipProtocol: UInt8, expires: UInt64)] = learned.keys().compactMap { key in
             guard let value = learned.lookup(key) else { return nil }
-            return (key.endpoint_identity, UInt32(bigEndian: key.addr_be), key.port, key.protocol, value.expires_ns)
+            let bytes = withUnsafeBytes(of: key.addr_be) { Array($0) }
+            return (key.endpoint_identity, IPAddress(networkBytes: bytes)!, key.port, key.protocol, value.expires_ns)
         }
+        let ipv6: [(endpoint: UInt32, address: IPAddress, port: UInt16, ipProtocol: UInt8, expires: UInt64)] = learned6.keys().compactMap { key in
+            guard let value = learned6.lookup(key) else { return nil }
+            let bytes = withUnsafeBytes(of: key.addr_be) { Array($0) }
+            return (key.endpoint_identity, IPAddress(networkBytes: bytes)!, key.port, key.protocol, value.expires_ns)
+        }
+        return ipv4 + ipv6
     }
 
     /// Forgets every learned address.
     public func clearLearned() {
         for key in learned.keys() { learned.delete(key) }
+        for key in learned6.keys() { learned6.delete(key) }
     }
 
-    static func key(endpoint: UInt32, address: UInt32, grant: LearnedGrant) -> sluice_fqdn_key {
-        sluice_fqdn_key(endpoint_identity: endpoint, addr_be: address.bigEndian, port: grant.port,
+    static func key(endpoint: UInt32, address: IPAddress, grant: LearnedGrant) -> sluice_fqdn_key {
+        sluice_fqdn_key(endpoint_identity: endpoint, addr_be: UInt32(truncatingIfNeeded: address.low).bigEndian, port: grant.port,
                         protocol: grant.ipProtocol, pad: 0)
+    }
+
+    static func key6(endpoint: UInt32, address: IPAddress, port: UInt16, ipProtocol: UInt8) -> sluice_fqdn6_key {
+        var key = sluice_fqdn6_key()
+        key.endpoint_identity = endpoint
+        key.port = port
+        key.protocol = ipProtocol
+        let bytes = IPv6Prefix(high: address.high, low: address.low, length: 128).bytes
+        withUnsafeMutableBytes(of: &key.addr_be) { raw in
+            for (index, byte) in bytes.enumerated() { raw[index] = byte }
+        }
+        return key
     }
 
     /// Forgets every tracked connection (tests, and `--fresh`).

@@ -88,8 +88,7 @@ public struct NftablesRuleset {
         table(.ipv4) + table(.ipv6)
     }
 
-    /// One family's table. The IPv6 table has no learned (toFQDNs) sets: IPv6 flows to
-    /// learned addresses stay under default deny.
+    /// One family's table, with the learned (toFQDNs) addresses of its family.
     func table(_ family: Family) -> String {
         var addresses: [TablePrefix: AddressEntry] = [:]
         switch family {
@@ -129,19 +128,18 @@ public struct NftablesRuleset {
         let carved = Set(named.filter { identity in
             lines.contains("  set carve_\(identity) {")
         })
-        let learnedElements = family == .ipv4 ? Self.elements(learned, now: now) : [:]
-        if family == .ipv4 {
-            for (endpoint, entry) in state.enforcement.sorted(by: { $0.key < $1.key }) where entry.egress {
-                let sets = Self.learnedSets(endpoint)
-                for (name, type) in [(sets.deny, "ipv4_addr . inet_proto . inet_service"), (sets.redirect, "ipv4_addr . inet_proto . inet_service"),
-                                     (sets.port, "ipv4_addr . inet_proto . inet_service"), (sets.any, "ipv4_addr . inet_proto")] {
-                    lines.append("  set \(name) {")
-                    lines.append("    type \(type); flags timeout;")
-                    if let elements = learnedElements[name], !elements.isEmpty {
-                        lines.append("    elements = { " + elements.joined(separator: ", ") + " }")
-                    }
-                    lines.append("  }")
+        let learnedElements = Self.elements(learned, now: now, family: family)
+        for (endpoint, entry) in state.enforcement.sorted(by: { $0.key < $1.key }) where entry.egress {
+            let sets = Self.learnedSets(endpoint)
+            let address = family.addressType
+            for (name, type) in [(sets.deny, "\(address) . inet_proto . inet_service"), (sets.redirect, "\(address) . inet_proto . inet_service"),
+                                 (sets.port, "\(address) . inet_proto . inet_service"), (sets.any, "\(address) . inet_proto")] {
+                lines.append("  set \(name) {")
+                lines.append("    type \(type); flags timeout;")
+                if let elements = learnedElements[name], !elements.isEmpty {
+                    lines.append("    elements = { " + elements.joined(separator: ", ") + " }")
                 }
+                lines.append("  }")
             }
         }
 
@@ -185,13 +183,13 @@ public struct NftablesRuleset {
                     }
                 }
                 let enforced = state.enforcement[endpoint].map { direction == .ingress ? $0.ingress : $0.egress } ?? false
-                if enforced && direction == .egress && family == .ipv4 {
+                if enforced && direction == .egress {
                     // Addresses learned from DNS: consulted only where the default would drop.
                     let sets = Self.learnedSets(endpoint)
-                    lines.append("    ip saddr @id_\(endpoint) ip daddr . meta l4proto . th dport @\(sets.deny) counter drop comment \"toFQDNs: not this port\"")
-                    lines.append("    ip saddr @id_\(endpoint) ip daddr . meta l4proto . th dport @\(sets.redirect) meta mark set meta mark or 0x\(String(Self.redirectBit, radix: 16)) counter return comment \"toFQDNs\"")
-                    lines.append("    ip saddr @id_\(endpoint) ip daddr . meta l4proto . th dport @\(sets.port) counter return comment \"toFQDNs\"")
-                    lines.append("    ip saddr @id_\(endpoint) ip daddr . meta l4proto @\(sets.any) counter return comment \"toFQDNs\"")
+                    lines.append("    \(ip) saddr @id_\(endpoint) \(ip) daddr . meta l4proto . th dport @\(sets.deny) counter drop comment \"toFQDNs: not this port\"")
+                    lines.append("    \(ip) saddr @id_\(endpoint) \(ip) daddr . meta l4proto . th dport @\(sets.redirect) meta mark set meta mark or 0x\(String(Self.redirectBit, radix: 16)) counter return comment \"toFQDNs\"")
+                    lines.append("    \(ip) saddr @id_\(endpoint) \(ip) daddr . meta l4proto . th dport @\(sets.port) counter return comment \"toFQDNs\"")
+                    lines.append("    \(ip) saddr @id_\(endpoint) \(ip) daddr . meta l4proto @\(sets.any) counter return comment \"toFQDNs\"")
                 }
                 if enforced {
                     lines.append("    \(ip) \(own) @id_\(endpoint) counter drop comment \"default deny \(Self.escape(state.identityNames[endpoint] ?? "\(endpoint)")) \(direction)\"")
@@ -262,11 +260,12 @@ public struct NftablesRuleset {
         ("fqdn_deny_\(endpoint)", "fqdn_redirect_\(endpoint)", "fqdn_port_\(endpoint)", "fqdn_any_\(endpoint)")
     }
 
-    /// Set elements for learned entries, by set name; entries already expired at `now` are left out.
-    static func elements(_ entries: [LearnedEntry], now: UInt64, withTimeouts: Bool = true) -> [String: [String]] {
+    /// Set elements for learned entries of `family`, by set name; entries already expired at
+    /// `now` are left out.
+    static func elements(_ entries: [LearnedEntry], now: UInt64, family: Family, withTimeouts: Bool = true) -> [String: [String]] {
         var result: [String: [String]] = [:]
-        for entry in entries where entry.expires > now {
-            let address = PolicyTranslation.dotted(entry.address)
+        for entry in entries where entry.expires > now && (entry.address.family == .ipv6) == (family == .ipv6) {
+            let address = entry.address.description
             let timeout = withTimeouts ? " timeout \(max(1, (entry.expires - now) / 1_000_000))ms" : ""
             let sets = learnedSets(entry.endpoint)
             for grant in entry.grants {
@@ -350,12 +349,12 @@ public final class NftablesLearnedAddresses: LearnedAddressWriter, @unchecked Se
 
     public func write(_ entries: [LearnedEntry], replacing: [LearnedEntry]) throws {
         let now = clock()
-        let additions = Self.commands("add", NftablesRuleset.elements(entries, now: now))
+        let additions = Self.commands("add", entries, now: now)
         guard !additions.isEmpty else { return }
         // `add` leaves an element that exists as it is (its old timeout): delete it first, in
         // the same transaction. If it timed out meanwhile the delete fails the transaction,
         // so then add alone.
-        let deletions = Self.commands("delete", NftablesRuleset.elements(replacing, now: now, withTimeouts: false))
+        let deletions = Self.commands("delete", replacing, now: now, withTimeouts: false)
         if !deletions.isEmpty, (try? run(deletions + additions)) != nil { return }
         try run(additions)
     }
@@ -370,11 +369,13 @@ public final class NftablesLearnedAddresses: LearnedAddressWriter, @unchecked Se
     public func remove(_ entries: [LearnedEntry]) {
         // All at once; if one already timed out the transaction fails, and then one command
         // per element, so that one does not keep the others.
-        let elements = NftablesRuleset.elements(entries, now: clock(), withTimeouts: false)
-        let all = Self.commands("delete", elements)
+        let now = clock()
+        let all = Self.commands("delete", entries, now: now, withTimeouts: false)
         guard !all.isEmpty, (try? run(all)) == nil else { return }
-        for (set, items) in elements {
-            for item in items { try? run(Self.commands("delete", [set: [item]])) }
+        for family in [NftablesRuleset.Family.ipv4, .ipv6] {
+            for (set, items) in NftablesRuleset.elements(entries, now: now, family: family, withTimeouts: false) {
+                for item in items { try? run(Self.commands("delete", family: family, [set: [item]])) }
+            }
         }
     }
 
@@ -384,9 +385,16 @@ public final class NftablesLearnedAddresses: LearnedAddressWriter, @unchecked Se
         try NetworkNamespace.run(namespace) { try library.run(commands) }
     }
 
-    static func commands(_ verb: String, _ elements: [String: [String]]) -> String {
+    /// Element commands for `entries` in both tables (IPv4 addresses in `ip sluice`, IPv6 in `ip6 sluice`).
+    static func commands(_ verb: String, _ entries: [LearnedEntry], now: UInt64, withTimeouts: Bool = true) -> String {
+        [NftablesRuleset.Family.ipv4, .ipv6].map { family in
+            commands(verb, family: family, NftablesRuleset.elements(entries, now: now, family: family, withTimeouts: withTimeouts))
+        }.joined()
+    }
+
+    static func commands(_ verb: String, family: NftablesRuleset.Family, _ elements: [String: [String]]) -> String {
         elements.sorted { $0.key < $1.key }.map { set, items in
-            "\(verb) element ip \(NftablesRuleset.tableName) \(set) { \(items.joined(separator: ", ")) }\n"
+            "\(verb) element \(family.keyword) \(NftablesRuleset.tableName) \(set) { \(items.joined(separator: ", ")) }\n"
         }.joined()
     }
 }
