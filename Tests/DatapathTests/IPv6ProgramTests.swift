@@ -67,6 +67,15 @@ final class IPv6ProgramTests {
         #expect(maps.entryCounts().first { $0.0 == "sluice_ct6" }?.1 == 1)
     }
 
+    @Test func aDenyRuleWinsOverIPv6AsOverIPv4() throws {
+        var state = maps.read()
+        state.policy[PolicyKey(endpoint: 300, direction: .egress, peer: NumericIdentity.any, port: 0, ipProtocol: 6)] =
+            PolicyEntry(action: .deny, rule: 9)
+        try maps.synchronize(to: state)
+        #expect(try run(syn(80, sourcePort: 41500)) == Self.shot, "the client's egress deny beats the server's allow")
+        #expect(ipv6(.dropPolicyDeny) == 1)
+    }
+
     @Test func extensionHeadersAreWalkedToTheRealPort() throws {
         let chain: [PacketBuilder6.Extension] = [.hopByHop, .destinationOptions, .authentication, .routing(segmentsLeft: 0),
                                                  .fragment(offset: 0, more: false), .destinationOptions]
