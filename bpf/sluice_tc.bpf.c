@@ -11,7 +11,11 @@
  *       Already decided at ingress, or a reply of a known flow -> pass. The proxy's own
  *       upstream packets (SLUICE_MARK_FROM_PROXY) -> pass and remember the flow so its replies
  *       pass. Anything else the node itself sends -> the destination's ingress policy with
- *       the host as the peer.
+ *       the host as the peer; a redirect turns the packet back into the node's ingress on
+ *       the same interface (bpf_redirect with BPF_F_INGRESS, the Ethernet addresses
+ *       swapped so it is addressed to the node), where sluice_from_wire hands it to the
+ *       proxy like an endpoint's: the node's own flows to L7 ports go through sluice too.
+ *       (IPv4 needs accept_local on the interface: the source is the node's own address.)
  *
  * IPv6 is judged like IPv4, with its own identity map (sluice_ipcache6) and connection
  * table (sluice_ct6); policy keys are by identity and shared. The IPv6 header chain is
@@ -184,6 +188,12 @@ static __always_inline void set_mark(struct __sk_buff *skb, __u32 mark)
 {
     asm volatile("" : "+r"(skb));
     skb->mark = mark;
+}
+
+static __always_inline __u32 get_mark(struct __sk_buff *skb)
+{
+    asm volatile("" : "+r"(skb));
+    return skb->mark;
 }
 
 static __always_inline void count_slot(__u32 slot)
@@ -692,7 +702,8 @@ int sluice_from_wire(struct __sk_buff *skb)
         count(&packet, SLUICE_COUNT_NEIGHBOUR);
         return TC_ACT_OK;
     }
-    if ((skb->mark & SLUICE_MARK_MASK) == SLUICE_MARK_FROM_PROXY) {
+    __u32 arrived = get_mark(skb) & SLUICE_MARK_MASK;
+    if (arrived == SLUICE_MARK_FROM_PROXY) {
         count(&packet, SLUICE_COUNT_PROXY_PASS);
         return TC_ACT_OK;
     }
@@ -700,6 +711,10 @@ int sluice_from_wire(struct __sk_buff *skb)
     struct sluice_ct_value *known = tracked(&packet);
     struct sluice_ipcache_value source = identify_source(&packet);
     struct sluice_ipcache_value destination = identify_destination(&packet);
+    /* The node's own addresses arrive from the wire only when sluice_to_wire turned the
+     * node's packet back (marked): anything else claiming them is spoofed. */
+    if (source.identity == SLUICE_IDENTITY_HOST && arrived != SLUICE_MARK_FROM_NODE)
+        return drop(skb, &packet, SLUICE_DROP_SPOOFED_HOST, 0, source.identity, destination.identity, 0);
     if (known) {
         count(&packet, SLUICE_COUNT_ESTABLISHED);
         if (known->proxy_port) {
@@ -732,6 +747,23 @@ int sluice_from_wire(struct __sk_buff *skb)
     return TC_ACT_OK;
 }
 
+/* The node's own packet of a flow diverted to the proxy: back into the node's ingress on
+ * this interface, addressed to the node (Ethernet addresses swapped), where
+ * sluice_from_wire assigns it to the proxy's socket. */
+static __always_inline int loop_to_proxy(struct __sk_buff *skb)
+{
+    __u8 addresses[12];
+    if (bpf_skb_load_bytes(skb, 0, addresses, sizeof(addresses)) != 0)
+        return TC_ACT_SHOT;
+    __u8 swapped[12];
+    __builtin_memcpy(swapped, addresses + 6, 6);
+    __builtin_memcpy(swapped + 6, addresses, 6);
+    if (bpf_skb_store_bytes(skb, 0, swapped, sizeof(swapped), 0) != 0)
+        return TC_ACT_SHOT;
+    set_mark(skb, (skb->mark & ~SLUICE_MARK_MASK) | SLUICE_MARK_FROM_NODE);
+    return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
 SEC("tc")
 int sluice_to_wire(struct __sk_buff *skb)
 {
@@ -755,8 +787,13 @@ int sluice_to_wire(struct __sk_buff *skb)
             remember(&packet, 0);
         return TC_ACT_OK;
     }
-    if (tracked(&packet)) {
+    struct sluice_ct_value *known = tracked(&packet);
+    if (known) {
         count(&packet, SLUICE_COUNT_ESTABLISHED);
+        /* Only the node's own flows are tracked with a proxy port in this direction (an
+         * endpoint's diverted packets never leave the node). */
+        if (known->proxy_port)
+            return loop_to_proxy(skb);
         return TC_ACT_OK;
     }
     if (tracked_reply(&packet)) {
@@ -774,6 +811,14 @@ int sluice_to_wire(struct __sk_buff *skb)
     if (decision.action == SLUICE_ACTION_DENY)
         return drop(skb, &packet, decision.reason, decision.direction, source.identity, destination.identity,
                     decision.rule);
+    if (decision.action == SLUICE_ACTION_REDIRECT) {
+        /* The node's own flow to an L7 port: through the proxy, like an endpoint's. */
+        count(&packet, SLUICE_COUNT_REDIRECTED);
+        remember(&packet, decision.proxy_port);
+        emit(skb, &packet, SLUICE_EVENT_REDIRECT, 0, decision.direction, source.identity, destination.identity,
+             decision.proxy_port, decision.rule);
+        return loop_to_proxy(skb);
+    }
     count(&packet, SLUICE_COUNT_ALLOWED);
     remember(&packet, 0);
     return TC_ACT_OK;

@@ -201,6 +201,34 @@ final class ProgramTests {
                 "decided at the node's ingress already")
     }
 
+    @Test func theNodesOwnFlowToAnL7PortIsTurnedBackIntoTheNodeTowardTheProxy() throws {
+        try apply { state in
+            state.addresses[IPv4Prefix("10.9.2.1")!] = AddressEntry(identity: NumericIdentity.host, isLocalEndpoint: false)
+            state.enforcement[301] = Enforcement(ingress: true, egress: false)
+            state.policy[PolicyKey(endpoint: 301, direction: .ingress, peer: NumericIdentity.host, port: 8080, ipProtocol: 6)] =
+                PolicyEntry(action: .redirect, proxyPort: 15001)
+        }
+        let fromNode = PacketBuilder.frame(source: "10.9.2.1", destination: Self.server, sourcePort: 47000, destinationPort: 8080)
+        let outcome = try ProgramTestRun.run(object, program: "sluice_to_wire", packet: fromNode)
+        #expect(outcome.returnCode == 7, "TC_ACT_REDIRECT: back into the node's ingress")
+        #expect(outcome.mark & UInt32(SLUICE_MARK_MASK) == UInt32(SLUICE_MARK_FROM_NODE))
+        #expect(counter(.redirected) == 1)
+        // Its later packets follow it.
+        let ack = PacketBuilder.frame(source: "10.9.2.1", destination: Self.server, sourcePort: 47000, destinationPort: 8080, syn: false, ack: true)
+        #expect(try run(ack, program: "sluice_to_wire").returnCode == 7)
+    }
+
+    @Test func theNodesAddressFromTheWireIsSpoofedUnlessTheNodeTurnedItBack() throws {
+        try apply { state in
+            state.addresses[IPv4Prefix("10.9.2.1")!] = AddressEntry(identity: NumericIdentity.host, isLocalEndpoint: false)
+        }
+        let spoofed = PacketBuilder.frame(source: "10.9.2.1", destination: Self.server, sourcePort: 48000, destinationPort: 80)
+        #expect(try run(spoofed).returnCode == Self.shot)
+        #expect(counter(.dropSpoofedHost) == 1)
+        #expect(try run(spoofed, mark: UInt32(SLUICE_MARK_FROM_NODE)).returnCode == Self.ok, "the node's own, turned back")
+        #expect(counter(.dropSpoofedHost) == 1)
+    }
+
     @Test func synchronisationWritesOnlyDifferences() throws {
         var state = maps.read()
         state.policy[PolicyKey(endpoint: 300, direction: .egress, peer: 301, port: 443, ipProtocol: 6)] = PolicyEntry(action: .allow)

@@ -15,6 +15,7 @@
 #define SLUICE_MARK_TO_PROXY    0x0200 /* diverted to a Sluice listener (reference: 0x200) */
 #define SLUICE_MARK_ALLOWED     0x0300 /* decided at the node's ingress; the egress hook passes it */
 #define SLUICE_MARK_FROM_PROXY  0x0a00 /* Sluice's own upstream sockets (SO_MARK): never diverted again */
+#define SLUICE_MARK_FROM_NODE   0x0b00 /* the node's own packet, turned back into its ingress toward the proxy */
 
 /* Reserved identities, numbered as in the reference system. Identities of endpoints and
  * CIDR peers are allocated by userspace from SLUICE_IDENTITY_FIRST_USER up. */
@@ -42,6 +43,7 @@
                                           * SLUICE_IPV6_MAX_EXTENSION_HEADERS, or a routing header with segments
                                           * left (the packet's final destination is not the one judged) */
 #define SLUICE_DROP_MAPPED_ADDRESS     8 /* an IPv6 packet with an IPv4-mapped address (RFC 4291 2.5.5.2: never on the wire) */
+#define SLUICE_DROP_SPOOFED_HOST       9 /* a packet from the wire with one of the node's own addresses as its source */
 
 /* Counter indexes (per-CPU array); drops use their reason number. */
 #define SLUICE_COUNT_ALLOWED     16 /* new flow allowed by policy or unrestricted */

@@ -15,6 +15,7 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
     case dropMalformed = 6
     case dropExtensionHeader = 7
     case dropMappedAddress = 8
+    case dropSpoofedHost = 9
     case allowed = 16
     case redirected = 17
     case established = 18
@@ -34,6 +35,7 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
         case .dropMalformed: return "drop: malformed"
         case .dropExtensionHeader: return "drop: IPv6 extension header"
         case .dropMappedAddress: return "drop: IPv4-mapped address"
+        case .dropSpoofedHost: return "drop: node address spoofed"
         case .allowed: return "allowed (new flows)"
         case .redirected: return "redirected to proxy (packets)"
         case .established: return "established (packets)"
@@ -59,6 +61,7 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
         case 6: return "INVALID_PACKET"
         case 7: return "IPV6_EXTENSION_HEADER"
         case 8: return "INVALID_SOURCE_IP"
+        case 9: return "IP_SPOOFING"
         default: return "UNKNOWN_\(code)"
         }
     }

@@ -18,6 +18,8 @@ import Foundation
 public struct NftablesRuleset {
     public static let tableName = "sluice"
     static let redirectBit: UInt32 = 0x1000
+    /// Marks the node's own packets turned back through lo to sluice (with 0x200).
+    static let fromNodeBit: UInt32 = 0x2000
 
     public let state: DatapathState
     public let interfaces: [String]
@@ -202,6 +204,15 @@ public struct NftablesRuleset {
         let bit = "0x\(String(Self.redirectBit, radix: 16))"
         lines.append("  chain prerouting {")
         lines.append("    type filter hook prerouting priority mangle; policy accept;")
+        // The node's own flows to L7 ports, turned back through lo by the output chain:
+        // to the listener (or the flow's transparent socket), else dropped (fail closed).
+        if proxyPorts.tcp != 0 {
+            lines.append("    iifname \"lo\" meta mark and 0x\(String(Self.fromNodeBit, radix: 16)) != 0 meta l4proto tcp tproxy to \(family.loopback):\(proxyPorts.tcp) meta mark set 0x200 counter accept comment \"the node's own flow, to sluice\"")
+        }
+        if proxyPorts.udp != 0 {
+            lines.append("    iifname \"lo\" meta mark and 0x\(String(Self.fromNodeBit, radix: 16)) != 0 meta l4proto udp tproxy to \(family.loopback):\(proxyPorts.udp) meta mark set 0x200 counter accept comment \"the node's own flow, to sluice\"")
+        }
+        lines.append("    iifname \"lo\" meta mark and 0x\(String(Self.fromNodeBit, radix: 16)) != 0 counter drop comment \"proxy unavailable: fail closed\"")
         lines.append("    iifname != { \(interfaceSet) } accept")
         if family == .ipv6 {
             // What endpoints need to keep their link, and nothing that can leave it (RFC 4861:
@@ -237,16 +248,22 @@ public struct NftablesRuleset {
         }
         lines.append("    meta mark and \(bit) == \(bit) counter drop comment \"proxy unavailable: fail closed\"")
         lines.append("  }")
+        // A route chain: a mark set here re-routes the packet, which is how the node's own
+        // flows to L7 ports are turned back (mark 0x200: table 2004, local) to sluice.
         lines.append("  chain output {")
-        lines.append("    type filter hook output priority filter; policy accept;")
+        lines.append("    type route hook output priority filter; policy accept;")
         lines.append("    oifname != { \(interfaceSet) } accept")
         if family == .ipv6 {
             lines.append("    \(Self.neighbourDiscovery) accept comment \"neighbour discovery\"")
             lines.append("    \(Self.multicastListener) accept comment \"multicast listener discovery\"")
         }
         lines.append("    meta mark and 0xf00 == 0xa00 accept comment \"the proxy's own upstream connections\"")
+        let toSluice = "meta mark set meta mark and 0xfffff0ff or 0x\(String(0x200 | Self.fromNodeBit, radix: 16))"
+        lines.append("    ct state established,related ct mark and \(bit) == \(bit) \(toSluice) accept comment \"the node's own flow through sluice\"")
         lines.append("    ct state established,related accept")
+        lines.append("    meta mark set meta mark and 0xffffefff")
         lines.append("    jump ingress_policy")
+        lines.append("    meta mark and \(bit) == \(bit) ct mark set ct mark or \(bit) \(toSluice) counter accept comment \"the node's own flow to an L7 port: through sluice\"")
         lines.append("  }")
         lines.append("}")
         return lines.joined(separator: "\n") + "\n"
