@@ -34,8 +34,8 @@ def test_the_nodes_own_requests_to_an_l7_port_are_judged_by_sluice(scenario, fam
     proxy = scenario.start_proxy()
     backend, node = (BACKEND, NODE_TO_BACKEND) if family == "ipv4" else (f"[{BACKEND6}]", NODE_TO_BACKEND6)
 
-    def request(method, path):
-        result = scenario.lab.run(scenario.lab.node, "curl", "-sS", "--max-time", "3", "-o", "/dev/null", "-w",
+    def request(method, path, timeout=3):
+        result = scenario.lab.run(scenario.lab.node, "curl", "-sS", "--max-time", str(timeout), "-o", "/dev/null", "-w",
                                   "%{http_code}", "-X", method, f"http://{backend}:8080{path}", check=False)
         return result.stdout
 
@@ -53,6 +53,16 @@ def test_the_nodes_own_requests_to_an_l7_port_are_judged_by_sluice(scenario, fam
                             check=False).returncode != 0
     if scenario.mode == "bpf":
         assert scenario.counter("redirected to proxy (packets)", family) > 0
+    # Without sluice the node's flow to the L7 port fails closed, never straight through.
+    assert proxy.terminate() == 0
+    assert request("GET", "/api/after", timeout=1) == "000"
+    assert f"{node} 8080 GET /api/after HTTP/1.1" not in scenario.access()
+    if scenario.mode == "bpf":
+        assert scenario.counter("drop: proxy unavailable", family) >= 1
+    else:
+        table = "ip" if family == "ipv4" else "ip6"
+        rules = scenario.lab.run(scenario.lab.node, "nft", "list", "table", table, "sluice").stdout
+        assert re.search(r'iifname "lo" .* counter packets [1-9]\d* bytes \d+ drop comment "proxy unavailable: fail closed"', rules), rules
 
 
 def test_a_packet_from_an_endpoint_with_the_nodes_address_is_dropped(lab, workdir, start_sluice):
