@@ -316,7 +316,7 @@ timeouts: {{drain: 1s, udpIdle: 1s}}
                    check=False)
     assert warm.stdout == "200", warm
     log.write_text("")
-    start_sluice(config, netns=lab.node)
+    proxy = start_sluice(config, netns=lab.node)
     try:
         def get(address):
             result = lab.run(lab.ns("ep1"), "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2",
@@ -337,6 +337,8 @@ timeouts: {{drain: 1s, udpIdle: 1s}}
                                           text=True).stdout.count(API6) == 1, "sluice fqdn list to show the address", 2)
         listed = subprocess.run([SLUICE, "fqdn", "list", "--state", str(state)], capture_output=True, text=True).stdout
         assert FRONTEND6 in listed and "api.shop.test" in listed and OTHER6 not in listed, listed
+        answers = [r["l7"]["dns"] for r in proxy.flow_records() if r.get("l7", {}).get("dns", {}).get("ips")]
+        assert {"query": "api.shop.test.", "ips": [API6]}.items() <= answers[0].items(), answers
     finally:
         if mode6 == "bpf":
             subprocess.run([SLUICE, "datapath", "down", "--netns", lab.node, "--interfaces", "ep1,ep2,ep3,up0",
