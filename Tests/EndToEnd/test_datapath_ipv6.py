@@ -103,6 +103,24 @@ def test_ipv6_allowed_cidr_and_unrestricted_endpoints(scenario):
     server.terminate()
 
 
+def test_ipv6_traffic_from_the_uplink_meets_ingress_policy(scenario):
+    """The remote host is world-ipv6 for the backend's ingress policy (which admits only the
+    frontend); the intruder has no ingress policy and is reachable."""
+    scenario.start_proxy()
+    assert scenario.lab.run(scenario.lab.ns("remote"), "curl", "-sS", "--max-time", "2", url(BACKEND6, 9090),
+                            check=False).returncode != 0
+    assert scenario.access() == []
+    server = scenario.lab.spawn(scenario.lab.ns("ep3"), "python3", "-m", "http.server", "--bind", INTRUDER6, "8000")
+    wait_until(lambda: f"[{INTRUDER6}]:8000" in scenario.lab.run(scenario.lab.ns("ep3"), "ss", "-ltn").stdout,
+               "the intruder's web server")
+    result = scenario.lab.run(scenario.lab.ns("remote"), "curl", "-sS", "--max-time", "3", "-o", "/dev/null",
+                              "-w", "%{http_code}", url(INTRUDER6, 8000), check=False)
+    assert result.stdout == "200"
+    server.terminate()
+    if scenario.mode == "bpf":
+        assert scenario.counter("drop: default deny", "ipv6") >= 1
+
+
 def test_ipv6_dns_on_udp_is_judged_by_name(scenario):
     """DNS to the resolver's IPv6 address goes through sluice's UDP listener on [::1]: a
     denied name is answered REFUSED from the resolver's address and never relayed (the peer
