@@ -41,6 +41,11 @@ public struct DatapathSetup: Sendable {
             for interface in setup.interfaces {
                 try TrafficControl.attach(programDescriptor: ingress, interface: interface, hook: .ingress)
                 try TrafficControl.attach(programDescriptor: egress, interface: interface, hook: .egress)
+                // The node's own flows to L7 ports come back in through this interface with
+                // the node's address as their source (sluice_to_wire turns them around):
+                // IPv4 would take them for martians. sluice_from_wire drops that source
+                // from anywhere else.
+                try Self.writeSysctl("net/ipv4/conf/\(interface)/accept_local", "1")
             }
             try object.attachToNetworkNamespace(program: Self.lookupProgram, pinLinkAt: "\(setup.pinRoot)/\(Self.lookupLink)")
         }
@@ -76,6 +81,18 @@ public struct DatapathSetup: Sendable {
     public func removePins() {
         for name in DatapathMaps.names + [Self.lookupLink] { unlink("\(pinRoot)/\(name)") }
         rmdir(pinRoot)
+    }
+}
+
+extension DatapathSetup {
+    /// Writes `value` to /proc/sys/`name` for the calling thread's network namespace.
+    static func writeSysctl(_ name: String, _ value: String) throws {
+        let path = "/proc/sys/\(name)"
+        let descriptor = open(path, O_WRONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw DatapathError("open \(path)", code: errno) }
+        defer { close(descriptor) }
+        let written = value.withCString { write(descriptor, $0, strlen($0)) }
+        guard written >= 0 else { throw DatapathError("write \(path)", code: errno) }
     }
 }
 

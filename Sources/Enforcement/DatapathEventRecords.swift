@@ -7,10 +7,10 @@ extension FlowRecords {
     /// from the datapath state in force (`names`, `rules`) where known.
     public static func datapathEvent(_ event: DatapathEvent, names: [UInt32: String] = [:],
                                      rules: [UInt32: String] = [:]) -> JSONObject {
-        let transport = [6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP"][Int(event.ipProtocol)] ?? "\(event.ipProtocol)"
-        let path = FlowPath(source: (DatapathEvent.dottedQuad(event.source.address), event.source.port),
-                            destination: (DatapathEvent.dottedQuad(event.destination.address), event.destination.port),
-                            isIPv6: false, transport: transport)
+        let transport = [6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP", 58: "ICMPv6"][Int(event.ipProtocol)] ?? "\(event.ipProtocol)"
+        let path = FlowPath(source: (event.source.address.description, event.source.port),
+                            destination: (event.destination.address.description, event.destination.port),
+                            isIPv6: event.isIPv6, transport: transport)
         // An event of a kind this build does not know is reported as a redirect, as before.
         let action: DatapathAction = event.kind == .drop
             ? .dropped(reason: DatapathCounter.dropReason(event.reasonCode)) : .redirected(proxyPort: event.proxyPort)

@@ -140,7 +140,9 @@ public final class PolicyEnforcement: @unchecked Sendable {
         var state = DatapathState()
         if configuration.datapath.mode != .none {
             let nodeAddresses = source.nodeAddresses.compactMap(IPv4Prefix.init)
-            state = try PolicyTranslation(snapshot: snapshot, nodeAddresses: nodeAddresses, proxyPorts: proxyPorts).translate()
+            let nodeAddresses6 = source.nodeAddresses.compactMap(IPv6Prefix.init)
+            state = try PolicyTranslation(snapshot: snapshot, nodeAddresses: nodeAddresses, nodeAddresses6: nodeAddresses6,
+                                          proxyPorts: proxyPorts).translate()
         }
         return (snapshot, state)
     }

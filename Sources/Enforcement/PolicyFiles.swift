@@ -45,9 +45,11 @@ public enum PolicyFiles {
 
     /// The datapath's view (identities, enforcement, L3/L4 policy) of the files' policies.
     public static func datapathState(policyPaths: [String], endpoints: String, nodeAddresses: [IPv4Prefix],
+                                     nodeAddresses6: [IPv6Prefix] = [],
                                      proxyPorts: PolicyTranslation.ProxyPorts) throws -> DatapathState {
         let snapshot = try loadSnapshot(policyPaths: policyPaths, endpoints: endpoints)
-        return try PolicyTranslation(snapshot: snapshot, nodeAddresses: nodeAddresses, proxyPorts: proxyPorts).translate()
+        return try PolicyTranslation(snapshot: snapshot, nodeAddresses: nodeAddresses, nodeAddresses6: nodeAddresses6,
+                                     proxyPorts: proxyPorts).translate()
     }
 
     /// The BPF object built by `make bpf` (`.build/bpf/sluice_tc.bpf.o`), found from the

@@ -105,9 +105,11 @@ struct DatapathCommand: ParsableCommand {
                 let maps = try DatapathMaps(pinRoot: location.pinRoot)
                 print("maps (\(location.pinRoot)):")
                 for (name, count) in maps.entryCounts() { print("  \(name.padding(15)) \(count) entries") }
-                print("counters:")
+                print("counters:                         \("IPv4".padding(12)) IPv6")
                 for counter in DatapathCounter.allCases {
-                    print("  \(counter.name.padding(32)) \(maps.counters.total(counter.rawValue))")
+                    let ipv4 = maps.counters.total(counter.rawValue)
+                    let ipv6 = counter == .notIP ? "-" : "\(maps.counters.total(counter.ipv6Slot))"
+                    print("  \(counter.name.padding(32)) \(String(ipv4).padding(12)) \(ipv6)")
                 }
             } catch {
                 printError("datapath status: \(error)")
@@ -198,13 +200,14 @@ struct PolicyInputs: ParsableArguments {
 
     func validate() throws {
         if policy.isEmpty { throw ValidationError("--policy: expected at least one policy file or directory") }
-        for address in nodeAddress where IPv4Prefix(address) == nil {
-            throw ValidationError("--node-address: expected an IPv4 address, got '\(address)'")
+        for address in nodeAddress where IPv4Prefix(address) == nil && IPv6Prefix(address) == nil {
+            throw ValidationError("--node-address: expected an IPv4 or IPv6 address, got '\(address)'")
         }
     }
 
     func datapathState() throws -> DatapathState {
         try PolicyFiles.datapathState(policyPaths: policy, endpoints: endpoints, nodeAddresses: nodeAddress.compactMap(IPv4Prefix.init),
+                                       nodeAddresses6: nodeAddress.compactMap(IPv6Prefix.init),
                                        proxyPorts: .init(tcp: tcpProxyPort, udp: udpProxyPort))
     }
 }
@@ -214,7 +217,10 @@ enum DatapathPrinting {
     static func printState(_ state: DatapathState) {
         print("identities:")
         for (prefix, entry) in state.addresses.sorted(by: { $0.key < $1.key }) {
-            print("  \(prefix.description.padding(18)) \(entry.identity) \(state.identityNames[entry.identity] ?? "")\(entry.isLocalEndpoint ? " (local endpoint)" : "")")
+            print("  \(prefix.description.padding(20)) \(entry.identity) \(state.identityNames[entry.identity] ?? "")\(entry.isLocalEndpoint ? " (local endpoint)" : "")")
+        }
+        for (prefix, entry) in state.addresses6.sorted(by: { $0.key < $1.key }) {
+            print("  \(prefix.description.padding(20)) \(entry.identity) \(state.identityNames[entry.identity] ?? "")\(entry.isLocalEndpoint ? " (local endpoint)" : "")")
         }
         print("enforced:")
         for (identity, entry) in state.enforcement.sorted(by: { $0.key < $1.key }) {
@@ -222,7 +228,7 @@ enum DatapathPrinting {
         }
         print("policy (\(state.policy.count) entries):")
         for (key, entry) in state.policy.sorted(by: { $0.key < $1.key }) {
-            let proto = [6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP"][Int(key.ipProtocol)] ?? "\(key.ipProtocol)"
+            let proto = [6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP", 58: "ICMPv6"][Int(key.ipProtocol)] ?? "\(key.ipProtocol)"
             let action = entry.action == .redirect ? "redirect :\(entry.proxyPort)" : "\(entry.action)"
             print("  \(state.identityNames[key.endpoint] ?? "\(key.endpoint)") \(key.direction) peer \(state.identityNames[key.peer] ?? "\(key.peer)") \(key.port == 0 ? "*" : "\(key.port)")/\(proto): \(action)\(state.ruleNames[entry.rule].map { " (\($0))" } ?? "")")
         }

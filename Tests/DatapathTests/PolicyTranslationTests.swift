@@ -51,12 +51,12 @@ import PolicyEngine
         let state = try Self.labState()
         let frontend = Self.identity(state, "shop/frontend")
         let learned = [
-            LearnedEntry(endpoint: frontend, address: 0xC000_0201, grants: [
+            LearnedEntry(endpoint: frontend, address: IPAddress("192.0.2.1")!, grants: [
                 LearnedGrant(port: 443, ipProtocol: 6, entry: PolicyEntry(action: .allow)),
                 LearnedGrant(port: 80, ipProtocol: 6, entry: PolicyEntry(action: .redirect, proxyPort: 15001)),
                 LearnedGrant(port: 22, ipProtocol: 6, entry: PolicyEntry(action: .deny)),
                 LearnedGrant(port: 0, ipProtocol: 17, entry: PolicyEntry(action: .allow))], expires: 31_000_000_000),
-            LearnedEntry(endpoint: frontend, address: 0xC000_0202, grants: [
+            LearnedEntry(endpoint: frontend, address: IPAddress("192.0.2.2")!, grants: [
                 LearnedGrant(port: 443, ipProtocol: 6, entry: PolicyEntry(action: .allow))], expires: 500_000_000),
         ]
         let text = NftablesRuleset(state: state, interfaces: ["ep1"], proxyPorts: .init(tcp: 15001, udp: 15053),
@@ -88,6 +88,114 @@ import PolicyEngine
         #expect(text.contains("counter drop comment \"proxy unavailable: fail closed\""))
         #expect(text.contains("default deny shop/backend ingress"))
         #expect(text.hasPrefix("table ip sluice {}\ndelete table ip sluice\n"), "the table is replaced atomically")
+    }
+
+    // MARK: IPv6 (issue 15)
+
+    static func state(policies: String, endpoints: String) throws -> DatapathState {
+        let loaded = PolicyLoader.load(text: policies, file: "policies.yaml")
+        #expect(loaded.errors.isEmpty, "\(loaded.errors)")
+        let directory = try EndpointDirectory.load(text: endpoints, file: "endpoints.yaml")
+        let snapshot = PolicySnapshot(policies: loaded.policies, endpoints: directory)
+        return try PolicyTranslation(snapshot: snapshot, nodeAddresses: [], proxyPorts: .init(tcp: 15001, udp: 15053)).translate()
+    }
+
+    static let dualStackEndpoints = """
+        endpoints:
+          - {ip: 10.0.1.2, namespace: app, pod: client, labels: {app: client}}
+          - {ip: "fd00:1::2", namespace: app, pod: client, labels: {app: client}}
+          - {ip: "fd00:2::2", namespace: app, pod: server, labels: {app: server}}
+          - {ip: "fd00:1::1", reserved: host}
+        """
+
+    @Test func dualStackEndpointsShareOneIdentityAndIPv6CIDRsGetTheirOwn() throws {
+        let state = try Self.labState()
+        let frontend = Self.identity(state, "shop/frontend")
+        #expect(state.addresses6[IPv6Prefix("fd00:200:1::2")!] == AddressEntry(identity: frontend, isLocalEndpoint: true))
+        #expect(state.addresses[IPv4Prefix("10.200.1.2")!]?.identity == frontend, "one identity for both families")
+        #expect(state.addresses6[IPv6Prefix("fd00:200:2::1")!]?.identity == NumericIdentity.host)
+        let cidr6 = try #require(state.addresses6[IPv6Prefix("fd00:200:100::/64")!])
+        let cidr4 = try #require(state.addresses[IPv4Prefix("10.200.100.0/24")!])
+        #expect(cidr6.identity != cidr4.identity && !cidr6.isLocalEndpoint)
+        #expect(state.policy[PolicyKey(endpoint: frontend, direction: .egress, peer: cidr6.identity, port: 53, ipProtocol: 17)]
+                .map { ($0.action, $0.proxyPort) } ?? (.allow, 0) == (.redirect, 15053))
+        #expect(state.policy[PolicyKey(endpoint: frontend, direction: .egress, peer: NumericIdentity.worldIPv6, port: 53, ipProtocol: 17)] == nil,
+                "an IPv6 address outside the CIDR is world-ipv6: default deny")
+    }
+
+    @Test func worldIPv4AndWorldIPv6AreToldApartAndExceptCarvesIPv6() throws {
+        let state = try Self.state(policies: """
+            apiVersion: cilium.io/v2
+            kind: CiliumNetworkPolicy
+            metadata: {name: client-egress, namespace: app}
+            spec:
+              endpointSelector: {matchLabels: {app: client}}
+              egress:
+                - toEntities: [world-ipv6]
+                  toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+                - toCIDRSet: [{cidr: "2001:db8::/32", except: ["2001:db8:bad::/48"]}]
+                  toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+                - toEndpoints: [{matchLabels: {app: server}}]
+                  icmps: [{fields: [{type: 128, family: IPv6}]}]
+            """, endpoints: Self.dualStackEndpoints)
+        let client = Self.identity(state, "app/client"), server = Self.identity(state, "app/server")
+        func action(_ peer: UInt32, _ port: UInt16, _ ipProtocol: UInt8 = 6) -> PolicyAction? {
+            state.policy[PolicyKey(endpoint: client, direction: .egress, peer: peer, port: port, ipProtocol: ipProtocol)]?.action
+        }
+        #expect(action(NumericIdentity.worldIPv6, 443) == .allow)
+        #expect(action(NumericIdentity.world, 443) != .allow, "world-ipv6 does not admit IPv4 addresses")
+        let allowed = try #require(state.addresses6[IPv6Prefix("2001:db8::/32")!]).identity
+        let carved = try #require(state.addresses6[IPv6Prefix("2001:db8:bad::/48")!]).identity
+        #expect(action(allowed, 80) == .allow)
+        #expect(action(carved, 80) != .allow, "except carves its prefix out")
+        #expect(action(server, 0, 58) == .allow, "ICMPv6 echo to the server")
+        #expect(action(server, 0, 1) != .allow, "the ICMPv6 rule does not admit ICMP")
+        #expect(state.addresses6[IPv6Prefix("fd00:1::2")!]?.identity == client)
+        #expect(state.addresses6[IPv6Prefix("fd00:1::1")!]?.identity == NumericIdentity.host)
+    }
+
+    @Test func nftablesHasAnIPv6TableThatFailsClosedAndKeepsTheLink() throws {
+        let state = try Self.labState()
+        let text = NftablesRuleset(state: state, interfaces: ["ep1", "ep2"], proxyPorts: .init(tcp: 15001, udp: 15053)).text()
+        let ipv6 = try #require(text.range(of: "table ip6 sluice {}\ndelete table ip6 sluice\n").map { String(text[$0.lowerBound...]) })
+        let ipv4 = String(text[..<text.range(of: "table ip6 sluice {}")!.lowerBound])
+        #expect(ipv6.contains("tproxy to [::1]:15001") && ipv6.contains("tproxy to [::1]:15053"))
+        #expect(ipv6.contains("counter drop comment \"proxy unavailable: fail closed\""))
+        #expect(ipv6.contains("default deny shop/backend ingress"))
+        #expect(ipv6.contains("fd00:200:2::2/128") && !ipv6.contains("10.200.2.2"))
+        #expect(ipv6.contains("nd-neighbor-solicit") && ipv6.contains("ip6 hoplimit 255"))
+        #expect(ipv6.contains("rt seg-left != 0 counter drop"))
+        #expect(ipv6.contains("type ipv6_addr . inet_proto . inet_service; flags timeout;"), "learned IPv6 addresses have sets of their own")
+        #expect(ipv6.contains("ip6 saddr @id_") && ipv6.contains("ip6 daddr . meta l4proto . th dport @fqdn_port_"))
+        #expect(!ipv4.contains("fd00:") && ipv4.contains("tproxy to 127.0.0.1:15001"))
+    }
+
+    @Test func learnedAddressesGoToTheTableOfTheirFamily() throws {
+        let state = try Self.labState()
+        let frontend = Self.identity(state, "shop/frontend")
+        let grants = [LearnedGrant(port: 443, ipProtocol: 6, entry: PolicyEntry(action: .allow))]
+        let learned = [LearnedEntry(endpoint: frontend, address: IPAddress("192.0.2.1")!, grants: grants, expires: 31_000_000_000),
+                       LearnedEntry(endpoint: frontend, address: IPAddress("2001:db8::1")!, grants: grants, expires: 31_000_000_000)]
+        let text = NftablesRuleset(state: state, interfaces: ["ep1"], proxyPorts: .init(tcp: 15001, udp: 15053),
+                                   learned: learned, now: 1_000_000_000).text()
+        let split = try #require(text.range(of: "table ip6 sluice {}"))
+        #expect(text[..<split.lowerBound].contains("192.0.2.1 . tcp . 443 timeout 30000ms"))
+        #expect(!text[..<split.lowerBound].contains("2001:db8::1"))
+        #expect(text[split.lowerBound...].contains("2001:db8::1 . tcp . 443 timeout 30000ms"))
+        let commands = NftablesLearnedAddresses.commands("add", learned, now: 1_000_000_000)
+        #expect(commands.contains("add element ip sluice fqdn_port_\(frontend) { 192.0.2.1 . tcp . 443 timeout 30000ms }"))
+        #expect(commands.contains("add element ip6 sluice fqdn_port_\(frontend) { 2001:db8::1 . tcp . 443 timeout 30000ms }"))
+    }
+
+    @Test(arguments: [("fd00::1", "fd00::1/128"), ("fd00:1:2:3::5/48", "fd00:1:2::/48"), ("::/0", "::/0"),
+                      ("2001:db8::ff/127", "2001:db8::fe/127")])
+    func ipv6PrefixesNormalise(text: String, expected: String) {
+        #expect(IPv6Prefix(text)?.description == expected)
+    }
+
+    @Test(arguments: ["10.1.2.3", "fd00::/129", "fd00:::1", ""])
+    func badIPv6PrefixesAreRejected(text: String) {
+        #expect(IPv6Prefix(text) == nil)
     }
 
     @Test(arguments: [("10.1.2.3", "10.1.2.3/32"), ("10.1.2.3/8", "10.0.0.0/8"), ("0.0.0.0/0", "0.0.0.0/0")])

@@ -1,5 +1,6 @@
 import Testing
 import CSluiceDatapath
+import PolicyEngine
 import Synchronization
 @testable import Datapath
 #if canImport(Glibc)
@@ -93,7 +94,7 @@ final class ProgramTests {
         return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
     }
 
-    static let outsideValue: UInt32 = 0xC000_0209 // 192.0.2.9
+    static let outsideValue = IPAddress("192.0.2.9")!
 
     @Test func aLearnedAddressAllowsOnlyItsEndpointItsPortAndUntilItExpires() throws {
         try apply { state in state.enforcement[300] = Enforcement(ingress: false, egress: true) }
@@ -198,6 +199,34 @@ final class ProgramTests {
         #expect(try run(fromNode, program: "sluice_to_wire").returnCode == Self.shot)
         #expect(try run(fromNode, mark: UInt32(SLUICE_MARK_ALLOWED), program: "sluice_to_wire").returnCode == Self.ok,
                 "decided at the node's ingress already")
+    }
+
+    @Test func theNodesOwnFlowToAnL7PortIsTurnedBackIntoTheNodeTowardTheProxy() throws {
+        try apply { state in
+            state.addresses[IPv4Prefix("10.9.2.1")!] = AddressEntry(identity: NumericIdentity.host, isLocalEndpoint: false)
+            state.enforcement[301] = Enforcement(ingress: true, egress: false)
+            state.policy[PolicyKey(endpoint: 301, direction: .ingress, peer: NumericIdentity.host, port: 8080, ipProtocol: 6)] =
+                PolicyEntry(action: .redirect, proxyPort: 15001)
+        }
+        let fromNode = PacketBuilder.frame(source: "10.9.2.1", destination: Self.server, sourcePort: 47000, destinationPort: 8080)
+        let outcome = try ProgramTestRun.run(object, program: "sluice_to_wire", packet: fromNode)
+        #expect(outcome.returnCode == 7, "TC_ACT_REDIRECT: back into the node's ingress")
+        #expect(outcome.mark & UInt32(SLUICE_MARK_MASK) == UInt32(SLUICE_MARK_FROM_NODE))
+        #expect(counter(.redirected) == 1)
+        // Its later packets follow it.
+        let ack = PacketBuilder.frame(source: "10.9.2.1", destination: Self.server, sourcePort: 47000, destinationPort: 8080, syn: false, ack: true)
+        #expect(try run(ack, program: "sluice_to_wire").returnCode == 7)
+    }
+
+    @Test func theNodesAddressFromTheWireIsSpoofedUnlessTheNodeTurnedItBack() throws {
+        try apply { state in
+            state.addresses[IPv4Prefix("10.9.2.1")!] = AddressEntry(identity: NumericIdentity.host, isLocalEndpoint: false)
+        }
+        let spoofed = PacketBuilder.frame(source: "10.9.2.1", destination: Self.server, sourcePort: 48000, destinationPort: 80)
+        #expect(try run(spoofed).returnCode == Self.shot)
+        #expect(counter(.dropSpoofedHost) == 1)
+        #expect(try run(spoofed, mark: UInt32(SLUICE_MARK_FROM_NODE)).returnCode == Self.ok, "the node's own, turned back")
+        #expect(counter(.dropSpoofedHost) == 1)
     }
 
     @Test func synchronisationWritesOnlyDifferences() throws {

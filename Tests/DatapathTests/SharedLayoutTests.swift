@@ -9,6 +9,9 @@ import CSluiceDatapath
     @Test(arguments: [
         ("sluice_ipcache_key", MemoryLayout<sluice_ipcache_key>.size),
         ("sluice_ipcache_value", MemoryLayout<sluice_ipcache_value>.size),
+        ("sluice_ipcache6_key", MemoryLayout<sluice_ipcache6_key>.size),
+        ("sluice_ct6_key", MemoryLayout<sluice_ct6_key>.size),
+        ("sluice_fqdn6_key", MemoryLayout<sluice_fqdn6_key>.size),
         ("sluice_enforcement", MemoryLayout<sluice_enforcement>.size),
         ("sluice_policy_key", MemoryLayout<sluice_policy_key>.size),
         ("sluice_policy_value", MemoryLayout<sluice_policy_value>.size),
@@ -25,8 +28,8 @@ import CSluiceDatapath
 
     @Test func marksDoNotCollideUnderTheMask() {
         let mask = UInt32(SLUICE_MARK_MASK)
-        let marks = [SLUICE_MARK_TO_PROXY, SLUICE_MARK_ALLOWED, SLUICE_MARK_FROM_PROXY].map { UInt32($0) & mask }
-        #expect(Set(marks).count == 3)
+        let marks = [SLUICE_MARK_TO_PROXY, SLUICE_MARK_ALLOWED, SLUICE_MARK_FROM_PROXY, SLUICE_MARK_FROM_NODE].map { UInt32($0) & mask }
+        #expect(Set(marks).count == 4)
         #expect(UInt32(SLUICE_MARK_TO_PROXY) == 0x200, "the lab's policy routing rule matches 0x200/0xf00")
     }
 }

@@ -21,11 +21,17 @@ FRONTEND = "10.200.1.2"
 INTRUDER = "10.200.3.2"
 REMOTE = "10.200.100.2"
 NODE_TO_BACKEND = "10.200.2.1"
+# The lab is dual stack (scripts/lab): the same endpoints over IPv6.
+BACKEND6 = "fd00:200:2::2"
+FRONTEND6 = "fd00:200:1::2"
+INTRUDER6 = "fd00:200:3::2"
+REMOTE6 = "fd00:200:100::2"
+NODE_TO_BACKEND6 = "fd00:200:2::1"
 INTERFACES = "ep1,ep2,ep3,up0"
 
 UDP_ECHO = textwrap.dedent("""
     import socket, sys
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((sys.argv[1], int(sys.argv[2])))
     while True:
         data, peer = s.recvfrom(65535)
@@ -76,7 +82,7 @@ http {{
   client_body_temp_path {www}/b; proxy_temp_path {www}/p; fastcgi_temp_path {www}/f;
   uwsgi_temp_path {www}/u; scgi_temp_path {www}/s;
   server {{
-    listen {BACKEND}:8080; listen {BACKEND}:9090;
+    listen {BACKEND}:8080; listen {BACKEND}:9090; listen [{BACKEND6}]:8080; listen [{BACKEND6}]:9090;
     location / {{ return 200 "backend $server_port\\n"; }}
     location /slow {{ return 200 "slow\\n"; }}
   }}
@@ -110,10 +116,11 @@ dns: {responseTimeout: 500ms}
         assert result.returncode == 0, result.stderr
         return result.stdout
 
-    def counter(self, name):
-        match = re.search(rf"^\s+{re.escape(name)}\s+(\d+)$", self.status(), re.M)
+    def counter(self, name, family="ipv4"):
+        """A counter from `sluice datapath status`, which shows IPv4 and IPv6 apart."""
+        match = re.search(rf"^\s+{re.escape(name)}\s+(\d+)\s+(\d+|-)$", self.status(), re.M)
         assert match, self.status()
-        return int(match.group(1))
+        return int(match.group(1 if family == "ipv4" else 2))
 
     def teardown(self):
         if self.mode == "bpf":
@@ -192,7 +199,7 @@ question = b"".join(bytes([len(label)]) + label.encode() for label in name.split
 query = struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question
 if name == "-":
     query = b"query"
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[3] else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(2)
 s.sendto(query, (sys.argv[3], 53))
 try:
@@ -353,12 +360,16 @@ def test_teardown_leaves_no_namespace_pin_program_or_process(lab, workdir, start
     assert not alive, f"BPF programs still loaded: {alive}"
 
 
-def test_reconnect_on_a_tuple_the_proxy_closed_first_needs_no_retransmit(lab, workdir, start_sluice):
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_reconnect_on_a_tuple_the_proxy_closed_first_needs_no_retransmit(lab, workdir, start_sluice, family):
     """The proxy closes first when the server does (Connection: close), which leaves a
     TIME_WAIT socket holding the client's tuple. A new SYN on the same tuple must still
-    reach the proxy at once (sk_lookup answers for it), not after a 1 s SYN retransmit."""
+    reach the proxy at once (sk_lookup answers for it, for IPv4 and IPv6), not after a 1 s
+    SYN retransmit."""
     scenario = Scenario(lab, workdir, start_sluice, "bpf")
     scenario.start_proxy()
+    frontend, backend = (FRONTEND, BACKEND) if family == "ipv4" else (FRONTEND6, BACKEND6)
+    socket_family = "socket.AF_INET" if family == "ipv4" else "socket.AF_INET6"
     code = textwrap.dedent(f"""
         import socket
         def retransmits():
@@ -368,11 +379,11 @@ def test_reconnect_on_a_tuple_the_proxy_closed_first_needs_no_retransmit(lab, wo
         before = retransmits()
         answers = []
         for attempt in range(5):
-            s = socket.socket()
+            s = socket.socket({socket_family})
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("{FRONTEND}", 40404))
+            s.bind(("{frontend}", 40404))
             s.settimeout(10)
-            s.connect(("{BACKEND}", 8080))
+            s.connect(("{backend}", 8080))
             s.sendall(b"GET /api/again HTTP/1.1\\r\\nHost: b\\r\\nConnection: close\\r\\n\\r\\n")
             data = b""
             while True:
@@ -389,7 +400,8 @@ def test_reconnect_on_a_tuple_the_proxy_closed_first_needs_no_retransmit(lab, wo
     answers, retransmitted = result.stdout.rsplit(" ", 1)
     assert answers == str(["HTTP/1.1 200 OK"] * 5)
     time_wait = scenario.lab.run(scenario.lab.node, "ss", "-tan", "state", "time-wait").stdout
-    assert f"{BACKEND}:8080" in time_wait, "the proxy must have closed first (the case under test)"
+    assert (f"{BACKEND}:8080" if family == "ipv4" else f"[{BACKEND6}]:8080") in time_wait, \
+        "the proxy must have closed first (the case under test)"
     assert int(retransmitted) == 0, "a SYN had to be retransmitted: the TIME_WAIT tuple swallowed it"
 
 

@@ -2,6 +2,7 @@
 L7 allows and 403 denials, datapath drops, a flow diverted through sluice, and a clean
 teardown. Root. Starts: everything the demo starts (lab, datapath, sluice, nginx, dnsmasq)."""
 import os
+import re
 import subprocess
 
 from conftest import ROOT, SLUICE, require_root
@@ -16,6 +17,11 @@ def test_demo_runs_and_shows_allowed_denied_and_diverted_flows():
     assert "403 from sluice's L7 policy; nginx never saw it" in out
     assert "through sluice (backend saw the node, 10.200.2.1)" in out
     assert "dropped by the datapath (POLICY_DENIED)" in out
+    # Issue 15: one IPv6 flow through sluice, one IPv6 flow dropped, counters per family.
+    assert re.search(r"allowed\s+frontend GET backend6:8080/api/products \(IPv6, L7\)\s+"
+                     r"through sluice over IPv6 \(backend saw the node, fd00:200:2::1\)", out)
+    assert re.search(r"blocked\s+intruder GET backend6:8080/api/products \(IPv6\)\s+dropped by the datapath \(POLICY_DENIED\)", out)
+    assert re.search(r"redirected to proxy \(packets\)\s+[1-9]\d*\s+[1-9]\d*$", out, re.M), "both families' counters"
     # Issue 11: DNS on UDP is judged by name; a denied name is answered REFUSED by sluice.
     assert "answered by dnsmasq through sluice: 10.200.100.2" in out
     assert "REFUSED from sluice's DNS policy; dnsmasq never saw it" in out

@@ -14,6 +14,8 @@ import Testing
       - {ip: 10.1.0.2, namespace: shop, pod: frontend, labels: {app: frontend}}
       - {ip: 10.1.0.3, namespace: shop, pod: worker, labels: {app: worker}}
       - {ip: 10.1.0.9, namespace: shop, pod: backend, labels: {app: backend}}
+      - {ip: "fd00:1::2", namespace: shop, pod: frontend, labels: {app: frontend}}
+      - {ip: "fd00:1::9", namespace: shop, pod: backend, labels: {app: backend}}
     """
 
     static let policy = """
@@ -68,7 +70,7 @@ import Testing
         }
 
         var addresses: Set<String> {
-            held.withLock { Set($0.values.map { IPAddressText.ipv4($0.address) }) }
+            held.withLock { Set($0.values.map { $0.address.description }) }
         }
     }
 
@@ -140,6 +142,23 @@ import Testing
         #expect(listed.map(\.address) == ["192.0.2.1", "192.0.2.2"])
         #expect(listed.allSatisfy { $0.names == ["api.example.com"] && $0.endpoint == "10.1.0.2" && $0.rule.contains("shop/egress") })
         #expect(learner.statistics.answers == 1)
+    }
+
+    @Test func aaaaRecordsAreLearnedOverEitherFamilyForTheEndpointsOneIdentity() throws {
+        let (learner, writer) = try Self.learner()
+        // Asked over IPv6: AAAA and A records of the answer.
+        learner.learn(Self.answer(["api.example.com"], ["2001:db8::1", "192.0.2.1", "fd00:1::9", "::ffff:192.0.2.5"],
+                                  from: "fd00:1::2"))
+        #expect(writer.addresses == ["2001:db8::1", "192.0.2.1"],
+                "a cluster endpoint's IPv6 address and an IPv4-mapped one are no toFQDNs destination")
+        // Asked over IPv4: an AAAA record is the frontend's too.
+        learner.learn(Self.answer(["api.example.com"], ["2001:db8::2"]))
+        #expect(writer.addresses == ["2001:db8::1", "192.0.2.1", "2001:db8::2"])
+        let identities = Set(writer.held.withLock { $0.values.map(\.endpoint) })
+        #expect(identities.count == 1, "one identity for the frontend's IPv4 and IPv6 addresses")
+        #expect(learner.names(learnedBy: IPAddress("fd00:1::2")!, for: IPAddress("2001:db8::1")!) == ["api.example.com"])
+        let listed = learner.list()
+        #expect(listed.contains { $0.endpoint == "fd00:1::2" && $0.address == "2001:db8::1" })
     }
 
     @Test func cnameNamesCountAndTheMinimumTTLAndGraceSetTheLifetime() throws {
@@ -312,30 +331,32 @@ import Testing
 
     @Test func theStoreKeepsRecordsOldestFirstAndReusesFreedSlots() {
         var store = FQDNStore(limits: .init(perName: 10, perEndpoint: 10, total: 3))
+        func ip(_ value: UInt32) -> IPAddress { IPAddress(ipv4: value) }
+        func key(_ address: UInt32) -> FQDNStore.Key { .init(endpoint: ip(1), address: ip(address)) }
         func record(_ address: UInt32, _ name: String = "a.example.com") -> FQDNStore.Record {
-            FQDNStore.Record(key: .init(endpoint: 1, address: address), identity: 256, names: [name], ttl: 1, expires: UInt64(address),
+            FQDNStore.Record(key: key(address), identity: 256, names: [name], ttl: 1, expires: UInt64(address),
                              grants: [], rule: "")
         }
         for address: UInt32 in 1...3 { _ = store.insert(record(address)) }
-        #expect(store.refresh(.init(endpoint: 1, address: 1), names: ["other.example.com"], expires: 10) == .unknown)
-        #expect(store.refresh(.init(endpoint: 1, address: 1), names: ["a.example.com"], expires: 1) == .unchanged)
-        guard case .extended(let before, let after) = store.refresh(.init(endpoint: 1, address: 1), names: ["a.example.com"], expires: 10) else {
+        #expect(store.refresh(key(1), names: ["other.example.com"], expires: 10) == .unknown)
+        #expect(store.refresh(key(1), names: ["a.example.com"], expires: 1) == .unchanged)
+        guard case .extended(let before, let after) = store.refresh(key(1), names: ["a.example.com"], expires: 10) else {
             Issue.record("a longer lifetime extends the record")
             return
         }
         #expect(before.expires == 1 && after.expires == 10)
-        #expect(store.oldestFirst.map(\.key.address) == [2, 3, 1], "learned again: newest")
+        #expect(store.oldestFirst.map(\.key.address) == [2, 3, 1].map(ip), "learned again: newest")
         let (_, evicted) = store.insert(record(4))
-        #expect(evicted.map(\.key.address) == [2], "the total cap pushes out the oldest")
-        #expect(store.removeExpired(now: 3).map(\.key.address) == [3])
+        #expect(evicted.map(\.key.address) == [2].map(ip), "the total cap pushes out the oldest")
+        #expect(store.removeExpired(now: 3).map(\.key.address) == [3].map(ip))
         _ = store.insert(record(5, "b.example.com"))
-        #expect(store.oldestFirst.map(\.key.address) == [1, 4, 5])
-        #expect(store.remove(.init(endpoint: 1, address: 4))?.key.address == 4)
-        #expect(store.oldestFirst.map(\.key.address) == [1, 5] && store.count == 2)
+        #expect(store.oldestFirst.map(\.key.address) == [1, 4, 5].map(ip))
+        #expect(store.remove(key(4))?.key.address == ip(4))
+        #expect(store.oldestFirst.map(\.key.address) == [1, 5].map(ip) && store.count == 2)
         #expect(store.counters.learned == 5 && store.counters.evictedTotal == 1 && store.counters.expired == 1)
         // A sweep may look at a few slots at a time; it resumes where it stopped.
-        var swept: [UInt32] = []
+        var swept: [IPAddress] = []
         for _ in 0..<6 { swept += store.removeExpired(now: 100, slotsToScan: 1).map(\.key.address) }
-        #expect(Set(swept) == [1, 5] && store.count == 0)
+        #expect(Set(swept) == [ip(1), ip(5)] && store.count == 0)
     }
 }

@@ -157,8 +157,8 @@ import Testing
         raw.kind = UInt8(SLUICE_EVENT_DROP)
         raw.reason = 2
         raw.direction = PolicyDirection.ingress.rawValue
-        raw.saddr_be = UInt32(0x0a00_0063).bigEndian
-        raw.daddr_be = UInt32(0x0a00_0002).bigEndian
+        raw.saddr_be.0 = UInt32(0x0a00_0063).bigEndian
+        raw.daddr_be.0 = UInt32(0x0a00_0002).bigEndian
         raw.sport_be = UInt16(40000).bigEndian
         raw.dport_be = UInt16(8080).bigEndian
         raw.protocol = 6
@@ -178,8 +178,8 @@ import Testing
         raw.kind = UInt8(SLUICE_EVENT_REDIRECT)
         raw.protocol = 17
         raw.proxy_port = 15053
-        raw.saddr_be = UInt32(0x0a00_0001).bigEndian
-        raw.daddr_be = UInt32(0x0a00_0009).bigEndian
+        raw.saddr_be.0 = UInt32(0x0a00_0001).bigEndian
+        raw.daddr_be.0 = UInt32(0x0a00_0009).bigEndian
         raw.direction = PolicyDirection.egress.rawValue
         let redirect = FlowRecords.datapathEvent(DatapathEvent(raw)).serialized()
         #expect(redirect.contains(#""l4":{"UDP":{"source_port":0,"destination_port":0}}"#))
@@ -189,6 +189,22 @@ import Testing
         raw.protocol = 47
         let unknown = FlowRecords.datapathEvent(DatapathEvent(raw)).serialized()
         #expect(unknown.contains(#""verdict":"REDIRECTED""#) && unknown.contains(#""l4":{"47":{"#))
+    }
+
+    @Test func ipv6EventsCarryBothAddressesWhole() throws {
+        var raw = sluice_event()
+        raw.kind = UInt8(SLUICE_EVENT_DROP)
+        raw.reason = UInt8(SLUICE_DROP_EXTENSION_HEADER)
+        raw.protocol = 6
+        raw.family = 6
+        // fd00:200:1::2 -> fd00:200:2::2
+        raw.saddr_be = (UInt32(0xfd00_0200).bigEndian, UInt32(0x0001_0000).bigEndian, 0, UInt32(2).bigEndian)
+        raw.daddr_be = (UInt32(0xfd00_0200).bigEndian, UInt32(0x0002_0000).bigEndian, 0, UInt32(2).bigEndian)
+        raw.sport_be = UInt16(40000).bigEndian
+        raw.dport_be = UInt16(8080).bigEndian
+        let record = FlowRecords.datapathEvent(DatapathEvent(raw)).serialized()
+        #expect(record.contains(#""IP":{"source":"fd00:200:1::2","destination":"fd00:200:2::2","ipVersion":"IPv6"}"#), "\(record)")
+        #expect(record.contains(#""drop_reason_desc":"IPV6_EXTENSION_HEADER""#))
     }
 }
 

@@ -15,12 +15,14 @@
 #define SLUICE_MARK_TO_PROXY    0x0200 /* diverted to a Sluice listener (reference: 0x200) */
 #define SLUICE_MARK_ALLOWED     0x0300 /* decided at the node's ingress; the egress hook passes it */
 #define SLUICE_MARK_FROM_PROXY  0x0a00 /* Sluice's own upstream sockets (SO_MARK): never diverted again */
+#define SLUICE_MARK_FROM_NODE   0x0b00 /* the node's own packet, turned back into its ingress toward the proxy */
 
 /* Reserved identities, numbered as in the reference system. Identities of endpoints and
  * CIDR peers are allocated by userspace from SLUICE_IDENTITY_FIRST_USER up. */
 #define SLUICE_IDENTITY_ANY        0  /* wildcard peer in policy keys */
 #define SLUICE_IDENTITY_HOST       1
-#define SLUICE_IDENTITY_WORLD      2
+#define SLUICE_IDENTITY_WORLD      2  /* IPv4 addresses no entry names (reserved:world, world-ipv4) */
+#define SLUICE_IDENTITY_WORLD_IPV6 10 /* IPv6 addresses no entry names (reserved:world-ipv6, the reference's number) */
 #define SLUICE_IDENTITY_FIRST_USER 256
 
 #define SLUICE_DIRECTION_INGRESS 0 /* traffic into the endpoint */
@@ -34,9 +36,14 @@
 #define SLUICE_DROP_POLICY_DENY        1 /* an explicit deny rule matched */
 #define SLUICE_DROP_POLICY_DEFAULT     2 /* the endpoint is selected in that direction and nothing allowed it */
 #define SLUICE_DROP_PROXY_UNAVAILABLE  3 /* redirect to a listener that is not there: fail closed */
-#define SLUICE_DROP_FRAGMENT           4 /* a non-first IPv4 fragment of a flow under policy */
-#define SLUICE_DROP_UNSUPPORTED_L3     5 /* IPv6 other than ICMPv6 (not enforced yet: fail closed) */
-#define SLUICE_DROP_MALFORMED          6 /* truncated headers */
+#define SLUICE_DROP_FRAGMENT           4 /* a non-first IPv4 or IPv6 fragment of a flow under policy */
+#define SLUICE_DROP_UNSUPPORTED_L3     5 /* an L3 protocol the datapath cannot judge (reserved) */
+#define SLUICE_DROP_MALFORMED          6 /* truncated headers (also: a first fragment without its L4 header) */
+#define SLUICE_DROP_EXTENSION_HEADER   7 /* IPv6 extension headers the datapath will not judge past: more than
+                                          * SLUICE_IPV6_MAX_EXTENSION_HEADERS, or a routing header with segments
+                                          * left (the packet's final destination is not the one judged) */
+#define SLUICE_DROP_MAPPED_ADDRESS     8 /* an IPv6 packet with an IPv4-mapped address (RFC 4291 2.5.5.2: never on the wire) */
+#define SLUICE_DROP_SPOOFED_HOST       9 /* a packet from the wire with one of the node's own addresses as its source */
 
 /* Counter indexes (per-CPU array); drops use their reason number. */
 #define SLUICE_COUNT_ALLOWED     16 /* new flow allowed by policy or unrestricted */
@@ -46,7 +53,16 @@
 #define SLUICE_COUNT_NOT_IP      20 /* ARP and other non-IP frames, passed */
 #define SLUICE_COUNT_FQDN_ALLOWED 21 /* new flows allowed by an address learned from DNS */
 #define SLUICE_COUNT_FQDN_EXPIRED 22 /* new flows to a learned address past its expiry (then dropped by default) */
-#define SLUICE_COUNTER_SLOTS     32
+#define SLUICE_COUNT_NEIGHBOUR   23 /* ICMPv6 neighbour discovery, router and multicast listener messages, passed */
+/* Each counter is kept per family: IPv4 at its index, IPv6 at its index + SLUICE_COUNTER_IPV6. */
+#define SLUICE_COUNTER_IPV6      32
+#define SLUICE_COUNTER_SLOTS     64
+
+/* IPv6 extension headers the programs walk before they give up (and drop). */
+#define SLUICE_IPV6_MAX_EXTENSION_HEADERS 8
+
+/* Keys of sluice_listeners: the port, plus this bit for the IPv6 listener ([::1]:port). */
+#define SLUICE_LISTENER_IPV6 0x10000
 
 #define SLUICE_EVENT_DROP     1
 #define SLUICE_EVENT_REDIRECT 2
@@ -57,6 +73,12 @@
 struct sluice_ipcache_key {
     __u32 prefixlen;      /* LPM trie: bits of addr_be that count */
     __u32 addr_be;
+};
+
+/* The IPv6 identity map's key (a separate LPM trie: sluice_ipcache6). */
+struct sluice_ipcache6_key {
+    __u32 prefixlen;      /* bits of addr_be that count */
+    __u32 addr_be[4];
 };
 
 struct sluice_ipcache_value {
@@ -95,6 +117,16 @@ struct sluice_ct_key {
     __u8 pad[3];
 };
 
+/* Connection tracking of IPv6 flows (sluice_ct6); values as for IPv4. */
+struct sluice_ct6_key {
+    __u32 saddr_be[4];
+    __u32 daddr_be[4];
+    __u16 sport_be;
+    __u16 dport_be;
+    __u8 protocol;
+    __u8 pad[3];
+};
+
 struct sluice_ct_value {
     __u64 created_ns;
     __u16 proxy_port;         /* non-zero: the flow is diverted to this listener */
@@ -113,6 +145,15 @@ struct sluice_fqdn_key {
     __u8 pad;
 };
 
+/* The same for IPv6 addresses (sluice_fqdn6); values as for IPv4. */
+struct sluice_fqdn6_key {
+    __u32 endpoint_identity;
+    __u32 addr_be[4];
+    __u16 port;
+    __u8 protocol;
+    __u8 pad;
+};
+
 struct sluice_fqdn_value {
     __u64 expires_ns;         /* bpf_ktime_get_ns() past which new flows are not allowed; 0 = never */
     __u8 action;              /* SLUICE_ACTION_ALLOW, _REDIRECT or _DENY */
@@ -123,8 +164,8 @@ struct sluice_fqdn_value {
 
 struct sluice_event {
     __u64 timestamp_ns;
-    __u32 saddr_be;
-    __u32 daddr_be;
+    __u32 saddr_be[4];        /* IPv4: saddr_be[0] only, the rest zero */
+    __u32 daddr_be[4];
     __u16 sport_be;
     __u16 dport_be;
     __u8 protocol;
@@ -135,7 +176,8 @@ struct sluice_event {
     __u32 destination_identity;
     __u32 ifindex;
     __u16 proxy_port;
-    __u16 pad;
+    __u8 family;              /* 4 or 6 */
+    __u8 pad;
     __u32 rule;
 };
 

@@ -1,5 +1,6 @@
 import CBPF
 import CSluiceDatapath
+import PolicyEngine
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,6 +13,9 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
     case dropFragment = 4
     case dropUnsupportedL3 = 5
     case dropMalformed = 6
+    case dropExtensionHeader = 7
+    case dropMappedAddress = 8
+    case dropSpoofedHost = 9
     case allowed = 16
     case redirected = 17
     case established = 18
@@ -19,6 +23,7 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
     case notIP = 20
     case fqdnAllowed = 21
     case fqdnExpired = 22
+    case neighbour = 23
 
     public var name: String {
         switch self {
@@ -28,6 +33,9 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
         case .dropFragment: return "drop: fragment"
         case .dropUnsupportedL3: return "drop: unsupported L3"
         case .dropMalformed: return "drop: malformed"
+        case .dropExtensionHeader: return "drop: IPv6 extension header"
+        case .dropMappedAddress: return "drop: IPv4-mapped address"
+        case .dropSpoofedHost: return "drop: node address spoofed"
         case .allowed: return "allowed (new flows)"
         case .redirected: return "redirected to proxy (packets)"
         case .established: return "established (packets)"
@@ -35,8 +43,12 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
         case .notIP: return "not IP (packets)"
         case .fqdnAllowed: return "toFQDNs allowed (new flows)"
         case .fqdnExpired: return "toFQDNs expired (new flows)"
+        case .neighbour: return "ICMPv6 ND/MLD passed (packets)"
         }
     }
+
+    /// The counter's slot for IPv6 packets (IPv4's is `rawValue`).
+    public var ipv6Slot: UInt32 { rawValue + UInt32(SLUICE_COUNTER_IPV6) }
 
     /// The reason text of a drop, in the words of the reference's drop reasons.
     public static func dropReason(_ code: UInt8) -> String {
@@ -47,6 +59,9 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
         case 4: return "FRAGMENT"
         case 5: return "UNSUPPORTED_L3_PROTOCOL"
         case 6: return "INVALID_PACKET"
+        case 7: return "IPV6_EXTENSION_HEADER"
+        case 8: return "INVALID_SOURCE_IP"
+        case 9: return "IP_SPOOFING"
         default: return "UNKNOWN_\(code)"
         }
     }
@@ -58,8 +73,9 @@ public struct DatapathEvent: Sendable {
     public var kind: Kind
     public var reasonCode: UInt8
     public var direction: PolicyDirection
-    public var source: (address: UInt32, port: UInt16)
-    public var destination: (address: UInt32, port: UInt16)
+    public var source: (address: IPAddress, port: UInt16)
+    public var destination: (address: IPAddress, port: UInt16)
+    public var isIPv6: Bool
     public var ipProtocol: UInt8
     public var sourceIdentity: UInt32
     public var destinationIdentity: UInt32
@@ -75,14 +91,20 @@ public struct DatapathEvent: Sendable {
         }
         reasonCode = raw.reason
         direction = PolicyDirection(rawValue: raw.direction) ?? .ingress
-        source = (UInt32(bigEndian: raw.saddr_be), UInt16(bigEndian: raw.sport_be))
-        destination = (UInt32(bigEndian: raw.daddr_be), UInt16(bigEndian: raw.dport_be))
+        isIPv6 = raw.family == 6
+        source = (Self.address(raw.saddr_be, ipv6: isIPv6), UInt16(bigEndian: raw.sport_be))
+        destination = (Self.address(raw.daddr_be, ipv6: isIPv6), UInt16(bigEndian: raw.dport_be))
         ipProtocol = raw.protocol
         sourceIdentity = raw.source_identity
         destinationIdentity = raw.destination_identity
         proxyPort = raw.proxy_port
         rule = raw.rule
         interfaceIndex = raw.ifindex
+    }
+
+    static func address(_ words: (UInt32, UInt32, UInt32, UInt32), ipv6: Bool) -> IPAddress {
+        let bytes = withUnsafeBytes(of: words) { Array($0) }
+        return IPAddress(networkBytes: ipv6 ? bytes : Array(bytes.prefix(4)))!
     }
 
     public static func dottedQuad(_ address: UInt32) -> String {

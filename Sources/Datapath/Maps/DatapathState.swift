@@ -1,4 +1,5 @@
 import CSluiceDatapath
+import PolicyEngine
 
 /// An IPv4 prefix as the identity map keys it.
 public struct IPv4Prefix: Hashable, Sendable, Comparable, CustomStringConvertible {
@@ -37,6 +38,54 @@ public struct IPv4Prefix: Hashable, Sendable, Comparable, CustomStringConvertibl
 
     public static func < (lhs: Self, rhs: Self) -> Bool {
         (lhs.address, lhs.length) < (rhs.address, rhs.length)
+    }
+}
+
+/// An IPv6 prefix as the IPv6 identity map (`sluice_ipcache6`) keys it.
+public struct IPv6Prefix: Hashable, Sendable, Comparable, CustomStringConvertible {
+    /// The address's first and last 64 bits, in host byte order (network-order bytes read big-endian).
+    public var high: UInt64
+    public var low: UInt64
+    public var length: UInt8
+
+    public init(high: UInt64, low: UInt64, length: UInt8) {
+        let length = min(length, 128)
+        self.length = length
+        let highMask: UInt64 = length >= 64 ? .max : (length == 0 ? 0 : .max << UInt64(64 - length))
+        let lowMask: UInt64 = length <= 64 ? 0 : (length == 128 ? .max : .max << UInt64(128 - length))
+        self.high = high & highMask
+        self.low = low & lowMask
+    }
+
+    /// The IPv6 prefix of `cidr`, or nil when it is IPv4.
+    public init?(_ cidr: CIDR) {
+        guard cidr.network.family == .ipv6 else { return nil }
+        self.init(high: cidr.network.high, low: cidr.network.low, length: UInt8(cidr.prefixLength))
+    }
+
+    /// Parses `2001:db8::1` or `2001:db8::/32`.
+    public init?(_ text: String) {
+        guard let cidr = CIDR(text, allowBareAddress: true) else { return nil }
+        self.init(cidr)
+    }
+
+    /// The 16 address bytes in network order.
+    public var bytes: [UInt8] {
+        (0..<8).map { UInt8(truncatingIfNeeded: high >> UInt64(56 - 8 * $0)) }
+            + (0..<8).map { UInt8(truncatingIfNeeded: low >> UInt64(56 - 8 * $0)) }
+    }
+
+    public var address: IPAddress { IPAddress(networkBytes: bytes)! }
+
+    /// True when `other` lies inside this prefix.
+    public func contains(_ other: IPv6Prefix) -> Bool {
+        other.length >= length && IPv6Prefix(high: other.high, low: other.low, length: length) == self
+    }
+
+    public var description: String { "\(address)/\(length)" }
+
+    public static func < (lhs: Self, rhs: Self) -> Bool {
+        (lhs.high, lhs.low, lhs.length) < (rhs.high, rhs.low, rhs.length)
     }
 }
 
@@ -112,13 +161,18 @@ public struct Enforcement: Hashable, Sendable {
 public enum NumericIdentity {
     public static let any = UInt32(SLUICE_IDENTITY_ANY)
     public static let host = UInt32(SLUICE_IDENTITY_HOST)
+    /// IPv4 addresses nobody claims (reserved:world, world-ipv4).
     public static let world = UInt32(SLUICE_IDENTITY_WORLD)
+    /// IPv6 addresses nobody claims (reserved:world, world-ipv6).
+    public static let worldIPv6 = UInt32(SLUICE_IDENTITY_WORLD_IPV6)
     public static let firstAllocated = UInt32(SLUICE_IDENTITY_FIRST_USER)
 }
 
 /// Everything the maps should hold: written in full at start, then by difference.
 public struct DatapathState: Equatable, Sendable {
     public var addresses: [IPv4Prefix: AddressEntry] = [:]
+    /// The IPv6 identity map (identities and policy keys are shared with IPv4).
+    public var addresses6: [IPv6Prefix: AddressEntry] = [:]
     public var enforcement: [UInt32: Enforcement] = [:]
     public var policy: [PolicyKey: PolicyEntry] = [:]
     /// Names of numeric identities, for status and events.

@@ -1,14 +1,16 @@
+import PolicyEngine
+
 /// One endpoint's learned address as the datapath holds it: what it allows and until when.
 public struct LearnedEntry: Hashable, Sendable {
     /// The endpoint's numeric identity.
     public var endpoint: UInt32
-    /// IPv4, host byte order.
-    public var address: UInt32
+    /// The learned address, IPv4 or IPv6.
+    public var address: IPAddress
     public var grants: [LearnedGrant]
     /// CLOCK_MONOTONIC nanoseconds past which new flows are not allowed.
     public var expires: UInt64
 
-    public init(endpoint: UInt32, address: UInt32, grants: [LearnedGrant], expires: UInt64) {
+    public init(endpoint: UInt32, address: IPAddress, grants: [LearnedGrant], expires: UInt64) {
         self.endpoint = endpoint
         self.address = address
         self.grants = grants
@@ -65,16 +67,17 @@ public final class BPFLearnedAddresses: LearnedAddressWriter, @unchecked Sendabl
         for entry in entries { maps.deleteLearned(endpoint: entry.endpoint, address: entry.address, grants: entry.grants) }
     }
 
-    /// Entries the map holds that `keep` does not: left by an earlier run or a lost update.
+    /// Entries the maps hold that `keep` does not: left by an earlier run or a lost update.
     public func removeAll(except keep: [LearnedEntry]) {
-        var wanted = Set<[UInt64]>()
+        struct Held: Hashable { var endpoint: UInt32; var address: IPAddress; var port: UInt16; var ipProtocol: UInt8 }
+        var wanted = Set<Held>()
         for entry in keep {
             for grant in entry.grants {
-                wanted.insert([UInt64(entry.endpoint), UInt64(entry.address), UInt64(grant.port), UInt64(grant.ipProtocol)])
+                wanted.insert(Held(endpoint: entry.endpoint, address: entry.address, port: grant.port, ipProtocol: grant.ipProtocol))
             }
         }
         for held in maps.learnedEntries()
-        where !wanted.contains([UInt64(held.endpoint), UInt64(held.address), UInt64(held.port), UInt64(held.ipProtocol)]) {
+        where !wanted.contains(Held(endpoint: held.endpoint, address: held.address, port: held.port, ipProtocol: held.ipProtocol)) {
             maps.deleteLearned(endpoint: held.endpoint, address: held.address,
                                grants: [LearnedGrant(port: held.port, ipProtocol: held.ipProtocol, entry: PolicyEntry(action: .allow))])
         }

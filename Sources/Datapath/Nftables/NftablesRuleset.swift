@@ -1,7 +1,8 @@
 import Foundation
 
 /// The nftables fallback datapath, for kernels without `bpf_sk_assign`: the same map
-/// contents (`DatapathState`) written as one nftables table.
+/// contents (`DatapathState`) written as two nftables tables named `sluice`, one per family
+/// (`ip` from the IPv4 identities, `ip6` from the IPv6 ones; policy entries are shared).
 ///
 /// Traffic entering the node from the configured interfaces goes through an egress check
 /// (the source endpoint's policy) and an ingress check (the destination endpoint's);
@@ -17,6 +18,8 @@ import Foundation
 public struct NftablesRuleset {
     public static let tableName = "sluice"
     static let redirectBit: UInt32 = 0x1000
+    /// Marks the node's own packets turned back through lo to sluice (with 0x200).
+    static let fromNodeBit: UInt32 = 0x2000
 
     public let state: DatapathState
     public let interfaces: [String]
@@ -35,41 +38,104 @@ public struct NftablesRuleset {
         self.now = now
     }
 
-    /// The complete ruleset text, replacing any previous Sluice table atomically.
+    /// The address family of one of the two tables (`ip sluice`, `ip6 sluice`).
+    enum Family {
+        case ipv4, ipv6
+        /// nftables' family and address keyword (`ip` / `ip6`).
+        var keyword: String { self == .ipv4 ? "ip" : "ip6" }
+        var addressType: String { self == .ipv4 ? "ipv4_addr" : "ipv6_addr" }
+        /// The identity of addresses nobody claims, in this family.
+        var world: UInt32 { self == .ipv4 ? NumericIdentity.world : NumericIdentity.worldIPv6 }
+        /// The proxy's listeners, on loopback.
+        var loopback: String { self == .ipv4 ? "127.0.0.1" : "[::1]" }
+    }
+
+    /// One address prefix of either family, as the table names it.
+    enum TablePrefix: Hashable, Comparable {
+        case ipv4(IPv4Prefix)
+        case ipv6(IPv6Prefix)
+
+        var text: String {
+            switch self {
+            case .ipv4(let prefix): return prefix.description
+            case .ipv6(let prefix): return prefix.description
+            }
+        }
+
+        /// True when `other` is a longer prefix inside this one.
+        func covers(_ other: TablePrefix) -> Bool {
+            switch (self, other) {
+            case (.ipv4(let outer), .ipv4(let inner)):
+                return inner.length > outer.length && PolicyTranslation.contains(outer, inner.address)
+            case (.ipv6(let outer), .ipv6(let inner)):
+                return inner.length > outer.length && outer.contains(inner)
+            default:
+                return false
+            }
+        }
+
+        static func < (lhs: Self, rhs: Self) -> Bool {
+            switch (lhs, rhs) {
+            case (.ipv4(let left), .ipv4(let right)): return left < right
+            case (.ipv6(let left), .ipv6(let right)): return left < right
+            case (.ipv4, .ipv6): return true
+            case (.ipv6, .ipv4): return false
+            }
+        }
+    }
+
+    /// The complete ruleset text: an `ip` table for IPv4 and an `ip6` table for IPv6, both
+    /// named `sluice`, replacing any previous Sluice tables atomically (one `nft -f`).
     public func text() -> String {
-        var prefixesByIdentity: [UInt32: [IPv4Prefix]] = [:]
-        for (prefix, entry) in state.addresses { prefixesByIdentity[entry.identity, default: []].append(prefix) }
-        let allPrefixes = state.addresses.keys.sorted()
+        table(.ipv4) + table(.ipv6)
+    }
+
+    /// One family's table, with the learned (toFQDNs) addresses of its family.
+    func table(_ family: Family) -> String {
+        var addresses: [TablePrefix: AddressEntry] = [:]
+        switch family {
+        case .ipv4: for (prefix, entry) in state.addresses { addresses[.ipv4(prefix)] = entry }
+        case .ipv6: for (prefix, entry) in state.addresses6 { addresses[.ipv6(prefix)] = entry }
+        }
+        let ip = family.keyword
+        var prefixesByIdentity: [UInt32: [TablePrefix]] = [:]
+        for (prefix, entry) in addresses { prefixesByIdentity[entry.identity, default: []].append(prefix) }
+        let allPrefixes = addresses.keys.sorted()
         var lines: [String] = []
-        lines.append("table ip \(Self.tableName) {}")
-        lines.append("delete table ip \(Self.tableName)")
-        lines.append("table ip \(Self.tableName) {")
-        func set(_ name: String, _ prefixes: [IPv4Prefix]) {
+        lines.append("table \(ip) \(Self.tableName) {}")
+        lines.append("delete table \(ip) \(Self.tableName)")
+        lines.append("table \(ip) \(Self.tableName) {")
+        func set(_ name: String, _ prefixes: [TablePrefix]) {
             lines.append("  set \(name) {")
-            lines.append("    type ipv4_addr; flags interval; auto-merge;")
+            lines.append("    type \(family.addressType); flags interval; auto-merge;")
             if !prefixes.isEmpty {
-                lines.append("    elements = { " + prefixes.sorted().map(\.description).joined(separator: ", ") + " }")
+                lines.append("    elements = { " + prefixes.sorted().map(\.text).joined(separator: ", ") + " }")
             }
             lines.append("  }")
         }
         set("known", allPrefixes)
-        for (identity, prefixes) in prefixesByIdentity.sorted(by: { $0.key < $1.key }) {
+        // Every identity a rule may name has a set in both tables (empty where it has no
+        // address of the family).
+        let named = Set(prefixesByIdentity.keys).union(state.policy.keys.flatMap { [$0.endpoint, $0.peer] })
+            .union(state.enforcement.keys).subtracting([NumericIdentity.any, NumericIdentity.world, NumericIdentity.worldIPv6])
+        for identity in named.sorted() {
+            let prefixes = prefixesByIdentity[identity] ?? []
             set("id_\(identity)", prefixes)
             // Addresses of this identity's prefixes that a longer prefix gives to someone else.
             let inner = allPrefixes.filter { other in
-                state.addresses[other]?.identity != identity
-                    && prefixes.contains { $0.length < other.length && PolicyTranslation.contains($0, other.address) }
+                addresses[other]?.identity != identity && prefixes.contains { $0.covers(other) }
             }
             if !inner.isEmpty { set("carve_\(identity)", inner) }
         }
-        let carved = Set(prefixesByIdentity.keys.filter { identity in
+        let carved = Set(named.filter { identity in
             lines.contains("  set carve_\(identity) {")
         })
-        let learnedElements = Self.elements(learned, now: now)
+        let learnedElements = Self.elements(learned, now: now, family: family)
         for (endpoint, entry) in state.enforcement.sorted(by: { $0.key < $1.key }) where entry.egress {
             let sets = Self.learnedSets(endpoint)
-            for (name, type) in [(sets.deny, "ipv4_addr . inet_proto . inet_service"), (sets.redirect, "ipv4_addr . inet_proto . inet_service"),
-                                 (sets.port, "ipv4_addr . inet_proto . inet_service"), (sets.any, "ipv4_addr . inet_proto")] {
+            let address = family.addressType
+            for (name, type) in [(sets.deny, "\(address) . inet_proto . inet_service"), (sets.redirect, "\(address) . inet_proto . inet_service"),
+                                 (sets.port, "\(address) . inet_proto . inet_service"), (sets.any, "\(address) . inet_proto")] {
                 lines.append("  set \(name) {")
                 lines.append("    type \(type); flags timeout;")
                 if let elements = learnedElements[name], !elements.isEmpty {
@@ -91,21 +157,25 @@ public struct NftablesRuleset {
                     return leftRank != rightRank ? leftRank < rightRank : left.key < right.key
                 }
                 for (key, entry) in ordered {
-                    var match = "ip \(own) @id_\(endpoint)"
-                    if key.peer == NumericIdentity.world {
-                        match += " ip \(peer) != @known"
+                    // The other family's world and ICMP are not this table's business.
+                    if key.peer == (family == .ipv4 ? NumericIdentity.worldIPv6 : NumericIdentity.world) { continue }
+                    if key.ipProtocol == (family == .ipv4 ? 58 : 1) { continue }
+                    var match = "\(ip) \(own) @id_\(endpoint)"
+                    if key.peer == family.world {
+                        match += " \(ip) \(peer) != @known"
                     } else if key.peer != NumericIdentity.any {
-                        match += " ip \(peer) @id_\(key.peer)"
-                        if carved.contains(key.peer) { match += " ip \(peer) != @carve_\(key.peer)" }
+                        match += " \(ip) \(peer) @id_\(key.peer)"
+                        if carved.contains(key.peer) { match += " \(ip) \(peer) != @carve_\(key.peer)" }
                     }
                     switch key.ipProtocol {
                     case 6: match += " meta l4proto tcp"
                     case 17: match += " meta l4proto udp"
                     case 132: match += " meta l4proto sctp"
                     case 1: match += " meta l4proto icmp"
+                    case 58: match += " meta l4proto ipv6-icmp"
                     default: match += " meta l4proto \(key.ipProtocol)"
                     }
-                    if key.port != 0 && key.ipProtocol != 1 { match += " th dport \(key.port)" }
+                    if key.port != 0 && key.ipProtocol != 1 && key.ipProtocol != 58 { match += " th dport \(key.port)" }
                     let note = state.ruleNames[entry.rule].map { " comment \"\(Self.escape($0))\"" } ?? ""
                     switch entry.action {
                     case .deny: lines.append("    \(match) counter drop\(note)")
@@ -118,13 +188,13 @@ public struct NftablesRuleset {
                 if enforced && direction == .egress {
                     // Addresses learned from DNS: consulted only where the default would drop.
                     let sets = Self.learnedSets(endpoint)
-                    lines.append("    ip saddr @id_\(endpoint) ip daddr . meta l4proto . th dport @\(sets.deny) counter drop comment \"toFQDNs: not this port\"")
-                    lines.append("    ip saddr @id_\(endpoint) ip daddr . meta l4proto . th dport @\(sets.redirect) meta mark set meta mark or 0x\(String(Self.redirectBit, radix: 16)) counter return comment \"toFQDNs\"")
-                    lines.append("    ip saddr @id_\(endpoint) ip daddr . meta l4proto . th dport @\(sets.port) counter return comment \"toFQDNs\"")
-                    lines.append("    ip saddr @id_\(endpoint) ip daddr . meta l4proto @\(sets.any) counter return comment \"toFQDNs\"")
+                    lines.append("    \(ip) saddr @id_\(endpoint) \(ip) daddr . meta l4proto . th dport @\(sets.deny) counter drop comment \"toFQDNs: not this port\"")
+                    lines.append("    \(ip) saddr @id_\(endpoint) \(ip) daddr . meta l4proto . th dport @\(sets.redirect) meta mark set meta mark or 0x\(String(Self.redirectBit, radix: 16)) counter return comment \"toFQDNs\"")
+                    lines.append("    \(ip) saddr @id_\(endpoint) \(ip) daddr . meta l4proto . th dport @\(sets.port) counter return comment \"toFQDNs\"")
+                    lines.append("    \(ip) saddr @id_\(endpoint) \(ip) daddr . meta l4proto @\(sets.any) counter return comment \"toFQDNs\"")
                 }
                 if enforced {
-                    lines.append("    ip \(own) @id_\(endpoint) counter drop comment \"default deny \(Self.escape(state.identityNames[endpoint] ?? "\(endpoint)")) \(direction)\"")
+                    lines.append("    \(ip) \(own) @id_\(endpoint) counter drop comment \"default deny \(Self.escape(state.identityNames[endpoint] ?? "\(endpoint)")) \(direction)\"")
                 }
             }
             lines.append("  }")
@@ -134,7 +204,30 @@ public struct NftablesRuleset {
         let bit = "0x\(String(Self.redirectBit, radix: 16))"
         lines.append("  chain prerouting {")
         lines.append("    type filter hook prerouting priority mangle; policy accept;")
+        // The node's own flows to L7 ports, turned back through lo by the output chain:
+        // to the listener (or the flow's transparent socket), else dropped (fail closed).
+        if proxyPorts.tcp != 0 {
+            lines.append("    iifname \"lo\" meta mark and 0x\(String(Self.fromNodeBit, radix: 16)) != 0 meta l4proto tcp tproxy to \(family.loopback):\(proxyPorts.tcp) meta mark set 0x200 counter accept comment \"the node's own flow, to sluice\"")
+        }
+        if proxyPorts.udp != 0 {
+            lines.append("    iifname \"lo\" meta mark and 0x\(String(Self.fromNodeBit, radix: 16)) != 0 meta l4proto udp tproxy to \(family.loopback):\(proxyPorts.udp) meta mark set 0x200 counter accept comment \"the node's own flow, to sluice\"")
+        }
+        lines.append("    iifname \"lo\" meta mark and 0x\(String(Self.fromNodeBit, radix: 16)) != 0 counter drop comment \"proxy unavailable: fail closed\"")
         lines.append("    iifname != { \(interfaceSet) } accept")
+        if family == .ipv6 {
+            // What endpoints need to keep their link, and nothing that can leave it (RFC 4861:
+            // hop limit 255 on receipt; MLD: hop limit 1). Other ICMPv6 meets the policy.
+            // Only to the node itself or a multicast group: one forwarded to an endpoint on
+            // another link is judged like any ICMPv6 (the BPF datapath judges it at egress,
+            // where its hop limit is no longer 255).
+            lines.append("    \(Self.neighbourDiscovery) fib daddr type { local, multicast } counter accept comment \"neighbour discovery\"")
+            lines.append("    \(Self.multicastListener) counter accept comment \"multicast listener discovery\"")
+            // The final destination of a packet with segments left is not the one judged;
+            // IPv4-mapped addresses never belong on the wire (RFC 4291 2.5.5.2).
+            lines.append("    rt seg-left != 0 counter drop comment \"routing header with segments left\"")
+            lines.append("    ip6 daddr ::ffff:0.0.0.0/96 counter drop comment \"IPv4-mapped address\"")
+            lines.append("    ip6 saddr ::ffff:0.0.0.0/96 counter drop comment \"IPv4-mapped address\"")
+        }
         // TCP only: for UDP the socket lookup also finds a flow's reply socket (transparent,
         // bound to the original destination, unconnected) and would hand it every other
         // client's datagram to that address. Diverted UDP always goes to the listener, which
@@ -148,34 +241,48 @@ public struct NftablesRuleset {
         lines.append("    jump egress_policy")
         lines.append("    jump ingress_policy")
         if proxyPorts.tcp != 0 {
-            lines.append("    meta mark and \(bit) == \(bit) meta l4proto tcp tproxy to 127.0.0.1:\(proxyPorts.tcp) meta mark set 0x200 counter accept")
+            lines.append("    meta mark and \(bit) == \(bit) meta l4proto tcp tproxy to \(family.loopback):\(proxyPorts.tcp) meta mark set 0x200 counter accept")
         }
         if proxyPorts.udp != 0 {
-            lines.append("    meta mark and \(bit) == \(bit) meta l4proto udp ct mark set ct mark or \(bit) tproxy to 127.0.0.1:\(proxyPorts.udp) meta mark set 0x200 counter accept")
+            lines.append("    meta mark and \(bit) == \(bit) meta l4proto udp ct mark set ct mark or \(bit) tproxy to \(family.loopback):\(proxyPorts.udp) meta mark set 0x200 counter accept")
         }
         lines.append("    meta mark and \(bit) == \(bit) counter drop comment \"proxy unavailable: fail closed\"")
         lines.append("  }")
+        // A route chain: a mark set here re-routes the packet, which is how the node's own
+        // flows to L7 ports are turned back (mark 0x200: table 2004, local) to sluice.
         lines.append("  chain output {")
-        lines.append("    type filter hook output priority filter; policy accept;")
+        lines.append("    type route hook output priority filter; policy accept;")
         lines.append("    oifname != { \(interfaceSet) } accept")
+        if family == .ipv6 {
+            lines.append("    \(Self.neighbourDiscovery) accept comment \"neighbour discovery\"")
+            lines.append("    \(Self.multicastListener) accept comment \"multicast listener discovery\"")
+        }
         lines.append("    meta mark and 0xf00 == 0xa00 accept comment \"the proxy's own upstream connections\"")
+        let toSluice = "meta mark set meta mark and 0xfffff0ff or 0x\(String(0x200 | Self.fromNodeBit, radix: 16))"
+        lines.append("    ct state established,related ct mark and \(bit) == \(bit) \(toSluice) accept comment \"the node's own flow through sluice\"")
         lines.append("    ct state established,related accept")
+        lines.append("    meta mark set meta mark and 0xffffefff")
         lines.append("    jump ingress_policy")
+        lines.append("    meta mark and \(bit) == \(bit) ct mark set ct mark or \(bit) \(toSluice) counter accept comment \"the node's own flow to an L7 port: through sluice\"")
         lines.append("  }")
         lines.append("}")
         return lines.joined(separator: "\n") + "\n"
     }
+
+    static let neighbourDiscovery = "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } ip6 hoplimit 255"
+    static let multicastListener = "icmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report } ip6 hoplimit 1"
 
     /// The sets holding one endpoint's learned addresses, by what they do.
     static func learnedSets(_ endpoint: UInt32) -> (deny: String, redirect: String, port: String, any: String) {
         ("fqdn_deny_\(endpoint)", "fqdn_redirect_\(endpoint)", "fqdn_port_\(endpoint)", "fqdn_any_\(endpoint)")
     }
 
-    /// Set elements for learned entries, by set name; entries already expired at `now` are left out.
-    static func elements(_ entries: [LearnedEntry], now: UInt64, withTimeouts: Bool = true) -> [String: [String]] {
+    /// Set elements for learned entries of `family`, by set name; entries already expired at
+    /// `now` are left out.
+    static func elements(_ entries: [LearnedEntry], now: UInt64, family: Family, withTimeouts: Bool = true) -> [String: [String]] {
         var result: [String: [String]] = [:]
-        for entry in entries where entry.expires > now {
-            let address = PolicyTranslation.dotted(entry.address)
+        for entry in entries where entry.expires > now && (entry.address.family == .ipv6) == (family == .ipv6) {
+            let address = entry.address.description
             let timeout = withTimeouts ? " timeout \(max(1, (entry.expires - now) / 1_000_000))ms" : ""
             let sets = learnedSets(entry.endpoint)
             for grant in entry.grants {
@@ -209,7 +316,8 @@ public struct NftablesRuleset {
 
     /// Removes the table (idempotent).
     public static func remove(namespace: String?) throws {
-        try runNft(arguments: ["-f", "-"], input: "table ip \(tableName) {}\ndelete table ip \(tableName)\n", namespace: namespace)
+        try runNft(arguments: ["-f", "-"], input: "table ip \(tableName) {}\ndelete table ip \(tableName)\n"
+                   + "table ip6 \(tableName) {}\ndelete table ip6 \(tableName)\n", namespace: namespace)
     }
 
     static func runNft(arguments: [String], input: String, namespace: String?) throws {
@@ -258,12 +366,12 @@ public final class NftablesLearnedAddresses: LearnedAddressWriter, @unchecked Se
 
     public func write(_ entries: [LearnedEntry], replacing: [LearnedEntry]) throws {
         let now = clock()
-        let additions = Self.commands("add", NftablesRuleset.elements(entries, now: now))
+        let additions = Self.commands("add", entries, now: now)
         guard !additions.isEmpty else { return }
         // `add` leaves an element that exists as it is (its old timeout): delete it first, in
         // the same transaction. If it timed out meanwhile the delete fails the transaction,
         // so then add alone.
-        let deletions = Self.commands("delete", NftablesRuleset.elements(replacing, now: now, withTimeouts: false))
+        let deletions = Self.commands("delete", replacing, now: now, withTimeouts: false)
         if !deletions.isEmpty, (try? run(deletions + additions)) != nil { return }
         try run(additions)
     }
@@ -278,11 +386,13 @@ public final class NftablesLearnedAddresses: LearnedAddressWriter, @unchecked Se
     public func remove(_ entries: [LearnedEntry]) {
         // All at once; if one already timed out the transaction fails, and then one command
         // per element, so that one does not keep the others.
-        let elements = NftablesRuleset.elements(entries, now: clock(), withTimeouts: false)
-        let all = Self.commands("delete", elements)
+        let now = clock()
+        let all = Self.commands("delete", entries, now: now, withTimeouts: false)
         guard !all.isEmpty, (try? run(all)) == nil else { return }
-        for (set, items) in elements {
-            for item in items { try? run(Self.commands("delete", [set: [item]])) }
+        for family in [NftablesRuleset.Family.ipv4, .ipv6] {
+            for (set, items) in NftablesRuleset.elements(entries, now: now, family: family, withTimeouts: false) {
+                for item in items { try? run(Self.commands("delete", family: family, [set: [item]])) }
+            }
         }
     }
 
@@ -292,9 +402,16 @@ public final class NftablesLearnedAddresses: LearnedAddressWriter, @unchecked Se
         try NetworkNamespace.run(namespace) { try library.run(commands) }
     }
 
-    static func commands(_ verb: String, _ elements: [String: [String]]) -> String {
+    /// Element commands for `entries` in both tables (IPv4 addresses in `ip sluice`, IPv6 in `ip6 sluice`).
+    static func commands(_ verb: String, _ entries: [LearnedEntry], now: UInt64, withTimeouts: Bool = true) -> String {
+        [NftablesRuleset.Family.ipv4, .ipv6].map { family in
+            commands(verb, family: family, NftablesRuleset.elements(entries, now: now, family: family, withTimeouts: withTimeouts))
+        }.joined()
+    }
+
+    static func commands(_ verb: String, family: NftablesRuleset.Family, _ elements: [String: [String]]) -> String {
         elements.sorted { $0.key < $1.key }.map { set, items in
-            "\(verb) element ip \(NftablesRuleset.tableName) \(set) { \(items.joined(separator: ", ")) }\n"
+            "\(verb) element \(family.keyword) \(NftablesRuleset.tableName) \(set) { \(items.joined(separator: ", ")) }\n"
         }.joined()
     }
 }

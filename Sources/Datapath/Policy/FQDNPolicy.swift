@@ -25,9 +25,9 @@ public struct LearnedGrant: Hashable, Sendable {
 public struct FQDNPolicy: Sendable {
     public let snapshot: PolicySnapshot
     private let translation: PolicyTranslation
-    /// Local endpoints by IPv4 address (host order): the numeric identity the datapath uses
+    /// Local endpoints by address (IPv4 and IPv6): the numeric identity the datapath uses
     /// for it, and the identity the policy sees.
-    private let endpoints: [UInt32: (number: UInt32, identity: Identity)]
+    private let endpoints: [IPAddress: (number: UInt32, identity: Identity)]
     private let probes: [(TransportProtocol, [PolicyTranslation.PortProbe])]
     /// Every distinct toFQDNs matcher of the policies.
     private let matchers: [DNSMatcher]
@@ -36,13 +36,18 @@ public struct FQDNPolicy: Sendable {
     public init(snapshot: PolicySnapshot, state: DatapathState, proxyPorts: PolicyTranslation.ProxyPorts) {
         self.snapshot = snapshot
         translation = PolicyTranslation(snapshot: snapshot, nodeAddresses: [], proxyPorts: proxyPorts)
-        var endpoints: [UInt32: (number: UInt32, identity: Identity)] = [:]
+        var endpoints: [IPAddress: (number: UInt32, identity: Identity)] = [:]
         var namedPorts: [NamedPort] = []
         for (prefix, identity) in snapshot.endpoints.entries where identity.isClusterEndpoint {
-            guard prefix.network.family == .ipv4, prefix.prefixLength == 32 else { continue }
-            let address = UInt32(truncatingIfNeeded: prefix.network.low)
-            guard let entry = state.addresses[IPv4Prefix(address: address, length: 32)], entry.isLocalEndpoint else { continue }
-            endpoints[address] = (entry.identity, identity)
+            guard prefix.prefixLength == prefix.network.bitWidth else { continue }
+            let entry: AddressEntry?
+            if prefix.network.family == .ipv4 {
+                entry = state.addresses[IPv4Prefix(address: UInt32(truncatingIfNeeded: prefix.network.low), length: 32)]
+            } else {
+                entry = IPv6Prefix(prefix).flatMap { state.addresses6[$0] }
+            }
+            guard let entry, entry.isLocalEndpoint else { continue }
+            endpoints[prefix.network] = (entry.identity, identity)
             namedPorts += identity.namedPorts
         }
         self.endpoints = endpoints
@@ -71,8 +76,7 @@ public struct FQDNPolicy: Sendable {
 
     /// The local endpoint at `address`: its numeric identity and policy identity.
     public func endpoint(at address: IPAddress) -> (number: UInt32, identity: Identity)? {
-        guard address.family == .ipv4 else { return nil }
-        return endpoints[UInt32(truncatingIfNeeded: address.low)]
+        endpoints[address]
     }
 
     /// Whether `address` is outside the cluster (toFQDNs selects only those, as CIDR rules do).

@@ -5,8 +5,9 @@ import PolicyEngine
 /// The policy engine is the only judge of what is allowed: the translation asks it, for
 /// every local endpoint identity, direction, peer identity and port that any policy can
 /// tell apart, and writes down the answers that differ from the default. Peers are every
-/// endpoint identity, the host, the world and one identity per CIDR named in a policy
-/// (carved by `except`); ports are every port, range and named port the policies mention,
+/// endpoint identity, the host, the world (one identity per family: world-ipv4 and
+/// world-ipv6) and one identity per CIDR named in a policy (carved by `except`), IPv4 and
+/// IPv6 alike; ports are every port, range and named port the policies mention,
 /// plus one "any other port" probe written as port 0. An allowed flow whose port carries
 /// L7 rules becomes a redirect to the proxy's transparent listener.
 public struct PolicyTranslation: Sendable {
@@ -27,11 +28,14 @@ public struct PolicyTranslation: Sendable {
 
     public let snapshot: PolicySnapshot
     public let nodeAddresses: [IPv4Prefix]
+    public let nodeAddresses6: [IPv6Prefix]
     public let proxyPorts: ProxyPorts
 
-    public init(snapshot: PolicySnapshot, nodeAddresses: [IPv4Prefix], proxyPorts: ProxyPorts) {
+    public init(snapshot: PolicySnapshot, nodeAddresses: [IPv4Prefix], nodeAddresses6: [IPv6Prefix] = [],
+                proxyPorts: ProxyPorts) {
         self.snapshot = snapshot
         self.nodeAddresses = nodeAddresses
+        self.nodeAddresses6 = nodeAddresses6
         self.proxyPorts = proxyPorts
     }
 
@@ -40,49 +44,68 @@ public struct PolicyTranslation: Sendable {
         var number: UInt32
         var name: String
         var prefixes: [IPv4Prefix]
+        var prefixes6: [IPv6Prefix] = []
     }
 
     public func translate() throws -> DatapathState {
         var state = DatapathState()
         state.identityNames[NumericIdentity.host] = "reserved:host"
-        state.identityNames[NumericIdentity.world] = "reserved:world"
+        state.identityNames[NumericIdentity.world] = "reserved:world-ipv4"
+        state.identityNames[NumericIdentity.worldIPv6] = "reserved:world-ipv6"
 
-        // Local endpoints, grouped by what policies can see (namespace and labels).
+        // Local endpoints, grouped by what policies can see (namespace and labels): a pod's
+        // IPv4 and IPv6 addresses share its identity.
         var groups: [Group] = []
         var groupIndex: [String: Int] = [:]
         var hostPrefixes = nodeAddresses
+        var hostPrefixes6 = nodeAddresses6
         for (prefix, identity) in snapshot.endpoints.entries {
-            guard prefix.network.family == .ipv4 else { continue }
-            let ipv4 = IPv4Prefix(address: UInt32(truncatingIfNeeded: prefix.network.low), length: UInt8(prefix.prefixLength))
+            let ipv4 = prefix.network.family == .ipv4
+                ? IPv4Prefix(address: UInt32(truncatingIfNeeded: prefix.network.low), length: UInt8(prefix.prefixLength)) : nil
+            let ipv6 = IPv6Prefix(prefix)
             if identity.reservedKind == .host {
-                hostPrefixes.append(ipv4)
+                if let ipv4 { hostPrefixes.append(ipv4) }
+                if let ipv6 { hostPrefixes6.append(ipv6) }
                 continue
             }
             guard identity.isClusterEndpoint else { continue }
             let key = "\(identity.namespace ?? "")|\(identity.labels)"
-            if let index = groupIndex[key] {
-                groups[index].prefixes.append(ipv4)
+            let index: Int
+            if let found = groupIndex[key] {
+                index = found
             } else {
-                groupIndex[key] = groups.count
+                index = groups.count
+                groupIndex[key] = index
                 let number = NumericIdentity.firstAllocated + UInt32(groups.count)
                 let name = "\(identity.namespace ?? "")/" + (identity.podName ?? identity.description)
-                groups.append(Group(identity: identity, number: number, name: name, prefixes: [ipv4]))
+                groups.append(Group(identity: identity, number: number, name: name, prefixes: []))
             }
+            if let ipv4 { groups[index].prefixes.append(ipv4) }
+            if let ipv6 { groups[index].prefixes6.append(ipv6) }
         }
         for group in groups {
             state.identityNames[group.number] = group.name
             for prefix in group.prefixes {
                 state.addresses[prefix] = AddressEntry(identity: group.number, isLocalEndpoint: true)
             }
+            for prefix in group.prefixes6 {
+                state.addresses6[prefix] = AddressEntry(identity: group.number, isLocalEndpoint: true)
+            }
         }
         for prefix in hostPrefixes {
             state.addresses[prefix] = AddressEntry(identity: NumericIdentity.host, isLocalEndpoint: false)
+        }
+        for prefix in hostPrefixes6 {
+            state.addresses6[prefix] = AddressEntry(identity: NumericIdentity.host, isLocalEndpoint: false)
         }
 
         // CIDR peers: one identity per prefix named in a policy (and per `except`).
         var peers: [(number: UInt32, identity: Identity)] = groups.map { ($0.number, $0.identity) }
         peers.append((NumericIdentity.host, hostIdentity(hostPrefixes.first)))
-        peers.append((NumericIdentity.world, .reserved(.world)))
+        // The world without an address (no CIDR selects it), but of one family, so the
+        // world-ipv4 and world-ipv6 entities tell the two apart.
+        peers.append((NumericIdentity.world, Self.world(family: "world-ipv4")))
+        peers.append((NumericIdentity.worldIPv6, Self.world(family: "world-ipv6")))
         let cidrs = policyCIDRs()
         var nextNumber = NumericIdentity.firstAllocated + UInt32(groups.count)
         for cidr in cidrs where state.addresses[cidr] == nil {
@@ -91,6 +114,15 @@ public struct PolicyTranslation: Sendable {
             state.addresses[cidr] = AddressEntry(identity: number, isLocalEndpoint: false)
             state.identityNames[number] = "cidr:\(cidr)"
             let representative = representativeAddress(of: cidr, avoiding: cidrs)
+            peers.append((number, .reserved(.world, address: representative)))
+        }
+        let cidrs6 = policyCIDRs6()
+        for cidr in cidrs6 where state.addresses6[cidr] == nil {
+            let number = nextNumber
+            nextNumber += 1
+            state.addresses6[cidr] = AddressEntry(identity: number, isLocalEndpoint: false)
+            state.identityNames[number] = "cidr:\(cidr)"
+            let representative = Self.representativeAddress(of: cidr, avoiding: cidrs6)
             peers.append((number, .reserved(.world, address: representative)))
         }
 
@@ -214,6 +246,7 @@ public struct PolicyTranslation: Sendable {
             result.append((transport, probes))
         }
         result.append((.icmp, [PortProbe(key: 0, probe: 8)]))
+        result.append((.icmpv6, [PortProbe(key: 0, probe: 128)]))
         return result
     }
 
@@ -234,6 +267,45 @@ public struct PolicyTranslation: Sendable {
 
     private func hostIdentity(_ address: IPv4Prefix?) -> Identity {
         .reserved(.host, address: address.flatMap { IPAddress(Self.dotted($0.address)) })
+    }
+
+    private static func world(family: String) -> Identity {
+        Identity(labels: [Label(source: Label.reservedSource, key: ReservedIdentity.world.rawValue, value: ""),
+                          Label(source: Label.reservedSource, key: family, value: "")], namespace: nil)
+    }
+
+    /// The IPv6 prefixes named by CIDR peers (and their `except`s).
+    private func policyCIDRs6() -> [IPv6Prefix] {
+        var found: Set<IPv6Prefix> = []
+        for policy in snapshot.policies {
+            for rule in policy.rules {
+                for peerRule in rule.ingress + rule.ingressDeny + rule.egress + rule.egressDeny {
+                    for peer in peerRule.peers ?? [] {
+                        guard case .cidr(let cidr, let except) = peer else { continue }
+                        for prefix in [cidr] + except { if let ipv6 = IPv6Prefix(prefix) { found.insert(ipv6) } }
+                    }
+                }
+            }
+        }
+        return found.sorted()
+    }
+
+    /// An address inside `prefix` but inside none of the more specific prefixes (IPv6).
+    static func representativeAddress(of prefix: IPv6Prefix, avoiding all: [IPv6Prefix]) -> IPAddress? {
+        let inner = all.filter { $0.length > prefix.length && prefix.contains($0) }
+        // Offsets from the start of the prefix, tried within its host bits.
+        let hostBits = 128 - Int(prefix.length)
+        var candidates: [(UInt64, UInt64)] = [(0, 0), (0, 1)]
+        for bit in [hostBits - 1, hostBits - 2, hostBits / 2, 1, 2] where bit >= 0 && bit < hostBits {
+            candidates.append(bit >= 64 ? (UInt64(1) << UInt64(bit - 64), 0) : (0, UInt64(1) << UInt64(bit)))
+        }
+        candidates.append((hostBits > 64 ? UInt64.max >> UInt64(128 - hostBits) : 0,
+                           hostBits >= 64 ? .max : (hostBits == 0 ? 0 : UInt64.max >> UInt64(64 - hostBits))))
+        for (high, low) in candidates {
+            let address = IPv6Prefix(high: prefix.high | high, low: prefix.low | low, length: 128)
+            if !inner.contains(where: { $0.contains(address) }) { return address.address }
+        }
+        return prefix.address
     }
 
     private func policyCIDRs() -> [IPv4Prefix] {
@@ -281,7 +353,7 @@ public struct PolicyTranslation: Sendable {
         case .udp: return 17
         case .sctp: return 132
         case .icmp: return 1
-        case .icmpv6: return nil
+        case .icmpv6: return 58
         }
     }
 }

@@ -80,8 +80,8 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
                       until deadline: UInt64, lifetime: UInt64, received: UInt64?) {
         state.withLock { state in
             guard let policy = state.policy, let writer = state.writer,
-                  let endpoint = policy.endpoint(at: address), address.family == .ipv4 else { return }
-            let endpointAddress = UInt32(truncatingIfNeeded: address.low)
+                  let endpoint = policy.endpoint(at: address) else { return }
+            let endpointAddress = address
             // Rounded up as the datapath wants (BPF: to the second): answers that refresh an
             // address before that change nothing, and cost no datapath write.
             let expires = writer.roundedExpiry(deadline, lifetime: lifetime)
@@ -89,12 +89,13 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
             var replaced: [LearnedEntry] = []
             var evicted: [LearnedEntry] = []
             var added: [FQDNStore.Key] = []
-            var seen = Set<UInt32>()
+            var seen = Set<IPAddress>()
             var kept = false
-            for address in addresses where address.family == .ipv4 && policy.isWorld(address) {
-                let value = UInt32(truncatingIfNeeded: address.low)
-                guard seen.insert(value).inserted, seen.count <= settings.maximumAddressesPerName else { continue }
-                let key = FQDNStore.Key(endpoint: endpointAddress, address: value)
+            // A records and AAAA records alike (IPv4-mapped AAAA records name no address an
+            // IPv6 packet may carry: the datapath drops those).
+            for address in addresses where policy.isWorld(address) && !address.isIPv4Mapped {
+                guard seen.insert(address).inserted, seen.count <= settings.maximumAddressesPerName else { continue }
+                let key = FQDNStore.Key(endpoint: endpointAddress, address: address)
                 // Learned again under names it already has (the common case): the grants
                 // stand, only the lifetime moves.
                 switch state.store.refresh(key, names: answerNames, expires: expires) {
@@ -155,8 +156,7 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
     }
 
     public func names(learnedBy endpoint: IPAddress, for address: IPAddress) -> [String] {
-        guard endpoint.family == .ipv4, address.family == .ipv4 else { return [] }
-        let key = FQDNStore.Key(endpoint: UInt32(truncatingIfNeeded: endpoint.low), address: UInt32(truncatingIfNeeded: address.low))
+        let key = FQDNStore.Key(endpoint: endpoint, address: address)
         let now = clock()
         return state.withLock { state in
             guard let record = state.store[key], record.expires > now else { return [] }
@@ -204,7 +204,7 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
             next.policy = policy
             next.grants.removeAll()
             for record in state.store.records {
-                guard let endpoint = policy.endpoint(at: IPAddress(ipv4: record.key.endpoint)) else {
+                guard let endpoint = policy.endpoint(at: record.key.endpoint) else {
                     next.store.remove(record.key)
                     continue
                 }
@@ -262,7 +262,7 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
         let wall = wallClock()
         let records = state.withLock { $0.store.records }
         return records.sorted { ($0.key.endpoint, $0.key.address) < ($1.key.endpoint, $1.key.address) }.map { record in
-            Listed(endpoint: IPAddress(ipv4: record.key.endpoint).description, address: IPAddress(ipv4: record.key.address).description,
+            Listed(endpoint: record.key.endpoint.description, address: record.key.address.description,
                    names: record.names, ttl: record.ttl,
                    expiresAt: wall + (Double(record.expires) - Double(now)) / 1e9, rule: record.rule)
         }
@@ -394,4 +394,7 @@ extension IPAddress {
     init(ipv4 value: UInt32) {
         self.init(networkBytes: [UInt8(value >> 24), UInt8(value >> 16 & 0xff), UInt8(value >> 8 & 0xff), UInt8(value & 0xff)])!
     }
+
+    /// `::ffff:a.b.c.d` (RFC 4291 2.5.5.2).
+    var isIPv4Mapped: Bool { family == .ipv6 && high == 0 && low >> 32 == 0xffff }
 }

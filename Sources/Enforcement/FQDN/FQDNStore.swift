@@ -1,4 +1,5 @@
 import Datapath
+import PolicyEngine
 import Proxy
 
 /// The addresses endpoints learned from allowed DNS answers, with their lifetimes and caps:
@@ -11,13 +12,13 @@ import Proxy
 /// again (the common case) moves it to the front of its orders without any hashing.
 struct FQDNStore {
     struct Key: Hashable {
-        /// IPv4 addresses in host byte order.
-        var endpoint: UInt32
-        var address: UInt32
+        /// The endpoint that asked (either family) and the address it learned (either family).
+        var endpoint: IPAddress
+        var address: IPAddress
     }
 
     struct NameKey: Hashable {
-        var endpoint: UInt32
+        var endpoint: IPAddress
         var name: String
     }
 
@@ -108,7 +109,7 @@ struct FQDNStore {
     /// and by index (in the slot) after that.
     private var groups: [Ends] = []
     private var freeGroups: [Int] = []
-    private var endpointGroups: [UInt32: Int] = [:]
+    private var endpointGroups: [IPAddress: Int] = [:]
     private var nameGroups: [NameKey: Int] = [:]
     private(set) var counters = Counters()
 

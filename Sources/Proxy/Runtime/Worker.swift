@@ -81,21 +81,33 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
                     settings.upstreamMark = configuration.proxyMark
                     settings.closeWithoutTimeWait = true
                     settings.l7 = .byPolicy
-                    let stream = try StreamListener(name: listener.name, address: listener.address, upstream: .originalDestination,
-                                                    settings: settings, backlog: listener.backlog, delegate: self)
-                    streamListeners.append(stream)
+                    for address in Self.transparentAddresses(listener.address) {
+                        do {
+                            let stream = try StreamListener(name: listener.name, address: address, upstream: .originalDestination,
+                                                            settings: settings, backlog: listener.backlog, delegate: self)
+                            streamListeners.append(stream)
+                        } catch where address != listener.address && Self.isIPv6Unavailable(error) {
+                            continue
+                        }
+                    }
                 case .transparentUDP:
                     // One receive buffer for every UDP listener of this worker (and all their flows).
                     let buffer = datagramBuffer ?? DatagramReceiveBuffer(maxDatagramBytes: configuration.limits.maxDatagramBytes)
                     datagramBuffer = buffer
-                    let datagram = try DatagramListener(
-                        name: listener.name, address: listener.address,
-                        settings: DatagramSettings(flowIdleTimeout: configuration.timeouts.udpIdle,
-                                                   maxFlows: configuration.limits.maxUDPSessionsPerWorker,
-                                                   maxDatagramBytes: configuration.limits.maxDatagramBytes,
-                                                   upstreamMark: configuration.proxyMark),
-                        receiveBuffer: buffer, delegate: self, loop: loop)
-                    datagramListeners.append(datagram)
+                    for address in Self.transparentAddresses(listener.address) {
+                        do {
+                            let datagram = try DatagramListener(
+                                name: listener.name, address: address,
+                                settings: DatagramSettings(flowIdleTimeout: configuration.timeouts.udpIdle,
+                                                           maxFlows: configuration.limits.maxUDPSessionsPerWorker,
+                                                           maxDatagramBytes: configuration.limits.maxDatagramBytes,
+                                                           upstreamMark: configuration.proxyMark),
+                                receiveBuffer: buffer, delegate: self, loop: loop)
+                            datagramListeners.append(datagram)
+                        } catch where address != listener.address && Self.isIPv6Unavailable(error) {
+                            continue
+                        }
+                    }
                 }
             } catch {
                 closeListeners()
@@ -107,6 +119,23 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     }
 
     public var activeConnections: Int { connections.count }
+
+    /// Where a transparent listener configured on `address` listens. The datapath diverts
+    /// IPv4 flows to 127.0.0.1:PORT and IPv6 flows to [::1]:PORT, so a transparent listener
+    /// on 127.0.0.1 also listens on [::1] with the same port and name (skipped where the
+    /// namespace has no IPv6). Other addresses are taken as they are.
+    static func transparentAddresses(_ address: SocketAddress) -> [SocketAddress] {
+        guard !address.isIPv6, address.host == "127.0.0.1", let twin = SocketAddress(host: "::1", port: address.port) else {
+            return [address]
+        }
+        return [address, twin]
+    }
+
+    /// IPv6 is off in this namespace (no ::1, or no AF_INET6 at all).
+    static func isIPv6Unavailable(_ error: Error) -> Bool {
+        guard let error = error as? Errno else { return false }
+        return error.code == EADDRNOTAVAIL || error.code == EAFNOSUPPORT
+    }
 
     /// Port and descriptor of each transparent TCP listener (for the datapath's listener map).
     public var transparentStreamListeners: [(port: UInt16, descriptor: Int32)] {

@@ -253,8 +253,8 @@ struct DNSExchangeJudge {
             case (DNSRecordType.a, DNSRecordType.internetClass):
                 ips.append(.string(data.map(String.init).joined(separator: ".")))
             case (DNSRecordType.aaaa, DNSRecordType.internetClass):
-                ips.append(.string((0..<8).map { String(UInt16(data[$0 * 2]) << 8 | UInt16(data[$0 * 2 + 1]), radix: 16) }
-                    .joined(separator: ":")))
+                // RFC 5952 text (zeros compressed), as the flow's own IPv6 addresses are written.
+                if let address = IPAddress(networkBytes: data) { ips.append(.string(address.description)) }
             case (DNSRecordType.cname, _):
                 if let target = try? DNSWireName.text(bytes, at: record.data.lowerBound) { cnames.append(.string(target)) }
             default:
