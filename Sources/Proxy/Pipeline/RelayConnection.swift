@@ -76,7 +76,10 @@ public enum UpstreamSource: Sendable, Equatable {
             do {
                 if let mark { try socket.setMark(mark) }
                 if kind == .stream { try? socket.setNoDelay() }
-                if self != .node && client.family == destination.family {
+                // Not yet for IPv6 datagrams: in the lab an IPv6 upstream datagram sent from
+                // the client's address stayed queued in the node (Send-Q, never on the wire),
+                // in both datapath modes; until that is understood they use the node's address.
+                if self != .node && client.family == destination.family && !(kind == .datagram && client.isIPv6) {
                     try socket.bindSource(client, keepingPort: keepingPort, stream: kind == .stream)
                 }
                 return (socket, try socket.connect(to: destination))
