@@ -585,13 +585,18 @@ static __always_inline struct sluice_ct_value *tracked_reply(const struct packet
     return bpf_map_lookup_elem(&sluice_ct, &reply);
 }
 
-static __always_inline void remember(const struct packet *packet, __u16 proxy_port)
+static __always_inline void remember_flow(const struct packet *packet, __u16 proxy_port, __u8 flags)
 {
-    struct sluice_ct_value value = { .created_ns = bpf_ktime_get_ns(), .proxy_port = proxy_port };
+    struct sluice_ct_value value = { .created_ns = bpf_ktime_get_ns(), .proxy_port = proxy_port, .flags = flags };
     if (packet->family == 6)
         bpf_map_update_elem(&sluice_ct6, &packet->tuple6, &value, BPF_ANY);
     else
         bpf_map_update_elem(&sluice_ct, &packet->tuple, &value, BPF_ANY);
+}
+
+static __always_inline void remember(const struct packet *packet, __u16 proxy_port)
+{
+    remember_flow(packet, proxy_port, 0);
 }
 
 static __always_inline struct bpf_sock *lookup_tcp(struct __sk_buff *skb, struct bpf_sock_tuple *tuple, __u8 family)
@@ -687,6 +692,65 @@ static __always_inline int redirect(struct __sk_buff *skb, const struct packet *
     return TC_ACT_OK;
 }
 
+/* A reply to one of the proxy's upstream connections. The proxy connects upstream from the
+ * client's own address (IP_TRANSPARENT), so the server answers an address that is not the
+ * node's: routed on, the reply would reach the client past the proxy. It goes instead to the
+ * socket that owns its exact 4-tuple (the proxy's upstream socket), marked for local
+ * delivery; without such a socket it is dropped (fail closed). Replies to the node's own
+ * address take the same path (the socket is found just as well). */
+static __always_inline int to_upstream_socket(struct __sk_buff *skb, const struct packet *packet,
+                                              struct sluice_ipcache_value source,
+                                              struct sluice_ipcache_value destination)
+{
+    struct bpf_sock_tuple tuple = {};
+    struct bpf_sock *sk = 0;
+    __u8 family = packet->family;
+    __u16 sport_be;
+    if (family == 6) {
+        __builtin_memcpy(tuple.ipv6.saddr, packet->tuple6.saddr_be, 16);
+        __builtin_memcpy(tuple.ipv6.daddr, packet->tuple6.daddr_be, 16);
+        tuple.ipv6.sport = packet->tuple6.sport_be;
+        tuple.ipv6.dport = packet->tuple6.dport_be;
+        sport_be = packet->tuple6.sport_be;
+    } else {
+        tuple.ipv4.saddr = packet->tuple.saddr_be;
+        tuple.ipv4.daddr = packet->tuple.daddr_be;
+        tuple.ipv4.sport = packet->tuple.sport_be;
+        tuple.ipv4.dport = packet->tuple.dport_be;
+        sport_be = packet->tuple.sport_be;
+    }
+    /* Only a connected socket of this very flow: a listener or an unconnected socket that
+     * happens to match the address and port is not the proxy's upstream leg. (The fields
+     * are read in each branch: the verifier will not let one load serve both the
+     * sock_common of a TCP lookup and the full socket of a UDP one.) */
+    int foreign = 1;
+    if (packet->protocol == IPPROTO_TCP) {
+        sk = lookup_tcp(skb, &tuple, family);
+        if (sk)
+            foreign = sk->state == TCP_LISTEN || sk->dst_port != sport_be;
+    } else if (packet->protocol == IPPROTO_UDP) {
+        if (family == 6)
+            sk = bpf_sk_lookup_udp(skb, &tuple, sizeof(tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
+        else
+            sk = bpf_sk_lookup_udp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+        if (sk)
+            foreign = sk->dst_port != sport_be;
+    }
+    if (!sk)
+        return drop(skb, packet, SLUICE_DROP_UPSTREAM_GONE, 0, source.identity, destination.identity, 0);
+    if (foreign) {
+        bpf_sk_release(sk);
+        return drop(skb, packet, SLUICE_DROP_UPSTREAM_GONE, 0, source.identity, destination.identity, 0);
+    }
+    long result = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    if (result != 0)
+        return drop(skb, packet, SLUICE_DROP_UPSTREAM_GONE, 0, source.identity, destination.identity, 0);
+    set_mark(skb, (skb->mark & ~SLUICE_MARK_MASK) | SLUICE_MARK_TO_PROXY);
+    count(packet, SLUICE_COUNT_UPSTREAM_REPLY);
+    return TC_ACT_OK;
+}
+
 SEC("tc")
 int sluice_from_wire(struct __sk_buff *skb)
 {
@@ -724,8 +788,13 @@ int sluice_from_wire(struct __sk_buff *skb)
         set_mark(skb, (skb->mark & ~SLUICE_MARK_MASK) | SLUICE_MARK_ALLOWED);
         return TC_ACT_OK;
     }
-    if (tracked_reply(&packet)) {
+    struct sluice_ct_value *answered = tracked_reply(&packet);
+    if (answered) {
         count(&packet, SLUICE_COUNT_ESTABLISHED);
+        /* A reply in a diverted flow's tuple (the proxy kept the client's port), or in the
+         * tuple of an upstream flow the proxy opened: the proxy's socket takes it. */
+        if (answered->proxy_port || (answered->flags & SLUICE_CT_PROXY_UPSTREAM))
+            return to_upstream_socket(skb, &packet, source, destination);
         set_mark(skb, (skb->mark & ~SLUICE_MARK_MASK) | SLUICE_MARK_ALLOWED);
         return TC_ACT_OK;
     }
@@ -783,8 +852,11 @@ int sluice_to_wire(struct __sk_buff *skb)
     if (mark == SLUICE_MARK_FROM_PROXY) {
         /* The proxy's upstream leg: already decided when the client's flow was diverted. */
         count(&packet, SLUICE_COUNT_PROXY_PASS);
+        /* Remembered so the replies find their way back to the proxy's socket. A flow the
+         * proxy opened in the diverted flow's own tuple (the client's address and port) is
+         * known already, by its proxy port. */
         if (!tracked(&packet))
-            remember(&packet, 0);
+            remember_flow(&packet, 0, SLUICE_CT_PROXY_UPSTREAM);
         return TC_ACT_OK;
     }
     struct sluice_ct_value *known = tracked(&packet);

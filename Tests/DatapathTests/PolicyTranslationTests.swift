@@ -87,6 +87,10 @@ import PolicyEngine
         #expect(text.contains("tproxy to 127.0.0.1:15001"))
         #expect(text.contains("counter drop comment \"proxy unavailable: fail closed\""))
         #expect(text.contains("default deny shop/backend ingress"))
+        // Replies to the proxy's upstream legs (sent from the client's address): to its socket, or dropped.
+        #expect(text.contains("ct mark set ct mark or 0x4000 accept comment \"the proxy's own upstream connections\""))
+        #expect(text.contains("ct direction reply ct mark and 0x4000 != 0 meta l4proto udp socket transparent 1 meta mark set 0x200 accept"))
+        #expect(text.contains("ct direction reply ct mark and 0x4000 != 0 fib daddr type != local counter drop"))
         #expect(text.hasPrefix("table ip sluice {}\ndelete table ip sluice\n"), "the table is replaced atomically")
     }
 

@@ -73,6 +73,27 @@ final class ProgramTests {
         #expect(counter(.established) == 1)
     }
 
+    /// Issue 15 item 2: the proxy's upstream leg leaves from the client's own address; the
+    /// server's reply is for the proxy's socket, never for the client. With no such socket
+    /// (none exists in the test's namespace) it is dropped, not routed on to the client.
+    @Test func repliesToTheProxysUpstreamGoToItsSocketOrAreDropped() throws {
+        let upstream = PacketBuilder.frame(source: Self.client, destination: Self.server, sourcePort: 42000)
+        #expect(try run(upstream, mark: UInt32(SLUICE_MARK_FROM_PROXY), program: "sluice_to_wire").returnCode == Self.ok)
+        #expect(counter(.proxyPass) == 1)
+        let reply = PacketBuilder.frame(source: Self.server, destination: Self.client, sourcePort: 80, destinationPort: 42000,
+                                        syn: true, ack: true)
+        #expect(try run(reply).returnCode == Self.shot)
+        #expect(counter(.dropUpstreamGone) == 1)
+        #expect(counter(.upstreamReply) == 0)
+        // The reply of a flow the datapath merely allowed still passes (routed to the client).
+        let plain = PacketBuilder.frame(source: Self.client, destination: Self.server, sourcePort: 42001)
+        #expect(try run(plain).returnCode == Self.ok)
+        let plainReply = PacketBuilder.frame(source: Self.server, destination: Self.client, sourcePort: 80, destinationPort: 42001,
+                                             syn: true, ack: true)
+        #expect(try run(plainReply).returnCode == Self.ok)
+        #expect(counter(.dropUpstreamGone) == 1)
+    }
+
     @Test func defaultDenyDropsWhatIsNotAllowedAndAllowsWhatIs() throws {
         try apply { state in
             state.enforcement[301] = Enforcement(ingress: true, egress: false)

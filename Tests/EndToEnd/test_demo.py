@@ -15,11 +15,12 @@ def test_demo_runs_and_shows_allowed_denied_and_diverted_flows():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "403 from sluice's L7 policy; nginx never saw it" in out
-    assert "through sluice (backend saw the node, 10.200.2.1)" in out
+    # Issue 15 item 2: through sluice, and the backend still saw the client's own address.
+    assert "through sluice (backend saw the client, 10.200.1.2)" in out
     assert "dropped by the datapath (POLICY_DENIED)" in out
     # Issue 15: one IPv6 flow through sluice, one IPv6 flow dropped, counters per family.
     assert re.search(r"allowed\s+frontend GET backend6:8080/api/products \(IPv6, L7\)\s+"
-                     r"through sluice over IPv6 \(backend saw the node, fd00:200:2::1\)", out)
+                     r"through sluice over IPv6 \(backend saw the client, fd00:200:1::2\)", out)
     assert re.search(r"blocked\s+intruder GET backend6:8080/api/products \(IPv6\)\s+dropped by the datapath \(POLICY_DENIED\)", out)
     assert re.search(r"redirected to proxy \(packets\)\s+[1-9]\d*\s+[1-9]\d*$", out, re.M), "both families' counters"
     # Issue 11: DNS on UDP is judged by name; a denied name is answered REFUSED by sluice.

@@ -44,6 +44,8 @@
                                           * left (the packet's final destination is not the one judged) */
 #define SLUICE_DROP_MAPPED_ADDRESS     8 /* an IPv6 packet with an IPv4-mapped address (RFC 4291 2.5.5.2: never on the wire) */
 #define SLUICE_DROP_SPOOFED_HOST       9 /* a packet from the wire with one of the node's own addresses as its source */
+#define SLUICE_DROP_UPSTREAM_GONE     10 /* a reply to one of the proxy's upstream connections (sent from the client's
+                                          * address) whose socket is gone: never forwarded to the client unjudged */
 
 /* Counter indexes (per-CPU array); drops use their reason number. */
 #define SLUICE_COUNT_ALLOWED     16 /* new flow allowed by policy or unrestricted */
@@ -54,6 +56,7 @@
 #define SLUICE_COUNT_FQDN_ALLOWED 21 /* new flows allowed by an address learned from DNS */
 #define SLUICE_COUNT_FQDN_EXPIRED 22 /* new flows to a learned address past its expiry (then dropped by default) */
 #define SLUICE_COUNT_NEIGHBOUR   23 /* ICMPv6 neighbour discovery, router and multicast listener messages, passed */
+#define SLUICE_COUNT_UPSTREAM_REPLY 24 /* replies assigned back to the proxy's upstream sockets */
 /* Each counter is kept per family: IPv4 at its index, IPv6 at its index + SLUICE_COUNTER_IPV6. */
 #define SLUICE_COUNTER_IPV6      32
 #define SLUICE_COUNTER_SLOTS     64
@@ -130,9 +133,12 @@ struct sluice_ct6_key {
 struct sluice_ct_value {
     __u64 created_ns;
     __u16 proxy_port;         /* non-zero: the flow is diverted to this listener */
-    __u8 flags;
+    __u8 flags;               /* SLUICE_CT_* */
     __u8 pad[5];
 };
+
+/* sluice_ct_value.flags */
+#define SLUICE_CT_PROXY_UPSTREAM 0x01 /* the proxy's own upstream flow: its replies go to the proxy's socket */
 
 /* An address an endpoint learned from an allowed DNS answer (toFQDNs), for one port and
  * protocol (port 0: every port the exact entry does not name). Consulted only when the

@@ -22,11 +22,15 @@
 #ifndef IPV6_RECVORIGDSTADDR
 #define IPV6_RECVORIGDSTADDR 74
 #endif
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
 
 static const int sluice_ip_transparent = IP_TRANSPARENT;
 static const int sluice_ip_recvorigdstaddr = IP_RECVORIGDSTADDR;
 static const int sluice_ipv6_transparent = IPV6_TRANSPARENT;
 static const int sluice_ipv6_recvorigdstaddr = IPV6_RECVORIGDSTADDR;
+static const int sluice_ip_bind_address_no_port = IP_BIND_ADDRESS_NO_PORT;
 
 /// epoll_ctl with the event spelled out, so Swift never builds a packed epoll_event.
 int sluice_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token);

@@ -16,6 +16,7 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
     case dropExtensionHeader = 7
     case dropMappedAddress = 8
     case dropSpoofedHost = 9
+    case dropUpstreamGone = 10
     case allowed = 16
     case redirected = 17
     case established = 18
@@ -24,6 +25,7 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
     case fqdnAllowed = 21
     case fqdnExpired = 22
     case neighbour = 23
+    case upstreamReply = 24
 
     public var name: String {
         switch self {
@@ -36,6 +38,7 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
         case .dropExtensionHeader: return "drop: IPv6 extension header"
         case .dropMappedAddress: return "drop: IPv4-mapped address"
         case .dropSpoofedHost: return "drop: node address spoofed"
+        case .dropUpstreamGone: return "drop: reply without its proxy socket"
         case .allowed: return "allowed (new flows)"
         case .redirected: return "redirected to proxy (packets)"
         case .established: return "established (packets)"
@@ -44,6 +47,7 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
         case .fqdnAllowed: return "toFQDNs allowed (new flows)"
         case .fqdnExpired: return "toFQDNs expired (new flows)"
         case .neighbour: return "ICMPv6 ND/MLD passed (packets)"
+        case .upstreamReply: return "replies to the proxy's upstream (packets)"
         }
     }
 
@@ -62,6 +66,7 @@ public enum DatapathCounter: UInt32, CaseIterable, Sendable {
         case 7: return "IPV6_EXTENSION_HEADER"
         case 8: return "INVALID_SOURCE_IP"
         case 9: return "IP_SPOOFING"
+        case 10: return "PROXY_LOOKUP_FAILED"
         default: return "UNKNOWN_\(code)"
         }
     }

@@ -14,12 +14,15 @@ import Foundation
 ///
 /// Traffic the node itself originates toward an endpoint (output hook) meets the
 /// endpoint's ingress policy with the host as the peer, as in the BPF datapath; the
-/// proxy's own upstream connections (mark 0xa00) and replies pass.
+/// proxy's own upstream connections (mark 0xa00) pass, and their replies go to the proxy's
+/// socket (they are addressed to the client when the proxy keeps the client's address).
 public struct NftablesRuleset {
     public static let tableName = "sluice"
     static let redirectBit: UInt32 = 0x1000
     /// Marks the node's own packets turned back through lo to sluice (with 0x200).
     static let fromNodeBit: UInt32 = 0x2000
+    /// Conntrack mark of the proxy's own upstream flows, whose replies belong to its socket.
+    static let upstreamBit: UInt32 = 0x4000
 
     public let state: DatapathState
     public let interfaces: [String]
@@ -233,6 +236,14 @@ public struct NftablesRuleset {
         // client's datagram to that address. Diverted UDP always goes to the listener, which
         // finds the datagram's flow itself.
         lines.append("    meta l4proto tcp socket transparent 1 meta mark set 0x200 accept comment \"diverted flow, established\"")
+        // Replies to the proxy's upstream legs, which leave from the client's own address
+        // (datapath.originalSource): routed on, they would reach the client past the proxy.
+        // TCP replies meet their transparent socket in the rule above; a UDP reply is looked
+        // up only in the reply direction of an upstream flow (never a client's datagram).
+        // What finds no socket is dropped: the fail-closed rule for replies.
+        let upstream = "ct direction reply ct mark and 0x\(String(Self.upstreamBit, radix: 16)) != 0"
+        lines.append("    \(upstream) meta l4proto udp socket transparent 1 meta mark set 0x200 accept comment \"a reply to the proxy's upstream\"")
+        lines.append("    \(upstream) fib daddr type != local counter drop comment \"a reply to the proxy's upstream without its socket: fail closed\"")
         // A diverted UDP flow is judged datagram by datagram: its conntrack entry carries the
         // redirect bit, and its later datagrams skip the established shortcut (else, once the
         // proxy answered, the client's next queries would go straight to the resolver).
@@ -257,6 +268,7 @@ public struct NftablesRuleset {
             lines.append("    \(Self.neighbourDiscovery) accept comment \"neighbour discovery\"")
             lines.append("    \(Self.multicastListener) accept comment \"multicast listener discovery\"")
         }
+        lines.append("    meta mark and 0xf00 == 0xa00 ct state new ct mark set ct mark or 0x\(String(Self.upstreamBit, radix: 16)) accept comment \"the proxy's own upstream connections\"")
         lines.append("    meta mark and 0xf00 == 0xa00 accept comment \"the proxy's own upstream connections\"")
         let toSluice = "meta mark set meta mark and 0xfffff0ff or 0x\(String(0x200 | Self.fromNodeBit, radix: 16))"
         lines.append("    ct state established,related ct mark and \(bit) == \(bit) \(toSluice) accept comment \"the node's own flow through sluice\"")

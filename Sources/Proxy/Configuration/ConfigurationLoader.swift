@@ -225,7 +225,7 @@ public struct ConfigurationLoader {
     }
 
     private func datapathConfiguration(_ node: Node) throws(ConfigurationError) -> DatapathConfiguration {
-        let fields = try mapping(node, path: "datapath", allowed: ["mode", "netns", "interfaces", "pinRoot", "object"])
+        let fields = try mapping(node, path: "datapath", allowed: ["mode", "netns", "interfaces", "pinRoot", "object", "originalSource"])
         var datapath = DatapathConfiguration()
         if let modeNode = fields["mode"] {
             let text = try string(modeNode, path: "datapath.mode")
@@ -237,6 +237,7 @@ public struct ConfigurationLoader {
         if let value = fields["netns"] { datapath.namespace = try string(value, path: "datapath.netns") }
         if let value = fields["pinRoot"] { datapath.pinRoot = try string(value, path: "datapath.pinRoot") }
         if let value = fields["object"] { datapath.object = try string(value, path: "datapath.object") }
+        if let value = fields["originalSource"] { datapath.originalSource = try boolean(value, path: "datapath.originalSource") }
         if let value = fields["interfaces"] {
             datapath.interfaces = try stringList(value, path: "datapath.interfaces")
             for (index, name) in datapath.interfaces.enumerated() where name.isEmpty || name.utf8.count > 15 {

@@ -59,6 +59,25 @@ public struct DatapathConfiguration: Sendable, Equatable {
     public var pinRoot: String = "/sys/fs/bpf/sluice"
     /// The compiled BPF object; nil = next to the binary.
     public var object: String?
+    /// Upstream connections and datagrams of transparent listeners leave from the client's
+    /// own address (`IP_TRANSPARENT`), as the reference's proxy does, so servers, their logs
+    /// and the destination node's ingress policy see the client, not the node; the
+    /// datapath steers the replies back to the proxy's socket. `false`: the node's address.
+    /// Only with a datapath (mode `none` has nobody to steer the replies).
+    public var originalSource: Bool = true
+
+    /// The source of upstream sockets this configuration gives transparent listeners. The
+    /// BPF datapath also keeps the client's port where it is free; the nftables fallback
+    /// does not (conntrack would take the upstream leg for the diverted flow itself), and
+    /// neither does `auto`, which may turn out to be nftables.
+    public var upstreamSource: UpstreamSource {
+        guard originalSource else { return .node }
+        switch mode {
+        case .none: return .node
+        case .bpf: return .clientAddressAndPort
+        case .nftables, .auto: return .clientAddress
+        }
+    }
 
     public init(mode: Mode = .none) { self.mode = mode }
 }

@@ -12,6 +12,8 @@ public struct DatagramSettings: Sendable {
     /// Largest datagram relayed either way; larger ones are dropped.
     public var maxDatagramBytes: Int
     public var upstreamMark: UInt32?
+    /// Where upstream datagrams come from (with a datapath: the client's address).
+    public var upstreamSource: UpstreamSource = .node
 
     public init(flowIdleTimeout: UInt64, maxFlows: Int, maxDatagramBytes: Int, upstreamMark: UInt32?) {
         self.flowIdleTimeout = flowIdleTimeout
@@ -304,7 +306,8 @@ final class DatagramFlow: EventHandler {
         self.listener = listener
         self.loop = loop
         lastActivity = loop.now
-        upstream = try Socket.open(.datagram, family: key.destination.family)
+        upstream = try settings.upstreamSource.openConnected(.datagram, client: key.client, destination: key.destination,
+                                                             mark: settings.upstreamMark).0
         do {
             reply = try Socket.open(.datagram, family: key.destination.family)
         } catch {
@@ -312,11 +315,7 @@ final class DatagramFlow: EventHandler {
             throw error
         }
         do {
-            if let mark = settings.upstreamMark {
-                try upstream.setMark(mark)
-                try reply.setMark(mark)
-            }
-            _ = try upstream.connect(to: key.destination)
+            if let mark = settings.upstreamMark { try reply.setMark(mark) }
             try reply.setTransparent(ipv6: key.destination.isIPv6)
             try reply.setReuseAddress()
             try reply.bind(to: key.destination)

@@ -53,12 +53,55 @@ public protocol ConnectionOwner: AnyObject {
     func connectionFinished(_ connection: RelayConnection, summary: ConnectionSummary)
 }
 
+/// The source address of the proxy's upstream sockets on transparent listeners.
+public enum UpstreamSource: Sendable, Equatable {
+    /// The node's own address, chosen by routing (the server sees the node).
+    case node
+    /// The client's address (`IP_TRANSPARENT`) and a port chosen for the 4-tuple. The
+    /// datapath steers the server's replies back to the proxy's socket.
+    case clientAddress
+    /// The client's address and, when free, its port as well (the server sees the client's
+    /// very 4-tuple); where the port clashes, as `clientAddress`.
+    case clientAddressAndPort
+
+    /// Opens a socket of `kind` bound as this source says for a connection from `client`
+    /// and connects it to `destination`. A kept client port that clashes (`EADDRINUSE` at
+    /// bind, `EADDRNOTAVAIL` at connect: the client's port is the node's own and in use,
+    /// or the 4-tuple still lingers in TIME_WAIT) is given up for a chosen one.
+    func openConnected(_ kind: Socket.Kind, client: SocketAddress, destination: SocketAddress,
+                       mark: UInt32?) throws -> (Socket, ConnectResult) {
+        var keepingPort = self == .clientAddressAndPort
+        while true {
+            let socket = try Socket.open(kind, family: destination.family)
+            do {
+                if let mark { try socket.setMark(mark) }
+                if kind == .stream { try? socket.setNoDelay() }
+                // Not yet for IPv6 datagrams: in the lab an IPv6 upstream datagram sent from
+                // the client's address stayed queued in the node (Send-Q, never on the wire),
+                // in both datapath modes; until that is understood they use the node's address.
+                if self != .node && client.family == destination.family && !(kind == .datagram && client.isIPv6) {
+                    try socket.bindSource(client, keepingPort: keepingPort, stream: kind == .stream)
+                }
+                return (socket, try socket.connect(to: destination))
+            } catch let error as Errno where keepingPort && (error.code == EADDRINUSE || error.code == EADDRNOTAVAIL) {
+                socket.close()
+                keepingPort = false
+            } catch {
+                socket.close()
+                throw error
+            }
+        }
+    }
+}
+
 /// Settings a connection needs, copied once per listener.
 public struct RelaySettings: Sendable {
     public var connectTimeout: UInt64
     public var idleTimeout: UInt64
     /// `SO_MARK` for the upstream socket, nil for none.
     public var upstreamMark: UInt32?
+    /// Where upstream connections come from (transparent listeners with a datapath: the client).
+    public var upstreamSource: UpstreamSource = .node
     /// Close the downstream without TIME_WAIT when the proxy closed first (transparent
     /// listeners): the socket holds the client's 4-tuple with the original destination as
     /// its local address, and a TIME_WAIT there makes the kernel drop the client's next
@@ -217,16 +260,14 @@ public final class RelayConnection: EventHandler {
         if !isFinished && upstreamConnected { pumpBoth() }
     }
 
-    /// Opens the upstream socket (with the proxy mark) and starts connecting it.
+    /// Opens the upstream socket (with the proxy mark, from the configured source) and starts connecting it.
     private func connectUpstream() {
-        let socket: Socket
         do {
-            socket = try Socket.open(.stream, family: destination.family)
+            let (socket, connection) = try settings.upstreamSource.openConnected(
+                .stream, client: client, destination: destination, mark: settings.upstreamMark)
             upstream = socket
-            if let mark = settings.upstreamMark { try socket.setMark(mark) }
-            try? socket.setNoDelay()
             upstreamToken = try loop.register(socket.descriptor, handler: self, tag: Tag.upstream)
-            if try socket.connect(to: destination) == .connected {
+            if connection == .connected {
                 upstreamConnected = true
             } else {
                 connectDeadline = loop.now &+ settings.connectTimeout

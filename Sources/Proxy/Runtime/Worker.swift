@@ -79,6 +79,7 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
                 case .transparentTCP:
                     var settings = relaySettings
                     settings.upstreamMark = configuration.proxyMark
+                    settings.upstreamSource = configuration.datapath.upstreamSource
                     settings.closeWithoutTimeWait = true
                     settings.l7 = .byPolicy
                     for address in Self.transparentAddresses(listener.address) {
@@ -94,14 +95,15 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
                     // One receive buffer for every UDP listener of this worker (and all their flows).
                     let buffer = datagramBuffer ?? DatagramReceiveBuffer(maxDatagramBytes: configuration.limits.maxDatagramBytes)
                     datagramBuffer = buffer
+                    var settings = DatagramSettings(flowIdleTimeout: configuration.timeouts.udpIdle,
+                                                    maxFlows: configuration.limits.maxUDPSessionsPerWorker,
+                                                    maxDatagramBytes: configuration.limits.maxDatagramBytes,
+                                                    upstreamMark: configuration.proxyMark)
+                    settings.upstreamSource = configuration.datapath.upstreamSource
                     for address in Self.transparentAddresses(listener.address) {
                         do {
                             let datagram = try DatagramListener(
-                                name: listener.name, address: address,
-                                settings: DatagramSettings(flowIdleTimeout: configuration.timeouts.udpIdle,
-                                                           maxFlows: configuration.limits.maxUDPSessionsPerWorker,
-                                                           maxDatagramBytes: configuration.limits.maxDatagramBytes,
-                                                           upstreamMark: configuration.proxyMark),
+                                name: listener.name, address: address, settings: settings,
                                 receiveBuffer: buffer, delegate: self, loop: loop)
                             datagramListeners.append(datagram)
                         } catch where address != listener.address && Self.isIPv6Unavailable(error) {

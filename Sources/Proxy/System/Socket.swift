@@ -99,6 +99,25 @@ public struct Socket: Equatable, Hashable, Sendable {
         }.get()
     }
 
+    /// Binds an upstream socket to the client's own address (`IP_TRANSPARENT`: the address
+    /// need not be the node's), so the server sees the client. With `keepingPort` the
+    /// client's port too (with `SO_REUSEADDR`, so connections of one client port to several
+    /// servers may share it; a clash shows as `EADDRINUSE` here or `EADDRNOTAVAIL` at
+    /// connect). Without, a stream socket takes its port at connect
+    /// (`IP_BIND_ADDRESS_NO_PORT`: chosen for the 4-tuple, not reserved for the address alone).
+    public func bindSource(_ client: SocketAddress, keepingPort: Bool, stream: Bool) throws {
+        try setTransparent(ipv6: client.isIPv6)
+        if keepingPort {
+            try setReuseAddress()
+            try bind(to: client)
+            return
+        }
+        if stream {
+            try setOption(level: Int32(IPPROTO_IP), name: sluice_ip_bind_address_no_port, value: 1, "IP_BIND_ADDRESS_NO_PORT")
+        }
+        try bind(to: client.withPort(0))
+    }
+
     public func listen(backlog: Int32) throws {
         _ = try retryingInterrupts("listen") { Glibc.listen(descriptor, backlog) }.get()
     }

@@ -80,6 +80,15 @@ public struct SocketAddress: Equatable, Hashable, CustomStringConvertible, Senda
         }
     }
 
+    /// The same host with another port (`sin_port` and `sin6_port` share their offset).
+    public func withPort(_ port: UInt16) -> SocketAddress {
+        var copy = self
+        withUnsafeMutableBytes(of: &copy.storage) { raw in
+            raw.storeBytes(of: port.bigEndian, toByteOffset: 2, as: UInt16.self)
+        }
+        return copy
+    }
+
     /// The numeric host, without the port.
     public var host: String {
         var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))

@@ -6,6 +6,25 @@ import Testing
         try ConfigurationLoader(file: "test.yaml", defaultWorkers: 3).parse(text)
     }
 
+    /// Issue 15 item 2: with a datapath, upstream legs leave from the client's address (and
+    /// port, in BPF mode); `datapath.originalSource: false` and mode `none` use the node's.
+    @Test func upstreamLegsKeepTheClientsAddressUnlessTurnedOff() throws {
+        func source(_ datapath: String) throws -> UpstreamSource {
+            try load("""
+                listeners:
+                  - {name: t, mode: transparent, listen: 127.0.0.1:15001}
+                datapath: {\(datapath)}
+                policy: {paths: [p.yaml], endpoints: e.yaml}
+                """).datapath.upstreamSource
+        }
+        #expect(try source("mode: bpf, interfaces: [ep1]") == .clientAddressAndPort)
+        #expect(try source("mode: nftables, interfaces: [ep1]") == .clientAddress)
+        #expect(try source("mode: auto, interfaces: [ep1]") == .clientAddress)
+        #expect(try source("mode: bpf, interfaces: [ep1], originalSource: false") == .node)
+        #expect(try source("mode: none") == .node)
+        #expect(throws: ConfigurationError.self) { try source("mode: bpf, interfaces: [ep1], originalSource: maybe") }
+    }
+
     @Test func readsAFullConfiguration() throws {
         let configuration = try load("""
             workers: 2
