@@ -67,8 +67,12 @@ struct RunCommand: ParsableCommand {
         }
 
         // The operations endpoints are bound first: a bad metrics address stops sluice before
-        // it serves anything. Without either, no flow records are made for them.
-        let tap = FlowTap(capacity: configuration.control.flowRing)
+        // it serves anything. Without either, the tap is left out.
+        // Records cost most of what observing costs: with metrics configured, or a flow-log
+        // sink making them anyway, they feed the tap from the start; with the control socket
+        // alone, from the first 'sluice observe' on (an unwatched sluice makes none).
+        let tap = FlowTap(capacity: configuration.control.flowRing,
+                          active: configuration.metrics.listen != nil || configuration.flowLog.sink != .none)
         let operations = OperationsServer(tap: tap, nodeName: Self.hostName(), version: Sluice.version)
         var operationsBound = false
         if let address = configuration.metrics.listen {

@@ -88,6 +88,9 @@ struct StatusCommand: ParsableCommand {
             line("flows: \(number(flows["records_seen"])) recorded, ring of \(number(flows["ring_capacity"])), "
                  + "\(number(flows["observers"])) observer(s) following, \(number(flows["observer_flows_dropped"])) dropped for slow observers, "
                  + "\(number(flows["flow_log_dropped"])) dropped by the flow-log sink")
+            if flows["recording"] as? Bool == false {
+                line("  not recording: no flow-log sink and no metrics; the first 'sluice observe' turns records on")
+            }
         }
         return out
     }

@@ -372,3 +372,36 @@ def test_status_reports_policy_listeners_and_flows(deployment):
     assert sample(metrics, "sluice_policy_last_load_error") == 1
     assert sample(metrics, "sluice_policy_load_failures_total") == 1
     assert deployment.curl("/api/a") == "200" and deployment.curl("/admin") == "403"
+
+
+def test_without_sink_or_metrics_records_start_with_the_first_observer(workdir, start_sluice):
+    """An unwatched sluice makes no flow records (they cost most of what observing costs);
+    the first `sluice observe` turns them on for connections opened from then on."""
+    server = Nginx(workdir, free_port(), extra_locations='location /api/ { return 200 "ok\\n"; }')
+    try:
+        listen = free_port()
+        control = str(workdir / "control.sock")
+        start_sluice(f"""
+workers: 1
+listeners:
+  - {{name: web, mode: explicit, listen: 127.0.0.1:{listen}, upstream: 127.0.0.1:{server.port}, l7: http}}
+flowLog: {{sink: none}}
+control: {{socket: {control}}}
+""")
+        def curl():
+            return subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{listen}/api/x"],
+                                  capture_output=True, text=True).stdout
+        assert curl() == "200"
+        status = subprocess.run([SLUICE, "status", "--socket", control], capture_output=True, text=True)
+        assert "not recording" in status.stdout and "flows: 0 recorded" in status.stdout, status.stdout
+        first = subprocess.run([SLUICE, "observe", "--socket", control, "-o", "json"], capture_output=True, text=True)
+        assert first.returncode == 0 and first.stdout == ""
+        assert curl() == "200"
+        flows = [json.loads(line)["flow"] for line in subprocess.run(
+            [SLUICE, "observe", "--socket", control, "-o", "json"], capture_output=True, text=True).stdout.splitlines()]
+        assert [flow["l7"]["type"] for flow in flows if flow["Type"] == "L7"] == ["REQUEST", "RESPONSE"], flows
+        status = json.loads(subprocess.run([SLUICE, "status", "--socket", control, "-o", "json"],
+                                           capture_output=True, text=True).stdout)
+        assert status["flows"]["recording"] is True
+    finally:
+        server.stop()

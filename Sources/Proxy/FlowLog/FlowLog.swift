@@ -10,7 +10,8 @@ import Glibc
 /// (counted in `droppedRecords`) instead of stalling the proxy.
 ///
 /// With a `tap`, every record is also counted for metrics and kept in the ring `sluice
-/// observe` reads (even with the sink `none`: records are then made for the tap alone).
+/// observe` reads; with the sink `none`, records are made for the tap alone while it is
+/// active (`FlowTap.activate`).
 public final class FlowLog: Sendable {
     private let descriptor: Int32
     private let ownsDescriptor: Bool
@@ -72,13 +73,13 @@ public final class FlowLog: Sendable {
         if ownsDescriptor { Glibc.close(descriptor) }
     }
 
-    /// Whether records are wanted at all (a sink or a tap); callers make none otherwise.
-    public var isEnabled: Bool { descriptor >= 0 || tap != nil }
+    /// Whether records are wanted at all (a sink or an active tap); callers make none otherwise.
+    public var isEnabled: Bool { descriptor >= 0 || tap?.isActive == true }
     public var droppedRecords: UInt64 { dropped.load(ordering: .relaxed) }
 
     /// Writes one record as one line.
     public func write(_ record: JSONObject) {
-        tap?.record(record)
+        if let tap, tap.isActive { tap.record(record) }
         guard descriptor >= 0 else { return }
         var utf8: [UInt8] = []
         utf8.reserveCapacity(768)

@@ -427,6 +427,8 @@ public final class OperationsServer: @unchecked Sendable {
             append(status(), to: client)
             client.closeWhenFlushed = true
         case "observe":
+            // An observer wants flows: from now on they are made (when nothing else wanted them).
+            tap.activate()
             let filter: FlowFilter.Compiled
             do {
                 filter = try (request.filter ?? FlowFilter()).compiled()
@@ -531,6 +533,7 @@ public final class OperationsServer: @unchecked Sendable {
         for (key, value) in sources.status().fields { status[key] = value }
         var flows = JSONObject()
         flows["ring_capacity"] = .unsigned(UInt64(tap.capacity))
+        flows["recording"] = .bool(tap.isActive)
         flows["records_seen"] = .unsigned(tap.nextSequence)
         flows["observers"] = .unsigned(UInt64(max(0, observerCount.load(ordering: .relaxed))))
         flows["observer_flows_dropped"] = .unsigned(observerFlowsDropped)
