@@ -405,3 +405,48 @@ control: {{socket: {control}}}
         assert status["flows"]["recording"] is True
     finally:
         server.stop()
+
+
+def test_hostile_and_conflicting_clients_get_clear_answers(deployment, workdir, start_sluice):
+    def ask(payload):
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(5)
+            client.connect(deployment.socket)
+            client.sendall(payload)
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+            return answer
+
+    assert b'"error":"not a control request' in ask(b"hello\n")
+    assert b'"error":"unknown command \'reboot\'' in ask(b'{"command":"reboot"}\n')
+    assert b'"error":"--http-path' in ask(b'{"command":"observe","filter":{"httpPaths":["("]}}\n')
+    assert b'"error":"request larger than 16384 bytes"' in ask(b"x" * 20000)
+    # The metrics address answers only GET and HEAD, and only its three paths.
+    with socket.create_connection(("127.0.0.1", deployment.metrics_port), timeout=5) as client:
+        client.sendall(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert client.recv(4096).startswith(b"HTTP/1.1 405 ")
+    with socket.create_connection(("127.0.0.1", deployment.metrics_port), timeout=5) as client:
+        client.sendall(b"GET /metrics HTTP/1.1\r\n" + b"X-Junk: " + b"a" * 20000 + b"\r\n\r\n")
+        assert client.recv(4096).startswith(b"HTTP/1.1 400 ")
+    assert deployment.curl("/api/a") == "200"
+
+    # A second sluice configured with the same control socket stops with exit 1 and says why;
+    # the first one keeps serving it.
+    clash = workdir / "clash.yaml"
+    clash.write_text(f"listeners:\n  - {{name: a, mode: explicit, listen: 127.0.0.1:{free_port()}, upstream: 127.0.0.1:1}}\n"
+                     f"control: {{socket: {deployment.socket}}}\n")
+    result = subprocess.run([SLUICE, "run", "--config", str(clash)], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 1 and "another sluice is serving it" in result.stderr, result.stderr
+    assert json.loads(deployment.sluice("status", "-o", "json").stdout)["pid"] == deployment.proxy.pid
+
+
+def test_a_stale_control_socket_file_is_replaced(workdir, start_sluice):
+    path = workdir / "stale.sock"
+    leftover = socket.socket(socket.AF_UNIX)
+    leftover.bind(str(path))  # as a killed sluice leaves it: the file, nobody listening
+    leftover.close()
+    start_sluice(f"listeners:\n  - {{name: a, mode: explicit, listen: 127.0.0.1:{free_port()}, upstream: 127.0.0.1:1}}\n"
+                 f"control: {{socket: {path}}}\n")
+    result = subprocess.run([SLUICE, "status", "--socket", str(path)], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0 and result.stdout.startswith("sluice "), result.stderr

@@ -30,6 +30,26 @@ public struct FlowFilter: Sendable, Codable, Equatable {
 
     public init() {}
 
+    /// Every field may be left out (an empty list: no such filter).
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        func list<T: Decodable>(_ key: CodingKeys) throws -> [T] { try container.decodeIfPresent([T].self, forKey: key) ?? [] }
+        verdicts = try list(.verdicts)
+        namespaces = try list(.namespaces)
+        pods = try list(.pods)
+        fromPods = try list(.fromPods)
+        toPods = try list(.toPods)
+        labels = try list(.labels)
+        fromLabels = try list(.fromLabels)
+        toLabels = try list(.toLabels)
+        protocols = try list(.protocols)
+        types = try list(.types)
+        httpMethods = try list(.httpMethods)
+        httpPaths = try list(.httpPaths)
+        httpStatuses = try list(.httpStatuses)
+        ports = try list(.ports)
+    }
+
     public static let protocolNames: Set<String> = ["http", "dns", "kafka", "tcp", "udp"]
     public static let typeNames: Set<String> = ["l7", "drop", "trace"]
     public static let verdictNames: Set<String> = ["FORWARDED", "DROPPED", "ERROR", "REDIRECTED"]

@@ -289,8 +289,11 @@ public final class OperationsServer: @unchecked Sendable {
                 if client.requestDone { continue }  // nothing more is expected; ignored
                 client.input.append(contentsOf: buffer[0..<count])
                 if client.input.count > Self.maximumRequestBytes {
+                    // Answered; what else arrives is read and discarded, so that closing does
+                    // not reset the connection before the answer is read.
                     answerError(client, "request larger than \(Self.maximumRequestBytes) bytes")
-                    return
+                    client.input = []
+                    continue
                 }
                 handleInput(client)
             } else if count == 0 {
