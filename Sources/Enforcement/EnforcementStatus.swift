@@ -98,7 +98,7 @@ extension PolicyEnforcement {
 
         var entries = MetricFamily("sluice_datapath_map_entries", .gauge, "Entries in each datapath map")
         var capacity = MetricFamily("sluice_datapath_map_capacity", .gauge, "Capacity (max_entries) of each datapath map")
-        var counters = MetricFamily("sluice_datapath_counter_total", .counter, "Datapath counters per reason (packets or new flows)")
+        var counters = MetricFamily("sluice_datapath_events_total", .counter, "Datapath counters per reason (packets or new flows)")
         var redirects = MetricFamily("cilium_proxy_redirects", .gauge,
                                      "Number of redirects installed for endpoints (L7 policy entries diverting to the proxy)")
         if mode == .bpf, installed.load(ordering: .acquiring), let maps = try? DatapathMaps(pinRoot: configuration.datapath.pinRoot) {

@@ -17,7 +17,8 @@ import urllib.request
 
 import pytest
 
-from conftest import IN_CI, SLUICE, Nginx, free_port, wait_for_port
+from conftest import IN_CI, SLUICE, Nginx, free_port, require_root, wait_for_port
+from lab import lab  # noqa: F401  (fixture)
 
 
 POLICY = """
@@ -450,3 +451,50 @@ def test_a_stale_control_socket_file_is_replaced(workdir, start_sluice):
                  f"control: {{socket: {path}}}\n")
     result = subprocess.run([SLUICE, "status", "--socket", str(path)], capture_output=True, text=True, timeout=20)
     assert result.returncode == 0 and result.stdout.startswith("sluice "), result.stderr
+
+
+def test_datapath_metrics_readiness_and_drops_in_the_lab(lab, workdir, start_sluice):
+    """Root: the namespace lab with the eBPF datapath (test_datapath's scenario). /readyz once
+    attached, datapath drops and redirects counted and observed, map fill and status."""
+    require_root("the datapath lab")
+    from test_datapath import BACKEND, INTRUDER, Scenario, wait_until
+    scenario = Scenario(lab, workdir, start_sluice, "bpf")
+    control = str(workdir / "lab.sock")
+    scenario.config_text += f"metrics: {{listen: 127.0.0.1:9962}}\ncontrol: {{socket: {control}}}\n"
+    try:
+        scenario.start_proxy()
+
+        def node_get(path):
+            return lab.run(lab.node, "curl", "-sS", "--max-time", "3", f"http://127.0.0.1:9962{path}", check=False).stdout
+
+        assert node_get("/readyz") == "ready\n"
+        assert scenario.curl("ep1", f"http://{BACKEND}:8080/api/products").stdout == "backend 8080\n"
+        assert scenario.curl("ep3", f"http://{BACKEND}:8080/api/products", timeout=2).returncode != 0
+        text = ""
+
+        def counted():
+            nonlocal text
+            text = node_get("/metrics")
+            return (sample(text, "hubble_drop_total", reason="POLICY_DENIED", protocol="TCP") or 0) >= 1 \
+                and (sample(text, "hubble_flows_processed_total", type="Trace", subtype="to-proxy") or 0) >= 1
+        wait_until(counted, "datapath drops and redirects in the metrics")
+        assert sample(text, "sluice_datapath_map_entries", map="sluice_policy") > 0
+        assert sample(text, "sluice_datapath_map_capacity", map="sluice_ct") > 0
+        assert sample(text, "cilium_proxy_redirects", protocol="tcp") > 0
+        assert sample(text, "hubble_http_requests_total", method="GET", status="200") == 1
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+
+        drops = [json.loads(line)["flow"] for line in subprocess.run(
+            [SLUICE, "observe", "--socket", control, "--type", "drop", "-o", "json"], capture_output=True, text=True).stdout.splitlines()]
+        assert drops and all(flow["verdict"] == "DROPPED" for flow in drops)
+        assert INTRUDER in {flow["IP"]["source"] for flow in drops}
+        status = json.loads(subprocess.run([SLUICE, "status", "--socket", control, "-o", "json"],
+                                           capture_output=True, text=True).stdout)
+        assert status["datapath"]["mode"] == "bpf" and status["datapath"]["attached"] is True
+        assert {entry["name"] for entry in status["datapath"]["maps"]} >= {"sluice_policy", "sluice_ct", "sluice_ipcache"}
+        assert status["datapath"]["counters"]["drop: default deny"] >= 1
+    finally:
+        if scenario.proxy:
+            scenario.proxy.terminate()
+        scenario.teardown()
