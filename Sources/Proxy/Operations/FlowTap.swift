@@ -133,6 +133,12 @@ struct FlowCounters {
 
         init(_ record: JSONObject) {
             for (key, value) in record.fields {
+                // Most of a record's keys are none of these: their first byte says so without
+                // comparing whole strings (this runs for every record, on a worker's thread).
+                switch key.utf8.first {
+                case UInt8(ascii: "v"), UInt8(ascii: "T"), UInt8(ascii: "d"), UInt8(ascii: "p"), UInt8(ascii: "l"): break
+                default: continue
+                }
                 switch key {
                 case "verdict":
                     if case .string(let text) = value {
