@@ -62,7 +62,8 @@ public final class OperationsServer: @unchecked Sendable {
     private var controlListener: Int32 = -1
     public private(set) var controlPath: String?
     public private(set) var metricsAddress: SocketAddress?
-    private var wakeup: [Int32] = [-1, -1]
+    /// An eventfd that `stop()` writes to end the thread's poll.
+    private var wakeup: Int32 = -1
     private var thread: pthread_t?
     private let stopping = Atomic<Bool>(false)
     private let dropped = Atomic<UInt64>(0)
@@ -164,11 +165,8 @@ public final class OperationsServer: @unchecked Sendable {
 
     /// Starts the thread (after the listeners were bound).
     public func start() throws {
-        guard pipe(&wakeup) == 0 else { throw Errno.current("pipe") }
-        for descriptor in wakeup {
-            _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
-        }
+        wakeup = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
+        guard wakeup >= 0 else { throw Errno.current("eventfd") }
         let box = Unmanaged.passRetained(self).toOpaque()
         var handle = pthread_t()
         let result = pthread_create(&handle, nil, { raw in
@@ -186,14 +184,14 @@ public final class OperationsServer: @unchecked Sendable {
     /// Stops the thread, closes every client and listener, and removes the control socket.
     public func stop() {
         stopping.store(true, ordering: .relaxed)
-        if wakeup[1] >= 0 { var byte: UInt8 = 1; _ = Glibc.write(wakeup[1], &byte, 1) }
+        if wakeup >= 0 { var one: UInt64 = 1; _ = Glibc.write(wakeup, &one, 8) }
         if let thread { pthread_join(thread, nil) }
         thread = nil
         if metricsListener >= 0 { Glibc.close(metricsListener); metricsListener = -1 }
         if controlListener >= 0 { Glibc.close(controlListener); controlListener = -1 }
         if let controlPath { unlink(controlPath) }
-        for descriptor in wakeup where descriptor >= 0 { Glibc.close(descriptor) }
-        wakeup = [-1, -1]
+        if wakeup >= 0 { Glibc.close(wakeup) }
+        wakeup = -1
     }
 
     // MARK: The loop
@@ -230,7 +228,7 @@ public final class OperationsServer: @unchecked Sendable {
     private func serve() {
         var buffer = [UInt8](repeating: 0, count: 16 * 1024)
         while !stopping.load(ordering: .relaxed) {
-            var descriptors: [pollfd] = [pollfd(fd: wakeup[0], events: Int16(POLLIN), revents: 0)]
+            var descriptors: [pollfd] = [pollfd(fd: wakeup, events: Int16(POLLIN), revents: 0)]
             if metricsListener >= 0 { descriptors.append(pollfd(fd: metricsListener, events: Int16(POLLIN), revents: 0)) }
             if controlListener >= 0 { descriptors.append(pollfd(fd: controlListener, events: Int16(POLLIN), revents: 0)) }
             for client in clients {
@@ -241,8 +239,8 @@ public final class OperationsServer: @unchecked Sendable {
             let following = clients.contains { $0.observer != nil }
             _ = poll(&descriptors, nfds_t(descriptors.count), following ? 100 : 1000)
             if stopping.load(ordering: .relaxed) { break }
-            var drain = [UInt8](repeating: 0, count: 64)
-            _ = Glibc.read(wakeup[0], &drain, drain.count)
+            var count: UInt64 = 0
+            _ = Glibc.read(wakeup, &count, 8)
             for entry in descriptors where entry.revents != 0 {
                 if entry.fd == metricsListener { accept(from: metricsListener, kind: .http) }
                 else if entry.fd == controlListener { accept(from: controlListener, kind: .control) }
