@@ -16,13 +16,17 @@ import Glibc
 /// `onPolicyChange`, then report `"<cause>: reloaded"`. Any failure before publishing
 /// leaves the previous policy in force, whole, and is reported.
 public final class PolicyEnforcement: @unchecked Sendable {
-    private let configuration: ProxyConfiguration
+    let configuration: ProxyConfiguration
     private let configFile: String
     private let flowLog: FlowLog
     private let report: @Sendable (String) -> Void
     /// The datapath contents in force (for naming identities and rules in event records).
-    private let state = Mutex<DatapathState>(DatapathState())
+    let state = Mutex<DatapathState>(DatapathState())
     private let stopping = Atomic<Bool>(false)
+    /// Policy loads so far and the last one's result (for status and metrics).
+    let loads = Mutex<LoadHistory>(LoadHistory())
+    /// Set once `install` finished: the datapath (if any) is attached and enforcing.
+    let installed = Atomic<Bool>(false)
     /// The mechanism in use, once `install` chose it.
     public private(set) var mode: DatapathConfiguration.Mode = .none
     /// Where reloads write the datapath's view; nil until `install` (or without a datapath).
@@ -87,6 +91,7 @@ public final class PolicyEnforcement: @unchecked Sendable {
         let (snapshot, state) = try load()
         if let snapshot { policy?.replace(with: snapshot) }
         prepared = (snapshot, state)
+        loads.withLock { $0.record(cause: "start", error: nil) }
     }
 
     /// Chooses the mechanism and installs the prepared policies; `listeners` are the
@@ -99,8 +104,8 @@ public final class PolicyEnforcement: @unchecked Sendable {
         } else if mode != .none {
             report("datapath: \(mode.rawValue)")
         }
-        guard mode != .none else { return }
-        guard let (snapshot, desired) = prepared else { return }
+        guard mode != .none else { installed.store(true, ordering: .releasing); return }
+        guard let (snapshot, desired) = prepared else { installed.store(true, ordering: .releasing); return }
         let writer: LearnedAddressWriter?
         switch mode {
         case .bpf:
@@ -130,6 +135,7 @@ public final class PolicyEnforcement: @unchecked Sendable {
             (writer as? BPFLearnedAddresses)?.removeAll(except: learner.entries)
             if restored > 0 { report("fqdn: \(restored) learned address(es) restored from \(learner.stateFile ?? "")") }
         }
+        installed.store(true, ordering: .releasing)
     }
 
     /// Loads the policy files into a new snapshot for the proxy and, when a datapath is in
@@ -235,8 +241,10 @@ public final class PolicyEnforcement: @unchecked Sendable {
                     policy?.replace(with: snapshot)
                     onPolicyChange?()
                 }
+                loads.withLock { $0.record(cause: cause, error: nil) }
                 report("\(cause): reloaded" + (done.isEmpty ? "" : "; \(done)"))
             } catch {
+                loads.withLock { $0.record(cause: cause, error: "\(error)") }
                 report("\(cause) but was not applied (the previous policy stays in force): \(error)")
             }
         }

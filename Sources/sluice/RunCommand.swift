@@ -66,9 +66,44 @@ struct RunCommand: ParsableCommand {
             return
         }
 
+        // The operations endpoints are bound first: a bad metrics address stops sluice before
+        // it serves anything. Without either, the tap is left out.
+        // Records cost most of what observing costs: with metrics configured, or a flow-log
+        // sink making them anyway, they feed the tap from the start; with the control socket
+        // alone, from the first 'sluice observe' on (an unwatched sluice makes none).
+        let tap = FlowTap(capacity: configuration.control.flowRing,
+                          active: configuration.metrics.listen != nil || configuration.flowLog.sink != .none)
+        let operations = OperationsServer(tap: tap, nodeName: Self.hostName(), version: Sluice.version)
+        var operationsBound = false
+        if let address = configuration.metrics.listen {
+            do {
+                try operations.listenMetrics(on: address)
+                operationsBound = true
+            } catch {
+                printError("\(config): metrics.listen \(address): \(error)")
+                throw ExitCode(1)
+            }
+        }
+        if let path = configuration.control.socket {
+            do {
+                try operations.listenControl(at: path)
+                operationsBound = true
+            } catch {
+                // The default path is a convenience: without it sluice still serves (and says so).
+                guard path == ControlSettings.defaultSocket else {
+                    printError("\(config): control.socket: \(error)")
+                    throw ExitCode(1)
+                }
+                printError("control socket: \(error); 'sluice observe' and 'sluice status' are unavailable "
+                           + "(set control.socket to a path this process may create)")
+            }
+        }
+        // Closes the endpoints (and removes the control socket) on every way out.
+        defer { operations.stop() }
+
         let flowLog: FlowLog
         do {
-            flowLog = try FlowLog.open(configuration.flowLog)
+            flowLog = try FlowLog.open(configuration.flowLog, tap: operationsBound ? tap : nil)
         } catch {
             printError("\(config): flowLog: cannot open the sink: \(error)")
             throw ExitCode(2)
@@ -101,6 +136,27 @@ struct RunCommand: ParsableCommand {
             printError("\(error)")
             throw ExitCode(1)
         }
+        let startedConfiguration = configuration
+        operations.sources.metrics = { [server, enforcement, flowLog] in
+            Self.metricFamilies(gauges: server.gauges(), enforcement: enforcement, flowLog: flowLog)
+        }
+        operations.sources.status = { [server, enforcement, flowLog] in
+            Self.status(configuration: startedConfiguration, gauges: server.gauges(), enforcement: enforcement, flowLog: flowLog)
+        }
+        operations.sources.notReady = { [enforcement] in enforcement.notReady }
+        if operationsBound {
+            do {
+                try operations.start()
+            } catch {
+                printError("operations: \(error)")
+                server.stopNow()
+                server.join()
+                throw ExitCode(1)
+            }
+            if let address = operations.metricsAddress { printError("metrics: http://\(address)/metrics (and /healthz, /readyz)") }
+            if let path = operations.controlPath { printError("control: \(path) (sluice observe, sluice status)") }
+        }
+
         // Listeners are bound before the datapath diverts anything to them.
         do {
             try enforcement.install(listeners: server.transparentStreamListeners)
@@ -144,6 +200,61 @@ struct RunCommand: ParsableCommand {
         if flowLog.droppedRecords > 0 {
             printError("flow log: \(flowLog.droppedRecords) record(s) dropped (sink too slow or gone)")
         }
+    }
+
+    static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
+        return String(cString: buffer)
+    }
+
+    /// Sluice's own series: connections per listener, buffers, the flow-log sink's drops,
+    /// then the policy side's.
+    static func metricFamilies(gauges: WorkerGauges, enforcement: PolicyEnforcement, flowLog: FlowLog) -> [MetricFamily] {
+        var connections = MetricFamily("sluice_listener_connections", .gauge,
+                                       "Open connections per listener (UDP listeners: flows)")
+        for (name, count) in gauges.connections.sorted(by: { $0.key < $1.key }) { connections.add([("listener", name)], Double(count)) }
+        var buffers = MetricFamily("sluice_buffers_in_use", .gauge, "Relay buffer blocks lent to connections")
+        buffers.add([], Double(gauges.buffersInUse))
+        var cached = MetricFamily("sluice_buffers_cached", .gauge, "Relay buffer blocks kept for reuse")
+        cached.add([], Double(gauges.buffersCached))
+        var sinkDropped = MetricFamily("sluice_flow_log_dropped_total", .counter,
+                                       "Flow records the flow-log sink could not take (too slow or gone)")
+        sinkDropped.add([], Double(flowLog.droppedRecords))
+        return [connections, buffers, cached, sinkDropped] + enforcement.metricFamilies()
+    }
+
+    /// The proxy's part of `sluice status` (listeners, connections), then the policy side's.
+    static func status(configuration: ProxyConfiguration, gauges: WorkerGauges, enforcement: PolicyEnforcement,
+                       flowLog: FlowLog) -> JSONObject {
+        var status = enforcement.status()
+        status["listeners"] = .array(configuration.listeners.map { listener in
+            var entry = JSONObject()
+            entry["name"] = .string(listener.name)
+            entry["address"] = .string("\(listener.address)")
+            switch listener.kind {
+            case .explicit(let upstream):
+                entry["mode"] = .string("explicit -> \(upstream)")
+                entry["protocol"] = .string("tcp")
+            case .transparentTCP:
+                entry["mode"] = .string("transparent")
+                entry["protocol"] = .string("tcp")
+            case .transparentUDP:
+                entry["mode"] = .string("transparent")
+                entry["protocol"] = .string("udp")
+            }
+            entry["connections"] = .unsigned(UInt64(gauges.connections[listener.name] ?? 0))
+            return .object(entry)
+        })
+        var connections = JSONObject()
+        connections["open"] = .unsigned(UInt64(gauges.connections.values.reduce(0, +)))
+        connections["buffers_in_use"] = .unsigned(UInt64(gauges.buffersInUse))
+        connections["workers"] = .unsigned(UInt64(configuration.workers))
+        status["connections"] = .object(connections)
+        var flows = JSONObject()
+        flows["flow_log_dropped"] = .unsigned(flowLog.droppedRecords)
+        status["flows"] = .object(flows)
+        return status
     }
 
     private func describe(_ listener: ListenerConfiguration) -> String {

@@ -20,7 +20,7 @@ struct Sluice: ParsableCommand {
         Exit codes: 0 success, 1 runtime failure, 2 bad input (flags, configuration, policy).
         """,
         version: version,
-        subcommands: [RunCommand.self, PolicyCommand.self, ReplayCommand.self, DatapathCommand.self, FQDNCommand.self, VersionCommand.self, DebugCommand.self])
+        subcommands: [RunCommand.self, ObserveCommand.self, StatusCommand.self, PolicyCommand.self, ReplayCommand.self, DatapathCommand.self, FQDNCommand.self, VersionCommand.self, DebugCommand.self])
 
     /// Runs the command; usage and validation errors exit with 2, like a bad configuration.
     static func main() {

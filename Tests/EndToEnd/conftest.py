@@ -158,7 +158,7 @@ flowLog: {{sink: file, path: "@FLOWS@"}}
 class Nginx:
     """A real nginx on 127.0.0.1 with its own prefix, config, and access log."""
 
-    def __init__(self, workdir, port, extra_locations="", listen_options="", extra_servers=""):
+    def __init__(self, workdir, port, extra_locations="", listen_options="", extra_servers="", host="127.0.0.1"):
         self.prefix = pathlib.Path(workdir) / "nginx"
         self.prefix.mkdir()
         (self.prefix / "www").mkdir()
@@ -180,7 +180,7 @@ http {{
   scgi_temp_path {self.prefix}/scgi;
   keepalive_requests 100000;
   server {{
-    listen 127.0.0.1:{port}{" " + listen_options if listen_options else ""};
+    listen {host}:{port}{" " + listen_options if listen_options else ""};
     root {self.prefix}/www;
     location = /hello {{ return 200 "hello from nginx\\n"; }}
     {extra_locations}
@@ -190,7 +190,7 @@ http {{
 """)
         self.process = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(self.prefix)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(port)
+        wait_for_port(port, host=host)
 
     @property
     def www(self):

@@ -66,6 +66,13 @@ public final class DatapathMaps {
          ("sluice_fqdn", learned.count), ("sluice_fqdn6", learned6.count)]
     }
 
+    /// Entries and capacity per map, for metrics (`sluice_datapath_map_entries`).
+    public func fill() -> [(name: String, entries: Int, capacity: Int)] {
+        [("sluice_ipcache", addresses.count, addresses.capacity), ("sluice_enforce", enforcement.count, enforcement.capacity),
+         ("sluice_policy", policy.count, policy.capacity), ("sluice_ct", connections.count, connections.capacity),
+         ("sluice_fqdn", learned.count, learned.capacity)]
+    }
+
     /// What the maps hold now (connection tracking excluded).
     public func read() -> DatapathState {
         var state = DatapathState()

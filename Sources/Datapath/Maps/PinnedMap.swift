@@ -64,6 +64,14 @@ public final class BPFMap<Key, Value> {
     }
 
     public var count: Int { keys().count }
+
+    /// The map's capacity (`max_entries`), 0 when the kernel does not say.
+    public var capacity: Int {
+        var info = bpf_map_info()
+        var length = UInt32(MemoryLayout<bpf_map_info>.size)
+        guard bpf_obj_get_info_by_fd(descriptor, &info, &length) == 0 else { return 0 }
+        return Int(info.max_entries)
+    }
 }
 
 /// A per-CPU array of counters: the kernel returns one value per possible CPU.

@@ -238,6 +238,9 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
         }
     }
 
+    /// How many addresses are learned now (the FQDN cache's size).
+    public var count: Int { state.withLock { $0.store.count } }
+
     /// What is learned now, as the datapath holds it.
     public var entries: [LearnedEntry] {
         state.withLock { $0.store.records.map(\.entry) }

@@ -80,7 +80,7 @@ public struct ConfigurationLoader {
     // MARK: Document
 
     private func configuration(from root: Node) throws(ConfigurationError) -> ProxyConfiguration {
-        let document = try mapping(root, path: "", allowed: ["workers", "proxyMark", "listeners", "timeouts", "limits", "flowLog", "datapath", "policy", "http", "dns", "kafka", "fqdn"])
+        let document = try mapping(root, path: "", allowed: ["workers", "proxyMark", "listeners", "timeouts", "limits", "flowLog", "datapath", "policy", "http", "dns", "kafka", "fqdn", "metrics", "control"])
         var workers = defaultWorkers
         if let node = document["workers"] {
             workers = try integer(node, path: "workers", range: 1...256)
@@ -221,6 +221,31 @@ public struct ConfigurationLoader {
         configuration.dns = dns
         configuration.kafka = kafka
         configuration.fqdn = fqdn
+        if let node = document["metrics"] {
+            let fields = try mapping(node, path: "metrics", allowed: ["listen"])
+            if let value = fields["listen"] {
+                if try string(value, path: "metrics.listen") != "none" {
+                    configuration.metrics.listen = try socketAddress(value, path: "metrics.listen")
+                }
+            }
+        }
+        if let node = document["control"] {
+            let fields = try mapping(node, path: "control", allowed: ["socket", "flowRing"])
+            if let value = fields["socket"] {
+                let text = try string(value, path: "control.socket")
+                guard text == "none" || text.hasPrefix("/") else {
+                    throw error(value, path: "control.socket", "expected an absolute path or 'none', got '\(text)'")
+                }
+                // sockaddr_un.sun_path holds 108 bytes with the terminating zero.
+                guard text.utf8.count < 108 else {
+                    throw error(value, path: "control.socket", "expected a path under 108 bytes (a Unix socket's limit)")
+                }
+                configuration.control.socket = text == "none" ? nil : text
+            }
+            if let value = fields["flowRing"] {
+                configuration.control.flowRing = try integer(value, path: "control.flowRing", range: 16...1_000_000)
+            }
+        }
         return configuration
     }
 

@@ -23,6 +23,10 @@ public struct ProxyConfiguration: Sendable, Equatable {
     public var kafka = KafkaSettings()
     /// toFQDNs: lifetime and caps of learned addresses.
     public var fqdn = FQDNSettings()
+    /// The Prometheus endpoint (`/metrics`, `/healthz`, `/readyz`); off unless configured.
+    public var metrics = MetricsSettings()
+    /// The control socket `sluice observe` and `sluice status` talk to, and the flow ring.
+    public var control = ControlSettings()
 
     public init(workers: Int, proxyMark: UInt32 = 0xa00, listeners: [ListenerConfiguration],
                 timeouts: Timeouts = Timeouts(), limits: Limits = Limits(), flowLog: FlowLogConfiguration = .init(),
@@ -258,4 +262,23 @@ public struct FlowLogConfiguration: Sendable, Equatable {
 
     public var sink: Sink = .stdout
     public init(sink: Sink = .stdout) { self.sink = sink }
+}
+
+/// The `metrics` section: where `/metrics`, `/healthz` and `/readyz` are served over HTTP.
+public struct MetricsSettings: Sendable, Equatable {
+    /// The TCP address to listen on (nil: no metrics endpoint).
+    public var listen: SocketAddress?
+    public init(listen: SocketAddress? = nil) { self.listen = listen }
+}
+
+/// The `control` section: the Unix socket of `sluice observe` and `sluice status`, and how
+/// many recent flows the in-memory ring keeps for them.
+public struct ControlSettings: Sendable, Equatable {
+    public static let defaultSocket = "/run/sluice/sluice.sock"
+    /// The socket's path (nil: none). When it is the default and its directory cannot be
+    /// made, sluice runs without it and says so; a configured path that fails stops sluice.
+    public var socket: String? = ControlSettings.defaultSocket
+    /// Flow records kept for `sluice observe` (the last N; Hubble keeps 4095).
+    public var flowRing = 4096
+    public init() {}
 }

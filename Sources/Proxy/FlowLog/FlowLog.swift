@@ -8,31 +8,39 @@ import Glibc
 /// Each record is written with a single `write` under a lock, so lines from different
 /// workers never interleave. A Unix-socket collector that cannot keep up loses records
 /// (counted in `droppedRecords`) instead of stalling the proxy.
+///
+/// With a `tap`, every record is also counted for metrics and kept in the ring `sluice
+/// observe` reads; with the sink `none`, records are made for the tap alone while it is
+/// active (`FlowTap.activate`).
 public final class FlowLog: Sendable {
     private let descriptor: Int32
     private let ownsDescriptor: Bool
+    /// Where every record is counted and kept for observers (nil: nowhere).
+    public let tap: FlowTap?
     private let lock = Mutex<Void>(())
     private let dropped = Atomic<UInt64>(0)
 
     /// A log that writes nothing.
-    public static func disabled() -> FlowLog { FlowLog(descriptor: -1, owns: false) }
+    public static func disabled() -> FlowLog { FlowLog(descriptor: -1, owns: false, tap: nil) }
 
-    private init(descriptor: Int32, owns: Bool) {
+    private init(descriptor: Int32, owns: Bool, tap: FlowTap?) {
         self.descriptor = descriptor
         self.ownsDescriptor = owns
+        self.tap = tap
     }
 
     /// Opens the configured sink; throws with the path and the reason when it cannot.
-    public static func open(_ configuration: FlowLogConfiguration) throws -> FlowLog {
+    /// Records also go to `tap` when given.
+    public static func open(_ configuration: FlowLogConfiguration, tap: FlowTap? = nil) throws -> FlowLog {
         switch configuration.sink {
         case .none:
-            return .disabled()
+            return FlowLog(descriptor: -1, owns: false, tap: tap)
         case .stdout:
-            return FlowLog(descriptor: STDOUT_FILENO, owns: false)
+            return FlowLog(descriptor: STDOUT_FILENO, owns: false, tap: tap)
         case .file(let path):
             let descriptor = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
             guard descriptor >= 0 else { throw Errno.current("open(\(path))") }
-            return FlowLog(descriptor: descriptor, owns: true)
+            return FlowLog(descriptor: descriptor, owns: true, tap: tap)
         case .unixSocket(let path):
             let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard descriptor >= 0 else { throw Errno.current("socket(AF_UNIX)") }
@@ -57,7 +65,7 @@ public final class FlowLog: Sendable {
                 throw error
             }
             _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) | O_NONBLOCK)
-            return FlowLog(descriptor: descriptor, owns: true)
+            return FlowLog(descriptor: descriptor, owns: true, tap: tap)
         }
     }
 
@@ -65,11 +73,13 @@ public final class FlowLog: Sendable {
         if ownsDescriptor { Glibc.close(descriptor) }
     }
 
-    public var isEnabled: Bool { descriptor >= 0 }
+    /// Whether records are wanted at all (a sink or an active tap); callers make none otherwise.
+    public var isEnabled: Bool { descriptor >= 0 || tap?.isActive == true }
     public var droppedRecords: UInt64 { dropped.load(ordering: .relaxed) }
 
     /// Writes one record as one line.
     public func write(_ record: JSONObject) {
+        if let tap, tap.isActive { tap.record(record) }
         guard descriptor >= 0 else { return }
         var utf8: [UInt8] = []
         utf8.reserveCapacity(768)

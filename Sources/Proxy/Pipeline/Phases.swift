@@ -38,7 +38,8 @@
 ///    session allowed, answered or rewrote.
 /// 7. **Report** — `FlowRecords` builds every flow record: the worker's one per finished
 ///    connection or UDP flow, and the sessions' one per request and response, written to the
-///    configured `FlowLog`.
+///    configured `FlowLog`, whose one tap (`FlowTap`) counts it for `/metrics` and keeps it
+///    in the ring `sluice observe` reads.
 public enum PipelinePhase: String, CaseIterable, Sendable {
     case accept, identify, detectProtocol, parse, evaluate, act, report
 }

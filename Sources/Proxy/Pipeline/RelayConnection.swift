@@ -183,6 +183,8 @@ public final class RelayConnection: EventHandler {
     private let loop: EventLoop
     private let profile: RelayProfile
     public var settings: RelaySettings { profile.settings }
+    /// The listener that accepted the connection.
+    public var listenerName: String { profile.listenerName }
     /// The L7 half (nil: an L4 relay): the session and its byte queues, without sockets.
     private var driver: StreamDriver?
     /// How the connection is reported once the driver's close has flushed, when the relay

@@ -126,6 +126,26 @@ public final class ProxyServer: @unchecked Sendable {
         }
     }
 
+    /// Every worker's gauges, summed, as each worker reads them on its own thread; a worker
+    /// that does not answer within `timeout` (nanoseconds) is left out. Safe from any thread.
+    public func gauges(timeout: UInt64 = 200_000_000) -> WorkerGauges {
+        let handles = handles.withLock { $0 }
+        let collected = GaugeCollection()
+        let answered = DispatchSemaphore(value: 0)
+        for handle in handles {
+            handle.execute { loop in
+                if let worker = loop.owner as? Worker {
+                    let gauges = worker.gauges
+                    collected.sum.withLock { $0.add(gauges) }
+                }
+                answered.signal()
+            }
+        }
+        let deadline = DispatchTime.now() + .nanoseconds(Int(timeout))
+        for _ in handles where answered.wait(timeout: deadline) == .timedOut { break }
+        return collected.sum.withLock { $0 }
+    }
+
     /// Aborts every connection now. Safe from any thread.
     public func stopNow() {
         for handle in handles.withLock({ $0 }) {
@@ -140,6 +160,10 @@ public final class ProxyServer: @unchecked Sendable {
         threads.removeAll()
         return workers.withLock { reports in reports.keys.sorted().map { reports[$0]! } }
     }
+}
+
+private final class GaugeCollection: Sendable {
+    let sum = Mutex<WorkerGauges>(WorkerGauges())
 }
 
 private final class WorkerThreadContext {

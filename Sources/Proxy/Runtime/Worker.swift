@@ -18,6 +18,20 @@ public struct WorkerCounters: Sendable {
     public var descriptorsExhausted: UInt64 = 0
 }
 
+/// A worker's open connections per listener (UDP: flows) and its buffer blocks.
+public struct WorkerGauges: Sendable {
+    public var connections: [String: Int] = [:]
+    public var buffersInUse = 0
+    public var buffersCached = 0
+    public init() {}
+
+    public mutating func add(_ other: WorkerGauges) {
+        for (name, count) in other.connections { connections[name, default: 0] += count }
+        buffersInUse += other.buffersInUse
+        buffersCached += other.buffersCached
+    }
+}
+
 /// One event-loop thread's share of the proxy: its own listening sockets (bound with
 /// `SO_REUSEPORT`), its connections and its buffer pool. Nothing here is shared with other
 /// workers except the flow log.
@@ -137,6 +151,17 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     static func isIPv6Unavailable(_ error: Error) -> Bool {
         guard let error = error as? Errno else { return false }
         return error.code == EADDRNOTAVAIL || error.code == EAFNOSUPPORT
+    }
+
+    /// What this worker holds now, for metrics and status (read on its own thread).
+    public var gauges: WorkerGauges {
+        var gauges = WorkerGauges()
+        for listener in streamListeners { gauges.connections[listener.name] = 0 }
+        for connection in connections.values { gauges.connections[connection.listenerName, default: 0] += 1 }
+        for listener in datagramListeners { gauges.connections[listener.name] = listener.flowCount }
+        gauges.buffersInUse = bufferPool.outstanding
+        gauges.buffersCached = bufferPool.cachedCount
+        return gauges
     }
 
     /// Port and descriptor of each transparent TCP listener (for the datapath's listener map).

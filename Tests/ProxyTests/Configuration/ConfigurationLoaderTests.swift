@@ -181,4 +181,23 @@ import Testing
         #expect(configuration.limits.maxConnectionsPerWorker == nil, "derived from the descriptor limit at start")
         #expect(Limits.connectionsPerWorker(descriptorLimit: 20_000, workers: 2) == 4_984)
     }
+
+    @Test func metricsAndTheControlSocketAreRead() throws {
+        let listeners = "listeners:\n  - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n"
+        let defaults = try load(listeners)
+        #expect(defaults.metrics.listen == nil, "no metrics endpoint unless configured")
+        #expect(defaults.control.socket == "/run/sluice/sluice.sock" && defaults.control.flowRing == 4096)
+        let set = try load("metrics: {listen: 127.0.0.1:9965}\ncontrol: {socket: /tmp/s.sock, flowRing: 100}\n" + listeners)
+        #expect(set.metrics.listen == SocketAddress("127.0.0.1:9965"))
+        #expect(set.control.socket == "/tmp/s.sock" && set.control.flowRing == 100)
+        #expect(try load("control: {socket: none}\nmetrics: {listen: none}\n" + listeners).control.socket == nil)
+        let long = "/tmp/" + String(repeating: "x", count: 120)
+        for (text, key) in [("metrics: {listen: localhost}", "metrics.listen"), ("metrics: {listen: 127.0.0.1}", "metrics.listen"),
+                            ("metrics: {port: 9}", "metrics.port"), ("control: {socket: relative.sock}", "control.socket"),
+                            ("control: {socket: \(long)}", "control.socket"), ("control: {flowRing: 3}", "control.flowRing"),
+                            ("control: {flowRing: many}", "control.flowRing")] {
+            let error = #expect(throws: ConfigurationError.self) { try load(text + "\n" + listeners) }
+            #expect(error.map { "\($0)".contains(key) } == true, "\(text): \(String(describing: error))")
+        }
+    }
 }
