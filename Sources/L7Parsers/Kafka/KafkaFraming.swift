@@ -24,6 +24,14 @@ public struct KafkaRequestHeader: Sendable, Equatable {
     public var clientID: Range<Int>?
     /// Where the body starts, counted from the start of the buffer (size prefix included).
     public var bodyOffset: Int
+
+    public init(apiKey: Int16, apiVersion: Int16, correlationID: Int32, clientID: Range<Int>?, bodyOffset: Int) {
+        self.apiKey = apiKey
+        self.apiVersion = apiVersion
+        self.correlationID = correlationID
+        self.clientID = clientID
+        self.bodyOffset = bodyOffset
+    }
 }
 
 public enum KafkaFraming {
