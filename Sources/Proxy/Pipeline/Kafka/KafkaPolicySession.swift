@@ -419,8 +419,14 @@ public final class KafkaPolicySession: L7Session {
             malformedCount &+= 1
             return .close(reason: "Kafka response \(correlationID) answers no outstanding request")
         }
-        let entry = pending[pendingHead]
         let frameEnd = 4 + length
+        if context.reporter == nil, pending[pendingHead].apiKey != 3, pending[pendingHead].apiKey != 18 {
+            // Nothing to record and nothing to learn or rewrite (a plain answer to an allowed
+            // request, as most are): it passes unread.
+            dropHead()
+            return .pass(frameEnd)
+        }
+        let entry = pending[pendingHead]
         let isMetadata = entry.apiKey == 3
         // Metadata (topic IDs) and ApiVersions (what clients may use) are always read; other
         // responses only for the error code a flow record carries, when records are kept.
@@ -504,14 +510,16 @@ public final class KafkaPolicySession: L7Session {
     }
 
     private func dequeue() -> Pending {
-        defer {
-            pendingHead += 1
-            if pendingHead == pending.count {
-                pending.removeAll(keepingCapacity: true)
-                pendingHead = 0
-            }
-        }
+        defer { dropHead() }
         return pending[pendingHead]
+    }
+
+    private func dropHead() {
+        pendingHead += 1
+        if pendingHead == pending.count {
+            pending.removeAll(keepingCapacity: true)
+            pendingHead = 0
+        }
     }
 
     /// Ends the connection after the responses owed for earlier requests.
