@@ -70,12 +70,17 @@ public enum KafkaFraming {
                                   bodyOffset: reader.offset)
     }
 
-    /// Skips a tagged-field section.
+    /// Skips a tagged-field section. Its tags must be in strictly increasing order (KIP-482),
+    /// as the codec (`KafkaCodec.decode`) requires: what the streaming readers let through
+    /// is what the codec reads.
     public static func skipTaggedFields(_ reader: inout KafkaReader) throws(KafkaCodecError) {
         let count = try reader.unsignedVarint()
         guard Int(count) <= reader.remaining else { throw KafkaCodecError("\(count) tagged fields in \(reader.remaining) bytes") }
+        var previous: UInt32?
         for _ in 0..<count {
-            _ = try reader.unsignedVarint()
+            let tag = try reader.unsignedVarint()
+            if let previous, tag <= previous { throw KafkaCodecError("tagged field \(tag) out of order") }
+            previous = tag
             let size = Int(try reader.unsignedVarint())
             _ = try reader.take(size)
         }
