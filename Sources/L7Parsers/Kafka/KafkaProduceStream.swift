@@ -146,7 +146,11 @@ public struct KafkaProduceStream: Sendable {
         let firstTopic = topicEntries.count
         func finish(_ records: Int, last: Bool, _ reader: KafkaReader) throws(KafkaCodecError) -> Piece {
             frameRemaining -= reader.offset - start + records
-            guard frameRemaining >= 0 else { throw KafkaCodecError("records of \(records) bytes past the end of the frame") }
+            // Records pass before what follows them is read: they must leave room for it, or
+            // the broker would get a whole request that ends inside its structure.
+            guard frameRemaining >= (last ? 0 : minimumRest()) else {
+                throw KafkaCodecError("records of \(records) bytes leave no room for the rest of the request")
+            }
             return Piece(structureBytes: reader.offset, recordBytes: records, topics: firstTopic..<topicEntries.count,
                          isLast: last)
         }
@@ -211,6 +215,17 @@ public struct KafkaProduceStream: Sendable {
                 throw KafkaCodecError("read past the end")
             }
         }
+    }
+
+    /// The fewest bytes the request's structure takes after the records of the current
+    /// partition: its tagged fields, the partitions and topics still to come (each at its
+    /// smallest: no records, no tags), the topic's and the request's tagged fields.
+    private func minimumRest() -> Int {
+        let tags = flexible ? 1 : 0
+        let count = flexible ? 1 : 4
+        let partition = 4 + (flexible ? 1 : 4) + tags
+        let topic = (version >= 13 ? 16 : (flexible ? 1 : 2)) + count + tags
+        return tags + (partitionsLeft - 1) * partition + tags + (topicsLeft - 1) * topic + tags
     }
 
     private func count(_ reader: inout KafkaReader) throws(KafkaCodecError) -> Int {

@@ -204,6 +204,22 @@ import PolicyEngine
         #expect(connection.deliveredToClient.isEmpty)
     }
 
+    /// fuzz-kafka found it (Fuzz/Corpus/kafka/regression-produce-records-to-the-frame-end): a
+    /// ProduceRequest claiming 8 partitions whose first one's records reach the frame's end.
+    /// The records streamed, so the broker got a whole request that ends inside its own
+    /// structure. Now records must leave room for what the request still has to say.
+    @Test func recordsThatLeaveNoRoomForTheRestOfTheRequestReachNothing() throws {
+        var frame = Self.produce(["orders"], version: 3, correlation: 1)
+        // v3: size, key, version, correlation, client ID "test", null transactional ID, acks,
+        // timeout, one topic "orders", then its partition count (int32) at 38..<42.
+        #expect(frame[38..<42] == [0, 0, 0, 1])
+        frame[41] = 8
+        var (connection, session, _) = try Self.connection()
+        connection.clientSends(frame)
+        #expect(connection.closedReason != nil && session.malformedCount == 1)
+        #expect(connection.deliveredToServer.isEmpty)
+    }
+
     @Test func topicIDsAreJudgedByNamesLearnedFromMetadata() throws {
         let directory = KafkaTopicDirectory()
         let orders = KafkaUUID(high: 1, low: 2)
