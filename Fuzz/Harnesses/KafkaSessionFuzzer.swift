@@ -132,6 +132,7 @@ public enum KafkaSessionFuzzer {
         // The secret ID is checked only when the broker's bytes cannot have taught it another name.
         let secretIDMayBeRelearned = server.firstRange(of: secretIDBytes) != nil
         checkReachedBroker(connection.deliveredToServer, secretIDMayBeRelearned: secretIDMayBeRelearned)
+        connection.release()
         return Outcome(toBroker: connection.deliveredToServer, toClient: connection.deliveredToClient,
                        closedReason: connection.closedReason)
     }
