@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import L7Parsers
 import PolicyEngine
 
@@ -543,16 +546,23 @@ public final class KafkaPolicySession: L7Session {
 
     /// A topic name's text (its bytes are UTF-8, checked by `KafkaProduceStream`).
     private func topicText(_ bytes: ArraySlice<UInt8>) -> String {
-        if bytes.elementsEqual(lastTopic.bytes) { return lastTopic.text }
+        if bytes.withUnsafeBytes({ Self.same($0, lastTopic.bytes) }) { return lastTopic.text }
         let text = String(decoding: bytes, as: UTF8.self)
         lastTopic = (Array(bytes), text)
         return text
     }
 
+    /// Whether `bytes` are `known`'s bytes (one `memcmp`, not a generic element loop).
+    private static func same(_ bytes: UnsafeRawBufferPointer, _ known: [UInt8]) -> Bool {
+        known.withUnsafeBytes { known in
+            bytes.count == known.count && (bytes.isEmpty || memcmp(bytes.baseAddress!, known.baseAddress!, bytes.count) == 0)
+        }
+    }
+
     private func clientIDText(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>?) -> String? {
         guard let range else { return nil }
         let slice = UnsafeRawBufferPointer(rebasing: bytes[range])
-        if lastClientID.text != nil, slice.elementsEqual(lastClientID.bytes) { return lastClientID.text }
+        if lastClientID.text != nil, Self.same(slice, lastClientID.bytes) { return lastClientID.text }
         let text = String(decoding: slice, as: UTF8.self)
         lastClientID = (Array(slice), text)
         return text
