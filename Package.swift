@@ -82,6 +82,7 @@ let package = Package(
                           path: "Fuzz/Targets/PolicyLoader"),
         .executableTarget(name: "fuzz-dns", dependencies: ["SluiceFuzzHarnesses"], path: "Fuzz/Targets/DNS"),
         .executableTarget(name: "fuzz-http2", dependencies: ["SluiceFuzzHarnesses"], path: "Fuzz/Targets/HTTP2"),
+        .executableTarget(name: "fuzz-kafka", dependencies: ["SluiceFuzzHarnesses"], path: "Fuzz/Targets/Kafka"),
         .testTarget(name: "FuzzCorpusTests", dependencies: ["SluiceFuzzHarnesses"], path: "Fuzz/Tests"),
 
         .testTarget(name: "ProxyTests", dependencies: ["Proxy", "COpenSSL", "L7Parsers", "PolicyEngine"]),

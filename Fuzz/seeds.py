@@ -201,6 +201,9 @@ def http2_seeds():
         return HeadersFrame(stream, data=block, flags=["END_HEADERS"] + (["END_STREAM"] if end else [])).serialize()
 
     def conversation(client, server=b"", read=0, flags=0):
+        # Both sides deliver `read` bytes a round: a broker's bytes can come before the
+        # request they answer is whole (and close the connection), so seeds with broker
+        # bytes read all at once; the fuzzer varies it.
         return bytes([read, flags]) + client + SEPARATOR + server
 
     client = hpack.Encoder()
@@ -251,7 +254,160 @@ def http2_seeds():
     return seeds
 
 
+def kafka_message(cls, fields=None, version=None, **values):
+    """A kafka-python message or nested struct from plain values (dicts for structs)."""
+    import re
+    fields = fields if fields is not None else cls._json["fields"]
+    kwargs = {}
+    for field in fields:
+        key = re.sub(r"(?<!^)(?=[A-Z])", "_", field["name"]).lower()
+        if key not in values:
+            continue
+        value = values[key]
+        kind = field["type"]
+        inner = kind[2:] if kind.startswith("[]") else kind
+        if field.get("fields") is not None and value is not None:
+            nested = getattr(cls, inner)
+            if kind.startswith("[]"):
+                value = [kafka_message(nested, field["fields"], **item) for item in value]
+            else:
+                value = kafka_message(nested, field["fields"], **value)
+        kwargs[key] = value
+    if version is not None:
+        kwargs["version"] = version
+    return cls(**kwargs)
+
+
+def kafka_seeds():
+    """Kafka conversations (the client's request frames, then the broker's response frames),
+    encoded by kafka-python 3.x: produce allowed and denied (first topic, later topic, acks=0,
+    by topic ID), Metadata naming an allowed and a refused topic (narrowed, then widened),
+    ApiVersions, Fetch by topic ID, a consumer group's requests, old versions, and hostile
+    frames. fuzz-kafka inputs: 1 byte read size (0 = all at once), 1 byte flags (1 = the client
+    stops reading, 2 = the broker closes, 4 = small limits), the client's bytes,
+    "\\n--server--\\n", the broker's bytes. The harness's policy allows produce and consume on
+    `orders`; its directory knows topic ID 11..11 as `orders` and 22..22 as `secret`."""
+    import struct
+    import time
+    import uuid
+    from kafka.protocol.consumer import FetchRequest, FetchResponse, JoinGroupRequest, ListOffsetsRequest
+    from kafka.protocol.metadata import (ApiVersionsRequest, ApiVersionsResponse, FindCoordinatorRequest,
+                                         FindCoordinatorResponse, MetadataRequest, MetadataResponse)
+    from kafka.protocol.producer import ProduceRequest, ProduceResponse
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+    orders_id, secret_id = uuid.UUID(bytes=b"\x11" * 16), uuid.UUID(bytes=b"\x22" * 16)
+
+    def frame(message, version, correlation, client_id="fuzz"):
+        message.with_header(correlation_id=correlation, client_id=client_id)
+        return bytes(message.encode(version=version, header=True, framed=True))
+
+    def answer(cls, version, correlation, **values):
+        # A response's version is given when it is made (kafka-python's response header has
+        # no version of its own to set).
+        message = kafka_message(cls, version=version, **values)
+        message.with_header(correlation_id=correlation)
+        return bytes(message.encode(header=True, framed=True))
+
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 16)
+    builder.append(0, timestamp=1700000000000, key=b"k", value=b"v" * 40, headers=[])
+    records = bytes(builder.build())
+
+    def produce(topics, version=9, correlation=1, acks=1, by_id=False):
+        data = [{"name": "" if by_id else topic, "topic_id": topic if by_id else None,
+                 "partition_data": [{"index": 0, "records": records}]} for topic in topics]
+        return frame(kafka_message(ProduceRequest, transactional_id=None, acks=acks, timeout_ms=1000,
+                                   topic_data=data), version, correlation)
+
+    def produced(topics, version=9, correlation=1):
+        return answer(ProduceResponse, version, correlation, responses=[
+            {"name": topic, "partition_responses": [{"index": 0, "error_code": 0, "base_offset": 7, "log_append_time_ms": -1,
+                                                     "log_start_offset": 0, "record_errors": [], "error_message": None}]}
+            for topic in topics], throttle_time_ms=0)
+
+    def metadata_response(topics, version=12, correlation=1):
+        return answer(MetadataResponse, version, correlation, throttle_time_ms=0,
+                                    brokers=[{"node_id": 1, "host": "broker", "port": 9092, "rack": None}],
+                                    cluster_id="c", controller_id=1, topics=[
+                                        {"error_code": 0, "name": name, "topic_id": topic_id, "is_internal": False,
+                                         "partitions": [{"error_code": 0, "partition_index": 0, "leader_id": 1,
+                                                         "leader_epoch": 0, "replica_nodes": [1], "isr_nodes": [1],
+                                                         "offline_replicas": []}],
+                                         "topic_authorized_operations": -2147483648} for name, topic_id in topics])
+
+    def conversation(client, server=b"", read=0, flags=0):
+        # Both sides deliver `read` bytes a round: a broker's bytes can come before the
+        # request they answer is whole (and close the connection), so seeds with broker
+        # bytes read all at once; the fuzzer varies it.
+        return bytes([read, flags]) + client + SEPARATOR + server
+
+    seeds = {}
+    seeds["produce-allowed"] = conversation(produce(["orders"]), produced(["orders"]))
+    seeds["produce-split-reads"] = conversation(produce(["orders"], correlation=1) + produce(["orders"], version=11, correlation=2)
+                                                + produce(["secret"], correlation=3), read=7)
+    seeds["produce-denied-then-allowed"] = conversation(
+        produce(["secret"], correlation=1) + produce(["orders"], correlation=2), produced(["orders"], correlation=2))
+    seeds["produce-allowed-then-denied-waits"] = conversation(
+        produce(["orders"], correlation=1) + produce(["secret"], correlation=2) + produce(["orders"], correlation=3),
+        produced(["orders"], correlation=1) + produced(["orders"], correlation=3))
+    seeds["produce-later-topic-denied"] = conversation(produce(["orders", "secret"], correlation=1))
+    seeds["produce-acks0-denied"] = conversation(produce(["secret"], acks=0) + produce(["orders"], correlation=2),
+                                                 produced(["orders"], correlation=2))
+    seeds["produce-v3-v7"] = conversation(produce(["orders"], version=3, correlation=1)
+                                          + produce(["secret"], version=7, correlation=2),
+                                          produced(["orders"], version=3, correlation=1))
+    seeds["produce-v13-topic-ids"] = conversation(
+        produce([orders_id], version=13, correlation=1, by_id=True) + produce([secret_id], version=13, correlation=2, by_id=True)
+        + produce([uuid.UUID(int=99)], version=13, correlation=3, by_id=True), read=33)
+    seeds["metadata-narrowed-and-widened"] = conversation(
+        frame(kafka_message(MetadataRequest, topics=[{"name": "orders"}, {"name": "secret"}], allow_auto_topic_creation=False,
+                            include_topic_authorized_operations=False), 12, 1),
+        metadata_response([("orders", uuid.UUID(int=5))]))
+    seeds["metadata-v0-all"] = conversation(frame(kafka_message(MetadataRequest, topics=[]), 0, 1),
+                                            metadata_response([("orders", None), ("secret", None)], version=0))
+    seeds["api-versions"] = conversation(
+        frame(kafka_message(ApiVersionsRequest, client_software_name="fuzz", client_software_version="1"), 3, 1),
+        answer(ApiVersionsResponse, 3, 1, error_code=0, api_keys=[
+            {"api_key": key, "min_version": 0, "max_version": high} for key, high in ((0, 13), (1, 18), (3, 13), (18, 4))],
+            throttle_time_ms=0))
+    seeds["fetch-by-id"] = conversation(
+        frame(kafka_message(FetchRequest, replica_id=-1, max_wait_ms=10, min_bytes=1, max_bytes=1 << 20, isolation_level=0,
+                            session_id=0, session_epoch=-1, topics=[
+                                {"topic_id": orders_id, "partitions": [{"partition": 0, "current_leader_epoch": -1,
+                                                                         "fetch_offset": 0, "log_start_offset": -1,
+                                                                         "partition_max_bytes": 1 << 20}]}],
+                            forgotten_topics_data=[], rack_id=""), 13, 1)
+        + frame(kafka_message(FetchRequest, replica_id=-1, max_wait_ms=10, min_bytes=1, max_bytes=1 << 20, isolation_level=0,
+                              session_id=0, session_epoch=-1, topics=[
+                                  {"topic_id": secret_id, "partitions": [{"partition": 0, "current_leader_epoch": -1,
+                                                                           "fetch_offset": 0, "log_start_offset": -1,
+                                                                           "partition_max_bytes": 1 << 20}]}],
+                              forgotten_topics_data=[], rack_id=""), 13, 2),
+        answer(FetchResponse, 13, 1, throttle_time_ms=0, error_code=0, session_id=0, responses=[]))
+    seeds["consumer-group"] = conversation(
+        frame(kafka_message(FindCoordinatorRequest, key="g", key_type=0), 2, 1)
+        + frame(kafka_message(JoinGroupRequest, group_id="g", session_timeout_ms=10000, rebalance_timeout_ms=10000,
+                              member_id="", group_instance_id=None, protocol_type="consumer",
+                              protocols=[{"name": "range", "metadata": b"\0\1"}]), 5, 2)
+        + frame(kafka_message(ListOffsetsRequest, replica_id=-1, isolation_level=0, topics=[
+            {"name": "secret", "partitions": [{"partition_index": 0, "current_leader_epoch": -1, "timestamp": -1}]}]), 5, 3),
+        answer(FindCoordinatorResponse, 2, 1, throttle_time_ms=0, error_code=0, error_message=None, node_id=1,
+               host="broker", port=9092))
+    seeds["hostile-frames"] = conversation(struct.pack(">i", -5) + b"\0" * 20)
+    seeds["hostile-huge-frame"] = conversation(struct.pack(">ihhih", 5 << 20, 0, 9, 1, 4) + b"fuzz", flags=4)
+    seeds["hostile-sasl-v0"] = conversation(struct.pack(">ihhih", 14, 17, 0, 1, 4) + b"fuzz" + b"\0\0")
+    seeds["hostile-wrong-correlation"] = conversation(produce(["orders"], correlation=1), produced(["orders"], correlation=9),
+                                                      flags=2)
+    seeds["hostile-unknown-api"] = conversation(struct.pack(">ihhih", 14, 19, 7, 1, 4) + b"fuzz" + b"\0\0"
+                                                + struct.pack(">ihhih", 14, 1000, 0, 2, 4) + b"fuzz" + b"\0\0")
+    seeds["small-limits-and-a-slow-client"] = conversation(produce(["orders"]) + produce(["secret"], correlation=2),
+                                                           produced(["orders"]), flags=1 | 4)
+    return seeds
+
+
 def main():
+    for name, data in kafka_seeds().items():
+        write(ROOT / "Corpus" / "kafka", name, data)
     for name, data in http2_seeds().items():
         write(ROOT / "Corpus" / "http2", name, data)
     for name, data in dns_seeds().items():

@@ -88,6 +88,7 @@ public enum HTTP2SessionFuzzer {
         if let failure = connection.failure {
             check(!failure.contains("no progress"), "the session got stuck: \(failure)")
         }
+        connection.release()
         let received = client.count + server.count
         let sent = connection.deliveredToServer.count + connection.deliveredToClient.count
         check(sent <= 16 * received + 1 << 20, "\(sent) bytes sent for \(received) received")

@@ -1,6 +1,7 @@
 """End-to-end: `scripts/demo` (what `make demo` runs) completes and shows what it promises:
 L7 allows and 403 denials, datapath drops, a flow diverted through sluice, and a clean
-teardown. Root. Starts: everything the demo starts (lab, datapath, sluice, nginx, dnsmasq)."""
+teardown. Root. Starts: everything the demo starts (lab, datapath, sluice, nginx, dnsmasq,
+Tansu, kafka-python producers)."""
 import os
 import re
 import subprocess
@@ -31,6 +32,17 @@ def test_demo_runs_and_shows_allowed_denied_and_diverted_flows():
     assert "blocked  frontend GET cdn:8080 before any DNS answer          dropped by the datapath" in out
     assert "toFQDNs: the address came from the frontend's own allowed answer for cdn.shop.test" in out
     assert "10.200.1.2  cdn.shop.test  10.200.100.10" in out, "sluice fqdn list shows the learned address"
+    # Issue 14: configs/examples/kafka-topics.yaml enforced on a Kafka port diverted by the
+    # datapath (transparent): a kafka-python producer may produce to "orders", and its
+    # ProduceRequest to "payments" is answered by sluice with error 29; Tansu's own end
+    # offsets (read in the broker's namespace, not through sluice) say what reached it.
+    assert re.search(r"allowed +producer Kafka produce to topic orders \(allow\) +judged by sluice .*OK orders offset 0", out)
+    assert re.search(r"denied +producer Kafka produce to topic payments \(deny\) +TOPIC_AUTHORIZATION_FAILED \(29\) from "
+                     r"sluice's Kafka policy; Tansu got no record for it", out)
+    assert "tansu:   records per topic: orders=1 payments=0" in out
+    assert re.search(r"REDIRECTED +10\.200\.1\.3:\d+ +10\.200\.2\.3:9092/TCP +datapath +kafka/producer -> kafka/broker", out)
+    assert re.search(r"FORWARDED +10\.200\.1\.3:\d+ +10\.200\.2\.3:9092/TCP +sluice \(L7\) +Kafka Produce v\d+ request topic orders", out)
+    assert re.search(r"DROPPED +10\.200\.1\.3:\d+ +10\.200\.2\.3:9092/TCP +sluice \(L7\) +Kafka Produce v\d+ request topic payments error 29", out)
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "demo-" not in listed, "the demo must remove its namespaces"
     assert not os.path.exists("/sys/fs/bpf/sluice-lab"), "the demo must remove its pins"

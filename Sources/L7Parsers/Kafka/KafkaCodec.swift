@@ -138,6 +138,11 @@ public struct KafkaReader {
 
     /// An unsigned varint of at most 32 bits (KIP-482 lengths, counts and tags).
     public mutating func unsignedVarint() throws(KafkaCodecError) -> UInt32 {
+        // Most varints (lengths, counts, empty tag sections) are one byte.
+        if offset < end, bytes[offset] < 0x80 {
+            defer { offset += 1 }
+            return UInt32(bytes[offset])
+        }
         var value: UInt32 = 0
         for shift in stride(from: 0, through: 28, by: 7) {
             let byte = try uint8()

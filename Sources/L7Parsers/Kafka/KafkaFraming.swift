@@ -24,6 +24,14 @@ public struct KafkaRequestHeader: Sendable, Equatable {
     public var clientID: Range<Int>?
     /// Where the body starts, counted from the start of the buffer (size prefix included).
     public var bodyOffset: Int
+
+    public init(apiKey: Int16, apiVersion: Int16, correlationID: Int32, clientID: Range<Int>?, bodyOffset: Int) {
+        self.apiKey = apiKey
+        self.apiVersion = apiVersion
+        self.correlationID = correlationID
+        self.clientID = clientID
+        self.bodyOffset = bodyOffset
+    }
 }
 
 public enum KafkaFraming {
@@ -62,12 +70,17 @@ public enum KafkaFraming {
                                   bodyOffset: reader.offset)
     }
 
-    /// Skips a tagged-field section.
+    /// Skips a tagged-field section. Its tags must be in strictly increasing order (KIP-482),
+    /// as the codec (`KafkaCodec.decode`) requires: what the streaming readers let through
+    /// is what the codec reads.
     public static func skipTaggedFields(_ reader: inout KafkaReader) throws(KafkaCodecError) {
         let count = try reader.unsignedVarint()
         guard Int(count) <= reader.remaining else { throw KafkaCodecError("\(count) tagged fields in \(reader.remaining) bytes") }
+        var previous: UInt32?
         for _ in 0..<count {
-            _ = try reader.unsignedVarint()
+            let tag = try reader.unsignedVarint()
+            if let previous, tag <= previous { throw KafkaCodecError("tagged field \(tag) out of order") }
+            previous = tag
             let size = Int(try reader.unsignedVarint())
             _ = try reader.take(size)
         }

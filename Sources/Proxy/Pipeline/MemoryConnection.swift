@@ -71,6 +71,13 @@ public struct MemoryConnection {
         pump()
     }
 
+    /// Gives back the driver's buffers (what it still holds of either direction) once the
+    /// connection is done with: a connection the session closed, or one that ended with
+    /// bytes unread, still holds some, and the pool frees only the blocks given back.
+    public mutating func release() {
+        driver.release(pool: pool)
+    }
+
     /// Moves bytes in, runs the driver and collects its output until nothing moves.
     public mutating func pump() {
         while failure == nil {

@@ -185,6 +185,41 @@ import PolicyEngine
         }
     }
 
+    /// fuzz-kafka found it (Fuzz/Corpus/kafka/regression-produce-tags-out-of-order): the
+    /// produce stream skipped tagged fields in any order, the codec (and KIP-482) wants them
+    /// in increasing order, so the broker got a request Sluice's own codec cannot read. Now
+    /// the stream refuses it like the codec: the connection closes before the request is
+    /// whole (its records already streamed; a broker acts only on whole requests).
+    @Test func produceTaggedFieldsOutOfOrderCloseBeforeTheRequestIsWhole() throws {
+        var frame = Self.produce(["orders"], correlation: 1)
+        // The partition's tagged fields are the third byte from the end (then the topic's
+        // and the request's): two tags, 5 then 1, each empty.
+        frame.replaceSubrange((frame.count - 3)..<(frame.count - 2), with: [2, 5, 0, 1, 0])
+        let size = UInt32(frame.count - 4)
+        frame.replaceSubrange(0..<4, with: [UInt8(size >> 24), UInt8(size >> 16 & 0xff), UInt8(size >> 8 & 0xff), UInt8(size & 0xff)])
+        var (connection, session, _) = try Self.connection()
+        connection.clientSends(frame)
+        #expect(connection.closedReason != nil && session.malformedCount == 1)
+        #expect(connection.deliveredToServer.count < frame.count, "never the whole request")
+        #expect(connection.deliveredToClient.isEmpty)
+    }
+
+    /// fuzz-kafka found it (Fuzz/Corpus/kafka/regression-produce-records-to-the-frame-end): a
+    /// ProduceRequest claiming 8 partitions whose first one's records reach the frame's end.
+    /// The records streamed, so the broker got a whole request that ends inside its own
+    /// structure. Now records must leave room for what the request still has to say.
+    @Test func recordsThatLeaveNoRoomForTheRestOfTheRequestReachNothing() throws {
+        var frame = Self.produce(["orders"], version: 3, correlation: 1)
+        // v3: size, key, version, correlation, client ID "test", null transactional ID, acks,
+        // timeout, one topic "orders", then its partition count (int32) at 38..<42.
+        #expect(frame[38..<42] == [0, 0, 0, 1])
+        frame[41] = 8
+        var (connection, session, _) = try Self.connection()
+        connection.clientSends(frame)
+        #expect(connection.closedReason != nil && session.malformedCount == 1)
+        #expect(connection.deliveredToServer.isEmpty)
+    }
+
     @Test func topicIDsAreJudgedByNamesLearnedFromMetadata() throws {
         let directory = KafkaTopicDirectory()
         let orders = KafkaUUID(high: 1, low: 2)

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import L7Parsers
 import PolicyEngine
 
@@ -48,12 +51,20 @@ public final class KafkaPolicySession: L7Session {
     /// A request had to end the connection: once the responses owed for earlier requests
     /// are through, it closes (so that no allowed request's answer is lost).
     private var closeWhenAnswered: String?
-    /// A produce request being streamed.
-    private var produce: ProduceInFlight?
+    /// A produce request is being streamed, in `flight`.
+    private var producing = false
+    /// The produce request being streamed (while `producing`), in storage kept from one
+    /// request to the next: a producer's steady stream of requests allocates nothing here.
+    private var flight = ProduceInFlight()
     /// The last produce topic judged and its verdict, under `policyVersion` (a producer sends
     /// to the same topic again and again).
-    private var lastProduceVerdict: (topic: String, clientID: String?, version: Int16, policyVersion: UInt64,
-                                     allowed: Bool, rules: [RuleReference], direction: Direction)?
+    private var lastProduceVerdict: ProduceVerdict?
+    /// The last produce topic name read and its text, so that a producer sending to the same
+    /// topic each time costs no allocation.
+    private var lastTopic: (bytes: [UInt8], text: String) = ([], "")
+    /// `KafkaMessages.ProduceRequest.schema.versions`, kept at hand (a static's accessor costs
+    /// a `swift_once` each time).
+    private let produceVersions = KafkaMessages.ProduceRequest.schema.versions
     /// The last client ID seen and its bytes, so that a client sending the same one each
     /// time costs no allocation.
     private var lastClientID: (bytes: [UInt8], text: String?) = ([], nil)
@@ -80,17 +91,27 @@ public final class KafkaPolicySession: L7Session {
     }
 
     struct ProduceInFlight {
-        var stream: KafkaProduceStream
-        var header: KafkaRequestHeader
+        var stream = KafkaProduceStream(version: 0, frameLength: 0)
+        var header = KafkaRequestHeader(apiKey: 0, apiVersion: 0, correlationID: 0, clientID: nil, bodyOffset: 0)
         var clientID: String?
         /// Still passing (every topic so far allowed); false: dropping, to answer.
-        var passing: Bool
+        var passing = true
         var judged = false
-        var start: UInt64
+        var start: UInt64 = 0
         var direction = Direction.egress
         var rules: [RuleReference] = []
         var firstTopic: String?
         var deniedReason: String?
+    }
+
+    struct ProduceVerdict {
+        var topic: String
+        var clientID: String?
+        var version: Int16
+        var policyVersion: UInt64
+        var allowed: Bool
+        var rules: [RuleReference]
+        var direction: Direction
     }
 
     public init(context: SessionContext, settings: KafkaSettings = KafkaSettings(), directory: KafkaTopicDirectory) {
@@ -119,7 +140,7 @@ public final class KafkaPolicySession: L7Session {
             defer { answeredRequestBytes = 0 }
             return .drop(answeredRequestBytes)
         }
-        if produce != nil { return produceStep(bytes) }
+        if producing { return produceStep(bytes) }
         let length: Int
         switch KafkaFraming.frameStart(bytes, limit: settings.maximumRequestBytes, minimum: KafkaFraming.minimumRequestLength) {
         case .needMore(let minimum): return .needMore(minimumBytes: minimum)
@@ -130,7 +151,7 @@ public final class KafkaPolicySession: L7Session {
         let apiKey = Int16(bitPattern: UInt16(bytes[4]) << 8 | UInt16(bytes[5]))
         if apiKey == 0, bytes.count >= 8 {
             let version = Int16(bitPattern: UInt16(bytes[6]) << 8 | UInt16(bytes[7]))
-            if KafkaMessages.ProduceRequest.schema.versions.contains(version) {
+            if produceVersions.contains(version) {
                 return startProduce(bytes, version: version, length: length)
             }
         }
@@ -149,7 +170,7 @@ public final class KafkaPolicySession: L7Session {
             return malformed("Kafka request header: \(error.reason)")
         }
         let clientID = clientIDText(frame, header.clientID)
-        let start = clock()
+        let start = now()
         let api = KafkaMessages.apis[header.apiKey]
         // SASL passes unjudged (it authenticates the connection; rules judge what follows).
         if header.apiKey == 17 || header.apiKey == 36 {
@@ -271,41 +292,50 @@ public final class KafkaPolicySession: L7Session {
     // MARK: Produce
 
     private func startProduce(_ bytes: UnsafeRawBufferPointer, version: Int16, length: Int) -> SessionOperation {
+        flight.stream.reset(version: version, frameLength: length)
+        let headerVersion: Int16 = flight.stream.flexible ? 2 : 1
         let header: KafkaRequestHeader
         do {
-            header = try KafkaFraming.requestHeader(bytes, frameEnd: min(bytes.count, 4 + length)) { _, version in
-                KafkaMessages.ProduceRequest.schema.isFlexible(version) ? 2 : 1
-            }
+            header = try KafkaFraming.requestHeader(bytes, frameEnd: min(bytes.count, 4 + length)) { _, _ in headerVersion }
         } catch {
             if bytes.count < 4 + length { return .needMore(minimumBytes: 1) }
             return malformed("Kafka ProduceRequest header: \(error.reason)")
         }
-        produce = ProduceInFlight(stream: KafkaProduceStream(version: version, frameLength: length), header: header,
-                                  clientID: clientIDText(bytes, header.clientID), passing: true, start: clock())
+        flight.header = header
+        flight.clientID = clientIDText(bytes, header.clientID)
+        flight.passing = true
+        flight.judged = false
+        flight.start = now()
+        flight.direction = .egress
+        flight.rules = []
+        flight.firstTopic = nil
+        flight.deniedReason = nil
+        producing = true
         return produceStep(bytes)
     }
 
     private func produceStep(_ bytes: UnsafeRawBufferPointer) -> SessionOperation {
-        guard var flight = produce else { return .needMore(minimumBytes: 1) }
+        guard producing else { return .needMore(minimumBytes: 1) }
         let piece: KafkaProduceStream.Piece
         switch flight.stream.next(bytes) {
         case .needMore(let minimum): return .needMore(minimumBytes: minimum)
         case .malformed(let reason):
-            produce = nil
+            producing = false
             return malformed("Kafka \(reason)")
         case .piece(let read): piece = read
         }
         let header = flight.header
-        for topic in piece.topics where flight.passing || !flight.judged {
-            let name = topic.name ?? topic.id.flatMap { directory.name(of: $0) }
+        for index in piece.topics where flight.passing || !flight.judged {
+            let id = flight.stream.topicID(index)
+            let name = flight.stream.topicNameBytes(index).map(topicText) ?? id.flatMap { directory.name(of: $0) }
             var (allowed, rules, direction) = judgeProduce(name, clientID: flight.clientID, version: header.apiVersion)
             if name == nil {
                 allowed = false
-                flight.deniedReason = "Kafka produce: unknown topic ID \(topic.id.map(String.init(describing:)) ?? "?")"
+                flight.deniedReason = "Kafka produce: unknown topic ID \(id.map(String.init(describing:)) ?? "?")"
             }
             flight.direction = direction
-            if flight.firstTopic == nil { flight.firstTopic = name ?? topic.id.map(String.init(describing:)) }
-            flight.rules += rules
+            if flight.firstTopic == nil { flight.firstTopic = name ?? id.map(String.init(describing:)) }
+            if flight.rules.isEmpty { flight.rules = rules } else { flight.rules += rules }
             if !allowed && !context.audit {
                 if flight.judged && flight.passing {
                     // Earlier records of this request went to the broker: it must not complete.
@@ -314,7 +344,7 @@ public final class KafkaPolicySession: L7Session {
                            correlation: header.correlationID, topic: name, errorCode: KafkaErrorResponses.topicAuthorizationFailed,
                            rules: [], allowed: false,
                            summary: "Kafka produce to \(name ?? "an unknown topic ID") denied after records of allowed topics of the same request were relayed: connection closed")
-                    produce = nil
+                    producing = false
                     return .close(reason: "Kafka produce request denied part way")
                 }
                 flight.passing = false
@@ -335,11 +365,8 @@ public final class KafkaPolicySession: L7Session {
         }
         let consumed = piece.structureBytes + piece.recordBytes
         let expectsAnswer = flight.stream.acks != 0
-        guard piece.isLast else {
-            produce = flight
-            return flight.passing ? .pass(consumed) : .drop(consumed)
-        }
-        produce = nil
+        guard piece.isLast else { return flight.passing ? .pass(consumed) : .drop(consumed) }
+        producing = false
         let allowed = flight.passing && flight.deniedReason == nil
         report(type: .request, verdict: allowed ? .forwarded : .dropped, key: 0, version: header.apiVersion,
                correlation: header.correlationID, topic: flight.firstTopic,
@@ -395,8 +422,14 @@ public final class KafkaPolicySession: L7Session {
             malformedCount &+= 1
             return .close(reason: "Kafka response \(correlationID) answers no outstanding request")
         }
-        let entry = pending[pendingHead]
         let frameEnd = 4 + length
+        if context.reporter == nil, pending[pendingHead].apiKey != 3, pending[pendingHead].apiKey != 18 {
+            // Nothing to record and nothing to learn or rewrite (a plain answer to an allowed
+            // request, as most are): it passes unread.
+            dropHead()
+            return .pass(frameEnd)
+        }
+        let entry = pending[pendingHead]
         let isMetadata = entry.apiKey == 3
         // Metadata (topic IDs) and ApiVersions (what clients may use) are always read; other
         // responses only for the error code a flow record carries, when records are kept.
@@ -436,7 +469,7 @@ public final class KafkaPolicySession: L7Session {
         _ = dequeue()
         report(type: .response, verdict: entry.allowed ? .forwarded : .dropped, key: entry.apiKey, version: entry.apiVersion,
                correlation: correlationID, topic: entry.topic, errorCode: errorCode, rules: [], allowed: entry.allowed,
-               latency: clock() &- entry.start, direction: entry.direction)
+               latency: elapsed(since: entry.start), direction: entry.direction)
         if let rewritten {
             rewrittenResponseBytes = frameEnd
             return .forward(rewritten)
@@ -452,7 +485,10 @@ public final class KafkaPolicySession: L7Session {
 
     public func upstreamFailed(reason: String) -> [UInt8]? { nil }
 
-    public var isAwaitingResponse: Bool { pending[pendingHead...].contains { $0.answer == nil } }
+    public var isAwaitingResponse: Bool {
+        for index in pendingHead..<pending.count where pending[index].answer == nil { return true }
+        return false
+    }
 
     public func responseTimedOut() -> [UInt8]? { nil }
 
@@ -463,7 +499,7 @@ public final class KafkaPolicySession: L7Session {
     public var responseTimeout: UInt64? { 330_000_000_000 }
 
     public var isIdle: Bool {
-        pendingHead == pending.count && produce == nil && answeredRequestBytes == 0 && rewrittenResponseBytes == 0
+        pendingHead == pending.count && !producing && answeredRequestBytes == 0 && rewrittenResponseBytes == 0
     }
 
     // MARK: Helpers
@@ -477,14 +513,16 @@ public final class KafkaPolicySession: L7Session {
     }
 
     private func dequeue() -> Pending {
-        defer {
-            pendingHead += 1
-            if pendingHead == pending.count {
-                pending.removeAll(keepingCapacity: true)
-                pendingHead = 0
-            }
-        }
+        defer { dropHead() }
         return pending[pendingHead]
+    }
+
+    private func dropHead() {
+        pendingHead += 1
+        if pendingHead == pending.count {
+            pending.removeAll(keepingCapacity: true)
+            pendingHead = 0
+        }
     }
 
     /// Ends the connection after the responses owed for earlier requests.
@@ -500,10 +538,31 @@ public final class KafkaPolicySession: L7Session {
         return .close(reason: reason)
     }
 
+    /// The time a request started, for the latency its response's record carries: without a
+    /// reporter nothing reads it, and the clock is not asked.
+    private func now() -> UInt64 { context.reporter == nil ? 0 : clock() }
+
+    private func elapsed(since start: UInt64) -> UInt64? { context.reporter == nil ? nil : clock() &- start }
+
+    /// A topic name's text (its bytes are UTF-8, checked by `KafkaProduceStream`).
+    private func topicText(_ bytes: ArraySlice<UInt8>) -> String {
+        if bytes.withUnsafeBytes({ Self.same($0, lastTopic.bytes) }) { return lastTopic.text }
+        let text = String(decoding: bytes, as: UTF8.self)
+        lastTopic = (Array(bytes), text)
+        return text
+    }
+
+    /// Whether `bytes` are `known`'s bytes (one `memcmp`, not a generic element loop).
+    private static func same(_ bytes: UnsafeRawBufferPointer, _ known: [UInt8]) -> Bool {
+        known.withUnsafeBytes { known in
+            bytes.count == known.count && (bytes.isEmpty || memcmp(bytes.baseAddress!, known.baseAddress!, bytes.count) == 0)
+        }
+    }
+
     private func clientIDText(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>?) -> String? {
         guard let range else { return nil }
         let slice = UnsafeRawBufferPointer(rebasing: bytes[range])
-        if lastClientID.text != nil, slice.elementsEqual(lastClientID.bytes) { return lastClientID.text }
+        if lastClientID.text != nil, Self.same(slice, lastClientID.bytes) { return lastClientID.text }
         let text = String(decoding: slice, as: UTF8.self)
         lastClientID = (Array(slice), text)
         return text
@@ -519,7 +578,8 @@ public final class KafkaPolicySession: L7Session {
         }
         let verdict = judge(KafkaRequestFacts(apiKey: 0, apiVersion: version, clientID: clientID, topics: topic.map { [$0] } ?? []))
         if let topic {
-            lastProduceVerdict = (topic, clientID, version, policyVersion, verdict.allowed, verdict.rules, verdict.direction)
+            lastProduceVerdict = ProduceVerdict(topic: topic, clientID: clientID, version: version, policyVersion: policyVersion,
+                                                allowed: verdict.allowed, rules: verdict.rules, direction: verdict.direction)
         }
         return verdict
     }
@@ -552,7 +612,7 @@ public final class KafkaPolicySession: L7Session {
                               direction: Direction) {
         report(type: .response, verdict: .dropped, key: key, version: version, correlation: correlation, topic: topic,
                errorCode: KafkaErrorResponses.topicAuthorizationFailed, rules: [], allowed: false,
-               latency: clock() &- start, direction: direction,
+               latency: elapsed(since: start), direction: direction,
                summary: "Kafka \(KafkaAPIKeys.name(of: key)) answered by Sluice: authorization failed")
     }
 

@@ -121,6 +121,7 @@ public final class RecordedTraffic {
         connection.clientCloses()
         connection.serverCloses()
         if let reason = connection.closedReason { counters.endedBySession[reason, default: 0] += 1 }
+        connection.release()
     }
 
     // MARK: UDP
