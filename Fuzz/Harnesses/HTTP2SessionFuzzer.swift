@@ -19,7 +19,7 @@ import Proxy
 ///   of what it received plus a constant (no flood of answers to a flood of frames);
 /// - what reaches the server starts with the HTTP/2 client preface, if anything does.
 public enum HTTP2SessionFuzzer {
-    public static let separator: [UInt8] = Array("\n--server--\n".utf8)
+    public static let separator = SessionFuzzInput.separator
     static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
 
     static func check(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
@@ -52,44 +52,14 @@ public enum HTTP2SessionFuzzer {
     }()
 
     public static func run(_ input: UnsafeRawBufferPointer) {
-        guard input.count >= 2 else { return }
-        let readSize = Int(input[0]), flags = input[1]
-        let rest = Array(input[2...])
-        var client = rest, server: [UInt8] = []
-        if let at = rest.firstRange(of: separator) {
-            client = Array(rest[..<at.lowerBound])
-            server = Array(rest[at.upperBound...])
-        }
+        guard let input = SessionFuzzInput(input) else { return }
         let policy = WorkerPolicy(holder: policies)
         let identities = policy.identities(client: SocketAddress("10.0.0.1:40000")!, server: SocketAddress("10.0.0.2:80")!)
         let session = HTTP2PolicySession(policy: policy, identities: identities, reporter: nil)
         var connection = MemoryConnection(session: session)
-        connection.clientReads = flags & 1 == 0
-        var clientAt = 0, serverAt = 0
-        let step = readSize == 0 ? Int.max : readSize
-        var rounds = 0
-        while (clientAt < client.count || serverAt < server.count) && connection.closedReason == nil {
-            rounds += 1
-            check(rounds <= client.count + server.count + 2, "more rounds than bytes")
-            if clientAt < client.count {
-                let end = min(client.count, clientAt &+ step)
-                connection.clientSends(client[clientAt..<end])
-                clientAt = end
-            }
-            if serverAt < server.count {
-                let end = min(server.count, serverAt &+ step)
-                connection.serverSends(server[serverAt..<end])
-                serverAt = end
-            }
-            connection.pump()
-        }
-        if flags & 2 != 0 { connection.serverCloses() }
-        connection.clientCloses()
-        if let failure = connection.failure {
-            check(!failure.contains("no progress"), "the session got stuck: \(failure)")
-        }
+        input.drive(&connection)
         connection.release()
-        let received = client.count + server.count
+        let received = input.received
         let sent = connection.deliveredToServer.count + connection.deliveredToClient.count
         check(sent <= 16 * received + 1 << 20, "\(sent) bytes sent for \(received) received")
         if !connection.deliveredToServer.isEmpty {

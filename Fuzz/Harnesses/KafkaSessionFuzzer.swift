@@ -27,7 +27,7 @@ import Proxy
 ///   with the generated codec, also for produce requests, which the session reads with its
 ///   own streaming reader: the two check each other.
 public enum KafkaSessionFuzzer {
-    public static let separator: [UInt8] = Array("\n--server--\n".utf8)
+    public static let separator = SessionFuzzInput.separator
     /// The topic IDs the directory starts with (the seeds use them).
     public static let orderIDBytes: [UInt8] = Array(repeating: 0x11, count: 16)
     public static let secretIDBytes: [UInt8] = Array(repeating: 0x22, count: 16)
@@ -82,14 +82,8 @@ public enum KafkaSessionFuzzer {
     }
 
     public static func outcome(_ input: UnsafeRawBufferPointer) -> Outcome {
-        guard input.count >= 2 else { return Outcome(toBroker: [], toClient: [], closedReason: nil) }
-        let readSize = Int(input[0]), flags = input[1]
-        let rest = Array(input[2...])
-        var client = rest, server: [UInt8] = []
-        if let at = rest.firstRange(of: separator) {
-            client = Array(rest[..<at.lowerBound])
-            server = Array(rest[at.upperBound...])
-        }
+        guard let input = SessionFuzzInput(input) else { return Outcome(toBroker: [], toClient: [], closedReason: nil) }
+        let flags = input.flags
         var settings = KafkaSettings()
         if flags & 4 != 0 {
             settings.maximumRequestBytes = 4096
@@ -102,35 +96,12 @@ public enum KafkaSessionFuzzer {
         let session = KafkaPolicySession(context: SessionContext(identities: identities, policy: policy, reporter: nil),
                                          settings: settings, directory: directory)
         var connection = MemoryConnection(session: session)
-        connection.clientReads = flags & 1 == 0
-        var clientAt = 0, serverAt = 0
-        let step = readSize == 0 ? Int.max : readSize
-        var rounds = 0
-        while (clientAt < client.count || serverAt < server.count) && connection.closedReason == nil {
-            rounds += 1
-            check(rounds <= client.count + server.count + 2, "more rounds than bytes")
-            if clientAt < client.count {
-                let end = min(client.count, clientAt &+ step)
-                connection.clientSends(client[clientAt..<end])
-                clientAt = end
-            }
-            if serverAt < server.count {
-                let end = min(server.count, serverAt &+ step)
-                connection.serverSends(server[serverAt..<end])
-                serverAt = end
-            }
-            connection.pump()
-        }
-        if flags & 2 != 0 { connection.serverCloses() }
-        connection.clientCloses()
-        if let failure = connection.failure {
-            check(!failure.contains("no progress"), "the session got stuck: \(failure)")
-        }
-        let received = client.count + server.count
+        input.drive(&connection)
+        let received = input.received
         let sent = connection.deliveredToServer.count + connection.deliveredToClient.count
         check(sent <= 16 * received + 1 << 16, "\(sent) bytes sent for \(received) received")
         // The secret ID is checked only when the broker's bytes cannot have taught it another name.
-        let secretIDMayBeRelearned = server.firstRange(of: secretIDBytes) != nil
+        let secretIDMayBeRelearned = input.server.firstRange(of: secretIDBytes) != nil
         checkReachedBroker(connection.deliveredToServer, secretIDMayBeRelearned: secretIDMayBeRelearned)
         connection.release()
         return Outcome(toBroker: connection.deliveredToServer, toClient: connection.deliveredToClient,
