@@ -135,3 +135,22 @@ def test_header_actions_rewrite_what_the_server_receives(h2):
         result = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "--max-time", "5", *sent,
                                  f"http://127.0.0.1:{port}/team"], capture_output=True, text=True)
         assert result.stdout == "team=shop\n", (sent, result.stdout, result.stderr)
+
+
+def test_a_header_rule_added_on_an_open_connection_reads_the_next_streams_headers(h2, workdir):
+    """Header fields are collected only when a rule can read them: a policy change that adds
+    one while the connection is open must judge the next stream by its headers."""
+    port, nginx = h2()
+    client = RawH2(port)
+    client.decoder = hpack.Decoder()
+    try:
+        assert exchange(client, 1, "/api/a")[0] == 200
+        write_policy(workdir, nginx.port, """            http:
+              - {method: GET, path: "/api/.*", headers: ["X-Token: s3cret"]}
+""")
+        time.sleep(0.5)  # the watcher's period is 50 ms
+        assert exchange(client, 3, "/api/b")[0] == 403
+        assert exchange(client, 5, "/api/c", extra=[("x-token", "s3cret")])[0] == 200
+    finally:
+        client.close()
+    assert served(nginx) == ["GET /api/a HTTP/2.0", "GET /api/c HTTP/2.0"]

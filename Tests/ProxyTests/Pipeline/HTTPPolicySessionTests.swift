@@ -148,6 +148,38 @@ final class Collector: L7FlowReporter {
         #expect(Self.run(session, .request, Self.get) == [.pass(Self.get.utf8.count)])
     }
 
+    /// Header fields are turned into text only when a rule of the connection can read them:
+    /// a policy change that adds a header rule on an open connection must still see the next
+    /// request's headers (nothing may pass because the session skipped them).
+    @Test func aHeaderRuleAddedOnAnOpenConnectionReadsTheNextRequestsHeaders() throws {
+        let plain = """
+            apiVersion: cilium.io/v2
+            kind: CiliumNetworkPolicy
+            metadata: {name: backend, namespace: shop}
+            spec:
+              endpointSelector: {matchLabels: {app: backend}}
+              ingress:
+                - fromEndpoints: [{matchLabels: {app: frontend}}]
+                  toPorts:
+                    - ports: [{port: "8080", protocol: TCP}]
+                      rules:
+                        http: [{method: GET, path: "/api/.*"}]
+            """
+        let holder = PolicySnapshotHolder(try Self.snapshot(plain))
+        let (session, _) = try Self.session(holder: holder)
+        let response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        #expect(Self.run(session, .request, Self.get) == [.pass(Self.get.utf8.count)])
+        _ = Self.run(session, .response, response)
+
+        // Now GET /api/ needs a token: without it denied, with it allowed, on the same connection.
+        holder.replace(with: try Self.snapshot(plain.replacingOccurrences(
+            of: #"{method: GET, path: "/api/.*"}"#, with: #"{method: GET, path: "/api/.*", headers: ["X-Token: s3cret"]}"#)))
+        #expect(Self.run(session, .request, Self.get) == [.drop(Self.get.utf8.count), .reply(HTTP1LocalResponses.standard.forbidden)])
+        let withToken = Self.get.replacingOccurrences(of: "\r\n\r\n", with: "\r\nX-Token: s3cret\r\n\r\n")
+        #expect(withToken != Self.get)
+        #expect(Self.run(session, .request, withToken) == [.pass(withToken.utf8.count)])
+    }
+
     /// Issue 9, item 9: a response that cannot be relayed, with nothing of it sent yet, is
     /// answered 502 after the valid response before it; then the connection closes.
     @Test func aFaultyResponseAfterAValidOneIsAnswered502() throws {
