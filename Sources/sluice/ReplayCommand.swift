@@ -204,8 +204,9 @@ struct ReplayCommand: ParsableCommand {
 /// captures, the rate, and the time left. By default nothing for a replay shorter than two
 /// seconds, then on a terminal the line is redrawn in place every second, and otherwise (a CI
 /// log) a line every ten seconds; `interval` (seconds, from `--progress`) sets the period
-/// from the start instead, 0 turning it off.
-final class ReplayProgressLine {
+/// from the start instead, 0 turning it off. `update` is called on the replay's reading
+/// thread only, and `finish` after the replay has returned (so after that thread ended).
+final class ReplayProgressLine: @unchecked Sendable {
     private let sizes: [Int64]
     private let total: Int64
     private let started = MonotonicClock.now()

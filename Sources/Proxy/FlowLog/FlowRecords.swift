@@ -197,13 +197,44 @@ public enum FlowRecords {
         if let method { http.add("method", .string(method)) }
         if let url { http.add("url", .string(url)) }
         http.add("protocol", .string(version))
-        var summary = version + (type == .request ? " request" : " response")
-        if let method { summary += " " + method }
-        if let url { summary += " " + url }
-        if let code { summary += " \(code)" }
-        summary += verdict == .forwarded ? " forwarded" : " " + verdict.rawValue.lowercased()
+        let summary = httpSummary(version: version, type: type, method: method, url: url, code: code, verdict: verdict)
         return l7(verdict: verdict, connection: connection, parts: &parts, time: time, direction: direction, type: type,
                   latency: latency, protocolName: "http", fields: http, rules: rules, allowed: allowed, summary: summary)
+    }
+
+    /// `HTTP/1.1 request GET /path forwarded`, `HTTP/1.1 response GET /path 200 forwarded`:
+    /// made in one allocation (each HTTP record carries one; appending part by part cost a
+    /// reallocation apiece).
+    static func httpSummary(version: String, type: L7FlowType, method: String?, url: String?, code: Int?,
+                            verdict: FlowVerdict) -> String {
+        let kind = type == .request ? " request" : " response"
+        let outcome: String
+        switch verdict {
+        case .forwarded: outcome = " forwarded"
+        case .dropped: outcome = " dropped"
+        case .error: outcome = " error"
+        case .redirected: outcome = " redirected"
+        }
+        let code = code.map { " " + String($0) }
+        let capacity = version.utf8.count + kind.utf8.count + (method?.utf8.count ?? -1) + 1 + (url?.utf8.count ?? -1) + 1
+            + (code?.utf8.count ?? 0) + outcome.utf8.count
+        return String(unsafeUninitializedCapacity: capacity) { text in
+            var at = 0
+            func put(_ part: String) {
+                var part = part
+                part.withUTF8 { bytes in
+                    _ = UnsafeMutableBufferPointer(rebasing: text[at..<at + bytes.count]).initialize(from: bytes)
+                    at += bytes.count
+                }
+            }
+            put(version)
+            put(kind)
+            if let method { text[at] = UInt8(ascii: " "); at += 1; put(method) }
+            if let url { text[at] = UInt8(ascii: " "); at += 1; put(url) }
+            if let code { put(code) }
+            put(outcome)
+            return at
+        }
     }
 
     // MARK: The datapath
@@ -268,6 +299,7 @@ public struct L7RecordParts {
     /// few; past `maximumRemembered` they are forgotten and made again).
     private var policyLists: [PolicyListKey: [(String, JSONObject.Value)]] = [:]
     private static let maximumRemembered = 32
+    private var lastPolicies: (key: PolicyListKey, fields: [(String, JSONObject.Value)])?
 
     private struct PolicyListKey: Hashable {
         var rules: [RuleReference]
@@ -285,11 +317,19 @@ public struct L7RecordParts {
 
     mutating func policies(of rules: [RuleReference], allowed: Bool) -> [(String, JSONObject.Value)] {
         if rules.isEmpty { return [] }
+        // Most records of a connection repeat the last verdict's rules (the same array of the
+        // compiled policy, which compares without looking at its elements): no hashing then.
+        if let last = lastPolicies, last.key.allowed == allowed, last.key.rules == rules { return last.fields }
         let key = PolicyListKey(rules: rules, allowed: allowed)
-        if let fields = policyLists[key] { return fields }
-        if policyLists.count >= Self.maximumRemembered { policyLists.removeAll() }
-        let fields = FlowRecords.policyFields(of: rules, allowed: allowed)
-        policyLists[key] = fields
+        let fields: [(String, JSONObject.Value)]
+        if let known = policyLists[key] {
+            fields = known
+        } else {
+            if policyLists.count >= Self.maximumRemembered { policyLists.removeAll() }
+            fields = FlowRecords.policyFields(of: rules, allowed: allowed)
+            policyLists[key] = fields
+        }
+        lastPolicies = (key, fields)
         return fields
     }
 

@@ -46,4 +46,24 @@ import Foundation
         #expect(WallClock.rfc3339(1_790_000_000_123_456_789) == "2026-09-21T14:13:20.123456789Z")
         #expect(WallClock.rfc3339(951_782_400_000_000_001) == "2000-02-29T00:00:00.000000001Z")
     }
+
+    /// The date is computed without `gmtime`: it must agree with libc's on every day from
+    /// 1970 to 2400 (leap years, centuries, 2100 not a leap year) and at any second of a day.
+    @Test func recordTimesAgreeWithLibcGmtime() {
+        var mismatches: [String] = []
+        var generator = SystemRandomNumberGenerator()
+        for day in stride(from: UInt64(0), to: 157_000, by: 1) {
+            let second = day * 86_400 + UInt64.random(in: 0..<86_400, using: &generator)
+            let nanoseconds = second * 1_000_000_000 + UInt64.random(in: 0..<1_000_000_000, using: &generator)
+            var time = time_t(second)
+            var parts = tm()
+            gmtime_r(&time, &parts)
+            let expected = String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%09dZ", Int(parts.tm_year) + 1900,
+                                  Int(parts.tm_mon) + 1, Int(parts.tm_mday), Int(parts.tm_hour), Int(parts.tm_min),
+                                  Int(parts.tm_sec), Int(nanoseconds % 1_000_000_000))
+            let made = WallClock.rfc3339(nanoseconds)
+            if made != expected && mismatches.count < 5 { mismatches.append("\(made) != \(expected)") }
+        }
+        #expect(mismatches.isEmpty, "\(mismatches)")
+    }
 }

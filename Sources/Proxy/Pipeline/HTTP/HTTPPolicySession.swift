@@ -167,8 +167,14 @@ public final class HTTPPolicySession: L7Session {
         }
         // RFC 9112 §3.2.2: with an absolute-form target, the authority in it is the host.
         let host = (head.authority ?? head.host).map(text)
-        // Header fields become text only when a rule can read them.
-        let headers = judge.needsHeaders() ? head.fields.map { (name: text($0.name), value: text($0.value)) } : []
+        // Header fields become text only when a rule can read them: those a rule names.
+        let reading = judge.fieldsToRead()
+        var headers: [(name: String, value: String)] = []
+        if !reading.isEmpty {
+            for field in head.fields where reading.contains(UnsafeRawBufferPointer(rebasing: bytes[field.name])) {
+                headers.append((name: text(field.name), value: text(field.value)))
+            }
+        }
         let facts = HTTPRequestFacts(method: method, path: path, host: host, headers: headers)
 
         let judgement = judge.judge(facts)
