@@ -319,12 +319,20 @@ final class CountingReporter: L7FlowReporter, @unchecked Sendable {
 
     func report(_ record: JSONObject) {
         next?.report(record)
-        guard let request = RequestRecord(record) else { return }
-        ledger?.add(request)
-        requests[request.protocolName, default: [:]][request.verdict, default: 0] += 1
-        guard request.verdict == "DROPPED" else { return }
+        let tally: RequestRecord.Tally
+        if let ledger {
+            guard let request = RequestRecord(record) else { return }
+            ledger.add(request)
+            tally = RequestRecord.Tally(protocolName: request.protocolName, verdict: request.verdict,
+                                        deniedBy: request.deniedBy)
+        } else {
+            guard let counted = RequestRecord.tally(record) else { return }
+            tally = counted
+        }
+        requests[tally.protocolName, default: [:]][tally.verdict, default: 0] += 1
+        guard tally.verdict == "DROPPED" else { return }
         // Denied because no rule of the L7 kind allows it (default deny at L7) names no policy.
-        for policy in request.deniedBy.isEmpty ? ["no rule allows it"] : request.deniedBy {
+        for policy in tally.deniedBy.isEmpty ? ["no rule allows it"] : tally.deniedBy {
             deniedBy[policy, default: 0] += 1
         }
     }

@@ -210,6 +210,34 @@ public struct JSONObject: Sendable {
     /// `self` with its JSON text made now, to be shared by the records that carry it.
     public var prebuilt: Value { .prebuilt(PrebuiltJSON(self)) }
 
+    /// How many bytes at the start of `bytes` need no escaping (a quote, a backslash or a
+    /// control character does), found a word at a time: a word with any byte below 0x20 or
+    /// equal to either character is looked at no further (the tests may report a byte after
+    /// a real one falsely; the byte-wise loop of the caller looks at it again).
+    @inline(__always)
+    private static func cleanPrefixLength(_ bytes: UnsafeBufferPointer<UInt8>) -> Int {
+        guard let base = bytes.baseAddress else { return 0 }
+        let count = bytes.count
+        let raw = UnsafeRawPointer(base)
+        let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+        var index = 0
+        while index + 8 <= count {
+            let word = raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+            let quotes = word ^ (ones &* 0x22), backslashes = word ^ (ones &* 0x5C)
+            let below20 = (word &- ones &* 0x20) & ~word
+            let zeroQuote = (quotes &- ones) & ~quotes
+            let zeroBackslash = (backslashes &- ones) & ~backslashes
+            if (below20 | zeroQuote | zeroBackslash) & highs != 0 { return index }
+            index += 8
+        }
+        while index < count {
+            let byte = base[index]
+            if byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") { return index }
+            index += 1
+        }
+        return index
+    }
+
     /// `text` as a JSON string literal, quotes included.
     public static func quoted(_ text: String) -> String {
         var out: [UInt8] = []
@@ -223,9 +251,15 @@ public struct JSONObject: Sendable {
         out.append(UInt8(ascii: "\""))
         var text = text
         text.withUTF8 { bytes in
-            // Runs that need no escaping (nearly all text) are copied whole.
+            // Runs that need no escaping (nearly all text) are copied whole; eight bytes are
+            // checked at a time until one of them may need it.
             var start = 0
-            for index in 0..<bytes.count {
+            let clean = cleanPrefixLength(bytes)
+            if clean == bytes.count {
+                out.append(contentsOf: bytes)
+                return
+            }
+            for index in clean..<bytes.count {
                 let byte = bytes[index]
                 guard byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") else { continue }
                 out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start..<index]))

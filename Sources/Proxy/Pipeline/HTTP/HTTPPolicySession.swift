@@ -144,7 +144,8 @@ public final class HTTPPolicySession: L7Session {
         }
         let method = text(head.method)
         var target = text(head.target)
-        var path = text(head.path)
+        // An origin-form target is its own path: one string for both.
+        var path = head.path == head.target ? target : text(head.path)
         var rewriteHead = HTTP1HeadRewrite()
         var rewrites = false
         if settings.normalizePaths {
