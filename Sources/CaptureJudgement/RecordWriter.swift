@@ -16,8 +16,13 @@ public final class RecordWriter: L7FlowReporter {
     private let descriptor: Int32
     private let ownsDescriptor: Bool
     private var buffer: [UInt8] = []
-    /// Records waiting to be written (serialised on the writing thread).
-    private var records: [JSONObject] = []
+    /// Records waiting to be written (made, when drafts, and serialised on the writing thread).
+    private var records: [Pending] = []
+
+    private enum Pending: Sendable {
+        case made(JSONObject)
+        case draft(L7RecordDraft)
+    }
     public private(set) var written = 0
     /// Also hears every record, on the writing thread, in order (set before the first
     /// record; read what it gathered after `flush`).
@@ -48,7 +53,14 @@ public final class RecordWriter: L7FlowReporter {
     }
 
     public func report(_ record: JSONObject) {
-        records.append(record)
+        records.append(.made(record))
+        written += 1
+        if records.count >= Self.recordsPerBatch { handOver() }
+    }
+
+    /// Made into its object on the writing thread, off the judging one.
+    public func report(_ draft: L7RecordDraft) {
+        records.append(.draft(draft))
         written += 1
         if records.count >= Self.recordsPerBatch { handOver() }
     }
@@ -84,7 +96,12 @@ public final class RecordWriter: L7FlowReporter {
         writes.async { [descriptor, inFlight, alsoReading] in
             var bytes = lines
             bytes.reserveCapacity(lines.count + batch.count * 1024)
-            for record in batch {
+            for pending in batch {
+                let record: JSONObject
+                switch pending {
+                case .made(let made): record = made
+                case .draft(let draft): record = draft.record()
+                }
                 alsoReading?.report(record)
                 record.serialize(into: &bytes)
                 bytes.append(UInt8(ascii: "\n"))

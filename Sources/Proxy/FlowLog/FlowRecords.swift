@@ -161,20 +161,9 @@ public enum FlowRecords {
     public static func l7(verdict: FlowVerdict, connection: ConnectionIdentities, parts: inout L7RecordParts, time: UInt64,
                           direction: Direction, type: L7FlowType, latency: UInt64? = nil, protocolName: String,
                           fields: JSONObject, rules: [RuleReference], allowed: Bool, summary: String) -> JSONObject {
-        let isReply = type == .response
-        let made = parts.made(for: connection)
-        let policies = parts.policies(of: rules, allowed: allowed)
-        return record(time: time, verdict: verdict, ip: isReply ? made.replyIP : made.forwardIP,
-                      l4: isReply ? made.replyL4 : made.forwardL4,
-                      endpoints: isReply ? (made.destination, made.source) : (made.source, made.destination),
-                      type: .l7, direction: direction, isReply: isReply, summary: summary) { record in
-            var l7 = JSONObject(capacity: 3)
-            l7.add("type", .string(type.rawValue))
-            if let latency { l7.add("latency_ns", .unsigned(latency)) }
-            l7.add(protocolName, .object(fields))
-            record.add("l7", .object(l7))
-            for (key, value) in policies { record.add(key, value) }
-        }
+        L7RecordDraft(verdict: verdict, connection: connection, parts: &parts, time: time, direction: direction, type: type,
+                      latency: latency, rules: rules, allowed: allowed,
+                      message: .other(protocolName: protocolName, fields: fields, summary: summary)).record()
     }
 
     /// An HTTP request or response (Hubble's `HTTP`: `code`, `method`, `url`, `protocol`);
@@ -192,14 +181,47 @@ public enum FlowRecords {
     public static func http(verdict: FlowVerdict, connection: ConnectionIdentities, parts: inout L7RecordParts, time: UInt64,
                             direction: Direction, type: L7FlowType, method: String?, url: String?, code: Int?,
                             latency: UInt64?, rules: [RuleReference], allowed: Bool, version: String = "HTTP/1.1") -> JSONObject {
-        var http = JSONObject(capacity: 4)
-        if let code { http.add("code", .unsigned(UInt64(code))) }
-        if let method { http.add("method", .string(method)) }
-        if let url { http.add("url", .string(url)) }
-        http.add("protocol", .string(version))
-        let summary = httpSummary(version: version, type: type, method: method, url: url, code: code, verdict: verdict)
-        return l7(verdict: verdict, connection: connection, parts: &parts, time: time, direction: direction, type: type,
-                  latency: latency, protocolName: "http", fields: http, rules: rules, allowed: allowed, summary: summary)
+        httpDraft(verdict: verdict, connection: connection, parts: &parts, time: time, direction: direction, type: type,
+                  method: method, url: url, code: code, latency: latency, rules: rules, allowed: allowed,
+                  version: version).record()
+    }
+
+    /// What `http(...)` records, taken now, its JSON object made later (`L7RecordDraft`).
+    public static func httpDraft(verdict: FlowVerdict, connection: ConnectionIdentities, parts: inout L7RecordParts,
+                                 time: UInt64, direction: Direction, type: L7FlowType, method: String?, url: String?,
+                                 code: Int?, latency: UInt64?, rules: [RuleReference], allowed: Bool,
+                                 version: String = "HTTP/1.1") -> L7RecordDraft {
+        L7RecordDraft(verdict: verdict, connection: connection, parts: &parts, time: time, direction: direction, type: type,
+                      latency: latency, rules: rules, allowed: allowed,
+                      message: .http(method: method, url: url, code: code, version: version))
+    }
+
+    /// The JSON object of an L7 record from its draft's parts.
+    fileprivate static func l7(_ draft: L7RecordDraft) -> JSONObject {
+        let isReply = draft.type == .response
+        let fields: JSONObject, protocolName: String, summary: String
+        switch draft.message {
+        case .http(let method, let url, let code, let version):
+            var http = JSONObject(capacity: 4)
+            if let code { http.add("code", .unsigned(UInt64(code))) }
+            if let method { http.add("method", .string(method)) }
+            if let url { http.add("url", .string(url)) }
+            http.add("protocol", .string(version))
+            (fields, protocolName) = (http, "http")
+            summary = httpSummary(version: version, type: draft.type, method: method, url: url, code: code,
+                                  verdict: draft.verdict)
+        case .other(let name, let made, let text):
+            (fields, protocolName, summary) = (made, name, text)
+        }
+        return record(time: draft.time, verdict: draft.verdict, ip: draft.ip, l4: draft.l4, endpoints: draft.endpoints,
+                      type: .l7, direction: draft.direction, isReply: isReply, summary: summary) { record in
+            var l7 = JSONObject(capacity: 3)
+            l7.add("type", .string(draft.type.rawValue))
+            if let latency = draft.latency { l7.add("latency_ns", .unsigned(latency)) }
+            l7.add(protocolName, .object(fields))
+            record.add("l7", .object(l7))
+            for (key, value) in draft.policies { record.add(key, value) }
+        }
     }
 
     /// `HTTP/1.1 request GET /path forwarded`, `HTTP/1.1 response GET /path 200 forwarded`:
@@ -267,6 +289,54 @@ public enum FlowRecords {
             if let policy { record["policy"] = .string(policy) }
         }
     }
+}
+
+/// An L7 record's facts, taken on the session's thread with the connection's record parts;
+/// `record()` makes its JSON object, on any thread. A reporter that writes records on a
+/// thread of its own (`sluice replay`'s) takes drafts, so that the session's thread does not
+/// build the objects it would only hand over.
+public struct L7RecordDraft: Sendable {
+    /// The message's own part of the record.
+    enum Message: Sendable {
+        /// Made into Hubble's `HTTP` object and the HTTP summary by `record()`.
+        case http(method: String?, url: String?, code: Int?, version: String)
+        /// Any other protocol: its object under `l7` and its summary, made already.
+        case other(protocolName: String, fields: JSONObject, summary: String)
+    }
+
+    let verdict: FlowVerdict
+    let time: UInt64
+    let direction: Direction
+    let type: L7FlowType
+    let latency: UInt64?
+    let ip: JSONObject.Value
+    let l4: JSONObject.Value?
+    let endpoints: (source: JSONObject.Value, destination: JSONObject.Value)
+    let policies: [(String, JSONObject.Value)]
+    let message: Message
+
+    init(verdict: FlowVerdict, connection: ConnectionIdentities, parts: inout L7RecordParts, time: UInt64,
+         direction: Direction, type: L7FlowType, latency: UInt64?, rules: [RuleReference], allowed: Bool,
+         message: Message) {
+        let made = parts.made(for: connection)
+        let isReply = type == .response
+        self.verdict = verdict
+        self.time = time
+        self.direction = direction
+        self.type = type
+        self.latency = latency
+        ip = isReply ? made.replyIP : made.forwardIP
+        l4 = isReply ? made.replyL4 : made.forwardL4
+        endpoints = isReply ? (made.destination, made.source) : (made.source, made.destination)
+        policies = parts.policies(of: rules, allowed: allowed)
+        self.message = message
+    }
+
+    /// The record's JSON object.
+    public func record() -> JSONObject { FlowRecords.l7(self) }
+
+    /// The record's verdict, which a reporter may count without making the record.
+    public var verdictName: String { verdict.rawValue }
 }
 
 /// The parts of a connection's L7 records that stay the same from one record to the next:
