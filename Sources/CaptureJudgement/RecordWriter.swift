@@ -32,6 +32,22 @@ public final class RecordWriter: L7FlowReporter {
     static let maximumBuffersInFlight = 8
     private let writes = DispatchQueue(label: "sluice.replay.records")
     private let inFlight = DispatchSemaphore(value: RecordWriter.maximumBuffersInFlight)
+    /// The writing thread's output buffer, kept from one batch to the next.
+    private let output = OutputBuffers()
+
+    /// Holds the writing thread's buffer between batches (the queue runs one batch at a time,
+    /// so one buffer is ever in use).
+    private final class OutputBuffers: @unchecked Sendable {
+        private var spare: JSONOutputBuffer? = JSONOutputBuffer(capacity: 1 << 20)
+        func take() -> JSONOutputBuffer {
+            defer { spare = nil }
+            return spare ?? JSONOutputBuffer(capacity: 1 << 20)
+        }
+        func giveBack(_ buffer: JSONOutputBuffer) {
+            buffer.removeAll()
+            spare = buffer
+        }
+    }
 
     /// Standard output.
     public init() {
@@ -93,9 +109,9 @@ public final class RecordWriter: L7FlowReporter {
         // The batch's records are freed on the writing thread too, when this closure ends:
         // freeing them is a fifth of the work a record costs, and the judging thread is the
         // one that bounds a replay's rate.
-        writes.async { [descriptor, inFlight, alsoReading] in
-            var bytes = lines
-            bytes.reserveCapacity(lines.count + batch.count * 1024)
+        writes.async { [descriptor, inFlight, alsoReading, output] in
+            let bytes = output.take()
+            lines.withUnsafeBytes { bytes.append($0) }
             for pending in batch {
                 let record: JSONObject
                 switch pending {
@@ -103,18 +119,19 @@ public final class RecordWriter: L7FlowReporter {
                 case .draft(let draft): record = draft.record()
                 }
                 alsoReading?.report(record)
-                record.serialize(into: &bytes)
-                bytes.append(UInt8(ascii: "\n"))
+                record.serialize(into: bytes)
+                bytes.append(byte: UInt8(ascii: "\n"))
             }
-            Self.write(bytes, to: descriptor)
+            Self.write(bytes.bytes, to: descriptor)
+            output.giveBack(bytes)
             inFlight.signal()
         }
     }
 
-    private static func write(_ bytes: [UInt8], to descriptor: Int32) {
+    private static func write(_ bytes: UnsafeRawBufferPointer, to descriptor: Int32) {
         var offset = 0
         while offset < bytes.count {
-            let count = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + offset, $0.count - offset) }
+            let count = Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
             if count < 0 && errno == EINTR { continue }
             guard count > 0 else { break }
             offset += count

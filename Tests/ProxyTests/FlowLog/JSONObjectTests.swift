@@ -41,6 +41,33 @@ import Foundation
         #expect(source == "10.0.0.1")
     }
 
+    /// The writer's buffer and an array get the same text, whatever the values (escapes,
+    /// numbers at their limits, nesting, shared parts), and the buffer grows past its start.
+    @Test func outputBufferAndArrayGetTheSameText() throws {
+        var object = JSONObject()
+        object["text"] = .string("quote \" backslash \\ newline \n tab \t cr \r control \u{01}\u{1F} é ∑ \u{7F}")
+        object["clean"] = .string("a plain string longer than eight bytes")
+        object["empty"] = .string("")
+        object["numbers"] = .array([.integer(0), .integer(-1), .integer(Int64.min), .integer(Int64.max),
+                                    .unsigned(0), .unsigned(UInt64.max), .unsigned(1_000_000_007)])
+        object["flags"] = .array([.bool(true), .bool(false)])
+        var inner = JSONObject()
+        inner["k\"ey"] = .string("v")
+        object["nested"] = .object(inner)
+        object["shared"] = inner.prebuilt
+        var expected: [UInt8] = []
+        object.serialize(into: &expected)
+        let buffer = JSONOutputBuffer(capacity: 8)
+        for _ in 0..<50 { object.serialize(into: buffer) }
+        #expect(Array(buffer.bytes) == Array([[UInt8]](repeating: expected, count: 50).joined()))
+        let parsed = try JSONSerialization.jsonObject(with: Data(expected)) as? [String: Any]
+        #expect(parsed?["text"] as? String == "quote \" backslash \\ newline \n tab \t cr \r control \u{01}\u{1F} é ∑ \u{7F}")
+        #expect((parsed?["numbers"] as? [Any])?.count == 7)
+        #expect(String(decoding: expected, as: UTF8.self).contains(#"-9223372036854775808,9223372036854775807,0,18446744073709551615"#))
+        buffer.removeAll()
+        #expect(buffer.count == 0 && buffer.bytes.isEmpty)
+    }
+
     @Test func recordTimesAreRFC3339WithNanoseconds() {
         #expect(WallClock.rfc3339(0) == "1970-01-01T00:00:00.000000000Z")
         #expect(WallClock.rfc3339(1_790_000_000_123_456_789) == "2026-09-21T14:13:20.123456789Z")
