@@ -165,8 +165,8 @@ struct ReplayCommand: ParsableCommand {
     private func printSummary(_ summary: CaptureJudge.Summary, records: Int, seconds: Double, judgingCPU: Double) {
         let capture = summary.capture
         let megabytes = Double(capture.capturedBytes) / 1_048_576
-        // The judging thread's CPU time bounds the rate on an idle machine (records are
-        // serialised and written by a thread of their own, in parallel).
+        // The judging thread is the busiest of three: the capture is read and reassembled by
+        // one, judged by this one, and its records made and written by a third, in parallel.
         printError(String(format: "replay: %d packets, %.1f MiB in %.2f s (%.1f MiB/s; judging thread %.2f s of CPU); %d flow records",
                           capture.packets, megabytes, seconds, seconds > 0 ? megabytes / seconds : 0, judgingCPU, records))
         for (kind, verdicts) in summary.requests.sorted(by: { $0.key < $1.key }) {
