@@ -42,6 +42,16 @@ public enum HTTP2Event: Equatable, Sendable {
     case bodyTaken(stream: Int32, count: Int)
     /// The peer sent GOAWAY.
     case goAway(lastStreamID: Int32, errorCode: UInt32)
+    /// A request head (server endpoint) larger than `maximumHeaderListBytes` or with more than
+    /// `maximumHeaderCount` fields: its fields were decoded (to keep HPACK in step) and
+    /// dropped. RFC 9113 §10.5.1: "A server that receives a larger header section than it is
+    /// willing to handle can send an HTTP 431 (Request Header Fields Too Large) status code";
+    /// the owner answers the stream.
+    case headTooLarge(stream: Int32, endStream: Bool)
+    /// An informational (1xx) response head (client endpoint), before the final one
+    /// (RFC 9113 §8.1: "zero or more HEADERS frames ... containing the message headers of
+    /// informational (1xx) HTTP responses").
+    case informational(stream: Int32, headers: [HTTP2Header])
 }
 
 /// Why an endpoint cannot go on: nghttp2's fatal error (the connection must close; nghttp2
@@ -84,6 +94,8 @@ public final class HTTP2Endpoint {
         var stream: Int32
         var headers: [HTTP2Header] = []
         var bytes = 0
+        /// A request head past the limits: the rest of its fields are decoded and dropped.
+        var tooLarge = false
     }
 
     private struct OutgoingBody {
@@ -240,6 +252,15 @@ public final class HTTP2Endpoint {
         return true
     }
 
+    /// Sends an informational (1xx) head on `stream` (server endpoint), before its final
+    /// response; false when nghttp2 refuses it (the stream is gone).
+    @discardableResult
+    public func submitInformational(stream: Int32, _ headers: [HTTP2Header]) -> Bool {
+        withHeaderList(headers) { list, count in
+            nghttp2_submit_headers(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, nil, list, count, nil)
+        } >= 0
+    }
+
     /// Queues body bytes of `stream` (opened with a body); they leave within the peer's window.
     public func appendBody(stream: Int32, _ bytes: [UInt8]) {
         guard outgoing[stream] != nil else { return }
@@ -331,11 +352,20 @@ public final class HTTP2Endpoint {
         guard endpoint.incoming?.stream == frame!.pointee.hd.stream_id else { return 0 }
         // RFC 9113 §6.5.2: "the uncompressed size of header fields, including the length of the
         // name and value in octets plus an overhead of 32 octets for each header field".
+        if endpoint.incoming!.tooLarge { return 0 }
         endpoint.incoming!.bytes += nameLength + valueLength + 32
         if endpoint.incoming!.bytes > endpoint.limits.maximumHeaderListBytes
             || endpoint.incoming!.headers.count >= endpoint.limits.maximumHeaderCount {
-            // The stream is reset (nghttp2 answers a temporal failure with RST_STREAM
-            // INTERNAL_ERROR); what remains of the block is decoded to keep HPACK in step, unseen.
+            if endpoint.role == .server && frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
+                // A request head: answered 431 by the owner once the block ends; its fields
+                // are decoded (HPACK must stay in step) and dropped, so memory stays bounded.
+                endpoint.incoming!.tooLarge = true
+                endpoint.incoming!.headers = []
+                return 0
+            }
+            // Anything else (a response head, trailers): the stream is reset (nghttp2 answers a
+            // temporal failure with RST_STREAM INTERNAL_ERROR); what remains of the block is
+            // decoded to keep HPACK in step, unseen.
             endpoint.incoming = nil
             return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
         }
@@ -358,13 +388,18 @@ public final class HTTP2Endpoint {
             // an informational one (client side); otherwise trailers.
             let isHead = endpoint.role == .server ? category == NGHTTP2_HCAT_REQUEST
                 : category == NGHTTP2_HCAT_RESPONSE || endpoint.informational.contains(stream)
+            if block.tooLarge {
+                endpoint.events.append(.headTooLarge(stream: stream, endStream: endStream))
+                return 0
+            }
             guard isHead else {
                 endpoint.events.append(.trailers(stream: stream, headers: block.headers))
                 return 0
             }
             if endpoint.role == .client,
                block.headers.first(where: { $0.name == HTTP2Endpoint.statusName })?.value.first == UInt8(ascii: "1") {
-                endpoint.informational.insert(stream)  // informational: not relayed
+                endpoint.informational.insert(stream)
+                endpoint.events.append(.informational(stream: stream, headers: block.headers))
                 return 0
             }
             if !endpoint.informational.isEmpty { endpoint.informational.remove(stream) }

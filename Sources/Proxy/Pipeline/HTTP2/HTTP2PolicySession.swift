@@ -219,8 +219,21 @@ public final class HTTP2PolicySession: L7Session {
             upstream.consume(stream: upstreamID, count: count)
         case .goAway(_, let errorCode):
             upstream.goAway(errorCode: errorCode, lastStreamID: 0)
+        case .headTooLarge(let id, let endStream):
+            // Never judged (its fields were dropped unread) and never sent upstream.
+            deniedCount += 1
+            streams[id] = Stream(upstreamID: nil, method: "", url: "", start: clock(), direction: .ingress,
+                                 allowed: false, awaitingResponse: false, requestEnded: endStream)
+            answer(stream: id, status: 431, body: Self.tooLargeBody)
+            // As HTTP/1.1 reports its local answers to heads it could not read: the response only.
+            reporter?.report(record(type: .response, verdict: .forwarded, direction: .ingress, method: nil, url: nil,
+                                    code: 431, latency: nil, rules: [], allowed: false))
+        case .informational:
+            break  // only a client endpoint reports these
         }
     }
+
+    private static let tooLargeBody = Array("Request header fields too large\r\n".utf8)
 
     private func serverDid(_ event: HTTP2Event) {
         switch event {
@@ -266,6 +279,11 @@ public final class HTTP2PolicySession: L7Session {
             let inFlight = clientStream.filter { $0.key <= lastStreamID }.map(\.value).max() ?? 0
             downstream.goAway(errorCode: errorCode, lastStreamID: max(inFlight, 0))
             if ending == nil && streams.isEmpty { ending = "server sent GOAWAY" }
+        case .informational(let upstreamID, let headers):
+            // 100 Continue, 103 Early Hints: relayed ahead of the final response.
+            if let id = clientStream[upstreamID] { downstream.submitInformational(stream: id, headers) }
+        case .headTooLarge:
+            break  // only a server endpoint reports these
         }
     }
 
