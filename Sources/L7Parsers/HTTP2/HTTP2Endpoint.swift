@@ -3,17 +3,24 @@ import CNghttp2
 /// One header field of an HTTP/2 header block, as its bytes (values may hold obs-text bytes
 /// that a `String` would not keep as they were).
 public struct HTTP2Header: Equatable, Sendable {
-    public var name: [UInt8]
-    public var value: [UInt8]
+    /// The field's name and value. A received block's fields are slices of one buffer that
+    /// holds the whole block (two allocations a block, not two a field).
+    public var name: ArraySlice<UInt8>
+    public var value: ArraySlice<UInt8>
 
-    public init(name: [UInt8], value: [UInt8]) {
+    public init(name: ArraySlice<UInt8>, value: ArraySlice<UInt8>) {
         self.name = name
         self.value = value
     }
 
+    public init(name: [UInt8], value: [UInt8]) {
+        self.name = name[...]
+        self.value = value[...]
+    }
+
     public init(_ name: String, _ value: String) {
-        self.name = Array(name.utf8)
-        self.value = Array(value.utf8)
+        self.name = ArraySlice(name.utf8)
+        self.value = ArraySlice(value.utf8)
     }
 
     public var nameText: String { String(decoding: name, as: UTF8.self) }
@@ -92,10 +99,19 @@ public final class HTTP2Endpoint {
 
     private struct IncomingBlock {
         var stream: Int32
-        var headers: [HTTP2Header] = []
+        /// Every name and value of the block so far, back to back.
+        var storage: [UInt8] = []
+        /// Where each field's name and value are in `storage`.
+        var fields: [(name: Range<Int>, value: Range<Int>)] = []
         var bytes = 0
         /// A request head past the limits: the rest of its fields are decoded and dropped.
         var tooLarge = false
+
+        /// The fields, as slices of one buffer.
+        var headers: [HTTP2Header] {
+            let storage = storage
+            return fields.map { HTTP2Header(name: storage[$0.name], value: storage[$0.value]) }
+        }
     }
 
     private struct OutgoingBody {
@@ -343,7 +359,8 @@ public final class HTTP2Endpoint {
     private static let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, userData in
         let endpoint = endpoint(userData)
         endpoint.incoming = IncomingBlock(stream: frame!.pointee.hd.stream_id)
-        endpoint.incoming!.headers.reserveCapacity(12)
+        endpoint.incoming!.fields.reserveCapacity(12)
+        endpoint.incoming!.storage.reserveCapacity(512)
         return 0
     }
 
@@ -355,12 +372,13 @@ public final class HTTP2Endpoint {
         if endpoint.incoming!.tooLarge { return 0 }
         endpoint.incoming!.bytes += nameLength + valueLength + 32
         if endpoint.incoming!.bytes > endpoint.limits.maximumHeaderListBytes
-            || endpoint.incoming!.headers.count >= endpoint.limits.maximumHeaderCount {
+            || endpoint.incoming!.fields.count >= endpoint.limits.maximumHeaderCount {
             if endpoint.role == .server && frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
                 // A request head: answered 431 by the owner once the block ends; its fields
                 // are decoded (HPACK must stay in step) and dropped, so memory stays bounded.
                 endpoint.incoming!.tooLarge = true
-                endpoint.incoming!.headers = []
+                endpoint.incoming!.storage = []
+                endpoint.incoming!.fields = []
                 return 0
             }
             // Anything else (a response head, trailers): the stream is reset (nghttp2 answers a
@@ -370,8 +388,10 @@ public final class HTTP2Endpoint {
             return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
         }
         // Appended in place (the block is a stored property: no copy of what came before).
-        endpoint.incoming!.headers.append(HTTP2Header(name: Array(UnsafeBufferPointer(start: name, count: nameLength)),
-                                                      value: Array(UnsafeBufferPointer(start: value, count: valueLength))))
+        let start = endpoint.incoming!.storage.count
+        endpoint.incoming!.storage.append(contentsOf: UnsafeBufferPointer(start: name, count: nameLength))
+        endpoint.incoming!.storage.append(contentsOf: UnsafeBufferPointer(start: value, count: valueLength))
+        endpoint.incoming!.fields.append((start..<start + nameLength, start + nameLength..<start + nameLength + valueLength))
         return 0
     }
 
@@ -392,18 +412,19 @@ public final class HTTP2Endpoint {
                 endpoint.events.append(.headTooLarge(stream: stream, endStream: endStream))
                 return 0
             }
+            let headers = block.headers
             guard isHead else {
-                endpoint.events.append(.trailers(stream: stream, headers: block.headers))
+                endpoint.events.append(.trailers(stream: stream, headers: headers))
                 return 0
             }
             if endpoint.role == .client,
-               block.headers.first(where: { $0.name == HTTP2Endpoint.statusName })?.value.first == UInt8(ascii: "1") {
+               headers.first(where: { $0.name == HTTP2Endpoint.statusName })?.value.first == UInt8(ascii: "1") {
                 endpoint.informational.insert(stream)
-                endpoint.events.append(.informational(stream: stream, headers: block.headers))
+                endpoint.events.append(.informational(stream: stream, headers: headers))
                 return 0
             }
             if !endpoint.informational.isEmpty { endpoint.informational.remove(stream) }
-            endpoint.events.append(.head(stream: stream, headers: block.headers, endStream: endStream))
+            endpoint.events.append(.head(stream: stream, headers: headers, endStream: endStream))
         case NGHTTP2_DATA.rawValue:
             if endStream { endpoint.events.append(.endOfBody(stream: header.stream_id)) }
         case NGHTTP2_GOAWAY.rawValue:
@@ -415,7 +436,7 @@ public final class HTTP2Endpoint {
         return 0
     }
 
-    private static let statusName = Array(":status".utf8)
+    private static let statusName = ArraySlice(":status".utf8)
 
     private static let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, stream, data, length, userData in
         endpoint(userData).events.append(.data(stream: stream, bytes: Array(UnsafeBufferPointer(start: data, count: length))))

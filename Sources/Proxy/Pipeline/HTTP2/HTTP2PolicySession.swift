@@ -287,12 +287,12 @@ public final class HTTP2PolicySession: L7Session {
         }
     }
 
-    private static let statusName = Array(":status".utf8)
-    private static let methodName = Array(":method".utf8)
-    private static let authorityName = Array(":authority".utf8)
-    private static let hostName = Array("host".utf8)
-    private static let contentTypeName = Array("content-type".utf8)
-    private static let grpcContentType = Array("application/grpc".utf8)
+    private static let statusName = ArraySlice(":status".utf8)
+    private static let methodName = ArraySlice(":method".utf8)
+    private static let authorityName = ArraySlice(":authority".utf8)
+    private static let hostName = ArraySlice("host".utf8)
+    private static let contentTypeName = ArraySlice("content-type".utf8)
+    private static let grpcContentType = ArraySlice("application/grpc".utf8)
 
     /// Phase "evaluate" for one stream: judged by the HTTP rules, then opened upstream or
     /// answered here.
@@ -325,7 +325,7 @@ public final class HTTP2PolicySession: L7Session {
             case .normalized(let target, _):
                 url = target
                 if let index = forwarded.firstIndex(where: { $0.name == Self.pathName }) {
-                    forwarded[index].value = Array(target.utf8)
+                    forwarded[index].value = ArraySlice(target.utf8)
                 }
             case .redirect(let location):
                 // As over HTTP/1.1: an escaped slash is sent to the unescaped path (307).
@@ -379,7 +379,7 @@ public final class HTTP2PolicySession: L7Session {
         clientStream[upstreamID] = id
     }
 
-    private static let pathName = Array(":path".utf8)
+    private static let pathName = ArraySlice(":path".utf8)
 
     /// Answers a stream from the proxy with `status` and a plain-text body.
     private func answer(stream id: Int32, status: Int, body: [UInt8]) {
@@ -399,11 +399,11 @@ public final class HTTP2PolicySession: L7Session {
             case .add(let name, let value):
                 headers.append(HTTP2Header(name.lowercased(), value.value))
             case .replace(let name, let value):
-                let lowered = Array(name.lowercased().utf8)
+                let lowered = ArraySlice(name.lowercased().utf8)
                 headers.removeAll { $0.name == lowered }
-                headers.append(HTTP2Header(name: lowered, value: Array(value.value.utf8)))
+                headers.append(HTTP2Header(name: lowered, value: ArraySlice(value.value.utf8)))
             case .remove(let name):
-                let lowered = Array(name.lowercased().utf8)
+                let lowered = ArraySlice(name.lowercased().utf8)
                 headers.removeAll { $0.name == lowered }
             }
         }
