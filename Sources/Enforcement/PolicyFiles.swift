@@ -30,7 +30,9 @@ public enum PolicyFiles {
 
     /// Loads every policy file under `policyPaths` and the endpoints file into one snapshot;
     /// throws `InputError` naming every problem when any file does not load (all or nothing).
-    public static func loadSnapshot(policyPaths: [String], endpoints: String) throws -> PolicySnapshot {
+    /// `node`: the node this sluice runs on (`policy.node`), which tells local endpoints from
+    /// those on other nodes; nil: every endpoint is local.
+    public static func loadSnapshot(policyPaths: [String], endpoints: String, node: String? = nil) throws -> PolicySnapshot {
         var loaded = PolicyLoadResult()
         for path in policyPaths {
             for file in files(at: path) { loaded.append(PolicyLoader.load(file: file)) }
@@ -39,7 +41,7 @@ public enum PolicyFiles {
             throw InputError(description: "invalid policy input:\n" + loaded.errors.map(\.description).joined(separator: "\n"))
         }
         let directory: EndpointDirectory
-        do { directory = try EndpointDirectory.load(file: endpoints) } catch { throw InputError(description: "\(error)") }
+        do { directory = try EndpointDirectory.load(file: endpoints, localNode: node) } catch { throw InputError(description: "\(error)") }
         return PolicySnapshot(policies: loaded.policies, endpoints: directory)
     }
 
