@@ -46,10 +46,10 @@ public enum PolicyFiles {
     }
 
     /// The datapath's view (identities, enforcement, L3/L4 policy) of the files' policies.
-    public static func datapathState(policyPaths: [String], endpoints: String, nodeAddresses: [IPv4Prefix],
+    public static func datapathState(policyPaths: [String], endpoints: String, node: String? = nil, nodeAddresses: [IPv4Prefix],
                                      nodeAddresses6: [IPv6Prefix] = [],
                                      proxyPorts: PolicyTranslation.ProxyPorts) throws -> DatapathState {
-        let snapshot = try loadSnapshot(policyPaths: policyPaths, endpoints: endpoints)
+        let snapshot = try loadSnapshot(policyPaths: policyPaths, endpoints: endpoints, node: node)
         return try PolicyTranslation(snapshot: snapshot, nodeAddresses: nodeAddresses, nodeAddresses6: nodeAddresses6,
                                      proxyPorts: proxyPorts).translate()
     }
