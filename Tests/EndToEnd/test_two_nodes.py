@@ -11,7 +11,6 @@ query log), every deny on what did not, and on which node's sluice stopped it.""
 import re
 import shutil
 import subprocess
-import time
 
 import pytest
 
@@ -199,6 +198,9 @@ def test_l3_l4_across_nodes(nodes):
             "node1 does not judge the api's ingress"
         assert not any(r.get("l4", {}).get("TCP", {}).get("destination_port") == 7777 for r in records2), \
             "the frontend's denied egress never reached node2"
+        # Each node counted its own drop; the IPv6 flow crossed both nodes' datapaths.
+        assert nodes.counter(1, "drop: default deny") >= 1 and nodes.counter(2, "drop: default deny") >= 1
+        assert nodes.counter(1, "allowed (new flows)", "ipv6") >= 1 and nodes.counter(2, "allowed (new flows)", "ipv6") >= 1
     else:
         assert nodes.dropped_by_nft(2, "default deny shop/api ingress")
         assert nodes.dropped_by_nft(1, "default deny shop/frontend egress")
