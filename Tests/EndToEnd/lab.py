@@ -74,3 +74,28 @@ def lab():
 @pytest.fixture
 def two_node_lab():
     yield from _lab(2)
+
+
+def peer_logging_nginx(www, addresses, name, extra_locations=""):
+    """Writes www/nginx.conf: nginx listening on ports 8080 and 9090 of each of `addresses`
+    (IPv6 ones in brackets), answering `NAME PORT`, and logging every request as
+    `$remote_addr $server_port $request` to www/access.log (what the server saw of the client).
+    Returns (config path, access log path)."""
+    access_log = www / "access.log"
+    listens = " ".join(f"listen {address}:{port};" for address in addresses for port in (8080, 9090))
+    conf = www / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1; daemon off; error_log {www}/error.log; pid {www}/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+  log_format peer '$remote_addr $server_port $request';
+  access_log {access_log} peer;
+  client_body_temp_path {www}/b; proxy_temp_path {www}/p; fastcgi_temp_path {www}/f;
+  uwsgi_temp_path {www}/u; scgi_temp_path {www}/s;
+  server {{
+    {listens}
+    location / {{ return 200 "{name} $server_port\\n"; }}
+{extra_locations}  }}
+}}
+""")
+    return conf, access_log

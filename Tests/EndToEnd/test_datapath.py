@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import ROOT, SLUICE
-from lab import lab  # noqa: F401  (fixture)
+from lab import lab, peer_logging_nginx  # noqa: F401  (fixture)
 
 BACKEND = "10.200.2.2"
 FRONTEND = "10.200.1.2"
@@ -72,23 +72,8 @@ class Scenario:
         shutil.copy(ROOT / "configs" / "lab" / "endpoints.yaml", workdir / "endpoints.yaml")
         www = workdir / "backend"
         www.mkdir()
-        self.access_log = www / "access.log"
-        conf = www / "nginx.conf"
-        conf.write_text(f"""
-worker_processes 1; daemon off; error_log {www}/error.log; pid {www}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-  log_format peer '$remote_addr $server_port $request';
-  access_log {self.access_log} peer;
-  client_body_temp_path {www}/b; proxy_temp_path {www}/p; fastcgi_temp_path {www}/f;
-  uwsgi_temp_path {www}/u; scgi_temp_path {www}/s;
-  server {{
-    listen {BACKEND}:8080; listen {BACKEND}:9090; listen [{BACKEND6}]:8080; listen [{BACKEND6}]:9090;
-    location / {{ return 200 "backend $server_port\\n"; }}
-    location /slow {{ return 200 "slow\\n"; }}
-  }}
-}}
-""")
+        conf, self.access_log = peer_logging_nginx(www, [BACKEND, f"[{BACKEND6}]"], "backend",
+                                                   '    location /slow { return 200 "slow\\n"; }\n')
         lab.spawn(lab.ns("ep2"), "nginx", "-c", str(conf), "-p", str(www))
         self.udp_echo = lab.spawn(lab.ns("remote"), "python3", "-c", UDP_ECHO, REMOTE, "53")
         self.config_text = lab_config(mode, self.pin_root, self.policies, workdir / "endpoints.yaml", """

@@ -57,12 +57,19 @@ def test_the_nodes_own_requests_to_an_l7_port_are_judged_by_sluice(scenario, fam
     assert proxy.terminate() == 0
     assert request("GET", "/api/after", timeout=1) == "000"
     assert f"{node} 8080 GET /api/after HTTP/1.1" not in scenario.access()
+    assert_drops_counted(scenario, family, "drop: proxy unavailable", 1,
+                         r'iifname "lo" .* counter packets [1-9]\d* bytes \d+ drop comment "proxy unavailable: fail closed"')
+
+
+def assert_drops_counted(scenario, family, counter, at_least, nft_rule):
+    """The drops were counted where the datapath counts them: the BPF counter `counter` (at
+    least `at_least`), or the nftables rule matching the `nft_rule` pattern (with packets)."""
     if scenario.mode == "bpf":
-        assert scenario.counter("drop: proxy unavailable", family) >= 1
+        assert scenario.counter(counter, family) >= at_least
     else:
         table = "ip" if family == "ipv4" else "ip6"
         rules = scenario.lab.run(scenario.lab.node, "nft", "list", "table", table, "sluice").stdout
-        assert re.search(r'iifname "lo" .* counter packets [1-9]\d* bytes \d+ drop comment "proxy unavailable: fail closed"', rules), rules
+        assert re.search(nft_rule, rules), rules
 
 
 # The backend admits the node on UDP port 5353 too; a recorder there logs every datagram
@@ -123,9 +130,5 @@ def test_a_packet_from_an_endpoint_with_the_nodes_address_is_dropped(scenario, f
     wait_until(lambda: "from-the-node" in log.read_text(), "the node's own datagram")
     assert log.read_text().splitlines() == ["ready", f"from-the-node from {node}"]
     assert scenario.access() == []
-    if scenario.mode == "bpf":
-        assert scenario.counter("drop: node address spoofed", family) >= 2
-    else:
-        table = "ip" if family == "ipv4" else "ip6"
-        rules = scenario.lab.run(scenario.lab.node, "nft", "list", "table", table, "sluice").stdout
-        assert re.search(r'fib saddr type local counter packets [1-9]\d* bytes \d+ drop comment "node address spoofed"', rules), rules
+    assert_drops_counted(scenario, family, "drop: node address spoofed", 2,
+                         r'fib saddr type local counter packets [1-9]\d* bytes \d+ drop comment "node address spoofed"')

@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT, SLUICE, Sluice
-from lab import two_node_lab  # noqa: F401  (fixture)
+from lab import peer_logging_nginx, two_node_lab  # noqa: F401  (fixture)
 from test_datapath import wait_until
 
 FRONTEND, FRONTEND6 = "10.200.1.2", "fd00:200:1::2"
@@ -65,22 +65,8 @@ class TwoNodes:
         shutil.copy(ROOT / "configs" / "lab" / "endpoints.yaml", workdir / "endpoints.yaml")
         www = workdir / "api"
         www.mkdir()
-        self.access_log = www / "access.log"
-        (www / "nginx.conf").write_text(f"""
-worker_processes 1; daemon off; error_log {www}/error.log; pid {www}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-  log_format peer '$remote_addr $server_port $request';
-  access_log {self.access_log} peer;
-  client_body_temp_path {www}/b; proxy_temp_path {www}/p; fastcgi_temp_path {www}/f;
-  uwsgi_temp_path {www}/u; scgi_temp_path {www}/s;
-  server {{
-    listen {API}:8080; listen {API}:9090; listen [{API6}]:8080; listen [{API6}]:9090;
-    location / {{ return 200 "api $server_port\\n"; }}
-  }}
-}}
-""")
-        lab.spawn(lab.ns("n2ep1"), "nginx", "-c", str(www / "nginx.conf"), "-p", str(www))
+        conf, self.access_log = peer_logging_nginx(www, [API, f"[{API6}]"], "api")
+        lab.spawn(lab.ns("n2ep1"), "nginx", "-c", str(conf), "-p", str(www))
         self.query_log = workdir / "unbound.log"
         (workdir / "unbound.conf").write_text(f"""
 server:
