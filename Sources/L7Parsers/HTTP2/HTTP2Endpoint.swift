@@ -323,25 +323,31 @@ public final class HTTP2Endpoint {
         nghttp2_session_resume_data(session, stream)
     }
 
-    /// Calls `body` with an nghttp2 header list pointing into one flat copy of `headers`.
+    /// Calls `body` with an nghttp2 header list pointing into one flat copy of `headers`
+    /// (the copy in one allocation, the list on the stack).
     private func withHeaderList<Result>(_ headers: [HTTP2Header],
                                         _ body: (UnsafePointer<nghttp2_nv>, Int) -> Result) -> Result {
-        var flat: [UInt8] = []
-        flat.reserveCapacity(headers.reduce(0) { $0 + $1.name.count + $1.value.count })
-        for header in headers { flat += header.name; flat += header.value }
-        return flat.withUnsafeMutableBufferPointer { storage in
-            var list: [nghttp2_nv] = []
-            list.reserveCapacity(headers.count)
+        var total = 0
+        for header in headers { total += header.name.count + header.value.count }
+        let flat = UnsafeMutablePointer<UInt8>.allocate(capacity: max(total, 1))
+        defer { flat.deallocate() }
+        return withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: max(headers.count, 1)) { list in
             var offset = 0
-            for header in headers {
-                let name = storage.baseAddress! + offset
+            for (index, header) in headers.enumerated() {
+                let name = flat + offset
+                if !header.name.isEmpty {
+                    header.name.withUnsafeBufferPointer { name.update(from: $0.baseAddress!, count: $0.count) }
+                }
                 offset += header.name.count
-                let value = storage.baseAddress! + offset
+                let value = flat + offset
+                if !header.value.isEmpty {
+                    header.value.withUnsafeBufferPointer { value.update(from: $0.baseAddress!, count: $0.count) }
+                }
                 offset += header.value.count
-                list.append(nghttp2_nv(name: name, value: value, namelen: header.name.count,
-                                       valuelen: header.value.count, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+                list[index] = nghttp2_nv(name: name, value: value, namelen: header.name.count,
+                                         valuelen: header.value.count, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
             }
-            return list.withUnsafeBufferPointer { body($0.baseAddress!, $0.count) }
+            return body(UnsafePointer(list.baseAddress!), headers.count)
         }
     }
 

@@ -161,9 +161,19 @@ public enum FlowRecords {
     public static func l7(verdict: FlowVerdict, connection: ConnectionIdentities, parts: inout L7RecordParts, time: UInt64,
                           direction: Direction, type: L7FlowType, latency: UInt64? = nil, protocolName: String,
                           fields: JSONObject, rules: [RuleReference], allowed: Bool, summary: String) -> JSONObject {
+        l7Draft(verdict: verdict, connection: connection, parts: &parts, time: time, direction: direction, type: type,
+                latency: latency, protocolName: protocolName, fields: fields, rules: rules, allowed: allowed,
+                summary: summary).record()
+    }
+
+    /// What `l7(...)` records, taken now, its JSON object made later (`L7RecordDraft`).
+    public static func l7Draft(verdict: FlowVerdict, connection: ConnectionIdentities, parts: inout L7RecordParts,
+                               time: UInt64, direction: Direction, type: L7FlowType, latency: UInt64? = nil,
+                               protocolName: String, fields: JSONObject, rules: [RuleReference], allowed: Bool,
+                               summary: String) -> L7RecordDraft {
         L7RecordDraft(verdict: verdict, connection: connection, parts: &parts, time: time, direction: direction, type: type,
                       latency: latency, rules: rules, allowed: allowed,
-                      message: .other(protocolName: protocolName, fields: fields, summary: summary)).record()
+                      message: .other(protocolName: protocolName, fields: fields, summary: summary))
     }
 
     /// An HTTP request or response (Hubble's `HTTP`: `code`, `method`, `url`, `protocol`);

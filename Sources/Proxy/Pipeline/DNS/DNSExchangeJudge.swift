@@ -310,9 +310,10 @@ struct DNSExchangeJudge {
         var dns = fields()
         dns["query"] = .string(query)
         let what = type == .request ? "query" : "answer"
-        reporter.report(FlowRecords.l7(verdict: verdict, connection: identities, parts: &recordParts, time: context.clock.wall(),
-                                       direction: direction, type: type,
-                                       latency: latency, protocolName: "dns", fields: dns, rules: rules, allowed: allowed,
-                                       summary: summary ?? "DNS \(what) \(query) \(verdict.rawValue.lowercased())"))
+        reporter.report(FlowRecords.l7Draft(verdict: verdict, connection: identities, parts: &recordParts,
+                                            time: context.clock.wall(), direction: direction, type: type,
+                                            latency: latency, protocolName: "dns", fields: dns, rules: rules,
+                                            allowed: allowed,
+                                            summary: summary ?? "DNS \(what) \(query) \(verdict.rawValue.lowercased())"))
     }
 }

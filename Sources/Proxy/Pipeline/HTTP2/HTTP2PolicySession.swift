@@ -144,7 +144,7 @@ public final class HTTP2PolicySession: L7Session {
     public func incompleteMessageTimedOut() -> [UInt8]? { nil }
 
     public func upstreamFailed(reason: String) -> [UInt8]? {
-        reporter?.report(record(type: .response, verdict: .error, direction: .ingress, method: nil, url: nil,
+        reporter?.report(draft(type: .response, verdict: .error, direction: .ingress, method: nil, url: nil,
                                 code: 503, latency: nil, rules: [], allowed: false))
         downstream.goAway(errorCode: NGHTTP2_REFUSED_STREAM.rawValue)
         return output(of: downstream)
@@ -156,7 +156,7 @@ public final class HTTP2PolicySession: L7Session {
         // RFC 9110 §15.6.5: 504 for each stream the server left without a response head.
         for (id, stream) in streams where stream.awaitingResponse {
             if let upstreamID = stream.upstreamID { upstream.resetStream(upstreamID, errorCode: NGHTTP2_CANCEL.rawValue) }
-            reporter?.report(record(type: .response, verdict: .error, direction: stream.direction, method: stream.method,
+            reporter?.report(draft(type: .response, verdict: .error, direction: stream.direction, method: stream.method,
                                     url: stream.url, code: 504, latency: clock() &- stream.start, rules: [],
                                     allowed: true))
             answer(stream: id, status: 504, body: Array("upstream timed out\r\n".utf8))
@@ -226,7 +226,7 @@ public final class HTTP2PolicySession: L7Session {
                                  allowed: false, awaitingResponse: false, requestEnded: endStream)
             answer(stream: id, status: 431, body: Self.tooLargeBody)
             // As HTTP/1.1 reports its local answers to heads it could not read: the response only.
-            reporter?.report(record(type: .response, verdict: .forwarded, direction: .ingress, method: nil, url: nil,
+            reporter?.report(draft(type: .response, verdict: .forwarded, direction: .ingress, method: nil, url: nil,
                                     code: 431, latency: nil, rules: [], allowed: false))
         case .informational:
             break  // only a client endpoint reports these
@@ -243,7 +243,7 @@ public final class HTTP2PolicySession: L7Session {
             stream.awaitingResponse = false
             streams[id] = stream
             let status = headers.first { $0.name == Self.statusName }.flatMap { Int($0.valueText) }
-            reporter?.report(record(type: .response, verdict: stream.allowed ? .forwarded : .dropped,
+            reporter?.report(draft(type: .response, verdict: stream.allowed ? .forwarded : .dropped,
                                     direction: stream.direction, method: stream.method, url: stream.url, code: status,
                                     latency: clock() &- stream.start, rules: [], allowed: stream.allowed))
             if !downstream.submitResponse(stream: id, headers, hasBody: !endStream) {
@@ -443,20 +443,20 @@ public final class HTTP2PolicySession: L7Session {
     }
 
     private func reportRequest(method: String, url: String, judgement: HTTPRequestJudge.Judgement) {
-        reporter?.report(record(type: .request, verdict: judgement.allowed ? .forwarded : .dropped,
+        reporter?.report(draft(type: .request, verdict: judgement.allowed ? .forwarded : .dropped,
                                 direction: judgement.direction, method: method, url: url, code: nil, latency: nil,
                                 rules: judgement.rules, allowed: judgement.allowed))
     }
 
     private func reportAnswer(_ stream: Stream, code: Int) {
-        reporter?.report(record(type: .response, verdict: .forwarded, direction: stream.direction, method: stream.method,
+        reporter?.report(draft(type: .response, verdict: .forwarded, direction: stream.direction, method: stream.method,
                                 url: stream.url, code: code, latency: clock() &- stream.start, rules: [], allowed: false))
     }
 
-    private func record(type: L7FlowType, verdict: FlowVerdict, direction: Direction, method: String?, url: String?,
-                        code: Int?, latency: UInt64?, rules: [RuleReference], allowed: Bool) -> JSONObject {
-        FlowRecords.http(verdict: verdict, connection: judge.identities, parts: &recordParts, time: wallClock(),
-                         direction: direction, type: type, method: method, url: url, code: code, latency: latency,
-                         rules: rules, allowed: allowed, version: "HTTP/2")
+    private func draft(type: L7FlowType, verdict: FlowVerdict, direction: Direction, method: String?, url: String?,
+                       code: Int?, latency: UInt64?, rules: [RuleReference], allowed: Bool) -> L7RecordDraft {
+        FlowRecords.httpDraft(verdict: verdict, connection: judge.identities, parts: &recordParts, time: wallClock(),
+                              direction: direction, type: type, method: method, url: url, code: code, latency: latency,
+                              rules: rules, allowed: allowed, version: "HTTP/2")
     }
 }

@@ -627,7 +627,7 @@ public final class KafkaPolicySession: L7Session {
         kafka.add("correlation_id", .integer(Int64(correlation)))
         if let topic { kafka.add("topic", .string(topic)) }
         let what = type == .request ? "request" : "response"
-        reporter.report(FlowRecords.l7(
+        reporter.report(FlowRecords.l7Draft(
             verdict: verdict, connection: identities, parts: &recordParts, time: context.clock.wall(),
             direction: direction ?? policies.first?.flow.direction ?? .egress, type: type, latency: latency,
             protocolName: "kafka", fields: kafka, rules: rules, allowed: allowed,
