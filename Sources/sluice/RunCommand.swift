@@ -86,8 +86,17 @@ struct RunCommand: ParsableCommand {
                 case .stale:
                     printError("hand-over: \(path) is stale (no sluice answers there); starting afresh")
                 case .offer(let received):
-                    offer = received
-                    printError("hand-over: taking over from pid \(received.predecessorPID) (\(received.predecessorVersion))")
+                    // The same sluice has at least one listener in common (an upgrade may
+                    // add and remove some); one serving none of these is another instance.
+                    let configured = Set(ProxyServer.listenerKeys(configuration.listeners))
+                    if configured.isDisjoint(with: received.listenerKeys) {
+                        received.abandon()
+                        printError("hand-over: the sluice serving \(path) (pid \(received.predecessorPID)) has none of "
+                                   + "these listeners; not taking over from it")
+                    } else {
+                        offer = received
+                        printError("hand-over: taking over from pid \(received.predecessorPID) (\(received.predecessorVersion))")
+                    }
                 }
             } catch {
                 printError("\(error)")
@@ -135,9 +144,12 @@ struct RunCommand: ParsableCommand {
                            + "(set control.socket to a path this process may create)")
             }
         }
-        // Closes the endpoints (and removes the control socket) on every way out but a hand-over.
+        // Closes the endpoints on every way out, and removes the control socket when this
+        // sluice owns it: not one taken over before this one serves (the predecessor serves
+        // it until then), nor after handing it over.
+        var ownsSocketFiles = offer == nil
         var handedOver = false
-        defer { operations.stop(unlinking: !handedOver) }
+        defer { operations.stop(unlinking: ownsSocketFiles && !handedOver) }
 
         let flowLog: FlowLog
         do {
@@ -223,6 +235,7 @@ struct RunCommand: ParsableCommand {
             // What the predecessor offered and nothing here serves (its own hand-over socket
             // when this one has none) is closed; then it stops accepting and drains.
             offer.closeUnused()
+            ownsSocketFiles = true
             do {
                 try offer.confirm()
                 printError("hand-over: pid \(offer.predecessorPID) stops accepting and drains")

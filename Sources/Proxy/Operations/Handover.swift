@@ -308,6 +308,18 @@ public final class HandoverOffer: @unchecked Sendable {
         return unused
     }
 
+    /// The keys of the listeners offered.
+    public var listenerKeys: Set<String> {
+        Set(sockets.filter { $0.0.role == .listener }.map(\.0.key))
+    }
+
+    /// Gives up the offer: every descriptor and the connection are closed, and the
+    /// predecessor goes on serving as before.
+    public func abandon() {
+        closeUnused()
+        channel.close()
+    }
+
     /// Tells the predecessor this sluice serves: it stops accepting and drains.
     public func confirm() throws {
         try channel.send(.ready)

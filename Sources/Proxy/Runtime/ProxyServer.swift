@@ -55,15 +55,20 @@ public final class ProxyServer: @unchecked Sendable {
         }
     }
 
-    /// Keys of inherited sockets no configured listener serves (closed at start).
-    public var unusedInheritedKeys: [String] {
-        let configured = Set(configuration.listeners.flatMap { listener -> [String] in
+    /// The `HandoverSocket.key` of every socket `listeners` bind.
+    public static func listenerKeys(_ listeners: [ListenerConfiguration]) -> [String] {
+        listeners.flatMap { listener -> [String] in
             switch listener.kind {
             case .explicit: return ["tcp \(listener.address)"]
             case .transparentTCP: return Worker.transparentAddresses(listener.address).map { "tcp \($0)" }
             case .transparentUDP: return Worker.transparentAddresses(listener.address).map { "udp \($0)" }
             }
-        })
+        }
+    }
+
+    /// Keys of inherited sockets no configured listener serves (closed at start).
+    public var unusedInheritedKeys: [String] {
+        let configured = Set(Self.listenerKeys(configuration.listeners))
         return inherited.keys.filter { !configured.contains($0) }.sorted()
     }
 
