@@ -72,7 +72,7 @@ RECORDING_RESOLVER = textwrap.dedent("""
             end += query[end] + 1
         question = query[12:end + 5]
         log.write(".".join(labels) + "\\n")
-        answer = struct.pack(">HHIH", 0xC00C, 1, 1, 0) + struct.pack(">H", 4) + socket.inet_aton(sys.argv[3])
+        answer = struct.pack(">HHHIH", 0xC00C, 1, 1, 0, 4) + socket.inet_aton(sys.argv[3])
         s.sendto(query[:2] + struct.pack(">HHHHH", 0x8180, 1, 1, 0, 0) + question + answer, peer)
 """)
 
@@ -84,10 +84,10 @@ LOAD = textwrap.dedent(f"""
     stop=$1; out=$2
     ( i=0; while [ ! -e $stop ]; do
         args=(); for j in 0 1 2 3 4 5 6 7 8 9; do args+=(-o /dev/null "http://{BACKEND}:8080/api/ka/$i-$j"); done
-        curl -s --max-time 10 -w '%{{http_code}} %{{url_effective}}\\n' "${{args[@]}}" >> $out/keepalive.txt
+        curl -s --max-time 10 -w '%{{http_code}} %{{url_effective}} %{{exitcode}} %{{errormsg}}\\n' "${{args[@]}}" >> $out/keepalive.txt
         i=$((i+1)); done ) &
     ( i=0; while [ ! -e $stop ]; do
-        curl -s --max-time 10 -o /dev/null -w '%{{http_code}} %{{url_effective}}\\n' "http://{BACKEND}:8080/api/nc/$i" >> $out/new.txt
+        curl -s --max-time 10 -o /dev/null -w '%{{http_code}} %{{url_effective}} %{{exitcode}} %{{errormsg}}\\n' "http://{BACKEND}:8080/api/nc/$i" >> $out/new.txt
         i=$((i+1)); done ) &
     ( i=0; while [ ! -e $stop ]; do
         : > $out/batch; for j in 0 1 2 3 4 5 6 7 8 9; do echo "q$i-$j.shop.test A" >> $out/batch; echo "q$i-$j.shop.test" >> $out/asked.txt; done
@@ -225,7 +225,7 @@ def test_ten_replacements_under_load_lose_no_request_and_no_dns_query(upgrades, 
     # Every HTTP request answered 200, and nginx saw each exactly once.
     lines = (results / "keepalive.txt").read_text().splitlines() + (results / "new.txt").read_text().splitlines()
     failed = [line for line in lines if not line.startswith("200 ")]
-    requested = [line.split(" ", 1)[1].split(":8080", 1)[1] for line in lines]
+    requested = [line.split(" ")[1].split(":8080", 1)[1] for line in lines]
     seen = {}
     for uri in upgrades.access_log.read_text().splitlines():
         seen[uri] = seen.get(uri, 0) + 1
@@ -240,6 +240,8 @@ def test_ten_replacements_under_load_lose_no_request_and_no_dns_query(upgrades, 
     print(f"\n{upgrades.mode}: 10 replacements in {elapsed:.1f} s: {len(lines)} HTTP requests "
           f"({len(failed)} failed), {len(asked)} DNS queries ({len(lost)} lost)")
     assert len(lines) > 200 and len(asked) > 200, "the load must be steady through the replacements"
+    if failed or lost:
+        shutil.copytree(workdir, f"/tmp/ho-debug-{upgrades.mode}", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
     assert failed == [], failed[:10]
     assert lost == [], lost[:10]
     assert [uri for uri in requested if seen.get(uri) != 1] == [], "each request reaches nginx exactly once"
