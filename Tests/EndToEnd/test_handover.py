@@ -57,7 +57,8 @@ spec:
               - matchPattern: "*.shop.test"
 """
 
-# Answers every A question with ANSWER (TTL 0) and logs the question's name, one per line.
+# Answers every A question with ANSWER (TTL 0) and logs the question's name and where it came
+# from, one per line.
 RECORDING_RESOLVER = textwrap.dedent("""
     import socket, struct, sys
     log = open(sys.argv[2], "a", buffering=1)
@@ -71,7 +72,7 @@ RECORDING_RESOLVER = textwrap.dedent("""
             labels.append(query[end + 1:end + 1 + query[end]].decode())
             end += query[end] + 1
         question = query[12:end + 5]
-        log.write(".".join(labels) + "\\n")
+        log.write(".".join(labels) + " %s:%d\\n" % peer)
         answer = struct.pack(">HHHIH", 0xC00C, 1, 1, 0, 4) + socket.inet_aton(sys.argv[3])
         s.sendto(query[:2] + struct.pack(">HHHHH", 0x8180, 1, 1, 0, 0) + question + answer, peer)
 """)
@@ -235,8 +236,8 @@ def test_ten_replacements_under_load_lose_no_request_and_no_dns_query(upgrades, 
                 if line.strip() and not line.startswith(";") and line.split()[-1] == ANSWER}
     lost = [name for name in asked if name not in answered]
     received = {}
-    for name in upgrades.resolver_log.read_text().split():
-        received[name] = received.get(name, 0) + 1
+    for line in upgrades.resolver_log.read_text().splitlines():
+        received[line.split()[0]] = received.get(line.split()[0], 0) + 1
     print(f"\n{upgrades.mode}: 10 replacements in {elapsed:.1f} s: {len(lines)} HTTP requests "
           f"({len(failed)} failed), {len(asked)} DNS queries ({len(lost)} lost)")
     assert len(lines) > 200 and len(asked) > 200, "the load must be steady through the replacements"
@@ -264,6 +265,38 @@ def test_ten_replacements_under_load_lose_no_request_and_no_dns_query(upgrades, 
     assert status["pid"] == last.pid
     assert last.terminate() == 0
     assert not upgrades.control.exists(), "the last one to stop removes the control socket"
+
+
+def test_a_client_reusing_a_port_is_judged_and_answered_through_sluice(upgrades, lab):
+    """Found by the hand-over test: a client's datagram in the tuple of an earlier flow of
+    the proxy (dig's random ports repeat) must meet the proxy like any other, and its answer
+    come back through it. BPF: the proxy's answer to the client was taken for an upstream flow
+    of its own, and the resolver's next answer in that tuple passed the proxy by. nftables: a
+    client datagram in the tuple of one of the proxy's upstream legs was waved through as part
+    of the proxy's connection, unjudged."""
+    upgrades.start_generation()
+    ep1 = lab.ns("ep1")
+
+    def dig(name, port):
+        return lab.run(ep1, "dig", f"@{RESOLVER}", "-b", f"10.200.1.2#{port}", name, "A", "+time=3", "+tries=1",
+                       check=False).stdout
+
+    first = dig("first.shop.test", 41000)
+    assert ANSWER in first
+    # The port the proxy's upstream leg used (BPF: the client's own; nftables: one chosen at connect).
+    upstream_port = int(re.search(r"^first\.shop\.test 10\.200\.1\.2:(\d+)$", upgrades.resolver_log.read_text(), re.M).group(1))
+    # Once the proxy's flow has ended (udpIdle 2 s), the same tuple again, twice.
+    time.sleep(3)
+    for name in ("again.shop.test", "once-more.shop.test"):
+        assert ANSWER in dig(name, 41000), name
+    # A denied name from the proxy's upstream port: judged (REFUSED), never at the resolver.
+    assert "status: REFUSED" in dig("evil.example", upstream_port)
+    assert "evil.example" not in upgrades.resolver_log.read_text()
+    assert ANSWER in dig("last.shop.test", upstream_port)
+    # Every answer passed the proxy: each question has its response flow record.
+    records = [json.loads(line) for line in upgrades.generations[0].flows.read_text().splitlines()]
+    answered = {r["l7"]["dns"]["query"] for r in records if r.get("l7", {}).get("type") == "RESPONSE" and "dns" in r["l7"]}
+    assert {"first.shop.test.", "again.shop.test.", "once-more.shop.test.", "last.shop.test."} <= answered
 
 
 WRK_SCRIPT = textwrap.dedent("""
