@@ -324,13 +324,15 @@ def test_twenty_policy_swaps_under_load_fail_no_request(lab, workdir):
         assert upgrades.curl_status("/only-a/x") == "200" and upgrades.curl_status("/only-b/x") == "403"
         script = workdir / "result.lua"
         script.write_text(WRK_SCRIPT)
-        wrk = subprocess.Popen(["ip", "netns", "exec", lab.ns("ep1"), "wrk", "-t", "2", "-c", "32", "-d", "30s",
+        wrk = subprocess.Popen(["ip", "netns", "exec", lab.ns("ep1"), "wrk", "-t", "2", "-c", "64", "-d", "14s",
                                 "-s", str(script), f"http://{BACKEND}:8080/api/load"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(1.0)
+        time.sleep(1.5)
         started = time.monotonic()
         swaps = 0
         for swap in range(20):
+            # One swap every 0.55 s, spread over the load.
+            time.sleep(max(0.0, started + swap * 0.55 - time.monotonic()))
             only, other = ("only-b", "only-a") if swap % 2 == 0 else ("only-a", "only-b")
             upgrades.write_policy(only)
             wait_until(lambda: upgrades.curl_status(f"/{only}/x") == "200", f"the swap to allow /{only}/", 10)
