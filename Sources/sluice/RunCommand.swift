@@ -1,6 +1,7 @@
 import ArgumentParser
 import Enforcement
 import Proxy
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -198,8 +199,12 @@ struct RunCommand: ParsableCommand {
         operations.sources.metrics = { [server, enforcement, flowLog] in
             Self.metricFamilies(gauges: server.gauges(), enforcement: enforcement, flowLog: flowLog)
         }
-        operations.sources.status = { [server, enforcement, flowLog] in
-            Self.status(configuration: startedConfiguration, gauges: server.gauges(), enforcement: enforcement, flowLog: flowLog)
+        let lineage = HandoverLineage(predecessor: offer?.predecessorPID)
+        operations.sources.status = { [server, enforcement, flowLog, lineage] in
+            var status = Self.status(configuration: startedConfiguration, gauges: server.gauges(), enforcement: enforcement,
+                                     flowLog: flowLog)
+            status["handover"] = lineage.status(socket: startedConfiguration.control.handoverPath)
+            return status
         }
         operations.sources.notReady = { [enforcement] in enforcement.notReady }
         if operationsBound {
@@ -242,8 +247,9 @@ struct RunCommand: ParsableCommand {
             } catch {
                 printError("hand-over: cannot tell pid \(offer.predecessorPID) that this one serves (\(error)); it may still serve too")
             }
-            offer.awaitFinish { [enforcement] summary, state in
+            offer.awaitFinish { [enforcement, lineage] summary, state in
                 if let bytes = state["fqdn"] { enforcement.takeLearned(bytes) }
+                lineage.predecessorEnded(served: summary?.count)
                 if let summary {
                     printError("hand-over: pid \(summary.pid) finished (\(summary.count) connection(s) served in all)")
                 } else {
@@ -278,6 +284,8 @@ struct RunCommand: ParsableCommand {
             printError("hand-over: pid \(successor) serves now; draining (up to \(configuration.timeouts.drain / 1_000_000) ms)")
         } else {
             enforcement.stop()
+            // A successor that holds the sockets already serves the socket files after this one.
+            if handover?.offerPending == true { ownsSocketFiles = false }
             handover?.stop(unlinking: true)
             printError("\(first == SIGINT ? "SIGINT" : "SIGTERM"): draining (up to \(configuration.timeouts.drain / 1_000_000) ms)")
         }
@@ -410,6 +418,28 @@ struct RunCommand: ParsableCommand {
         case .transparentTCP: return "\(listener.name) tcp \(listener.address) (transparent)"
         case .transparentUDP: return "\(listener.name) udp \(listener.address) (transparent)"
         }
+    }
+}
+
+/// Where this sluice came from, for `sluice status`: the pid it took over from, and whether
+/// that one has finished draining.
+final class HandoverLineage: Sendable {
+    let predecessor: Int32?
+    private let ended = Mutex<(Bool, UInt64?)>((false, nil))
+    init(predecessor: Int32?) { self.predecessor = predecessor }
+
+    func predecessorEnded(served: UInt64?) { ended.withLock { $0 = (true, served) } }
+
+    func status(socket: String?) -> JSONObject.Value {
+        var entry = JSONObject()
+        if let socket { entry["socket"] = .string(socket) }
+        if let predecessor {
+            entry["took_over_from"] = .integer(Int64(predecessor))
+            let (done, served) = ended.withLock { $0 }
+            entry["predecessor"] = .string(done ? "finished" : "draining")
+            if let served { entry["predecessor_connections"] = .unsigned(served) }
+        }
+        return .object(entry)
     }
 }
 

@@ -33,6 +33,8 @@ public final class HandoverServer: @unchecked Sendable {
 
     private struct Gate {
         var stopping = false
+        /// Sockets were offered and the successor has not said yet whether it serves.
+        var offerPending = false
         var successor: HandoverChannel?
         var successorPID: Int32 = 0
     }
@@ -57,6 +59,10 @@ public final class HandoverServer: @unchecked Sendable {
     }
 
     public var descriptor: Int32 { listener }
+
+    /// A successor holds this sluice's sockets and has not said yet whether it serves: the
+    /// socket files are not this sluice's to remove now.
+    public var offerPending: Bool { gate.withLock { $0.offerPending } }
 
     /// The successor that said it serves, if one did.
     public var successorPID: Int32? {
@@ -95,7 +101,7 @@ public final class HandoverServer: @unchecked Sendable {
         if let thread { pthread_join(thread, nil) }
         thread = nil
         if listener >= 0 { Glibc.close(listener); listener = -1 }
-        if unlinking { unlink(path) }
+        if unlinking && !offerPending { unlink(path) }
         if wakeup >= 0 { Glibc.close(wakeup); wakeup = -1 }
     }
 
@@ -162,6 +168,7 @@ public final class HandoverServer: @unchecked Sendable {
                 for (socket, descriptor) in sockets { try channel.send(.socket(socket), attaching: descriptor) }
                 for (section, bytes) in state() { try channel.send(.state(section: section, bytes: bytes)) }
                 try channel.send(.offerEnd(HandoverSummary(pid: getpid(), version: version, count: UInt64(sockets.count))))
+                gate.offerPending = true
                 return .success(sockets.count)
             } catch {
                 return .failure(error)
@@ -179,6 +186,7 @@ public final class HandoverServer: @unchecked Sendable {
             report("hand-over: offered \(count) socket(s) to pid \(hello.pid) (\(hello.version)); waiting for it to serve")
         }
         channel.setTimeout(nanoseconds: Self.readyTimeout)
+        defer { gate.withLock { $0.offerPending = false } }
         do {
             guard let (message, _) = try channel.receive() else {
                 report("hand-over: pid \(hello.pid) went away before serving; still serving")
