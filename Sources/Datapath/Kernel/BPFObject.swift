@@ -66,7 +66,7 @@ public final class BPFObject {
         // The new link is attached before the old one goes (a namespace runs several
         // sk_lookup programs), and its pin replaces the old pin in one rename: a sluice taking
         // over from another never leaves the namespace without the program.
-        let staged = path + ".new"
+        let staged = path + "_new"  // bpffs refuses names with a dot
         unlink(staged)
         guard let link = bpf_program__attach_netns(program, namespace), libbpf_get_error(UnsafeRawPointer(link)) == 0 else {
             throw DatapathError("attach \(name) to the network namespace", code: errno)
