@@ -104,6 +104,26 @@ ssize_t sluice_receive_with_descriptors(int fd, void *buffer, size_t length, int
     return received;
 }
 
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#ifndef SIOCGSKNS
+#define SIOCGSKNS 0x894C
+#endif
+unsigned long sluice_socket_namespace_inode(int fd) {
+    int namespace = ioctl(fd, SIOCGSKNS);
+    if (namespace < 0) return 0;
+    struct stat status;
+    unsigned long inode = fstat(namespace, &status) == 0 ? (unsigned long)status.st_ino : 0;
+    close(namespace);
+    return inode;
+}
+
+unsigned long sluice_own_namespace_inode(void) {
+    struct stat status;
+    return stat("/proc/thread-self/ns/net", &status) == 0 ? (unsigned long)status.st_ino : 0;
+}
+
 int sluice_accept_nonblocking(int fd, struct sockaddr *address, socklen_t *length) {
     return accept4(fd, address, length, SOCK_NONBLOCK | SOCK_CLOEXEC);
 }

@@ -94,6 +94,10 @@ struct RunCommand: ParsableCommand {
                         received.abandon()
                         printError("hand-over: the sluice serving \(path) (pid \(received.predecessorPID)) has none of "
                                    + "these listeners; not taking over from it")
+                    } else if !received.isInThisNetworkNamespace {
+                        received.abandon()
+                        printError("hand-over: the sluice serving \(path) (pid \(received.predecessorPID)) runs in another "
+                                   + "network namespace; not taking over from it (give each its own control.socket)")
                     } else {
                         offer = received
                         printError("hand-over: taking over from pid \(received.predecessorPID) (\(received.predecessorVersion))")

@@ -533,3 +533,19 @@ def test_a_sluice_with_other_listeners_does_not_take_over(workdir, nginx, loopba
     assert proxy.process.poll() is None
     assert curl(loopback.port) == "hello from nginx\n"
     assert loopback.socket.exists() and loopback.handover.exists()
+
+
+def test_a_sluice_in_another_network_namespace_does_not_take_over(workdir, nginx, loopback):
+    """The same configuration and socket paths, but another network namespace (two lab nodes
+    on one machine share the file system): the sockets offered are not this namespace's."""
+    require_root("a second network namespace")
+    proxy = loopback("running", explicit(workdir, nginx, loopback.port, loopback.socket))
+    directory = workdir / "elsewhere"
+    directory.mkdir()
+    (directory / "sluice.yaml").write_text(explicit(workdir, nginx, loopback.port, loopback.socket))
+    result = subprocess.run(["unshare", "--net", "sh", "-c", f'ip link set lo up && exec "$0" run --config "$1"', SLUICE,
+                             str(directory / "sluice.yaml")], capture_output=True, text=True, timeout=20)
+    assert "runs in another network namespace; not taking over from it" in result.stderr, result.stderr
+    assert result.returncode == 1 and "another sluice is serving it" in result.stderr
+    assert proxy.process.poll() is None
+    assert curl(loopback.port) == "hello from nginx\n"

@@ -57,6 +57,11 @@ ssize_t sluice_send_with_descriptor(int fd, const void *buffer, size_t length, i
 ssize_t sluice_receive_with_descriptors(int fd, void *buffer, size_t length, int *descriptors, int maximum,
                                         int *count, int *truncated);
 
+/// The inode of the network namespace socket `fd` belongs to (SIOCGSKNS), or 0.
+unsigned long sluice_socket_namespace_inode(int fd);
+/// The inode of the calling thread's network namespace, or 0.
+unsigned long sluice_own_namespace_inode(void);
+
 /// accept4 with SOCK_NONBLOCK and SOCK_CLOEXEC (accept4 is a GNU extension Swift does not see).
 int sluice_accept_nonblocking(int fd, struct sockaddr *address, socklen_t *length);
 

@@ -321,6 +321,14 @@ public final class HandoverOffer: @unchecked Sendable {
         Set(sockets.filter { $0.0.role == .listener }.map(\.0.key))
     }
 
+    /// Whether the sockets offered live in this process's network namespace (a sluice in
+    /// another namespace may serve the same path: the file system is shared, the sockets are
+    /// not interchangeable). Checked on every listener, by `SIOCGSKNS`.
+    public var isInThisNetworkNamespace: Bool {
+        let own = sluice_own_namespace_inode()
+        return sockets.filter { $0.0.role == .listener }.allSatisfy { sluice_socket_namespace_inode($0.1) == own }
+    }
+
     /// Gives up the offer: every descriptor and the connection are closed, and the
     /// predecessor goes on serving as before.
     public func abandon() {
