@@ -549,3 +549,46 @@ def test_a_sluice_in_another_network_namespace_does_not_take_over(workdir, nginx
     assert result.returncode == 1 and "another sluice is serving it" in result.stderr
     assert proxy.process.poll() is None
     assert curl(loopback.port) == "hello from nginx\n"
+
+
+def test_an_upgrade_may_change_workers_and_listeners(workdir, nginx, loopback):
+    """Two workers become three; listener 'kept' is handed over (its two sockets spread over
+    three workers, the third binding its own into the same SO_REUSEPORT group), 'dropped' is
+    closed, 'added' is bound. curl runs through 'kept' all along, on new connections."""
+    kept, dropped, added = loopback.port, free_port(), free_port()
+
+    def config(workers, listeners):
+        lines = "".join(f"  - {{name: {name}, mode: explicit, listen: 127.0.0.1:{port}, upstream: 127.0.0.1:{nginx.port}}}\n"
+                        for name, port in listeners)
+        return f"""
+workers: {workers}
+listeners:
+{lines}timeouts: {{connect: 2s, idle: 60s, drain: 2s}}
+control: {{socket: {loopback.socket}}}
+flowLog: {{sink: none}}
+"""
+    old = loopback("old", config(2, [("kept", kept), ("dropped", dropped)]))
+    assert curl(dropped) == "hello from nginx\n"
+    stop = threading.Event()
+    outcomes = []
+
+    def load():
+        while not stop.is_set():
+            outcomes.append(curl(kept))
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        new = loopback("new", config(3, [("kept", kept), ("added", added)]))
+        assert old.process.wait(10) == 0
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join()
+    assert f"listener tcp 127.0.0.1:{kept}: 2 socket(s) taken over" in new.stderr()
+    assert f"listener tcp 127.0.0.1:{dropped} is not in this configuration: closed" in new.stderr()
+    assert len(outcomes) > 20 and all(outcome == "hello from nginx\n" for outcome in outcomes), set(outcomes)
+    assert curl(added) == "hello from nginx\n"
+    assert curl(dropped) == "", "the listener the new configuration dropped is closed"
+    # With the old one gone, its sockets live in the new one only: new connections still land.
+    assert all(curl(kept) == "hello from nginx\n" for _ in range(30))
