@@ -85,27 +85,76 @@ public final class CaptureJudge {
 
     /// Reads every file in turn as one capture, then ends the connections still open.
     /// `progress` is called as each file starts and now and then while it is read.
-    public func judge(paths: [String], progress: ((Progress) -> Void)? = nil) throws(CaptureError) -> Summary {
-        let replay = CaptureReplay { [unowned self] event in self.handle(event) }
+    ///
+    /// The captures are read, decoded and reassembled on a thread of their own, and the
+    /// events judged on the calling thread (`progress` is called on the reading one): the two
+    /// halves overlap, a few batches of events apart (`ReplayEventPipe`).
+    public func judge(paths: [String], progress: (@Sendable (Progress) -> Void)? = nil) throws(CaptureError) -> Summary {
         defer { ids.removeAll(); outcomes.removeAll() }
-        for (index, path) in paths.enumerated() {
-            progress?(Progress(file: path, fileIndex: index, bytesRead: 0, fileSize: 0))
-            try replay.read(path: path) { read, size in
-                progress?(Progress(file: path, fileIndex: index, bytesRead: read, fileSize: size))
+        let pipe = ReplayEventPipe()
+        let reading = ReadingOutcome()
+        let reader = JoinableThread {
+            var batch = pipe.take()
+            let replay = CaptureReplay { event in
+                batch.append(event)
+                if batch.isFull {
+                    pipe.send(batch)
+                    batch = pipe.take()
+                }
             }
+            do throws(CaptureError) {
+                try Self.read(paths, with: replay, progress: progress)
+                replay.finish()
+            } catch {
+                reading.error = error
+            }
+            if batch.isEmpty { pipe.giveBack(batch) } else { pipe.send(batch) }
+            reading.statistics = replay.statistics
+            pipe.close()
         }
-        replay.finish()
+        let statistics: CaptureStatistics
+        if let reader {
+            while let batch = pipe.receive() {
+                batch.forEach { handle($0) }
+                pipe.giveBack(batch)
+            }
+            reader.join()
+            if let error = reading.error { throw error }
+            statistics = reading.statistics
+        } else {
+            // No second thread to be had: read and judge on this one.
+            let replay = CaptureReplay { [unowned self] event in self.handle(event) }
+            try Self.read(paths, with: replay, progress: progress)
+            replay.finish()
+            statistics = replay.statistics
+        }
         traffic.finish()
         if let other {
             other.traffic.finish()
             compare(other.mine.drain(), other.ledger.drain())
         }
         summary.connections = traffic.counters
-        summary.capture = replay.statistics
+        summary.capture = statistics
         writer?.flush() // every record counted
         summary.requests = counting.requests
         summary.deniedBy = counting.deniedBy
         return summary
+    }
+
+    private static func read(_ paths: [String], with replay: CaptureReplay,
+                             progress: (@Sendable (Progress) -> Void)?) throws(CaptureError) {
+        for (index, path) in paths.enumerated() {
+            progress?(Progress(file: path, fileIndex: index, bytesRead: 0, fileSize: 0))
+            try replay.read(path: path) { read, size in
+                progress?(Progress(file: path, fileIndex: index, bytesRead: read, fileSize: size))
+            }
+        }
+    }
+
+    /// What the reading thread leaves for the judging one, read after joining it.
+    private final class ReadingOutcome: @unchecked Sendable {
+        var error: CaptureError?
+        var statistics = CaptureStatistics()
     }
 
     private func handle(_ event: ReplayEvent) {
@@ -270,12 +319,20 @@ final class CountingReporter: L7FlowReporter, @unchecked Sendable {
 
     func report(_ record: JSONObject) {
         next?.report(record)
-        guard let request = RequestRecord(record) else { return }
-        ledger?.add(request)
-        requests[request.protocolName, default: [:]][request.verdict, default: 0] += 1
-        guard request.verdict == "DROPPED" else { return }
+        let tally: RequestRecord.Tally
+        if let ledger {
+            guard let request = RequestRecord(record) else { return }
+            ledger.add(request)
+            tally = RequestRecord.Tally(protocolName: request.protocolName, verdict: request.verdict,
+                                        deniedBy: request.deniedBy)
+        } else {
+            guard let counted = RequestRecord.tally(record) else { return }
+            tally = counted
+        }
+        requests[tally.protocolName, default: [:]][tally.verdict, default: 0] += 1
+        guard tally.verdict == "DROPPED" else { return }
         // Denied because no rule of the L7 kind allows it (default deny at L7) names no policy.
-        for policy in request.deniedBy.isEmpty ? ["no rule allows it"] : request.deniedBy {
+        for policy in tally.deniedBy.isEmpty ? ["no rule allows it"] : tally.deniedBy {
             deniedBy[policy, default: 0] += 1
         }
     }

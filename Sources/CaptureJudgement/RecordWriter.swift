@@ -1,6 +1,5 @@
 import Dispatch
 import Proxy
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -17,8 +16,13 @@ public final class RecordWriter: L7FlowReporter {
     private let descriptor: Int32
     private let ownsDescriptor: Bool
     private var buffer: [UInt8] = []
-    /// Records waiting to be written (serialised on the writing thread).
-    private var records: [JSONObject] = []
+    /// Records waiting to be written (made, when drafts, and serialised on the writing thread).
+    private var records: [Pending] = []
+
+    private enum Pending: Sendable {
+        case made(JSONObject)
+        case draft(L7RecordDraft)
+    }
     public private(set) var written = 0
     /// Also hears every record, on the writing thread, in order (set before the first
     /// record; read what it gathered after `flush`).
@@ -27,15 +31,23 @@ public final class RecordWriter: L7FlowReporter {
     private static let recordsPerBatch = 1024
     static let maximumBuffersInFlight = 8
     private let writes = DispatchQueue(label: "sluice.replay.records")
-    /// Batches written, handed back so that their records are freed on the thread that made
-    /// them (freed on the writing thread, they would contend for the allocator's lock with
-    /// every allocation the judging makes).
-    private let writtenBatches = WrittenBatches()
-
-    private final class WrittenBatches: Sendable {
-        let batches = Mutex<[[JSONObject]]>([])
-    }
     private let inFlight = DispatchSemaphore(value: RecordWriter.maximumBuffersInFlight)
+    /// The writing thread's output buffer, kept from one batch to the next.
+    private let output = OutputBuffers()
+
+    /// Holds the writing thread's buffer between batches (the queue runs one batch at a time,
+    /// so one buffer is ever in use).
+    private final class OutputBuffers: @unchecked Sendable {
+        private var spare: JSONOutputBuffer? = JSONOutputBuffer(capacity: 1 << 20)
+        func take() -> JSONOutputBuffer {
+            defer { spare = nil }
+            return spare ?? JSONOutputBuffer(capacity: 1 << 20)
+        }
+        func giveBack(_ buffer: JSONOutputBuffer) {
+            buffer.removeAll()
+            spare = buffer
+        }
+    }
 
     /// Standard output.
     public init() {
@@ -57,7 +69,14 @@ public final class RecordWriter: L7FlowReporter {
     }
 
     public func report(_ record: JSONObject) {
-        records.append(record)
+        records.append(.made(record))
+        written += 1
+        if records.count >= Self.recordsPerBatch { handOver() }
+    }
+
+    /// Made into its object on the writing thread, off the judging one.
+    public func report(_ draft: L7RecordDraft) {
+        records.append(.draft(draft))
         written += 1
         if records.count >= Self.recordsPerBatch { handOver() }
     }
@@ -86,30 +105,33 @@ public final class RecordWriter: L7FlowReporter {
         buffer = []
         records = []
         records.reserveCapacity(Self.recordsPerBatch)
-        let done = writtenBatches.batches.withLock { batches in
-            defer { batches.removeAll(keepingCapacity: true) }
-            return batches
-        }
-        _ = done // freed here, on this thread
         inFlight.wait()
-        writes.async { [descriptor, inFlight, alsoReading, writtenBatches] in
-            var bytes = lines
-            bytes.reserveCapacity(lines.count + batch.count * 1024)
-            for record in batch {
+        // The batch's records are freed on the writing thread too, when this closure ends:
+        // freeing them is a fifth of the work a record costs, and the judging thread is the
+        // one that bounds a replay's rate.
+        writes.async { [descriptor, inFlight, alsoReading, output] in
+            let bytes = output.take()
+            lines.withUnsafeBytes { bytes.append($0) }
+            for pending in batch {
+                let record: JSONObject
+                switch pending {
+                case .made(let made): record = made
+                case .draft(let draft): record = draft.record()
+                }
                 alsoReading?.report(record)
-                record.serialize(into: &bytes)
-                bytes.append(UInt8(ascii: "\n"))
+                record.serialize(into: bytes)
+                bytes.append(byte: UInt8(ascii: "\n"))
             }
-            Self.write(bytes, to: descriptor)
-            writtenBatches.batches.withLock { $0.append(batch) }
+            Self.write(bytes.bytes, to: descriptor)
+            output.giveBack(bytes)
             inFlight.signal()
         }
     }
 
-    private static func write(_ bytes: [UInt8], to descriptor: Int32) {
+    private static func write(_ bytes: UnsafeRawBufferPointer, to descriptor: Int32) {
         var offset = 0
         while offset < bytes.count {
-            let count = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + offset, $0.count - offset) }
+            let count = Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
             if count < 0 && errno == EINTR { continue }
             guard count > 0 else { break }
             offset += count

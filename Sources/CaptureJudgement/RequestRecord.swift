@@ -34,20 +34,51 @@ struct RequestRecord {
     /// The policies listed as denying it (`namespace/name`).
     var deniedBy: [String]
 
+    /// What the summary counts of a request's record (nil for anything but an L7 request's
+    /// record): read without the rest, on the writing thread, for every record of a replay.
+    struct Tally {
+        var protocolName: String
+        var verdict: String
+        var deniedBy: [String]
+    }
+
+    static func tally(_ record: JSONObject) -> Tally? {
+        guard case .object(let l7)? = record["l7"], case .string("REQUEST")? = l7["type"],
+              case .string(let verdict)? = record["verdict"] else { return nil }
+        let protocolName = protocolName(l7)
+        return Tally(protocolName: protocolName, verdict: verdict,
+                     deniedBy: verdict == "DROPPED" ? deniedBy(record) : [])
+    }
+
+    private static func protocolName(_ l7: JSONObject) -> String {
+        l7["http"] != nil ? "http" : l7["dns"] != nil ? "dns" : l7["kafka"] != nil ? "kafka" : "other"
+    }
+
+    private static func deniedBy(_ record: JSONObject) -> [String] {
+        var deniedBy: [String] = []
+        if case .array(let policies)? = record["ingress_denied_by"] ?? record["egress_denied_by"] {
+            for case .object(let policy) in policies {
+                switch (policy["namespace"], policy["name"]) {
+                case (.string(let namespace)?, .string(let name)?): deniedBy.append("\(namespace)/\(name)")
+                case (nil, .string(let name)?): deniedBy.append(name)
+                default: break
+                }
+            }
+        }
+        return deniedBy
+    }
+
     /// Nil for anything but an L7 request's record.
     init?(_ record: JSONObject) {
         guard case .object(let l7)? = record["l7"], case .string("REQUEST")? = l7["type"],
               case .string(let verdict)? = record["verdict"] else { return nil }
         self.verdict = verdict
+        protocolName = Self.protocolName(l7)
         if case .object(let http)? = l7["http"] {
-            protocolName = "http"
             if case .string(let method)? = http["method"] { self.method = method }
             if case .string(let url)? = http["url"] { self.url = url }
         } else if case .object(let dns)? = l7["dns"] {
-            protocolName = "dns"
             if case .string(let query)? = dns["query"] { self.query = query }
-        } else {
-            protocolName = l7["kafka"] != nil ? "kafka" : "other"
         }
         if case .object(let ip)? = record["IP"] {
             if case .string(let address)? = ip["source"] { sourceAddress = address }
@@ -64,16 +95,7 @@ struct RequestRecord {
         }
         if case .object(let endpoint)? = record["source"] { source = endpoint }
         if case .object(let endpoint)? = record["destination"] { destination = endpoint }
-        deniedBy = []
-        if case .array(let policies)? = record["ingress_denied_by"] ?? record["egress_denied_by"] {
-            for case .object(let policy) in policies {
-                switch (policy["namespace"], policy["name"]) {
-                case (.string(let namespace)?, .string(let name)?): deniedBy.append("\(namespace)/\(name)")
-                case (nil, .string(let name)?): deniedBy.append(name)
-                default: break
-                }
-            }
-        }
+        deniedBy = Self.deniedBy(record)
     }
 
     var isAllowed: Bool { verdict == "FORWARDED" }

@@ -189,7 +189,13 @@ public final class PolicyEnforcement: @unchecked Sendable {
     /// use, derives its map contents. Publishes nothing: the caller does once all is well.
     private func load() throws -> (PolicySnapshot?, DatapathState) {
         guard let source = configuration.policy, policy != nil else { return (nil, DatapathState()) }
-        let snapshot = try PolicyFiles.loadSnapshot(policyPaths: source.paths.map(resolve), endpoints: resolve(source.endpoints))
+        let snapshot = try PolicyFiles.loadSnapshot(policyPaths: source.paths.map(resolve), endpoints: resolve(source.endpoints),
+                                                    node: source.node)
+        if source.node == nil, !snapshot.endpoints.nodeNames.isEmpty {
+            throw PolicyFiles.InputError(description: "\(resolve(source.endpoints)): endpoints are placed on nodes ("
+                + snapshot.endpoints.nodeNames.joined(separator: ", ")
+                + ") but the configuration does not say which node this sluice runs on: add policy.node")
+        }
         var state = DatapathState()
         if configuration.datapath.mode != .none {
             let nodeAddresses = source.nodeAddresses.compactMap(IPv4Prefix.init)

@@ -30,7 +30,9 @@ public enum PolicyFiles {
 
     /// Loads every policy file under `policyPaths` and the endpoints file into one snapshot;
     /// throws `InputError` naming every problem when any file does not load (all or nothing).
-    public static func loadSnapshot(policyPaths: [String], endpoints: String) throws -> PolicySnapshot {
+    /// `node`: the node this sluice runs on (`policy.node`), which tells local endpoints from
+    /// those on other nodes; nil: every endpoint is local.
+    public static func loadSnapshot(policyPaths: [String], endpoints: String, node: String? = nil) throws -> PolicySnapshot {
         var loaded = PolicyLoadResult()
         for path in policyPaths {
             for file in files(at: path) { loaded.append(PolicyLoader.load(file: file)) }
@@ -39,15 +41,15 @@ public enum PolicyFiles {
             throw InputError(description: "invalid policy input:\n" + loaded.errors.map(\.description).joined(separator: "\n"))
         }
         let directory: EndpointDirectory
-        do { directory = try EndpointDirectory.load(file: endpoints) } catch { throw InputError(description: "\(error)") }
+        do { directory = try EndpointDirectory.load(file: endpoints, localNode: node) } catch { throw InputError(description: "\(error)") }
         return PolicySnapshot(policies: loaded.policies, endpoints: directory)
     }
 
     /// The datapath's view (identities, enforcement, L3/L4 policy) of the files' policies.
-    public static func datapathState(policyPaths: [String], endpoints: String, nodeAddresses: [IPv4Prefix],
+    public static func datapathState(policyPaths: [String], endpoints: String, node: String? = nil, nodeAddresses: [IPv4Prefix],
                                      nodeAddresses6: [IPv6Prefix] = [],
                                      proxyPorts: PolicyTranslation.ProxyPorts) throws -> DatapathState {
-        let snapshot = try loadSnapshot(policyPaths: policyPaths, endpoints: endpoints)
+        let snapshot = try loadSnapshot(policyPaths: policyPaths, endpoints: endpoints, node: node)
         return try PolicyTranslation(snapshot: snapshot, nodeAddresses: nodeAddresses, nodeAddresses6: nodeAddresses6,
                                      proxyPorts: proxyPorts).translate()
     }

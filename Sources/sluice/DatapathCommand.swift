@@ -192,6 +192,9 @@ struct PolicyInputs: ParsableArguments {
     @Option(name: .long, parsing: .singleValue, help: ArgumentHelp("An address of the node itself (identity 'host'; repeatable).", valueName: "ip"))
     var nodeAddress: [String] = []
 
+    @Option(name: .long, help: ArgumentHelp("The node these maps are for, as the endpoints file's 'node' fields name it: only its pods' policies are enforced (default: every endpoint is local).", valueName: "name"))
+    var node: String?
+
     @Option(name: .long, help: ArgumentHelp("Port of the transparent TCP listener on 127.0.0.1 that L7 flows are diverted to.", valueName: "port"))
     var tcpProxyPort: UInt16 = 15001
 
@@ -200,13 +203,16 @@ struct PolicyInputs: ParsableArguments {
 
     func validate() throws {
         if policy.isEmpty { throw ValidationError("--policy: expected at least one policy file or directory") }
+        if let node, !EndpointDirectory.isNodeName(node) {
+            throw ValidationError("--node: expected a node name (lowercase letters, digits, '-' and '.'), got '\(node)'")
+        }
         for address in nodeAddress where IPv4Prefix(address) == nil && IPv6Prefix(address) == nil {
             throw ValidationError("--node-address: expected an IPv4 or IPv6 address, got '\(address)'")
         }
     }
 
     func datapathState() throws -> DatapathState {
-        try PolicyFiles.datapathState(policyPaths: policy, endpoints: endpoints, nodeAddresses: nodeAddress.compactMap(IPv4Prefix.init),
+        try PolicyFiles.datapathState(policyPaths: policy, endpoints: endpoints, node: node, nodeAddresses: nodeAddress.compactMap(IPv4Prefix.init),
                                        nodeAddresses6: nodeAddress.compactMap(IPv6Prefix.init),
                                        proxyPorts: .init(tcp: tcpProxyPort, udp: udpProxyPort))
     }

@@ -165,8 +165,8 @@ struct ReplayCommand: ParsableCommand {
     private func printSummary(_ summary: CaptureJudge.Summary, records: Int, seconds: Double, judgingCPU: Double) {
         let capture = summary.capture
         let megabytes = Double(capture.capturedBytes) / 1_048_576
-        // The judging thread's CPU time bounds the rate on an idle machine (records are
-        // serialised and written by a thread of their own, in parallel).
+        // The judging thread is the busiest of three: the capture is read and reassembled by
+        // one, judged by this one, and its records made and written by a third, in parallel.
         printError(String(format: "replay: %d packets, %.1f MiB in %.2f s (%.1f MiB/s; judging thread %.2f s of CPU); %d flow records",
                           capture.packets, megabytes, seconds, seconds > 0 ? megabytes / seconds : 0, judgingCPU, records))
         for (kind, verdicts) in summary.requests.sorted(by: { $0.key < $1.key }) {
@@ -204,8 +204,9 @@ struct ReplayCommand: ParsableCommand {
 /// captures, the rate, and the time left. By default nothing for a replay shorter than two
 /// seconds, then on a terminal the line is redrawn in place every second, and otherwise (a CI
 /// log) a line every ten seconds; `interval` (seconds, from `--progress`) sets the period
-/// from the start instead, 0 turning it off.
-final class ReplayProgressLine {
+/// from the start instead, 0 turning it off. `update` is called on the replay's reading
+/// thread only, and `finish` after the replay has returned (so after that thread ended).
+final class ReplayProgressLine: @unchecked Sendable {
     private let sizes: [Int64]
     private let total: Int64
     private let started = MonotonicClock.now()

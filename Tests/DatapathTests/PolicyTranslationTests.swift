@@ -92,6 +92,13 @@ import PolicyEngine
         #expect(text.contains("ct direction reply ct mark and 0x4000 != 0 meta l4proto udp socket transparent 1 meta mark set 0x200 accept"))
         #expect(text.contains("ct direction reply ct mark and 0x4000 != 0 fib daddr type != local counter drop"))
         #expect(text.hasPrefix("table ip sluice {}\ndelete table ip sluice\n"), "the table is replaced atomically")
+        // An endpoint posing as the node (its source one of the node's addresses), in both tables,
+        // before any rule that accepts traffic from the datapath's interfaces.
+        for table in text.components(separatedBy: "table ip6 sluice {}") {
+            let spoofed = try #require(table.range(of: "    fib saddr type local counter drop comment \"node address spoofed\""))
+            #expect(table.range(of: "socket transparent 1")!.lowerBound > spoofed.lowerBound)
+            #expect(table.range(of: "iifname != { \"ep1\", \"ep2\" } accept")!.lowerBound < spoofed.lowerBound)
+        }
     }
 
     // MARK: IPv6 (issue 15)

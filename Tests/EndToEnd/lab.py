@@ -1,5 +1,7 @@
-"""The namespace lab (scripts/lab) as a pytest fixture: a node namespace routing between
-endpoint namespaces and a remote one, all created and removed by the test itself."""
+"""The namespace lab (scripts/lab) as pytest fixtures: a node namespace routing between
+endpoint namespaces and a remote one (`lab`), or that and a second node with endpoints of
+its own routed to the first (`two_node_lab`, scripts/lab up --nodes 2), all created and
+removed by the test itself."""
 import os
 import subprocess
 
@@ -14,6 +16,8 @@ class Lab:
     def __init__(self, prefix):
         self.prefix = prefix
         self.node = f"{prefix}-node"
+        # The second node (scripts/lab up --nodes 2); its endpoints are ns("n2ep1"), ns("n2ep2").
+        self.node2 = f"{prefix}-node2"
         self.processes = []
 
     def ns(self, name):
@@ -49,11 +53,10 @@ class Lab:
         subprocess.run([LAB, "down", "--prefix", self.prefix], check=True, capture_output=True)
 
 
-@pytest.fixture
-def lab():
+def _lab(nodes):
     require_root("the namespace lab")
     prefix = f"t{os.getpid() % 100000}"
-    result = subprocess.run([LAB, "up", "--prefix", prefix], capture_output=True, text=True)
+    result = subprocess.run([LAB, "up", "--prefix", prefix, "--nodes", str(nodes)], capture_output=True, text=True)
     if result.returncode != 0:
         subprocess.run([LAB, "down", "--prefix", prefix], capture_output=True)
         pytest.fail(f"scripts/lab up failed: {result.stderr}")
@@ -61,3 +64,13 @@ def lab():
     yield instance
     instance.down()
     assert instance.namespaces() == [], "lab down must remove every namespace"
+
+
+@pytest.fixture
+def lab():
+    yield from _lab(1)
+
+
+@pytest.fixture
+def two_node_lab():
+    yield from _lab(2)

@@ -60,6 +60,28 @@ def test_check_validates_without_starting(tmp_path):
     assert "ok (1 listeners" in result.stdout
 
 
+def test_endpoints_on_nodes_need_to_know_which_node_this_is(tmp_path):
+    """Issue 15 item 3: an endpoints file that places pods on nodes is refused by a sluice that
+    does not say which node it runs on (policy.node), and a bad node name names its place."""
+    (tmp_path / "policy.yaml").write_text("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: shop}\n"
+                                          "spec: {endpointSelector: {matchLabels: {app: api}}, ingress: [{}]}\n")
+    endpoints = tmp_path / "endpoints.yaml"
+    endpoints.write_text("endpoints:\n  - {ip: 10.0.0.1, namespace: shop, labels: {app: api}, node: node1}\n"
+                         "  - {ip: 10.0.0.2, namespace: shop, labels: {app: web}, node: node2}\n")
+    config = tmp_path / "sluice.yaml"
+    listener = "listeners:\n  - {name: web, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n"
+    config.write_text(listener + "policy: {paths: [policy.yaml], endpoints: endpoints.yaml}\n")
+    result = run("run", "--config", str(config))
+    assert result.returncode == 2
+    assert ("endpoints.yaml: endpoints are placed on nodes (node1, node2) but the configuration does not say which node "
+            "this sluice runs on: add policy.node") in result.stderr, result.stderr
+    config.write_text(listener + "policy: {paths: [policy.yaml], endpoints: endpoints.yaml, node: node1}\n")
+    endpoints.write_text(endpoints.read_text().replace("node: node2", "node: Node_2"))
+    result = run("run", "--config", str(config))
+    assert result.returncode == 2
+    assert "endpoints.yaml:3:63: endpoints[1].node: expected a node name" in result.stderr, result.stderr
+
+
 def test_listener_that_cannot_bind_names_itself(tmp_path):
     import socket
     holder = socket.socket()

@@ -54,6 +54,7 @@ datapath:
   pinRoot: {pin_root}
 policy:
   paths: [{policies}]
+  node: node1
   endpoints: {endpoints}""" + rest + """flowLog: {sink: file, path: "@FLOWS@"}
 """
 

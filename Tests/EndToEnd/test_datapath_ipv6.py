@@ -127,7 +127,8 @@ def test_ipv6_dns_on_udp_is_judged_by_name(scenario):
     echoes whatever reaches it, which is no DNS answer), an allowed one is relayed (and,
     unanswered, SERVFAIL from sluice after dns.responseTimeout)."""
     echo = scenario.workdir / "echo.log"
-    recorder = UDP_ECHO.replace('s.sendto(b"answer:"', 'open(%r, "ab").write(data + b"\\n"); s.sendto(b"answer:"' % str(echo))
+    recorder = UDP_ECHO.replace('s.sendto(b"answer:"',
+                                'open(%r, "ab").write(data + b" from " + peer[0].encode() + b"\\n"); s.sendto(b"answer:"' % str(echo))
     scenario.lab.spawn(scenario.lab.ns("remote"), "python3", "-c", recorder, REMOTE6, "53")
     wait_until(lambda: f"[{REMOTE6}]:53" in scenario.lab.run(scenario.lab.ns("remote"), "ss", "-lun").stdout,
                "the IPv6 UDP peer")
@@ -143,6 +144,8 @@ def test_ipv6_dns_on_udp_is_judged_by_name(scenario):
     assert ask("api.shop.test", 4322) == f"4322 2 {REMOTE6} 53 True", "relayed, unanswered: SERVFAIL from sluice"
     relayed = echo.read_bytes() if echo.exists() else b""
     assert b"api" in relayed and b"evil" not in relayed, relayed
+    # Issue 15 item 2: the relayed datagram left from the client's own IPv6 address.
+    assert f" from {FRONTEND6}\n".encode() in relayed, relayed
     records = proxy.wait_for_flows(2, timeout=5)
     dns = [r for r in records if r.get("Type") == "L7" and "dns" in r.get("l7", {})]
     assert any(r["verdict"] == "DROPPED" and r["l7"]["dns"]["query"] == "evil.example.com."

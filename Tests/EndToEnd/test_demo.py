@@ -43,7 +43,16 @@ def test_demo_runs_and_shows_allowed_denied_and_diverted_flows():
     assert re.search(r"REDIRECTED +10\.200\.1\.3:\d+ +10\.200\.2\.3:9092/TCP +datapath +kafka/producer -> kafka/broker", out)
     assert re.search(r"FORWARDED +10\.200\.1\.3:\d+ +10\.200\.2\.3:9092/TCP +sluice \(L7\) +Kafka Produce v\d+ request topic orders", out)
     assert re.search(r"DROPPED +10\.200\.1\.3:\d+ +10\.200\.2\.3:9092/TCP +sluice \(L7\) +Kafka Produce v\d+ request topic payments error 29", out)
+    # Issue 15 item 3: a cross-node flow, judged by both nodes' sluices, and one refused by
+    # the destination node's ingress after the source node forwarded it.
+    assert re.search(r"allowed +frontend GET api@node2:8080/api/items \(cross-node\) +judged by node1's sluice \(frontend egress\) "
+                     r"and node2's \(api ingress\); the api saw the client, 10\.200\.1\.2", out)
+    assert re.search(r"denied +frontend GET api@node2:8080/reports/q \(cross-node\) +403 from node2's sluice \(api ingress\); "
+                     r"node1 forwarded it, nginx never saw it", out)
+    assert "api:     10.200.1.2 8080 GET /api/items HTTP/1.1" in out
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "demo-" not in listed, "the demo must remove its namespaces"
     assert not os.path.exists("/sys/fs/bpf/sluice-lab"), "the demo must remove its pins"
+    assert not os.path.exists("/sys/fs/bpf/sluice-lab-node2"), "the demo must remove the second node's pins"
     assert not os.path.exists("/run/sluice-lab"), "the demo must remove its learned-address state"
+    assert not os.path.exists("/run/sluice-lab-node2")

@@ -326,3 +326,63 @@ def test_grpc_through_the_datapath_in_the_lab(lab, workdir, start_sluice):
     finally:
         scenario.proxy.terminate()
         scenario.teardown()
+
+
+# An h2c server (Python h2) that answers every request with a 103 Early Hints head, then the
+# final 200: nginx 1.22 sends no informational heads of its own to an h2 client.
+EARLY_HINTS_SERVER = """
+import socket, sys, threading
+import h2.config, h2.connection, h2.events
+
+def serve(conn):
+    h2c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+    h2c.initiate_connection()
+    conn.sendall(h2c.data_to_send())
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return
+        for event in h2c.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                path = dict(event.headers)[b":path"]
+                with open(sys.argv[2], "a") as seen:
+                    seen.write(path.decode() + "\\n")
+                h2c.send_headers(event.stream_id, [(":status", "103"), ("link", "</style.css>; rel=preload")])
+                body = b"final " + path + b"\\n"
+                h2c.send_headers(event.stream_id, [(":status", "200"), ("content-length", str(len(body)))])
+                h2c.send_data(event.stream_id, body, end_stream=True)
+        conn.sendall(h2c.data_to_send())
+
+listener = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    connection, _ = listener.accept()
+    threading.Thread(target=serve, args=(connection,), daemon=True).start()
+"""
+
+
+def test_informational_heads_reach_the_client_before_the_final_one(workdir, start_sluice):
+    """A 103 Early Hints head from the server is relayed ahead of the final 200 (RFC 9113
+    §8.1), on an allowed stream; a denied stream gets only the 403 and the server never sees it."""
+    port = free_port()
+    seen = workdir / "paths.txt"
+    seen.write_text("")
+    server = subprocess.Popen([PYTHON, "-c", EARLY_HINTS_SERVER, str(port), str(seen)])
+    try:
+        wait_for_port(port)
+        write_policy(workdir, port, RULES)
+        listen = free_port()
+        start_sluice(config(workdir, listen, port))
+        for target in (port, listen):  # straight to the server, then through sluice: the same heads
+            result = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "--max-time", "10", "-D", "-", "-o",
+                                     "/dev/null", f"http://127.0.0.1:{target}/api/hints"],
+                                    capture_output=True, text=True, timeout=20)
+            assert result.returncode == 0, result.stderr
+            statuses = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("HTTP/2 ")]
+            assert statuses == ["103", "200"], (target, result.stdout)
+            assert "link: </style.css>; rel=preload" in result.stdout.lower()
+        code, _, _ = curl2(listen, "/admin/hints")
+        assert code == "403"
+        assert seen.read_text().split() == ["/api/hints", "/api/hints"], "the denied stream never reached the server"
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -113,6 +113,19 @@ import Testing
         #expect(fixture.holder.version == 1 && fixture.allowedPort == 8080)
     }
 
+    /// Issue 15 item 3: an endpoints file that places pods on nodes needs `policy.node`, or
+    /// this sluice would take every node's pods for its own.
+    @Test func endpointsOnNodesNeedPolicyNode() throws {
+        let fixture = try Fixture()
+        defer { fixture.directory.remove() }
+        fixture.directory.replace("endpoints.yaml", with: Self.endpoints.replacingOccurrences(of: "{app: backend}}", with: "{app: backend}, node: n2}"))
+        fixture.enforcement.reload(because: "policy changed")
+        let lines = fixture.journal.all
+        try #require(lines.count == 1, "\(lines)")
+        #expect(lines[0].contains("endpoints.yaml: endpoints are placed on nodes (n2) but the configuration does not say which node this sluice runs on: add policy.node"), "\(lines[0])")
+        #expect(fixture.holder.version == 1, "the previous policy stays in force")
+    }
+
     @Test func aPolicyTheDatapathRefusesIsNotPublished() throws {
         let fixture = try Fixture()
         defer { fixture.directory.remove() }

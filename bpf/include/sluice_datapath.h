@@ -22,6 +22,7 @@
 #define SLUICE_IDENTITY_ANY        0  /* wildcard peer in policy keys */
 #define SLUICE_IDENTITY_HOST       1
 #define SLUICE_IDENTITY_WORLD      2  /* IPv4 addresses no entry names (reserved:world, world-ipv4) */
+#define SLUICE_IDENTITY_REMOTE_NODE 6 /* other nodes' own addresses (reserved:remote-node, the reference's number) */
 #define SLUICE_IDENTITY_WORLD_IPV6 10 /* IPv6 addresses no entry names (reserved:world-ipv6, the reference's number) */
 #define SLUICE_IDENTITY_FIRST_USER 256
 

@@ -165,6 +165,8 @@ public enum NumericIdentity {
     public static let world = UInt32(SLUICE_IDENTITY_WORLD)
     /// IPv6 addresses nobody claims (reserved:world, world-ipv6).
     public static let worldIPv6 = UInt32(SLUICE_IDENTITY_WORLD_IPV6)
+    /// Other nodes' own addresses (reserved:remote-node).
+    public static let remoteNode = UInt32(SLUICE_IDENTITY_REMOTE_NODE)
     public static let firstAllocated = UInt32(SLUICE_IDENTITY_FIRST_USER)
 }
 

@@ -217,6 +217,12 @@ public struct NftablesRuleset {
         }
         lines.append("    iifname \"lo\" meta mark and 0x\(String(Self.fromNodeBit, radix: 16)) != 0 counter drop comment \"proxy unavailable: fail closed\"")
         lines.append("    iifname != { \(interfaceSet) } accept")
+        // The node's own addresses never arrive from the wire here (the node's own flows are
+        // turned back through lo): a packet claiming one was sent by an endpoint posing as the
+        // node, which policies may trust (fromEntities: host). The kernel's martian-source
+        // check covers IPv4 only (and not with accept_local); the BPF datapath drops the same
+        // packets by identity.
+        lines.append("    fib saddr type local counter drop comment \"node address spoofed\"")
         if family == .ipv6 {
             // What endpoints need to keep their link, and nothing that can leave it (RFC 4861:
             // hop limit 255 on receipt; MLD: hop limit 1). Other ICMPv6 meets the policy.

@@ -43,8 +43,13 @@ public struct PolicyTranslation: Sendable {
         var identity: Identity
         var number: UInt32
         var name: String
+        /// Addresses of the group's pods on this node (their own policy is enforced here)
+        /// and on other nodes (peers only).
         var prefixes: [IPv4Prefix]
         var prefixes6: [IPv6Prefix] = []
+        var remotePrefixes: [IPv4Prefix] = []
+        var remotePrefixes6: [IPv6Prefix] = []
+        var hasLocalPod: Bool { !prefixes.isEmpty || !prefixes6.isEmpty }
     }
 
     public func translate() throws -> DatapathState {
@@ -59,6 +64,8 @@ public struct PolicyTranslation: Sendable {
         var groupIndex: [String: Int] = [:]
         var hostPrefixes = nodeAddresses
         var hostPrefixes6 = nodeAddresses6
+        var remoteNodePrefixes: [IPv4Prefix] = []
+        var remoteNodePrefixes6: [IPv6Prefix] = []
         for (prefix, identity) in snapshot.endpoints.entries {
             let ipv4 = prefix.network.family == .ipv4
                 ? IPv4Prefix(address: UInt32(truncatingIfNeeded: prefix.network.low), length: UInt8(prefix.prefixLength)) : nil
@@ -66,6 +73,11 @@ public struct PolicyTranslation: Sendable {
             if identity.reservedKind == .host {
                 if let ipv4 { hostPrefixes.append(ipv4) }
                 if let ipv6 { hostPrefixes6.append(ipv6) }
+                continue
+            }
+            if identity.reservedKind == .remoteNode {
+                if let ipv4 { remoteNodePrefixes.append(ipv4) }
+                if let ipv6 { remoteNodePrefixes6.append(ipv6) }
                 continue
             }
             guard identity.isClusterEndpoint else { continue }
@@ -80,8 +92,13 @@ public struct PolicyTranslation: Sendable {
                 let name = "\(identity.namespace ?? "")/" + (identity.podName ?? identity.description)
                 groups.append(Group(identity: identity, number: number, name: name, prefixes: []))
             }
-            if let ipv4 { groups[index].prefixes.append(ipv4) }
-            if let ipv6 { groups[index].prefixes6.append(ipv6) }
+            if identity.isOnAnotherNode {
+                if let ipv4 { groups[index].remotePrefixes.append(ipv4) }
+                if let ipv6 { groups[index].remotePrefixes6.append(ipv6) }
+            } else {
+                if let ipv4 { groups[index].prefixes.append(ipv4) }
+                if let ipv6 { groups[index].prefixes6.append(ipv6) }
+            }
         }
         for group in groups {
             state.identityNames[group.number] = group.name
@@ -91,6 +108,22 @@ public struct PolicyTranslation: Sendable {
             for prefix in group.prefixes6 {
                 state.addresses6[prefix] = AddressEntry(identity: group.number, isLocalEndpoint: true)
             }
+            // A pod on another node: known by identity, its policy judged by its own node.
+            for prefix in group.remotePrefixes {
+                state.addresses[prefix] = AddressEntry(identity: group.number, isLocalEndpoint: false)
+            }
+            for prefix in group.remotePrefixes6 {
+                state.addresses6[prefix] = AddressEntry(identity: group.number, isLocalEndpoint: false)
+            }
+        }
+        if !remoteNodePrefixes.isEmpty || !remoteNodePrefixes6.isEmpty {
+            state.identityNames[NumericIdentity.remoteNode] = "reserved:remote-node"
+        }
+        for prefix in remoteNodePrefixes {
+            state.addresses[prefix] = AddressEntry(identity: NumericIdentity.remoteNode, isLocalEndpoint: false)
+        }
+        for prefix in remoteNodePrefixes6 {
+            state.addresses6[prefix] = AddressEntry(identity: NumericIdentity.remoteNode, isLocalEndpoint: false)
         }
         for prefix in hostPrefixes {
             state.addresses[prefix] = AddressEntry(identity: NumericIdentity.host, isLocalEndpoint: false)
@@ -102,6 +135,9 @@ public struct PolicyTranslation: Sendable {
         // CIDR peers: one identity per prefix named in a policy (and per `except`).
         var peers: [(number: UInt32, identity: Identity)] = groups.map { ($0.number, $0.identity) }
         peers.append((NumericIdentity.host, hostIdentity(hostPrefixes.first)))
+        if !remoteNodePrefixes.isEmpty || !remoteNodePrefixes6.isEmpty {
+            peers.append((NumericIdentity.remoteNode, .reserved(.remoteNode)))
+        }
         // The world without an address (no CIDR selects it), but of one family, so the
         // world-ipv4 and world-ipv6 entities tell the two apart.
         peers.append((NumericIdentity.world, Self.world(family: "world-ipv4")))
@@ -137,7 +173,8 @@ public struct PolicyTranslation: Sendable {
             return number
         }
 
-        for group in groups {
+        // Only this node's pods have their policy enforced here.
+        for group in groups where group.hasLocalPod {
             var enforcement = Enforcement(ingress: false, egress: false)
             for direction in [Direction.ingress, .egress] {
                 let mapDirection: PolicyDirection = direction == .ingress ? .ingress : .egress

@@ -30,6 +30,31 @@ enum HTTP1Grammar {
         byte == horizontalTab || (byte >= 0x20 && byte != 0x7F)
     }
 
+    /// The offset of the first byte in `range` of `bytes` that is not a field-value byte, or
+    /// nil when all are. Eight bytes are checked at a time while none of them is below 0x20
+    /// or DEL (so a word holding HTAB, valid but below 0x20, is checked byte by byte, as is
+    /// everything after a word that may hold an invalid byte).
+    @inline(__always)
+    static func firstInvalidFieldValueByte(_ bytes: UnsafeRawBufferPointer, in range: Range<Int>) -> Int? {
+        var index = range.lowerBound
+        if let base = bytes.baseAddress {
+            let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+            while index + 8 <= range.upperBound {
+                let word = base.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+                let below20 = (word &- ones &* 0x20) & ~word
+                let delete = word ^ (ones &* 0x7F)
+                let isDelete = (delete &- ones) & ~delete
+                if (below20 | isDelete) & highs != 0 { break }
+                index += 8
+            }
+        }
+        while index < range.upperBound {
+            if !isFieldValueByte(bytes[index]) { return index }
+            index += 1
+        }
+        return nil
+    }
+
     @inline(__always) static func isWhitespace(_ byte: UInt8) -> Bool {
         byte == space || byte == horizontalTab
     }

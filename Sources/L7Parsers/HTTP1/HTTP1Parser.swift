@@ -437,7 +437,7 @@ public struct HTTP1Parser: Sendable {
         }
         let name = start..<position
         var valueStart = position + 1
-        for index in valueStart..<line.upperBound where !HTTP1Grammar.isFieldValueByte(bytes[index]) {
+        if let index = HTTP1Grammar.firstInvalidFieldValueByte(bytes, in: valueStart..<line.upperBound) {
             let kind: HTTP1ParseError.Kind = bytes[index] == HTTP1Grammar.carriageReturn ? .bareCarriageReturn : .invalidFieldValue
             return .failure(LineFailure(kind: kind, offset: index))
         }

@@ -3,17 +3,24 @@ import CNghttp2
 /// One header field of an HTTP/2 header block, as its bytes (values may hold obs-text bytes
 /// that a `String` would not keep as they were).
 public struct HTTP2Header: Equatable, Sendable {
-    public var name: [UInt8]
-    public var value: [UInt8]
+    /// The field's name and value. A received block's fields are slices of one buffer that
+    /// holds the whole block (two allocations a block, not two a field).
+    public var name: ArraySlice<UInt8>
+    public var value: ArraySlice<UInt8>
 
-    public init(name: [UInt8], value: [UInt8]) {
+    public init(name: ArraySlice<UInt8>, value: ArraySlice<UInt8>) {
         self.name = name
         self.value = value
     }
 
+    public init(name: [UInt8], value: [UInt8]) {
+        self.name = name[...]
+        self.value = value[...]
+    }
+
     public init(_ name: String, _ value: String) {
-        self.name = Array(name.utf8)
-        self.value = Array(value.utf8)
+        self.name = ArraySlice(name.utf8)
+        self.value = ArraySlice(value.utf8)
     }
 
     public var nameText: String { String(decoding: name, as: UTF8.self) }
@@ -42,6 +49,16 @@ public enum HTTP2Event: Equatable, Sendable {
     case bodyTaken(stream: Int32, count: Int)
     /// The peer sent GOAWAY.
     case goAway(lastStreamID: Int32, errorCode: UInt32)
+    /// A request head (server endpoint) larger than `maximumHeaderListBytes` or with more than
+    /// `maximumHeaderCount` fields: its fields were decoded (to keep HPACK in step) and
+    /// dropped. RFC 9113 §10.5.1: "A server that receives a larger header section than it is
+    /// willing to handle can send an HTTP 431 (Request Header Fields Too Large) status code";
+    /// the owner answers the stream.
+    case headTooLarge(stream: Int32, endStream: Bool)
+    /// An informational (1xx) response head (client endpoint), before the final one
+    /// (RFC 9113 §8.1: "zero or more HEADERS frames ... containing the message headers of
+    /// informational (1xx) HTTP responses").
+    case informational(stream: Int32, headers: [HTTP2Header])
 }
 
 /// Why an endpoint cannot go on: nghttp2's fatal error (the connection must close; nghttp2
@@ -82,8 +99,19 @@ public final class HTTP2Endpoint {
 
     private struct IncomingBlock {
         var stream: Int32
-        var headers: [HTTP2Header] = []
+        /// Every name and value of the block so far, back to back.
+        var storage: [UInt8] = []
+        /// Where each field's name and value are in `storage`.
+        var fields: [(name: Range<Int>, value: Range<Int>)] = []
         var bytes = 0
+        /// A request head past the limits: the rest of its fields are decoded and dropped.
+        var tooLarge = false
+
+        /// The fields, as slices of one buffer.
+        var headers: [HTTP2Header] {
+            let storage = storage
+            return fields.map { HTTP2Header(name: storage[$0.name], value: storage[$0.value]) }
+        }
     }
 
     private struct OutgoingBody {
@@ -240,6 +268,15 @@ public final class HTTP2Endpoint {
         return true
     }
 
+    /// Sends an informational (1xx) head on `stream` (server endpoint), before its final
+    /// response; false when nghttp2 refuses it (the stream is gone).
+    @discardableResult
+    public func submitInformational(stream: Int32, _ headers: [HTTP2Header]) -> Bool {
+        withHeaderList(headers) { list, count in
+            nghttp2_submit_headers(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, nil, list, count, nil)
+        } >= 0
+    }
+
     /// Queues body bytes of `stream` (opened with a body); they leave within the peer's window.
     public func appendBody(stream: Int32, _ bytes: [UInt8]) {
         guard outgoing[stream] != nil else { return }
@@ -322,7 +359,8 @@ public final class HTTP2Endpoint {
     private static let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, userData in
         let endpoint = endpoint(userData)
         endpoint.incoming = IncomingBlock(stream: frame!.pointee.hd.stream_id)
-        endpoint.incoming!.headers.reserveCapacity(12)
+        endpoint.incoming!.fields.reserveCapacity(12)
+        endpoint.incoming!.storage.reserveCapacity(512)
         return 0
     }
 
@@ -331,17 +369,29 @@ public final class HTTP2Endpoint {
         guard endpoint.incoming?.stream == frame!.pointee.hd.stream_id else { return 0 }
         // RFC 9113 §6.5.2: "the uncompressed size of header fields, including the length of the
         // name and value in octets plus an overhead of 32 octets for each header field".
+        if endpoint.incoming!.tooLarge { return 0 }
         endpoint.incoming!.bytes += nameLength + valueLength + 32
         if endpoint.incoming!.bytes > endpoint.limits.maximumHeaderListBytes
-            || endpoint.incoming!.headers.count >= endpoint.limits.maximumHeaderCount {
-            // The stream is reset (nghttp2 answers a temporal failure with RST_STREAM
-            // INTERNAL_ERROR); what remains of the block is decoded to keep HPACK in step, unseen.
+            || endpoint.incoming!.fields.count >= endpoint.limits.maximumHeaderCount {
+            if endpoint.role == .server && frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
+                // A request head: answered 431 by the owner once the block ends; its fields
+                // are decoded (HPACK must stay in step) and dropped, so memory stays bounded.
+                endpoint.incoming!.tooLarge = true
+                endpoint.incoming!.storage = []
+                endpoint.incoming!.fields = []
+                return 0
+            }
+            // Anything else (a response head, trailers): the stream is reset (nghttp2 answers a
+            // temporal failure with RST_STREAM INTERNAL_ERROR); what remains of the block is
+            // decoded to keep HPACK in step, unseen.
             endpoint.incoming = nil
             return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
         }
         // Appended in place (the block is a stored property: no copy of what came before).
-        endpoint.incoming!.headers.append(HTTP2Header(name: Array(UnsafeBufferPointer(start: name, count: nameLength)),
-                                                      value: Array(UnsafeBufferPointer(start: value, count: valueLength))))
+        let start = endpoint.incoming!.storage.count
+        endpoint.incoming!.storage.append(contentsOf: UnsafeBufferPointer(start: name, count: nameLength))
+        endpoint.incoming!.storage.append(contentsOf: UnsafeBufferPointer(start: value, count: valueLength))
+        endpoint.incoming!.fields.append((start..<start + nameLength, start + nameLength..<start + nameLength + valueLength))
         return 0
     }
 
@@ -358,17 +408,23 @@ public final class HTTP2Endpoint {
             // an informational one (client side); otherwise trailers.
             let isHead = endpoint.role == .server ? category == NGHTTP2_HCAT_REQUEST
                 : category == NGHTTP2_HCAT_RESPONSE || endpoint.informational.contains(stream)
+            if block.tooLarge {
+                endpoint.events.append(.headTooLarge(stream: stream, endStream: endStream))
+                return 0
+            }
+            let headers = block.headers
             guard isHead else {
-                endpoint.events.append(.trailers(stream: stream, headers: block.headers))
+                endpoint.events.append(.trailers(stream: stream, headers: headers))
                 return 0
             }
             if endpoint.role == .client,
-               block.headers.first(where: { $0.name == HTTP2Endpoint.statusName })?.value.first == UInt8(ascii: "1") {
-                endpoint.informational.insert(stream)  // informational: not relayed
+               headers.first(where: { $0.name == HTTP2Endpoint.statusName })?.value.first == UInt8(ascii: "1") {
+                endpoint.informational.insert(stream)
+                endpoint.events.append(.informational(stream: stream, headers: headers))
                 return 0
             }
             if !endpoint.informational.isEmpty { endpoint.informational.remove(stream) }
-            endpoint.events.append(.head(stream: stream, headers: block.headers, endStream: endStream))
+            endpoint.events.append(.head(stream: stream, headers: headers, endStream: endStream))
         case NGHTTP2_DATA.rawValue:
             if endStream { endpoint.events.append(.endOfBody(stream: header.stream_id)) }
         case NGHTTP2_GOAWAY.rawValue:
@@ -380,7 +436,7 @@ public final class HTTP2Endpoint {
         return 0
     }
 
-    private static let statusName = Array(":status".utf8)
+    private static let statusName = ArraySlice(":status".utf8)
 
     private static let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, stream, data, length, userData in
         endpoint(userData).events.append(.data(stream: stream, bytes: Array(UnsafeBufferPointer(start: data, count: length))))

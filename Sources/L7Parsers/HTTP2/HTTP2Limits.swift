@@ -12,10 +12,11 @@ public struct HTTP2Limits: Sendable, Equatable {
     /// The connection's receive window: bounds the body bytes held per connection and direction.
     public var connectionWindowBytes: Int32 = 1 << 20
     /// Decoded bytes of one header block (names, values and 32 per field, RFC 9113 §6.5.2's
-    /// SETTINGS_MAX_HEADER_LIST_SIZE accounting); past it the stream is reset. Bounds an
-    /// HPACK bomb: a small block that references a large table entry many times.
+    /// SETTINGS_MAX_HEADER_LIST_SIZE accounting); past it a request head is decoded and dropped
+    /// and its stream answered 431 (RFC 9113 §10.5.1), any other block's stream reset. Bounds
+    /// an HPACK bomb: a small block that references a large table entry many times.
     public var maximumHeaderListBytes: Int = 65_536
-    /// Fields in one header block.
+    /// Fields in one header block (past it, as past `maximumHeaderListBytes`).
     public var maximumHeaderCount: Int = 256
     /// SETTINGS_HEADER_TABLE_SIZE: the HPACK decoder's dynamic table.
     public var headerTableBytes: UInt32 = 4096

@@ -91,7 +91,10 @@ public final class ConnectionPolicy: Sendable {
     public let l7Protocols: Set<L7Protocol>
     /// Whether judging an HTTP request here can read its header fields (some rule it may be
     /// judged by has `headers` or `headerMatches`): when not, a proxy need not collect them.
-    public let httpReadsHeaders: Bool
+    public var httpReadsHeaders: Bool { !httpHeaderNames.isEmpty }
+    /// The header fields (lower-cased names) that judging an HTTP request here can read: a
+    /// proxy need collect only these.
+    public let httpHeaderNames: Set<String>
 
     init(flow: FlowContext, policy: DirectionPolicy) {
         self.flow = flow
@@ -99,7 +102,7 @@ public final class ConnectionPolicy: Sendable {
         requestDecision = match.requestVerdictAtL4()
         let clauses = match.httpClauses()
         (scannedHTTP, hasHTTP) = (clauses.scanned, clauses.hasHTTP)
-        httpReadsHeaders = requestDecision == nil && clauses.readsHeaders
+        httpHeaderNames = requestDecision == nil ? clauses.headerNames : []
         l7Protocols = requestDecision == nil ? match.allowedL7Protocols() : []
     }
 
@@ -210,21 +213,24 @@ final class L4Match: Sendable {
 extension L4Match {
     /// Allow clauses with HTTP rules that the slot's index does not cover (egress named
     /// ports resolved per peer, ports without a slot): their rules are checked one by
-    /// one. Whether any allow clause has HTTP rules at all, and whether any of those rules
-    /// reads header fields (`headers`, `headerMatches`).
-    func httpClauses() -> (scanned: [(entry: Int, rules: [HTTPRule])], hasHTTP: Bool, readsHeaders: Bool) {
+    /// one. Whether any allow clause has HTTP rules at all, and the header fields (lower-cased
+    /// names) that those rules read (`headers`, `headerMatches`).
+    func httpClauses() -> (scanned: [(entry: Int, rules: [HTTPRule])], hasHTTP: Bool, headerNames: Set<String>) {
         var scanned: [(entry: Int, rules: [HTTPRule])] = []
         var hasHTTP = false
-        var readsHeaders = false
+        var headerNames = Set<String>()
         for position in allows {
             guard case .http(let rules)? = policy.entries[position].l7 else { continue }
             hasHTTP = true
-            if !readsHeaders { readsHeaders = rules.contains { !$0.headers.isEmpty || !$0.headerMatches.isEmpty } }
+            for rule in rules {
+                for header in rule.headers { headerNames.insert(header.name.lowercased()) }
+                for match in rule.headerMatches { headerNames.insert(match.name.lowercased()) }
+            }
             // Rules of a clause the slot's index holds are found through the index.
             if let slot, slot.http != nil, slot.entries.contains(position) { continue }
             scanned.append((position, rules))
         }
-        return (scanned, hasHTTP, readsHeaders)
+        return (scanned, hasHTTP, headerNames)
     }
 
     /// Evaluates one HTTP request once `decide(forRequest: true)` left it to the L7 rules.

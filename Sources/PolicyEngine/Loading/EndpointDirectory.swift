@@ -17,6 +17,13 @@ import Yams
 ///   - ip: 192.168.0.10
 ///     reserved: host          # host, remote-node, kube-apiserver, health, ingress, init, unmanaged
 /// ```
+///
+/// Several nodes: an entry may say which node it is on (`node: NAME`, a DNS name, as a
+/// pod's `spec.nodeName`). Loaded for node `localNode` (sluice's `policy.node`), a pod on
+/// another node is a remote endpoint (`Identity.isOnAnotherNode`: selected by policies as
+/// usual, but its own policy is that node's business) and `reserved: host` on another node
+/// is that node's address, `reserved:remote-node` here. An entry without `node` is on
+/// whichever node reads the file (a one-node file needs no `node` at all).
 public struct EndpointDirectory: Sendable {
     private var exact: [IPAddress: Identity] = [:]
     /// Prefix entries, longest prefix first.
@@ -24,6 +31,9 @@ public struct EndpointDirectory: Sendable {
 
     /// Every identity the file names, in file order.
     public private(set) var identities: [Identity] = []
+
+    /// The nodes entries name (`node:`), sorted; empty for a one-node file.
+    public private(set) var nodeNames: [String] = []
 
     /// Every entry with the address or prefix it was given under, in file order (the
     /// datapath writes these into its identity map).
@@ -62,14 +72,15 @@ public struct EndpointDirectory: Sendable {
         return mapping["endpoints"] != nil && mapping["kind"] == nil
     }
 
-    /// Loads the endpoints file at `path`.
-    public static func load(file path: String) throws(PolicyError) -> EndpointDirectory {
+    /// Loads the endpoints file at `path`, as node `localNode` sees it (nil: every entry is
+    /// local, whatever node it names).
+    public static func load(file path: String, localNode: String? = nil) throws(PolicyError) -> EndpointDirectory {
         let text = try PolicyLoader.readText(path, limit: 64 << 20)
-        return try load(text: text, file: path)
+        return try load(text: text, file: path, localNode: localNode)
     }
 
-    /// Parses endpoints file text; `file` names it in errors.
-    public static func load(text: String, file: String) throws(PolicyError) -> EndpointDirectory {
+    /// Parses endpoints file text; `file` names it in errors. `localNode`: as for `load(file:)`.
+    public static func load(text: String, file: String, localNode: String? = nil) throws(PolicyError) -> EndpointDirectory {
         let root = try YAMLText.firstDocument(text, file: file)
         var directory = EndpointDirectory()
         guard let root else { return directory }
@@ -82,8 +93,18 @@ public struct EndpointDirectory: Sendable {
                 namespaceLabels[name] = try stringMap(labels)
             }
         }
+        var nodeNames: Set<String> = []
         for element in try top.list("endpoints") {
-            let map = try element.mapping(allowed: ["ip", "cidr", "namespace", "pod", "labels", "ports", "reserved"])
+            let map = try element.mapping(allowed: ["ip", "cidr", "namespace", "pod", "labels", "ports", "reserved", "node"])
+            var isOnAnotherNode = false
+            if let nodeField = map.optional("node") {
+                let node = try nodeField.string()
+                guard isNodeName(node) else {
+                    throw nodeField.error("expected a node name (lowercase letters, digits, '-' and '.', at most 253 characters), got \(DocumentReader.quoted(node))")
+                }
+                nodeNames.insert(node)
+                isOnAnotherNode = localNode.map { $0 != node } ?? false
+            }
             let prefix: CIDR
             if let ipField = map.optional("ip") {
                 let text = try ipField.string()
@@ -124,7 +145,8 @@ public struct EndpointDirectory: Sendable {
                     throw reservedField.error("expected one of host, remote-node, kube-apiserver, health, ingress, init, unmanaged, got \(DocumentReader.quoted(text))")
                 }
                 let extra = labels.map { Label(parsing: "\($0.key)=\($0.value)") }
-                directory.add(.reserved(kind, labels: extra), prefix: prefix)
+                // Another node's own address is a remote node to this one.
+                directory.add(.reserved(kind == .host && isOnAnotherNode ? .remoteNode : kind, labels: extra), prefix: prefix)
                 continue
             }
             let namespaceField = try map.required("namespace", "the pod's namespace (or reserved: KIND)")
@@ -133,10 +155,17 @@ public struct EndpointDirectory: Sendable {
                 throw namespaceField.error("expected a namespace name (DNS label), got \(DocumentReader.quoted(namespace))")
             }
             let identity = Identity.pod(namespace: namespace, labels: labels, namespaceLabels: namespaceLabels[namespace] ?? [:],
-                                        podName: try map.string("pod"), namedPorts: namedPorts)
+                                        podName: try map.string("pod"), namedPorts: namedPorts, isOnAnotherNode: isOnAnotherNode)
             directory.add(identity, prefix: prefix)
         }
+        directory.nodeNames = nodeNames.sorted()
         return directory
+    }
+
+    /// A Kubernetes node name: a DNS subdomain (RFC 1123), as `spec.nodeName` holds.
+    public static func isNodeName(_ text: String) -> Bool {
+        guard !text.isEmpty, text.utf8.count <= 253 else { return false }
+        return text.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { DocumentReader.isDNSLabel(String($0)) }
     }
 
     private static func stringMap(_ field: YAMLField) throws(PolicyError) -> [String: String] {
@@ -154,12 +183,12 @@ extension Identity {
     /// The same identity seen at `address`.
     func with(address: IPAddress) -> Identity {
         Identity(labels: labels.labels, namespace: namespace, address: address, podName: podName,
-                 namedPorts: namedPorts, dnsNames: dnsNames)
+                 namedPorts: namedPorts, dnsNames: dnsNames, isOnAnotherNode: isOnAnotherNode)
     }
 
     /// The same identity with names learned from DNS (for `toFQDNs`).
     public func with(dnsNames: [String]) -> Identity {
         Identity(labels: labels.labels, namespace: namespace, address: address, podName: podName,
-                 namedPorts: namedPorts, dnsNames: dnsNames)
+                 namedPorts: namedPorts, dnsNames: dnsNames, isOnAnotherNode: isOnAnotherNode)
     }
 }

@@ -16,9 +16,13 @@ public struct Identity: Hashable, Sendable, CustomStringConvertible {
     public let namedPorts: [NamedPort]
     /// Names under which `address` was learned from allowed DNS answers (for `toFQDNs`).
     public let dnsNames: [String]
+    /// True for a pod the endpoints file places on another node (`node:`) than the one this
+    /// sluice runs on: that node's sluice judges its side of a flow (its ingress or egress
+    /// policy), this one only the local side. Policies select it like any pod.
+    public let isOnAnotherNode: Bool
 
     public init(labels: [Label], namespace: String?, address: IPAddress? = nil, podName: String? = nil,
-                namedPorts: [NamedPort] = [], dnsNames: [String] = []) {
+                namedPorts: [NamedPort] = [], dnsNames: [String] = [], isOnAnotherNode: Bool = false) {
         var all = labels
         if let namespace, !labels.contains(where: { $0.key == Label.podNamespaceKey }) {
             all.append(Label(source: Label.kubernetesSource, key: Label.podNamespaceKey, value: namespace))
@@ -32,14 +36,17 @@ public struct Identity: Hashable, Sendable, CustomStringConvertible {
         self.podName = podName
         self.namedPorts = namedPorts
         self.dnsNames = dnsNames.map(DNSName.normalize)
+        self.isOnAnotherNode = isOnAnotherNode
     }
 
     /// A pod: k8s labels plus namespace and namespace labels.
     public static func pod(namespace: String, labels: [String: String], namespaceLabels: [String: String] = [:],
-                           address: IPAddress? = nil, podName: String? = nil, namedPorts: [NamedPort] = []) -> Identity {
+                           address: IPAddress? = nil, podName: String? = nil, namedPorts: [NamedPort] = [],
+                           isOnAnotherNode: Bool = false) -> Identity {
         var all = labels.map { Label(parsing: "\($0.key)=\($0.value)") }
         all += namespaceLabels.map { Label(source: Label.kubernetesSource, key: Label.namespaceLabelPrefix + $0.key, value: $0.value) }
-        return Identity(labels: all, namespace: namespace, address: address, podName: podName, namedPorts: namedPorts)
+        return Identity(labels: all, namespace: namespace, address: address, podName: podName, namedPorts: namedPorts,
+                        isOnAnotherNode: isOnAnotherNode)
     }
 
     /// A reserved identity (`reserved:host`, `reserved:world`, ...), with extra labels for nodes.
@@ -59,8 +66,12 @@ public struct Identity: Hashable, Sendable, CustomStringConvertible {
         return nil
     }
 
-    /// A pod managed by the node: has a namespace and no reserved label.
+    /// A pod of the cluster: has a namespace and no reserved label.
     public var isClusterEndpoint: Bool { namespace != nil && reservedKind == nil }
+
+    /// A pod of this node: a cluster endpoint the endpoints file does not place on another
+    /// node. This node's sluice judges its egress and ingress policy.
+    public var isLocalEndpoint: Bool { isClusterEndpoint && !isOnAnotherNode }
 
     /// True for identities outside the cluster (`reserved:world`); CIDR and FQDN peers select only these.
     public var isWorld: Bool { reservedKind == .world }

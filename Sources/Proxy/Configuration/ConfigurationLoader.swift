@@ -1,4 +1,5 @@
 import Foundation
+import PolicyEngine
 import Yams
 
 /// A configuration file that cannot be used: where (file, line, column, key path) and why.
@@ -283,7 +284,7 @@ public struct ConfigurationLoader {
     }
 
     private func policySource(_ node: Node) throws(ConfigurationError) -> PolicySourceConfiguration {
-        let fields = try mapping(node, path: "policy", allowed: ["paths", "endpoints", "nodeAddresses", "watch"])
+        let fields = try mapping(node, path: "policy", allowed: ["paths", "endpoints", "nodeAddresses", "node", "watch"])
         guard let pathsNode = fields["paths"] else {
             throw error(node, path: "policy.paths", "missing; expected a list of policy files or directories")
         }
@@ -298,6 +299,14 @@ public struct ConfigurationLoader {
             for (index, address) in source.nodeAddresses.enumerated() where SocketAddress(host: address, port: 0) == nil {
                 throw error(value, path: "policy.nodeAddresses[\(index)]", "expected an IP address, got '\(address)'")
             }
+        }
+        if let value = fields["node"] {
+            let name = try string(value, path: "policy.node")
+            guard EndpointDirectory.isNodeName(name) else {
+                throw error(value, path: "policy.node",
+                            "expected a node name (lowercase letters, digits, '-' and '.'), as the endpoints file's node fields, got '\(name)'")
+            }
+            source.node = name
         }
         if let value = fields["watch"] {
             let text = try string(value, path: "policy.watch")

@@ -92,6 +92,10 @@ public struct PolicySourceConfiguration: Sendable, Equatable {
     public var endpoints: String
     /// Addresses of the node itself (identity `host`).
     public var nodeAddresses: [String]
+    /// The node this sluice runs on, as the endpoints file's `node:` fields name nodes: its
+    /// pods' policies are enforced here, other nodes' pods are peers only (their nodes judge
+    /// their side). nil: every endpoint is local (a one-node endpoints file).
+    public var node: String?
     /// How often files are checked for changes; nil = never.
     public var watchInterval: UInt64?
 

@@ -179,36 +179,95 @@ public struct JSONObject: Sendable {
     /// Appends the object's JSON text (UTF-8) to `out`: nested objects into the same buffer,
     /// strings copied whole unless they need escaping.
     public func serialize(into out: inout [UInt8]) {
-        out.append(UInt8(ascii: "{"))
-        for (index, (key, value)) in fields.enumerated() {
-            if index > 0 { out.append(UInt8(ascii: ",")) }
-            Self.appendString(key, to: &out)
-            out.append(UInt8(ascii: ":"))
-            Self.append(value, to: &out)
-        }
-        out.append(UInt8(ascii: "}"))
+        serialize(to: &out)
     }
 
-    private static func append(_ value: Value, to out: inout [UInt8]) {
+    /// The same, into a buffer made for writing many records (`JSONOutputBuffer`).
+    public func serialize(into out: JSONOutputBuffer) {
+        var sink = out
+        serialize(to: &sink)
+    }
+
+    private func serialize<Sink: JSONSink>(to out: inout Sink) {
+        out.appendByte(UInt8(ascii: "{"))
+        var first = true
+        for (key, value) in fields {
+            if !first { out.appendByte(UInt8(ascii: ",")) }
+            first = false
+            Self.appendEscaped(key, to: &out)
+            out.appendByte(UInt8(ascii: ":"))
+            Self.append(value, to: &out)
+        }
+        out.appendByte(UInt8(ascii: "}"))
+    }
+
+    private static func append<Sink: JSONSink>(_ value: Value, to out: inout Sink) {
         switch value {
-        case .string(let text): appendString(text, to: &out)
-        case .integer(let number): out.append(contentsOf: String(number).utf8)
-        case .unsigned(let number): out.append(contentsOf: String(number).utf8)
-        case .bool(let flag): out.append(contentsOf: (flag ? "true" : "false").utf8)
-        case .object(let object): object.serialize(into: &out)
-        case .prebuilt(let prebuilt): out.append(contentsOf: prebuilt.text)
+        case .string(let text): appendEscaped(text, to: &out)
+        case .integer(let number):
+            if number < 0 { out.appendByte(UInt8(ascii: "-")) }
+            appendDigits(number.magnitude, to: &out)
+        case .unsigned(let number): appendDigits(number, to: &out)
+        case .bool(let flag): appendStatic(flag ? "true" : "false", to: &out)
+        case .object(let object): object.serialize(to: &out)
+        case .prebuilt(let prebuilt): prebuilt.text.withUnsafeBufferPointer { out.appendBytes($0) }
         case .array(let values):
-            out.append(UInt8(ascii: "["))
+            out.appendByte(UInt8(ascii: "["))
             for (index, element) in values.enumerated() {
-                if index > 0 { out.append(UInt8(ascii: ",")) }
+                if index > 0 { out.appendByte(UInt8(ascii: ",")) }
                 append(element, to: &out)
             }
-            out.append(UInt8(ascii: "]"))
+            out.appendByte(UInt8(ascii: "]"))
         }
+    }
+
+    /// A number's decimal digits, written from a small stack buffer.
+    private static func appendDigits<Sink: JSONSink>(_ number: UInt64, to out: inout Sink) {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+            var value = number, start = 20
+            repeat {
+                start -= 1
+                digits[start] = UInt8(truncatingIfNeeded: 48 + value % 10)
+                value /= 10
+            } while value > 0
+            out.appendBytes(UnsafeBufferPointer(rebasing: digits[start..<20]))
+        }
+    }
+
+    private static func appendStatic<Sink: JSONSink>(_ text: StaticString, to out: inout Sink) {
+        out.appendBytes(UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
     }
 
     /// `self` with its JSON text made now, to be shared by the records that carry it.
     public var prebuilt: Value { .prebuilt(PrebuiltJSON(self)) }
+
+    /// How many bytes at the start of `bytes` need no escaping (a quote, a backslash or a
+    /// control character does), found a word at a time: a word with any byte below 0x20 or
+    /// equal to either character is looked at no further (the tests may report a byte after
+    /// a real one falsely; the byte-wise loop of the caller looks at it again).
+    @inline(__always)
+    private static func cleanPrefixLength(_ bytes: UnsafeBufferPointer<UInt8>) -> Int {
+        guard let base = bytes.baseAddress else { return 0 }
+        let count = bytes.count
+        let raw = UnsafeRawPointer(base)
+        let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+        var index = 0
+        while index + 8 <= count {
+            let word = raw.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+            let quotes = word ^ (ones &* 0x22), backslashes = word ^ (ones &* 0x5C)
+            let below20 = (word &- ones &* 0x20) & ~word
+            let zeroQuote = (quotes &- ones) & ~quotes
+            let zeroBackslash = (backslashes &- ones) & ~backslashes
+            if (below20 | zeroQuote | zeroBackslash) & highs != 0 { return index }
+            index += 8
+        }
+        while index < count {
+            let byte = base[index]
+            if byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") { return index }
+            index += 1
+        }
+        return index
+    }
 
     /// `text` as a JSON string literal, quotes included.
     public static func quoted(_ text: String) -> String {
@@ -220,31 +279,121 @@ public struct JSONObject: Sendable {
     /// RFC 8259 §7: quote, backslash and control characters are escaped; everything else,
     /// UTF-8 included, is copied as it is.
     static func appendString(_ text: String, to out: inout [UInt8]) {
-        out.append(UInt8(ascii: "\""))
+        appendEscaped(text, to: &out)
+    }
+
+    private static func appendEscaped<Sink: JSONSink>(_ text: String, to out: inout Sink) {
         var text = text
         text.withUTF8 { bytes in
-            // Runs that need no escaping (nearly all text) are copied whole.
+            // Runs that need no escaping (nearly all text) are copied whole; eight bytes are
+            // checked at a time until one of them may need it.
+            let clean = cleanPrefixLength(bytes)
+            if clean == bytes.count {
+                out.appendQuoted(bytes)
+                return
+            }
+            out.appendByte(UInt8(ascii: "\""))
             var start = 0
-            for index in 0..<bytes.count {
+            for index in clean..<bytes.count {
                 let byte = bytes[index]
                 guard byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") else { continue }
-                out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start..<index]))
+                out.appendBytes(UnsafeBufferPointer(rebasing: bytes[start..<index]))
                 start = index + 1
                 switch byte {
-                case UInt8(ascii: "\""): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
-                case UInt8(ascii: "\\"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
-                case UInt8(ascii: "\n"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
-                case UInt8(ascii: "\r"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
-                case UInt8(ascii: "\t"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
+                case UInt8(ascii: "\""): appendStatic(#"\""#, to: &out)
+                case UInt8(ascii: "\\"): appendStatic(#"\\"#, to: &out)
+                case UInt8(ascii: "\n"): appendStatic(#"\n"#, to: &out)
+                case UInt8(ascii: "\r"): appendStatic(#"\r"#, to: &out)
+                case UInt8(ascii: "\t"): appendStatic(#"\t"#, to: &out)
                 default:
-                    let hex = Array("0123456789abcdef".utf8)
-                    out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"),
-                                            hex[Int(byte >> 4)], hex[Int(byte & 0xf)]])
+                    let hex: StaticString = "0123456789abcdef"
+                    appendStatic(#"\u00"#, to: &out)
+                    out.appendByte(hex.utf8Start[Int(byte >> 4)])
+                    out.appendByte(hex.utf8Start[Int(byte & 0xf)])
                 }
             }
-            out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start..<bytes.count]))
+            out.appendBytes(UnsafeBufferPointer(rebasing: bytes[start..<bytes.count]))
+            out.appendByte(UInt8(ascii: "\""))
         }
-        out.append(UInt8(ascii: "\""))
+    }
+}
+
+/// Where JSON text is written: an array, or a `JSONOutputBuffer`.
+protocol JSONSink {
+    mutating func appendByte(_ byte: UInt8)
+    mutating func appendBytes(_ bytes: UnsafeBufferPointer<UInt8>)
+    /// `"bytes"`: a string that needs no escaping, with its quotes.
+    mutating func appendQuoted(_ bytes: UnsafeBufferPointer<UInt8>)
+}
+
+extension Array: JSONSink where Element == UInt8 {
+    mutating func appendByte(_ byte: UInt8) { append(byte) }
+    mutating func appendBytes(_ bytes: UnsafeBufferPointer<UInt8>) { append(contentsOf: bytes) }
+    mutating func appendQuoted(_ bytes: UnsafeBufferPointer<UInt8>) {
+        append(UInt8(ascii: "\""))
+        append(contentsOf: bytes)
+        append(UInt8(ascii: "\""))
+    }
+}
+
+/// A growing byte buffer for writing many JSON records: appends are a capacity check and a
+/// copy, without an array's uniqueness and growth checks on every small piece (a record is
+/// some sixty pieces). Not for sharing between threads.
+public final class JSONOutputBuffer: JSONSink {
+    public private(set) var count = 0
+    private var capacity: Int
+    private var storage: UnsafeMutablePointer<UInt8>
+
+    public init(capacity: Int = 1 << 16) {
+        self.capacity = max(capacity, 64)
+        storage = .allocate(capacity: self.capacity)
+    }
+
+    deinit { storage.deallocate() }
+
+    /// The bytes written so far (valid until the next append or `removeAll`).
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: storage, count: count) }
+
+    public func removeAll() { count = 0 }
+
+    /// Appends raw bytes (a line of text, a newline).
+    public func append(_ bytes: UnsafeRawBufferPointer) {
+        appendBytes(bytes.bindMemory(to: UInt8.self))
+    }
+
+    /// Appends one byte (a newline between records).
+    public func append(byte: UInt8) { appendByte(byte) }
+
+    @inline(__always) private func reserve(_ more: Int) {
+        guard count + more > capacity else { return }
+        var grown = capacity * 2
+        while grown < count + more { grown *= 2 }
+        let moved = UnsafeMutablePointer<UInt8>.allocate(capacity: grown)
+        moved.update(from: storage, count: count)
+        storage.deallocate()
+        storage = moved
+        capacity = grown
+    }
+
+    func appendByte(_ byte: UInt8) {
+        reserve(1)
+        storage[count] = byte
+        count += 1
+    }
+
+    func appendBytes(_ bytes: UnsafeBufferPointer<UInt8>) {
+        guard let base = bytes.baseAddress, !bytes.isEmpty else { return }
+        reserve(bytes.count)
+        (storage + count).update(from: base, count: bytes.count)
+        count += bytes.count
+    }
+
+    func appendQuoted(_ bytes: UnsafeBufferPointer<UInt8>) {
+        reserve(bytes.count + 2)
+        storage[count] = UInt8(ascii: "\"")
+        if let base = bytes.baseAddress { (storage + count + 1).update(from: base, count: bytes.count) }
+        storage[count + 1 + bytes.count] = UInt8(ascii: "\"")
+        count += bytes.count + 2
     }
 }
 

@@ -161,20 +161,9 @@ public enum FlowRecords {
     public static func l7(verdict: FlowVerdict, connection: ConnectionIdentities, parts: inout L7RecordParts, time: UInt64,
                           direction: Direction, type: L7FlowType, latency: UInt64? = nil, protocolName: String,
                           fields: JSONObject, rules: [RuleReference], allowed: Bool, summary: String) -> JSONObject {
-        let isReply = type == .response
-        let made = parts.made(for: connection)
-        let policies = parts.policies(of: rules, allowed: allowed)
-        return record(time: time, verdict: verdict, ip: isReply ? made.replyIP : made.forwardIP,
-                      l4: isReply ? made.replyL4 : made.forwardL4,
-                      endpoints: isReply ? (made.destination, made.source) : (made.source, made.destination),
-                      type: .l7, direction: direction, isReply: isReply, summary: summary) { record in
-            var l7 = JSONObject(capacity: 3)
-            l7.add("type", .string(type.rawValue))
-            if let latency { l7.add("latency_ns", .unsigned(latency)) }
-            l7.add(protocolName, .object(fields))
-            record.add("l7", .object(l7))
-            for (key, value) in policies { record.add(key, value) }
-        }
+        L7RecordDraft(verdict: verdict, connection: connection, parts: &parts, time: time, direction: direction, type: type,
+                      latency: latency, rules: rules, allowed: allowed,
+                      message: .other(protocolName: protocolName, fields: fields, summary: summary)).record()
     }
 
     /// An HTTP request or response (Hubble's `HTTP`: `code`, `method`, `url`, `protocol`);
@@ -192,18 +181,82 @@ public enum FlowRecords {
     public static func http(verdict: FlowVerdict, connection: ConnectionIdentities, parts: inout L7RecordParts, time: UInt64,
                             direction: Direction, type: L7FlowType, method: String?, url: String?, code: Int?,
                             latency: UInt64?, rules: [RuleReference], allowed: Bool, version: String = "HTTP/1.1") -> JSONObject {
-        var http = JSONObject(capacity: 4)
-        if let code { http.add("code", .unsigned(UInt64(code))) }
-        if let method { http.add("method", .string(method)) }
-        if let url { http.add("url", .string(url)) }
-        http.add("protocol", .string(version))
-        var summary = version + (type == .request ? " request" : " response")
-        if let method { summary += " " + method }
-        if let url { summary += " " + url }
-        if let code { summary += " \(code)" }
-        summary += verdict == .forwarded ? " forwarded" : " " + verdict.rawValue.lowercased()
-        return l7(verdict: verdict, connection: connection, parts: &parts, time: time, direction: direction, type: type,
-                  latency: latency, protocolName: "http", fields: http, rules: rules, allowed: allowed, summary: summary)
+        httpDraft(verdict: verdict, connection: connection, parts: &parts, time: time, direction: direction, type: type,
+                  method: method, url: url, code: code, latency: latency, rules: rules, allowed: allowed,
+                  version: version).record()
+    }
+
+    /// What `http(...)` records, taken now, its JSON object made later (`L7RecordDraft`).
+    public static func httpDraft(verdict: FlowVerdict, connection: ConnectionIdentities, parts: inout L7RecordParts,
+                                 time: UInt64, direction: Direction, type: L7FlowType, method: String?, url: String?,
+                                 code: Int?, latency: UInt64?, rules: [RuleReference], allowed: Bool,
+                                 version: String = "HTTP/1.1") -> L7RecordDraft {
+        L7RecordDraft(verdict: verdict, connection: connection, parts: &parts, time: time, direction: direction, type: type,
+                      latency: latency, rules: rules, allowed: allowed,
+                      message: .http(method: method, url: url, code: code, version: version))
+    }
+
+    /// The JSON object of an L7 record from its draft's parts.
+    fileprivate static func l7(_ draft: L7RecordDraft) -> JSONObject {
+        let isReply = draft.type == .response
+        let fields: JSONObject, protocolName: String, summary: String
+        switch draft.message {
+        case .http(let method, let url, let code, let version):
+            var http = JSONObject(capacity: 4)
+            if let code { http.add("code", .unsigned(UInt64(code))) }
+            if let method { http.add("method", .string(method)) }
+            if let url { http.add("url", .string(url)) }
+            http.add("protocol", .string(version))
+            (fields, protocolName) = (http, "http")
+            summary = httpSummary(version: version, type: draft.type, method: method, url: url, code: code,
+                                  verdict: draft.verdict)
+        case .other(let name, let made, let text):
+            (fields, protocolName, summary) = (made, name, text)
+        }
+        return record(time: draft.time, verdict: draft.verdict, ip: draft.ip, l4: draft.l4, endpoints: draft.endpoints,
+                      type: .l7, direction: draft.direction, isReply: isReply, summary: summary) { record in
+            var l7 = JSONObject(capacity: 3)
+            l7.add("type", .string(draft.type.rawValue))
+            if let latency = draft.latency { l7.add("latency_ns", .unsigned(latency)) }
+            l7.add(protocolName, .object(fields))
+            record.add("l7", .object(l7))
+            for (key, value) in draft.policies { record.add(key, value) }
+        }
+    }
+
+    /// `HTTP/1.1 request GET /path forwarded`, `HTTP/1.1 response GET /path 200 forwarded`:
+    /// made in one allocation (each HTTP record carries one; appending part by part cost a
+    /// reallocation apiece).
+    static func httpSummary(version: String, type: L7FlowType, method: String?, url: String?, code: Int?,
+                            verdict: FlowVerdict) -> String {
+        let kind = type == .request ? " request" : " response"
+        let outcome: String
+        switch verdict {
+        case .forwarded: outcome = " forwarded"
+        case .dropped: outcome = " dropped"
+        case .error: outcome = " error"
+        case .redirected: outcome = " redirected"
+        }
+        let code = code.map { " " + String($0) }
+        let capacity = version.utf8.count + kind.utf8.count + (method?.utf8.count ?? -1) + 1 + (url?.utf8.count ?? -1) + 1
+            + (code?.utf8.count ?? 0) + outcome.utf8.count
+        return String(unsafeUninitializedCapacity: capacity) { text in
+            var at = 0
+            func put(_ part: String) {
+                var part = part
+                part.withUTF8 { bytes in
+                    _ = UnsafeMutableBufferPointer(rebasing: text[at..<at + bytes.count]).initialize(from: bytes)
+                    at += bytes.count
+                }
+            }
+            put(version)
+            put(kind)
+            if let method { text[at] = UInt8(ascii: " "); at += 1; put(method) }
+            if let url { text[at] = UInt8(ascii: " "); at += 1; put(url) }
+            if let code { put(code) }
+            put(outcome)
+            return at
+        }
     }
 
     // MARK: The datapath
@@ -238,6 +291,54 @@ public enum FlowRecords {
     }
 }
 
+/// An L7 record's facts, taken on the session's thread with the connection's record parts;
+/// `record()` makes its JSON object, on any thread. A reporter that writes records on a
+/// thread of its own (`sluice replay`'s) takes drafts, so that the session's thread does not
+/// build the objects it would only hand over.
+public struct L7RecordDraft: Sendable {
+    /// The message's own part of the record.
+    enum Message: Sendable {
+        /// Made into Hubble's `HTTP` object and the HTTP summary by `record()`.
+        case http(method: String?, url: String?, code: Int?, version: String)
+        /// Any other protocol: its object under `l7` and its summary, made already.
+        case other(protocolName: String, fields: JSONObject, summary: String)
+    }
+
+    let verdict: FlowVerdict
+    let time: UInt64
+    let direction: Direction
+    let type: L7FlowType
+    let latency: UInt64?
+    let ip: JSONObject.Value
+    let l4: JSONObject.Value?
+    let endpoints: (source: JSONObject.Value, destination: JSONObject.Value)
+    let policies: [(String, JSONObject.Value)]
+    let message: Message
+
+    init(verdict: FlowVerdict, connection: ConnectionIdentities, parts: inout L7RecordParts, time: UInt64,
+         direction: Direction, type: L7FlowType, latency: UInt64?, rules: [RuleReference], allowed: Bool,
+         message: Message) {
+        let made = parts.made(for: connection)
+        let isReply = type == .response
+        self.verdict = verdict
+        self.time = time
+        self.direction = direction
+        self.type = type
+        self.latency = latency
+        ip = isReply ? made.replyIP : made.forwardIP
+        l4 = isReply ? made.replyL4 : made.forwardL4
+        endpoints = isReply ? (made.destination, made.source) : (made.source, made.destination)
+        policies = parts.policies(of: rules, allowed: allowed)
+        self.message = message
+    }
+
+    /// The record's JSON object.
+    public func record() -> JSONObject { FlowRecords.l7(self) }
+
+    /// The record's verdict, which a reporter may count without making the record.
+    public var verdictName: String { verdict.rawValue }
+}
+
 /// The parts of a connection's L7 records that stay the same from one record to the next:
 /// both directions' addresses and both ends, made (with their JSON text) on the first
 /// record (again when its identities change), and the policy lists of the verdicts seen. A
@@ -268,6 +369,7 @@ public struct L7RecordParts {
     /// few; past `maximumRemembered` they are forgotten and made again).
     private var policyLists: [PolicyListKey: [(String, JSONObject.Value)]] = [:]
     private static let maximumRemembered = 32
+    private var lastPolicies: (key: PolicyListKey, fields: [(String, JSONObject.Value)])?
 
     private struct PolicyListKey: Hashable {
         var rules: [RuleReference]
@@ -285,11 +387,19 @@ public struct L7RecordParts {
 
     mutating func policies(of rules: [RuleReference], allowed: Bool) -> [(String, JSONObject.Value)] {
         if rules.isEmpty { return [] }
+        // Most records of a connection repeat the last verdict's rules (the same array of the
+        // compiled policy, which compares without looking at its elements): no hashing then.
+        if let last = lastPolicies, last.key.allowed == allowed, last.key.rules == rules { return last.fields }
         let key = PolicyListKey(rules: rules, allowed: allowed)
-        if let fields = policyLists[key] { return fields }
-        if policyLists.count >= Self.maximumRemembered { policyLists.removeAll() }
-        let fields = FlowRecords.policyFields(of: rules, allowed: allowed)
-        policyLists[key] = fields
+        let fields: [(String, JSONObject.Value)]
+        if let known = policyLists[key] {
+            fields = known
+        } else {
+            if policyLists.count >= Self.maximumRemembered { policyLists.removeAll() }
+            fields = FlowRecords.policyFields(of: rules, allowed: allowed)
+            policyLists[key] = fields
+        }
+        lastPolicies = (key, fields)
         return fields
     }
 

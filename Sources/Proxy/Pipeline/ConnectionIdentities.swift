@@ -53,16 +53,18 @@ public struct ConnectionIdentities: Sendable {
     }
 
     /// The policy questions a request on this connection must pass: the destination
-    /// endpoint's ingress and the source endpoint's egress. With neither end a known
+    /// endpoint's ingress and the source endpoint's egress, each only where that endpoint is
+    /// on this node (a pod on another node has its side judged by that node's sluice: the
+    /// source node judges egress, the destination node ingress). With neither end a local
     /// endpoint (explicit mode in front of an address the endpoints file does not name),
     /// the destination's ingress is still asked.
     public var flows: [FlowContext] {
         var flows: [FlowContext] = []
-        if destination.isClusterEndpoint || !source.isClusterEndpoint {
+        if destination.isLocalEndpoint || !source.isLocalEndpoint {
             flows.append(FlowContext(subject: destination, direction: .ingress, remote: source, port: server.port,
                                      transport: transport))
         }
-        if source.isClusterEndpoint {
+        if source.isLocalEndpoint {
             flows.append(FlowContext(subject: source, direction: .egress, remote: destination, port: server.port,
                                      transport: transport))
         }

@@ -83,4 +83,11 @@ extension L7Session {
 /// Receives the flow records of L7 sessions.
 public protocol L7FlowReporter: AnyObject {
     func report(_ record: JSONObject)
+    /// A record not made yet: by default made now and reported; a reporter that writes on a
+    /// thread of its own may make it there.
+    func report(_ draft: L7RecordDraft)
+}
+
+extension L7FlowReporter {
+    public func report(_ draft: L7RecordDraft) { report(draft.record()) }
 }

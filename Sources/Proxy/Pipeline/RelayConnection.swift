@@ -76,10 +76,12 @@ public enum UpstreamSource: Sendable, Equatable {
             do {
                 if let mark { try socket.setMark(mark) }
                 if kind == .stream { try? socket.setNoDelay() }
-                // Not yet for IPv6 datagrams: in the lab an IPv6 upstream datagram sent from
-                // the client's address stayed queued in the node (Send-Q, never on the wire),
-                // in both datapath modes; until that is understood they use the node's address.
-                if self != .node && client.family == destination.family && !(kind == .datagram && client.isIPv6) {
+                // IPv6 needs the outgoing interface's link-local address to be usable (not
+                // tentative): the kernel sends a neighbour solicitation from a packet's source
+                // only when that address is its own, else from the link-local one, and none
+                // while it is tentative, so the first packets from the client's address wait
+                // in the neighbour queue (Send-Q) until duplicate address detection is over.
+                if self != .node && client.family == destination.family {
                     try socket.bindSource(client, keepingPort: keepingPort, stream: kind == .stream)
                 }
                 return (socket, try socket.connect(to: destination))

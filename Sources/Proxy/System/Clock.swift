@@ -22,34 +22,42 @@ public enum WallClock {
 
     public static func rfc3339Now() -> String { rfc3339(nanosecondsNow()) }
 
-    /// `2026-12-01T16:23:17.123456789Z` for a time in nanoseconds since the epoch: digits
-    /// written straight into the string (a record each request carries one).
+    /// `2026-12-01T16:23:17.123456789Z` for a time in nanoseconds since the epoch: the
+    /// civil date computed in place (H. Hinnant's `civil_from_days`, proleptic Gregorian, as
+    /// `gmtime` does for these years) and the digits written straight into the string, in one
+    /// allocation; every record carries one.
     public static func rfc3339(_ nanoseconds: UInt64) -> String {
-        var seconds = time_t(nanoseconds / 1_000_000_000)
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
+        let seconds = nanoseconds / 1_000_000_000
+        let fraction = nanoseconds % 1_000_000_000
+        let days = Int64(seconds / 86_400)
+        let secondOfDay = Int(seconds % 86_400)
+        // civil_from_days: days since 1970-01-01 to year, month, day.
+        let shifted = days + 719_468
+        let era = shifted / 146_097
+        let dayOfEra = shifted - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1_460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let monthIndex = (5 * dayOfYear + 2) / 153
+        let day = Int(dayOfYear - (153 * monthIndex + 2) / 5 + 1)
+        let month = Int(monthIndex < 10 ? monthIndex + 3 : monthIndex - 9)
+        let year = Int(yearOfEra + era * 400 + (month <= 2 ? 1 : 0))
         return String(unsafeUninitializedCapacity: 30) { text in
-            var at = 0
-            func digits(_ value: Int, _ width: Int) {
-                var value = value
-                for index in stride(from: at + width - 1, through: at, by: -1) {
-                    text[index] = UInt8(ascii: "0") &+ UInt8(value % 10)
+            @inline(__always) func put(_ value: Int, width: Int, at end: Int) {
+                var value = value, index = end
+                while index > end - width {
+                    index -= 1
+                    text[index] = UInt8(truncatingIfNeeded: 48 + value % 10)
                     value /= 10
                 }
-                at += width
             }
-            func mark(_ character: Unicode.Scalar) {
-                text[at] = UInt8(ascii: character)
-                at += 1
-            }
-            digits(Int(parts.tm_year) + 1900, 4); mark("-")
-            digits(Int(parts.tm_mon) + 1, 2); mark("-")
-            digits(Int(parts.tm_mday), 2); mark("T")
-            digits(Int(parts.tm_hour), 2); mark(":")
-            digits(Int(parts.tm_min), 2); mark(":")
-            digits(Int(parts.tm_sec), 2); mark(".")
-            digits(Int(nanoseconds % 1_000_000_000), 9); mark("Z")
-            return at
+            put(year, width: 4, at: 4); text[4] = UInt8(ascii: "-")
+            put(month, width: 2, at: 7); text[7] = UInt8(ascii: "-")
+            put(day, width: 2, at: 10); text[10] = UInt8(ascii: "T")
+            put(secondOfDay / 3_600, width: 2, at: 13); text[13] = UInt8(ascii: ":")
+            put(secondOfDay / 60 % 60, width: 2, at: 16); text[16] = UInt8(ascii: ":")
+            put(secondOfDay % 60, width: 2, at: 19); text[19] = UInt8(ascii: ".")
+            put(Int(fraction), width: 9, at: 29); text[29] = UInt8(ascii: "Z")
+            return 30
         }
     }
 }

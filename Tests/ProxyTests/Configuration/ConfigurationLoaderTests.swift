@@ -149,6 +149,8 @@ import Testing
         ("http: {normalizePaths: maybe}\nlisteners:\n  - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n", "test.yaml:1:24: http.normalizePaths: expected true or false, got 'maybe'"),
         ("http: {allowedUpgrades: websocket}\nlisteners:\n  - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n", "http.allowedUpgrades: expected a list of upgrade protocol names"),
         ("timeouts: {response: 0s}\nlisteners: []\n", "timeouts.response: expected a duration"),
+        ("policy: {paths: [p.yaml], endpoints: e.yaml, node: Node_1}\nlisteners:\n  - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n",
+         "test.yaml:1:52: policy.node: expected a node name (lowercase letters, digits, '-' and '.'), as the endpoints file's node fields, got 'Node_1'"),
     ])
     func badFilesAreRejectedWithAPreciseMessage(text: String, expected: String) {
         do {
@@ -157,6 +159,13 @@ import Testing
         } catch {
             #expect(error.description.contains(expected), "got: \(error.description)")
         }
+    }
+
+    /// Issue 15 item 3: which node of the endpoints file this sluice runs on.
+    @Test func thePolicyNodeIsRead() throws {
+        let configuration = try load("policy: {paths: [p.yaml], endpoints: e.yaml, node: node2.lab}\nlisteners:\n  - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n")
+        #expect(configuration.policy?.node == "node2.lab")
+        #expect(try load("policy: {paths: [p.yaml], endpoints: e.yaml}\nlisteners:\n  - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n").policy?.node == nil)
     }
 
     @Test func aMissingFileIsReportedByName() {

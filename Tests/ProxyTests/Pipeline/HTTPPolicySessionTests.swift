@@ -180,6 +180,31 @@ final class Collector: L7FlowReporter {
         #expect(Self.run(session, .request, withToken) == [.pass(withToken.utf8.count)])
     }
 
+    /// Only the header fields a rule names become facts: the named one is found in any letter
+    /// case, and its copies, with other fields between them, are still judged joined (a second
+    /// copy cannot hide behind fields the rule does not name).
+    @Test func onlyNamedHeaderFieldsAreReadInAnyCaseAndRepeatsStillJoin() throws {
+        let policy = Self.policy.replacingOccurrences(
+            of: #"{method: GET, path: "/api/.*"}"#, with: #"{method: GET, path: "/api/.*", headers: ["X-Token: s3cret"]}"#)
+        #expect(policy != Self.policy)
+        let (session, _) = try Self.session(holder: PolicySnapshotHolder(try Self.snapshot(policy)))
+        let response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        let upper = Self.get.replacingOccurrences(of: "\r\n\r\n", with: "\r\nAccept: */*\r\nX-TOKEN: s3cret\r\n\r\n")
+        #expect(Self.run(session, .request, upper) == [.pass(upper.utf8.count)])
+        _ = Self.run(session, .response, response)
+        let repeated = Self.get.replacingOccurrences(
+            of: "\r\n\r\n", with: "\r\nx-token: s3cret\r\nAccept: */*\r\nX-Token: other\r\n\r\n")
+        #expect(Self.run(session, .request, repeated) == [.drop(repeated.utf8.count), .reply(HTTP1LocalResponses.standard.forbidden)])
+    }
+
+    @Test func headerNamesMatchFieldNameBytesIgnoringCase() {
+        let names = HTTPHeaderNames(["x-token", "Content-Type"])
+        func has(_ text: String) -> Bool { Array(text.utf8).withUnsafeBytes { names.contains($0) } }
+        #expect(has("X-Token") && has("x-token") && has("CONTENT-TYPE") && has("content-type"))
+        #expect(!has("x-tokens") && !has("x-toke") && !has("accept") && !has(""))
+        #expect(HTTPHeaderNames([]).isEmpty && !names.isEmpty)
+    }
+
     /// Issue 9, item 9: a response that cannot be relayed, with nothing of it sent yet, is
     /// answered 502 after the valid response before it; then the connection closes.
     @Test func aFaultyResponseAfterAValidOneIsAnswered502() throws {

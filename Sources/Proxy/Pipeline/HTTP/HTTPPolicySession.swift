@@ -69,14 +69,14 @@ public final class HTTPPolicySession: L7Session {
         // the time that it was prepared to wait". Only when no earlier answer is owed, so
         // responses stay in request order.
         guard http.inFlightCount == 0 else { return nil }
-        reporter?.report(record(type: "RESPONSE", verdict: "FORWARDED", direction: .ingress, method: nil, url: nil,
+        reporter?.report(draft(type: "RESPONSE", verdict: "FORWARDED", direction: .ingress, method: nil, url: nil,
                                 code: 408, latency: nil, rules: [], allowed: false))
         return HTTP1LocalResponses.rejection(status: 408)
     }
 
     public func upstreamFailed(reason: String) -> [UInt8]? {
         // RFC 9110 §15.6.4: 503 "the server is currently unable to handle the request".
-        reporter?.report(record(type: "RESPONSE", verdict: "ERROR", direction: .ingress, method: nil, url: nil,
+        reporter?.report(draft(type: "RESPONSE", verdict: "ERROR", direction: .ingress, method: nil, url: nil,
                                 code: 503, latency: nil, rules: [], allowed: false))
         return Self.gatewayAnswer(status: 503, reason: "Service Unavailable", body: "upstream unavailable: \(reason)\r\n")
     }
@@ -96,7 +96,7 @@ public final class HTTPPolicySession: L7Session {
     private func answerInsteadOfServer(status: Int) -> [UInt8]? {
         guard let answer = http.answerInsteadOfServer(status: status), !pending.isEmpty else { return nil }
         let request = takePending()
-        reporter?.report(record(type: "RESPONSE", verdict: "ERROR", direction: request.direction, method: request.method,
+        reporter?.report(draft(type: "RESPONSE", verdict: "ERROR", direction: request.direction, method: request.method,
                                 url: request.url, code: status, latency: clock() &- request.start, rules: [], allowed: true))
         return answer
     }
@@ -144,7 +144,8 @@ public final class HTTPPolicySession: L7Session {
         }
         let method = text(head.method)
         var target = text(head.target)
-        var path = text(head.path)
+        // An origin-form target is its own path: one string for both.
+        var path = head.path == head.target ? target : text(head.path)
         var rewriteHead = HTTP1HeadRewrite()
         var rewrites = false
         if settings.normalizePaths {
@@ -167,8 +168,14 @@ public final class HTTPPolicySession: L7Session {
         }
         // RFC 9112 §3.2.2: with an absolute-form target, the authority in it is the host.
         let host = (head.authority ?? head.host).map(text)
-        // Header fields become text only when a rule can read them.
-        let headers = judge.needsHeaders() ? head.fields.map { (name: text($0.name), value: text($0.value)) } : []
+        // Header fields become text only when a rule can read them: those a rule names.
+        let reading = judge.fieldsToRead()
+        var headers: [(name: String, value: String)] = []
+        if !reading.isEmpty {
+            for field in head.fields where reading.contains(UnsafeRawBufferPointer(rebasing: bytes[field.name])) {
+                headers.append((name: text(field.name), value: text(field.value)))
+            }
+        }
         let facts = HTTPRequestFacts(method: method, path: path, host: host, headers: headers)
 
         let judgement = judge.judge(facts)
@@ -210,7 +217,7 @@ public final class HTTPPolicySession: L7Session {
             deniedCount += 1
         }
         http.resolve(decision)
-        reporter?.report(record(type: "REQUEST", verdict: allowed ? "FORWARDED" : "DROPPED", direction: direction,
+        reporter?.report(draft(type: "REQUEST", verdict: allowed ? "FORWARDED" : "DROPPED", direction: direction,
                                 method: method, url: target, code: nil, latency: nil, rules: deciding, allowed: allowed))
     }
 
@@ -228,7 +235,7 @@ public final class HTTPPolicySession: L7Session {
         } else {
             http.resolve(.answer(answer, closes: closes))
         }
-        reporter?.report(record(type: "REQUEST", verdict: "DROPPED", direction: .ingress, method: method, url: url,
+        reporter?.report(draft(type: "REQUEST", verdict: "DROPPED", direction: .ingress, method: method, url: url,
                                 code: nil, latency: nil, rules: [], allowed: false))
     }
 
@@ -248,7 +255,7 @@ public final class HTTPPolicySession: L7Session {
         if let head = step.head, !head.isInformational || head.switchesProtocol, !pending.isEmpty {
             let request = takePending()
             // In audit mode the response to a denied request is one the client would not have had.
-            reporter?.report(record(type: "RESPONSE", verdict: request.allowed ? "FORWARDED" : "DROPPED",
+            reporter?.report(draft(type: "RESPONSE", verdict: request.allowed ? "FORWARDED" : "DROPPED",
                                     direction: request.direction, method: request.method, url: request.url,
                                     code: head.statusCode, latency: clock() &- request.start, rules: [],
                                     allowed: request.allowed))
@@ -259,18 +266,18 @@ public final class HTTPPolicySession: L7Session {
     private func reportLocalAnswer(_ answer: [UInt8]) {
         // "HTTP/1.1 403 Forbidden..." -> 403
         let status = answer.count > 12 ? Int(String(decoding: answer[9..<12], as: UTF8.self)) : nil
-        reporter?.report(record(type: "RESPONSE", verdict: "FORWARDED", direction: .ingress, method: nil, url: nil,
+        reporter?.report(draft(type: "RESPONSE", verdict: "FORWARDED", direction: .ingress, method: nil, url: nil,
                                 code: status, latency: nil, rules: [], allowed: false))
     }
 
     // MARK: Flow records
 
-    private func record(type: String, verdict: String, direction: Direction, method: String?, url: String?,
-                        code: Int?, latency: UInt64?, rules: [RuleReference], allowed: Bool) -> JSONObject {
+    private func draft(type: String, verdict: String, direction: Direction, method: String?, url: String?,
+                       code: Int?, latency: UInt64?, rules: [RuleReference], allowed: Bool) -> L7RecordDraft {
         // The call sites pass the reference's spellings; anything else would be our bug, reported as an error.
-        FlowRecords.http(verdict: FlowVerdict(rawValue: verdict) ?? .error, connection: identities, parts: &recordParts,
-                         time: wallClock(), direction: direction,
-                         type: type == "RESPONSE" ? .response : .request, method: method, url: url, code: code,
-                         latency: latency, rules: rules, allowed: allowed)
+        FlowRecords.httpDraft(verdict: FlowVerdict(rawValue: verdict) ?? .error, connection: identities,
+                              parts: &recordParts, time: wallClock(), direction: direction,
+                              type: type == "RESPONSE" ? .response : .request, method: method, url: url, code: code,
+                              latency: latency, rules: rules, allowed: allowed)
     }
 }

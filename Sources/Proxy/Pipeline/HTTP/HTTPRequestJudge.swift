@@ -12,12 +12,12 @@ struct HTTPRequestJudge {
     /// version `policyVersion`: each request only runs the L7 rules that apply to this
     /// peer and port, and a request after a policy change takes fresh ones first.
     private var policies: [ConnectionPolicy] {
-        didSet { readsHeaders = policy == nil ? false : policies.contains { $0.httpReadsHeaders } }
+        didSet { headerNames = Self.headerNames(policy: policy, policies) }
     }
     private var policyVersion: UInt64
-    /// Whether a request's header fields can matter to its verdict (checked before each
-    /// request with `needsHeaders`): when not, the session need not turn them into facts.
-    private var readsHeaders = true
+    /// The header fields a request's verdict can depend on (checked before each request with
+    /// `needsHeaders` or `fieldsToRead`): the session turns only these into facts.
+    private var headerNames: HTTPHeaderNames
 
     /// What the rules said of one request.
     struct Judgement {
@@ -35,14 +35,27 @@ struct HTTPRequestJudge {
         self.identities = identities
         policyVersion = policy?.version ?? 0
         policies = policy?.policies(for: identities) ?? []
-        readsHeaders = policy == nil ? false : policies.contains { $0.httpReadsHeaders }
+        headerNames = Self.headerNames(policy: policy, policies)
+    }
+
+    private static func headerNames(policy: WorkerPolicy?, _ policies: [ConnectionPolicy]) -> HTTPHeaderNames {
+        guard policy != nil else { return HTTPHeaderNames([]) }
+        return HTTPHeaderNames(policies.reduce(into: Set<String>()) { $0.formUnion($1.httpHeaderNames) })
     }
 
     /// Whether the next request's header fields can matter to its verdict (under the policy
     /// in force now: call right before building the request's facts).
     mutating func needsHeaders() -> Bool {
         refreshPolicies()
-        return readsHeaders
+        return !headerNames.isEmpty
+    }
+
+    /// The header fields the next request's verdict can depend on, by name (under the policy
+    /// in force now: call right before building the request's facts). Fields not named by
+    /// any rule cannot change a verdict, so they need not become facts.
+    mutating func fieldsToRead() -> HTTPHeaderNames {
+        refreshPolicies()
+        return headerNames
     }
 
     /// Judges one request; every policy the connection passes must allow it.
@@ -73,5 +86,31 @@ struct HTTPRequestJudge {
         identities = policy.identities(client: identities.client, server: identities.server)
         policies = policy.policies(for: identities)
         policyVersion = policy.version
+    }
+}
+
+/// Lower-cased header field names, compared with the bytes of a field's name without
+/// making text of it (ASCII case-insensitively: field names are tokens, RFC 9110 §5.1).
+struct HTTPHeaderNames {
+    private let names: [[UInt8]]
+
+    init(_ names: Set<String>) {
+        self.names = names.map { Array($0.lowercased().utf8) }.sorted { $0.lexicographicallyPrecedes($1) }
+    }
+
+    var isEmpty: Bool { names.isEmpty }
+
+    /// Whether `name` is one of the names, in any letter case.
+    func contains(_ name: UnsafeRawBufferPointer) -> Bool {
+        for candidate in names where candidate.count == name.count {
+            var equal = true
+            for index in 0..<name.count {
+                let byte = name[index]
+                let lowered = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
+                if lowered != candidate[index] { equal = false; break }
+            }
+            if equal { return true }
+        }
+        return false
     }
 }

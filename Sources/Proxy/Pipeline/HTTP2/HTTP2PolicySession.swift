@@ -219,8 +219,21 @@ public final class HTTP2PolicySession: L7Session {
             upstream.consume(stream: upstreamID, count: count)
         case .goAway(_, let errorCode):
             upstream.goAway(errorCode: errorCode, lastStreamID: 0)
+        case .headTooLarge(let id, let endStream):
+            // Never judged (its fields were dropped unread) and never sent upstream.
+            deniedCount += 1
+            streams[id] = Stream(upstreamID: nil, method: "", url: "", start: clock(), direction: .ingress,
+                                 allowed: false, awaitingResponse: false, requestEnded: endStream)
+            answer(stream: id, status: 431, body: Self.tooLargeBody)
+            // As HTTP/1.1 reports its local answers to heads it could not read: the response only.
+            reporter?.report(record(type: .response, verdict: .forwarded, direction: .ingress, method: nil, url: nil,
+                                    code: 431, latency: nil, rules: [], allowed: false))
+        case .informational:
+            break  // only a client endpoint reports these
         }
     }
+
+    private static let tooLargeBody = Array("Request header fields too large\r\n".utf8)
 
     private func serverDid(_ event: HTTP2Event) {
         switch event {
@@ -266,15 +279,20 @@ public final class HTTP2PolicySession: L7Session {
             let inFlight = clientStream.filter { $0.key <= lastStreamID }.map(\.value).max() ?? 0
             downstream.goAway(errorCode: errorCode, lastStreamID: max(inFlight, 0))
             if ending == nil && streams.isEmpty { ending = "server sent GOAWAY" }
+        case .informational(let upstreamID, let headers):
+            // 100 Continue, 103 Early Hints: relayed ahead of the final response.
+            if let id = clientStream[upstreamID] { downstream.submitInformational(stream: id, headers) }
+        case .headTooLarge:
+            break  // only a server endpoint reports these
         }
     }
 
-    private static let statusName = Array(":status".utf8)
-    private static let methodName = Array(":method".utf8)
-    private static let authorityName = Array(":authority".utf8)
-    private static let hostName = Array("host".utf8)
-    private static let contentTypeName = Array("content-type".utf8)
-    private static let grpcContentType = Array("application/grpc".utf8)
+    private static let statusName = ArraySlice(":status".utf8)
+    private static let methodName = ArraySlice(":method".utf8)
+    private static let authorityName = ArraySlice(":authority".utf8)
+    private static let hostName = ArraySlice("host".utf8)
+    private static let contentTypeName = ArraySlice("content-type".utf8)
+    private static let grpcContentType = ArraySlice("application/grpc".utf8)
 
     /// Phase "evaluate" for one stream: judged by the HTTP rules, then opened upstream or
     /// answered here.
@@ -307,7 +325,7 @@ public final class HTTP2PolicySession: L7Session {
             case .normalized(let target, _):
                 url = target
                 if let index = forwarded.firstIndex(where: { $0.name == Self.pathName }) {
-                    forwarded[index].value = Array(target.utf8)
+                    forwarded[index].value = ArraySlice(target.utf8)
                 }
             case .redirect(let location):
                 // As over HTTP/1.1: an escaped slash is sent to the unescaped path (307).
@@ -361,7 +379,7 @@ public final class HTTP2PolicySession: L7Session {
         clientStream[upstreamID] = id
     }
 
-    private static let pathName = Array(":path".utf8)
+    private static let pathName = ArraySlice(":path".utf8)
 
     /// Answers a stream from the proxy with `status` and a plain-text body.
     private func answer(stream id: Int32, status: Int, body: [UInt8]) {
@@ -381,11 +399,11 @@ public final class HTTP2PolicySession: L7Session {
             case .add(let name, let value):
                 headers.append(HTTP2Header(name.lowercased(), value.value))
             case .replace(let name, let value):
-                let lowered = Array(name.lowercased().utf8)
+                let lowered = ArraySlice(name.lowercased().utf8)
                 headers.removeAll { $0.name == lowered }
-                headers.append(HTTP2Header(name: lowered, value: Array(value.value.utf8)))
+                headers.append(HTTP2Header(name: lowered, value: ArraySlice(value.value.utf8)))
             case .remove(let name):
-                let lowered = Array(name.lowercased().utf8)
+                let lowered = ArraySlice(name.lowercased().utf8)
                 headers.removeAll { $0.name == lowered }
             }
         }
