@@ -135,7 +135,7 @@ listeners:
   - {{name: l7-tcp, mode: transparent, listen: 127.0.0.1:15001}}
   - {{name: l7-udp, mode: transparent, protocol: udp, listen: 127.0.0.1:15053}}
 datapath: {{mode: {mode}, interfaces: [ep1, ep2, ep3, up0], pinRoot: {self.pin_root}}}
-policy: {{paths: [{self.policy}], endpoints: {workdir}/endpoints.yaml, watch: 100ms}}
+policy: {{paths: [{self.policy}], endpoints: {workdir}/endpoints.yaml, node: node1, watch: 100ms}}
 fqdn: {{stateFile: {workdir}/fqdn.json}}
 timeouts: {{drain: 5s, udpIdle: 2s}}
 dns: {{responseTimeout: 2s}}
