@@ -592,3 +592,41 @@ flowLog: {{sink: none}}
     assert curl(dropped) == "", "the listener the new configuration dropped is closed"
     # With the old one gone, its sockets live in the new one only: new connections still land.
     assert all(curl(kept) == "hello from nginx\n" for _ in range(30))
+
+
+@pytest.fixture(params=["bpf", "nftables"])
+def fqdn_mode(request):
+    return request.param
+
+
+def test_learned_addresses_are_handed_over(lab, workdir, fqdn_mode):
+    """toFQDNs (test_fqdn's lab: dnsmasq and an HTTP server in 'remote'): an address the
+    first sluice learned stays allowed through the hand-over and after the first one has
+    gone, the successor knows it (status), and the state file still lists it."""
+    from test_fqdn import API, FQDNLab
+    fqdn = FQDNLab(lab, workdir, None, fqdn_mode, minimum_ttl=120)
+    control = workdir / "sluice.sock"
+    config_text = fqdn.config_text + f"control: {{socket: {control}}}\n"
+    generations = []
+
+    def start(name):
+        directory = workdir / name
+        directory.mkdir()
+        generations.append(Sluice(directory, config_text, netns=lab.node))
+        return generations[-1]
+    try:
+        first = start("first")
+        assert fqdn.curl_status(f"http://{API}/") == 0, "nothing learned yet: dropped"
+        assert fqdn.answer("api.shop.test") == API
+        assert fqdn.curl_status(f"http://{API}/") == 200
+        second = start("second")
+        assert first.process.wait(20) == 0
+        assert "fqdn: 1 learned address(es) taken over from the running sluice" in second.stderr(), second.stderr()
+        assert fqdn.curl_status(f"http://{API}/") == 200, "still allowed, the first sluice gone"
+        status = subprocess.run([SLUICE, "status", "--socket", str(control)], capture_output=True, text=True).stdout
+        assert "fqdn: 1 learned address(es)" in status and f"took over from pid {first.pid}" in status, status
+        wait_until(lambda: any(r["address"] == API for r in fqdn.listed()), "the state file to list it", 3)
+    finally:
+        for proxy in generations:
+            proxy.terminate()
+        fqdn.down()
