@@ -444,6 +444,19 @@ def test_a_successor_of_another_protocol_version_is_refused_and_the_running_one_
     assert "hand-over: refused a successor" in proxy.stderr()
 
 
+def test_bytes_that_are_not_the_protocol_are_refused_and_the_running_one_serves_on(workdir, nginx, loopback):
+    proxy = loopback("running", explicit(workdir, nginx, loopback.port, loopback.socket))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:
+        peer.settimeout(10)
+        peer.connect(str(loopback.handover))
+        peer.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        (_, kind, payload), descriptors = read_frame(peer)
+        assert kind == 2 and descriptors == [], "a refusal, and no socket given"
+        assert json.loads(payload)["reason"] == "not a sluice hand-over message (no SLHO magic)"
+    assert proxy.process.poll() is None
+    assert curl(loopback.port) == "hello from nginx\n"
+
+
 def test_a_predecessor_of_another_protocol_version_stops_the_new_one_with_a_clear_error(workdir, nginx, loopback):
     # A Python peer plays a running sluice of protocol 2 on the hand-over socket.
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
