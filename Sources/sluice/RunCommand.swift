@@ -81,11 +81,15 @@ struct RunCommand: ParsableCommand {
         var offer: HandoverOffer?
         if let path = configuration.control.handoverPath {
             do {
-                switch try HandoverOffer.takeOver(path: path, version: Sluice.version) {
+                switch try HandoverOffer.takeOver(path: path, version: Sluice.version,
+                                                  listeners: ProxyServer.listenerKeys(configuration.listeners)) {
                 case .nothingRunning:
                     break
                 case .stale:
                     printError("hand-over: \(path) is stale (no sluice answers there); starting afresh")
+                case .otherInstance(_, let why):
+                    printError("hand-over: the sluice serving \(path) \(why); not taking over from it"
+                               + (why.contains("namespace") ? " (give each its own control.socket)" : ""))
                 case .offer(let received):
                     // The same sluice has at least one listener in common (an upgrade may
                     // add and remove some); one serving none of these is another instance.

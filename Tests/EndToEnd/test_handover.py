@@ -543,6 +543,7 @@ def test_a_sluice_with_other_listeners_does_not_take_over(workdir, nginx, loopba
     # Another instance on the same control socket: it neither takes over nor starts.
     assert "has none of these listeners; not taking over from it" in result.stderr, result.stderr
     assert result.returncode == 1 and "another sluice is serving it" in result.stderr
+    assert "offered" not in proxy.stderr(), "another instance is given no socket"
     assert proxy.process.poll() is None
     assert curl(loopback.port) == "hello from nginx\n"
     assert loopback.socket.exists() and loopback.handover.exists()
@@ -560,6 +561,7 @@ def test_a_sluice_in_another_network_namespace_does_not_take_over(workdir, nginx
                              str(directory / "sluice.yaml")], capture_output=True, text=True, timeout=20)
     assert "runs in another network namespace; not taking over from it" in result.stderr, result.stderr
     assert result.returncode == 1 and "another sluice is serving it" in result.stderr
+    assert "offered" not in proxy.stderr(), "another instance is given no socket"
     assert proxy.process.poll() is None
     assert curl(loopback.port) == "hello from nginx\n"
 

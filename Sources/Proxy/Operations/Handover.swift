@@ -165,6 +165,14 @@ public final class HandoverServer: @unchecked Sendable {
             if gate.stopping { return .failure(HandoverRefusal("this sluice is stopping")) }
             do {
                 let sockets = sockets()
+                // Another instance sharing the socket path is given nothing.
+                if let theirs = hello.networkNamespace, theirs != UInt64(sluice_own_namespace_inode()) {
+                    return .failure(HandoverRefusal(HandoverRefusal.otherInstance + "runs in another network namespace"))
+                }
+                let ours = Set(sockets.filter { $0.0.role == .listener }.map(\.0.key))
+                if let theirs = hello.listeners, ours.isDisjoint(with: theirs) {
+                    return .failure(HandoverRefusal(HandoverRefusal.otherInstance + "has none of these listeners"))
+                }
                 for (socket, descriptor) in sockets { try channel.send(.socket(socket), attaching: descriptor) }
                 for (section, bytes) in state() { try channel.send(.state(section: section, bytes: bytes)) }
                 try channel.send(.offerEnd(HandoverSummary(pid: getpid(), version: version, count: UInt64(sockets.count))))
@@ -209,6 +217,9 @@ public final class HandoverServer: @unchecked Sendable {
 }
 
 struct HandoverRefusal: Error {
+    /// How a refusal that means "not the same sluice" begins: the successor then starts as
+    /// if nothing ran (and meets the other instance's sockets as any process would).
+    static let otherInstance = "another instance: "
     var reason: String
     init(_ reason: String) { self.reason = reason }
 }
@@ -236,12 +247,15 @@ public final class HandoverOffer: @unchecked Sendable {
         case nothingRunning
         /// A socket file nobody answers on (the previous sluice died): start afresh.
         case stale
+        /// The sluice serving the path is another instance (`why`: in another network
+        /// namespace, or with none of these listeners); it offered nothing.
+        case otherInstance(pid: Int32?, why: String)
         case offer(HandoverOffer)
     }
 
     /// Connects to `path` and takes what the sluice serving it offers. Throws
     /// `HandoverFailure` when it refuses or the conversation breaks.
-    public static func takeOver(path: String, version: String) throws -> Attempt {
+    public static func takeOver(path: String, version: String, listeners: [String]) throws -> Attempt {
         let channel: HandoverChannel
         do {
             channel = try HandoverChannel.connect(to: path)
@@ -259,7 +273,8 @@ public final class HandoverOffer: @unchecked Sendable {
             return HandoverFailure(path: path, problem: problem)
         }
         do {
-            try channel.send(.hello(HandoverHello(pid: getpid(), version: version)))
+            try channel.send(.hello(HandoverHello(pid: getpid(), version: version, listeners: listeners,
+                                                  networkNamespace: UInt64(sluice_own_namespace_inode()))))
             while true {
                 guard let (message, descriptor) = try channel.receive() else {
                     throw fail("the running sluice closed the connection before its offer was complete")
@@ -267,6 +282,9 @@ public final class HandoverOffer: @unchecked Sendable {
                 switch message {
                 case .socket(let socket): sockets.append((socket, descriptor!))
                 case .state(let section, let bytes): state[section] = bytes
+                case .refused(let reason) where reason.hasPrefix(HandoverRefusal.otherInstance):
+                    channel.close()
+                    return .otherInstance(pid: nil, why: String(reason.dropFirst(HandoverRefusal.otherInstance.count)))
                 case .refused(let reason): throw fail("the running sluice refused: \(reason)")
                 case .offerEnd(let summary):
                     guard summary.count == UInt64(sockets.count) else {

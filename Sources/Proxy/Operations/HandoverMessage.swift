@@ -40,9 +40,16 @@ public struct HandoverHello: Codable, Sendable, Equatable {
     public var pid: Int32
     /// Sluice's version (`sluice --version`), for the predecessor's log line.
     public var version: String
-    public init(pid: Int32, version: String) {
+    /// The keys (`HandoverSocket.key`) of the listeners its configuration names: a
+    /// predecessor with none of them is another instance and offers nothing.
+    public var listeners: [String]?
+    /// The inode of its network namespace: a predecessor in another one offers nothing.
+    public var networkNamespace: UInt64?
+    public init(pid: Int32, version: String, listeners: [String]? = nil, networkNamespace: UInt64? = nil) {
         self.pid = pid
         self.version = version
+        self.listeners = listeners
+        self.networkNamespace = networkNamespace
     }
 }
 

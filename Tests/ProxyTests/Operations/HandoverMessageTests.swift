@@ -10,6 +10,8 @@ import Glibc
 @Suite struct HandoverMessageTests {
     static let every: [HandoverMessage] = [
         .hello(HandoverHello(pid: 42, version: "0.1.0")),
+        .hello(HandoverHello(pid: 43, version: "0.1.0", listeners: ["tcp 127.0.0.1:15001", "udp [::1]:15053"],
+                             networkNamespace: 4_026_531_840)),
         .refused(reason: "this sluice is stopping"),
         .socket(HandoverSocket(role: .listener, transport: "udp", address: "[::1]:15053", name: "l7-udp")),
         .socket(HandoverSocket(role: .control, transport: "unix", address: "/run/sluice/sluice.sock")),
