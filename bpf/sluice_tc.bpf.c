@@ -773,6 +773,9 @@ int sluice_from_wire(struct __sk_buff *skb)
     }
 
     struct sluice_ct_value *known = tracked(&packet);
+    /* An upstream flow of the proxy is never a wire peer's flow in the same direction. */
+    if (known && (known->flags & SLUICE_CT_PROXY_UPSTREAM))
+        known = 0;
     struct sluice_ipcache_value source = identify_source(&packet);
     struct sluice_ipcache_value destination = identify_destination(&packet);
     /* The node's own addresses arrive from the wire only when sluice_to_wire turned the
@@ -854,8 +857,11 @@ int sluice_to_wire(struct __sk_buff *skb)
         count(&packet, SLUICE_COUNT_PROXY_PASS);
         /* Remembered so the replies find their way back to the proxy's socket. A flow the
          * proxy opened in the diverted flow's own tuple (the client's address and port) is
-         * known already, by its proxy port. */
-        if (!tracked(&packet))
+         * known already, by its proxy port; and the proxy answering a diverted client (a UDP
+         * reply socket sending from the original destination) is a reply of that flow, not
+         * an upstream flow: remembered as one, it would make the server's next answer in the
+         * same tuple (a client reusing its port) pass the proxy by. */
+        if (!tracked(&packet) && !tracked_reply(&packet))
             remember_flow(&packet, 0, SLUICE_CT_PROXY_UPSTREAM);
         return TC_ACT_OK;
     }

@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "CSluiceShims.h"
+#include <errno.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/epoll.h>
 #include <sys/uio.h>
 
@@ -49,6 +51,77 @@ ssize_t sluice_recv_with_original_destination(int fd, void *buffer, size_t lengt
         }
     }
     return received;
+}
+
+ssize_t sluice_send_with_descriptor(int fd, const void *buffer, size_t length, int descriptor) {
+    union { char bytes[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    struct iovec vector = { .iov_base = (void *)buffer, .iov_len = length };
+    struct msghdr message;
+    memset(&message, 0, sizeof message);
+    memset(&control, 0, sizeof control);
+    message.msg_iov = &vector;
+    message.msg_iovlen = 1;
+    if (descriptor >= 0) {
+        message.msg_control = control.bytes;
+        message.msg_controllen = sizeof control.bytes;
+        struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+        header->cmsg_level = SOL_SOCKET;
+        header->cmsg_type = SCM_RIGHTS;
+        header->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(header), &descriptor, sizeof(int));
+    }
+    ssize_t sent;
+    do { sent = sendmsg(fd, &message, MSG_NOSIGNAL); } while (sent < 0 && errno == EINTR);
+    return sent;
+}
+
+ssize_t sluice_receive_with_descriptors(int fd, void *buffer, size_t length, int *descriptors, int maximum,
+                                        int *count, int *truncated) {
+    union { char bytes[CMSG_SPACE(sizeof(int) * 16)]; struct cmsghdr align; } control;
+    struct iovec vector = { .iov_base = buffer, .iov_len = length };
+    struct msghdr message;
+    memset(&message, 0, sizeof message);
+    message.msg_iov = &vector;
+    message.msg_iovlen = 1;
+    message.msg_control = control.bytes;
+    message.msg_controllen = sizeof control.bytes;
+    *count = 0;
+    *truncated = 0;
+    ssize_t received;
+    do { received = recvmsg(fd, &message, MSG_CMSG_CLOEXEC); } while (received < 0 && errno == EINTR);
+    if (received < 0) return received;
+    *truncated = (message.msg_flags & MSG_CTRUNC) != 0;
+    for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header; header = CMSG_NXTHDR(&message, header)) {
+        if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+        size_t carried = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < carried; i++) {
+            int descriptor;
+            memcpy(&descriptor, CMSG_DATA(header) + i * sizeof(int), sizeof(int));
+            if (*count < maximum) descriptors[(*count)++] = descriptor;
+            else close(descriptor);
+        }
+    }
+    return received;
+}
+
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#ifndef SIOCGSKNS
+#define SIOCGSKNS 0x894C
+#endif
+unsigned long sluice_socket_namespace_inode(int fd) {
+    int namespace = ioctl(fd, SIOCGSKNS);
+    if (namespace < 0) return 0;
+    struct stat status;
+    unsigned long inode = fstat(namespace, &status) == 0 ? (unsigned long)status.st_ino : 0;
+    close(namespace);
+    return inode;
+}
+
+unsigned long sluice_own_namespace_inode(void) {
+    struct stat status;
+    return stat("/proc/thread-self/ns/net", &status) == 0 ? (unsigned long)status.st_ino : 0;
 }
 
 int sluice_accept_nonblocking(int fd, struct sockaddr *address, socklen_t *length) {

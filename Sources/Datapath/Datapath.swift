@@ -79,7 +79,7 @@ public struct DatapathSetup: Sendable {
     }
 
     public func removePins() {
-        for name in DatapathMaps.names + [Self.lookupLink] { unlink("\(pinRoot)/\(name)") }
+        for name in DatapathMaps.names + [Self.lookupLink, Self.lookupLink + "_new"] { unlink("\(pinRoot)/\(name)") }
         rmdir(pinRoot)
     }
 }

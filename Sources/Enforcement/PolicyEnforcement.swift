@@ -96,7 +96,12 @@ public final class PolicyEnforcement: @unchecked Sendable {
 
     /// Chooses the mechanism and installs the prepared policies; `listeners` are the
     /// proxy's transparent TCP listeners. Throws with a message.
-    public func install(listeners: [(port: UInt16, descriptor: Int32)]) throws {
+    ///
+    /// `handedOver` is the FQDN records a running sluice handed over (`encodedRecords`), in
+    /// place of the state file: then the predecessor still serves (and learns) while this
+    /// one starts, so learned entries already in the datapath are left as they are (the
+    /// ones this sluice does not know expire there by themselves).
+    public func install(listeners: [(port: UInt16, descriptor: Int32)], handedOver: [UInt8]? = nil) throws {
         mode = configuration.datapath.mode
         if mode == .auto {
             mode = Self.kernelHasSocketAssign() ? .bpf : .nftables
@@ -119,10 +124,24 @@ public final class PolicyEnforcement: @unchecked Sendable {
         case .nftables:
             let nftables = NftablesEnforcer(interfaces: configuration.datapath.interfaces, namespace: configuration.datapath.namespace,
                                             proxyPorts: proxyPorts)
-            _ = try nftables.apply(desired, learned: [])
-            report("datapath: nftables table '\(NftablesRuleset.tableName)' installed (\(desired.policy.count) policy entries)")
+            let sets = try NftablesLearnedAddresses(namespace: configuration.datapath.namespace, clock: { MonotonicClock.now() })
+            // The table is replaced whole: with the learned addresses already in it, so that
+            // none is missing for a moment (a predecessor may be serving them right now).
+            var learned: [LearnedEntry] = []
+            if let learner, let snapshot {
+                learner.attach(writer: DeferredLearnedAddresses(rounding: sets))
+                try learner.policyChanged(FQDNPolicy(snapshot: snapshot, state: desired, proxyPorts: proxyPorts)) { _ in }
+                restoreLearned(learner, handedOver: handedOver)
+                learned = learner.entries
+            }
+            _ = try nftables.apply(desired, learned: learned)
+            report("datapath: nftables table '\(NftablesRuleset.tableName)' installed (\(desired.policy.count) policy entries"
+                   + (learned.isEmpty ? ")" : ", \(learned.count) learned address(es))"))
             enforcer = nftables
-            writer = try NftablesLearnedAddresses(namespace: configuration.datapath.namespace, clock: { MonotonicClock.now() })
+            learner?.attach(writer: sets)
+            state.withLock { $0 = desired }
+            installed.store(true, ordering: .releasing)
+            return
         case .none, .auto:
             writer = nil
         }
@@ -131,11 +150,39 @@ public final class PolicyEnforcement: @unchecked Sendable {
         if let learner, let writer, let snapshot {
             learner.attach(writer: writer)
             try learner.policyChanged(FQDNPolicy(snapshot: snapshot, state: desired, proxyPorts: proxyPorts)) { _ in }
-            let restored = learner.restore()
-            (writer as? BPFLearnedAddresses)?.removeAll(except: learner.entries)
-            if restored > 0 { report("fqdn: \(restored) learned address(es) restored from \(learner.stateFile ?? "")") }
+            restoreLearned(learner, handedOver: handedOver)
+            if handedOver == nil { (writer as? BPFLearnedAddresses)?.removeAll(except: learner.entries) }
         }
         installed.store(true, ordering: .releasing)
+    }
+
+    /// Learned addresses from before this process: the predecessor's records when it
+    /// handed over, else the state file.
+    private func restoreLearned(_ learner: FQDNLearner, handedOver: [UInt8]?) {
+        if let handedOver {
+            do {
+                let restored = try learner.restore(encoded: handedOver, source: "the hand-over")
+                report("fqdn: \(restored) learned address(es) taken over from the running sluice")
+            } catch {
+                report("fqdn: \(error); reading the state file instead")
+                let restored = learner.restore()
+                if restored > 0 { report("fqdn: \(restored) learned address(es) restored from \(learner.stateFile ?? "")") }
+            }
+            return
+        }
+        let restored = learner.restore()
+        if restored > 0 { report("fqdn: \(restored) learned address(es) restored from \(learner.stateFile ?? "")") }
+    }
+
+    /// The predecessor finished: what it learned while draining joins what this one knows.
+    public func takeLearned(_ bytes: [UInt8]) {
+        guard let learner else { return }
+        do {
+            let added = try learner.restore(encoded: bytes, source: "the predecessor's last records")
+            if added > 0 { report("fqdn: \(added) address(es) the predecessor learned while draining taken over") }
+        } catch {
+            report("fqdn: \(error)")
+        }
     }
 
     /// Loads the policy files into a new snapshot for the proxy and, when a datapath is in
@@ -182,10 +229,12 @@ public final class PolicyEnforcement: @unchecked Sendable {
         }
     }
 
-    public func stop() {
+    /// Stops the background work and saves the learned addresses, unless `saving` is false
+    /// (after a hand-over: the successor owns the state file now).
+    public func stop(saving: Bool = true) {
         stopping.store(true, ordering: .relaxed)
         watcher?.stop()
-        saveLearned()
+        if saving { saveLearned() }
     }
 
     /// Every 100 ms forgets learned addresses past their lifetime, a few thousand records
@@ -309,4 +358,14 @@ struct NftablesEnforcer: DatapathEnforcer {
                             now: MonotonicClock.now()).apply(namespace: namespace)
         return "nftables table replaced"
     }
+}
+
+/// Learned addresses kept in the learner only, not written anywhere yet: the nftables table
+/// written next carries them. Rounds lifetimes as the datapath that will hold them does.
+final class DeferredLearnedAddresses: LearnedAddressWriter, @unchecked Sendable {
+    let rounding: LearnedAddressWriter
+    init(rounding: LearnedAddressWriter) { self.rounding = rounding }
+    func write(_ entries: [LearnedEntry], replacing: [LearnedEntry]) throws {}
+    func remove(_ entries: [LearnedEntry]) {}
+    func roundedExpiry(_ expires: UInt64, lifetime: UInt64) -> UInt64 { rounding.roundedExpiry(expires, lifetime: lifetime) }
 }

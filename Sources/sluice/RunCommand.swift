@@ -1,6 +1,7 @@
 import ArgumentParser
 import Enforcement
 import Proxy
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,6 +22,15 @@ struct RunCommand: ParsableCommand {
         signal stops at once. SIGHUP reloads the policy and endpoints files (as a change seen \
         by policy.watch does): a policy that loads applies to the next request on every \
         connection; one that does not is reported and the previous policy stays.
+
+        Restarts and upgrades lose nothing: started while another sluice serves the same \
+        hand-over socket (control.handover, by default beside control.socket: \
+        /run/sluice/sluice.handover.sock), sluice takes over its listening sockets (TCP and \
+        UDP, passed over that socket), its metrics and control sockets and its learned FQDN \
+        addresses, keeps the datapath's pinned maps and programs in place, and serves; the \
+        previous one then stops accepting, finishes its connections and DNS queries within \
+        timeouts.drain, and exits 0. If the running sluice refuses (another hand-over \
+        protocol version), this one exits 1 and says why.
         """)
 
     @Option(name: .long, help: ArgumentHelp("The YAML configuration file.", valueName: "file"))
@@ -66,6 +76,43 @@ struct RunCommand: ParsableCommand {
             return
         }
 
+        // A sluice serving this configuration's hand-over socket gives this one its sockets
+        // and state; it goes on serving until this one says it serves (`confirm` below).
+        var offer: HandoverOffer?
+        if let path = configuration.control.handoverPath {
+            do {
+                switch try HandoverOffer.takeOver(path: path, version: Sluice.version,
+                                                  listeners: ProxyServer.listenerKeys(configuration.listeners)) {
+                case .nothingRunning:
+                    break
+                case .stale:
+                    printError("hand-over: \(path) is stale (no sluice answers there); starting afresh")
+                case .otherInstance(_, let why):
+                    printError("hand-over: the sluice serving \(path) \(why); not taking over from it"
+                               + (why.contains("namespace") ? " (give each its own control.socket)" : ""))
+                case .offer(let received):
+                    // The same sluice has at least one listener in common (an upgrade may
+                    // add and remove some); one serving none of these is another instance.
+                    let configured = Set(ProxyServer.listenerKeys(configuration.listeners))
+                    if configured.isDisjoint(with: received.listenerKeys) {
+                        received.abandon()
+                        printError("hand-over: the sluice serving \(path) (pid \(received.predecessorPID)) has none of "
+                                   + "these listeners; not taking over from it")
+                    } else if !received.isInThisNetworkNamespace {
+                        received.abandon()
+                        printError("hand-over: the sluice serving \(path) (pid \(received.predecessorPID)) runs in another "
+                                   + "network namespace; not taking over from it (give each its own control.socket)")
+                    } else {
+                        offer = received
+                        printError("hand-over: taking over from pid \(received.predecessorPID) (\(received.predecessorVersion))")
+                    }
+                }
+            } catch {
+                printError("\(error)")
+                throw ExitCode(1)
+            }
+        }
+
         // The operations endpoints are bound first: a bad metrics address stops sluice before
         // it serves anything. Without either, the tap is left out.
         // Records cost most of what observing costs: with metrics configured, or a flow-log
@@ -77,7 +124,11 @@ struct RunCommand: ParsableCommand {
         var operationsBound = false
         if let address = configuration.metrics.listen {
             do {
-                try operations.listenMetrics(on: address)
+                if let (_, descriptor) = offer?.take(.metrics, key: "tcp \(address)").first {
+                    operations.adoptMetrics(descriptor: descriptor, address: address)
+                } else {
+                    try operations.listenMetrics(on: address)
+                }
                 operationsBound = true
             } catch {
                 printError("\(config): metrics.listen \(address): \(error)")
@@ -86,7 +137,11 @@ struct RunCommand: ParsableCommand {
         }
         if let path = configuration.control.socket {
             do {
-                try operations.listenControl(at: path)
+                if let (_, descriptor) = offer?.take(.control, key: "unix \(path)").first {
+                    operations.adoptControl(descriptor: descriptor, path: path)
+                } else {
+                    try operations.listenControl(at: path)
+                }
                 operationsBound = true
             } catch {
                 // The default path is a convenience: without it sluice still serves (and says so).
@@ -98,8 +153,12 @@ struct RunCommand: ParsableCommand {
                            + "(set control.socket to a path this process may create)")
             }
         }
-        // Closes the endpoints (and removes the control socket) on every way out.
-        defer { operations.stop() }
+        // Closes the endpoints on every way out, and removes the control socket when this
+        // sluice owns it: not one taken over before this one serves (the predecessor serves
+        // it until then), nor after handing it over.
+        var ownsSocketFiles = offer == nil
+        var handedOver = false
+        defer { operations.stop(unlinking: ownsSocketFiles && !handedOver) }
 
         let flowLog: FlowLog
         do {
@@ -128,8 +187,16 @@ struct RunCommand: ParsableCommand {
         }
 
         ShutdownSignals.block()
+        let inherited = Dictionary(grouping: offer?.take(.listener) ?? [], by: { $0.0.key }).mapValues { $0.map(\.1) }
         let server = ProxyServer(configuration: configuration, flowLog: flowLog, policy: enforcement.policy,
-                                 sessions: .standard(configuration: configuration, learner: enforcement.learner))
+                                 sessions: .standard(configuration: configuration, learner: enforcement.learner),
+                                 inherited: inherited)
+        for key in inherited.keys.sorted() where !server.unusedInheritedKeys.contains(key) {
+            printError("hand-over: listener \(key): \(inherited[key]!.count) socket(s) taken over")
+        }
+        for key in server.unusedInheritedKeys {
+            printError("hand-over: listener \(key) is not in this configuration: closed")
+        }
         do {
             try server.start()
         } catch {
@@ -140,8 +207,12 @@ struct RunCommand: ParsableCommand {
         operations.sources.metrics = { [server, enforcement, flowLog] in
             Self.metricFamilies(gauges: server.gauges(), enforcement: enforcement, flowLog: flowLog)
         }
-        operations.sources.status = { [server, enforcement, flowLog] in
-            Self.status(configuration: startedConfiguration, gauges: server.gauges(), enforcement: enforcement, flowLog: flowLog)
+        let lineage = HandoverLineage(predecessor: offer?.predecessorPID)
+        operations.sources.status = { [server, enforcement, flowLog, lineage] in
+            var status = Self.status(configuration: startedConfiguration, gauges: server.gauges(), enforcement: enforcement,
+                                     flowLog: flowLog)
+            status["handover"] = lineage.status(socket: startedConfiguration.control.handoverPath)
+            return status
         }
         operations.sources.notReady = { [enforcement] in enforcement.notReady }
         if operationsBound {
@@ -159,7 +230,7 @@ struct RunCommand: ParsableCommand {
 
         // Listeners are bound before the datapath diverts anything to them.
         do {
-            try enforcement.install(listeners: server.transparentStreamListeners)
+            try enforcement.install(listeners: server.transparentStreamListeners, handedOver: offer?.state["fqdn"])
         } catch {
             printError("datapath: \(error)")
             server.stopNow()
@@ -171,16 +242,61 @@ struct RunCommand: ParsableCommand {
         for listener in configuration.listeners {
             printError("listening: \(describe(listener))")
         }
+        let handover = startHandover(configuration: configuration, offer: offer, server: server, operations: operations,
+                                     enforcement: enforcement)
+        if let offer {
+            // What the predecessor offered and nothing here serves (its own hand-over socket
+            // when this one has none) is closed; then it stops accepting and drains.
+            offer.closeUnused()
+            ownsSocketFiles = true
+            do {
+                try offer.confirm()
+                printError("hand-over: pid \(offer.predecessorPID) stops accepting and drains")
+            } catch {
+                printError("hand-over: cannot tell pid \(offer.predecessorPID) that this one serves (\(error)); it may still serve too")
+            }
+            offer.awaitFinish { [enforcement, lineage] summary, state in
+                if let bytes = state["fqdn"] { enforcement.takeLearned(bytes) }
+                lineage.predecessorEnded(served: summary?.count)
+                if let summary {
+                    printError("hand-over: pid \(summary.pid) finished (\(summary.count) connection(s) served in all)")
+                } else {
+                    printError("hand-over: pid \(offer.predecessorPID) ended without saying it finished")
+                }
+            }
+        }
         printError("ready: \(configuration.workers) worker(s), pid \(getpid())")
 
         var first = ShutdownSignals.wait()
-        while first == SIGHUP {
-            // SIGHUP reloads the policy (nginx and HAProxy users expect this); it never stops sluice.
-            enforcement.reload(because: "SIGHUP")
+        var successor: Int32?
+        while true {
+            if first == SIGHUP {
+                // SIGHUP reloads the policy (nginx and HAProxy users expect this); it never stops sluice.
+                enforcement.reload(because: "SIGHUP")
+            } else if first == ShutdownSignals.handedOver {
+                // Sent by the hand-over thread once a successor serves (anything else sending it is ignored).
+                if let pid = handover?.successorPID { successor = pid; break }
+            } else {
+                break
+            }
             first = ShutdownSignals.wait()
         }
-        enforcement.stop()
-        printError("\(first == SIGINT ? "SIGINT" : "SIGTERM"): draining (up to \(configuration.timeouts.drain / 1_000_000) ms)")
+        // No successor from here on; waits for an offer being sent.
+        handover?.beginStopping()
+        if let successor {
+            handedOver = true
+            // The successor serves the control and metrics sockets and owns the state file now.
+            enforcement.stop(saving: false)
+            operations.stop(unlinking: false)
+            handover?.stop(unlinking: false)
+            printError("hand-over: pid \(successor) serves now; draining (up to \(configuration.timeouts.drain / 1_000_000) ms)")
+        } else {
+            enforcement.stop()
+            // A successor that holds the sockets already serves the socket files after this one.
+            if handover?.offerPending == true { ownsSocketFiles = false }
+            handover?.stop(unlinking: true)
+            printError("\(first == SIGINT ? "SIGINT" : "SIGTERM"): draining (up to \(configuration.timeouts.drain / 1_000_000) ms)")
+        }
         server.drain()
         // A second signal while draining stops at once.
         let watcher = SecondSignalWatcher(server: server)
@@ -200,6 +316,53 @@ struct RunCommand: ParsableCommand {
         if flowLog.droppedRecords > 0 {
             printError("flow log: \(flowLog.droppedRecords) record(s) dropped (sink too slow or gone)")
         }
+        // The successor learns what this one learned while draining, and that it is gone.
+        if handedOver { handover?.finish(served: accepted) }
+    }
+
+    /// Serves the hand-over socket (the predecessor's, or a new one) so that a later sluice
+    /// can take over from this one; nil without a hand-over socket or when it cannot be bound.
+    private func startHandover(configuration: ProxyConfiguration, offer: HandoverOffer?, server: ProxyServer,
+                               operations: OperationsServer, enforcement: PolicyEnforcement) -> HandoverServer? {
+        guard let path = configuration.control.handoverPath else { return nil }
+        let report: @Sendable (String) -> Void = { printError($0) }
+        let handover: HandoverServer
+        if let (_, descriptor) = offer?.take(.handover, key: "unix \(path)").first {
+            handover = HandoverServer(adopting: descriptor, path: path, version: Sluice.version, report: report)
+        } else {
+            do {
+                handover = try HandoverServer(path: path, version: Sluice.version, report: report)
+            } catch {
+                printError("hand-over: \(error); a later sluice cannot take over from this one")
+                return nil
+            }
+        }
+        let metricsAddress = configuration.metrics.listen
+        let controlPath = operations.controlPath
+        handover.sockets = { [server, operations, handover] in
+            var sockets = server.handoverSockets
+            if let address = metricsAddress, let descriptor = operations.metricsDescriptor {
+                sockets.append((HandoverSocket(role: .metrics, transport: "tcp", address: "\(address)"), descriptor))
+            }
+            if let path = controlPath, let descriptor = operations.controlDescriptor {
+                sockets.append((HandoverSocket(role: .control, transport: "unix", address: path), descriptor))
+            }
+            sockets.append((HandoverSocket(role: .handover, transport: "unix", address: handover.path), handover.descriptor))
+            return sockets
+        }
+        handover.state = { [enforcement] in
+            guard let learner = enforcement.learner else { return [] }
+            return [("fqdn", learner.encodedRecords())]
+        }
+        handover.onReady = { _ in kill(getpid(), ShutdownSignals.handedOver) }
+        do {
+            try handover.start()
+        } catch {
+            printError("hand-over: \(error); a later sluice cannot take over from this one")
+            handover.stop(unlinking: offer == nil)
+            return nil
+        }
+        return handover
     }
 
     static func hostName() -> String {
@@ -263,6 +426,28 @@ struct RunCommand: ParsableCommand {
         case .transparentTCP: return "\(listener.name) tcp \(listener.address) (transparent)"
         case .transparentUDP: return "\(listener.name) udp \(listener.address) (transparent)"
         }
+    }
+}
+
+/// Where this sluice came from, for `sluice status`: the pid it took over from, and whether
+/// that one has finished draining.
+final class HandoverLineage: Sendable {
+    let predecessor: Int32?
+    private let ended = Mutex<(Bool, UInt64?)>((false, nil))
+    init(predecessor: Int32?) { self.predecessor = predecessor }
+
+    func predecessorEnded(served: UInt64?) { ended.withLock { $0 = (true, served) } }
+
+    func status(socket: String?) -> JSONObject.Value {
+        var entry = JSONObject()
+        if let socket { entry["socket"] = .string(socket) }
+        if let predecessor {
+            entry["took_over_from"] = .integer(Int64(predecessor))
+            let (done, served) = ended.withLock { $0 }
+            entry["predecessor"] = .string(done ? "finished" : "draining")
+            if let served { entry["predecessor_connections"] = .unsigned(served) }
+        }
+        return .object(entry)
     }
 }
 

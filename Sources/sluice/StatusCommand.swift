@@ -63,6 +63,15 @@ struct StatusCommand: ParsableCommand {
                 line("policy: none (a plain relay)")
             }
         }
+        if let handover = status["handover"] as? [String: Any] {
+            var text = "hand-over: \(handover["socket"] as? String ?? "none")"
+            if let pid = handover["took_over_from"] {
+                text += " (took over from pid \(pid), \(handover["predecessor"] ?? "?")"
+                if let served = handover["predecessor_connections"] { text += " after \(served) connection(s)" }
+                text += ")"
+            }
+            line(text)
+        }
         if let datapath = status["datapath"] as? [String: Any] {
             line("datapath: \(datapath["mode"] ?? "none")" + (datapath["attached"] as? Bool == true ? ", attached" : ""))
             for map in datapath["maps"] as? [[String: Any]] ?? [] {

@@ -94,6 +94,41 @@ final class ProgramTests {
         #expect(counter(.dropUpstreamGone) == 1)
     }
 
+    /// Found by the hand-over test (issue 16 item 4): the proxy answering a diverted UDP
+    /// client sends from the original destination, in the reply direction of the diverted
+    /// flow. Taken for an upstream flow of the proxy, it made the server's next answer in
+    /// the same tuple (a client reusing its port: dig does) pass the proxy by, unjudged.
+    @Test func theProxysAnswerToADivertedClientIsNoUpstreamFlowOfItsOwn() throws {
+        func key(_ source: String, _ sourcePort: UInt16, _ destination: String, _ destinationPort: UInt16) -> sluice_ct_key {
+            var key = sluice_ct_key()
+            key.saddr_be = PacketBuilder.ipv4(source).withUnsafeBytes { $0.load(as: UInt32.self) }
+            key.daddr_be = PacketBuilder.ipv4(destination).withUnsafeBytes { $0.load(as: UInt32.self) }
+            key.sport_be = sourcePort.bigEndian
+            key.dport_be = destinationPort.bigEndian
+            key.protocol = 17
+            return key
+        }
+        // The client's query was diverted to the proxy's UDP listener (as `redirect` records it).
+        var diverted = sluice_ct_value()
+        diverted.proxy_port = 15053
+        try maps.connections.update(key(Self.client, 40000, Self.outside, 53), diverted)
+        // The proxy's answer to the client leaves from the resolver's address, marked.
+        let answer = PacketBuilder.frame(source: Self.outside, destination: Self.client, protocol: 17, sourcePort: 53,
+                                         destinationPort: 40000)
+        #expect(try run(answer, mark: UInt32(SLUICE_MARK_FROM_PROXY), program: "sluice_to_wire").returnCode == Self.ok)
+        #expect(maps.connections.lookup(key(Self.outside, 53, Self.client, 40000)) == nil)
+        // The resolver's next answer in the same tuple is for the proxy's socket (none here:
+        // dropped), never routed on to the client.
+        #expect(try run(answer).returnCode == Self.shot)
+        #expect(counter(.dropUpstreamGone) == 1)
+        // An entry left by an older program is not taken for a wire peer's flow either.
+        var upstream = sluice_ct_value()
+        upstream.flags = UInt8(SLUICE_CT_PROXY_UPSTREAM)
+        try maps.connections.update(key(Self.outside, 53, Self.client, 40000), upstream)
+        #expect(try run(answer).returnCode == Self.shot)
+        #expect(counter(.dropUpstreamGone) == 2)
+    }
+
     @Test func defaultDenyDropsWhatIsNotAllowedAndAllowsWhatIs() throws {
         try apply { state in
             state.enforcement[301] = Enforcement(ingress: true, egress: false)

@@ -46,6 +46,22 @@ ssize_t sluice_recv_with_original_destination(int fd, void *buffer, size_t lengt
                                               struct sockaddr_storage *original_destination,
                                               int *truncated);
 
+/// sendmsg of `length` bytes with one descriptor attached (SCM_RIGHTS), or none when
+/// `descriptor` < 0. MSG_NOSIGNAL. Returns the byte count, or -1 with errno set.
+ssize_t sluice_send_with_descriptor(int fd, const void *buffer, size_t length, int descriptor);
+
+/// recvmsg of up to `length` bytes and of the descriptors attached (SCM_RIGHTS, received
+/// close-on-exec), at most `maximum` of them into `descriptors` (any more are closed);
+/// `*count` says how many. `*truncated` is set when control data was cut (MSG_CTRUNC).
+/// Returns the byte count (0: end of stream), or -1 with errno set.
+ssize_t sluice_receive_with_descriptors(int fd, void *buffer, size_t length, int *descriptors, int maximum,
+                                        int *count, int *truncated);
+
+/// The inode of the network namespace socket `fd` belongs to (SIOCGSKNS), or 0.
+unsigned long sluice_socket_namespace_inode(int fd);
+/// The inode of the calling thread's network namespace, or 0.
+unsigned long sluice_own_namespace_inode(void);
+
 /// accept4 with SOCK_NONBLOCK and SOCK_CLOEXEC (accept4 is a GNU extension Swift does not see).
 int sluice_accept_nonblocking(int fd, struct sockaddr *address, socklen_t *length);
 

@@ -63,14 +63,26 @@ public final class BPFObject {
         let namespace = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
         guard namespace >= 0 else { throw DatapathError("open /proc/thread-self/ns/net", code: errno) }
         defer { close(namespace) }
-        unlink(path)
+        // The new link is attached before the old one goes (a namespace runs several
+        // sk_lookup programs), and its pin replaces the old pin in one rename: a sluice taking
+        // over from another never leaves the namespace without the program.
+        let staged = path + "_new"  // bpffs refuses names with a dot
+        unlink(staged)
         guard let link = bpf_program__attach_netns(program, namespace), libbpf_get_error(UnsafeRawPointer(link)) == 0 else {
             throw DatapathError("attach \(name) to the network namespace", code: errno)
         }
-        let pinned = bpf_link__pin(link, path)
+        let pinned = bpf_link__pin(link, staged)
         bpf_link__disconnect(link)
         bpf_link__destroy(link)
-        guard pinned == 0 else { throw DatapathError.libbpf("pin link \(path)", pinned) }
+        guard pinned == 0 else { throw DatapathError.libbpf("pin link \(staged)", pinned) }
+        if rename(staged, path) != 0 {
+            unlink(path)
+            guard rename(staged, path) == 0 else {
+                let error = errno
+                unlink(staged)
+                throw DatapathError("pin link \(path)", code: error)
+            }
+        }
     }
 
     /// The file descriptor of the map named `name`.

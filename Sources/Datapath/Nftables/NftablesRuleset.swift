@@ -253,7 +253,14 @@ public struct NftablesRuleset {
         // A diverted UDP flow is judged datagram by datagram: its conntrack entry carries the
         // redirect bit, and its later datagrams skip the established shortcut (else, once the
         // proxy answered, the client's next queries would go straight to the resolver).
-        lines.append("    ct state established,related ct mark and \(bit) == 0 accept")
+        // A client's packet in the tuple of one of the proxy's upstream legs (the proxy took
+        // that port on the client's address at connect, and the client took it too, as dig's
+        // random ports do) is the client's, never the proxy's: judged as a new flow, not waved
+        // through as part of the proxy's connection (it would reach the server unjudged, and
+        // the server's answer would go to the proxy's leg, which drops it).
+        let divertedOrUpstream = "0x\(String(Self.upstreamBit | Self.redirectBit, radix: 16))"
+        lines.append("    ct state established,related ct direction reply ct mark and \(bit) == 0 accept")
+        lines.append("    ct state established,related ct direction original ct mark and \(divertedOrUpstream) == 0 accept")
         lines.append("    meta mark set meta mark and 0xffffefff")
         lines.append("    jump egress_policy")
         lines.append("    jump ingress_policy")

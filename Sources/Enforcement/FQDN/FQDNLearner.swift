@@ -370,6 +370,30 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
             report("fqdn: \(error); starting with no learned addresses")
             return 0
         }
+        return restore(saved)
+    }
+
+    /// Every record in the state file's format (what a hand-over gives the successor).
+    public func encodedRecords() -> [UInt8] {
+        Array((try? JSONEncoder().encode(SavedFile(version: 1, records: list()))) ?? Data())
+    }
+
+    /// Learns again the records `encodedRecords` gave (another sluice's) that have not
+    /// expired, beside what is learned already; returns how many addresses were added.
+    /// Throws `FQDNStateError` naming `source` for bytes that are not such records.
+    @discardableResult
+    public func restore(encoded bytes: [UInt8], source: String) throws -> Int {
+        let file: SavedFile
+        do {
+            file = try JSONDecoder().decode(SavedFile.self, from: Data(bytes))
+        } catch {
+            throw FQDNStateError(path: source, problem: "not sluice fqdn records: \(error)")
+        }
+        guard file.version == 1 else { throw FQDNStateError(path: source, problem: "version \(file.version), expected 1") }
+        return restore(file.records)
+    }
+
+    private func restore(_ saved: [Listed]) -> Int {
         let wall = wallClock()
         let now = clock()
         var restored = 0

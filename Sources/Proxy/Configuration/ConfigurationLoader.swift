@@ -231,17 +231,24 @@ public struct ConfigurationLoader {
             }
         }
         if let node = document["control"] {
-            let fields = try mapping(node, path: "control", allowed: ["socket", "flowRing"])
-            if let value = fields["socket"] {
-                let text = try string(value, path: "control.socket")
+            let fields = try mapping(node, path: "control", allowed: ["socket", "handover", "flowRing"])
+            for key in ["socket", "handover"] {
+                guard let value = fields[key] else { continue }
+                let text = try string(value, path: "control.\(key)")
                 guard text == "none" || text.hasPrefix("/") else {
-                    throw error(value, path: "control.socket", "expected an absolute path or 'none', got '\(text)'")
+                    throw error(value, path: "control.\(key)", "expected an absolute path or 'none', got '\(text)'")
                 }
                 // sockaddr_un.sun_path holds 108 bytes with the terminating zero.
                 guard text.utf8.count < 108 else {
-                    throw error(value, path: "control.socket", "expected a path under 108 bytes (a Unix socket's limit)")
+                    throw error(value, path: "control.\(key)", "expected a path under 108 bytes (a Unix socket's limit)")
                 }
-                configuration.control.socket = text == "none" ? nil : text
+                if key == "socket" { configuration.control.socket = text == "none" ? nil : text }
+                else { configuration.control.handover = text == "none" ? .none : .path(text) }
+            }
+            if case .derived = configuration.control.handover, let socket = configuration.control.socket,
+               ControlSettings.derivedHandover(socket).utf8.count >= 108 {
+                throw error(node, path: "control.handover", "the hand-over socket's path derived from control.socket "
+                            + "(\(ControlSettings.derivedHandover(socket))) is 108 bytes or longer: set control.handover")
             }
             if let value = fields["flowRing"] {
                 configuration.control.flowRing = try integer(value, path: "control.flowRing", range: 16...1_000_000)

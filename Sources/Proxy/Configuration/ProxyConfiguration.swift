@@ -284,5 +284,28 @@ public struct ControlSettings: Sendable, Equatable {
     public var socket: String? = ControlSettings.defaultSocket
     /// Flow records kept for `sluice observe` (the last N; Hubble keeps 4095).
     public var flowRing = 4096
+
+    /// Where a running sluice hands its sockets to the one replacing it.
+    public enum Handover: Sendable, Equatable {
+        /// Beside the control socket (`derivedHandover`); none without a control socket.
+        case derived
+        case path(String)
+        case none
+    }
+    public var handover = Handover.derived
+
+    /// The hand-over socket's path, if any.
+    public var handoverPath: String? {
+        switch handover {
+        case .derived: return socket.map(Self.derivedHandover)
+        case .path(let path): return path
+        case .none: return nil
+        }
+    }
+
+    /// `/run/sluice/sluice.sock` -> `/run/sluice/sluice.handover.sock`.
+    public static func derivedHandover(_ socket: String) -> String {
+        socket.hasSuffix(".sock") ? String(socket.dropLast(5)) + ".handover.sock" : socket + ".handover"
+    }
     public init() {}
 }

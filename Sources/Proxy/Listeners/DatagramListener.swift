@@ -139,6 +139,31 @@ public final class DatagramListener: EventHandler {
         }
     }
 
+    /// Serves `descriptor`, a UDP socket the sluice this one replaces handed over (bound to
+    /// `address` with the options `init` sets). Takes ownership; throws, closing it, when it
+    /// is not a UDP socket bound there.
+    public init(name: String, address: SocketAddress, settings: DatagramSettings, receiveBuffer: DatagramReceiveBuffer,
+                delegate: DatagramDelegate, loop: EventLoop, adopting descriptor: Int32) throws {
+        precondition(receiveBuffer.maxDatagramBytes >= settings.maxDatagramBytes,
+                     "the receive buffer is smaller than the largest datagram")
+        self.name = name
+        self.address = address
+        self.settings = settings
+        self.receiveBuffer = receiveBuffer
+        self.delegate = delegate
+        self.loop = loop
+        socket = Socket(descriptor: descriptor)
+        do {
+            try socket.verifyInherited(.datagram, boundTo: address)
+        } catch {
+            socket.close()
+            throw error
+        }
+    }
+
+    /// The socket's descriptor (for handing it over).
+    public var descriptor: Int32 { socket.descriptor }
+
     public var flowCount: Int { flows.count }
 
     public func register(with loop: EventLoop) throws {
@@ -262,12 +287,26 @@ public final class DatagramListener: EventHandler {
 
     /// Stops receiving and ends every flow.
     public func close(loop: EventLoop) {
+        stopReceiving(loop: loop)
+        for flow in Array(flows.values) { flow.end() }
+    }
+
+    /// Draining: no datagram is read any more (after a hand-over the successor reads the
+    /// same socket, so nothing queued there is lost), and each flow ends once it owes
+    /// nothing: a flow with a session when the session has nothing outstanding (DNS: every
+    /// query answered or timed out), a relayed flow after `drainQuietPeriod` without a
+    /// datagram. The worker ends what is left at its drain deadline (`close`).
+    public func stopReceiving(loop: EventLoop) {
         guard !isClosed else { return }
         isClosed = true
         if let token { loop.deregister(token) }
+        token = nil
         socket.close()
-        for flow in Array(flows.values) { flow.end() }
+        for flow in Array(flows.values) { flow.endIfSettled() }
     }
+
+    /// A draining flow with nothing outstanding and no datagram for this long ends.
+    static let drainQuietPeriod: UInt64 = 1_000_000_000
 }
 
 /// One client's exchange with one original destination through a transparent UDP listener:
@@ -393,8 +432,23 @@ final class DatagramFlow: EventHandler {
         armSessionTimer()
     }
 
+    /// While the listener drains: ends the flow when it owes nothing (see
+    /// `DatagramListener.stopReceiving`), else makes sure it is looked at again.
+    func endIfSettled() {
+        guard listener.isClosed, !ended else { return }
+        if let session = choice.session {
+            if session.nextDeadline == nil { end() }
+            return
+        }
+        let quietFor = loop.now &- lastActivity
+        if quietFor >= DatagramListener.drainQuietPeriod { return end() }
+        if let idleTimer { loop.cancelTimer(idleTimer) }
+        idleTimer = loop.scheduleTimer(after: DatagramListener.drainQuietPeriod - quietFor, handler: self, tag: Tag.idle)
+    }
+
     /// Makes sure the session timer fires no later than the session's next deadline.
     private func armSessionTimer() {
+        if listener.isClosed { endIfSettled() }
         guard !ended, let deadline = choice.session?.nextDeadline else { return }
         sessionTimer.arm(noLaterThan: deadline, handler: self, tag: Tag.session, loop: loop)
     }
@@ -430,6 +484,7 @@ final class DatagramFlow: EventHandler {
     func handleTimer(tag: UInt32, loop: EventLoop) {
         if tag == Tag.session { return sessionTimerFired() }
         idleTimer = nil
+        if listener.isClosed { return endIfSettled() }
         let idleFor = loop.now &- lastActivity
         if idleFor >= settings.flowIdleTimeout {
             end()

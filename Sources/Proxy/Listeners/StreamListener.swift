@@ -65,6 +65,28 @@ public final class StreamListener: EventHandler {
         }
     }
 
+    /// Serves `descriptor`, a listening socket the sluice this one replaces handed over
+    /// (its options are the ones `init` sets: they travel with the socket). Takes ownership;
+    /// throws, closing it, when it is not a TCP socket listening on `address`.
+    public init(name: String, address: SocketAddress, upstream: UpstreamSelection, settings: RelaySettings,
+                backlog: Int32, delegate: AcceptDelegate, adopting descriptor: Int32) throws {
+        self.name = name
+        self.address = address
+        self.upstream = upstream
+        self.settings = settings
+        profile = RelayProfile(listenerName: name, settings: settings)
+        self.delegate = delegate
+        socket = Socket(descriptor: descriptor)
+        do {
+            try socket.verifyInherited(.stream, boundTo: address)
+            // The configured backlog applies from now on (listen again only changes it).
+            try socket.listen(backlog: backlog)
+        } catch {
+            socket.close()
+            throw error
+        }
+    }
+
     /// The listening socket's descriptor (for registering it with the datapath).
     public var descriptor: Int32 { socket.descriptor }
 

@@ -80,10 +80,12 @@ public final class OperationsServer: @unchecked Sendable {
 
     public enum SetupError: Error, CustomStringConvertible {
         case controlSocketInUse(String)
+        case handoverSocketInUse(String)
         case failed(String, Errno)
         public var description: String {
             switch self {
             case .controlSocketInUse(let path): return "control socket \(path): another sluice is serving it"
+            case .handoverSocketInUse(let path): return "hand-over socket \(path): another sluice is serving it"
             case .failed(let what, let error): return "\(what): \(error)"
             }
         }
@@ -107,6 +109,31 @@ public final class OperationsServer: @unchecked Sendable {
     /// Binds the control socket at `path`, making its directory (0755) when missing; a stale
     /// socket file (nobody answering) is replaced, a live one is not.
     public func listenControl(at path: String) throws {
+        controlListener = try Self.bindUnix(path, what: "control socket", inUse: { .controlSocketInUse($0) })
+        controlPath = path
+    }
+
+    /// Serves the metrics address on `descriptor`, a listening socket handed over by the
+    /// sluice this one replaces.
+    public func adoptMetrics(descriptor: Int32, address: SocketAddress) {
+        metricsListener = descriptor
+        metricsAddress = (try? Socket(descriptor: descriptor).localAddress()) ?? address
+    }
+
+    /// Serves the control socket on `descriptor`, bound at `path` by the sluice this one replaces.
+    public func adoptControl(descriptor: Int32, path: String) {
+        controlListener = descriptor
+        controlPath = path
+    }
+
+    /// The listening descriptors, for handing them over (valid until `stop`).
+    public var metricsDescriptor: Int32? { metricsListener >= 0 ? metricsListener : nil }
+    public var controlDescriptor: Int32? { controlListener >= 0 ? controlListener : nil }
+
+    /// A listening Unix stream socket at `path` (nonblocking, mode 0600), its directory made
+    /// (0755) when missing; a stale socket file (nobody answering) is replaced, a live one
+    /// is not (`inUse`).
+    public static func bindUnix(_ path: String, what: String, inUse: (String) -> SetupError) throws -> Int32 {
         let directory = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
         if !directory.isEmpty, access(directory, F_OK) != 0 {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true,
@@ -115,12 +142,12 @@ public final class OperationsServer: @unchecked Sendable {
         if access(path, F_OK) == 0 {
             if let probe = try? Self.connectUnix(path) {
                 Glibc.close(probe)
-                throw SetupError.controlSocketInUse(path)
+                throw inUse(path)
             }
             unlink(path)
         }
         let descriptor = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard descriptor >= 0 else { throw SetupError.failed("control socket \(path)", Errno.current("socket(AF_UNIX)")) }
+        guard descriptor >= 0 else { throw SetupError.failed("\(what) \(path)", Errno.current("socket(AF_UNIX)")) }
         var address = try Self.unixAddress(path)
         let previous = umask(0o077)
         let bound = withUnsafePointer(to: &address) {
@@ -130,10 +157,9 @@ public final class OperationsServer: @unchecked Sendable {
         guard bound == 0, Glibc.listen(descriptor, 64) == 0 else {
             let error = Errno.current("bind(\(path))")
             Glibc.close(descriptor)
-            throw SetupError.failed("control socket \(path)", error)
+            throw SetupError.failed("\(what) \(path)", error)
         }
-        controlListener = descriptor
-        controlPath = path
+        return descriptor
     }
 
     static func unixAddress(_ path: String) throws -> sockaddr_un {
@@ -181,15 +207,17 @@ public final class OperationsServer: @unchecked Sendable {
         thread = handle
     }
 
-    /// Stops the thread, closes every client and listener, and removes the control socket.
-    public func stop() {
+    /// Stops the thread, closes every client and listener, and removes the control socket
+    /// unless `unlinking` is false (after a hand-over: the successor serves it).
+    public func stop(unlinking: Bool = true) {
         stopping.store(true, ordering: .relaxed)
         if wakeup >= 0 { var one: UInt64 = 1; _ = Glibc.write(wakeup, &one, 8) }
         if let thread { pthread_join(thread, nil) }
         thread = nil
         if metricsListener >= 0 { Glibc.close(metricsListener); metricsListener = -1 }
         if controlListener >= 0 { Glibc.close(controlListener); controlListener = -1 }
-        if let controlPath { unlink(controlPath) }
+        if unlinking, let controlPath { unlink(controlPath) }
+        controlPath = nil
         if wakeup >= 0 { Glibc.close(wakeup) }
         wakeup = -1
     }

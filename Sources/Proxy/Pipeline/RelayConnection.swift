@@ -422,7 +422,10 @@ public final class RelayConnection: EventHandler {
     }
 
     /// The proxy is draining: an L7 connection idle between requests closes now, and any
-    /// other as soon as it becomes idle; L4 relays run until the drain deadline.
+    /// other as soon as it becomes idle; L4 relays run until the drain deadline. A
+    /// connection whose first request has not arrived yet is not idle but young: its client
+    /// is about to send that request (which closing would answer with a reset the client
+    /// cannot tell from a failure), so it is served first.
     public func beginDrain() {
         guard !isFinished else { return }
         draining = true
@@ -430,7 +433,7 @@ public final class RelayConnection: EventHandler {
     }
 
     private func closeIfIdleWhileDraining() {
-        guard draining, hasSession && inDriver({ $0.isIdle }) else { return }
+        guard draining, hasSession && inDriver({ $0.isIdle && $0.hasActedOnRequest }) else { return }
         finish(.drained, resetDownstream: false, resetUpstream: false)
     }
 

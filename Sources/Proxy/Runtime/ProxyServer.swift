@@ -19,6 +19,11 @@ public final class ProxyServer: @unchecked Sendable {
     private let workers = Mutex<[Int: WorkerReport]>([:])
     private let startupFailures = Mutex<[Error]>([])
     private let transparentListeners = Mutex<[(port: UInt16, descriptor: Int32)]>([])
+    /// Listening sockets handed over by the sluice this one replaces, by key; spread over
+    /// the workers at start (socket i of a key to worker i modulo the worker count).
+    private let inherited: [String: [Int32]]
+    /// Every worker's listening sockets, for handing them over in turn.
+    private let listening = Mutex<[Int: [(HandoverSocket, Int32)]]>([:])
     private let proceed = Atomic<Bool>(false)
     private let started = DispatchSemaphore(value: 0)
     private let startGate = DispatchSemaphore(value: 0)
@@ -32,17 +37,52 @@ public final class ProxyServer: @unchecked Sendable {
     /// `policy` holds the snapshot requests are judged by; the caller replaces it when
     /// policies change, and new connections and requests see the new one. `sessions` are the
     /// L7 protocols the workers judge (`SessionRegistry.standard` when nil).
+    /// `inherited`: listening sockets handed over (`HandoverSocket.key` to descriptors),
+    /// owned by the server from now on; those no configured listener takes are closed at start.
     public init(configuration: ProxyConfiguration, flowLog: FlowLog, policy: PolicySnapshotHolder? = nil,
-                sessions: SessionRegistry? = nil) {
+                sessions: SessionRegistry? = nil, inherited: [String: [Int32]] = [:]) {
         self.configuration = configuration
         self.flowLog = flowLog
         self.policy = policy
         self.sessions = sessions
+        self.inherited = inherited
+    }
+
+    /// The inherited sockets worker `index` serves.
+    private func inherited(forWorker index: Int) -> [String: [Int32]] {
+        inherited.mapValues { descriptors in
+            descriptors.enumerated().filter { $0.offset % configuration.workers == index }.map(\.element)
+        }
+    }
+
+    /// The `HandoverSocket.key` of every socket `listeners` bind.
+    public static func listenerKeys(_ listeners: [ListenerConfiguration]) -> [String] {
+        listeners.flatMap { listener -> [String] in
+            switch listener.kind {
+            case .explicit: return ["tcp \(listener.address)"]
+            case .transparentTCP: return Worker.transparentAddresses(listener.address).map { "tcp \($0)" }
+            case .transparentUDP: return Worker.transparentAddresses(listener.address).map { "udp \($0)" }
+            }
+        }
+    }
+
+    /// Keys of inherited sockets no configured listener serves (closed at start).
+    public var unusedInheritedKeys: [String] {
+        let configured = Set(Self.listenerKeys(configuration.listeners))
+        return inherited.keys.filter { !configured.contains($0) }.sorted()
+    }
+
+    /// Every worker's listening sockets with their descriptions (valid until `drain` or
+    /// `stopNow`: the caller keeps them from being closed meanwhile).
+    public var handoverSockets: [(HandoverSocket, Int32)] {
+        listening.withLock { workers in workers.keys.sorted().flatMap { workers[$0]! } }
     }
 
     /// Starts the worker threads; returns once all are serving, or throws the first
     /// startup error after stopping the others.
     public func start() throws {
+        let unused = Set(unusedInheritedKeys)
+        for key in unused { for descriptor in inherited[key]! { close(descriptor) } }
         for index in 0..<configuration.workers {
             let context = WorkerThreadContext { [self] in runWorker(index: index) }
             var thread = pthread_t()
@@ -75,7 +115,7 @@ public final class ProxyServer: @unchecked Sendable {
         let worker: Worker
         do {
             worker = try Worker(index: index, configuration: configuration, flowLog: flowLog, policy: policy,
-                                sessions: sessions)
+                                sessions: sessions, inherited: inherited(forWorker: index))
         } catch {
             startupFailures.withLock { $0.append(error) }
             started.signal()
@@ -84,6 +124,7 @@ public final class ProxyServer: @unchecked Sendable {
         worker.loop.owner = worker
         handles.withLock { $0.append(worker.loop.handle) }
         if index == 0 { transparentListeners.withLock { $0 = worker.transparentStreamListeners } }
+        listening.withLock { $0[index] = worker.handoverSockets }
         started.signal()
         startGate.wait()
         guard proceed.load(ordering: .acquiring) else {
@@ -171,27 +212,35 @@ private final class WorkerThreadContext {
     init(_ body: @escaping () -> Void) { self.body = body }
 }
 
-/// Blocks SIGTERM, SIGINT, SIGHUP and SIGPIPE in the calling thread and every thread it
-/// starts afterwards, so that `ShutdownSignals.wait()` receives them synchronously (and
-/// SIGHUP's default action, ending the process, never runs).
+/// Blocks SIGTERM, SIGINT, SIGHUP, SIGUSR2 and SIGPIPE in the calling thread and every
+/// thread it starts afterwards, so that `ShutdownSignals.wait()` receives them synchronously
+/// (and SIGHUP's default action, ending the process, never runs).
 public enum ShutdownSignals {
+    /// What the hand-over thread sends its own process once a successor serves.
+    public static let handedOver = SIGUSR2
+
     public static func block() {
         var set = sigset_t()
         sigemptyset(&set)
         sigaddset(&set, SIGTERM)
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGHUP)
+        sigaddset(&set, handedOver)
         sigaddset(&set, SIGPIPE)
         pthread_sigmask(SIG_BLOCK, &set, nil)
     }
 
-    /// Waits for SIGTERM, SIGINT or (with `includingHangUp`) SIGHUP; returns its number.
+    /// Waits for SIGTERM, SIGINT or (with `includingHangUp`) SIGHUP and `handedOver`;
+    /// returns its number.
     public static func wait(includingHangUp: Bool = true) -> Int32 {
         var set = sigset_t()
         sigemptyset(&set)
         sigaddset(&set, SIGTERM)
         sigaddset(&set, SIGINT)
-        if includingHangUp { sigaddset(&set, SIGHUP) }
+        if includingHangUp {
+            sigaddset(&set, SIGHUP)
+            sigaddset(&set, handedOver)
+        }
         var signal: Int32 = 0
         while sigwait(&set, &signal) != 0 {}
         return signal

@@ -61,8 +61,11 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     /// Creates the loop and binds every configured listener; throws (naming the listener)
     /// when one cannot be opened.
     /// `sessions` are the L7 protocols the worker judges (`SessionRegistry.standard` when nil).
+    /// `inherited` holds listening sockets handed over by the sluice this one replaces, by
+    /// `HandoverSocket.key` ("tcp 127.0.0.1:15001"): the worker serves those (all of them)
+    /// instead of binding its own for that address, and owns them.
     public init(index: Int, configuration: ProxyConfiguration, flowLog: FlowLog, policy: PolicySnapshotHolder? = nil,
-                sessions: SessionRegistry? = nil) throws {
+                sessions: SessionRegistry? = nil, inherited: [String: [Int32]] = [:]) throws {
         self.index = index
         self.configuration = configuration
         self.flowLog = flowLog
@@ -87,9 +90,15 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
                     // With a policy section, an explicit listener without `l7` is judged like a
                     // transparent one: by what the policy puts on the upstream's port.
                     settings.l7 = listener.l7.map { .fixed($0.kind) } ?? (configuration.policy != nil ? .byPolicy : .none)
-                    let stream = try StreamListener(name: listener.name, address: listener.address, upstream: .fixed(upstream),
-                                                    settings: settings, backlog: listener.backlog, delegate: self)
-                    streamListeners.append(stream)
+                    streamListeners += try Self.streamListeners(inherited["tcp \(listener.address)"] ?? []) { adopted in
+                        if let adopted {
+                            return try StreamListener(name: listener.name, address: listener.address, upstream: .fixed(upstream),
+                                                      settings: settings, backlog: listener.backlog, delegate: self,
+                                                      adopting: adopted)
+                        }
+                        return try StreamListener(name: listener.name, address: listener.address, upstream: .fixed(upstream),
+                                                  settings: settings, backlog: listener.backlog, delegate: self)
+                    }
                 case .transparentTCP:
                     var settings = relaySettings
                     settings.upstreamMark = configuration.proxyMark
@@ -98,9 +107,15 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
                     settings.l7 = .byPolicy
                     for address in Self.transparentAddresses(listener.address) {
                         do {
-                            let stream = try StreamListener(name: listener.name, address: address, upstream: .originalDestination,
-                                                            settings: settings, backlog: listener.backlog, delegate: self)
-                            streamListeners.append(stream)
+                            streamListeners += try Self.streamListeners(inherited["tcp \(address)"] ?? []) { adopted in
+                                if let adopted {
+                                    return try StreamListener(name: listener.name, address: address, upstream: .originalDestination,
+                                                              settings: settings, backlog: listener.backlog, delegate: self,
+                                                              adopting: adopted)
+                                }
+                                return try StreamListener(name: listener.name, address: address, upstream: .originalDestination,
+                                                          settings: settings, backlog: listener.backlog, delegate: self)
+                            }
                         } catch where address != listener.address && Self.isIPv6Unavailable(error) {
                             continue
                         }
@@ -116,10 +131,14 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
                     settings.upstreamSource = configuration.datapath.upstreamSource
                     for address in Self.transparentAddresses(listener.address) {
                         do {
-                            let datagram = try DatagramListener(
-                                name: listener.name, address: address, settings: settings,
-                                receiveBuffer: buffer, delegate: self, loop: loop)
-                            datagramListeners.append(datagram)
+                            datagramListeners += try Self.streamListeners(inherited["udp \(address)"] ?? []) { adopted in
+                                if let adopted {
+                                    return try DatagramListener(name: listener.name, address: address, settings: settings,
+                                                                receiveBuffer: buffer, delegate: self, loop: loop, adopting: adopted)
+                                }
+                                return try DatagramListener(name: listener.name, address: address, settings: settings,
+                                                            receiveBuffer: buffer, delegate: self, loop: loop)
+                            }
                         } catch where address != listener.address && Self.isIPv6Unavailable(error) {
                             continue
                         }
@@ -135,6 +154,31 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     }
 
     public var activeConnections: Int { connections.count }
+
+    /// The listeners for one address: one per inherited descriptor (`make(descriptor)`), or,
+    /// when none was inherited or none of them is what it should be, one bound here
+    /// (`make(nil)`). A descriptor that does not fit is reported and closed.
+    static func streamListeners<Listener>(_ inherited: [Int32], _ make: (Int32?) throws -> Listener) throws -> [Listener] {
+        var made: [Listener] = []
+        for descriptor in inherited {
+            do {
+                made.append(try make(descriptor))
+            } catch {
+                StandardError.line("hand-over: \(error); binding a new socket instead")
+            }
+        }
+        if made.isEmpty { made.append(try make(nil)) }
+        return made
+    }
+
+    /// Every listening socket of this worker with its description, for a hand-over.
+    public var handoverSockets: [(HandoverSocket, Int32)] {
+        streamListeners.filter { !$0.isClosed }.map {
+            (HandoverSocket(role: .listener, transport: "tcp", address: "\($0.address)", name: $0.name), $0.descriptor)
+        } + datagramListeners.filter { !$0.isClosed }.map {
+            (HandoverSocket(role: .listener, transport: "udp", address: "\($0.address)", name: $0.name), $0.descriptor)
+        }
+    }
 
     /// Where a transparent listener configured on `address` listens. The datapath diverts
     /// IPv4 flows to 127.0.0.1:PORT and IPv6 flows to [::1]:PORT, so a transparent listener
@@ -299,7 +343,7 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         // Records are built only when something reads them.
         if flowLog.isEnabled { flowLog.write(FlowRecords.connection(summary)) }
         if draining {
-            if connections.isEmpty { finishDrain() }
+            if drained { finishDrain() }
         } else {
             for listener in streamListeners { listener.resumeAccepting() }
         }
@@ -314,6 +358,8 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
 
     public func datagramFlowEnded(client: SocketAddress, destination: SocketAddress, datagramsFromClient: UInt64,
                                   datagramsFromServer: UInt64, listener: DatagramListener) {
+        // The last flow of a drain ended (before the drain timer is set, `beginDrain` looks itself).
+        if draining && drainTimer != nil && drained { finishDrain() }
         guard flowLog.isEnabled else { return }
         flowLog.write(FlowRecords.datagramSession(client: client, destination: destination, listener: listener.name,
                                                   fromClient: datagramsFromClient, fromServer: datagramsFromServer))
@@ -365,15 +411,23 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
     public func beginDrain(deadline: UInt64) {
         guard !draining else { return }
         draining = true
-        closeListeners()
+        for listener in streamListeners { listener.close(loop: loop) }
+        // UDP flows stay until they owe nothing (a DNS query answered); no new datagram is
+        // read (after a hand-over the successor reads them from the same socket).
+        for listener in datagramListeners { listener.stopReceiving(loop: loop) }
         // Keep-alive connections idle between requests close now; the others as soon as
         // their last response is through (or at the deadline).
         for connection in Array(connections.values) { connection.beginDrain() }
-        if connections.isEmpty {
+        if drained {
             finishDrain()
         } else {
             drainTimer = loop.scheduleTimer(after: deadline, handler: self, tag: TimerTag.drain)
         }
+    }
+
+    /// Nothing left to wait for: no connection, no UDP flow.
+    private var drained: Bool {
+        connections.isEmpty && datagramListeners.allSatisfy { $0.flowCount == 0 }
     }
 
     /// Aborts every connection now and stops the loop.
@@ -406,6 +460,8 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
         if let acceptRetryTimer { loop.cancelTimer(acceptRetryTimer) }
         acceptRetryTimer = nil
         for connection in Array(connections.values) { connection.abort() }
+        // UDP flows still waiting at the deadline end here.
+        for listener in datagramListeners { listener.close(loop: loop) }
         loop.stop()
     }
 

@@ -118,6 +118,27 @@ public struct Socket: Equatable, Hashable, Sendable {
         try bind(to: client.withPort(0))
     }
 
+    /// An integer socket option (`SO_TYPE`, `SO_ACCEPTCONN`, ...).
+    public func option(level: Int32, name: Int32, _ label: String) throws -> Int32 {
+        var value: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        _ = try retryingInterrupts("getsockopt(\(label))") { getsockopt(descriptor, level, name, &value, &length) }.get()
+        return value
+    }
+
+    /// Checks that a socket received from elsewhere (a hand-over) is of `kind`, bound to
+    /// `address`, and for a stream socket listening; throws a description of the mismatch.
+    public func verifyInherited(_ kind: Kind, boundTo address: SocketAddress) throws {
+        let type = try option(level: SOL_SOCKET, name: SO_TYPE, "SO_TYPE")
+        let expected = kind == .stream ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue)
+        guard type == expected else { throw InheritedSocketMismatch(problem: "socket type \(type), expected \(expected)") }
+        if kind == .stream, try option(level: SOL_SOCKET, name: SO_ACCEPTCONN, "SO_ACCEPTCONN") == 0 {
+            throw InheritedSocketMismatch(problem: "not listening")
+        }
+        let bound = try localAddress()
+        guard bound == address else { throw InheritedSocketMismatch(problem: "bound to \(bound), expected \(address)") }
+    }
+
     public func listen(backlog: Int32) throws {
         _ = try retryingInterrupts("listen") { Glibc.listen(descriptor, backlog) }.get()
     }
@@ -229,4 +250,10 @@ public struct Socket: Equatable, Hashable, Sendable {
         // close(2) must not be retried on EINTR on Linux: the descriptor is already gone.
         _ = Glibc.close(descriptor)
     }
+}
+
+/// A socket handed over that is not what its description said.
+public struct InheritedSocketMismatch: Error, CustomStringConvertible {
+    public var problem: String
+    public var description: String { "handed-over socket: \(problem)" }
 }

@@ -209,4 +209,19 @@ import Testing
             #expect(error.map { "\($0)".contains(key) } == true, "\(text): \(String(describing: error))")
         }
     }
+
+    @Test func theHandoverSocketLiesBesideTheControlSocketUnlessSet() throws {
+        let listeners = "listeners:\n  - {name: a, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n"
+        #expect(try load(listeners).control.handoverPath == "/run/sluice/sluice.handover.sock")
+        #expect(try load("control: {socket: /tmp/x/ctl}\n" + listeners).control.handoverPath == "/tmp/x/ctl.handover")
+        #expect(try load("control: {socket: none}\n" + listeners).control.handoverPath == nil)
+        #expect(try load("control: {socket: none, handover: /tmp/h.sock}\n" + listeners).control.handoverPath == "/tmp/h.sock")
+        #expect(try load("control: {handover: none}\n" + listeners).control.handoverPath == nil)
+        let long = "/tmp/" + String(repeating: "x", count: 93) + ".sock"  // 103 bytes; beside it 112
+        for text in ["control: {handover: relative.sock}", "control: {handover: /tmp/\(String(repeating: "y", count: 120))}",
+                     "control: {socket: \(long)}"] {
+            let error = #expect(throws: ConfigurationError.self) { try load(text + "\n" + listeners) }
+            #expect(error.map { "\($0)".contains("control.handover") } == true, "\(text): \(String(describing: error))")
+        }
+    }
 }
