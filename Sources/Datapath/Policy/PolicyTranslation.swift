@@ -45,6 +45,8 @@ public struct PolicyTranslation: Sendable {
         var name: String
         var prefixes: [IPv4Prefix]
         var prefixes6: [IPv6Prefix] = []
+        /// False for a pod on another node or a remote node: a peer only.
+        var isLocal = true
     }
 
     public func translate() throws -> DatapathState {
@@ -68,8 +70,11 @@ public struct PolicyTranslation: Sendable {
                 if let ipv6 { hostPrefixes6.append(ipv6) }
                 continue
             }
-            guard identity.isClusterEndpoint else { continue }
-            let key = "\(identity.namespace ?? "")|\(identity.labels)"
+            guard identity.isClusterEndpoint || identity.reservedKind == .remoteNode else { continue }
+            // Pods on other nodes and the other nodes themselves (the Kubernetes source) are
+            // peers with their own identity; only this node's pods have policies here.
+            let isLocal = identity.isClusterEndpoint && snapshot.endpoints.isLocal(prefix)
+            let key = "\(isLocal ? "local" : "remote")|\(identity.namespace ?? "")|\(identity.labels)"
             let index: Int
             if let found = groupIndex[key] {
                 index = found
@@ -78,7 +83,7 @@ public struct PolicyTranslation: Sendable {
                 groupIndex[key] = index
                 let number = NumericIdentity.firstAllocated + UInt32(groups.count)
                 let name = "\(identity.namespace ?? "")/" + (identity.podName ?? identity.description)
-                groups.append(Group(identity: identity, number: number, name: name, prefixes: []))
+                groups.append(Group(identity: identity, number: number, name: name, prefixes: [], isLocal: isLocal))
             }
             if let ipv4 { groups[index].prefixes.append(ipv4) }
             if let ipv6 { groups[index].prefixes6.append(ipv6) }
@@ -86,10 +91,10 @@ public struct PolicyTranslation: Sendable {
         for group in groups {
             state.identityNames[group.number] = group.name
             for prefix in group.prefixes {
-                state.addresses[prefix] = AddressEntry(identity: group.number, isLocalEndpoint: true)
+                state.addresses[prefix] = AddressEntry(identity: group.number, isLocalEndpoint: group.isLocal)
             }
             for prefix in group.prefixes6 {
-                state.addresses6[prefix] = AddressEntry(identity: group.number, isLocalEndpoint: true)
+                state.addresses6[prefix] = AddressEntry(identity: group.number, isLocalEndpoint: group.isLocal)
             }
         }
         for prefix in hostPrefixes {
@@ -137,7 +142,7 @@ public struct PolicyTranslation: Sendable {
             return number
         }
 
-        for group in groups {
+        for group in groups where group.isLocal {
             var enforcement = Enforcement(ingress: false, egress: false)
             for direction in [Direction.ingress, .egress] {
                 let mapDirection: PolicyDirection = direction == .ingress ? .ingress : .egress

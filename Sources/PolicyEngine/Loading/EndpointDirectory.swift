@@ -29,10 +29,20 @@ public struct EndpointDirectory: Sendable {
     /// datapath writes these into its identity map).
     public private(set) var entries: [(prefix: CIDR, identity: Identity)] = []
 
+    /// Prefixes of pods that run on another node (the Kubernetes source): they are peers
+    /// with their labels, but this node enforces no policy of theirs. The endpoints file
+    /// names only local endpoints.
+    public private(set) var remotePrefixes: Set<CIDR> = []
+
     public init() {}
 
-    /// Adds `identity` for `address` (exact) or `prefix`.
-    public mutating func add(_ identity: Identity, prefix: CIDR) {
+    /// Whether the entry at `prefix` is an endpoint of this node (false for remote pods).
+    public func isLocal(_ prefix: CIDR) -> Bool { remotePrefixes.isEmpty || !remotePrefixes.contains(prefix) }
+
+    /// Adds `identity` for `address` (exact) or `prefix`; `isLocal` false for a pod on
+    /// another node.
+    public mutating func add(_ identity: Identity, prefix: CIDR, isLocal: Bool = true) {
+        if !isLocal { remotePrefixes.insert(prefix) }
         if prefix.prefixLength == prefix.network.bitWidth {
             exact[prefix.network] = identity
         } else {

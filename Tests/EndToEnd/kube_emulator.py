@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""A Kubernetes API server EMULATOR for Sluice's Kubernetes-source tests: no real
+kube-apiserver can run on these machines, so this serves the PyPI package `kmock`'s
+`KubernetesEmulator` (an in-memory store with list, ?watch=true streaming
+ADDED/MODIFIED/DELETED, create, merge-patch and delete) on 127.0.0.1:PORT.
+
+What this script adds to kmock, and why (kmock 0.8 has no real resourceVersion, it
+answers every list with the literal "..." and ignores ?resourceVersion on watches):
+  * Lists carry a resourceVersion naming this run of the emulator ("<incarnation>.<n>").
+  * A watch from a resourceVersion of another run is answered the way a real API
+    server answers a version it no longer has (etcd compaction): HTTP 200, then one
+    ERROR event with a Status of code 410 (reason Expired). A client must relist.
+  * --state FILE: the objects are read from FILE at start and written to it at exit
+    (SIGTERM/SIGINT), so a stopped and restarted emulator serves what it served
+    before (plus whatever the test changed in FILE in between).
+  * Namespaced kinds are declared so that an empty list is an empty list, not 404.
+
+Run: kube_emulator.py --port P [--state FILE]; prints "ready P" when serving.
+"""
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+
+import kmock
+
+RESOURCES = {
+    # plural path: (group, version, kind, namespaced)
+    'pods': ('', 'v1', 'Pod', True),
+    'namespaces': ('', 'v1', 'Namespace', False),
+    'nodes': ('', 'v1', 'Node', False),
+    'networkpolicies': ('networking.k8s.io', 'v1', 'NetworkPolicy', True),
+    'ciliumnetworkpolicies': ('cilium.io', 'v2', 'CiliumNetworkPolicy', True),
+    'ciliumclusterwidenetworkpolicies': ('cilium.io', 'v2', 'CiliumClusterwideNetworkPolicy', False),
+}
+
+
+class Emulator(kmock.KubernetesEmulator):
+    incarnation: str = ''
+
+    async def _serve_list(self, request):
+        listed = await super()._serve_list(request)
+        listed['metadata'] = {'resourceVersion': f'{self.incarnation}.{len(self.objects)}'}
+        return listed
+
+    async def _serve_watch(self, request):
+        version = request.params.get('resourceVersion', '')
+        if version not in ('', '0') and not version.startswith(self.incarnation + '.'):
+            yield b''
+            yield {'type': 'ERROR', 'object': {
+                'kind': 'Status', 'apiVersion': 'v1', 'status': 'Failure', 'reason': 'Expired', 'code': 410,
+                'message': f'too old resource version: {version}'}}
+            return
+        async for event in super()._serve_watch(request):
+            yield event
+
+
+def resource_key(plural):
+    group, version, _, _ = RESOURCES[plural]
+    return kmock.resource(group, version, plural)
+
+
+async def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--port', type=int, required=True)
+    parser.add_argument('--state', help='JSON file: {plural: [objects]}, read at start, written at exit')
+    arguments = parser.parse_args()
+
+    emulator = Emulator()
+    emulator.incarnation = uuid.uuid4().hex[:8]
+    for plural, (group, version, kind, namespaced) in RESOURCES.items():
+        emulator.resources[resource_key(plural)] = kmock.ResourceInfo(
+            kind=kind, namespaced=namespaced, verbs={'get', 'list', 'watch', 'create', 'patch', 'delete', 'update'})
+    if arguments.state and os.path.exists(arguments.state):
+        with open(arguments.state) as file:
+            stored = json.load(file)
+        for plural, objects in stored.items():
+            for obj in objects:
+                metadata = obj.get('metadata', {})
+                emulator.objects[resource_key(plural), metadata.get('namespace'), metadata['name']] = obj
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, stop.set)
+    async with emulator, kmock.Server(emulator, port=arguments.port):
+        print(f'ready {arguments.port}', flush=True)
+        await stop.wait()
+        if arguments.state:
+            stored = {plural: [] for plural in RESOURCES}
+            for (resource, _, _), obj in emulator.objects.items():
+                if not obj.deleted and resource.plural in stored:
+                    stored[resource.plural].append(obj.raw)
+            with open(arguments.state + '.tmp', 'w') as file:
+                json.dump(stored, file)
+            os.replace(arguments.state + '.tmp', arguments.state)
+
+
+if __name__ == '__main__':
+    asyncio.run(main())
+    sys.exit(0)
