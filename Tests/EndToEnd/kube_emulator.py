@@ -14,6 +14,13 @@ answers every list with the literal "..." and ignores ?resourceVersion on watche
     (SIGTERM/SIGINT), so a stopped and restarted emulator serves what it served
     before (plus whatever the test changed in FILE in between).
   * Namespaced kinds are declared so that an empty list is an empty list, not 404.
+  * kmock 0.8 reads `/api/v1/namespaces` and `/api/v1/namespaces/NAME` as the start of a
+    namespaced path and fails (HTTP 500, "not enough values to unpack"): Namespace objects
+    could not be listed, watched, created or fetched. `parse_path` is wrapped so that those
+    two shapes mean the Namespace resource, as they do on a real API server.
+  * List answers carry `kind: <Kind>List` and `apiVersion` (kubectl refuses lists without).
+  * kmock 0.8 names the core group's version "/v1" in discovery (`groupVersion` of
+    /api/v1); kubectl then finds no Pod, Namespace or Node kind. It is answered as "v1".
 
 Run: kube_emulator.py --port P [--state FILE]; prints "ready P" when serving.
 """
@@ -26,6 +33,19 @@ import sys
 import uuid
 
 import kmock
+from kmock._internal import parsing
+
+_parse_path = parsing.parse_path
+
+
+def parse_path(path):
+    parts = path.strip('/').split('/')
+    if parts[:3] == ['api', 'v1', 'namespaces'] and len(parts) <= 4:
+        return parsing.ParsedPath('', 'v1', 'namespaces', None, parts[3] if len(parts) == 4 else None, None)
+    return _parse_path(path)
+
+
+parsing.parse_path = parse_path
 
 RESOURCES = {
     # plural path: (group, version, kind, namespaced)
@@ -44,7 +64,18 @@ class Emulator(kmock.KubernetesEmulator):
     async def _serve_list(self, request):
         listed = await super()._serve_list(request)
         listed['metadata'] = {'resourceVersion': f'{self.incarnation}.{len(self.objects)}'}
+        resource = request.resource
+        if resource is not None and resource.plural in RESOURCES:
+            group, version, kind, _ = RESOURCES[resource.plural]
+            listed['kind'] = kind + 'List'
+            listed['apiVersion'] = f'{group}/{version}' if group else version
         return listed
+
+    async def _serve_version(self, request):
+        answer = await super()._serve_version(request)
+        if answer.get('groupVersion', '').startswith('/'):
+            answer['groupVersion'] = answer['groupVersion'][1:]
+        return answer
 
     async def _serve_watch(self, request):
         version = request.params.get('resourceVersion', '')
@@ -73,7 +104,7 @@ async def main():
     emulator.incarnation = uuid.uuid4().hex[:8]
     for plural, (group, version, kind, namespaced) in RESOURCES.items():
         emulator.resources[resource_key(plural)] = kmock.ResourceInfo(
-            kind=kind, namespaced=namespaced, verbs={'get', 'list', 'watch', 'create', 'patch', 'delete', 'update'})
+            kind=kind, singular=kind.lower(), namespaced=namespaced, verbs={'get', 'list', 'watch', 'create', 'patch', 'delete', 'update'})
     if arguments.state and os.path.exists(arguments.state):
         with open(arguments.state) as file:
             stored = json.load(file)
@@ -97,6 +128,10 @@ async def main():
             with open(arguments.state + '.tmp', 'w') as file:
                 json.dump(stored, file)
             os.replace(arguments.state + '.tmp', arguments.state)
+        # aiohttp would wait for the open watch streams to finish, which they never do: go
+        # now, dropping every connection, as an API server that stops does.
+        sys.stdout.flush()
+        os._exit(0)
 
 
 if __name__ == '__main__':
