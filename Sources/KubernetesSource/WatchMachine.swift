@@ -33,6 +33,9 @@ public struct WatchMachine: Sendable, Equatable {
     public private(set) var resourceVersion: String?
     /// Consecutive failures (for the backoff).
     public private(set) var failures = 0
+    /// 410s since the last watch event: a server that expires every version at once
+    /// (list, watch, 410, list, ...) is asked again only after a backoff.
+    public private(set) var consecutiveGone = 0
     /// True once a list was applied (the resource's state is known).
     public private(set) var synchronized = false
     private var pendingWait: UInt64?
@@ -72,6 +75,7 @@ public struct WatchMachine: Sendable, Equatable {
     public mutating func eventApplied(resourceVersion version: String?) {
         if let version, !version.isEmpty { resourceVersion = version }
         failures = 0
+        consecutiveGone = 0
     }
 
     public mutating func watchEnded(_ end: WatchEnd) {
@@ -80,9 +84,9 @@ public struct WatchMachine: Sendable, Equatable {
             if lasted < Self.shortestHealthyWatch { fail() }
         case .gone:
             resourceVersion = nil
-            // A first 410 relists at once; repeated ones back off like errors.
-            failures += 1
-            if failures > 1 { pendingWait = backoff(after: failures - 1) }
+            // A first 410 relists at once; repeated ones (with no event between) back off.
+            consecutiveGone += 1
+            if consecutiveGone > 1 { pendingWait = backoff(after: consecutiveGone - 1) }
         case .failed:
             fail()
         }
