@@ -63,7 +63,7 @@ extension PolicyEnforcement {
         var objects = JSONObject()
         for resource in KubernetesResource.allCases { objects[resource.rawValue] = .unsigned(UInt64(counts[resource] ?? 0)) }
         status["objects"] = .object(objects)
-        status["rejected"] = .array(kubernetes.current().rejected.map { rejected in
+        status["rejected"] = .array(kubernetes.rejected().map { rejected in
             var entry = JSONObject()
             entry["kind"] = .string(rejected.kind)
             entry["namespace"] = .string(rejected.key.namespace)
@@ -90,7 +90,7 @@ extension PolicyEnforcement {
         synchronized.add([], kubernetes.isSynchronized ? 1.0 : 0.0)
         var rejected = MetricFamily("sluice_kubernetes_rejected_policy", .gauge,
                                     "Policy objects rejected (they add no rule; the others stay in force), with the located error")
-        for object in kubernetes.current().rejected {
+        for object in kubernetes.rejected() {
             let error = object.error.fieldPath.isEmpty ? object.error.message : "\(object.error.fieldPath): \(object.error.message)"
             rejected.add([("kind", object.kind), ("namespace", object.key.namespace), ("name", object.key.name),
                           ("error", String(error.prefix(300)))], 1.0)

@@ -139,6 +139,11 @@ public final class KubernetesSource: @unchecked Sendable {
         return (policies, endpoints, rejected)
     }
 
+    /// The policy objects rejected now (cheaper than `current()`: no endpoints are built).
+    public func rejected() -> [RejectedObject] {
+        state.withLock { $0 }.policies().rejected
+    }
+
     /// Rejections since start.
     public var rejections: UInt64 { rejectionCount.load(ordering: .relaxed) }
 

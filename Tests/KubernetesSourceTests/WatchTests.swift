@@ -187,7 +187,7 @@ func event(_ type: String, _ object: String) -> String { "{\"type\":\"\(type)\",
         #expect(rejected.first?.error.fieldPath == "spec.ingress[0].toPorts[0].ports[0].port")
     }
 
-    @Test func anEventTooLargeOrNotJSONEndsTheWatchAndResumes() {
+    @Test func aWatchEventThatIsNotJSONEndsTheWatchAndItResumes() {
         let harness = Harness(transport: ScriptedTransport(
             lists: [.body(listJSON([], version: "1"))],
             watches: [.lines(["not json"], end: nil)]))
@@ -196,6 +196,50 @@ func event(_ type: String, _ object: String) -> String { "{\"type\":\"\(type)\",
         #expect(harness.reports.contains { $0.contains("not a JSON object") })
         #expect(harness.watcher.step() == .wait(nanoseconds: 200_000_000))
         #expect(harness.watcher.machine.resourceVersion == "1")
+    }
+}
+
+@Suite struct ListLimitsAndKindsTests {
+    @Test func moreObjectsThanTheLimitFailTheListAndKeepTheLastGoodState() {
+        var limits = APILimits()
+        limits.maximumObjects = 2
+        let transport = ScriptedTransport(lists: [.body(listJSON([policyJSON("a")], version: "1"))],
+                                          watches: [.lines([], end: APIError(status: 410, "Gone"))])
+        transport.lists.append(.body(listJSON([policyJSON("a"), policyJSON("b"), policyJSON("c")], version: "2")))
+        var state = ClusterState()
+        var reports: [String] = []
+        let watcher = ResourceWatcher(resource: .ciliumNetworkPolicies, transport: transport, limits: limits,
+                                      apply: { change in if case .replaced(let resource, let objects) = change { state.replace(resource, with: objects) } },
+                                      report: { reports.append($0) }, sleep: { _ in })
+        watcher.step()
+        watcher.step()
+        watcher.step()
+        #expect(state.objects[.ciliumNetworkPolicies]?.count == 1)
+        #expect(reports.contains { $0.contains("more than 2 CiliumNetworkPolicy objects") })
+    }
+
+    @Test func listItemsWithoutKindLoadAsTheirResourcesKind() throws {
+        // The API server leaves kind and apiVersion out of list items of built-in kinds.
+        let item = """
+            {"metadata":{"name":"deny-all","namespace":"shop","managedFields":[{"manager":"kubectl"}]},\
+            "spec":{"podSelector":{},"policyTypes":["Ingress"]}}
+            """
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(item.utf8)) as? [String: Any])
+        let (key, object, _) = try ClusterObject.convert(json, resource: .networkPolicies)
+        guard case .policy(let policy) = object, case .success(let policies) = policy.policies else {
+            Issue.record("not loaded: \(object)")
+            return
+        }
+        #expect(key == ObjectKey(namespace: "shop", name: "deny-all"))
+        #expect(policies.first?.kind == .networkPolicy)
+        let clusterwide = try #require(try JSONSerialization.jsonObject(with: Data(
+            #"{"metadata":{"name":"all"},"spec":{"endpointSelector":{},"egress":[{"toEntities":["world"]}]}}"#.utf8)) as? [String: Any])
+        let (_, converted, _) = try ClusterObject.convert(clusterwide, resource: .ciliumClusterwideNetworkPolicies)
+        guard case .policy(let second) = converted, case .success(let loaded) = second.policies else {
+            Issue.record("not loaded: \(converted)")
+            return
+        }
+        #expect(loaded.first?.kind == .ciliumClusterwideNetworkPolicy && loaded.first?.namespace == nil)
     }
 }
 
