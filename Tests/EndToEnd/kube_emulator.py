@@ -19,6 +19,13 @@ answers every list with the literal "..." and ignores ?resourceVersion on watche
     could not be listed, watched, created or fetched. `parse_path` is wrapped so that those
     two shapes mean the Namespace resource, as they do on a real API server.
   * List answers carry `kind: <Kind>List` and `apiVersion` (kubectl refuses lists without).
+  * kmock 0.8 answers errors with reasons of its own ("Object Not Found"); kubectl 1.20
+    (Debian's) recognises a missing object only by Kubernetes' reason "NotFound" (and
+    "AlreadyExists" for 409), so `kubectl apply` of a new object failed. Those two are
+    answered with the Kubernetes reasons.
+  * kmock 0.8 sends watch streams as application/octet-stream; kubectl (`delete` waits for
+    the deletion with a watch) has no decoder for that. Streams are sent as
+    application/json, as a real API server sends them.
   * kmock 0.8 names the core group's version "/v1" in discovery (`groupVersion` of
     /api/v1); kubectl then finds no Pod, Namespace or Node kind. It is answered as "v1".
 
@@ -32,8 +39,9 @@ import signal
 import sys
 import uuid
 
+import aiohttp.web
 import kmock
-from kmock._internal import parsing
+from kmock._internal import parsing, rendering
 
 _parse_path = parsing.parse_path
 
@@ -46,6 +54,17 @@ def parse_path(path):
 
 
 parsing.parse_path = parse_path
+
+_apply_metadata = rendering.Response._Response__apply_metadata
+
+
+def apply_metadata(self, raw_response):
+    _apply_metadata(self, raw_response)
+    if type(raw_response) is aiohttp.web.StreamResponse and not self.headers:
+        raw_response.content_type = 'application/json'
+
+
+rendering.Response._Response__apply_metadata = apply_metadata
 
 RESOURCES = {
     # plural path: (group, version, kind, namespaced)
@@ -70,6 +89,14 @@ class Emulator(kmock.KubernetesEmulator):
             listed['kind'] = kind + 'List'
             listed['apiVersion'] = f'{group}/{version}' if group else version
         return listed
+
+    async def _render_error(self, exc):
+        if isinstance(exc, kmock.KubernetesError) and exc.status in (404, 409):
+            return aiohttp.web.json_response({
+                'apiVersion': 'v1', 'kind': 'Status', 'metadata': {}, 'status': 'Failure', 'code': exc.status,
+                'reason': 'NotFound' if exc.status == 404 else 'AlreadyExists',
+                'message': exc.message or 'not found', 'details': {}}, status=exc.status)
+        return await super()._render_error(exc)
 
     async def _serve_version(self, request):
         answer = await super()._serve_version(request)

@@ -97,7 +97,10 @@ class Cluster:
         self.kubectl("apply", "--validate=false", "-f", "-", input="\n".join(json.dumps(o) for o in objects))
 
     def delete(self, kind, name, namespace=None):
-        self.kubectl("delete", kind, name, *(["-n", namespace] if namespace else []))
+        # --wait=false: kubectl waits for the deletion with a watch from the delete's
+        # resourceVersion; the emulator keeps no history of versions, so the DELETED event
+        # (sent before that watch began) never reaches kubectl and it would wait forever.
+        self.kubectl("delete", "--wait=false", kind, name, *(["-n", namespace] if namespace else []))
 
     def metrics(self, port):
         return self.lab.run(self.lab.node, "curl", "-sS", f"http://127.0.0.1:{port}/metrics").stdout
@@ -266,6 +269,18 @@ flowLog: {{sink: file, path: "@FLOWS@"}}
         wait_until(lambda: curl("ep1", "/repaired") == "403", "the deleted policy to stop allowing /repaired")
         cluster.delete("ciliumnetworkpolicy", "backend-ingress", namespace="shop")
         wait_until(lambda: curl("ep3", "/api/no-policy") == "200", "no policy: the backend accepts everyone")
+
+        # A policy created while running is enforced: here a Kubernetes NetworkPolicy that
+        # lets only the frontend in (L3/L4, by the datapath alone).
+        cluster.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                       "metadata": {"name": "frontend-only", "namespace": "shop"},
+                       "spec": {"podSelector": {"matchLabels": {"app": "backend"}}, "policyTypes": ["Ingress"],
+                                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "frontend"}}}],
+                                             "ports": [{"port": 8080, "protocol": "TCP"}]}]}})
+        wait_until(lambda: curl("ep3", "/api/after-create") == "none", "the created NetworkPolicy to keep the intruder out")
+        assert curl("ep3", "/api/after-create-2") == "none" and not reached("/api/after-create-2")
+        assert curl("ep1", "/anything/after-create") == "200"
+        assert reached("10.200.1.2 GET /anything/after-create")
     finally:
         proxy.terminate()
         subprocess.run(["rm", "-rf", pin_root])
