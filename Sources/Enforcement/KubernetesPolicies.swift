@@ -45,7 +45,7 @@ extension PolicyEnforcement {
                      + KubernetesResource.allCases.map { "\(counts[$0] ?? 0) \($0.rawValue)" }.joined(separator: ", "),
                      "node \(source.context.nodeName): \(local) local endpoint address(es), "
                      + "\(endpoints.entries.count - local) other address(es); \(policies.count) policies compiled "
-                     + "(\(snapshot.compiledEndpointCount) endpoint(s) selected)"]
+                     + "(\(snapshot.compiledEndpointCount) endpoint policies)"]
         if !rejected.isEmpty {
             lines += rejected.map(\.description)
             throw PolicyFiles.InputError(description: (lines + ["\(rejected.count) policy object(s) rejected"]).joined(separator: "\n"))

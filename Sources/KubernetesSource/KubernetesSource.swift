@@ -90,11 +90,12 @@ public final class KubernetesSource: @unchecked Sendable {
     /// the first failure.
     public func listOnce() throws(APIError) {
         for resource in KubernetesResource.allCases {
-            var failure: String?
             let watcher = ResourceWatcher(resource: resource, transport: transport, limits: limits,
-                                          apply: { [self] change in self.apply(change) }, report: { failure = $0 })
+                                          apply: { [self] change in self.apply(change) }, report: report)
             watcher.step()
-            if let failure, !watcher.machine.synchronized { throw APIError(failure) }
+            if let failure = watcher.lastListFailure {
+                throw APIError(status: failure.status, "cannot list \(resource.collectionPath): \(failure.message)")
+            }
             _ = synchronized.withLock { $0.insert(resource) }
         }
         _ = pending.withLock { $0 = nil }

@@ -21,6 +21,8 @@ public enum ClusterChange: Sendable {
 public final class ResourceWatcher: @unchecked Sendable {
     public let resource: KubernetesResource
     public private(set) var machine: WatchMachine
+    /// Why the last list failed (nil after a successful one).
+    public private(set) var lastListFailure: APIError?
     private let transport: any APITransport
     private let limits: APILimits
     private let apply: (ClusterChange) -> Void
@@ -55,7 +57,9 @@ public final class ResourceWatcher: @unchecked Sendable {
                 let (objects, version) = try listAll()
                 apply(.replaced(resource, objects))
                 machine.listed(resourceVersion: version)
+                lastListFailure = nil
             } catch {
+                lastListFailure = error
                 report("kubernetes: listing \(resource.collectionPath) failed (the last good state stays in force): \(error)")
                 machine.listFailed()
             }
