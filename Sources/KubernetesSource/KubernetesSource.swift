@@ -94,7 +94,7 @@ public final class KubernetesSource: @unchecked Sendable {
                                           apply: { [self] change in self.apply(change) }, report: report)
             watcher.step()
             if let failure = watcher.lastListFailure {
-                throw APIError(status: failure.status, "cannot list \(resource.collectionPath): \(failure.message)")
+                throw APIError("cannot list \(resource.collectionPath): \(failure)")
             }
             _ = synchronized.withLock { $0.insert(resource) }
         }

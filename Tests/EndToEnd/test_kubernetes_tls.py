@@ -79,13 +79,23 @@ http {{
   }}
 }}
 """)
-    nginx = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for port in ports.values():
-        wait_for_port(port)
-    yield {"ports": ports, "emulator": emulator_port, "dir": workdir}
-    nginx.terminate()
+    processes = {}
+
+    def start_nginx():
+        processes["nginx"] = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir)], stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL)
+        for port in ports.values():
+            wait_for_port(port)
+
+    def stop_nginx():
+        processes["nginx"].terminate()  # nginx's fast shutdown: open connections are dropped
+        processes["nginx"].wait(10)
+
+    start_nginx()
+    yield {"ports": ports, "emulator": emulator_port, "dir": workdir, "start_nginx": start_nginx, "stop_nginx": stop_nginx}
+    if processes["nginx"].poll() is None:
+        stop_nginx()
     emulator.terminate()
-    nginx.wait(10)
     emulator.wait(10)
     log.close()
 
@@ -113,6 +123,18 @@ def check(config):
 
 def data(directory, name):
     return base64.b64encode((directory / name).read_bytes()).decode()
+
+
+def stderr_path_of(workdir, config):
+    return workdir / f"{config.stem}.stderr"
+
+
+def wait_until_ready(path, timeout=20):
+    """`ready:` is said once every resource was listed and the listeners serve."""
+    deadline = time.monotonic() + timeout
+    while "ready:" not in path.read_text():
+        assert time.monotonic() < deadline, path.read_text()
+        time.sleep(0.05)
 
 
 def create(api, path, obj):
@@ -170,10 +192,10 @@ def test_the_watch_streams_over_tls(tls_api, workdir):
                         {"token": TOKEN})
     metrics_port = free_port()
     config.write_text(config.read_text() + f"metrics: {{listen: 127.0.0.1:{metrics_port}}}\n")
-    stderr = open(workdir / "sluice-watch.stderr", "w")
+    stderr = open(stderr_path_of(workdir, config), "w")
     process = subprocess.Popen([SLUICE, "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        wait_for_port(metrics_port, timeout=20)
+        wait_until_ready(stderr_path_of(workdir, config))
 
         def objects():
             text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
@@ -185,11 +207,54 @@ def test_the_watch_streams_over_tls(tls_api, workdir):
                 "spec": {"endpointSelector": {}, "ingress": [{}]}})
         deadline = time.monotonic() + 10
         while objects() != ['sluice_kubernetes_objects{resource="ciliumnetworkpolicies"} 1']:
-            assert time.monotonic() < deadline, (workdir / "sluice-watch.stderr").read_text()
+            assert time.monotonic() < deadline, stderr_path_of(workdir, config).read_text()
             time.sleep(0.1)
-        while "CiliumNetworkPolicy shop/p changed" not in (workdir / "sluice-watch.stderr").read_text():
-            assert time.monotonic() < deadline, (workdir / "sluice-watch.stderr").read_text()
+        while "CiliumNetworkPolicy shop/p changed" not in stderr_path_of(workdir, config).read_text():
+            assert time.monotonic() < deadline, stderr_path_of(workdir, config).read_text()
             time.sleep(0.1)
+    finally:
+        process.terminate()
+        process.wait(20)
+        stderr.close()
+
+
+def test_a_dropped_watch_resumes_from_its_version(tls_api, workdir):
+    """The connection to the API server drops (nginx stops) while the API server itself
+    keeps running: sluice watches again from the last resourceVersion it saw (no 410, no
+    relist), and what was created meanwhile arrives. (The emulator replays its objects on
+    every watch whatever the version; a real API server sends the events after it.)"""
+    directory = tls_api["dir"]
+    config = kubeconfig(directory, "resume", tls_api["ports"]["token"], {"certificate-authority-data": data(directory, "ca.crt")},
+                        {"token": TOKEN})
+    metrics_port = free_port()
+    config.write_text(config.read_text() + f"metrics: {{listen: 127.0.0.1:{metrics_port}}}\n")
+    stderr_path = stderr_path_of(workdir, config)
+    stderr = open(stderr_path, "w")
+    process = subprocess.Popen([SLUICE, "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        wait_until_ready(stderr_path_of(workdir, config))
+
+        def policies():
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+            return [line for line in text.splitlines() if line.startswith('sluice_kubernetes_objects{resource="ciliumnetworkpolicies"}')]
+
+        tls_api["stop_nginx"]()
+        deadline = time.monotonic() + 10
+        while "watch /apis/cilium.io/v2/ciliumnetworkpolicies ended" not in stderr_path.read_text():
+            assert time.monotonic() < deadline, stderr_path.read_text()
+            time.sleep(0.1)
+        assert "(resuming from " in stderr_path.read_text()
+        create(tls_api, "/apis/cilium.io/v2/namespaces/shop/ciliumnetworkpolicies",
+               {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "meanwhile", "namespace": "shop"},
+                "spec": {"endpointSelector": {}, "ingress": [{}]}})
+        assert policies() == ['sluice_kubernetes_objects{resource="ciliumnetworkpolicies"} 0']
+        tls_api["start_nginx"]()
+        deadline = time.monotonic() + 30
+        while policies() != ['sluice_kubernetes_objects{resource="ciliumnetworkpolicies"} 1']:
+            assert time.monotonic() < deadline, stderr_path.read_text()
+            time.sleep(0.1)
+        text = stderr_path.read_text()
+        assert "410 Gone" not in text and "listing /apis/cilium.io/v2/ciliumnetworkpolicies" not in text, text
     finally:
         process.terminate()
         process.wait(20)
