@@ -125,7 +125,12 @@ extension ClusterObject {
                 PolicyError(file: place, line: 0, column: 0, fieldPath: "", message: "cannot be written as JSON")))
         }
         let loaded = PolicyLoader.load(text: text, file: place)
-        if let error = loaded.errors.first { return PolicyObject(resource: resource, key: key, policies: .failure(error)) }
+        if let error = loaded.errors.first {
+            // Lines and columns would point into the text written here, not into anything the
+            // user wrote: the object and the field path locate the problem.
+            let located = PolicyError(file: place, line: 0, column: 0, fieldPath: error.fieldPath, message: error.message)
+            return PolicyObject(resource: resource, key: key, policies: .failure(located))
+        }
         return PolicyObject(resource: resource, key: key, policies: .success(loaded.policies))
     }
 

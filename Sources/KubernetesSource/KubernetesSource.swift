@@ -108,12 +108,21 @@ public final class KubernetesSource: @unchecked Sendable {
         case .upserted(let resource, let key, _): cause = "kubernetes: \(resource.kind) \(key) changed"
         case .removed(let resource, let key): cause = "kubernetes: \(resource.kind) \(key) deleted"
         }
-        state.withLock { state in
+        let refused = state.withLock { state -> Bool in
             switch change {
             case .replaced(let resource, let objects): state.replace(resource, with: objects)
-            case .upserted(let resource, let key, let object): state.upsert(resource, key: key, object: object)
+            case .upserted(let resource, let key, let object):
+                // The list limit holds for objects that arrive one by one, too.
+                let held = state.objects[resource] ?? [:]
+                if held[key] == nil && held.count >= limits.maximumObjects { return true }
+                state.upsert(resource, key: key, object: object)
             case .removed(let resource, let key): state.remove(resource, key: key)
             }
+            return false
+        }
+        if refused {
+            report("kubernetes: \(change.resource.kind) object not taken: more than \(limits.maximumObjects) \(change.resource.kind) objects (kubernetes limits)")
+            return
         }
         changeCounts.withLock { $0[change.resource, default: 0] += 1 }
         pending.withLock { $0 = ($0?.first ?? cause, ($0?.count ?? 0) + 1) }

@@ -289,3 +289,44 @@ func event(_ type: String, _ object: String) -> String { "{\"type\":\"\(type)\",
         #expect(other.labels.labels.contains(Label(source: "k8s", key: "zone", value: "z2")))
     }
 }
+
+@Suite struct KubernetesSourceTests {
+    @Test func objectsArrivingOneByOneRespectTheLimitToo() throws {
+        var limits = APILimits()
+        limits.maximumObjects = 1
+        let reports = Mutex<[String]>([])
+        let source = KubernetesSource(context: NodeContext(nodeName: "a"), transport: ScriptedTransport(lists: []), limits: limits,
+                                      report: { line in reports.withLock { $0.append(line) } })
+        func pod(_ name: String) throws -> (ObjectKey, ClusterObject) {
+            let json = try #require(try JSONSerialization.jsonObject(with: Data(
+                "{\"metadata\":{\"name\":\"\(name)\",\"namespace\":\"shop\"}}".utf8)) as? [String: Any])
+            let (key, object, _) = try ClusterObject.convert(json, resource: .pods)
+            return (key, object)
+        }
+        let (first, firstObject) = try pod("one")
+        let (second, secondObject) = try pod("two")
+        source.apply(.upserted(.pods, first, firstObject))
+        source.apply(.upserted(.pods, second, secondObject))
+        source.apply(.upserted(.pods, first, firstObject))  // a change to a held object is taken
+        #expect(source.objectCounts[.pods] == 1)
+        #expect(reports.withLock { $0 }.count == 1)
+        #expect(reports.withLock { $0 }.first?.contains("more than 1 Pod objects") == true)
+    }
+
+    @Test func aRejectedPolicyIsLocatedByObjectAndFieldAndSaidOnce() throws {
+        let reports = Mutex<[String]>([])
+        let source = KubernetesSource(context: NodeContext(nodeName: "a"), transport: ScriptedTransport(lists: []),
+                                      report: { line in reports.withLock { $0.append(line) } })
+        let bad = policyJSON("bad").replacingOccurrences(of: "\"80\"", with: "\"99999\"")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(bad.utf8)) as? [String: Any])
+        let (key, object, _) = try ClusterObject.convert(json, resource: .ciliumNetworkPolicies)
+        source.apply(.upserted(.ciliumNetworkPolicies, key, object))
+        _ = source.current()
+        _ = source.current()
+        let said = reports.withLock { $0 }
+        #expect(said.count == 1)
+        #expect(said.first?.hasPrefix("kubernetes: CiliumNetworkPolicy shop/bad rejected: CiliumNetworkPolicy shop/bad: "
+                                      + "spec.ingress[0].toPorts[0].ports[0].port: expected a port number") == true, "\(said)")
+        #expect(source.rejections == 1)
+    }
+}
