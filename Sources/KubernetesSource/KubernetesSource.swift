@@ -12,13 +12,13 @@ public final class KubernetesSource: @unchecked Sendable {
     private let transport: any APITransport
     private let report: @Sendable (String) -> Void
     private let state = Mutex<ClusterState>(ClusterState())
-    /// Causes of changes not yet handed to `onChange` (nil = nothing pending).
+    /// The first change not yet handed to `onChange`, and how many are pending (nil = none).
     private let pending = Mutex<(first: String, count: Int)?>(nil)
     private let synchronized = Mutex<Set<KubernetesResource>>([])
     private let stopping = Atomic<Bool>(false)
     /// Policy objects already reported as rejected (each is said once while it stays bad).
     private let reported = Mutex<[String: String]>([:])
-    /// Rejections since start (a bad object counted once per version seen).
+    /// Rejections since start (a bad object counted again only when its error changes).
     private let rejectionCount = Atomic<UInt64>(0)
     /// Changes applied since start, per resource.
     private let changeCounts = Mutex<[KubernetesResource: UInt64]>([:])

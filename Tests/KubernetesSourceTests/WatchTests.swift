@@ -108,6 +108,19 @@ func event(_ type: String, _ object: String) -> String { "{\"type\":\"\(type)\",
         #expect(!harness.transport.requests.dropFirst().contains { $0.hasPrefix("GET") })
     }
 
+    @Test func bookmarksMoveTheVersionAndAServerTimeoutResumesAtOnce() {
+        let bookmark = event("BOOKMARK", "{\"kind\":\"CiliumNetworkPolicy\",\"metadata\":{\"resourceVersion\":\"15\"}}")
+        let harness = Harness(transport: ScriptedTransport(lists: [.body(listJSON([policyJSON("a")], version: "10"))],
+                                                           watches: [.lines([bookmark], end: nil), .lines([], end: nil)]))
+        harness.watcher.step()
+        harness.watcher.step()
+        #expect(harness.watcher.machine.resourceVersion == "15")
+        #expect(harness.names == ["shop/a"])
+        // The server ended the watch cleanly (its timeoutSeconds): watch again, no wait.
+        #expect(harness.watcher.step() == .watch(resourceVersion: "15"))
+        #expect(harness.sleeps.isEmpty)
+    }
+
     @Test func goneRelistsAndTheRelistReplacesEverything() {
         // The watch answers 410 as an ERROR event (what API servers do mid-stream) and, the
         // second time, as the response status; both relist.
