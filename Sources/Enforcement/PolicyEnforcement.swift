@@ -102,6 +102,8 @@ public final class PolicyEnforcement: @unchecked Sendable {
                 throw PolicyFiles.InputError(description: "kubernetes: not every resource could be listed within "
                     + "\(settings.syncTimeout / 1_000_000_000) s (missing: \(source.unsynchronized.map(\.rawValue).joined(separator: ", "))); see the lines above")
             }
+            // The load below reads everything listed so far: no reload needed for it.
+            source.discardPendingChanges()
         }
         let (snapshot, state) = try load()
         if let snapshot { policy?.replace(with: snapshot) }

@@ -86,6 +86,12 @@ public final class KubernetesSource: @unchecked Sendable {
         return true
     }
 
+    /// Forgets the changes not yet handed to `onChange`: the caller is about to read the
+    /// whole state (the first load), which includes them.
+    public func discardPendingChanges() {
+        pending.withLock { $0 = nil }
+    }
+
     /// Lists every resource once, on the caller's thread (for `--check`): the state, or
     /// the first failure.
     public func listOnce() throws(APIError) {

@@ -13,6 +13,8 @@ answers every list with the literal "..." and ignores ?resourceVersion on watche
   * --state FILE: the objects are read from FILE at start and written to it at exit
     (SIGTERM/SIGINT), so a stopped and restarted emulator serves what it served
     before (plus whatever the test changed in FILE in between).
+  * Watches subscribe to changes before they take the snapshot they start with (kmock 0.8
+    subscribes after sending it, so a change in between was lost).
   * Namespaced kinds are declared so that an empty list is an empty list, not 404.
   * kmock 0.8 reads `/api/v1/namespaces` and `/api/v1/namespaces/NAME` as the start of a
     namespaced path and fails (HTTP 500, "not enough values to unpack"): Namespace objects
@@ -112,8 +114,30 @@ class Emulator(kmock.KubernetesEmulator):
                 'kind': 'Status', 'apiVersion': 'v1', 'status': 'Failure', 'reason': 'Expired', 'code': 410,
                 'message': f'too old resource version: {version}'}}
             return
-        async for event in super()._serve_watch(request):
-            yield event
+        # kmock 0.8 takes the objects' snapshot, sends it, and only then subscribes to the
+        # event bus: an object created in between was never sent (seen as a lost ADDED event
+        # now and then). Here the bus position is marked under the same lock as the
+        # snapshot, so every change after the snapshot is streamed.
+        yield b''
+        bus = self._buses[request.resource]
+        async with self._lock:
+            marker = await bus.mark()
+            events = [{'type': 'ADDED', 'object': obj.raw} for (resource, namespace, name), obj in self.objects.items()
+                      if self.__wanted(request, resource, namespace, name) and not obj.deleted]
+        try:
+            for event in events:
+                yield event
+            async for event in bus.stream(since=marker):
+                metadata = event.get('object', {}).get('metadata', {})
+                if self.__wanted(request, request.resource, metadata.get('namespace'), metadata.get('name')):
+                    yield event
+        finally:
+            await bus.unmark(marker)
+
+    @staticmethod
+    def __wanted(request, resource, namespace, name):
+        return (resource == request.resource and (request.namespace is None or namespace == request.namespace)
+                and (request.name is None or name == request.name))
 
 
 def resource_key(plural):
