@@ -55,8 +55,15 @@ let package = Package(
         .target(name: "CaptureJudgement", dependencies: [
             "Replay", "Proxy", "PolicyEngine", "L7Parsers", .product(name: "Yams", package: "Yams"),
         ]),
+        // Policies and endpoints from the Kubernetes API server: its own HTTP/1.1 client
+        // (responses framed by L7Parsers' HTTP/1.1 parser, TLS through OpenSSL, JSON through
+        // Foundation), the list-then-watch state machine, and the conversion of API objects
+        // into the policy engine's types. Knows nothing of the proxy or the datapath.
+        .target(name: "KubernetesSource", dependencies: [
+            "PolicyEngine", "L7Parsers", "COpenSSL", .product(name: "Yams", package: "Yams"),
+        ]),
         .target(name: "Enforcement", dependencies: [
-            "Proxy", "PolicyEngine", "Datapath",
+            "Proxy", "PolicyEngine", "Datapath", "KubernetesSource",
             "CBPF",  // libbpf's helper probe (PolicyEnforcement.kernelHasSocketAssign)
         ]),
         // `sluice replay`'s foundation: capture files read through libpcap (gzip through
@@ -91,6 +98,7 @@ let package = Package(
         .testTarget(name: "PolicyEngineTests", dependencies: ["PolicyEngine", "CPCRE2"]),
         .testTarget(name: "EnforcementTests", dependencies: ["Enforcement", "Proxy", "PolicyEngine", "Datapath", "CSluiceDatapath"]),
         .testTarget(name: "ReplayTests", dependencies: ["Replay"]),
+        .testTarget(name: "KubernetesSourceTests", dependencies: ["KubernetesSource", "PolicyEngine"]),
         .testTarget(name: "CaptureJudgementTests", dependencies: ["CaptureJudgement"]),
         .testTarget(name: "DatapathTests", dependencies: ["Datapath", "CBPF", "CSluiceDatapath", "PolicyEngine"]),
     ]

@@ -56,6 +56,7 @@ extension PolicyEnforcement {
             return .object(entry)
         })
         status["policy"] = .object(policy)
+        if let kubernetes = kubernetesStatus() { status["kubernetes"] = .object(kubernetes) }
 
         var datapath = JSONObject()
         datapath["mode"] = .string(installed.load(ordering: .acquiring) ? mode.rawValue : configuration.datapath.mode.rawValue)
@@ -122,6 +123,7 @@ extension PolicyEnforcement {
         var fqdn = MetricFamily("sluice_fqdn_cache_entries", .gauge, "Addresses learned from DNS answers for toFQDNs")
         fqdn.add([], Double(learner?.count ?? 0))
         families.append(fqdn)
+        families += kubernetesMetricFamilies()
         return families
     }
 }

@@ -1,5 +1,6 @@
 import CBPF
 import Datapath
+import KubernetesSource
 import PolicyEngine
 import Proxy
 import Synchronization
@@ -32,6 +33,9 @@ public final class PolicyEnforcement: @unchecked Sendable {
     /// Where reloads write the datapath's view; nil until `install` (or without a datapath).
     private var enforcer: DatapathEnforcer?
     private var watcher: PolicyFileWatcher?
+    /// With `policy.source: kubernetes`: the API server's policies and endpoints (started
+    /// by `prepare`), instead of files.
+    public private(set) var kubernetes: KubernetesSource?
     /// The snapshot the proxy judges requests by (nil without a `policy` section).
     public let policy: PolicySnapshotHolder?
     /// toFQDNs: what allowed DNS answers taught, written into the datapath (nil without a
@@ -88,6 +92,19 @@ public final class PolicyEnforcement: @unchecked Sendable {
     /// Loads and translates the policies and publishes the snapshot; throws on bad policy
     /// input (nothing installed yet).
     public func prepare() throws {
+        if let settings = configuration.policy?.kubernetes {
+            let source = try Self.kubernetesSource(settings, configFile: configFile, report: report)
+            kubernetes = source
+            source.start()
+            report("kubernetes: watching \(KubernetesResource.allCases.map(\.rawValue).joined(separator: ", ")) as node \(source.context.nodeName)")
+            guard source.waitUntilSynchronized(timeout: settings.syncTimeout) else {
+                source.stop()
+                throw PolicyFiles.InputError(description: "kubernetes: not every resource could be listed within "
+                    + "\(settings.syncTimeout / 1_000_000_000) s (missing: \(source.unsynchronized.map(\.rawValue).joined(separator: ", "))); see the lines above")
+            }
+            // The load below reads everything listed so far: no reload needed for it.
+            source.discardPendingChanges()
+        }
         let (snapshot, state) = try load()
         if let snapshot { policy?.replace(with: snapshot) }
         prepared = (snapshot, state)
@@ -189,12 +206,19 @@ public final class PolicyEnforcement: @unchecked Sendable {
     /// use, derives its map contents. Publishes nothing: the caller does once all is well.
     private func load() throws -> (PolicySnapshot?, DatapathState) {
         guard let source = configuration.policy, policy != nil else { return (nil, DatapathState()) }
-        let snapshot = try PolicyFiles.loadSnapshot(policyPaths: source.paths.map(resolve), endpoints: resolve(source.endpoints),
+        let snapshot: PolicySnapshot
+        if let kubernetes {
+            // Rejected objects were reported by `current()`; the valid ones load.
+            let (policies, endpoints, _) = kubernetes.current()
+            snapshot = PolicySnapshot(policies: policies, endpoints: endpoints)
+        } else {
+            snapshot = try PolicyFiles.loadSnapshot(policyPaths: source.paths.map(resolve), endpoints: resolve(source.endpoints),
                                                     node: source.node)
-        if source.node == nil, !snapshot.endpoints.nodeNames.isEmpty {
-            throw PolicyFiles.InputError(description: "\(resolve(source.endpoints)): endpoints are placed on nodes ("
-                + snapshot.endpoints.nodeNames.joined(separator: ", ")
-                + ") but the configuration does not say which node this sluice runs on: add policy.node")
+            if source.node == nil, !snapshot.endpoints.nodeNames.isEmpty {
+                throw PolicyFiles.InputError(description: "\(resolve(source.endpoints)): endpoints are placed on nodes ("
+                    + snapshot.endpoints.nodeNames.joined(separator: ", ")
+                    + ") but the configuration does not say which node this sluice runs on: add policy.node")
+            }
         }
         var state = DatapathState()
         if configuration.datapath.mode != .none {
@@ -209,13 +233,15 @@ public final class PolicyEnforcement: @unchecked Sendable {
     /// The files a change of which reloads: every policy file (a directory's as listed now)
     /// and the endpoints file.
     public var watchedFiles: [String] {
-        guard let source = configuration.policy else { return [] }
+        guard let source = configuration.policy, source.kubernetes == nil else { return [] }
         return source.paths.map(resolve).flatMap(PolicyFiles.files(at:)) + [resolve(source.endpoints)]
     }
 
     /// Starts the threads that follow file changes (`policy.watch`) and datapath events.
     public func startBackgroundWork() {
         guard let source = configuration.policy else { return }
+        // Each change from the API server takes the same path as a changed file.
+        kubernetes?.onChange = { [self] cause in reload(because: cause) }
         if let interval = source.watchInterval {
             let watcher = PolicyFileWatcher(files: { [self] in watchedFiles })
             self.watcher = watcher
@@ -234,6 +260,7 @@ public final class PolicyEnforcement: @unchecked Sendable {
     public func stop(saving: Bool = true) {
         stopping.store(true, ordering: .relaxed)
         watcher?.stop()
+        kubernetes?.stop()
         if saving { saveLearned() }
     }
 

@@ -45,6 +45,9 @@ struct RunCommand: ParsableCommand {
     @Flag(name: .long, help: "Check the configuration and exit without starting.")
     var check = false
 
+    @Flag(name: .long, help: ArgumentHelp("Take policies and endpoints from the Kubernetes API server (policy.source: kubernetes; assumed, in-cluster, when the configuration has no policy section). With --check: connect, list every resource, compile, report, and exit (0 = all policies valid)."))
+    var kubernetes = false
+
     func validate() throws {
         if let workers, !(1...256).contains(workers) {
             throw ValidationError("--workers must be from 1 to 256, got \(workers)")
@@ -71,7 +74,25 @@ struct RunCommand: ParsableCommand {
                 throw ExitCode(2)
             }
         }
+        if kubernetes {
+            if configuration.policy == nil { configuration.policy = PolicySourceConfiguration(paths: [], endpoints: "", watchInterval: nil) }
+            if configuration.policy?.kubernetes == nil {
+                guard configuration.policy!.paths.isEmpty else {
+                    printError("\(config): --kubernetes, but the policy section names files; set policy.source: kubernetes")
+                    throw ExitCode(2)
+                }
+                configuration.policy?.kubernetes = KubernetesSourceConfiguration()
+            }
+        }
         if check {
+            if kubernetes {
+                do {
+                    print(try PolicyEnforcement.checkKubernetes(configuration: configuration, configFile: config))
+                } catch {
+                    printError("\(config): \(error)")
+                    throw ExitCode(1)
+                }
+            }
             print("\(config): ok (\(configuration.listeners.count) listeners, \(configuration.workers) workers)")
             return
         }

@@ -41,7 +41,8 @@ public struct EndpointDirectory: Sendable {
 
     public init() {}
 
-    /// Adds `identity` for `address` (exact) or `prefix`.
+    /// Adds `identity` for `address` (exact) or `prefix` (a pod on another node says so
+    /// itself: `Identity.isOnAnotherNode`).
     public mutating func add(_ identity: Identity, prefix: CIDR) {
         if prefix.prefixLength == prefix.network.bitWidth {
             exact[prefix.network] = identity

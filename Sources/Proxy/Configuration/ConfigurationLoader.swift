@@ -284,7 +284,34 @@ public struct ConfigurationLoader {
     }
 
     private func policySource(_ node: Node) throws(ConfigurationError) -> PolicySourceConfiguration {
-        let fields = try mapping(node, path: "policy", allowed: ["paths", "endpoints", "nodeAddresses", "node", "watch"])
+        let fields = try mapping(node, path: "policy",
+                                 allowed: ["source", "kubernetes", "paths", "endpoints", "nodeAddresses", "node", "watch"])
+        if let sourceNode = fields["source"] {
+            let text = try string(sourceNode, path: "policy.source")
+            guard text == "files" || text == "kubernetes" else {
+                throw error(sourceNode, path: "policy.source", "expected files or kubernetes, got '\(text)'")
+            }
+            if text == "kubernetes" {
+                for key in ["paths", "endpoints", "watch"] where fields[key] != nil {
+                    throw error(fields[key]!, path: "policy.\(key)", "not with source: kubernetes (policies and endpoints come from the API server)")
+                }
+                if let nodeField = fields["node"] {
+                    throw error(nodeField, path: "policy.node", "not with source: kubernetes (the node name is policy.kubernetes.nodeName or NODE_NAME)")
+                }
+                var source = PolicySourceConfiguration(paths: [], endpoints: "", watchInterval: nil)
+                source.kubernetes = try kubernetesSource(fields["kubernetes"])
+                if let value = fields["nodeAddresses"] {
+                    source.nodeAddresses = try stringList(value, path: "policy.nodeAddresses")
+                    for (index, address) in source.nodeAddresses.enumerated() where SocketAddress(host: address, port: 0) == nil {
+                        throw error(value, path: "policy.nodeAddresses[\(index)]", "expected an IP address, got '\(address)'")
+                    }
+                }
+                return source
+            }
+        }
+        if let kubernetesNode = fields["kubernetes"] {
+            throw error(kubernetesNode, path: "policy.kubernetes", "only with source: kubernetes")
+        }
         guard let pathsNode = fields["paths"] else {
             throw error(node, path: "policy.paths", "missing; expected a list of policy files or directories")
         }
@@ -313,6 +340,26 @@ public struct ConfigurationLoader {
             source.watchInterval = text == "off" ? nil : try duration(value, path: "policy.watch")
         }
         return source
+    }
+
+    /// `policy.kubernetes`: how to reach the API server and where this node stands.
+    private func kubernetesSource(_ node: Node?) throws(ConfigurationError) -> KubernetesSourceConfiguration {
+        var settings = KubernetesSourceConfiguration()
+        guard let node else { return settings }
+        let fields = try mapping(node, path: "policy.kubernetes", allowed: [
+            "kubeconfig", "context", "nodeName", "clusterName", "syncTimeout", "maxObjects", "maxResponseBytes"])
+        if let value = fields["kubeconfig"] { settings.kubeconfig = try string(value, path: "policy.kubernetes.kubeconfig") }
+        if let value = fields["context"] { settings.context = try string(value, path: "policy.kubernetes.context") }
+        if let value = fields["nodeName"] { settings.nodeName = try string(value, path: "policy.kubernetes.nodeName") }
+        if let value = fields["clusterName"] { settings.clusterName = try string(value, path: "policy.kubernetes.clusterName") }
+        if let value = fields["syncTimeout"] { settings.syncTimeout = try duration(value, path: "policy.kubernetes.syncTimeout") }
+        if let value = fields["maxObjects"] {
+            settings.maxObjects = try integer(value, path: "policy.kubernetes.maxObjects", range: 1...10_000_000)
+        }
+        if let value = fields["maxResponseBytes"] {
+            settings.maxResponseBytes = try integer(value, path: "policy.kubernetes.maxResponseBytes", range: 4096...(4 << 30))
+        }
+        return settings
     }
 
     private func stringList(_ node: Node, path: String) throws(ConfigurationError) -> [String] {

@@ -98,6 +98,8 @@ public struct PolicySourceConfiguration: Sendable, Equatable {
     public var node: String?
     /// How often files are checked for changes; nil = never.
     public var watchInterval: UInt64?
+    /// `source: kubernetes`: policies and endpoints come from the API server (no files).
+    public var kubernetes: KubernetesSourceConfiguration?
 
     public init(paths: [String], endpoints: String, nodeAddresses: [String] = [], watchInterval: UInt64? = 1_000_000_000) {
         self.paths = paths
@@ -105,6 +107,26 @@ public struct PolicySourceConfiguration: Sendable, Equatable {
         self.nodeAddresses = nodeAddresses
         self.watchInterval = watchInterval
     }
+}
+
+/// `policy.kubernetes` (with `policy.source: kubernetes`): how to reach the API server and
+/// where this node stands. Without `kubeconfig`, the pod's service account (in-cluster).
+public struct KubernetesSourceConfiguration: Sendable, Equatable {
+    public var kubeconfig: String?
+    /// The kubeconfig context (default: its current-context).
+    public var context: String?
+    /// This node's name; nil = the `NODE_NAME` environment variable (the downward API's
+    /// `spec.nodeName`, as deploy/kubernetes sets it).
+    public var nodeName: String?
+    /// The `io.cilium.k8s.policy.cluster` label of this cluster's pods.
+    public var clusterName = "default"
+    /// How long `sluice run` waits at start for every resource to be listed.
+    public var syncTimeout: UInt64 = 60_000_000_000
+    /// Most objects of one resource.
+    public var maxObjects = 200_000
+    /// Largest list response (one page) or watch event, in bytes.
+    public var maxResponseBytes = 256 << 20
+    public init() {}
 }
 
 public struct ListenerConfiguration: Sendable, Equatable {
