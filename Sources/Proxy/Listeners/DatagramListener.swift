@@ -116,49 +116,50 @@ public final class DatagramListener: EventHandler {
     }
 
     /// `receiveBuffer` must hold `settings.maxDatagramBytes + 1` bytes at least.
-    public init(name: String, address: SocketAddress, settings: DatagramSettings, receiveBuffer: DatagramReceiveBuffer,
-                delegate: DatagramDelegate, loop: EventLoop) throws {
-        precondition(receiveBuffer.maxDatagramBytes >= settings.maxDatagramBytes,
-                     "the receive buffer is smaller than the largest datagram")
-        self.name = name
-        self.address = address
-        self.settings = settings
-        self.receiveBuffer = receiveBuffer
-        self.delegate = delegate
-        self.loop = loop
-        socket = try Socket.open(.datagram, family: address.family)
-        do {
+    public convenience init(name: String, address: SocketAddress, settings: DatagramSettings,
+                            receiveBuffer: DatagramReceiveBuffer, delegate: DatagramDelegate, loop: EventLoop) throws {
+        let socket = try Socket.open(.datagram, family: address.family)
+        try self.init(name: name, address: address, settings: settings, receiveBuffer: receiveBuffer, delegate: delegate,
+                      loop: loop, socket: socket) { socket in
             try socket.setReuseAddress()
             try socket.setReusePort()
             try socket.setTransparent(ipv6: address.isIPv6)
             try socket.setReceiveOriginalDestination(ipv6: address.isIPv6)
             try socket.bind(to: address)
-        } catch {
-            socket.close()
-            throw error
         }
     }
 
     /// Serves `descriptor`, a UDP socket the sluice this one replaces handed over (bound to
     /// `address` with the options `init` sets). Takes ownership; throws, closing it, when it
     /// is not a UDP socket bound there.
-    public init(name: String, address: SocketAddress, settings: DatagramSettings, receiveBuffer: DatagramReceiveBuffer,
-                delegate: DatagramDelegate, loop: EventLoop, adopting descriptor: Int32) throws {
+    public convenience init(name: String, address: SocketAddress, settings: DatagramSettings,
+                            receiveBuffer: DatagramReceiveBuffer, delegate: DatagramDelegate, loop: EventLoop,
+                            adopting descriptor: Int32) throws {
+        try self.init(name: name, address: address, settings: settings, receiveBuffer: receiveBuffer, delegate: delegate,
+                      loop: loop, socket: Socket(descriptor: descriptor)) { socket in
+            try socket.verifyInherited(.datagram, boundTo: address)
+        }
+    }
+
+    /// Takes `socket` once `prepare` succeeds on it; closes it and throws when it does not.
+    private init(name: String, address: SocketAddress, settings: DatagramSettings, receiveBuffer: DatagramReceiveBuffer,
+                 delegate: DatagramDelegate, loop: EventLoop, socket: Socket,
+                 prepare: (Socket) throws -> Void) throws {
         precondition(receiveBuffer.maxDatagramBytes >= settings.maxDatagramBytes,
                      "the receive buffer is smaller than the largest datagram")
+        do {
+            try prepare(socket)
+        } catch {
+            socket.close()
+            throw error
+        }
         self.name = name
         self.address = address
         self.settings = settings
         self.receiveBuffer = receiveBuffer
         self.delegate = delegate
         self.loop = loop
-        socket = Socket(descriptor: descriptor)
-        do {
-            try socket.verifyInherited(.datagram, boundTo: address)
-        } catch {
-            socket.close()
-            throw error
-        }
+        self.socket = socket
     }
 
     /// The socket's descriptor (for handing it over).

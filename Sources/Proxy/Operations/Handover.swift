@@ -73,18 +73,7 @@ public final class HandoverServer: @unchecked Sendable {
     public func start() throws {
         wakeup = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
         guard wakeup >= 0 else { throw Errno.current("eventfd") }
-        let box = Unmanaged.passRetained(self).toOpaque()
-        var handle = pthread_t()
-        let result = pthread_create(&handle, nil, { raw in
-            let server = Unmanaged<HandoverServer>.fromOpaque(raw!).takeRetainedValue()
-            server.serve()
-            return nil
-        }, box)
-        guard result == 0 else {
-            Unmanaged<HandoverServer>.fromOpaque(box).release()
-            throw Errno(code: result, syscall: "pthread_create")
-        }
-        thread = handle
+        thread = try startServingThread(self) { $0.serve() }
     }
 
     /// From now on successors are refused (the runtime is about to close its listeners);

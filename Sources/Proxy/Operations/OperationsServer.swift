@@ -193,18 +193,7 @@ public final class OperationsServer: @unchecked Sendable {
     public func start() throws {
         wakeup = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
         guard wakeup >= 0 else { throw Errno.current("eventfd") }
-        let box = Unmanaged.passRetained(self).toOpaque()
-        var handle = pthread_t()
-        let result = pthread_create(&handle, nil, { raw in
-            let server = Unmanaged<OperationsServer>.fromOpaque(raw!).takeRetainedValue()
-            server.serve()
-            return nil
-        }, box)
-        guard result == 0 else {
-            Unmanaged<OperationsServer>.fromOpaque(box).release()
-            throw Errno(code: result, syscall: "pthread_create")
-        }
-        thread = handle
+        thread = try startServingThread(self) { $0.serve() }
     }
 
     /// Stops the thread, closes every client and listener, and removes the control socket
