@@ -141,7 +141,7 @@ struct RunCommand: ParsableCommand {
         // alone, from the first 'sluice observe' on (an unwatched sluice makes none).
         let tap = FlowTap(capacity: configuration.control.flowRing,
                           active: configuration.metrics.listen != nil || configuration.flowLog.sink != .none)
-        let operations = OperationsServer(tap: tap, nodeName: Self.hostName(), version: Sluice.version)
+        let operations = OperationsServer(tap: tap, nodeName: Self.nodeName(configuration), version: Sluice.version)
         var operationsBound = false
         if let address = configuration.metrics.listen {
             do {
@@ -384,6 +384,19 @@ struct RunCommand: ParsableCommand {
             return nil
         }
         return handover
+    }
+
+    /// The node name records, `observe` and `status` carry (Hubble's `node_name`): the node
+    /// the configuration places this sluice on (`policy.node`, or the Kubernetes source's
+    /// node), else the host's name. Lab nodes share one host, so their names must come from
+    /// the configuration to tell them apart.
+    static func nodeName(_ configuration: ProxyConfiguration) -> String {
+        if let node = configuration.policy?.node { return node }
+        if let kubernetes = configuration.policy?.kubernetes,
+           let node = kubernetes.nodeName ?? getenv("NODE_NAME").map({ String(cString: $0) }), !node.isEmpty {
+            return node
+        }
+        return hostName()
     }
 
     static func hostName() -> String {

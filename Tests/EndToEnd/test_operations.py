@@ -56,7 +56,7 @@ class Deployment:
 workers: 1
 listeners:
   - {{name: web, mode: explicit, listen: 127.0.0.1:{self.listen}, upstream: 127.0.0.2:{self.nginx.port}, l7: http}}
-policy: {{paths: [{self.policy}], endpoints: {workdir}/endpoints.yaml}}
+policy: {{paths: [{self.policy}], endpoints: {workdir}/endpoints.yaml, node: node-a}}
 timeouts: {{connect: 2s, idle: 60s, drain: 2s}}
 flowLog: {flow_log}
 metrics: {{listen: 127.0.0.1:{self.metrics_port}}}
@@ -229,6 +229,9 @@ def test_observe_filters_and_output_formats(deployment):
     # Hubble's wrapper around each flow: every request and every response is one, and each
     # connection's end (an L3/L4 record).
     assert all(set(entry) == {"flow", "node_name", "time"} for entry in wrapped), wrapped[:2]
+    # The node the configuration places this sluice on (policy.node), not the host's name:
+    # lab nodes share one host.
+    assert {entry["node_name"] for entry in wrapped} == {"node-a"}
     assert all(entry["time"] == entry["flow"]["time"] for entry in wrapped)
     assert len(wrapped) == 15, [entry["flow"]["Summary"] for entry in wrapped]
     assert sum(entry["flow"]["Type"] == "L7" for entry in wrapped) == 10
@@ -355,7 +358,7 @@ def test_status_reports_policy_listeners_and_flows(deployment):
     assert status["policy"]["files"][0] == {"path": str(deployment.policy), "result": "loaded"}
     assert status["datapath"] == {"mode": "none", "attached": False}
     assert status["flows"]["records_seen"] == 17 and status["flows"]["observer_flows_dropped"] == 0
-    assert status["uptime_seconds"] >= 0 and status["version"]
+    assert status["uptime_seconds"] >= 0 and status["version"] and status["node_name"] == "node-a"
 
     # A policy that does not load: reported, the previous one stays in force.
     deployment.policy.write_text("kind: CiliumNetworkPolicy\nspec: [\n")
@@ -364,7 +367,7 @@ def test_status_reports_policy_listeners_and_flows(deployment):
     while "not applied" not in deployment.proxy.stderr() and time.monotonic() < deadline:
         time.sleep(0.05)
     text = deployment.sluice("status").stdout
-    assert re.search(r"^sluice \S+ on \S+, pid \d+, up \d+s$", text.splitlines()[0]), text
+    assert re.search(r"^sluice \S+ on node-a, pid \d+, up \d+s$", text.splitlines()[0]), text
     assert "policy: generation 1, last load not applied (SIGHUP" in text, text
     assert f"{deployment.policy}: error: " in text, text
     assert re.search(rf"^  web tcp 127\.0\.0\.1:{deployment.listen} \(explicit -> [^)]*\): 0 open$", text, re.M), text
