@@ -45,7 +45,12 @@ PUBLIC_ONLY = """            http:
 
 
 def write_policy(workdir, port, rules=PUBLIC_ONLY):
-    (workdir / "endpoints.yaml").write_text(ENDPOINTS)
+    endpoints = workdir / "endpoints.yaml"
+    # Written only when it differs: rewriting it in place (same bytes, new mtime) is a change
+    # the watcher may pick up on its own, reloading the old policy and reporting "reloaded"
+    # before the new policy file is in place.
+    if not endpoints.exists() or endpoints.read_text() != ENDPOINTS:
+        endpoints.write_text(ENDPOINTS)
     target = workdir / "policy.yaml"
     staged = workdir / "policy.yaml.new"
     staged.write_text(policy_text(port, rules))
