@@ -5,6 +5,7 @@
 #include <unistd.h>
 #include <sys/epoll.h>
 #include <sys/uio.h>
+#include <sys/socket.h>
 
 int sluice_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t token) {
     struct epoll_event event;
@@ -161,4 +162,11 @@ static int sluice_libbpf_print(enum libbpf_print_level level, const char *format
 
 void sluice_libbpf_quiet_expected_errors(void) {
     libbpf_set_print(sluice_libbpf_print);
+}
+
+long sluice_peer_uid(int fd) {
+    struct ucred credentials;
+    socklen_t length = sizeof credentials;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -1;
+    return (long)credentials.uid;
 }

@@ -21,6 +21,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -453,6 +454,36 @@ def test_bytes_that_are_not_the_protocol_are_refused_and_the_running_one_serves_
         (_, kind, payload), descriptors = read_frame(peer)
         assert kind == 2 and descriptors == [], "a refusal, and no socket given"
         assert json.loads(payload)["reason"] == "not a sluice hand-over message (no SLHO magic)"
+    assert proxy.process.poll() is None
+    assert curl(loopback.port) == "hello from nginx\n"
+
+
+NOBODY_PEER = """
+import socket, sys
+with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:
+    peer.settimeout(10)
+    peer.connect(sys.argv[1])
+    try:
+        peer.sendall(sys.stdin.buffer.read())
+        data, fds, _, _ = socket.recv_fds(peer, 65536, 16)
+    except (ConnectionResetError, BrokenPipeError):  # closed on with the hello unread
+        data, fds = b"", []
+    print(len(data), len(fds))
+"""
+
+
+def test_another_user_is_given_no_socket_even_when_the_socket_file_is_loosened(workdir, nginx, loopback):
+    """A careless operator makes the hand-over socket world-writable: a process of another
+    user that connects and says what a successor says is closed on at once, given nothing."""
+    proxy = loopback("running", explicit(workdir, nginx, loopback.port, loopback.socket))
+    os.chmod(workdir, 0o755)
+    os.chmod(loopback.handover, 0o666)
+    hello = frame(1, json.dumps({"pid": 1, "version": "0.0.0"}).encode())
+    result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c",
+                             NOBODY_PEER, str(loopback.handover)], input=hello, capture_output=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [b"0", b"0"], "the connection closed with no frame and no descriptor"
+    assert "hand-over: refused a connection from user 65534" in proxy.stderr()
     assert proxy.process.poll() is None
     assert curl(loopback.port) == "hello from nginx\n"
 

@@ -64,6 +64,9 @@ unsigned long sluice_own_namespace_inode(void);
 
 /// accept4 with SOCK_NONBLOCK and SOCK_CLOEXEC (accept4 is a GNU extension Swift does not see).
 int sluice_accept_nonblocking(int fd, struct sockaddr *address, socklen_t *length);
+/// The user ID of the process at the other end of the Unix socket `fd` (SO_PEERCRED); -1 when
+/// it cannot be read.
+long sluice_peer_uid(int fd);
 
 /// setns(fd, CLONE_NEWNET) for the calling thread (setns is a GNU extension Swift does not see).
 int sluice_enter_network_namespace(int fd);

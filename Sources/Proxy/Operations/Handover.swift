@@ -116,6 +116,15 @@ public final class HandoverServer: @unchecked Sendable {
             guard descriptors[1].revents != 0 else { continue }
             let accepted = sluice_accept_nonblocking(listener, nil, nil)
             guard accepted >= 0 else { continue }
+            // Only a process of this sluice's own user may take its sockets, whatever the socket
+            // file's mode (it is made 0600, but an operator may loosen it): anyone else would
+            // be handed the listeners every diverted connection arrives on.
+            let peer = sluice_peer_uid(accepted)
+            guard peer >= 0, UInt32(peer) == geteuid() else {
+                report("hand-over: refused a connection from user \(peer) (not this sluice's user \(geteuid()))")
+                Glibc.close(accepted)
+                continue
+            }
             // The conversation blocks (with timeouts) on this thread of its own.
             _ = fcntl(accepted, F_SETFL, fcntl(accepted, F_GETFL) & ~O_NONBLOCK)
             let channel = HandoverChannel(descriptor: accepted)
