@@ -183,6 +183,25 @@ def test_hpack_bomb_is_answered_431_and_stays_bounded(stack):
     still_serves(port, nginx, proxy)
 
 
+def test_an_oversized_head_with_a_body_is_answered_431_and_its_body_goes_nowhere(stack):
+    """A request head past the limits that announces a body, then sends it: answered 431,
+    neither head nor body reaches nginx, and the connection carries the next stream."""
+    port, nginx, proxy = stack
+    client = RawH2(port)
+    client.decoder = hpack.Decoder()
+    fields = [(f"x-field-{index}", "v") for index in range(300)]
+    client.send(client.headers(1, client.block("/api/upload", method="POST", extra=fields), end_stream=False))
+    client.send(DataFrame(1, data=b"smuggled body " * 100, flags=["END_STREAM"]).serialize())
+    frames = client.frames(timeout=3, until=lambda f: f.stream_id == 1 and "END_STREAM" in f.flags)
+    assert status_of(client, frames, 1) == "431", [type(f).__name__ for f in frames]
+    client.send(client.headers(3, client.block("/api/after-upload")))
+    frames = client.frames(timeout=3, until=lambda f: f.stream_id == 3 and "END_STREAM" in f.flags)
+    assert status_of(client, frames, 3) == "200"
+    client.close()
+    assert not served(nginx, "/api/upload") and served(nginx, "/api/after-upload")
+    still_serves(port, nginx, proxy)
+
+
 def test_too_many_header_fields_from_curl_are_answered_431(stack):
     """300 fields (the limit is 256) from a real client: 431, nothing reaches nginx."""
     port, nginx, proxy = stack
