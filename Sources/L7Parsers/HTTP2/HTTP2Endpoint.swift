@@ -87,6 +87,9 @@ public final class HTTP2Endpoint {
     public let limits: HTTP2Limits
     private var session: OpaquePointer?
     private var events: [HTTP2Event] = []
+    /// The events being handed out by `drainEvents` (kept, with its capacity, for the next call).
+    private var draining: [HTTP2Event] = []
+    private var isDraining = false
     /// The header block being received. Blocks never interleave (RFC 9113 §6.10: a HEADERS
     /// frame without END_HEADERS is followed by its CONTINUATIONs, nothing else), so one is
     /// enough; nil while none is, or once the one being received went over its limits.
@@ -94,7 +97,7 @@ public final class HTTP2Endpoint {
     /// Client streams that got an informational (1xx) head and still wait for their final one.
     private var informational: Set<Int32> = []
     /// Bodies waiting for the peer's window, per stream.
-    private var outgoing: [Int32: OutgoingBody] = [:]
+    private var outgoing = HTTP2StreamTable<OutgoingBody>()
     private var running = false
 
     private struct IncomingBlock {
@@ -214,6 +217,17 @@ public final class HTTP2Endpoint {
         return events
     }
 
+    /// Hands the peer's actions since the last call to `body`, in order, without copying
+    /// them out: events that `body` causes wait for the next call. Not re-entrant.
+    public func drainEvents(_ body: (HTTP2Event) -> Void) {
+        precondition(!isDraining, "HTTP2Endpoint.drainEvents re-entered")
+        isDraining = true
+        defer { isDraining = false }
+        swap(&events, &draining)
+        for event in draining { body(event) }
+        draining.removeAll(keepingCapacity: draining.capacity <= 64)
+    }
+
     public var hasEvents: Bool { !events.isEmpty }
 
     /// nghttp2 has frames for the peer (or bodies it could send).
@@ -264,7 +278,7 @@ public final class HTTP2Endpoint {
                 : nghttp2_submit_response(session, stream, list, count, nil)
         }
         guard result == 0 else { return false }
-        if hasBody && outgoing[stream] == nil { outgoing[stream] = OutgoingBody() }
+        if hasBody && !outgoing.contains(stream) { outgoing[stream] = OutgoingBody() }
         return true
     }
 
@@ -279,21 +293,29 @@ public final class HTTP2Endpoint {
 
     /// Queues body bytes of `stream` (opened with a body); they leave within the peer's window.
     public func appendBody(stream: Int32, _ bytes: [UInt8]) {
-        guard outgoing[stream] != nil else { return }
-        outgoing[stream]!.bytes += bytes
-        resume(stream)
+        var deferred = false
+        guard outgoing.update(stream, { body in
+            body.bytes += bytes
+            deferred = body.deferred
+            body.deferred = false
+        }) else { return }
+        if deferred { nghttp2_session_resume_data(session, stream) }
     }
 
     /// The body of `stream` ends after what was queued, with `trailers` when not empty.
     public func endBody(stream: Int32, trailers: [HTTP2Header] = []) {
-        guard outgoing[stream] != nil else { return }
-        outgoing[stream]!.ended = true
-        outgoing[stream]!.trailers = trailers
-        resume(stream)
+        var deferred = false
+        guard outgoing.update(stream, { body in
+            body.ended = true
+            body.trailers = trailers
+            deferred = body.deferred
+            body.deferred = false
+        }) else { return }
+        if deferred { nghttp2_session_resume_data(session, stream) }
     }
 
     /// Whether `stream` has a body being sent.
-    public func sendsBody(stream: Int32) -> Bool { outgoing[stream] != nil }
+    public func sendsBody(stream: Int32) -> Bool { outgoing.contains(stream) }
 
     /// Resets `stream` with `errorCode` (RST_STREAM).
     public func resetStream(_ stream: Int32, errorCode: UInt32) {
@@ -303,8 +325,7 @@ public final class HTTP2Endpoint {
     /// Resets `stream` with `errorCode` once its body has gone out whole (at once when it has
     /// none being sent): RST_STREAM would otherwise overtake the DATA still queued.
     public func resetAfterBody(_ stream: Int32, errorCode: UInt32) {
-        guard outgoing[stream] != nil else { return resetStream(stream, errorCode: errorCode) }
-        outgoing[stream]!.resetCode = errorCode
+        if !outgoing.update(stream, { $0.resetCode = errorCode }) { resetStream(stream, errorCode: errorCode) }
     }
 
     /// Sends GOAWAY: no stream above `lastStreamID` (default: the last the peer opened) was
@@ -316,12 +337,6 @@ public final class HTTP2Endpoint {
 
     /// The highest stream ID the peer opened that this endpoint processed.
     public var lastPeerStreamID: Int32 { nghttp2_session_get_last_proc_stream_id(session) }
-
-    private func resume(_ stream: Int32) {
-        guard outgoing[stream]?.deferred == true else { return }
-        outgoing[stream]!.deferred = false
-        nghttp2_session_resume_data(session, stream)
-    }
 
     /// Calls `body` with an nghttp2 header list pointing into one flat copy of `headers`
     /// (the copy in one allocation, the list on the stack).
@@ -475,49 +490,48 @@ public final class HTTP2Endpoint {
 
     private static let readBody: nghttp2_data_source_read_callback = { session, stream, buffer, length, flags, _, userData in
         let endpoint = endpoint(userData)
-        guard var body = endpoint.outgoing[stream] else {
-            return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
-        }
-        let count = min(length, body.remaining)
-        if count > 0 {
-            body.bytes.withUnsafeBufferPointer { bytes in
-                buffer!.update(from: bytes.baseAddress! + body.start, count: count)
+        // The body is changed in place: a copy would share its bytes and make every change copy them.
+        var result = Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+        var finished = false, trailers: [HTTP2Header] = [], resetCode: UInt32?
+        endpoint.outgoing.update(stream) { body in
+            let count = min(length, body.remaining)
+            if count > 0 {
+                body.bytes.withUnsafeBufferPointer { bytes in
+                    buffer!.update(from: bytes.baseAddress! + body.start, count: count)
+                }
+                body.start += count
+                if body.start == body.bytes.count {
+                    body.bytes.removeAll(keepingCapacity: body.bytes.capacity <= 65_536)
+                    body.start = 0
+                } else if body.start >= 65_536 {
+                    body.bytes.removeFirst(body.start)
+                    body.start = 0
+                }
+                endpoint.events.append(.bodyTaken(stream: stream, count: count))
             }
-            body.start += count
-            if body.start == body.bytes.count {
-                body.bytes.removeAll(keepingCapacity: body.bytes.capacity <= 65_536)
-                body.start = 0
-            } else if body.start >= 65_536 {
-                body.bytes.removeFirst(body.start)
-                body.start = 0
-            }
-            endpoint.events.append(.bodyTaken(stream: stream, count: count))
-        }
-        if body.remaining == 0 {
+            result = count
+            guard body.remaining == 0 else { return }
             if body.ended {
-                flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue)
-                if let code = body.resetCode {
-                    nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, code)
-                }
-                if !body.trailers.isEmpty {
-                    flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
-                    let trailers = body.trailers
-                    endpoint.outgoing[stream] = nil
-                    endpoint.withHeaderList(trailers) { list, listCount in
-                        _ = nghttp2_submit_trailer(session, stream, list, listCount)
-                    }
-                    return count
-                }
-                endpoint.outgoing[stream] = nil
-                return count
-            }
-            if count == 0 {
+                finished = true
+                trailers = body.trailers
+                resetCode = body.resetCode
+            } else if count == 0 {
                 body.deferred = true
-                endpoint.outgoing[stream] = body
-                return Int(NGHTTP2_ERR_DEFERRED.rawValue)
+                result = Int(NGHTTP2_ERR_DEFERRED.rawValue)
             }
         }
-        endpoint.outgoing[stream] = body
-        return count
+        guard finished else { return result }
+        endpoint.outgoing[stream] = nil
+        flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue)
+        if let resetCode {
+            nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, resetCode)
+        }
+        if !trailers.isEmpty {
+            flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
+            endpoint.withHeaderList(trailers) { list, listCount in
+                _ = nghttp2_submit_trailer(session, stream, list, listCount)
+            }
+        }
+        return result
     }
 }

@@ -32,9 +32,9 @@ public final class HTTP2PolicySession: L7Session {
     private let wallClock: () -> UInt64
     private var recordParts = L7RecordParts()
     /// Open client streams, by the client's stream ID.
-    private var streams: [Int32: Stream] = [:]
+    private var streams = HTTP2StreamTable<Stream>()
     /// The client's stream ID for each upstream stream ID.
-    private var clientStream: [Int32: Int32] = [:]
+    private var clientStream = HTTP2StreamTable<Int32>()
     /// Streams whose `awaitingResponse` is set (the driver asks after every step).
     private var awaitingCount = 0
     /// Why the connection must end (an endpoint failed, a side went away).
@@ -154,7 +154,7 @@ public final class HTTP2PolicySession: L7Session {
 
     public func responseTimedOut() -> [UInt8]? {
         // RFC 9110 §15.6.5: 504 for each stream the server left without a response head.
-        for (id, stream) in streams where stream.awaitingResponse {
+        for (id, stream) in streams.entries where stream.awaitingResponse {
             if let upstreamID = stream.upstreamID { upstream.resetStream(upstreamID, errorCode: NGHTTP2_CANCEL.rawValue) }
             reporter?.report(draft(type: .response, verdict: .error, direction: stream.direction, method: stream.method,
                                     url: stream.url, code: 504, latency: clock() &- stream.start, rules: [],
@@ -184,8 +184,8 @@ public final class HTTP2PolicySession: L7Session {
     /// Acts on what both peers did until neither endpoint has anything new.
     private func process() {
         while downstream.hasEvents || upstream.hasEvents {
-            for event in downstream.takeEvents() { clientDid(event) }
-            for event in upstream.takeEvents() { serverDid(event) }
+            downstream.drainEvents { clientDid($0) }
+            upstream.drainEvents { serverDid($0) }
         }
     }
 
@@ -200,11 +200,13 @@ public final class HTTP2PolicySession: L7Session {
                 downstream.consume(stream: id, count: bytes.count)
             }
         case .endOfBody(let id):
-            streams[id]?.requestEnded = true
-            if let upstreamID = streams[id]?.upstreamID { upstream.endBody(stream: upstreamID) }
+            var upstreamID: Int32?
+            streams.update(id) { $0.requestEnded = true; upstreamID = $0.upstreamID }
+            if let upstreamID { upstream.endBody(stream: upstreamID) }
         case .trailers(let id, let headers):
-            streams[id]?.requestEnded = true
-            if let upstreamID = streams[id]?.upstreamID { upstream.endBody(stream: upstreamID, trailers: headers) }
+            var upstreamID: Int32?
+            streams.update(id) { $0.requestEnded = true; upstreamID = $0.upstreamID }
+            if let upstreamID { upstream.endBody(stream: upstreamID, trailers: headers) }
         case .closed(let id, let errorCode):
             guard let stream = streams.removeValue(forKey: id) else { return }
             if stream.awaitingResponse { awaitingCount -= 1 }
@@ -241,7 +243,7 @@ public final class HTTP2PolicySession: L7Session {
             guard let id = clientStream[upstreamID], var stream = streams[id] else { return }
             if stream.awaitingResponse { awaitingCount -= 1 }
             stream.awaitingResponse = false
-            streams[id] = stream
+            streams.update(id) { $0.awaitingResponse = false }
             let status = headers.first { $0.name == Self.statusName }.flatMap { Int($0.valueText) }
             reporter?.report(draft(type: .response, verdict: stream.allowed ? .forwarded : .dropped,
                                     direction: stream.direction, method: stream.method, url: stream.url, code: status,
@@ -276,7 +278,7 @@ public final class HTTP2PolicySession: L7Session {
         case .goAway(let lastStreamID, let errorCode):
             // Streams above `lastStreamID` are closed REFUSED_STREAM by nghttp2 (and reset to
             // the client); the client is told that no stream past those in flight will be taken.
-            let inFlight = clientStream.filter { $0.key <= lastStreamID }.map(\.value).max() ?? 0
+            let inFlight = clientStream.entries.filter { $0.stream <= lastStreamID }.map(\.value).max() ?? 0
             downstream.goAway(errorCode: errorCode, lastStreamID: max(inFlight, 0))
             if ending == nil && streams.isEmpty { ending = "server sent GOAWAY" }
         case .informational(let upstreamID, let headers):
@@ -412,10 +414,10 @@ public final class HTTP2PolicySession: L7Session {
     /// The server is gone: every stream it owed is reset to the client, and the client is
     /// told GOAWAY.
     private func failStreamsUpstreamLost() {
-        for (id, stream) in streams where stream.upstreamID != nil {
+        for (id, stream) in streams.entries where stream.upstreamID != nil {
             downstream.resetStream(id, errorCode: NGHTTP2_INTERNAL_ERROR.rawValue)
         }
-        clientStream = [:]
+        clientStream.removeAll()
         downstream.goAway(errorCode: NGHTTP2_NO_ERROR.rawValue)
     }
 
