@@ -191,7 +191,7 @@ final class HTTPRuleIndex: Sendable {
                 for item in bucket.single { found.append((item, isMethodKnown, false)) }
                 bucket.prefilter?.forEachCandidate(in: bytes) { item in found.append((item, isMethodKnown, false)) }
                 for program in bucket.programs {
-                    if scratch == nil { scratch = PCRE2Alternation.MatchScratch() }
+                    if scratch == nil { scratch = PCRE2Alternation.MatchScratch.ofThisThread() }
                     let finished = scratch.map { scratch in
                         program.alternation.forEachMatch(in: bytes, scratch: scratch) { member in
                             found.append((program.members[member], isMethodKnown, true))

@@ -1,4 +1,7 @@
 import CPCRE2
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Anchored patterns compiled into ONE PCRE2 program that reports, in a single JIT
 /// pass over the subject, every member that matches the whole subject.
@@ -26,7 +29,7 @@ import CPCRE2
 ///
 /// Thread safety: the compiled code is read-only after `init`; the match data and the
 /// match context (which carries the per-call callout data) belong to the caller's
-/// `MatchScratch`, one per evaluation.
+/// `MatchScratch`, one per thread (`MatchScratch.ofThisThread`).
 final class PCRE2Alternation: @unchecked Sendable {
     /// Members per program: bounds the per-call bit set (on the stack) and the work
     /// lost when a pass hits a limit and every member is checked alone.
@@ -57,6 +60,28 @@ final class PCRE2Alternation: @unchecked Sendable {
             pcre2_match_data_free_8(matchData)
             pcre2_match_context_free_8(context)
         }
+
+        /// The calling thread's scratch, made on its first evaluation and freed when the
+        /// thread ends: a request is judged on one thread, start to end, and passes do not
+        /// nest (a pass's results are handed out after it ended), so one per thread serves
+        /// every evaluation without three allocations each. Nil when PCRE2 cannot allocate.
+        static func ofThisThread() -> MatchScratch? {
+            if let stored = pthread_getspecific(threadKey) {
+                return Unmanaged<MatchScratch>.fromOpaque(stored).takeUnretainedValue()
+            }
+            guard let scratch = MatchScratch() else { return nil }
+            pthread_setspecific(threadKey, Unmanaged.passRetained(scratch).toOpaque())
+            return scratch
+        }
+
+        private static let threadKey: pthread_key_t = {
+            var key = pthread_key_t()
+            let created = pthread_key_create(&key) { stored in
+                if let stored { Unmanaged<MatchScratch>.fromOpaque(stored).release() }
+            }
+            precondition(created == 0, "pthread_key_create failed: \(created)")
+            return key
+        }()
     }
 
     let memberCount: Int
@@ -96,7 +121,7 @@ final class PCRE2Alternation: @unchecked Sendable {
     /// the pass could not finish (a limit was hit): the caller must then check each
     /// member alone.
     func forEachMatch(in bytes: UnsafeBufferPointer<UInt8>, _ body: (Int) -> Void) -> Bool {
-        guard let scratch = MatchScratch() else { return false }
+        guard let scratch = MatchScratch.ofThisThread() else { return false }
         return forEachMatch(in: bytes, scratch: scratch, body)
     }
 
@@ -108,11 +133,13 @@ final class PCRE2Alternation: @unchecked Sendable {
             seen.initialize(repeating: 0)
             guard let seenWords = seen.baseAddress else { return false }
             pcre2_set_callout_8(scratch.context, recordMember, UnsafeMutableRawPointer(seenWords))
-            let empty: [UInt8] = [0]
-            let result: Int32 = empty.withUnsafeBufferPointer { fallback in
+            let result: Int32
+            if let base = bytes.baseAddress {
+                result = pcre2_match_8(code, base, bytes.count, 0, 0, scratch.matchData, scratch.context)
+            } else {
                 // An empty buffer may have a nil base address; PCRE2 needs a valid pointer.
-                guard let base = bytes.baseAddress ?? fallback.baseAddress else { return PCRE2_ERROR_NULL }
-                return pcre2_match_8(code, base, bytes.count, 0, 0, scratch.matchData, scratch.context)
+                var byte: UInt8 = 0
+                result = pcre2_match_8(code, &byte, 0, 0, 0, scratch.matchData, scratch.context)
             }
             // Every callout fails its path, so a finished pass always ends in "no match".
             guard result == PCRE2_ERROR_NOMATCH else { return false }

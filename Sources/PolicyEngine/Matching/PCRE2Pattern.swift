@@ -73,20 +73,20 @@ public final class PCRE2Pattern: @unchecked Sendable, CustomStringConvertible {
 
     /// True when the whole of `bytes` matches (see `matches(_:)`).
     public func matches(bytes: UnsafeBufferPointer<UInt8>) -> Bool {
-        guard let matchData = pcre2_match_data_create_8(1, nil) else { return false }
-        defer { pcre2_match_data_free_8(matchData) }
-        // An empty buffer may have a nil base address; PCRE2 needs a valid pointer.
-        let empty: [UInt8] = [0]
-        let result: Int32 = empty.withUnsafeBufferPointer { fallback in
-            guard let base = bytes.baseAddress ?? fallback.baseAddress else { return PCRE2_ERROR_NOMATCH }
+        // The thread's match data (one pair of offsets is all a whole-subject match needs);
+        // the context stays this type's own, which sets no callout.
+        guard let matchData = PCRE2Alternation.MatchScratch.ofThisThread()?.matchData else { return false }
+        var byte: UInt8 = 0
+        return withUnsafePointer(to: &byte) { fallback in
+            // An empty buffer may have a nil base address; PCRE2 needs a valid pointer.
+            let base = bytes.baseAddress ?? fallback
             var rc = pcre2_match_8(code, base, bytes.count, 0, 0, matchData, matchContext)
             if rc == PCRE2_ERROR_JIT_STACKLIMIT {
                 // The JIT's machine stack is small (32 KiB); the interpreter uses the heap.
                 rc = pcre2_match_8(code, base, bytes.count, 0, PCRE2_NO_JIT, matchData, matchContext)
             }
-            return rc
+            return rc >= 0
         }
-        return result >= 0
     }
 
     static func message(for errorCode: Int32) -> String {
