@@ -33,9 +33,9 @@ public enum HTTP2Event: Equatable, Sendable {
     /// complete and checked by nghttp2's HTTP messaging rules (RFC 9113 §8.2-8.3: pseudo-header
     /// fields, connection-specific fields, lowercase names). Informational (1xx) heads are
     /// not reported.
-    case head(stream: Int32, headers: [HTTP2Header], endStream: Bool)
+    case head(stream: Int32, headers: HTTP2HeaderBlock, endStream: Bool)
     /// The trailer section that ends a stream.
-    case trailers(stream: Int32, headers: [HTTP2Header])
+    case trailers(stream: Int32, headers: HTTP2HeaderBlock)
     /// Body bytes of a stream. They count against the endpoint's receive window until the
     /// owner calls `consume`.
     case data(stream: Int32, bytes: [UInt8])
@@ -58,7 +58,7 @@ public enum HTTP2Event: Equatable, Sendable {
     /// An informational (1xx) response head (client endpoint), before the final one
     /// (RFC 9113 §8.1: "zero or more HEADERS frames ... containing the message headers of
     /// informational (1xx) HTTP responses").
-    case informational(stream: Int32, headers: [HTTP2Header])
+    case informational(stream: Int32, headers: HTTP2HeaderBlock)
 }
 
 /// Why an endpoint cannot go on: nghttp2's fatal error (the connection must close; nghttp2
@@ -102,26 +102,19 @@ public final class HTTP2Endpoint {
 
     private struct IncomingBlock {
         var stream: Int32
-        /// Every name and value of the block so far, back to back.
-        var storage: [UInt8] = []
-        /// Where each field's name and value are in `storage`.
-        var fields: [(name: Range<Int>, value: Range<Int>)] = []
+        /// The fields so far.
+        var block = HTTP2HeaderBlock()
+        /// Their size as RFC 9113 §6.5.2 counts it.
         var bytes = 0
         /// A request head past the limits: the rest of its fields are decoded and dropped.
         var tooLarge = false
-
-        /// The fields, as slices of one buffer.
-        var headers: [HTTP2Header] {
-            let storage = storage
-            return fields.map { HTTP2Header(name: storage[$0.name], value: storage[$0.value]) }
-        }
     }
 
     private struct OutgoingBody {
         var bytes: [UInt8] = []
         var start = 0
         var ended = false
-        var trailers: [HTTP2Header] = []
+        var trailers = HTTP2HeaderBlock()
         var deferred = false
         /// RST_STREAM to send once the body went out (a server's NO_ERROR after an early response).
         var resetCode: UInt32?
@@ -257,6 +250,12 @@ public final class HTTP2Endpoint {
     /// `streamID`, when given and not below the next free one, is the ID the stream gets
     /// (a proxy keeps its client's stream IDs, so a recording's server answers line up).
     public func submitRequest(_ headers: [HTTP2Header], hasBody: Bool, streamID: Int32? = nil) -> Int32? {
+        submitRequest(HTTP2HeaderBlock(headers), hasBody: hasBody, streamID: streamID)
+    }
+
+    /// `submitRequest` with a block as received (a proxy's forwarded head: nothing is copied
+    /// on the way to nghttp2).
+    public func submitRequest(_ headers: HTTP2HeaderBlock, hasBody: Bool, streamID: Int32? = nil) -> Int32? {
         if let streamID, role == .client, streamID & 1 == 1, UInt32(streamID) >= nghttp2_session_get_next_stream_id(session) {
             nghttp2_session_set_next_stream_id(session, streamID)
         }
@@ -273,6 +272,11 @@ public final class HTTP2Endpoint {
     /// `appendBody`/`endBody`, else the head ends the stream.
     @discardableResult
     public func submitResponse(stream: Int32, _ headers: [HTTP2Header], hasBody: Bool) -> Bool {
+        submitResponse(stream: stream, HTTP2HeaderBlock(headers), hasBody: hasBody)
+    }
+
+    @discardableResult
+    public func submitResponse(stream: Int32, _ headers: HTTP2HeaderBlock, hasBody: Bool) -> Bool {
         let result = withHeaderList(headers) { list, count in
             hasBody ? withDataProvider { nghttp2_submit_response(session, stream, list, count, $0) }
                 : nghttp2_submit_response(session, stream, list, count, nil)
@@ -285,7 +289,7 @@ public final class HTTP2Endpoint {
     /// Sends an informational (1xx) head on `stream` (server endpoint), before its final
     /// response; false when nghttp2 refuses it (the stream is gone).
     @discardableResult
-    public func submitInformational(stream: Int32, _ headers: [HTTP2Header]) -> Bool {
+    public func submitInformational(stream: Int32, _ headers: HTTP2HeaderBlock) -> Bool {
         withHeaderList(headers) { list, count in
             nghttp2_submit_headers(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, nil, list, count, nil)
         } >= 0
@@ -303,7 +307,12 @@ public final class HTTP2Endpoint {
     }
 
     /// The body of `stream` ends after what was queued, with `trailers` when not empty.
-    public func endBody(stream: Int32, trailers: [HTTP2Header] = []) {
+    public func endBody(stream: Int32, trailers: [HTTP2Header]) {
+        endBody(stream: stream, trailers: HTTP2HeaderBlock(trailers))
+    }
+
+    /// `endBody` with trailers as received (or none).
+    public func endBody(stream: Int32, trailers: HTTP2HeaderBlock = HTTP2HeaderBlock()) {
         var deferred = false
         guard outgoing.update(stream, { body in
             body.ended = true
@@ -338,31 +347,25 @@ public final class HTTP2Endpoint {
     /// The highest stream ID the peer opened that this endpoint processed.
     public var lastPeerStreamID: Int32 { nghttp2_session_get_last_proc_stream_id(session) }
 
-    /// Calls `body` with an nghttp2 header list pointing into one flat copy of `headers`
-    /// (the copy in one allocation, the list on the stack).
-    private func withHeaderList<Result>(_ headers: [HTTP2Header],
+    /// Calls `body` with an nghttp2 header list pointing into `headers`' buffer (the list on
+    /// the stack; nghttp2 copies the fields into its frame before `body` returns).
+    private func withHeaderList<Result>(_ headers: HTTP2HeaderBlock,
                                         _ body: (UnsafePointer<nghttp2_nv>, Int) -> Result) -> Result {
-        var total = 0
-        for header in headers { total += header.name.count + header.value.count }
-        let flat = UnsafeMutablePointer<UInt8>.allocate(capacity: max(total, 1))
-        defer { flat.deallocate() }
-        return withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: max(headers.count, 1)) { list in
-            var offset = 0
-            for (index, header) in headers.enumerated() {
-                let name = flat + offset
-                if !header.name.isEmpty {
-                    header.name.withUnsafeBufferPointer { name.update(from: $0.baseAddress!, count: $0.count) }
+        headers.storage.withUnsafeBufferPointer { bytes in
+            withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: max(headers.count, 1)) { list in
+                var placeholder: UInt8 = 0
+                return withUnsafeMutablePointer(to: &placeholder) { placeholder in
+                    // nghttp2 wants non-null pointers, even for empty names and values.
+                    let base = UnsafeMutablePointer(mutating: bytes.baseAddress)
+                    for (index, span) in headers.spans.enumerated() {
+                        list[index] = nghttp2_nv(name: base.map { $0 + Int(span.nameStart) } ?? placeholder,
+                                                 value: base.map { $0 + span.valueStart } ?? placeholder,
+                                                 namelen: Int(span.nameCount), valuelen: Int(span.valueCount),
+                                                 flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
+                    }
+                    return body(UnsafePointer(list.baseAddress!), headers.count)
                 }
-                offset += header.name.count
-                let value = flat + offset
-                if !header.value.isEmpty {
-                    header.value.withUnsafeBufferPointer { value.update(from: $0.baseAddress!, count: $0.count) }
-                }
-                offset += header.value.count
-                list[index] = nghttp2_nv(name: name, value: value, namelen: header.name.count,
-                                         valuelen: header.value.count, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
             }
-            return body(UnsafePointer(list.baseAddress!), headers.count)
         }
     }
 
@@ -380,8 +383,7 @@ public final class HTTP2Endpoint {
     private static let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, userData in
         let endpoint = endpoint(userData)
         endpoint.incoming = IncomingBlock(stream: frame!.pointee.hd.stream_id)
-        endpoint.incoming!.fields.reserveCapacity(12)
-        endpoint.incoming!.storage.reserveCapacity(512)
+        endpoint.incoming!.block.reserveCapacity(fields: 12, bytes: 512)
         return 0
     }
 
@@ -393,13 +395,12 @@ public final class HTTP2Endpoint {
         if endpoint.incoming!.tooLarge { return 0 }
         endpoint.incoming!.bytes += nameLength + valueLength + 32
         if endpoint.incoming!.bytes > endpoint.limits.maximumHeaderListBytes
-            || endpoint.incoming!.fields.count >= endpoint.limits.maximumHeaderCount {
+            || endpoint.incoming!.block.count >= endpoint.limits.maximumHeaderCount {
             if endpoint.role == .server && frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
                 // A request head: answered 431 by the owner once the block ends; its fields
                 // are decoded (HPACK must stay in step) and dropped, so memory stays bounded.
                 endpoint.incoming!.tooLarge = true
-                endpoint.incoming!.storage = []
-                endpoint.incoming!.fields = []
+                endpoint.incoming!.block = HTTP2HeaderBlock()
                 return 0
             }
             // Anything else (a response head, trailers): the stream is reset (nghttp2 answers a
@@ -409,10 +410,8 @@ public final class HTTP2Endpoint {
             return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
         }
         // Appended in place (the block is a stored property: no copy of what came before).
-        let start = endpoint.incoming!.storage.count
-        endpoint.incoming!.storage.append(contentsOf: UnsafeBufferPointer(start: name, count: nameLength))
-        endpoint.incoming!.storage.append(contentsOf: UnsafeBufferPointer(start: value, count: valueLength))
-        endpoint.incoming!.fields.append((start..<start + nameLength, start + nameLength..<start + nameLength + valueLength))
+        endpoint.incoming!.block.append(name: UnsafeBufferPointer(start: name, count: nameLength),
+                                        value: UnsafeBufferPointer(start: value, count: valueLength))
         return 0
     }
 
@@ -433,13 +432,13 @@ public final class HTTP2Endpoint {
                 endpoint.events.append(.headTooLarge(stream: stream, endStream: endStream))
                 return 0
             }
-            let headers = block.headers
+            let headers = block.block
             guard isHead else {
                 endpoint.events.append(.trailers(stream: stream, headers: headers))
                 return 0
             }
             if endpoint.role == .client,
-               headers.first(where: { $0.name == HTTP2Endpoint.statusName })?.value.first == UInt8(ascii: "1") {
+               headers.firstValue(named: HTTP2Endpoint.statusName)?.first == UInt8(ascii: "1") {
                 endpoint.informational.insert(stream)
                 endpoint.events.append(.informational(stream: stream, headers: headers))
                 return 0
@@ -457,7 +456,7 @@ public final class HTTP2Endpoint {
         return 0
     }
 
-    private static let statusName = ArraySlice(":status".utf8)
+    private static let statusName = Array(":status".utf8)
 
     private static let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, stream, data, length, userData in
         endpoint(userData).events.append(.data(stream: stream, bytes: Array(UnsafeBufferPointer(start: data, count: length))))
@@ -492,7 +491,7 @@ public final class HTTP2Endpoint {
         let endpoint = endpoint(userData)
         // The body is changed in place: a copy would share its bytes and make every change copy them.
         var result = Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
-        var finished = false, trailers: [HTTP2Header] = [], resetCode: UInt32?
+        var finished = false, trailers = HTTP2HeaderBlock(), resetCode: UInt32?
         endpoint.outgoing.update(stream) { body in
             let count = min(length, body.remaining)
             if count > 0 {

@@ -121,14 +121,14 @@ import PolicyEngine
         private func serverSaw(_ event: HTTP2Event) {
             switch event {
             case .head(let stream, let headers, let endStream):
-                received[stream] = Received(headers: headers, ended: endStream)
+                received[stream] = Received(headers: headers.headers, ended: endStream)
                 arrivals.append(stream)
                 if endStream { serve?(self, stream, received[stream]!) }
             case .data(let stream, let bytes):
                 received[stream]?.body += bytes
                 if serverReads { server.consume(stream: stream, count: bytes.count) }
             case .trailers(let stream, let headers):
-                received[stream]?.trailers = headers
+                received[stream]?.trailers = headers.headers
                 received[stream]?.ended = true
                 serve?(self, stream, received[stream]!)
             case .endOfBody(let stream):
@@ -144,12 +144,12 @@ import PolicyEngine
         private func clientSaw(_ event: HTTP2Event) {
             switch event {
             case .head(let stream, let headers, _):
-                responses[stream, default: Response()].headers = headers
+                responses[stream, default: Response()].headers = headers.headers
             case .data(let stream, let bytes):
                 responses[stream, default: Response()].body += bytes
                 if clientReads { client.consume(stream: stream, count: bytes.count) }
             case .trailers(let stream, let headers):
-                responses[stream, default: Response()].trailers = headers
+                responses[stream, default: Response()].trailers = headers.headers
             case .closed(let stream, let code):
                 responses[stream, default: Response()].closed = code
             default:

@@ -61,16 +61,16 @@ public final class HTTP2PolicySession: L7Session {
     static let outputBytesPerStep = 65_536
     static let deniedBody = Array("Access denied\r\n".utf8)
     /// The head of a denied stream's 403, made once.
-    static let deniedHead = [
+    static let deniedHead = HTTP2HeaderBlock([
         HTTP2Header(":status", "403"), HTTP2Header("content-type", "text/plain"),
         HTTP2Header("content-length", String(deniedBody.count)),
-    ]
+    ])
     /// The reference's gRPC denial: a trailers-only response ("Trailers-Only ... HTTP-Status
     /// Content-Type Trailers"), status 7 (PERMISSION_DENIED), made once.
-    static let grpcDenial = [
+    static let grpcDenial = HTTP2HeaderBlock([
         HTTP2Header(":status", "200"), HTTP2Header("content-type", "application/grpc"),
         HTTP2Header("grpc-status", "7"), HTTP2Header("grpc-message", "Access denied"),
-    ]
+    ])
 
     public init(limits: HTTP2Limits = .standard, settings: HTTPSettings = HTTPSettings(), policy: WorkerPolicy?,
                 identities: ConnectionIdentities, reporter: L7FlowReporter?, audit: Bool = false,
@@ -244,7 +244,7 @@ public final class HTTP2PolicySession: L7Session {
             if stream.awaitingResponse { awaitingCount -= 1 }
             stream.awaitingResponse = false
             streams.update(id) { $0.awaitingResponse = false }
-            let status = headers.first { $0.name == Self.statusName }.flatMap { Int($0.valueText) }
+            let status = headers.firstValue(named: Self.statusName).flatMap { Int(String(decoding: $0, as: UTF8.self)) }
             reporter?.report(draft(type: .response, verdict: stream.allowed ? .forwarded : .dropped,
                                     direction: stream.direction, method: stream.method, url: stream.url, code: status,
                                     latency: clock() &- stream.start, rules: [], allowed: stream.allowed))
@@ -289,33 +289,37 @@ public final class HTTP2PolicySession: L7Session {
         }
     }
 
-    private static let statusName = ArraySlice(":status".utf8)
-    private static let methodName = ArraySlice(":method".utf8)
-    private static let authorityName = ArraySlice(":authority".utf8)
-    private static let hostName = ArraySlice("host".utf8)
-    private static let contentTypeName = ArraySlice("content-type".utf8)
-    private static let grpcContentType = ArraySlice("application/grpc".utf8)
+    private static let statusName = Array(":status".utf8)
+    private static let methodName = Array(":method".utf8)
+    private static let authorityName = Array(":authority".utf8)
+    private static let hostName = Array("host".utf8)
+    private static let contentTypeName = Array("content-type".utf8)
+    private static let grpcContentType = Array("application/grpc".utf8)
 
     /// Phase "evaluate" for one stream: judged by the HTTP rules, then opened upstream or
     /// answered here.
-    private func request(_ id: Int32, headers: [HTTP2Header], endStream: Bool) {
+    private func request(_ id: Int32, headers: HTTP2HeaderBlock, endStream: Bool) {
         var method = "", path = "", authority: String?, host: String?, grpc = false
         var fields: [(name: String, value: String)] = []
         // Header fields become text only when a rule can read them.
         let readsHeaders = judge.needsHeaders()
-        for header in headers {
-            if header.name.first == UInt8(ascii: ":") {
-                switch header.name {
-                case Self.methodName: method = header.valueText
-                case Self.pathName: path = header.valueText
-                case Self.authorityName: authority = header.valueText
-                default: break // :scheme, :protocol
-                }
-                continue
+        headers.forEachField { name, value in
+            if name.first == UInt8(ascii: ":") {
+                if name.elementsEqual(Self.methodName) {
+                    method = String(decoding: value, as: UTF8.self)
+                } else if name.elementsEqual(Self.pathName) {
+                    path = String(decoding: value, as: UTF8.self)
+                } else if name.elementsEqual(Self.authorityName) {
+                    authority = String(decoding: value, as: UTF8.self)
+                } // :scheme, :protocol
+                return true
             }
-            if header.name == Self.hostName { host = header.valueText }
-            if header.name == Self.contentTypeName && header.value.starts(with: Self.grpcContentType) { grpc = true }
-            if readsHeaders { fields.append((header.nameText, header.valueText)) }
+            if name.elementsEqual(Self.hostName) { host = String(decoding: value, as: UTF8.self) }
+            if name.elementsEqual(Self.contentTypeName) && value.starts(with: Self.grpcContentType) { grpc = true }
+            if readsHeaders {
+                fields.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
+            }
+            return true
         }
         var forwarded = headers
         var url = path
@@ -326,9 +330,11 @@ public final class HTTP2PolicySession: L7Session {
                 break
             case .normalized(let target, _):
                 url = target
-                if let index = forwarded.firstIndex(where: { $0.name == Self.pathName }) {
-                    forwarded[index].value = ArraySlice(target.utf8)
+                var changed = forwarded.headers
+                if let index = changed.firstIndex(where: { $0.name.elementsEqual(Self.pathName) }) {
+                    changed[index].value = ArraySlice(target.utf8)
                 }
+                forwarded = HTTP2HeaderBlock(changed)
             case .redirect(let location):
                 // As over HTTP/1.1: an escaped slash is sent to the unescaped path (307).
                 return answerUnjudged(id, method: method, url: path, endStream: endStream, forwarded: forwarded) {
@@ -368,7 +374,7 @@ public final class HTTP2PolicySession: L7Session {
             }
             return
         }
-        if judgement.allowed { apply(judgement.actions, to: &forwarded) }
+        if judgement.allowed && !judgement.actions.isEmpty { apply(judgement.actions, to: &forwarded) }
         guard let upstreamID = upstream.submitRequest(forwarded, hasBody: !endStream, streamID: id) else {
             // The server said GOAWAY: the client may retry elsewhere (RFC 9113 §8.7).
             downstream.resetStream(id, errorCode: NGHTTP2_REFUSED_STREAM.rawValue)
@@ -381,21 +387,23 @@ public final class HTTP2PolicySession: L7Session {
         clientStream[upstreamID] = id
     }
 
-    private static let pathName = ArraySlice(":path".utf8)
+    private static let pathName = Array(":path".utf8)
 
     /// Answers a stream from the proxy with `status` and a plain-text body.
     private func answer(stream id: Int32, status: Int, body: [UInt8]) {
-        let head = status == 403 && body == Self.deniedBody ? Self.deniedHead : [
+        let head = status == 403 && body == Self.deniedBody ? Self.deniedHead : HTTP2HeaderBlock([
             HTTP2Header(":status", String(status)), HTTP2Header("content-type", "text/plain"),
             HTTP2Header("content-length", String(body.count)),
-        ]
+        ])
         guard downstream.submitResponse(stream: id, head, hasBody: true) else { return }
         downstream.appendBody(stream: id, body)
         downstream.endBody(stream: id)
     }
 
     /// Header actions of the allowing rules (names are lowercase on HTTP/2, RFC 9113 §8.2.1).
-    private func apply(_ actions: [HeaderAction], to headers: inout [HTTP2Header]) {
+    private func apply(_ actions: [HeaderAction], to block: inout HTTP2HeaderBlock) {
+        var headers = block.headers
+        defer { block = HTTP2HeaderBlock(headers) }
         for action in actions {
             switch action {
             case .add(let name, let value):
@@ -426,7 +434,7 @@ public final class HTTP2PolicySession: L7Session {
     /// A request answered here before any rule is asked (a target to redirect, or one that
     /// cannot be normalised): reported denied, answered by `answer` (which returns its status);
     /// in audit mode forwarded as recorded instead, unjudged.
-    private func answerUnjudged(_ id: Int32, method: String, url: String, endStream: Bool, forwarded: [HTTP2Header],
+    private func answerUnjudged(_ id: Int32, method: String, url: String, endStream: Bool, forwarded: HTTP2HeaderBlock,
                                 answer: () -> Int) {
         deniedCount += 1
         reportRequest(method: method, url: url, judgement: .init(allowed: false))
