@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The fields of one HTTP/2 header block (a request or response head, trailers), as bytes:
 /// every name and value back to back in one buffer, and where each one is. A received block
 /// is filled as nghttp2 decodes it and handed on as it is; a forwarded one is passed to
@@ -68,11 +72,27 @@ public struct HTTP2HeaderBlock: Equatable, Sendable {
         }
     }
 
+    /// Whether `bytes` (a field's name or value) are exactly `expected`: lengths first, then
+    /// one `memcmp` (`elementsEqual` would compare byte by byte through iterators).
+    @inlinable
+    public static func equal(_ bytes: UnsafeBufferPointer<UInt8>, _ expected: [UInt8]) -> Bool {
+        guard bytes.count == expected.count else { return false }
+        guard let base = bytes.baseAddress else { return true }
+        return expected.withUnsafeBufferPointer { memcmp(base, $0.baseAddress!, bytes.count) == 0 }
+    }
+
+    /// Whether `bytes` begin with `prefix` (see `equal`).
+    @inlinable
+    public static func starts(_ bytes: UnsafeBufferPointer<UInt8>, with prefix: [UInt8]) -> Bool {
+        guard bytes.count >= prefix.count else { return false }
+        return equal(UnsafeBufferPointer(rebasing: bytes[..<prefix.count]), prefix)
+    }
+
     /// The value of the first field named `name`.
     public func firstValue(named name: [UInt8]) -> [UInt8]? {
         var found: [UInt8]?
         forEachField { fieldName, value in
-            guard fieldName.elementsEqual(name) else { return true }
+            guard Self.equal(fieldName, name) else { return true }
             found = Array(value)
             return false
         }

@@ -305,17 +305,18 @@ public final class HTTP2PolicySession: L7Session {
         let readsHeaders = judge.needsHeaders()
         headers.forEachField { name, value in
             if name.first == UInt8(ascii: ":") {
-                if name.elementsEqual(Self.methodName) {
+                if HTTP2HeaderBlock.equal(name, Self.methodName) {
                     method = String(decoding: value, as: UTF8.self)
-                } else if name.elementsEqual(Self.pathName) {
+                } else if HTTP2HeaderBlock.equal(name, Self.pathName) {
                     path = String(decoding: value, as: UTF8.self)
-                } else if name.elementsEqual(Self.authorityName) {
+                } else if HTTP2HeaderBlock.equal(name, Self.authorityName) {
                     authority = String(decoding: value, as: UTF8.self)
                 } // :scheme, :protocol
                 return true
             }
-            if name.elementsEqual(Self.hostName) { host = String(decoding: value, as: UTF8.self) }
-            if name.elementsEqual(Self.contentTypeName) && value.starts(with: Self.grpcContentType) { grpc = true }
+            if HTTP2HeaderBlock.equal(name, Self.hostName) { host = String(decoding: value, as: UTF8.self) }
+            if HTTP2HeaderBlock.equal(name, Self.contentTypeName)
+                && HTTP2HeaderBlock.starts(value, with: Self.grpcContentType) { grpc = true }
             if readsHeaders {
                 fields.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
             }
