@@ -1,0 +1,43 @@
+import Testing
+@testable import L7Parsers
+
+@Suite struct HTTP2HeaderBlockTests {
+    @Test func keepsFieldsInOrderWithEmptyValuesAndRepeats() {
+        let headers = [HTTP2Header(":method", "GET"), HTTP2Header("x-empty", ""), HTTP2Header("cookie", "a=1"),
+                       HTTP2Header("cookie", "b=2")]
+        let block = HTTP2HeaderBlock(headers)
+        #expect(block.count == 4 && block.byteCount == 7 + 3 + 7 + 0 + 6 + 3 + 6 + 3)
+        #expect(block.headers == headers)
+        #expect(block.firstValue(named: Array("cookie".utf8)) == Array("a=1".utf8))
+        #expect(block.firstValue(named: Array("x-empty".utf8)) == [])
+        #expect(block.firstValue(named: Array("missing".utf8)) == nil)
+        var visited = 0
+        block.forEachField { _, _ in
+            visited += 1
+            return visited < 2
+        }
+        #expect(visited == 2, "forEachField stops when the body says so")
+    }
+
+    @Test func fieldsAreBytesNotText() {
+        // obs-text in a value (RFC 9110 §5.5) stays as it came.
+        var block = HTTP2HeaderBlock()
+        let value: [UInt8] = [0x61, 0xFF, 0x80]
+        block.append(name: Array("x-raw".utf8), value: value)
+        #expect(block.headers == [HTTP2Header(name: Array("x-raw".utf8), value: value)])
+    }
+
+    @Test func equalAndStartsCompareLengthsAndBytes() {
+        let text = Array("application/grpc+proto".utf8)
+        text.withUnsafeBufferPointer { bytes in
+            #expect(HTTP2HeaderBlock.starts(bytes, with: Array("application/grpc".utf8)))
+            #expect(!HTTP2HeaderBlock.equal(bytes, Array("application/grpc".utf8)))
+            #expect(HTTP2HeaderBlock.equal(bytes, text))
+            #expect(!HTTP2HeaderBlock.starts(bytes, with: Array("application/grpc+proto+more".utf8)))
+            #expect(!HTTP2HeaderBlock.equal(bytes, Array("application/grpc+protO".utf8)))
+        }
+        let empty = UnsafeBufferPointer<UInt8>(start: nil, count: 0)
+        #expect(HTTP2HeaderBlock.equal(empty, []) && !HTTP2HeaderBlock.equal(empty, [0]))
+        #expect(HTTP2HeaderBlock.starts(empty, with: []))
+    }
+}
