@@ -194,6 +194,8 @@ public final class HTTP2Endpoint {
         running = true
         defer { running = false }
         var output: [UInt8] = []
+        // Most steps carry a few frames: room for them at once, not grown frame by frame.
+        output.reserveCapacity(min(limit, 4096))
         while output.count < limit {
             var pointer: UnsafePointer<UInt8>?
             let count = nghttp2_session_mem_send(session, &pointer)
@@ -299,7 +301,13 @@ public final class HTTP2Endpoint {
     public func appendBody(stream: Int32, _ bytes: [UInt8]) {
         var deferred = false
         guard outgoing.update(stream, { body in
-            body.bytes += bytes
+            // Nothing waiting: the chunk becomes the queue (no copy).
+            if body.remaining == 0 {
+                body.bytes = bytes
+                body.start = 0
+            } else {
+                body.bytes += bytes
+            }
             deferred = body.deferred
             body.deferred = false
         }) else { return }
