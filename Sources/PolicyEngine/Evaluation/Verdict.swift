@@ -199,7 +199,8 @@ public struct Verdict: Sendable {
     init(isAllowed: Bool, reason: VerdictReason, matched: [RuleReference] = [], headerActions: [HeaderAction] = [], logMessages: [String] = []) {
         self.isAllowed = isAllowed
         self.reason = reason
-        self.matched = matched.sorted()
+        // One rule (the common case) is sorted already: no new array for it.
+        self.matched = matched.count > 1 ? matched.sorted() : matched
         self.headerActions = headerActions
         self.logMessages = logMessages
     }

@@ -72,8 +72,13 @@ struct HTTPRequestJudge {
                 judgement.direction = flow.direction
                 break
             }
-            judgement.rules += verdict.matched
-            judgement.actions += verdict.headerActions
+            // The first allowing policy's lists are taken as they are (no copy into empty ones).
+            if judgement.rules.isEmpty { judgement.rules = verdict.matched } else { judgement.rules += verdict.matched }
+            if judgement.actions.isEmpty {
+                judgement.actions = verdict.headerActions
+            } else {
+                judgement.actions += verdict.headerActions
+            }
             if case .allowedAtL7 = verdict.reason { judgement.direction = flow.direction }
         }
         return judgement
