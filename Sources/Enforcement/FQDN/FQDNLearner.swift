@@ -22,9 +22,15 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
         var signature: [Bool]
     }
 
+    final class PolicyHolder: Sendable {
+        let policy: FQDNPolicy
+        init(_ policy: FQDNPolicy) { self.policy = policy }
+    }
+
     private struct State {
         var store: FQDNStore
-        var policy: FQDNPolicy?
+        /// Held by reference: an answer reads it without copying the policy's parts.
+        var policy: PolicyHolder?
         var writer: LearnedAddressWriter?
         var grants: [GrantKey: (grants: [LearnedGrant], rule: String?)] = [:]
         /// Answer-to-map-write latencies in microseconds, the last `latencySamples` of them.
@@ -93,8 +99,8 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
                       until deadline: UInt64, lifetime: UInt64, received: UInt64?) {
         let now = clock()
         state.withLock { state in
-            guard let policy = state.policy, let writer = state.writer,
-                  let endpoint = policy.endpoint(at: address) else { return }
+            guard let holder = state.policy, let writer = state.writer,
+                  let endpoint = holder.policy.endpoint(at: address) else { return }
             let endpointAddress = address
             // Rounded up as the datapath wants (BPF: to the second): answers that refresh an
             // address before that change nothing, and cost no datapath write.
@@ -111,7 +117,7 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
             var kept = false
             // A records and AAAA records alike (IPv4-mapped AAAA records name no address an
             // IPv6 packet may carry: the datapath drops those).
-            for (position, address) in addresses.enumerated() where policy.isWorld(address) && !address.isIPv4Mapped {
+            for (position, address) in addresses.enumerated() where holder.policy.isWorld(address) && !address.isIPv4Mapped {
                 let isNew = few ? !addresses[..<position].contains(address) : seen.insert(address).inserted
                 guard isNew else { continue }
                 distinct += 1
@@ -143,7 +149,7 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
                 for name in answerNames where !names.contains(name) && names.count < FQDNStore.maximumNamesPerRecord {
                     names.append(name)
                 }
-                let (grants, rule) = Self.grants(&state, policy: policy, identity: endpoint, names: names)
+                let (grants, rule) = Self.grants(&state, policy: holder.policy, identity: endpoint, names: names)
                 guard !grants.isEmpty else { continue }
                 let record = FQDNStore.Record(key: key, identity: endpoint.number, names: names, ttl: ttl,
                                               expires: expires, grants: grants, rule: rule ?? "")
@@ -230,7 +236,7 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
     public func policyChanged(_ policy: FQDNPolicy, apply: ([LearnedEntry]) throws -> Void) throws {
         try state.withLock { state in
             var next = state
-            next.policy = policy
+            next.policy = PolicyHolder(policy)
             next.grants.removeAll()
             // `apply` writes every record as it stands now, extensions included.
             next.deferred.removeAll()

@@ -413,8 +413,10 @@ final class DatagramFlow: EventHandler {
     /// The session's clock (`L7DatagramSession.nextDeadline`), armed no later than it asks
     /// and at most one at a time; it may fire early (the session then answers nothing).
     private var sessionTimer = DeadlineTimer()
-    private unowned let listener: DatagramListener
-    private unowned let loop: EventLoop
+    // Unowned without a check (no reference counting on every datagram): the listener ends
+    // every flow before it goes (`close`, `stopReceiving`), and the loop outlives both.
+    private unowned(unsafe) let listener: DatagramListener
+    private unowned(unsafe) let loop: EventLoop
     private let settings: DatagramSettings
     private(set) var lastActivity: UInt64
     /// Neighbours in the listener's activity order (see `DatagramListener.touch`): the

@@ -138,6 +138,15 @@ struct DNSExchangeJudge {
         if context.policy != nil {
             let facts = DNSQueryFacts(name: normalized)
             for policy in policies {
+                guard reporting else {
+                    // The same decision, without the rule references only a record shows.
+                    if !policy.allows(dns: facts) {
+                        allowed = false
+                        direction = policy.flow.direction
+                        break
+                    }
+                    continue
+                }
                 let verdict = policy.evaluate(dns: facts)
                 if !verdict.isAllowed {
                     allowed = false
@@ -145,7 +154,7 @@ struct DNSExchangeJudge {
                     direction = policy.flow.direction
                     break
                 }
-                if reporting { deciding += verdict.matched }
+                deciding += verdict.matched
             }
         }
         if !allowed {
