@@ -99,9 +99,13 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
                       until deadline: UInt64, lifetime: UInt64, received: UInt64?) {
         let now = clock()
         state.withLock { state in
-            guard let holder = state.policy, let writer = state.writer,
-                  let endpoint = holder.policy.endpoint(at: address) else { return }
+            guard let holder = state.policy, let writer = state.writer else { return }
             let endpointAddress = address
+            // The asking endpoint, looked up for the first address not learned yet: an answer
+            // from an address that is no endpoint of the policy teaches nothing, and a record
+            // exists only for an endpoint of the current policy (`policyChanged` drops the
+            // others), so a refresh needs no lookup.
+            var endpointEntry: (number: UInt32, identity: Identity)?
             // Rounded up as the datapath wants (BPF: to the second): answers that refresh an
             // address before that change nothing, and cost no datapath write.
             let expires = writer.roundedExpiry(deadline, lifetime: lifetime)
@@ -145,6 +149,11 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
                 case .unknown:
                     state.deferred[key] = nil
                 }
+                if endpointEntry == nil {
+                    guard let found = holder.policy.endpoint(at: endpointAddress) else { return }
+                    endpointEntry = found
+                }
+                let endpoint = endpointEntry!
                 var names = state.store[key]?.names ?? []
                 for name in answerNames where !names.contains(name) && names.count < FQDNStore.maximumNamesPerRecord {
                     names.append(name)

@@ -50,6 +50,9 @@ struct DNSExchangeJudge {
     private let clock: () -> UInt64
     /// Queries relayed and not answered yet, oldest first, at most `maximumOutstanding`.
     private var outstanding: [Outstanding] = []
+    /// Scratch lists for `learn`.
+    private var learnedAddresses: [IPAddress] = []
+    private var learnedNames: [String] = []
     private(set) var allowedCount: UInt32 = 0
     private(set) var deniedCount: UInt32 = 0
 
@@ -270,13 +273,24 @@ struct DNSExchangeJudge {
     /// Hands the answer's addresses to the learner; returns once the datapath holds them.
     /// `asked` is the question's name as the policy judged it (the answer's question is the
     /// same name: it matched the outstanding query).
-    private func learn(from message: DNSMessage, in bytes: UnsafeRawBufferPointer, asked: String, received: UInt64) {
+    private mutating func learn(from message: DNSMessage, in bytes: UnsafeRawBufferPointer, asked: String,
+                                received: UInt64) {
         guard let learner, let endpoint = clientAddress,
               let chain = DNSAnswerChain(message, in: bytes, questionName: asked), !chain.addresses.isEmpty,
               let ttl = chain.ttl else { return }
-        let addresses = chain.addresses.compactMap { IPAddress(networkBytes: UnsafeRawBufferPointer(rebasing: bytes[$0])) }
-        let names = chain.names.count == 1 ? [asked] : [asked] + chain.names.dropFirst().map(PolicyEngine.DNSName.normalize)
-        learner.learn(LearnedAnswer(endpoint: endpoint, names: names, addresses: addresses, ttl: ttl, received: received))
+        // The lists are the judge's own, emptied and filled again for every answer: the
+        // learner lets go of them when it returns, so they are reused, not allocated anew.
+        learnedAddresses.removeAll(keepingCapacity: true)
+        for range in chain.addresses {
+            if let address = IPAddress(networkBytes: UnsafeRawBufferPointer(rebasing: bytes[range])) {
+                learnedAddresses.append(address)
+            }
+        }
+        learnedNames.removeAll(keepingCapacity: true)
+        learnedNames.append(asked)
+        for name in chain.names.dropFirst() { learnedNames.append(PolicyEngine.DNSName.normalize(name)) }
+        learner.learn(LearnedAnswer(endpoint: endpoint, names: learnedNames, addresses: learnedAddresses, ttl: ttl,
+                                    received: received))
     }
 
     private mutating func refreshPolicies() {
