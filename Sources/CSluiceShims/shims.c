@@ -54,6 +54,60 @@ ssize_t sluice_recv_with_original_destination(int fd, void *buffer, size_t lengt
     return received;
 }
 
+int sluice_recv_batch(int fd, void *buffers, size_t slot_length, int count, size_t *lengths, int *truncated,
+                      struct sockaddr_storage *sources, struct sockaddr_storage *original_destinations) {
+    struct mmsghdr messages[SLUICE_DATAGRAM_BATCH];
+    struct iovec vectors[SLUICE_DATAGRAM_BATCH];
+    union { char bytes[CMSG_SPACE(sizeof(struct sockaddr_in6))]; struct cmsghdr align; } control[SLUICE_DATAGRAM_BATCH];
+    if (count > SLUICE_DATAGRAM_BATCH) count = SLUICE_DATAGRAM_BATCH;
+    memset(messages, 0, sizeof(messages[0]) * (size_t)count);
+    for (int i = 0; i < count; i++) {
+        vectors[i].iov_base = (char *)buffers + (size_t)i * slot_length;
+        vectors[i].iov_len = slot_length;
+        messages[i].msg_hdr.msg_iov = &vectors[i];
+        messages[i].msg_hdr.msg_iovlen = 1;
+        if (sources) {
+            messages[i].msg_hdr.msg_name = &sources[i];
+            messages[i].msg_hdr.msg_namelen = sizeof sources[i];
+            messages[i].msg_hdr.msg_control = control[i].bytes;
+            messages[i].msg_hdr.msg_controllen = sizeof control[i].bytes;
+        }
+    }
+    int received;
+    do { received = recvmmsg(fd, messages, (unsigned)count, MSG_DONTWAIT, NULL); } while (received < 0 && errno == EINTR);
+    for (int i = 0; i < received; i++) {
+        lengths[i] = messages[i].msg_len;
+        truncated[i] = (messages[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+        if (!sources) continue;
+        memset(&original_destinations[i], 0, sizeof original_destinations[i]);
+        for (struct cmsghdr *header = CMSG_FIRSTHDR(&messages[i].msg_hdr); header;
+             header = CMSG_NXTHDR(&messages[i].msg_hdr, header)) {
+            if (header->cmsg_level == SOL_IP && header->cmsg_type == IP_ORIGDSTADDR) {
+                memcpy(&original_destinations[i], CMSG_DATA(header), sizeof(struct sockaddr_in));
+            } else if (header->cmsg_level == SOL_IPV6 && header->cmsg_type == IPV6_ORIGDSTADDR) {
+                memcpy(&original_destinations[i], CMSG_DATA(header), sizeof(struct sockaddr_in6));
+            }
+        }
+    }
+    return received;
+}
+
+int sluice_send_batch(int fd, const struct iovec *datagrams, int count, const struct sockaddr *address,
+                      socklen_t address_length) {
+    struct mmsghdr messages[SLUICE_DATAGRAM_BATCH];
+    if (count > SLUICE_DATAGRAM_BATCH) count = SLUICE_DATAGRAM_BATCH;
+    memset(messages, 0, sizeof(messages[0]) * (size_t)count);
+    for (int i = 0; i < count; i++) {
+        messages[i].msg_hdr.msg_iov = (struct iovec *)&datagrams[i];
+        messages[i].msg_hdr.msg_iovlen = 1;
+        messages[i].msg_hdr.msg_name = (void *)address;
+        messages[i].msg_hdr.msg_namelen = address ? address_length : 0;
+    }
+    int sent;
+    do { sent = sendmmsg(fd, messages, (unsigned)count, MSG_NOSIGNAL); } while (sent < 0 && errno == EINTR);
+    return sent;
+}
+
 ssize_t sluice_send_with_descriptor(int fd, const void *buffer, size_t length, int descriptor) {
     union { char bytes[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
     struct iovec vector = { .iov_base = (void *)buffer, .iov_len = length };

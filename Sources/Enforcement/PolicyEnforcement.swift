@@ -261,6 +261,8 @@ public final class PolicyEnforcement: @unchecked Sendable {
         stopping.store(true, ordering: .relaxed)
         watcher?.stop()
         kubernetes?.stop()
+        // The datapath outlives sluice: it holds every address's latest lifetime.
+        learner?.writeDeferredExtensions()
         if saving { saveLearned() }
     }
 

@@ -300,6 +300,52 @@ def test_every_query_of_a_reused_socket_is_judged(lab, workdir, start_sluice, mo
         fqdn.down()
 
 
+BURST_CLIENT = textwrap.dedent("""
+    import json, socket, struct, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    def query(name, ident):
+        question = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\\0\\0\\1\\0\\1"
+        return struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question
+    names = {ident: "api.shop.test" if ident % 2 else f"b{ident}.evil.example" for ident in range(1, int(sys.argv[2]) + 1)}
+    # Every query sent before any answer is read: they wait in sluice's socket together.
+    for ident, name in names.items():
+        s.sendto(query(name, ident), (sys.argv[1], 53))
+    answers = {}
+    s.settimeout(3)
+    try:
+        while len(answers) < len(names):
+            data = s.recvfrom(2048)[0]
+            ident, flags, _, count = struct.unpack(">HHHH", data[:8])
+            answers[ident] = [flags & 0xf, socket.inet_ntoa(data[-4:]) if count else None]
+    except TimeoutError:
+        pass
+    print(json.dumps({"names": names, "answers": answers}))
+""")
+
+
+def test_a_burst_of_queries_on_one_socket_is_judged_query_by_query(lab, workdir, start_sluice, mode):
+    """More queries at once than sluice reads in one batch (recvmmsg, 32 datagrams) on one
+    UDP flow: each allowed one is answered by dnsmasq with its address, each denied one is
+    REFUSED by sluice and never reaches dnsmasq (its query log)."""
+    fqdn = make_lab(lab, workdir, start_sluice, mode)
+    queries = 120
+    try:
+        fqdn.start_proxy()
+        result = lab.run(lab.ns("ep1"), "python3", "-c", BURST_CLIENT, RESOLVER, str(queries), check=False, timeout=60)
+        burst = json.loads(result.stdout)
+        answers = {int(ident): answer for ident, answer in burst["answers"].items()}
+        assert len(answers) == queries, f"{queries - len(answers)} queries unanswered: {result.stderr}"
+        for ident, name in burst["names"].items():
+            expected = [0, API] if name == "api.shop.test" else [5, None]
+            assert answers[int(ident)] == expected, (ident, name, answers[int(ident)])
+        log = fqdn.resolver_log.read_text()
+        assert log.count("query[A] api.shop.test from") == queries // 2, log[-2000:]
+        assert "evil.example" not in log
+    finally:
+        fqdn.down()
+
+
 def test_a_policy_change_that_drops_the_rule_cuts_new_connections_to_learned_addresses(lab, workdir, start_sluice, mode):
     """The learned address is judged again when the policy changes: with its toFQDNs rule
     gone, the next connection is dropped (and nothing reaches the server), though the answer

@@ -219,6 +219,45 @@ import Testing
         #expect(learner.statistics.refreshed == 1)
     }
 
+    @Test func anExtensionIsWrittenBeforeTheDatapathCopyLapsesNotOnEveryAnswer() throws {
+        let clock = FakeClock()
+        let (learner, writer) = try Self.learner(Self.lifetime(), clock: clock)
+        let start = clock.now
+        learner.learn(Self.answer(["api.example.com"], ["192.0.2.1"], ttl: 60))
+        #expect(writer.writes.load(ordering: .relaxed) == 1)
+        let written = { try #require(writer.held.withLock { $0.values.first }).expires }
+        #expect(try written() == start + 60_000_000_000)
+        // Answered again and again: the store follows each answer, the datapath's copy (good
+        // for most of a minute yet) is not rewritten.
+        for _ in 0..<10 {
+            clock.advance(seconds: 2)
+            learner.learn(Self.answer(["api.example.com"], ["192.0.2.1"], ttl: 60))
+        }
+        #expect(writer.writes.load(ordering: .relaxed) == 1)
+        #expect(learner.expire() == 0)
+        #expect(writer.writes.load(ordering: .relaxed) == 1, "not due: the copy has 40 s left")
+        let lastAnswer = clock.now
+        // Within the horizon of the copy's expiry, the tick writes the latest lifetime.
+        clock.advance(seconds: 60 - 20 - FQDNLearner.extensionHorizon / 1_000_000_000 + 1)
+        #expect(learner.expire() == 0)
+        #expect(writer.writes.load(ordering: .relaxed) == 2)
+        #expect(try written() == lastAnswer + 60_000_000_000, "the last answer's TTL, as if written at once")
+        #expect(learner.expire() == 0)
+        #expect(writer.writes.load(ordering: .relaxed) == 2, "written once")
+        // Near the expiry an answer is written at once.
+        clock.advance(seconds: 20)  // the copy expires in 4 s
+        learner.learn(Self.answer(["api.example.com"], ["192.0.2.1"], ttl: 60))
+        #expect(writer.writes.load(ordering: .relaxed) == 3)
+        #expect(try written() == clock.now + 60_000_000_000)
+        // Before sluice stops, whatever waits is written.
+        clock.advance(seconds: 2)
+        learner.learn(Self.answer(["api.example.com"], ["192.0.2.1"], ttl: 60))
+        #expect(writer.writes.load(ordering: .relaxed) == 3)
+        learner.writeDeferredExtensions()
+        #expect(writer.writes.load(ordering: .relaxed) == 4)
+        #expect(try written() == clock.now + 60_000_000_000)
+    }
+
     @Test func freshNamesNeverGrowPastTheCapsAndEvictionsAreCounted() throws {
         var settings = FQDNSettings()
         settings.maximumAddressesPerName = 3

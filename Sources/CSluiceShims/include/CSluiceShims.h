@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -45,6 +46,25 @@ ssize_t sluice_recv_with_original_destination(int fd, void *buffer, size_t lengt
                                               struct sockaddr_storage *source,
                                               struct sockaddr_storage *original_destination,
                                               int *truncated);
+
+/// The most datagrams one batch call moves (`sluice_recv_batch*`, `sluice_send_batch`).
+#define SLUICE_DATAGRAM_BATCH 64
+
+/// recvmmsg of up to `count` (at most SLUICE_DATAGRAM_BATCH) datagrams without waiting,
+/// datagram i into `buffers + i * slot_length` (at most `slot_length` bytes). For each:
+/// `lengths[i]`, `truncated[i]` (cut to fit), and when `sources` is not NULL the sender
+/// into `sources[i]` and the original destination (IP_ORIGDSTADDR / IPV6_ORIGDSTADDR, or
+/// family 0 when absent) into `original_destinations[i]`. Returns how many datagrams were
+/// received (at least 1), or -1 with errno set (EAGAIN: none pending). Retries EINTR.
+int sluice_recv_batch(int fd, void *buffers, size_t slot_length, int count, size_t *lengths, int *truncated,
+                      struct sockaddr_storage *sources, struct sockaddr_storage *original_destinations);
+
+/// sendmmsg of `count` (at most SLUICE_DATAGRAM_BATCH) datagrams, `datagrams[i]` each, to
+/// `address` (NULL on a connected socket), MSG_NOSIGNAL, retrying EINTR. Returns how many
+/// the kernel took from the start of the list (a datagram it refused stops the call), or -1
+/// with errno set when it took none.
+int sluice_send_batch(int fd, const struct iovec *datagrams, int count, const struct sockaddr *address,
+                      socklen_t address_length);
 
 /// sendmsg of `length` bytes with one descriptor attached (SCM_RIGHTS), or none when
 /// `descriptor` < 0. MSG_NOSIGNAL. Returns the byte count, or -1 with errno set.

@@ -22,9 +22,15 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
         var signature: [Bool]
     }
 
+    final class PolicyHolder: Sendable {
+        let policy: FQDNPolicy
+        init(_ policy: FQDNPolicy) { self.policy = policy }
+    }
+
     private struct State {
         var store: FQDNStore
-        var policy: FQDNPolicy?
+        /// Held by reference: an answer reads it without copying the policy's parts.
+        var policy: PolicyHolder?
         var writer: LearnedAddressWriter?
         var grants: [GrantKey: (grants: [LearnedGrant], rule: String?)] = [:]
         /// Answer-to-map-write latencies in microseconds, the last `latencySamples` of them.
@@ -33,11 +39,24 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
         var latencyCount: UInt64 = 0
         var writeFailures: UInt64 = 0
         var dirty = false
+        /// Records whose lifetime an answer extended while the datapath's copy still had more
+        /// than `extensionHorizon` to live: not written yet, with the expiry the datapath
+        /// holds for them (`writeDueExtensions` writes each before that comes near).
+        var deferred: [FQDNStore.Key: UInt64] = [:]
     }
 
     /// Grant lists remembered per (endpoint identity, names' signature); cleared on policy changes.
     static let grantCacheLimit = 4_096
     static let latencySamples = 65_536
+
+    /// An answer that only extends an address's lifetime is written into the datapath at
+    /// once when the datapath's copy would expire within this (nanoseconds); otherwise it
+    /// waits for the maintenance tick (every 100 ms: `expire`), which writes it once the
+    /// copy comes within this of expiring, with the latest lifetime. What the datapath
+    /// enforces is the same either way (the address is allowed until its latest answer's
+    /// TTL plus grace, the datapath copy never lapsing before that); a name answered many
+    /// times a second costs a map write per lifetime instead of one per second.
+    public static let extensionHorizon: UInt64 = 5_000_000_000
 
     public let settings: FQDNSettings
     /// The state file, resolved; nil keeps records in memory only.
@@ -78,10 +97,15 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
     /// only) times the answer-to-map latency.
     private func keep(endpoint address: IPAddress, addresses: [IPAddress], names answerNames: [String], ttl: UInt32,
                       until deadline: UInt64, lifetime: UInt64, received: UInt64?) {
+        let now = clock()
         state.withLock { state in
-            guard let policy = state.policy, let writer = state.writer,
-                  let endpoint = policy.endpoint(at: address) else { return }
+            guard let holder = state.policy, let writer = state.writer else { return }
             let endpointAddress = address
+            // The asking endpoint, looked up for the first address not learned yet: an answer
+            // from an address that is no endpoint of the policy teaches nothing, and a record
+            // exists only for an endpoint of the current policy (`policyChanged` drops the
+            // others), so a refresh needs no lookup.
+            var endpointEntry: (number: UInt32, identity: Identity)?
             // Rounded up as the datapath wants (BPF: to the second): answers that refresh an
             // address before that change nothing, and cost no datapath write.
             let expires = writer.roundedExpiry(deadline, lifetime: lifetime)
@@ -89,12 +113,19 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
             var replaced: [LearnedEntry] = []
             var evicted: [LearnedEntry] = []
             var added: [FQDNStore.Key] = []
+            // Distinct addresses so far: a few (the common answer) are checked against the
+            // ones before them, many (a flood) through a set.
+            let few = addresses.count <= 16
             var seen = Set<IPAddress>()
+            var distinct = 0
             var kept = false
             // A records and AAAA records alike (IPv4-mapped AAAA records name no address an
             // IPv6 packet may carry: the datapath drops those).
-            for address in addresses where policy.isWorld(address) && !address.isIPv4Mapped {
-                guard seen.insert(address).inserted, seen.count <= settings.maximumAddressesPerName else { continue }
+            for (position, address) in addresses.enumerated() where holder.policy.isWorld(address) && !address.isIPv4Mapped {
+                let isNew = few ? !addresses[..<position].contains(address) : seen.insert(address).inserted
+                guard isNew else { continue }
+                distinct += 1
+                guard distinct <= settings.maximumAddressesPerName else { continue }
                 let key = FQDNStore.Key(endpoint: endpointAddress, address: address)
                 // Learned again under names it already has (the common case): the grants
                 // stand, only the lifetime moves.
@@ -104,17 +135,30 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
                     continue
                 case .extended(let before, let after):
                     kept = true
+                    let held = state.deferred[key] ?? before.expires
+                    if held >= now &+ Self.extensionHorizon {
+                        // The datapath's copy stands for a while yet: written later (see `extensionHorizon`).
+                        if state.deferred[key] == nil { state.deferred[key] = held }
+                        state.dirty = true
+                        continue
+                    }
+                    state.deferred[key] = nil
                     replaced.append(before)
                     written.append(after)
                     continue
                 case .unknown:
-                    break
+                    state.deferred[key] = nil
                 }
+                if endpointEntry == nil {
+                    guard let found = holder.policy.endpoint(at: endpointAddress) else { return }
+                    endpointEntry = found
+                }
+                let endpoint = endpointEntry!
                 var names = state.store[key]?.names ?? []
                 for name in answerNames where !names.contains(name) && names.count < FQDNStore.maximumNamesPerRecord {
                     names.append(name)
                 }
-                let (grants, rule) = Self.grants(&state, policy: policy, identity: endpoint, names: names)
+                let (grants, rule) = Self.grants(&state, policy: holder.policy, identity: endpoint, names: names)
                 guard !grants.isEmpty else { continue }
                 let record = FQDNStore.Record(key: key, identity: endpoint.number, names: names, ttl: ttl,
                                               expires: expires, grants: grants, rule: rule ?? "")
@@ -201,8 +245,10 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
     public func policyChanged(_ policy: FQDNPolicy, apply: ([LearnedEntry]) throws -> Void) throws {
         try state.withLock { state in
             var next = state
-            next.policy = policy
+            next.policy = PolicyHolder(policy)
             next.grants.removeAll()
+            // `apply` writes every record as it stands now, extensions included.
+            next.deferred.removeAll()
             for record in state.store.records {
                 guard let endpoint = policy.endpoint(at: record.key.endpoint) else {
                     next.store.remove(record.key)
@@ -230,12 +276,49 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
     public func expire(slots: Int = .max) -> Int {
         let now = clock()
         return state.withLock { state in
+            Self.writeDeferred(&state, dueBefore: now &+ Self.extensionHorizon, report: report)
             let ended = state.store.removeExpired(now: now, slotsToScan: slots)
             guard !ended.isEmpty else { return 0 }
             state.writer?.remove(ended.map(\.entry))
             state.dirty = true
             return ended.count
         }
+    }
+
+    /// Writes every extension not written yet (`extensionHorizon`): before sluice stops, so
+    /// that the datapath, which outlives it, holds each address's latest lifetime.
+    public func writeDeferredExtensions() {
+        state.withLock { Self.writeDeferred(&$0, dueBefore: .max, report: report) }
+    }
+
+    /// Writes the deferred extensions whose datapath copy expires before `deadline`; one
+    /// that cannot be written stays deferred (tried again next tick).
+    private static func writeDeferred(_ state: inout State, dueBefore deadline: UInt64,
+                                      report: @Sendable (String) -> Void) {
+        guard !state.deferred.isEmpty, let writer = state.writer else { return }
+        var due: [LearnedEntry] = []
+        var dueKeys: [FQDNStore.Key] = []
+        var gone: [FQDNStore.Key] = []
+        for (key, held) in state.deferred where held < deadline {
+            guard let record = state.store[key] else {
+                gone.append(key)
+                continue
+            }
+            due.append(record.entry)
+            dueKeys.append(key)
+        }
+        for key in gone { state.deferred[key] = nil }
+        guard !due.isEmpty else { return }
+        do {
+            try writer.write(due, replacing: [])
+        } catch {
+            state.writeFailures += 1
+            if state.writeFailures == 1 || state.writeFailures % 1_000 == 0 {
+                report("fqdn: cannot write learned addresses (\(state.writeFailures) time(s)): \(error)")
+            }
+            return
+        }
+        for key in dueKeys { state.deferred[key] = nil }
     }
 
     /// How many addresses are learned now (the FQDN cache's size).

@@ -71,8 +71,9 @@ struct FQDNStore {
         var count = 0
     }
 
+    /// A slot's places on the orders (plain integers: moving a slot on its orders copies
+    /// no record). Its record is `slotRecords[slot]`.
     private struct Slot {
-        var record: Record?
         /// Where its endpoint's and its name's orders end (`groups` indices).
         var endpointGroup = -1
         var nameGroup = -1
@@ -101,6 +102,10 @@ struct FQDNStore {
     let limits: Limits
     private var index: [Key: Int] = [:]
     private var slots: [Slot] = []
+    /// Per slot: its record (nil: a free slot), and its record's expiry (`UInt64.max` when
+    /// free), which the sweep reads without touching the record.
+    private var slotRecords: [Record?] = []
+    private var expiries: [UInt64] = []
     private var free: [Int] = []
     /// Where the next `removeExpired` looks first.
     private var sweepCursor = 0
@@ -119,17 +124,17 @@ struct FQDNStore {
 
     var count: Int { index.count }
 
-    subscript(key: Key) -> Record? { index[key].flatMap { slots[$0].record } }
+    subscript(key: Key) -> Record? { index[key].flatMap { slotRecords[$0] } }
 
     /// Every record (no particular order).
-    var records: [Record] { index.values.compactMap { slots[$0].record } }
+    var records: [Record] { index.values.compactMap { slotRecords[$0] } }
 
     /// Records oldest first, on the order of all records.
     var oldestFirst: [Record] {
         var result: [Record] = []
         var cursor = allEnds.oldest
         while cursor >= 0 {
-            result.append(slots[cursor].record!)
+            result.append(slotRecords[cursor]!)
             cursor = slots[cursor].all.newer
         }
         return result
@@ -139,7 +144,7 @@ struct FQDNStore {
     /// lifetime extended, grants replaced). Returns the previous version, if any, and the
     /// records evicted to make room.
     mutating func insert(_ record: Record) -> (previous: Record?, evicted: [Record]) {
-        if let slot = index[record.key], var existing = slots[slot].record {
+        if let slot = index[record.key], var existing = slotRecords[slot] {
             let previous = existing
             for name in record.names where !existing.names.contains(name) && existing.names.count < Self.maximumNamesPerRecord {
                 existing.names.append(name)
@@ -149,7 +154,8 @@ struct FQDNStore {
             existing.grants = record.grants
             existing.identity = record.identity
             existing.rule = record.rule
-            slots[slot].record = existing
+            slotRecords[slot] = existing
+            expiries[slot] = existing.expires
             touch(slot)
             counters.refreshed += 1
             return (previous, [])
@@ -172,10 +178,14 @@ struct FQDNStore {
         let slot: Int
         if let reused = free.popLast() {
             slot = reused
-            slots[slot] = Slot(record: record)
+            slots[slot] = Slot()
+            slotRecords[slot] = record
+            expiries[slot] = record.expires
         } else {
             slot = slots.count
-            slots.append(Slot(record: record))
+            slots.append(Slot())
+            slotRecords.append(record)
+            expiries.append(record.expires)
         }
         index[record.key] = slot
         let endpointGroup = endpointGroups[record.key.endpoint] ?? newGroup()
@@ -204,14 +214,18 @@ struct FQDNStore {
     /// Extends the lifetime of the record for `key` to at least `expires`, when it was
     /// learned under every one of `names` already (an answer that teaches nothing new).
     mutating func refresh(_ key: Key, names: [String], expires: UInt64) -> Refresh {
-        guard let slot = index[key], let known = slots[slot].record?.names,
-              names.allSatisfy(known.contains) else { return .unknown }
+        guard let slot = index[key] else { return .unknown }
+        let known = slotRecords.withUnsafeBufferPointer { records in
+            names.allSatisfy { records[slot]?.names.contains($0) ?? false }
+        }
+        guard known else { return .unknown }
         counters.refreshed += 1
         touch(slot)
-        guard expires > slots[slot].record!.expires else { return .unchanged }
-        let before = slots[slot].record!.entry
-        slots[slot].record!.expires = expires
-        return .extended(before: before, after: slots[slot].record!.entry)
+        guard expires > expiries[slot] else { return .unchanged }
+        let before = slotRecords[slot]!.entry
+        slotRecords[slot]!.expires = expires
+        expiries[slot] = expires
+        return .extended(before: before, after: slotRecords[slot]!.entry)
     }
 
     /// Removes and returns the records whose lifetime ended at or before `now`, looking at
@@ -223,7 +237,7 @@ struct FQDNStore {
         var scanned = 0
         while scanned < min(slotsToScan, slots.count) {
             if sweepCursor >= slots.count { sweepCursor = 0 }
-            if let expires = slots[sweepCursor].record?.expires, expires <= now, let record = remove(slotAt: sweepCursor) {
+            if expiries[sweepCursor] <= now, let record = remove(slotAt: sweepCursor) {
                 ended.append(record)
             }
             sweepCursor += 1
@@ -242,15 +256,15 @@ struct FQDNStore {
     /// Replaces a record's grants and identity (after a policy change).
     mutating func update(_ key: Key, identity: UInt32, grants: [LearnedGrant], rule: String) {
         guard let slot = index[key] else { return }
-        slots[slot].record?.identity = identity
-        slots[slot].record?.grants = grants
-        slots[slot].record?.rule = rule
+        slotRecords[slot]?.identity = identity
+        slotRecords[slot]?.grants = grants
+        slotRecords[slot]?.rule = rule
     }
 
     // MARK: Orders
 
     private mutating func remove(slotAt slot: Int) -> Record? {
-        guard slot >= 0, let record = slots[slot].record else { return nil }
+        guard slot >= 0, let record = slotRecords[slot] else { return nil }
         index[record.key] = nil
         Self.unlink(&slots, slot, .all, &allEnds)
         let endpointGroup = slots[slot].endpointGroup, nameGroup = slots[slot].nameGroup
@@ -264,7 +278,8 @@ struct FQDNStore {
             nameGroups[record.nameKey] = nil
             freeGroups.append(nameGroup)
         }
-        slots[slot].record = nil
+        slotRecords[slot] = nil
+        expiries[slot] = .max
         free.append(slot)
         return record
     }

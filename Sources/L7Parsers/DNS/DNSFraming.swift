@@ -35,8 +35,15 @@ public enum DNSAnswers {
     /// question copied as asked, and `rcode` (REFUSED for a denied name, SERVFAIL when the
     /// resolver stayed silent, NXDOMAIN when so configured).
     public static func response(to query: DNSMessage, in bytes: UnsafeRawBufferPointer, rcode: UInt8) -> [UInt8] {
-        var answer = header(id: query.header.id, requestFlags: query.header.flags, rcode: rcode,
-                            questionCount: UInt16(query.questions.count))
+        var length = 12
+        for question in query.questions {
+            try? DNSWireName.forEachLabel(bytes, at: question.name) { length += $0.count + 1 }
+            length += 5
+        }
+        var answer: [UInt8] = []
+        answer.reserveCapacity(length)  // one allocation
+        appendHeader(to: &answer, id: query.header.id, requestFlags: query.header.flags, rcode: rcode,
+                     questionCount: UInt16(query.questions.count))
         for question in query.questions {
             // The name written out label by label: a pointer in the query could point at
             // bytes this answer does not repeat (its header).
@@ -45,8 +52,10 @@ public enum DNSAnswers {
                 answer.append(contentsOf: label)
             }
             answer.append(0)
-            answer += [UInt8(question.type >> 8), UInt8(question.type & 0xff),
-                       UInt8(question.recordClass >> 8), UInt8(question.recordClass & 0xff)]
+            answer.append(UInt8(question.type >> 8))
+            answer.append(UInt8(question.type & 0xff))
+            answer.append(UInt8(question.recordClass >> 8))
+            answer.append(UInt8(question.recordClass & 0xff))
         }
         return answer
     }
@@ -58,9 +67,21 @@ public enum DNSAnswers {
     }
 
     private static func header(id: UInt16, requestFlags: UInt16, rcode: UInt8, questionCount: UInt16) -> [UInt8] {
+        var header: [UInt8] = []
+        appendHeader(to: &header, id: id, requestFlags: requestFlags, rcode: rcode, questionCount: questionCount)
+        return header
+    }
+
+    private static func appendHeader(to answer: inout [UInt8], id: UInt16, requestFlags: UInt16, rcode: UInt8,
+                                     questionCount: UInt16) {
         // QR, the request's opcode and RD; RA clear (Sluice recurses for no one); the rcode.
         let flags = 0x8000 | (requestFlags & 0x7900) | UInt16(rcode & 0xf)
-        return [UInt8(id >> 8), UInt8(id & 0xff), UInt8(flags >> 8), UInt8(flags & 0xff),
-                UInt8(questionCount >> 8), UInt8(questionCount & 0xff), 0, 0, 0, 0, 0, 0]
+        answer.append(UInt8(id >> 8))
+        answer.append(UInt8(id & 0xff))
+        answer.append(UInt8(flags >> 8))
+        answer.append(UInt8(flags & 0xff))
+        answer.append(UInt8(questionCount >> 8))
+        answer.append(UInt8(questionCount & 0xff))
+        for _ in 0..<6 { answer.append(0) }
     }
 }

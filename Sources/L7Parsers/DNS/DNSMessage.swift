@@ -285,6 +285,112 @@ public enum DNSWireName {
         }
     }
 
+    /// The name lower-cased (ASCII), its labels joined by dots, without the trailing dot
+    /// ("." for the root), when every label byte is printable and needs no escape
+    /// (0x21...0x7e but `. \\ " ( ) ; @ $`); nil otherwise, or when the name cannot be read.
+    /// It is then what `text` gives, lower-cased, without its trailing dot, built in one
+    /// allocation at most (none for 15 bytes or fewer).
+    public static func plainLowercasedText(_ bytes: UnsafeRawBufferPointer, at start: Int) -> String? {
+        var length = 0
+        var plain = true
+        do {
+            try forEachLabel(bytes, at: start) { label in
+                length += label.count + 1
+                for byte in label where !isPlain(byte) { plain = false }
+            }
+        } catch {
+            return nil
+        }
+        guard plain else { return nil }
+        if length == 0 { return "." }
+        return String(unsafeUninitializedCapacity: length - 1) { text in
+            var written = 0
+            try? forEachLabel(bytes, at: start) { label in
+                if written > 0 {
+                    text[written] = UInt8(ascii: ".")
+                    written += 1
+                }
+                for byte in label {
+                    text[written] = byte >= 0x41 && byte <= 0x5a ? byte | 0x20 : byte
+                    written += 1
+                }
+            }
+            return written
+        }
+    }
+
+    /// Whether `text` writes `byte` as it is (no escape).
+    @inline(__always)
+    private static func isPlain(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "."), UInt8(ascii: "\\"), UInt8(ascii: "\""), UInt8(ascii: "("), UInt8(ascii: ")"),
+             UInt8(ascii: ";"), UInt8(ascii: "@"), UInt8(ascii: "$"):
+            return false
+        default:
+            return byte >= 0x21 && byte <= 0x7e
+        }
+    }
+
+    /// Whether the name at `start` in `bytes` and the one at `otherStart` in `other` are the
+    /// same name, ASCII case aside (RFC 4343), following compression pointers in both. Names
+    /// that cannot be read are equal to nothing.
+    public static func equalIgnoringCase(_ bytes: UnsafeRawBufferPointer, at start: Int,
+                                         _ other: UnsafeRawBufferPointer, at otherStart: Int) -> Bool {
+        var left = LabelCursor(bytes, at: start)
+        var right = LabelCursor(other, at: otherStart)
+        while true {
+            guard let leftLabel = left.next(), let rightLabel = right.next() else { return false }
+            guard leftLabel.count == rightLabel.count else { return false }
+            if leftLabel.isEmpty { return true }  // both at the root
+            for index in 0..<leftLabel.count {
+                let a = leftLabel[index], b = rightLabel[index]
+                guard a == b || (a | 0x20 == b | 0x20 && (a | 0x20) >= 0x61 && (a | 0x20) <= 0x7a) else { return false }
+            }
+        }
+    }
+
+    /// Walks a name's labels one at a time, with `walk`'s checks (pointers strictly backward,
+    /// at most `maximumPointers`, at most `maximumLength` bytes).
+    private struct LabelCursor {
+        let bytes: UnsafeRawBufferPointer
+        var position: Int
+        var pointerLimit: Int
+        var pointers = 0
+        var length = 0
+
+        init(_ bytes: UnsafeRawBufferPointer, at start: Int) {
+            self.bytes = bytes
+            position = start
+            pointerLimit = start
+        }
+
+        /// The next label (empty: the root, the end), or nil when the name cannot be read (or
+        /// was read to its end).
+        mutating func next() -> UnsafeRawBufferPointer? {
+            while true {
+                guard position >= 0, position < bytes.count else { return nil }
+                let count = Int(bytes[position])
+                switch count & 0xc0 {
+                case 0:
+                    length += count + 1
+                    guard length <= maximumLength, position + 1 + count <= bytes.count else { return nil }
+                    let label = UnsafeRawBufferPointer(rebasing: bytes[(position + 1)..<(position + 1 + count)])
+                    position = count == 0 ? -1 : position + 1 + count
+                    return label
+                case 0xc0:
+                    guard position + 2 <= bytes.count else { return nil }
+                    let target = (count & 0x3f) << 8 | Int(bytes[position + 1])
+                    pointers += 1
+                    guard target < pointerLimit, pointers <= maximumPointers else { return nil }
+                    pointerLimit = target
+                    position = target
+                default:
+                    return nil
+                }
+            }
+        }
+    }
+
     /// The name as text, as dnspython writes it: absolute (a trailing dot; the root is "."),
     /// case as on the wire, `. \ " ( ) ; @ $` escaped with a backslash and bytes outside
     /// 0x21...0x7e as `\DDD`.

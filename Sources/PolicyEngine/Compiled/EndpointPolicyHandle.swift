@@ -124,6 +124,13 @@ public final class ConnectionPolicy: Sendable {
     public func evaluate(dns query: DNSQueryFacts) -> Verdict {
         requestDecision ?? match.evaluate(dns: query)
     }
+
+    /// Whether `evaluate(dns:)` allows the question, without making its verdict (no rule
+    /// references, no reason): for callers that record nothing.
+    public func allows(dns query: DNSQueryFacts) -> Bool {
+        if let requestDecision { return requestDecision.isAllowed }
+        return match.allows(dns: query)
+    }
 }
 
 /// The L3/L4 part every evaluation shares: which clauses cover the port, and which of
@@ -303,6 +310,16 @@ extension L4Match {
             return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(KafkaAPIKeys.name(of: request.apiKey)) \(request.apiVersion.map { "v\($0)" } ?? "(no version)")"))
         }
         return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched)
+    }
+
+    /// `evaluate(dns:).isAllowed`: some DNS rule of an allowing clause matches the name.
+    func allows(dns query: DNSQueryFacts) -> Bool {
+        let entries = policy.entries
+        for position in allows {
+            guard case .dns(let matchers)? = entries[position].l7 else { continue }
+            for matcher in matchers where matcher.matches(query.name) { return true }
+        }
+        return false
     }
 
     /// Evaluates one DNS question once `decide(forRequest: true)` left it to the L7 rules.

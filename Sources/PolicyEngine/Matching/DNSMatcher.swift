@@ -67,6 +67,58 @@ public enum DNSName {
         }
     }
 
+    /// How many labels `labels(of:)` gives for the name in `bytes` (0 for the root), or nil
+    /// when it gives nil; allocates nothing.
+    static func labelCount(of bytes: UnsafeBufferPointer<UInt8>) -> Int? {
+        var labels = 0
+        var currentLength = 0
+        var count = 0
+        for byte in bytes {
+            count += 1
+            if count > maximumLength + 1 { return nil }
+            if byte == UInt8(ascii: ".") {
+                if currentLength == 0 { return count == 1 && bytes.count == 1 ? 0 : nil }
+                labels += 1
+                currentLength = 0
+            } else if isLabelByte(byte) {
+                currentLength += 1
+            } else {
+                return nil
+            }
+        }
+        if currentLength > 0 {
+            labels += 1
+        } else if labels == 0 {
+            return nil  // the empty name
+        }
+        return labels
+    }
+
+    /// Calls `body` with each label of a name `labelCount(of:)` accepted (as written, not
+    /// lower-cased) while it returns true; returns whether it always did.
+    @inline(__always)
+    static func allLabels(of bytes: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBufferPointer<UInt8>) -> Bool) -> Bool {
+        var start = 0
+        for index in 0...bytes.count where index == bytes.count || bytes[index] == UInt8(ascii: ".") {
+            if index > start, !body(UnsafeBufferPointer(rebasing: bytes[start..<index])) { return false }
+            start = index + 1
+        }
+        return true
+    }
+
+    /// ASCII lower case only: no Unicode folding may turn a byte into a label byte.
+    @inline(__always)
+    static func lowercased(_ byte: UInt8) -> UInt8 {
+        byte | (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? 0x20 : 0)
+    }
+
+    /// Whether `label` lower-cased is `lowercase`.
+    static func equalLowercased(_ label: UnsafeBufferPointer<UInt8>, _ lowercase: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard label.count == lowercase.count else { return false }
+        for index in 0..<label.count where lowercased(label[index]) != lowercase[index] { return false }
+        return true
+    }
+
     /// The labels of a query or learned name, lower-cased, or nil when the name is not
     /// one a rule may match: the root `.` gives `[]`; otherwise every label must be one
     /// or more bytes of `[-a-zA-Z0-9_]`, with single dots between them and at most one
@@ -153,28 +205,51 @@ public struct DNSMatcher: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// True when the query or learned name `name` is selected (normalised here). A name
-    /// that is not valid (see `DNSName.labels(of:)`) is never selected.
+    /// that is not valid (see `DNSName.labels(of:)`) is never selected. Allocates nothing:
+    /// it walks the name's bytes label by label.
     public func matches(_ name: String) -> Bool {
-        guard let labels = DNSName.labels(of: name) else { return false }
-        if labels.isEmpty { return matchesEverything }  // the root `.`
+        var name = name
+        return name.withUTF8 { matches(utf8: $0) }
+    }
+
+    private func matches(utf8 name: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard let labelCount = DNSName.labelCount(of: name) else { return false }
+        if labelCount == 0 { return matchesEverything }  // the root `.`
         switch kind {
         case .name:
-            return labels == labelPatterns
+            guard labelCount == labelPatterns.count else { return false }
+            var index = 0
+            return DNSName.allLabels(of: name) { label in
+                defer { index += 1 }
+                return labelPatterns[index].withUnsafeBufferPointer { DNSName.equalLowercased(label, $0) }
+            }
         case .pattern:
             if matchesEverything { return true }
+            // With `**.`: one or more whole labels (already valid), then the rest label by label.
+            let skipped: Int
             if anySubdomainPrefix {
-                // One or more whole labels (already valid), then the rest label by label.
-                guard labels.count > labelPatterns.count else { return false }
-                let extra = labels.count - labelPatterns.count
-                return zip(labels[extra...], labelPatterns).allSatisfy { DNSMatcher.glob($1, matches: $0) }
+                guard labelCount > labelPatterns.count else { return false }
+                skipped = labelCount - labelPatterns.count
+            } else {
+                guard labelCount == labelPatterns.count else { return false }
+                skipped = 0
             }
-            guard labels.count == labelPatterns.count else { return false }
-            return zip(labels, labelPatterns).allSatisfy { DNSMatcher.glob($1, matches: $0) }
+            var index = 0
+            return DNSName.allLabels(of: name) { label in
+                defer { index += 1 }
+                guard index >= skipped else { return true }
+                return labelPatterns[index - skipped].withUnsafeBufferPointer { DNSMatcher.glob($0, matches: label) }
+            }
         }
     }
 
     /// Glob over one label: `*` = any run of label bytes. Iterative with one backtrack point.
     static func glob(_ pattern: [UInt8], matches label: [UInt8]) -> Bool {
+        pattern.withUnsafeBufferPointer { pattern in label.withUnsafeBufferPointer { glob(pattern, matches: $0) } }
+    }
+
+    /// `glob` over a label as it is written (ASCII upper case matches the pattern's lower case).
+    static func glob(_ pattern: UnsafeBufferPointer<UInt8>, matches label: UnsafeBufferPointer<UInt8>) -> Bool {
         var patternIndex = 0, labelIndex = 0
         var starIndex = -1, starLabelIndex = 0
         let star = UInt8(ascii: "*")
@@ -183,7 +258,7 @@ public struct DNSMatcher: Hashable, Sendable, CustomStringConvertible {
                 starIndex = patternIndex
                 starLabelIndex = labelIndex
                 patternIndex += 1
-            } else if patternIndex < pattern.count, pattern[patternIndex] == label[labelIndex] {
+            } else if patternIndex < pattern.count, pattern[patternIndex] == DNSName.lowercased(label[labelIndex]) {
                 patternIndex += 1
                 labelIndex += 1
             } else if starIndex >= 0, DNSName.isLabelByte(label[starLabelIndex]) {

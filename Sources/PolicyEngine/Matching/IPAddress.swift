@@ -48,6 +48,20 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible, Comparable
         }
     }
 
+    /// `init?(networkBytes:)` for bytes in memory (a DNS record's data), without the
+    /// generic path.
+    public init?(networkBytes bytes: UnsafeRawBufferPointer) {
+        switch bytes.count {
+        case 4:
+            self.init(family: .ipv4, high: 0, low: UInt64(UInt32(bigEndian: bytes.loadUnaligned(as: UInt32.self))))
+        case 16:
+            self.init(family: .ipv6, high: UInt64(bigEndian: bytes.loadUnaligned(as: UInt64.self)),
+                      low: UInt64(bigEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
+        default:
+            return nil
+        }
+    }
+
     init(family: Family, high: UInt64, low: UInt64) {
         self.family = family
         self.high = high

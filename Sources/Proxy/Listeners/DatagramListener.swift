@@ -24,21 +24,80 @@ public struct DatagramSettings: Sendable {
 }
 
 /// The one buffer every datagram of a worker passes through, client's or server's, on every
-/// UDP listener of that worker: the loop is single-threaded and a datagram is relayed (or
-/// answered, or dropped) before the next one is read, so one buffer is enough. A flow holds
-/// no buffer of its own.
+/// UDP listener of that worker: the loop is single-threaded and a batch of datagrams is
+/// relayed (or answered, or dropped) before the next batch is read, so one buffer is enough.
+/// A flow holds no buffer of its own.
+///
+/// It has `slotCount` slots, one per datagram of a batch (one recvmmsg reads up to that many;
+/// the datagrams relayed as they are leave in one sendmmsg per socket, pointing into their
+/// slots). Each slot is `maxDatagramBytes + 1` bytes: one more than the limit, so an
+/// oversized datagram is seen as truncated. The memory is reserved at once but only the
+/// pages datagrams touch become resident (DNS: the first page of each slot).
 public final class DatagramReceiveBuffer {
-    /// `maxDatagramBytes + 1` bytes: one more than the limit, so an oversized datagram is
-    /// seen as truncated.
+    /// Datagrams one batch reads and relays at most.
+    public static let slotCount = 32
+    public var slotCount: Int { Self.slotCount }
+    /// `maxDatagramBytes + 1`.
+    public let slotLength: Int
+    /// `slotCount` slots of `slotLength` bytes, back to back.
     let bytes: UnsafeMutableRawBufferPointer
+    /// Per slot, filled by `Socket.receiveDatagrams`: length, truncation (non-zero), and
+    /// on a transparent listener the sender and the original destination (family 0: none).
+    let lengths: UnsafeMutablePointer<Int>
+    let truncatedFlags: UnsafeMutablePointer<Int32>
+    let sources: UnsafeMutablePointer<sockaddr_storage>
+    let destinations: UnsafeMutablePointer<sockaddr_storage>
     public let maxDatagramBytes: Int
 
     public init(maxDatagramBytes: Int) {
         self.maxDatagramBytes = maxDatagramBytes
-        bytes = .allocate(byteCount: maxDatagramBytes + 1, alignment: 16)
+        slotLength = maxDatagramBytes + 1
+        bytes = .allocate(byteCount: Self.slotCount * slotLength, alignment: 16)
+        lengths = .allocate(capacity: Self.slotCount)
+        truncatedFlags = .allocate(capacity: Self.slotCount)
+        sources = .allocate(capacity: Self.slotCount)
+        destinations = .allocate(capacity: Self.slotCount)
     }
 
-    deinit { bytes.deallocate() }
+    deinit {
+        bytes.deallocate()
+        lengths.deallocate()
+        truncatedFlags.deallocate()
+        sources.deallocate()
+        destinations.deallocate()
+    }
+
+    /// Slot `index`'s datagram as received (valid until the next batch is read).
+    @inline(__always)
+    func payload(_ index: Int) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: bytes.baseAddress! + index * slotLength, count: min(lengths[index], slotLength))
+    }
+
+    /// Whether slot `index`'s datagram was larger than the slot, or than `maxDatagramBytes`.
+    @inline(__always)
+    func isOversized(_ index: Int, limit: Int) -> Bool {
+        truncatedFlags[index] != 0 || lengths[index] > limit
+    }
+}
+
+/// Datagrams relayed as they are, waiting in the shared receive buffer for the end of the
+/// batch they came in: then they leave in one sendmmsg (`flush`). Never more than a batch.
+struct PendingDatagrams {
+    private var vectors: ContiguousArray<iovec> = []
+
+    var isEmpty: Bool { vectors.isEmpty }
+
+    mutating func append(_ payload: UnsafeRawBufferPointer) {
+        if vectors.capacity == 0 { vectors.reserveCapacity(DatagramReceiveBuffer.slotCount) }
+        vectors.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: payload.baseAddress), iov_len: payload.count))
+    }
+
+    /// Sends what waits through `socket` (to `address`, or its peer when nil) and forgets it.
+    mutating func flush(through socket: Socket, to address: SocketAddress?) {
+        guard !vectors.isEmpty else { return }
+        vectors.withUnsafeBufferPointer { socket.sendDatagrams($0, to: address) }
+        vectors.removeAll(keepingCapacity: true)
+    }
 }
 
 /// What a UDP flow's datagrams get under the current policy (phase "detect protocol"),
@@ -172,55 +231,84 @@ public final class DatagramListener: EventHandler {
     }
 
     public func handleReadiness(_ readiness: Readiness, tag: UInt32, loop: EventLoop) {
-        let buffer = receiveBuffer.bytes
+        let buffer = receiveBuffer
         while !isClosed {
-            let datagram: Socket.Datagram?
+            let count: Int
             do {
-                datagram = try socket.receiveDatagram(into: buffer)
+                count = try socket.receiveDatagrams(into: buffer, withAddresses: true)
             } catch {
                 return
             }
-            guard let datagram else { return }
-            guard !datagram.truncated, datagram.length <= settings.maxDatagramBytes else {
-                delegate.datagramDropped(client: datagram.source, destination: datagram.originalDestination,
-                                         reason: "datagram larger than \(settings.maxDatagramBytes) bytes", listener: self)
-                continue
-            }
-            guard let destination = datagram.originalDestination, destination != address else {
-                delegate.datagramDropped(client: datagram.source, destination: nil,
-                                         reason: "no original destination (not diverted to the proxy)", listener: self)
-                continue
-            }
-            let payload = UnsafeRawBufferPointer(rebasing: buffer[0..<datagram.length])
-            let key = FlowKey(client: datagram.source, destination: destination)
-            if let existing = flows[key] {
-                touch(existing)
-                existing.fromClient(payload)
-                continue
-            }
-            let choice = delegate.datagramFlowChoice(client: key.client, destination: destination, current: nil,
-                                                     listener: self)
-            if case .deny(let reason) = choice {
-                delegate.datagramDropped(client: key.client, destination: destination, reason: reason, listener: self)
-                continue
-            }
-            let version = delegate.datagramPolicyVersion
-            if flows.count >= settings.maxFlows { evictLeastRecentlyUsed() }
-            let flow: DatagramFlow
-            do {
-                flow = try DatagramFlow(key: key, choice: choice, policyVersion: version, settings: settings,
-                                        listener: self, loop: loop)
-            } catch {
-                choice.session?.flowEnded()
-                delegate.datagramDropped(client: key.client, destination: destination,
-                                         reason: "cannot open flow: \(error)", listener: self)
-                continue
-            }
-            flows[key] = flow
-            append(flow)
-            delegate.datagramFlowStarted(client: key.client, destination: key.destination, listener: self)
-            flow.fromClient(payload)
+            for index in 0..<count { receive(index, of: buffer) }
+            flushPending()
+            // Fewer than a batch: the socket was empty (recvmmsg stops at the first datagram
+            // it would wait for, and an unconnected socket reports no asynchronous errors);
+            // the next datagram raises a new edge.
+            if count < buffer.slotCount { return }
         }
+    }
+
+    /// Phases "accept" and "identify" of one datagram of the batch: its flow (made now when
+    /// it has none), which judges and relays it.
+    @inline(__always)
+    private func receive(_ index: Int, of buffer: DatagramReceiveBuffer) {
+        let source = SocketAddress(storage: buffer.sources[index])
+        let original = buffer.destinations[index].ss_family == 0 ? nil : SocketAddress(storage: buffer.destinations[index])
+        guard !buffer.isOversized(index, limit: settings.maxDatagramBytes) else {
+            delegate.datagramDropped(client: source, destination: original,
+                                     reason: "datagram larger than \(settings.maxDatagramBytes) bytes", listener: self)
+            return
+        }
+        guard let destination = original, destination != address else {
+            delegate.datagramDropped(client: source, destination: nil,
+                                     reason: "no original destination (not diverted to the proxy)", listener: self)
+            return
+        }
+        let payload = buffer.payload(index)
+        let key = FlowKey(client: source, destination: destination)
+        if let existing = flows[key] {
+            touch(existing)
+            existing.fromClient(payload)
+            return
+        }
+        let choice = delegate.datagramFlowChoice(client: key.client, destination: destination, current: nil,
+                                                 listener: self)
+        if case .deny(let reason) = choice {
+            delegate.datagramDropped(client: key.client, destination: destination, reason: reason, listener: self)
+            return
+        }
+        let version = delegate.datagramPolicyVersion
+        if flows.count >= settings.maxFlows { evictLeastRecentlyUsed() }
+        let flow: DatagramFlow
+        do {
+            flow = try DatagramFlow(key: key, choice: choice, policyVersion: version, settings: settings,
+                                    listener: self, loop: loop)
+        } catch {
+            choice.session?.flowEnded()
+            delegate.datagramDropped(client: key.client, destination: destination,
+                                     reason: "cannot open flow: \(error)", listener: self)
+            return
+        }
+        flows[key] = flow
+        append(flow)
+        delegate.datagramFlowStarted(client: key.client, destination: key.destination, listener: self)
+        flow.fromClient(payload)
+    }
+
+    /// Flows holding client datagrams to relay at the end of the batch.
+    private var flowsToFlush: [DatagramFlow] = []
+
+    /// `flow` holds datagrams of this batch to relay (`DatagramFlow.fromClient`).
+    func needsFlush(_ flow: DatagramFlow) {
+        if flowsToFlush.capacity == 0 { flowsToFlush.reserveCapacity(DatagramReceiveBuffer.slotCount) }
+        flowsToFlush.append(flow)
+    }
+
+    /// Relays what the batch's flows hold, before the buffer is read into again.
+    private func flushPending() {
+        guard !flowsToFlush.isEmpty else { return }
+        for flow in flowsToFlush { flow.flushToServer() }
+        flowsToFlush.removeAll(keepingCapacity: true)
     }
 
     private func evictLeastRecentlyUsed() {
@@ -325,8 +413,10 @@ final class DatagramFlow: EventHandler {
     /// The session's clock (`L7DatagramSession.nextDeadline`), armed no later than it asks
     /// and at most one at a time; it may fire early (the session then answers nothing).
     private var sessionTimer = DeadlineTimer()
-    private unowned let listener: DatagramListener
-    private unowned let loop: EventLoop
+    // Unowned without a check (no reference counting on every datagram): the listener ends
+    // every flow before it goes (`close`, `stopReceiving`), and the loop outlives both.
+    private unowned(unsafe) let listener: DatagramListener
+    private unowned(unsafe) let loop: EventLoop
     private let settings: DatagramSettings
     private(set) var lastActivity: UInt64
     /// Neighbours in the listener's activity order (see `DatagramListener.touch`): the
@@ -336,6 +426,10 @@ final class DatagramFlow: EventHandler {
     private(set) var datagramsFromClient: UInt64 = 0
     private(set) var datagramsFromServer: UInt64 = 0
     private var ended = false
+    /// Datagrams of the batch being read, relayed as they are once it is judged whole (the
+    /// client's by the listener's `flushPending`, the server's by `handleReadiness`).
+    private var pendingToServer = PendingDatagrams()
+    private var pendingToClient = PendingDatagrams()
 
     init(key: DatagramListener.FlowKey, choice: DatagramFlowChoice, policyVersion: UInt64, settings: DatagramSettings,
          listener: DatagramListener, loop: EventLoop) throws {
@@ -403,8 +497,10 @@ final class DatagramFlow: EventHandler {
         // UDP may drop; a full socket buffer or an ICMP error from the server is such a drop.
         switch choice.session?.clientDatagram(payload) ?? .forward {
         case .forward:
-            _ = try? upstream.write(from: payload)
+            if pendingToServer.isEmpty { listener.needsFlush(self) }
+            pendingToServer.append(payload)
         case .forwardRewritten(let bytes):
+            flushToServer()  // in the order they came
             _ = bytes.withUnsafeBytes { try? upstream.write(from: $0) }
         case .answer(let bytes):
             _ = bytes.withUnsafeBytes { try? reply.send($0, to: key.client) }
@@ -422,8 +518,9 @@ final class DatagramFlow: EventHandler {
         guard choiceHolds() else { return }
         switch choice.session?.serverDatagram(payload) ?? .forward {
         case .forward:
-            _ = try? reply.send(payload, to: key.client)
+            pendingToClient.append(payload)
         case .forwardRewritten(let bytes):
+            flushToClient()  // in the order they came
             _ = bytes.withUnsafeBytes { try? reply.send($0, to: key.client) }
         case .answer(let bytes):
             _ = bytes.withUnsafeBytes { try? upstream.write(from: $0) }
@@ -464,21 +561,35 @@ final class DatagramFlow: EventHandler {
         armSessionTimer()
     }
 
+    /// Relays the client datagrams of the listener's batch (`fromClient`, `.forward`).
+    func flushToServer() {
+        pendingToServer.flush(through: upstream, to: nil)
+    }
+
+    private func flushToClient() {
+        pendingToClient.flush(through: reply, to: key.client)
+    }
+
     func handleReadiness(_ readiness: Readiness, tag: UInt32, loop: EventLoop) {
-        let buffer = listener.receiveBuffer.bytes
+        let buffer = listener.receiveBuffer
+        // Read until the socket is empty (edge-triggered): a connected socket may hold
+        // datagrams behind an error that ended a batch early, and no new edge would come.
         while !ended {
-            let result: IOResult
+            let count: Int
             do {
-                result = try upstream.read(into: buffer)
+                count = try upstream.receiveDatagrams(into: buffer, withAddresses: false)
             } catch let error as Errno where error.code == Errno.connectionRefused {
                 // An ICMP port-unreachable from the server, reported once: keep reading.
                 continue
             } catch {
                 return
             }
-            guard case .processed(let count) = result else { return }
-            guard count <= settings.maxDatagramBytes else { continue }
-            fromServer(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+            guard count > 0 else { return }
+            for index in 0..<count where !ended {
+                guard !buffer.isOversized(index, limit: settings.maxDatagramBytes) else { continue }
+                fromServer(buffer.payload(index))
+            }
+            flushToClient()
         }
     }
 
@@ -496,6 +607,9 @@ final class DatagramFlow: EventHandler {
 
     func end() {
         guard !ended else { return }
+        // What this batch judged and relayed leaves before the sockets close.
+        flushToServer()
+        flushToClient()
         ended = true
         if let idleTimer { loop.cancelTimer(idleTimer) }
         sessionTimer.cancel(loop: loop)

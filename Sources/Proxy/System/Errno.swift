@@ -49,25 +49,25 @@ public enum IOResult: Equatable, Sendable {
 /// Tier 2 of the syscall layer: run a raw call, retry on `EINTR`, and return a `Result`
 /// that names the call on failure.
 @inline(__always)
-func retryingInterrupts<T: BinaryInteger>(_ name: String, _ call: () -> T) -> Result<T, Errno> {
+func retryingInterrupts<T: BinaryInteger>(_ name: @autoclosure () -> String, _ call: () -> T) -> Result<T, Errno> {
     while true {
         let value = call()
         if value >= 0 { return .success(value) }
         let code = errno
         if code == EINTR { continue }
-        return .failure(Errno(code: code, syscall: name))
+        return .failure(Errno(code: code, syscall: name()))
     }
 }
 
 /// Tier 2 for calls whose `EAGAIN` is a value, not an error.
 @inline(__always)
-func retryingInterruptsNonBlocking(_ name: String, _ call: () -> Int) -> Result<IOResult, Errno> {
+func retryingInterruptsNonBlocking(_ name: @autoclosure () -> String, _ call: () -> Int) -> Result<IOResult, Errno> {
     while true {
         let value = call()
         if value >= 0 { return .success(.processed(value)) }
         let code = errno
         if code == EINTR { continue }
         if code == EAGAIN || code == EWOULDBLOCK { return .success(.wouldBlock) }
-        return .failure(Errno(code: code, syscall: name))
+        return .failure(Errno(code: code, syscall: name()))
     }
 }

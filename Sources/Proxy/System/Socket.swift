@@ -239,6 +239,45 @@ public struct Socket: Equatable, Hashable, Sendable {
         }
     }
 
+    /// Receives up to `buffer.slotCount` datagrams at once (recvmmsg), datagram `i` into
+    /// slot `i` of `buffer`, with each one's sender and original destination when
+    /// `withAddresses` (a transparent listener) and not otherwise (a connected socket: the
+    /// peer is known). Returns how many were received, 0 when none was pending.
+    public func receiveDatagrams(into buffer: DatagramReceiveBuffer, withAddresses: Bool) throws -> Int {
+        let count = sluice_recv_batch(descriptor, buffer.bytes.baseAddress, buffer.slotLength, Int32(buffer.slotCount),
+                                      buffer.lengths, buffer.truncatedFlags,
+                                      withAddresses ? buffer.sources : nil, withAddresses ? buffer.destinations : nil)
+        if count >= 0 { return Int(count) }
+        switch errno {
+        case EAGAIN, EWOULDBLOCK: return 0
+        default: throw Errno.current("recvmmsg")
+        }
+    }
+
+    /// Sends `datagrams` in as few calls as the kernel allows (sendmmsg), to `address`, or to
+    /// the connected peer when nil. UDP may drop, and so does this, silently: the rest when
+    /// the socket's buffer is full, and a datagram the kernel refuses (an error an ICMP
+    /// message left on a connected socket). At most `SLUICE_DATAGRAM_BATCH` datagrams.
+    public func sendDatagrams(_ datagrams: UnsafeBufferPointer<iovec>, to address: SocketAddress?) {
+        guard let base = datagrams.baseAddress else { return }
+        var start = 0
+        while start < datagrams.count {
+            let remaining = Int32(datagrams.count - start)
+            let sent = if let address {
+                address.withSockaddr { sluice_send_batch(descriptor, base + start, remaining, $0, $1) }
+            } else {
+                sluice_send_batch(descriptor, base + start, remaining, nil, 0)
+            }
+            if sent > 0 {
+                start += Int(sent)
+            } else if errno == EAGAIN || errno == EWOULDBLOCK {
+                return
+            } else {
+                start += 1
+            }
+        }
+    }
+
     public enum ShutdownDirection: Sendable { case write, read }
 
     /// Half-closes the connection: `.write` sends FIN and keeps reading possible.

@@ -50,6 +50,9 @@ struct DNSExchangeJudge {
     private let clock: () -> UInt64
     /// Queries relayed and not answered yet, oldest first, at most `maximumOutstanding`.
     private var outstanding: [Outstanding] = []
+    /// Scratch lists for `learn`.
+    private var learnedAddresses: [IPAddress] = []
+    private var learnedNames: [String] = []
     private(set) var allowedCount: UInt32 = 0
     private(set) var deniedCount: UInt32 = 0
 
@@ -59,19 +62,37 @@ struct DNSExchangeJudge {
 
     private struct Outstanding {
         var id: UInt16
-        /// The question as a comparable key (`questionKey`).
-        var question: [UInt8]
-        var name: String
-        /// `name` lower-cased without the trailing dot, as the policy judged it.
-        var normalized: String
-        var qtype: String
+        /// The question's type (QTYPE).
+        var type: UInt16
         /// False only in audit mode: the query was denied and relayed anyway.
         var allowed: Bool
-        var start: UInt64
         var direction: Direction
+        var start: UInt64
+        /// The question's name lower-cased without the trailing dot, as the policy judged it.
+        var normalized: String
         /// What the client gets should the resolver stay silent: SERVFAIL, same ID and
-        /// question as asked (the name in the client's case).
+        /// question as asked (the name in the client's case). It is also where the question
+        /// is kept: its name written out at `questionOffset` (for flow records), then its type
+        /// and class (the last four bytes), to match the answer against.
         var serverFailure: [UInt8]
+
+        static let questionOffset = DNSMessage.headerLength
+
+        /// Whether `question` (of a message in `bytes`) is this query's: the same name (ASCII
+        /// case aside), type and class.
+        func isAsked(_ question: DNSQuestion, in bytes: UnsafeRawBufferPointer) -> Bool {
+            serverFailure.withUnsafeBytes { asked in
+                asked.count >= Self.questionOffset + 5
+                    && UInt16(asked[asked.count - 4]) << 8 | UInt16(asked[asked.count - 3]) == question.type
+                    && UInt16(asked[asked.count - 2]) << 8 | UInt16(asked[asked.count - 1]) == question.recordClass
+                    && DNSWireName.equalIgnoringCase(bytes, at: question.name, asked, at: Self.questionOffset)
+            }
+        }
+
+        /// The question's name as the client wrote it (`DNSWireName.text`), for flow records.
+        var name: String {
+            serverFailure.withUnsafeBytes { (try? DNSWireName.text($0, at: Self.questionOffset)) ?? normalized }
+        }
     }
 
     init(context: SessionContext, deniedRCode: UInt8, responseTimeout: UInt64, learner: FQDNLearning?,
@@ -108,17 +129,27 @@ struct DNSExchangeJudge {
         // RFC 9619: a query carries exactly one question; opcode QUERY is all a name rule judges.
         guard message.header.opcode == 0, message.questions.count == 1,
               let question = message.questions.first,
-              let name = try? DNSWireName.text(bytes, at: question.name) else {
+              let normalized = Self.normalizedName(bytes, at: question.name) else {
             return malformed(bytes, because: "not a standard query with one question")
         }
         refreshPolicies()
+        // Nothing is made for flow records unless they are written.
+        let reporting = context.reporter != nil
         var allowed = true
         var deciding: [RuleReference] = []
         var direction = Direction.egress
-        let normalized = PolicyEngine.DNSName.normalize(name)
         if context.policy != nil {
             let facts = DNSQueryFacts(name: normalized)
             for policy in policies {
+                guard reporting else {
+                    // The same decision, without the rule references only a record shows.
+                    if !policy.allows(dns: facts) {
+                        allowed = false
+                        direction = policy.flow.direction
+                        break
+                    }
+                    continue
+                }
                 let verdict = policy.evaluate(dns: facts)
                 if !verdict.isAllowed {
                     allowed = false
@@ -129,11 +160,13 @@ struct DNSExchangeJudge {
                 deciding += verdict.matched
             }
         }
-        let qtype = Self.typeName(question.type)
         if !allowed {
             deniedCount &+= 1
-            report(type: .request, verdict: .dropped, direction: direction, query: name, rules: deciding, allowed: false,
-                   fields: Self.fields(["qtypes": .array([.string(qtype)])]))
+            if reporting {
+                report(type: .request, verdict: .dropped, direction: direction, query: Self.name(bytes, question, normalized),
+                       rules: deciding, allowed: false,
+                       fields: Self.fields(["qtypes": .array([.string(Self.typeName(question.type))])]))
+            }
             // Audit (replay): reported, and relayed as recorded so that its recorded answer matches.
             if !context.audit { return .answer(DNSAnswers.response(to: message, in: bytes, rcode: deniedRCode)) }
         } else {
@@ -141,14 +174,28 @@ struct DNSExchangeJudge {
         }
         if outstanding.count >= Self.maximumOutstanding { outstanding.removeFirst() }
         outstanding.append(Outstanding(
-            id: message.header.id, question: Self.questionKey(question, in: bytes), name: name, normalized: normalized,
-            qtype: qtype, allowed: allowed, start: clock(), direction: direction,
+            id: message.header.id, type: question.type, allowed: allowed, direction: direction, start: clock(),
+            normalized: normalized,
             serverFailure: DNSAnswers.response(to: message, in: bytes, rcode: DNSAnswers.serverFailure)))
-        if allowed {
-            report(type: .request, verdict: .forwarded, direction: direction, query: name, rules: deciding, allowed: true,
-                   fields: Self.fields(["qtypes": .array([.string(qtype)])]))
+        if allowed && reporting {
+            report(type: .request, verdict: .forwarded, direction: direction, query: Self.name(bytes, question, normalized),
+                   rules: deciding, allowed: true,
+                   fields: Self.fields(["qtypes": .array([.string(Self.typeName(question.type))])]))
         }
         return .relay
+    }
+
+    /// The name at `offset` as the policy judges it: lower-cased, without the trailing dot
+    /// (`PolicyEngine.DNSName.normalize` of `DNSWireName.text`, made directly when the name
+    /// needs no escape).
+    private static func normalizedName(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> String? {
+        if let plain = DNSWireName.plainLowercasedText(bytes, at: offset) { return plain }
+        return (try? DNSWireName.text(bytes, at: offset)).map(PolicyEngine.DNSName.normalize)
+    }
+
+    /// The question's name as the client wrote it, for flow records.
+    private static func name(_ bytes: UnsafeRawBufferPointer, _ question: DNSQuestion, _ normalized: String) -> String {
+        (try? DNSWireName.text(bytes, at: question.name)) ?? normalized
     }
 
     /// FORMERR when a header can be read (RFC 1035 §4.1.1), else unreadable.
@@ -169,16 +216,19 @@ struct DNSExchangeJudge {
               message.questions.count == 1, let question = message.questions.first else {
             return .reject(reason: "DNS: an answer that cannot be read")
         }
-        let key = Self.questionKey(question, in: bytes)
-        guard let index = outstanding.firstIndex(where: { $0.id == message.header.id && $0.question == key }) else {
+        let id = message.header.id
+        guard let index = outstanding.firstIndex(where: { $0.id == id && $0.isAsked(question, in: bytes) }) else {
             return .reject(reason: "DNS: an answer to no outstanding query of this client")
         }
         let query = outstanding.remove(at: index)
         // In audit mode the answer to a denied query is relayed as recorded, reported as one
         // the client would not have had, and teaches nothing.
-        report(type: .response, verdict: query.allowed ? .forwarded : .dropped, direction: query.direction, query: query.name,
-               rules: [], allowed: query.allowed, fields: Self.answerFields(message, in: bytes, qtype: query.qtype),
-               latency: received &- query.start)
+        if context.reporter != nil {
+            report(type: .response, verdict: query.allowed ? .forwarded : .dropped, direction: query.direction,
+                   query: query.name, rules: [], allowed: query.allowed,
+                   fields: Self.answerFields(message, in: bytes, qtype: Self.typeName(query.type)),
+                   latency: received &- query.start)
+        }
         if query.allowed { learn(from: message, in: bytes, asked: query.normalized, received: received) }
         return .relay
     }
@@ -208,10 +258,13 @@ struct DNSExchangeJudge {
     }
 
     private mutating func serverFailure(_ query: Outstanding) -> [UInt8] {
-        report(type: .response, verdict: .forwarded, direction: query.direction, query: query.name, rules: [],
-               allowed: true, fields: Self.fields(["rcode": .unsigned(UInt64(DNSAnswers.serverFailure)),
-                                                   "qtypes": .array([.string(query.qtype)])]),
-               latency: clock() &- query.start, summary: "DNS answer \(query.name) timed out: SERVFAIL")
+        if context.reporter != nil {
+            let name = query.name
+            report(type: .response, verdict: .forwarded, direction: query.direction, query: name, rules: [],
+                   allowed: true, fields: Self.fields(["rcode": .unsigned(UInt64(DNSAnswers.serverFailure)),
+                                                       "qtypes": .array([.string(Self.typeName(query.type))])]),
+                   latency: clock() &- query.start, summary: "DNS answer \(name) timed out: SERVFAIL")
+        }
         return query.serverFailure
     }
 
@@ -220,13 +273,24 @@ struct DNSExchangeJudge {
     /// Hands the answer's addresses to the learner; returns once the datapath holds them.
     /// `asked` is the question's name as the policy judged it (the answer's question is the
     /// same name: it matched the outstanding query).
-    private func learn(from message: DNSMessage, in bytes: UnsafeRawBufferPointer, asked: String, received: UInt64) {
+    private mutating func learn(from message: DNSMessage, in bytes: UnsafeRawBufferPointer, asked: String,
+                                received: UInt64) {
         guard let learner, let endpoint = clientAddress,
               let chain = DNSAnswerChain(message, in: bytes, questionName: asked), !chain.addresses.isEmpty,
               let ttl = chain.ttl else { return }
-        let addresses = chain.addresses.compactMap { IPAddress(networkBytes: UnsafeRawBufferPointer(rebasing: bytes[$0])) }
-        let names = chain.names.count == 1 ? [asked] : [asked] + chain.names.dropFirst().map(PolicyEngine.DNSName.normalize)
-        learner.learn(LearnedAnswer(endpoint: endpoint, names: names, addresses: addresses, ttl: ttl, received: received))
+        // The lists are the judge's own, emptied and filled again for every answer: the
+        // learner lets go of them when it returns, so they are reused, not allocated anew.
+        learnedAddresses.removeAll(keepingCapacity: true)
+        for range in chain.addresses {
+            if let address = IPAddress(networkBytes: UnsafeRawBufferPointer(rebasing: bytes[range])) {
+                learnedAddresses.append(address)
+            }
+        }
+        learnedNames.removeAll(keepingCapacity: true)
+        learnedNames.append(asked)
+        for name in chain.names.dropFirst() { learnedNames.append(PolicyEngine.DNSName.normalize(name)) }
+        learner.learn(LearnedAnswer(endpoint: endpoint, names: learnedNames, addresses: learnedAddresses, ttl: ttl,
+                                    received: received))
     }
 
     private mutating func refreshPolicies() {
@@ -267,18 +331,6 @@ struct DNSExchangeJudge {
         if !cnames.isEmpty { fields["cnames"] = .array(cnames) }
         if let ttl { fields["ttl"] = .unsigned(UInt64(ttl)) }
         return fields
-    }
-
-    /// The question as a comparable key: the name lower-cased, uncompressed, then type and class.
-    private static func questionKey(_ question: DNSQuestion, in bytes: UnsafeRawBufferPointer) -> [UInt8] {
-        var key: [UInt8] = []
-        try? DNSWireName.forEachLabel(bytes, at: question.name) { label in
-            key.append(UInt8(label.count))
-            for byte in label { key.append(byte >= 0x41 && byte <= 0x5a ? byte | 0x20 : byte) }
-        }
-        key += [0, UInt8(question.type >> 8), UInt8(question.type & 0xff),
-                UInt8(question.recordClass >> 8), UInt8(question.recordClass & 0xff)]
-        return key
     }
 
     private static func fields(_ pairs: KeyValuePairs<String, JSONObject.Value>) -> JSONObject {
