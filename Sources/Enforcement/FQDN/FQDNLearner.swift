@@ -57,6 +57,11 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
     /// TTL plus grace, the datapath copy never lapsing before that); a name answered many
     /// times a second costs a map write per lifetime instead of one per second.
     public static let extensionHorizon: UInt64 = 5_000_000_000
+    /// Extensions waiting at most: past it an extension is written at once. A deferred
+    /// record the store evicts is forgotten only when its write falls due, so without a cap a
+    /// stream of names answered twice, then evicted, would grow the list for as long as
+    /// their lifetimes run.
+    public static let maximumDeferred = 65_536
 
     public let settings: FQDNSettings
     /// The state file, resolved; nil keeps records in memory only.
@@ -136,7 +141,7 @@ public final class FQDNLearner: FQDNLearning, @unchecked Sendable {
                 case .extended(let before, let after):
                     kept = true
                     let held = state.deferred[key] ?? before.expires
-                    if held >= now &+ Self.extensionHorizon {
+                    if held >= now &+ Self.extensionHorizon && state.deferred.count < Self.maximumDeferred {
                         // The datapath's copy stands for a while yet: written later (see `extensionHorizon`).
                         if state.deferred[key] == nil { state.deferred[key] = held }
                         state.dirty = true
