@@ -94,7 +94,7 @@ let package = Package(
 
         .testTarget(name: "ProxyTests", dependencies: ["Proxy", "COpenSSL", "L7Parsers", "PolicyEngine"]),
         // The HTTP/1 connection tests run the parser through the proxy's real driver, from memory.
-        .testTarget(name: "L7ParsersTests", dependencies: ["L7Parsers", "CNghttp2", "Proxy"]),
+        .testTarget(name: "L7ParsersTests", dependencies: ["L7Parsers", "CNghttp2", "Proxy", "PolicyEngine"]),
         .testTarget(name: "PolicyEngineTests", dependencies: ["PolicyEngine", "CPCRE2"]),
         .testTarget(name: "EnforcementTests", dependencies: ["Enforcement", "Proxy", "PolicyEngine", "Datapath", "CSluiceDatapath"]),
         .testTarget(name: "ReplayTests", dependencies: ["Replay"]),

@@ -1,5 +1,6 @@
 import Testing
 @testable import L7Parsers
+import PolicyEngine
 
 /// `HTTP2StreamTable` against `Dictionary` as the oracle: every operation sequence must leave
 /// the same contents, whatever runs of colliding IDs the deletions shift back.
@@ -20,7 +21,7 @@ import Testing
     }
 
     @Test func matchesADictionaryUnderRandomOperations() {
-        var generator = SplitMix(seed: 0x5EED)
+        var generator = SplitMix64(seed: 0x5EED)
         for round in 0..<20 {
             var table = HTTP2StreamTable<Int>()
             var oracle: [Int32: Int] = [:]
@@ -56,18 +57,5 @@ import Testing
         #expect(table.count == 3)
         #expect(table.slotCount <= 64, "a table whose streams closed gives its slots back")
         for stream in streams.suffix(3) { #expect(table[stream] == Int(stream)) }
-    }
-}
-
-/// A small deterministic generator (SplitMix64), so a failure repeats.
-private struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

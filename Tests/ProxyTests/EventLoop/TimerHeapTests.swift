@@ -1,5 +1,6 @@
 import Testing
 @testable import Proxy
+import PolicyEngine
 
 @Suite struct TimerHeapTests {
     @Test func popsInDeadlineOrder() {
@@ -72,18 +73,5 @@ import Testing
         var fired: [Int] = []
         while let value = heap.popExpired(now: .max) { fired.append(value) }
         #expect(fired == reference.map(\.sequence))
-    }
-}
-
-/// A small deterministic generator for randomized tests.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
