@@ -359,19 +359,19 @@ public final class HTTP2Endpoint {
     /// the stack; nghttp2 copies the fields into its frame before `body` returns).
     private func withHeaderList<Result>(_ headers: HTTP2HeaderBlock,
                                         _ body: (UnsafePointer<nghttp2_nv>, Int) -> Result) -> Result {
-        headers.storage.withUnsafeBufferPointer { bytes in
-            withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: max(headers.count, 1)) { list in
+        headers.withUnsafeFields { bytes, spans in
+            withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: max(spans.count, 1)) { list in
                 var placeholder: UInt8 = 0
                 return withUnsafeMutablePointer(to: &placeholder) { placeholder in
                     // nghttp2 wants non-null pointers, even for empty names and values.
-                    let base = UnsafeMutablePointer(mutating: bytes.baseAddress)
-                    for (index, span) in headers.spans.enumerated() {
+                    let base = UnsafeMutablePointer(mutating: bytes)
+                    for (index, span) in spans.enumerated() {
                         list[index] = nghttp2_nv(name: base.map { $0 + Int(span.nameStart) } ?? placeholder,
                                                  value: base.map { $0 + span.valueStart } ?? placeholder,
                                                  namelen: Int(span.nameCount), valuelen: Int(span.valueCount),
                                                  flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
                     }
-                    return body(UnsafePointer(list.baseAddress!), headers.count)
+                    return body(UnsafePointer(list.baseAddress!), spans.count)
                 }
             }
         }
@@ -446,7 +446,7 @@ public final class HTTP2Endpoint {
                 return 0
             }
             if endpoint.role == .client,
-               headers.firstValue(named: HTTP2Endpoint.statusName)?.first == UInt8(ascii: "1") {
+               let status = headers.status, (100..<200).contains(status) {
                 endpoint.informational.insert(stream)
                 endpoint.events.append(.informational(stream: stream, headers: headers))
                 return 0
@@ -464,7 +464,6 @@ public final class HTTP2Endpoint {
         return 0
     }
 
-    private static let statusName = Array(":status".utf8)
 
     private static let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, stream, data, length, userData in
         endpoint(userData).events.append(.data(stream: stream, bytes: Array(UnsafeBufferPointer(start: data, count: length))))

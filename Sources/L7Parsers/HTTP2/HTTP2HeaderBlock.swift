@@ -7,11 +7,15 @@ import Glibc
 /// is filled as nghttp2 decodes it and handed on as it is; a forwarded one is passed to
 /// nghttp2 pointing into the same buffer. Reading a field copies nothing and counts no
 /// references (an array of `HTTP2Header` would hold two slices, two references, a field).
-public struct HTTP2HeaderBlock: Equatable, Sendable {
-    @usableFromInline var storage: [UInt8] = []
-    @usableFromInline var spans: [Span] = []
+///
+/// Storage: one heap object holding the field bytes and the spans in two malloc'd blocks,
+/// grown by doubling and filled with `memcpy` (a block is built field by field from
+/// nghttp2's callbacks, the hottest path of a proxied request). A value type: a block
+/// shared by two owners is copied before either changes it.
+public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
+    @usableFromInline var storage: Storage?
 
-    @usableFromInline struct Span: Equatable, Sendable {
+    @usableFromInline struct Span: Equatable {
         @usableFromInline var nameStart: UInt32
         @usableFromInline var nameCount: UInt32
         @usableFromInline var valueCount: UInt32
@@ -19,55 +23,145 @@ public struct HTTP2HeaderBlock: Equatable, Sendable {
         @inlinable var valueStart: Int { Int(nameStart) + Int(nameCount) }
     }
 
+    @usableFromInline final class Storage {
+        @usableFromInline var bytes: UnsafeMutablePointer<UInt8>
+        @usableFromInline var byteCount = 0
+        @usableFromInline var byteCapacity: Int
+        @usableFromInline var spans: UnsafeMutablePointer<Span>
+        @usableFromInline var spanCount = 0
+        @usableFromInline var spanCapacity: Int
+
+        init(fields: Int, bytes: Int) {
+            spanCapacity = max(fields, 4)
+            byteCapacity = max(bytes, 64)
+            spans = Self.allocate(Span.self, spanCapacity)
+            self.bytes = Self.allocate(UInt8.self, byteCapacity)
+        }
+
+        deinit {
+            free(bytes)
+            free(spans)
+        }
+
+        /// Plain `malloc` (`UnsafeMutablePointer.allocate` goes through `posix_memalign`,
+        /// several times the cost, for alignments `malloc` already gives).
+        private static func allocate<Element>(_: Element.Type, _ count: Int) -> UnsafeMutablePointer<Element> {
+            guard let raw = malloc(count * MemoryLayout<Element>.stride) else {
+                fatalError("HTTP2HeaderBlock: out of memory")
+            }
+            return raw.bindMemory(to: Element.self, capacity: count)
+        }
+
+        func copy() -> Storage {
+            let copy = Storage(fields: spanCapacity, bytes: byteCapacity)
+            copy.bytes.update(from: bytes, count: byteCount)
+            copy.spans.initialize(from: spans, count: spanCount)
+            copy.byteCount = byteCount
+            copy.spanCount = spanCount
+            return copy
+        }
+
+        func append(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+            if spanCount == spanCapacity {
+                let grown = Self.allocate(Span.self, spanCapacity * 2)
+                grown.moveInitialize(from: spans, count: spanCount)
+                free(spans)
+                spans = grown
+                spanCapacity *= 2
+            }
+            let needed = byteCount + name.count + value.count
+            if needed > byteCapacity {
+                var capacity = byteCapacity * 2
+                while capacity < needed { capacity *= 2 }
+                let grown = Self.allocate(UInt8.self, capacity)
+                grown.update(from: bytes, count: byteCount)
+                free(bytes)
+                bytes = grown
+                byteCapacity = capacity
+            }
+            (spans + spanCount).initialize(to: Span(nameStart: UInt32(byteCount), nameCount: UInt32(name.count),
+                                                    valueCount: UInt32(value.count)))
+            spanCount += 1
+            if let base = name.baseAddress, name.count > 0 { memcpy(bytes + byteCount, base, name.count) }
+            byteCount += name.count
+            if let base = value.baseAddress, value.count > 0 { memcpy(bytes + byteCount, base, value.count) }
+            byteCount += value.count
+        }
+    }
+
     public init() {}
 
     public init(_ headers: [HTTP2Header]) {
         var total = 0
         for header in headers { total += header.name.count + header.value.count }
-        storage.reserveCapacity(total)
-        spans.reserveCapacity(headers.count)
-        for header in headers { append(name: header.name, value: header.value) }
+        reserveCapacity(fields: headers.count, bytes: total)
+        for header in headers {
+            header.name.withUnsafeBufferPointer { name in
+                header.value.withUnsafeBufferPointer { value in append(name: name, value: value) }
+            }
+        }
     }
 
     /// Fields in the block.
-    @inlinable public var count: Int { spans.count }
-    @inlinable public var isEmpty: Bool { spans.isEmpty }
+    @inlinable public var count: Int { storage?.spanCount ?? 0 }
+    @inlinable public var isEmpty: Bool { count == 0 }
     /// Bytes of all names and values.
-    public var byteCount: Int { storage.count }
+    public var byteCount: Int { storage?.byteCount ?? 0 }
 
     public mutating func reserveCapacity(fields: Int, bytes: Int) {
-        spans.reserveCapacity(fields)
-        storage.reserveCapacity(bytes)
+        guard storage == nil else { return }
+        storage = Storage(fields: fields, bytes: bytes)
+    }
+
+    /// The storage, unshared, for a change.
+    private mutating func uniqueStorage() -> Storage {
+        // Asked before any local reference to the storage exists (one would count as a sharer).
+        if isKnownUniquelyReferenced(&storage) { return storage.unsafelyUnwrapped }
+        let copy = storage?.copy() ?? Storage(fields: 8, bytes: 256)
+        storage = copy
+        return copy
     }
 
     public mutating func append(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
-        spans.append(Span(nameStart: UInt32(storage.count), nameCount: UInt32(name.count),
-                          valueCount: UInt32(value.count)))
-        storage.append(contentsOf: name)
-        storage.append(contentsOf: value)
+        uniqueStorage().append(name: UnsafeRawBufferPointer(name), value: UnsafeRawBufferPointer(value))
     }
 
     public mutating func append<Name: Collection<UInt8>, Value: Collection<UInt8>>(name: Name, value: Value) {
-        spans.append(Span(nameStart: UInt32(storage.count), nameCount: UInt32(name.count),
-                          valueCount: UInt32(value.count)))
-        storage.append(contentsOf: name)
-        storage.append(contentsOf: value)
+        let name = Array(name), value = Array(value)
+        name.withUnsafeBufferPointer { name in
+            value.withUnsafeBufferPointer { value in append(name: name, value: value) }
+        }
+    }
+
+    /// Calls `body` with the block's buffer and spans (valid during the call).
+    @inlinable
+    func withUnsafeFields<Result>(_ body: (_ bytes: UnsafePointer<UInt8>?, _ spans: UnsafeBufferPointer<Span>) -> Result)
+        -> Result {
+        guard let storage else { return body(nil, UnsafeBufferPointer(start: nil, count: 0)) }
+        return withExtendedLifetime(storage) {
+            body(UnsafePointer(storage.bytes), UnsafeBufferPointer(start: storage.spans, count: storage.spanCount))
+        }
     }
 
     /// Calls `body` with every field's name and value, in order, until it returns false.
     @inlinable
     public func forEachField(_ body: (_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) -> Bool) {
-        storage.withUnsafeBufferPointer { bytes in
-            guard let base = bytes.baseAddress else {
-                // Only fields with empty names and values: no buffer to point into.
-                let empty = UnsafeBufferPointer<UInt8>(start: nil, count: 0)
-                for _ in spans where !body(empty, empty) { return }
-                return
-            }
+        withUnsafeFields { bytes, spans in
             for span in spans {
-                let name = UnsafeBufferPointer(start: base + Int(span.nameStart), count: Int(span.nameCount))
-                let value = UnsafeBufferPointer(start: base + span.valueStart, count: Int(span.valueCount))
+                let name = UnsafeBufferPointer(start: bytes.map { $0 + Int(span.nameStart) }, count: Int(span.nameCount))
+                let value = UnsafeBufferPointer(start: bytes.map { $0 + span.valueStart }, count: Int(span.valueCount))
                 if !body(name, value) { return }
+            }
+        }
+    }
+
+    public static func == (lhs: HTTP2HeaderBlock, rhs: HTTP2HeaderBlock) -> Bool {
+        guard lhs.count == rhs.count, lhs.byteCount == rhs.byteCount else { return false }
+        return lhs.withUnsafeFields { leftBytes, leftSpans in
+            rhs.withUnsafeFields { rightBytes, rightSpans in
+                guard leftSpans.elementsEqual(rightSpans) else { return false }
+                guard let leftBytes, let rightBytes, lhs.byteCount > 0 else { return true }
+                return memcmp(leftBytes, rightBytes, lhs.byteCount) == 0
             }
         }
     }
@@ -90,19 +184,41 @@ public struct HTTP2HeaderBlock: Equatable, Sendable {
 
     /// The value of the first field named `name`.
     public func firstValue(named name: [UInt8]) -> [UInt8]? {
-        var found: [UInt8]?
-        forEachField { fieldName, value in
-            guard Self.equal(fieldName, name) else { return true }
-            found = Array(value)
-            return false
-        }
-        return found
+        withFirstValue(named: name) { $0.map(Array.init) }
     }
+
+    /// Calls `body` with the value of the first field named `name` (nil: none), without copying it.
+    public func withFirstValue<Result>(named name: [UInt8], _ body: (UnsafeBufferPointer<UInt8>?) -> Result) -> Result {
+        var found: UnsafeBufferPointer<UInt8>?
+        return withUnsafeFields { _, _ in
+            forEachField { fieldName, value in
+                guard Self.equal(fieldName, name) else { return true }
+                found = value
+                return false
+            }
+            return body(found)
+        }
+    }
+
+    /// The `:status` of a response head as a number (nil: none, or not three digits).
+    public var status: Int? {
+        withFirstValue(named: Self.statusName) { value in
+            guard let value, value.count == 3 else { return nil }
+            var status = 0
+            for byte in value {
+                guard byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") else { return nil }
+                status = status * 10 + Int(byte - UInt8(ascii: "0"))
+            }
+            return status
+        }
+    }
+
+    @usableFromInline static let statusName = Array(":status".utf8)
 
     /// The fields as `HTTP2Header`s (copies; for changing a block and for tests).
     public var headers: [HTTP2Header] {
         var result: [HTTP2Header] = []
-        result.reserveCapacity(spans.count)
+        result.reserveCapacity(count)
         forEachField { name, value in
             result.append(HTTP2Header(name: Array(name), value: Array(value)))
             return true

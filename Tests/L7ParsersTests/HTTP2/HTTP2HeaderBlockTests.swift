@@ -27,6 +27,31 @@ import Testing
         #expect(block.headers == [HTTP2Header(name: Array("x-raw".utf8), value: value)])
     }
 
+    @Test func growsPastItsFirstBuffersAndCopiesBeforeAChangeToASharedBlock() {
+        var block = HTTP2HeaderBlock()
+        block.reserveCapacity(fields: 1, bytes: 1)
+        let big = [UInt8](repeating: 0x78, count: 10_000)
+        for index in 0..<100 { block.append(name: Array("x-\(index)".utf8), value: index == 50 ? big : [UInt8(index)]) }
+        #expect(block.count == 100 && block.firstValue(named: Array("x-50".utf8)) == big)
+        #expect(block.firstValue(named: Array("x-99".utf8)) == [99])
+        let before = block
+        var changed = block
+        changed.append(name: Array("x-new".utf8), value: Array("1".utf8))
+        #expect(before.count == 100 && block.count == 100 && changed.count == 101)
+        #expect(block == before && changed != block)
+        #expect(block.firstValue(named: Array("x-new".utf8)) == nil)
+        #expect(HTTP2HeaderBlock() == HTTP2HeaderBlock([]) && HTTP2HeaderBlock().headers.isEmpty)
+    }
+
+    @Test func statusIsThreeDigitsOrNothing() {
+        #expect(HTTP2HeaderBlock([HTTP2Header(":status", "200"), HTTP2Header(":status", "404")]).status == 200)
+        #expect(HTTP2HeaderBlock([HTTP2Header("server", "x"), HTTP2Header(":status", "103")]).status == 103)
+        #expect(HTTP2HeaderBlock([HTTP2Header("server", "x")]).status == nil)
+        for bad in ["20", "2000", "2x0", "", "-20"] {
+            #expect(HTTP2HeaderBlock([HTTP2Header(":status", bad)]).status == nil, "\(bad)")
+        }
+    }
+
     @Test func equalAndStartsCompareLengthsAndBytes() {
         let text = Array("application/grpc+proto".utf8)
         text.withUnsafeBufferPointer { bytes in

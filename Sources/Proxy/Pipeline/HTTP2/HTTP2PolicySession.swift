@@ -244,7 +244,7 @@ public final class HTTP2PolicySession: L7Session {
             if stream.awaitingResponse { awaitingCount -= 1 }
             stream.awaitingResponse = false
             streams.update(id) { $0.awaitingResponse = false }
-            let status = headers.firstValue(named: Self.statusName).flatMap { Int(String(decoding: $0, as: UTF8.self)) }
+            let status = headers.status
             reporter?.report(draft(type: .response, verdict: stream.allowed ? .forwarded : .dropped,
                                     direction: stream.direction, method: stream.method, url: stream.url, code: status,
                                     latency: clock() &- stream.start, rules: [], allowed: stream.allowed))
@@ -289,7 +289,6 @@ public final class HTTP2PolicySession: L7Session {
         }
     }
 
-    private static let statusName = Array(":status".utf8)
     private static let methodName = Array(":method".utf8)
     private static let authorityName = Array(":authority".utf8)
     private static let hostName = Array("host".utf8)
@@ -303,12 +302,18 @@ public final class HTTP2PolicySession: L7Session {
         var fields: [(name: String, value: String)] = []
         // Header fields become text only when a rule can read them.
         let readsHeaders = judge.needsHeaders()
+        // The path normalised from the field's own bytes (no copy of its text).
+        let normalizes = settings.normalizePaths
+        var pathNormalization: HTTP1TargetNormalization?
         headers.forEachField { name, value in
             if name.first == UInt8(ascii: ":") {
                 if HTTP2HeaderBlock.equal(name, Self.methodName) {
                     method = String(decoding: value, as: UTF8.self)
                 } else if HTTP2HeaderBlock.equal(name, Self.pathName) {
                     path = String(decoding: value, as: UTF8.self)
+                    if normalizes {
+                        pathNormalization = HTTP1TargetNormalization.normalize(target: UnsafeRawBufferPointer(value))
+                    }
                 } else if HTTP2HeaderBlock.equal(name, Self.authorityName) {
                     authority = String(decoding: value, as: UTF8.self)
                 } // :scheme, :protocol
@@ -326,7 +331,7 @@ public final class HTTP2PolicySession: L7Session {
         var url = path
         if settings.normalizePaths {
             // The reference normalises before matching; the server receives what was judged.
-            switch HTTP1TargetNormalization.normalize(target: Array(path.utf8)) {
+            switch pathNormalization ?? HTTP1TargetNormalization.normalize(target: Array(path.utf8)) {
             case .unchanged:
                 break
             case .normalized(let target, _):
