@@ -155,6 +155,12 @@ def status_of(client, frames, stream):
     return found
 
 
+def answer_to(client, stream):
+    """The frames up to `stream`'s END_STREAM, and that stream's :status."""
+    frames = client.frames(timeout=3, until=lambda f: f.stream_id == stream and "END_STREAM" in f.flags)
+    return status_of(client, frames, stream), frames
+
+
 def test_hpack_bomb_is_answered_431_and_stays_bounded(stack):
     """A header block of a few hundred bytes that decodes to ~1 MB (one 4 KB table entry
     referenced again and again): decoded and dropped, answered 431 (RFC 9113 §10.5.1), never
@@ -169,12 +175,12 @@ def test_hpack_bomb_is_answered_431_and_stays_bounded(stack):
     bomb = b"\x82\x86" + b"\x04\x09/api/bomb" + b"\x01\x07backend" + b"\xbe" * 250
     assert len(bomb) < 300
     client.send(client.headers(3, bomb))
-    frames = client.frames(timeout=3, until=lambda f: f.stream_id == 3 and "END_STREAM" in f.flags)
-    assert status_of(client, frames, 3) == "431", [type(f).__name__ for f in frames]
+    status, frames = answer_to(client, 3)
+    assert status == "431", [type(f).__name__ for f in frames]
     # The same connection still carries requests: the decoder's table is what the client's is.
     client.send(client.headers(5, client.block("/api/next")))
-    frames = client.frames(timeout=3, until=lambda f: f.stream_id == 5 and "END_STREAM" in f.flags)
-    assert status_of(client, frames, 5) == "200"
+    status, frames = answer_to(client, 5)
+    assert status == "200"
     client.close()
     assert not served(nginx, "/api/bomb") and served(nginx, "/api/next")
     assert resident_kib(proxy) < 64 * 1024
@@ -192,11 +198,11 @@ def test_an_oversized_head_with_a_body_is_answered_431_and_its_body_goes_nowhere
     fields = [(f"x-field-{index}", "v") for index in range(300)]
     client.send(client.headers(1, client.block("/api/upload", method="POST", extra=fields), end_stream=False))
     client.send(DataFrame(1, data=b"smuggled body " * 100, flags=["END_STREAM"]).serialize())
-    frames = client.frames(timeout=3, until=lambda f: f.stream_id == 1 and "END_STREAM" in f.flags)
-    assert status_of(client, frames, 1) == "431", [type(f).__name__ for f in frames]
+    status, frames = answer_to(client, 1)
+    assert status == "431", [type(f).__name__ for f in frames]
     client.send(client.headers(3, client.block("/api/after-upload")))
-    frames = client.frames(timeout=3, until=lambda f: f.stream_id == 3 and "END_STREAM" in f.flags)
-    assert status_of(client, frames, 3) == "200"
+    status, frames = answer_to(client, 3)
+    assert status == "200"
     client.close()
     assert not served(nginx, "/api/upload") and served(nginx, "/api/after-upload")
     still_serves(port, nginx, proxy)

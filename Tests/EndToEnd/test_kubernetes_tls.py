@@ -7,6 +7,7 @@ certificates checked against that CA on one port, a bearer token checked on anot
 Starts: openssl (certificates), the emulator, nginx (TLS), the sluice binary
 (`run --kubernetes --check`, and `run` with no datapath for the watch)."""
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -189,45 +190,15 @@ def test_token_ca_file_and_the_server_certificate_checks(tls_api):
     assert named.returncode == 1 and "TLS handshake" in named.stderr, named.stderr
 
 
-def test_the_watch_streams_over_tls(tls_api, workdir):
+POLICY_OBJECTS = 'sluice_kubernetes_objects{resource="ciliumnetworkpolicies"}'
+
+
+@contextlib.contextmanager
+def watching_sluice(tls_api, workdir, name):
+    """sluice run against the TLS API server (token, CA data) with metrics on, ready; yields
+    its stderr file and a reader of its CiliumNetworkPolicy object-count lines."""
     directory = tls_api["dir"]
-    config = kubeconfig(directory, "watch", tls_api["ports"]["token"], {"certificate-authority-data": data(directory, "ca.crt")},
-                        {"token": TOKEN})
-    metrics_port = free_port()
-    config.write_text(config.read_text() + f"metrics: {{listen: 127.0.0.1:{metrics_port}}}\n")
-    stderr = open(stderr_path_of(workdir, config), "w")
-    process = subprocess.Popen([SLUICE, "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-        wait_until_ready(stderr_path_of(workdir, config))
-
-        def objects():
-            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-            return [line for line in text.splitlines() if line.startswith('sluice_kubernetes_objects{resource="ciliumnetworkpolicies"}')]
-
-        assert objects() == ['sluice_kubernetes_objects{resource="ciliumnetworkpolicies"} 0']
-        create(tls_api, "/apis/cilium.io/v2/namespaces/shop/ciliumnetworkpolicies",
-               {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "p", "namespace": "shop"},
-                "spec": {"endpointSelector": {}, "ingress": [{}]}})
-        deadline = time.monotonic() + 10
-        while objects() != ['sluice_kubernetes_objects{resource="ciliumnetworkpolicies"} 1']:
-            assert time.monotonic() < deadline, stderr_path_of(workdir, config).read_text()
-            time.sleep(0.1)
-        while "CiliumNetworkPolicy shop/p changed" not in stderr_path_of(workdir, config).read_text():
-            assert time.monotonic() < deadline, stderr_path_of(workdir, config).read_text()
-            time.sleep(0.1)
-    finally:
-        process.terminate()
-        process.wait(20)
-        stderr.close()
-
-
-def test_a_dropped_watch_resumes_from_its_version(tls_api, workdir):
-    """The connection to the API server drops (nginx stops) while the API server itself
-    keeps running: sluice watches again from the last resourceVersion it saw (no 410, no
-    relist), and what was created meanwhile arrives. (The emulator replays its objects on
-    every watch whatever the version; a real API server sends the events after it.)"""
-    directory = tls_api["dir"]
-    config = kubeconfig(directory, "resume", tls_api["ports"]["token"], {"certificate-authority-data": data(directory, "ca.crt")},
+    config = kubeconfig(directory, name, tls_api["ports"]["token"], {"certificate-authority-data": data(directory, "ca.crt")},
                         {"token": TOKEN})
     metrics_port = free_port()
     config.write_text(config.read_text() + f"metrics: {{listen: 127.0.0.1:{metrics_port}}}\n")
@@ -235,12 +206,40 @@ def test_a_dropped_watch_resumes_from_its_version(tls_api, workdir):
     stderr = open(stderr_path, "w")
     process = subprocess.Popen([SLUICE, "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        wait_until_ready(stderr_path_of(workdir, config))
+        wait_until_ready(stderr_path)
 
         def policies():
             text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-            return [line for line in text.splitlines() if line.startswith('sluice_kubernetes_objects{resource="ciliumnetworkpolicies"}')]
+            return [line for line in text.splitlines() if line.startswith(POLICY_OBJECTS)]
 
+        yield stderr_path, policies
+    finally:
+        process.terminate()
+        process.wait(20)
+        stderr.close()
+
+
+def test_the_watch_streams_over_tls(tls_api, workdir):
+    with watching_sluice(tls_api, workdir, "watch") as (stderr_path, objects):
+        assert objects() == [f"{POLICY_OBJECTS} 0"]
+        create(tls_api, "/apis/cilium.io/v2/namespaces/shop/ciliumnetworkpolicies",
+               {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "p", "namespace": "shop"},
+                "spec": {"endpointSelector": {}, "ingress": [{}]}})
+        deadline = time.monotonic() + 10
+        while objects() != [f"{POLICY_OBJECTS} 1"]:
+            assert time.monotonic() < deadline, stderr_path.read_text()
+            time.sleep(0.1)
+        while "CiliumNetworkPolicy shop/p changed" not in stderr_path.read_text():
+            assert time.monotonic() < deadline, stderr_path.read_text()
+            time.sleep(0.1)
+
+
+def test_a_dropped_watch_resumes_from_its_version(tls_api, workdir):
+    """The connection to the API server drops (nginx stops) while the API server itself
+    keeps running: sluice watches again from the last resourceVersion it saw (no 410, no
+    relist), and what was created meanwhile arrives. (The emulator replays its objects on
+    every watch whatever the version; a real API server sends the events after it.)"""
+    with watching_sluice(tls_api, workdir, "resume") as (stderr_path, policies):
         tls_api["stop_nginx"]()
         deadline = time.monotonic() + 20
         while "watch /apis/cilium.io/v2/ciliumnetworkpolicies ended" not in stderr_path.read_text():
@@ -250,15 +249,11 @@ def test_a_dropped_watch_resumes_from_its_version(tls_api, workdir):
         create(tls_api, "/apis/cilium.io/v2/namespaces/shop/ciliumnetworkpolicies",
                {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "meanwhile", "namespace": "shop"},
                 "spec": {"endpointSelector": {}, "ingress": [{}]}})
-        assert policies() == ['sluice_kubernetes_objects{resource="ciliumnetworkpolicies"} 0']
+        assert policies() == [f"{POLICY_OBJECTS} 0"]
         tls_api["start_nginx"]()
         deadline = time.monotonic() + 30
-        while policies() != ['sluice_kubernetes_objects{resource="ciliumnetworkpolicies"} 1']:
+        while policies() != [f"{POLICY_OBJECTS} 1"]:
             assert time.monotonic() < deadline, stderr_path.read_text()
             time.sleep(0.1)
         text = stderr_path.read_text()
         assert "410 Gone" not in text and "listing /apis/cilium.io/v2/ciliumnetworkpolicies" not in text, text
-    finally:
-        process.terminate()
-        process.wait(20)
-        stderr.close()

@@ -67,8 +67,12 @@ public enum DNSName {
         }
     }
 
-    /// How many labels `labels(of:)` gives for the name in `bytes` (0 for the root), or nil
-    /// when it gives nil; allocates nothing.
+    /// How many labels the query or learned name in `bytes` has (0 for the root `.`), or nil
+    /// when it is not a name a rule may match: every label must be one or more bytes of
+    /// `[-a-zA-Z0-9_]`, with single dots between them and at most one trailing dot. Empty
+    /// labels (`cilium..io`, `.io`), other bytes (`a/b.com`, spaces, non-ASCII) and more than
+    /// 255 bytes make it nil: such a name matches no rule. Allocates nothing; the one check
+    /// of a name's validity that matching relies on.
     static func labelCount(of bytes: UnsafeBufferPointer<UInt8>) -> Int? {
         var labels = 0
         var currentLength = 0
@@ -118,37 +122,6 @@ public enum DNSName {
         for index in 0..<label.count where lowercased(label[index]) != lowercase[index] { return false }
         return true
     }
-
-    /// The labels of a query or learned name, lower-cased, or nil when the name is not
-    /// one a rule may match: the root `.` gives `[]`; otherwise every label must be one
-    /// or more bytes of `[-a-zA-Z0-9_]`, with single dots between them and at most one
-    /// trailing dot. Empty labels (`cilium..io`, `.io`), other bytes (`a/b.com`, spaces,
-    /// non-ASCII) and more than 255 bytes make it nil: such a name matches no rule.
-    static func labels(of name: String) -> [[UInt8]]? {
-        var labels: [[UInt8]] = []
-        var current: [UInt8] = []
-        var count = 0
-        for byte in name.utf8 {
-            count += 1
-            if count > maximumLength + 1 { return nil }
-            if byte == UInt8(ascii: ".") {
-                if current.isEmpty { return count == 1 && name.utf8.count == 1 ? [] : nil }
-                labels.append(current)
-                current = []
-            } else if isLabelByte(byte) {
-                // ASCII lower case only: no Unicode folding may turn a byte into a label byte.
-                current.append(byte | (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? 0x20 : 0))
-            } else {
-                return nil
-            }
-        }
-        if !current.isEmpty {
-            labels.append(current)
-        } else if labels.isEmpty {
-            return nil  // the empty name
-        }
-        return labels
-    }
 }
 
 /// One `matchName` or `matchPattern` of a DNS rule or of `toFQDNs`, with Cilium's semantics:
@@ -161,7 +134,7 @@ public enum DNSName {
 ///   matches `www.cilium.io` but neither `cilium.io` nor `a.b.cilium.io`; `**.cilium.io`
 ///   matches both of the latter's subdomains but not `cilium.io`.
 ///
-/// A queried name is matched only when it is a valid name (`DNSName.labels(of:)`):
+/// A queried name is matched only when it is a valid name (`DNSName.labelCount(of:)`):
 /// labels of `[-a-zA-Z0-9_]+` separated by single dots. `cilium..io`, `.io`, `a/b.com`
 /// and non-ASCII names match no pattern and no name (the reference's regexes also refuse
 /// the bytes; Sluice also refuses the empty labels its `*` would accept).
@@ -205,7 +178,7 @@ public struct DNSMatcher: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// True when the query or learned name `name` is selected (normalised here). A name
-    /// that is not valid (see `DNSName.labels(of:)`) is never selected. Allocates nothing:
+    /// that is not valid (see `DNSName.labelCount(of:)`) is never selected. Allocates nothing:
     /// it walks the name's bytes label by label.
     public func matches(_ name: String) -> Bool {
         var name = name
