@@ -209,6 +209,28 @@ import PolicyEngine
         #expect(response.trailer("grpc-status") == "0")
     }
 
+    @Test func manyFieldsOfEverySizeReachTheServerAsSentAndTheResponseComesBackWhole() throws {
+        // Past the first buffers of a received header block (12 fields, 512 bytes) both ways,
+        // with empty values, repeats and obs-text bytes: what the server gets is what was sent.
+        let harness = try Harness(policy: Self.openPolicy)
+        var extra: [HTTP2Header] = []
+        for index in 0..<200 {
+            let value: [UInt8] = index % 7 == 0 ? [] : Array(repeating: UInt8(0x61 + index % 26), count: (index * 37) % 300)
+            extra.append(HTTP2Header(name: Array("x-field-\(index % 150)".utf8), value: value))
+        }
+        extra.append(HTTP2Header(name: Array("x-raw".utf8), value: [0x61, 0xFF, 0x80]))
+        let responseFields = (0..<40).map { HTTP2Header("x-answer-\($0)", String(repeating: "z", count: $0 * 20)) }
+        harness.serve = { harness, stream, _ in
+            harness.server.submitResponse(stream: stream, [HTTP2Header(":status", "200")] + responseFields, hasBody: false)
+        }
+        let stream = harness.request("GET", "/api/fields", headers: extra)
+        let received = try #require(harness.received.values.first)
+        #expect(Array(received.headers.filter { $0.name.first != UInt8(ascii: ":") }) == extra)
+        let response = try #require(harness.responses[stream])
+        #expect(response.status == "200")
+        #expect(Array(response.headers.dropFirst()) == responseFields)
+    }
+
     @Test func headerRulesAndHeaderActionsApply() throws {
         let harness = try Harness()
         let stream = harness.request("GET", "/tagged")
