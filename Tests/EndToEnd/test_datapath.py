@@ -372,19 +372,35 @@ def test_reconnect_on_a_tuple_the_proxy_closed_first_needs_no_retransmit(lab, wo
     frontend, backend = (FRONTEND, BACKEND) if family == "ipv4" else (FRONTEND6, BACKEND6)
     socket_family = "socket.AF_INET" if family == "ipv4" else "socket.AF_INET6"
     code = textwrap.dedent(f"""
+        import errno
         import socket
+        import time
         def retransmits():
             for line in open("/proc/net/snmp").read().splitlines():
                 if line.startswith("Tcp:") and "RetransSegs" not in line:
                     return int(line.split()[12])
         before = retransmits()
         answers = []
+        def connect():
+            # The client's own end of the last connection may still wait for the proxy's
+            # last ACK (LAST_ACK): connect() then refuses the tuple locally (EADDRNOTAVAIL)
+            # without sending a SYN. That is not the case under test; try again shortly.
+            for wait in range(100):
+                s = socket.socket({socket_family})
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("{frontend}", 40404))
+                s.settimeout(10)
+                try:
+                    s.connect(("{backend}", 8080))
+                    return s
+                except OSError as error:
+                    s.close()
+                    if error.errno != errno.EADDRNOTAVAIL:
+                        raise
+                    time.sleep(0.02)
+            raise OSError("the tuple stayed in use for 2 s")
         for attempt in range(5):
-            s = socket.socket({socket_family})
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("{frontend}", 40404))
-            s.settimeout(10)
-            s.connect(("{backend}", 8080))
+            s = connect()
             s.sendall(b"GET /api/again HTTP/1.1\\r\\nHost: b\\r\\nConnection: close\\r\\n\\r\\n")
             data = b""
             while True:
