@@ -148,9 +148,11 @@ public final class HTTP2Endpoint {
         nghttp2_option_set_no_closed_streams(options, 1)
 
         let userData = Unmanaged.passUnretained(self).toOpaque()
+        // nghttp2's allocations come from this thread's free lists (see HTTP2Memory).
+        var memory = HTTP2Memory.nghttp2Allocator(HTTP2Memory.threadPool())
         switch role {
-        case .server: nghttp2_session_server_new2(&session, callbacks, userData, options)
-        case .client: nghttp2_session_client_new2(&session, callbacks, userData, options)
+        case .server: nghttp2_session_server_new3(&session, callbacks, userData, options, &memory)
+        case .client: nghttp2_session_client_new3(&session, callbacks, userData, options, &memory)
         }
         var settings = [
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue),
@@ -384,160 +386,172 @@ public final class HTTP2Endpoint {
 
     // MARK: Callbacks (nghttp2 calls them while `receive` or `takeOutput` runs)
 
-    private static func endpoint(_ userData: UnsafeMutableRawPointer?) -> HTTP2Endpoint {
-        Unmanaged<HTTP2Endpoint>.fromOpaque(userData!).takeUnretainedValue()
+    /// Calls `body` with the endpoint behind a callback's user data, counting no reference
+    /// (the endpoint is alive: it is running the nghttp2 call that called back).
+    @inline(__always)
+    private static func withEndpoint<Result>(_ userData: UnsafeMutableRawPointer?,
+                                             _ body: (HTTP2Endpoint) -> Result) -> Result {
+        Unmanaged<HTTP2Endpoint>.fromOpaque(userData!)._withUnsafeGuaranteedRef(body)
     }
 
     private static let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, userData in
-        let endpoint = endpoint(userData)
-        endpoint.incoming = IncomingBlock(stream: frame!.pointee.hd.stream_id)
-        endpoint.incoming!.block.reserveCapacity(fields: 12, bytes: 512)
-        return 0
+        withEndpoint(userData) { endpoint -> Int32 in
+            endpoint.incoming = IncomingBlock(stream: frame!.pointee.hd.stream_id)
+            endpoint.incoming!.block.reserveCapacity(fields: 12, bytes: 512)
+            return 0
+        }
     }
 
     private static let onHeader: nghttp2_on_header_callback = { _, frame, name, nameLength, value, valueLength, _, userData in
-        let endpoint = endpoint(userData)
-        guard endpoint.incoming?.stream == frame!.pointee.hd.stream_id else { return 0 }
-        // RFC 9113 §6.5.2: "the uncompressed size of header fields, including the length of the
-        // name and value in octets plus an overhead of 32 octets for each header field".
-        if endpoint.incoming!.tooLarge { return 0 }
-        endpoint.incoming!.bytes += nameLength + valueLength + 32
-        if endpoint.incoming!.bytes > endpoint.limits.maximumHeaderListBytes
-            || endpoint.incoming!.block.count >= endpoint.limits.maximumHeaderCount {
-            if endpoint.role == .server && frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
-                // A request head: answered 431 by the owner once the block ends; its fields
-                // are decoded (HPACK must stay in step) and dropped, so memory stays bounded.
-                endpoint.incoming!.tooLarge = true
-                endpoint.incoming!.block = HTTP2HeaderBlock()
-                return 0
+        withEndpoint(userData) { endpoint -> Int32 in
+            guard endpoint.incoming?.stream == frame!.pointee.hd.stream_id else { return 0 }
+            // RFC 9113 §6.5.2: "the uncompressed size of header fields, including the length of the
+            // name and value in octets plus an overhead of 32 octets for each header field".
+            if endpoint.incoming!.tooLarge { return 0 }
+            endpoint.incoming!.bytes += nameLength + valueLength + 32
+            if endpoint.incoming!.bytes > endpoint.limits.maximumHeaderListBytes
+                || endpoint.incoming!.block.count >= endpoint.limits.maximumHeaderCount {
+                if endpoint.role == .server && frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
+                    // A request head: answered 431 by the owner once the block ends; its fields
+                    // are decoded (HPACK must stay in step) and dropped, so memory stays bounded.
+                    endpoint.incoming!.tooLarge = true
+                    endpoint.incoming!.block = HTTP2HeaderBlock()
+                    return 0
+                }
+                // Anything else (a response head, trailers): the stream is reset (nghttp2 answers a
+                // temporal failure with RST_STREAM INTERNAL_ERROR); what remains of the block is
+                // decoded to keep HPACK in step, unseen.
+                endpoint.incoming = nil
+                return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
             }
-            // Anything else (a response head, trailers): the stream is reset (nghttp2 answers a
-            // temporal failure with RST_STREAM INTERNAL_ERROR); what remains of the block is
-            // decoded to keep HPACK in step, unseen.
-            endpoint.incoming = nil
-            return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+            // Appended in place (the block is a stored property: no copy of what came before).
+            endpoint.incoming!.block.append(name: UnsafeBufferPointer(start: name, count: nameLength),
+                                            value: UnsafeBufferPointer(start: value, count: valueLength))
+            return 0
         }
-        // Appended in place (the block is a stored property: no copy of what came before).
-        endpoint.incoming!.block.append(name: UnsafeBufferPointer(start: name, count: nameLength),
-                                        value: UnsafeBufferPointer(start: value, count: valueLength))
-        return 0
     }
 
     private static let onFrameReceived: nghttp2_on_frame_recv_callback = { _, frame, userData in
-        let endpoint = endpoint(userData)
-        let header = frame!.pointee.hd
-        let endStream = header.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
-        switch UInt32(header.type) {
-        case NGHTTP2_HEADERS.rawValue:
-            guard let block = endpoint.incoming, block.stream == header.stream_id else { return 0 }
-            endpoint.incoming = nil
-            let stream = header.stream_id, category = frame!.pointee.headers.cat
-            // A request's head (server side); a response's first head, or its final one after
-            // an informational one (client side); otherwise trailers.
-            let isHead = endpoint.role == .server ? category == NGHTTP2_HCAT_REQUEST
-                : category == NGHTTP2_HCAT_RESPONSE || endpoint.informational.contains(stream)
-            if block.tooLarge {
-                endpoint.events.append(.headTooLarge(stream: stream, endStream: endStream))
-                return 0
+        withEndpoint(userData) { endpoint -> Int32 in
+            let header = frame!.pointee.hd
+            let endStream = header.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
+            switch UInt32(header.type) {
+            case NGHTTP2_HEADERS.rawValue:
+                guard let block = endpoint.incoming, block.stream == header.stream_id else { return 0 }
+                endpoint.incoming = nil
+                let stream = header.stream_id, category = frame!.pointee.headers.cat
+                // A request's head (server side); a response's first head, or its final one after
+                // an informational one (client side); otherwise trailers.
+                let isHead = endpoint.role == .server ? category == NGHTTP2_HCAT_REQUEST
+                    : category == NGHTTP2_HCAT_RESPONSE || endpoint.informational.contains(stream)
+                if block.tooLarge {
+                    endpoint.events.append(.headTooLarge(stream: stream, endStream: endStream))
+                    return 0
+                }
+                let headers = block.block
+                guard isHead else {
+                    endpoint.events.append(.trailers(stream: stream, headers: headers))
+                    return 0
+                }
+                if endpoint.role == .client,
+                   let status = headers.status, (100..<200).contains(status) {
+                    endpoint.informational.insert(stream)
+                    endpoint.events.append(.informational(stream: stream, headers: headers))
+                    return 0
+                }
+                if !endpoint.informational.isEmpty { endpoint.informational.remove(stream) }
+                endpoint.events.append(.head(stream: stream, headers: headers, endStream: endStream))
+            case NGHTTP2_DATA.rawValue:
+                if endStream { endpoint.events.append(.endOfBody(stream: header.stream_id)) }
+            case NGHTTP2_GOAWAY.rawValue:
+                let goAway = frame!.pointee.goaway
+                endpoint.events.append(.goAway(lastStreamID: goAway.last_stream_id, errorCode: goAway.error_code))
+            default:
+                break
             }
-            let headers = block.block
-            guard isHead else {
-                endpoint.events.append(.trailers(stream: stream, headers: headers))
-                return 0
-            }
-            if endpoint.role == .client,
-               let status = headers.status, (100..<200).contains(status) {
-                endpoint.informational.insert(stream)
-                endpoint.events.append(.informational(stream: stream, headers: headers))
-                return 0
-            }
-            if !endpoint.informational.isEmpty { endpoint.informational.remove(stream) }
-            endpoint.events.append(.head(stream: stream, headers: headers, endStream: endStream))
-        case NGHTTP2_DATA.rawValue:
-            if endStream { endpoint.events.append(.endOfBody(stream: header.stream_id)) }
-        case NGHTTP2_GOAWAY.rawValue:
-            let goAway = frame!.pointee.goaway
-            endpoint.events.append(.goAway(lastStreamID: goAway.last_stream_id, errorCode: goAway.error_code))
-        default:
-            break
+            return 0
         }
-        return 0
     }
 
 
     private static let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, stream, data, length, userData in
-        endpoint(userData).events.append(.data(stream: stream, bytes: Array(UnsafeBufferPointer(start: data, count: length))))
+        withEndpoint(userData) { endpoint in
+            endpoint.events.append(.data(stream: stream, bytes: Array(UnsafeBufferPointer(start: data, count: length))))
+        }
         return 0
     }
 
     private static let onStreamClose: nghttp2_on_stream_close_callback = { _, stream, errorCode, userData in
-        let endpoint = endpoint(userData)
-        if endpoint.incoming?.stream == stream { endpoint.incoming = nil }
-        if !endpoint.informational.isEmpty { endpoint.informational.remove(stream) }
-        if let body = endpoint.outgoing.removeValue(forKey: stream), body.remaining > 0 {
-            endpoint.events.append(.bodyTaken(stream: stream, count: body.remaining))
+        withEndpoint(userData) { endpoint -> Int32 in
+            if endpoint.incoming?.stream == stream { endpoint.incoming = nil }
+            if !endpoint.informational.isEmpty { endpoint.informational.remove(stream) }
+            if let body = endpoint.outgoing.removeValue(forKey: stream), body.remaining > 0 {
+                endpoint.events.append(.bodyTaken(stream: stream, count: body.remaining))
+            }
+            endpoint.events.append(.closed(stream: stream, errorCode: errorCode))
+            return 0
         }
-        endpoint.events.append(.closed(stream: stream, errorCode: errorCode))
-        return 0
     }
 
     /// A request that never left (the peer said GOAWAY first): its stream is as good as refused.
     private static let onFrameNotSent: nghttp2_on_frame_not_send_callback = { _, frame, _, userData in
-        let endpoint = endpoint(userData)
-        let header = frame!.pointee.hd
-        guard UInt32(header.type) == NGHTTP2_HEADERS.rawValue, endpoint.role == .client,
-              frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST else { return 0 }
-        if let body = endpoint.outgoing.removeValue(forKey: header.stream_id), body.remaining > 0 {
-            endpoint.events.append(.bodyTaken(stream: header.stream_id, count: body.remaining))
+        withEndpoint(userData) { endpoint -> Int32 in
+            let header = frame!.pointee.hd
+            guard UInt32(header.type) == NGHTTP2_HEADERS.rawValue, endpoint.role == .client,
+                  frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST else { return 0 }
+            if let body = endpoint.outgoing.removeValue(forKey: header.stream_id), body.remaining > 0 {
+                endpoint.events.append(.bodyTaken(stream: header.stream_id, count: body.remaining))
+            }
+            endpoint.events.append(.closed(stream: header.stream_id, errorCode: NGHTTP2_REFUSED_STREAM.rawValue))
+            return 0
         }
-        endpoint.events.append(.closed(stream: header.stream_id, errorCode: NGHTTP2_REFUSED_STREAM.rawValue))
-        return 0
     }
 
     private static let readBody: nghttp2_data_source_read_callback = { session, stream, buffer, length, flags, _, userData in
-        let endpoint = endpoint(userData)
-        // The body is changed in place: a copy would share its bytes and make every change copy them.
-        var result = Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
-        var finished = false, trailers = HTTP2HeaderBlock(), resetCode: UInt32?
-        endpoint.outgoing.update(stream) { body in
-            let count = min(length, body.remaining)
-            if count > 0 {
-                body.bytes.withUnsafeBufferPointer { bytes in
-                    buffer!.update(from: bytes.baseAddress! + body.start, count: count)
+        withEndpoint(userData) { endpoint -> Int in
+            // The body is changed in place: a copy would share its bytes and make every change copy them.
+            var result = Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+            var finished = false, trailers = HTTP2HeaderBlock(), resetCode: UInt32?
+            endpoint.outgoing.update(stream) { body in
+                let count = min(length, body.remaining)
+                if count > 0 {
+                    body.bytes.withUnsafeBufferPointer { bytes in
+                        buffer!.update(from: bytes.baseAddress! + body.start, count: count)
+                    }
+                    body.start += count
+                    if body.start == body.bytes.count {
+                        body.bytes.removeAll(keepingCapacity: body.bytes.capacity <= 65_536)
+                        body.start = 0
+                    } else if body.start >= 65_536 {
+                        body.bytes.removeFirst(body.start)
+                        body.start = 0
+                    }
+                    endpoint.events.append(.bodyTaken(stream: stream, count: count))
                 }
-                body.start += count
-                if body.start == body.bytes.count {
-                    body.bytes.removeAll(keepingCapacity: body.bytes.capacity <= 65_536)
-                    body.start = 0
-                } else if body.start >= 65_536 {
-                    body.bytes.removeFirst(body.start)
-                    body.start = 0
+                result = count
+                guard body.remaining == 0 else { return }
+                if body.ended {
+                    finished = true
+                    trailers = body.trailers
+                    resetCode = body.resetCode
+                } else if count == 0 {
+                    body.deferred = true
+                    result = Int(NGHTTP2_ERR_DEFERRED.rawValue)
                 }
-                endpoint.events.append(.bodyTaken(stream: stream, count: count))
             }
-            result = count
-            guard body.remaining == 0 else { return }
-            if body.ended {
-                finished = true
-                trailers = body.trailers
-                resetCode = body.resetCode
-            } else if count == 0 {
-                body.deferred = true
-                result = Int(NGHTTP2_ERR_DEFERRED.rawValue)
+            guard finished else { return result }
+            endpoint.outgoing[stream] = nil
+            flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue)
+            if let resetCode {
+                nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, resetCode)
             }
-        }
-        guard finished else { return result }
-        endpoint.outgoing[stream] = nil
-        flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue)
-        if let resetCode {
-            nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, resetCode)
-        }
-        if !trailers.isEmpty {
-            flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
-            endpoint.withHeaderList(trailers) { list, listCount in
-                _ = nghttp2_submit_trailer(session, stream, list, listCount)
+            if !trailers.isEmpty {
+                flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
+                endpoint.withHeaderList(trailers) { list, listCount in
+                    _ = nghttp2_submit_trailer(session, stream, list, listCount)
+                }
             }
+            return result
         }
-        return result
     }
 }

@@ -8,10 +8,10 @@ import Glibc
 /// nghttp2 pointing into the same buffer. Reading a field copies nothing and counts no
 /// references (an array of `HTTP2Header` would hold two slices, two references, a field).
 ///
-/// Storage: one heap object holding the field bytes and the spans in two malloc'd blocks,
-/// grown by doubling and filled with `memcpy` (a block is built field by field from
-/// nghttp2's callbacks, the hottest path of a proxied request). A value type: a block
-/// shared by two owners is copied before either changes it.
+/// Storage: one heap object, its spans and then its field bytes allocated in its tail (one
+/// allocation a block; a block is built field by field from nghttp2's callbacks, the hottest
+/// path of a proxied request). Filled with `memcpy`; replaced by one twice as large when
+/// full. A value type: a block shared by two owners is copied before either changes it.
 public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
     @usableFromInline var storage: Storage?
 
@@ -21,71 +21,67 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
         @usableFromInline var valueCount: UInt32
 
         @inlinable var valueStart: Int { Int(nameStart) + Int(nameCount) }
+
+        @inlinable init(nameStart: UInt32, nameCount: UInt32, valueCount: UInt32) {
+            self.nameStart = nameStart
+            self.nameCount = nameCount
+            self.valueCount = valueCount
+        }
     }
 
-    @usableFromInline final class Storage {
-        @usableFromInline var bytes: UnsafeMutablePointer<UInt8>
+    @usableFromInline struct Counts {
         @usableFromInline var byteCount = 0
         @usableFromInline var byteCapacity: Int
-        @usableFromInline var spans: UnsafeMutablePointer<Span>
         @usableFromInline var spanCount = 0
         @usableFromInline var spanCapacity: Int
+    }
 
-        init(fields: Int, bytes: Int) {
-            spanCapacity = max(fields, 4)
-            byteCapacity = max(bytes, 64)
-            spans = Self.allocate(Span.self, spanCapacity)
-            self.bytes = Self.allocate(UInt8.self, byteCapacity)
-        }
-
-        deinit {
-            free(bytes)
-            free(spans)
-        }
-
-        /// Plain `malloc` (`UnsafeMutablePointer.allocate` goes through `posix_memalign`,
-        /// several times the cost, for alignments `malloc` already gives).
-        private static func allocate<Element>(_: Element.Type, _ count: Int) -> UnsafeMutablePointer<Element> {
-            guard let raw = malloc(count * MemoryLayout<Element>.stride) else {
-                fatalError("HTTP2HeaderBlock: out of memory")
+    /// Counts in the header; `spanCapacity` spans then `byteCapacity` bytes in the tail.
+    @usableFromInline final class Storage: ManagedBuffer<Counts, UInt8> {
+        @usableFromInline static func make(fields: Int, bytes: Int) -> Storage {
+            let spanCapacity = max(fields, 4), byteCapacity = max(bytes, 64)
+            let buffer = Storage.create(minimumCapacity: spanCapacity * MemoryLayout<Span>.stride + byteCapacity) { _ in
+                Counts(byteCapacity: byteCapacity, spanCapacity: spanCapacity)
             }
-            return raw.bindMemory(to: Element.self, capacity: count)
+            return unsafeDowncast(buffer, to: Storage.self)
         }
 
-        func copy() -> Storage {
-            let copy = Storage(fields: spanCapacity, bytes: byteCapacity)
-            copy.bytes.update(from: bytes, count: byteCount)
-            copy.spans.initialize(from: spans, count: spanCount)
-            copy.byteCount = byteCount
-            copy.spanCount = spanCount
+        @inlinable var spanCount: Int { header.spanCount }
+        @inlinable var byteCount: Int { header.byteCount }
+
+        /// Valid while the storage lives (the caller keeps it alive).
+        @inlinable var spans: UnsafeMutablePointer<Span> {
+            withUnsafeMutablePointerToElements { UnsafeMutableRawPointer($0).assumingMemoryBound(to: Span.self) }
+        }
+
+        /// Valid while the storage lives (the caller keeps it alive).
+        @inlinable var bytes: UnsafeMutablePointer<UInt8> {
+            let offset = header.spanCapacity * MemoryLayout<Span>.stride
+            return withUnsafeMutablePointerToElements { $0 + offset }
+        }
+
+        /// A copy with room for at least `fields` spans and `bytes` bytes.
+        @usableFromInline func copy(fields: Int, bytes byteCapacity: Int) -> Storage {
+            let counts = header
+            let copy = Storage.make(fields: max(fields, counts.spanCount), bytes: max(byteCapacity, counts.byteCount))
+            copy.spans.initialize(from: spans, count: counts.spanCount)
+            copy.bytes.update(from: bytes, count: counts.byteCount)
+            copy.header.spanCount = counts.spanCount
+            copy.header.byteCount = counts.byteCount
             return copy
         }
 
-        func append(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
-            if spanCount == spanCapacity {
-                let grown = Self.allocate(Span.self, spanCapacity * 2)
-                grown.moveInitialize(from: spans, count: spanCount)
-                free(spans)
-                spans = grown
-                spanCapacity *= 2
-            }
-            let needed = byteCount + name.count + value.count
-            if needed > byteCapacity {
-                var capacity = byteCapacity * 2
-                while capacity < needed { capacity *= 2 }
-                let grown = Self.allocate(UInt8.self, capacity)
-                grown.update(from: bytes, count: byteCount)
-                free(bytes)
-                bytes = grown
-                byteCapacity = capacity
-            }
-            (spans + spanCount).initialize(to: Span(nameStart: UInt32(byteCount), nameCount: UInt32(name.count),
-                                                    valueCount: UInt32(value.count)))
-            spanCount += 1
-            if let base = name.baseAddress, name.count > 0 { memcpy(bytes + byteCount, base, name.count) }
-            byteCount += name.count
-            if let base = value.baseAddress, value.count > 0 { memcpy(bytes + byteCount, base, value.count) }
-            byteCount += value.count
+        /// Appends a field there is room for.
+        @inlinable func append(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+            let counts = header
+            let target = bytes + counts.byteCount
+            (spans + counts.spanCount).initialize(to: Span(nameStart: UInt32(counts.byteCount),
+                                                            nameCount: UInt32(name.count),
+                                                            valueCount: UInt32(value.count)))
+            if let base = name.baseAddress, name.count > 0 { memcpy(target, base, name.count) }
+            if let base = value.baseAddress, value.count > 0 { memcpy(target + name.count, base, value.count) }
+            header.spanCount = counts.spanCount + 1
+            header.byteCount = counts.byteCount + name.count + value.count
         }
     }
 
@@ -110,20 +106,26 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
 
     public mutating func reserveCapacity(fields: Int, bytes: Int) {
         guard storage == nil else { return }
-        storage = Storage(fields: fields, bytes: bytes)
+        storage = Storage.make(fields: fields, bytes: bytes)
     }
 
-    /// The storage, unshared, for a change.
-    private mutating func uniqueStorage() -> Storage {
-        // Asked before any local reference to the storage exists (one would count as a sharer).
-        if isKnownUniquelyReferenced(&storage) { return storage.unsafelyUnwrapped }
-        let copy = storage?.copy() ?? Storage(fields: 8, bytes: 256)
-        storage = copy
-        return copy
-    }
-
+    @inlinable
     public mutating func append(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
-        uniqueStorage().append(name: UnsafeRawBufferPointer(name), value: UnsafeRawBufferPointer(value))
+        let added = name.count + value.count
+        // Asked before any local reference to the storage exists (one would count as a sharer).
+        let unique = isKnownUniquelyReferenced(&storage)
+        if let counts = storage?.header {
+            if !unique || counts.spanCount == counts.spanCapacity || counts.byteCount + added > counts.byteCapacity {
+                // Shared, or full: a copy, doubled where full.
+                var byteCapacity = counts.byteCapacity
+                while byteCapacity < counts.byteCount + added { byteCapacity *= 2 }
+                let spanCapacity = counts.spanCount < counts.spanCapacity ? counts.spanCapacity : counts.spanCapacity * 2
+                storage = storage.unsafelyUnwrapped.copy(fields: spanCapacity, bytes: byteCapacity)
+            }
+        } else {
+            storage = Storage.make(fields: 8, bytes: max(256, added))
+        }
+        storage.unsafelyUnwrapped.append(name: UnsafeRawBufferPointer(name), value: UnsafeRawBufferPointer(value))
     }
 
     public mutating func append<Name: Collection<UInt8>, Value: Collection<UInt8>>(name: Name, value: Value) {

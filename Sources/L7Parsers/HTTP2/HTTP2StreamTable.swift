@@ -53,10 +53,18 @@ public struct HTTP2StreamTable<Value> {
         return true
     }
 
+    /// What `body` reads from the value of `stream`, without copying the value out (nil
+    /// when absent).
+    @inlinable
+    public func read<Result>(_ stream: Int32, _ body: (Value) -> Result) -> Result? {
+        guard let index = find(stream) else { return nil }
+        return body(values[index].unsafelyUnwrapped)
+    }
+
     @inlinable @discardableResult
     public mutating func removeValue(forKey stream: Int32) -> Value? {
         guard var index = find(stream) else { return nil }
-        let removed = values[index]
+        let removed = values[index].take()
         let mask = keys.count - 1
         // Backward-shift deletion: each following entry of the run moves into the hole when
         // its home slot does not lie between the hole and itself (cyclically).
@@ -66,7 +74,7 @@ public struct HTTP2StreamTable<Value> {
             let fromHome = (next - home) & mask, fromHole = (next - index) & mask
             if fromHome >= fromHole {
                 keys[index] = keys[next]
-                values[index] = values[next]
+                values[index] = values[next].take()
                 index = next
             }
             next = (next + 1) & mask

@@ -194,7 +194,7 @@ public final class HTTP2PolicySession: L7Session {
         case .head(let id, let headers, let endStream):
             request(id, headers: headers, endStream: endStream)
         case .data(let id, let bytes):
-            if let upstreamID = streams[id]?.upstreamID, upstream.sendsBody(stream: upstreamID) {
+            if let upstreamID = streams.read(id, \.upstreamID) ?? nil, upstream.sendsBody(stream: upstreamID) {
                 upstream.appendBody(stream: upstreamID, bytes)
             } else {
                 downstream.consume(stream: id, count: bytes.count)
@@ -217,7 +217,7 @@ public final class HTTP2PolicySession: L7Session {
             }
         case .bodyTaken(let id, let count):
             // Response body bytes left for the client: the server may send as much more.
-            guard let stream = streams[id], let upstreamID = stream.upstreamID else { return }
+            guard let upstreamID = streams.read(id, \.upstreamID) ?? nil else { return }
             upstream.consume(stream: upstreamID, count: count)
         case .goAway(_, let errorCode):
             upstream.goAway(errorCode: errorCode, lastStreamID: 0)
@@ -240,14 +240,20 @@ public final class HTTP2PolicySession: L7Session {
     private func serverDid(_ event: HTTP2Event) {
         switch event {
         case .head(let upstreamID, let headers, let endStream):
-            guard let id = clientStream[upstreamID], var stream = streams[id] else { return }
-            if stream.awaitingResponse { awaitingCount -= 1 }
-            stream.awaitingResponse = false
-            streams.update(id) { $0.awaitingResponse = false }
-            let status = headers.status
-            reporter?.report(draft(type: .response, verdict: stream.allowed ? .forwarded : .dropped,
-                                    direction: stream.direction, method: stream.method, url: stream.url, code: status,
-                                    latency: clock() &- stream.start, rules: [], allowed: stream.allowed))
+            guard let id = clientStream[upstreamID] else { return }
+            var wasAwaiting = false
+            // In place: a copy of the stream would count references to its method and URL.
+            guard streams.update(id, { wasAwaiting = $0.awaitingResponse; $0.awaitingResponse = false }) else { return }
+            if wasAwaiting { awaitingCount -= 1 }
+            if let reporter {
+                let status = headers.status
+                streams.read(id) { stream in
+                    reporter.report(draft(type: .response, verdict: stream.allowed ? .forwarded : .dropped,
+                                          direction: stream.direction, method: stream.method, url: stream.url,
+                                          code: status, latency: clock() &- stream.start, rules: [],
+                                          allowed: stream.allowed))
+                }
+            }
             if !downstream.submitResponse(stream: id, headers, hasBody: !endStream) {
                 upstream.resetStream(upstreamID, errorCode: NGHTTP2_INTERNAL_ERROR.rawValue)
             }
@@ -266,7 +272,7 @@ public final class HTTP2PolicySession: L7Session {
             if errorCode != NGHTTP2_NO_ERROR.rawValue {
                 // The server reset the stream (or it was refused, or broke the protocol).
                 downstream.resetStream(id, errorCode: errorCode)
-            } else if streams[id]?.requestEnded == false {
+            } else if streams.read(id, \.requestEnded) == false {
                 // RFC 9113 §8.1: the server answered before the request ended and asks the client
                 // to stop sending "by sending a RST_STREAM with an error code of NO_ERROR after
                 // sending a complete response": relayed after the response, in that order.
