@@ -91,4 +91,32 @@ struct PCRE2Tests {
         #expect(!pattern.matches(String(repeating: "a", count: 40)))
         #expect(pattern.matches("aaab"))
     }
+
+    @Test("a literal followed by .* is decided without PCRE2 exactly as PCRE2 decides it")
+    func literalThenAnythingAgreesWithPCRE2() throws {
+        #expect(PCRE2Pattern.literalThenAnything("/api/v1/products.*") == Array("/api/v1/products".utf8))
+        #expect(PCRE2Pattern.literalThenAnything("^/api/.*$") == Array("/api/".utf8))
+        #expect(PCRE2Pattern.literalThenAnything(".*") == [])
+        for notLiteral in ["/api/v1.*/x", "/a.b.*", "/a+.*", "/(a).*", "/a|b.*", "/a\\..*", "/a b.*", "/a.+", "/é.*"] {
+            #expect(PCRE2Pattern.literalThenAnything(notLiteral) == nil, "\(notLiteral)")
+        }
+        // The same language through PCRE2 itself: a group keeps the pattern off the fast path.
+        let pairs = [("/api/.*", "(?:/api/).*"), ("^/api/v1/products.*$", "(?:/api/v1/products).*"), (".*", "(?:).*"),
+                     ("GET.*", "(?:GET).*")]
+        var random = SplitMix64(seed: 7)
+        let alphabet: [UInt8] = Array("/apiv1roductsGET-_.%?=&".utf8) + [0x00, 0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x7F,
+                                                                         0x80, 0xC3, 0xA9, 0xE2, 0x80, 0xA8, 0xFF]
+        for (fast, slow) in pairs {
+            let fastPattern = try PCRE2Pattern(fast), slowPattern = try PCRE2Pattern(slow)
+            #expect(PCRE2Pattern.literalThenAnything(slow) == nil)
+            for round in 0..<3_000 {
+                // Half the subjects start with the literal, so the remainder's bytes are what is tested.
+                var subject: [UInt8] = round % 2 == 0 ? Array(fast.utf8.filter { $0 != UInt8(ascii: "^") }.prefix { $0 != UInt8(ascii: ".") }) : []
+                for _ in 0..<Int(random.next() % 12) { subject.append(alphabet[Int(random.next() % UInt64(alphabet.count))]) }
+                let decided = subject.withUnsafeBufferPointer { fastPattern.matches(bytes: $0) }
+                let expected = subject.withUnsafeBufferPointer { slowPattern.matches(bytes: $0) }
+                #expect(decided == expected, "\(fast) on \(subject)")
+            }
+        }
+    }
 }

@@ -109,9 +109,12 @@ public final class ConnectionPolicy: Sendable {
     /// The L3/L4 verdict for the connection (a port with L7 rules is allowed here).
     public var verdict: Verdict { match.connectionVerdict() }
 
-    /// Evaluates one HTTP request on the connection.
-    public func evaluate(http request: HTTPRequestFacts) -> Verdict {
-        requestDecision ?? match.evaluate(http: request, scanned: scannedHTTP, hasHTTP: hasHTTP)
+    /// Evaluates one HTTP request on the connection. With `references` false the verdict
+    /// of an allowed request names no rules and carries no log messages (for callers that
+    /// record nothing: building them is most of an allowed request's cost); its decision and
+    /// header actions are the same.
+    public func evaluate(http request: HTTPRequestFacts, references: Bool = true) -> Verdict {
+        requestDecision ?? match.evaluate(http: request, scanned: scannedHTTP, hasHTTP: hasHTTP, references: references)
     }
 
     /// Evaluates one Kafka request on the connection: key, version and client ID must
@@ -241,18 +244,22 @@ extension L4Match {
     }
 
     /// Evaluates one HTTP request once `decide(forRequest: true)` left it to the L7 rules.
-    func evaluate(http request: HTTPRequestFacts, scanned scannedHTTP: [(entry: Int, rules: [HTTPRule])], hasHTTP: Bool) -> Verdict {
+    func evaluate(http request: HTTPRequestFacts, scanned scannedHTTP: [(entry: Int, rules: [HTTPRule])], hasHTTP: Bool,
+                  references: Bool = true) -> Verdict {
         guard hasHTTP else { return Verdict(isAllowed: false, reason: .l7ProtocolMismatch(expected: l7Name)) }
         var matched: [RuleReference] = []
+        var matchedCount = 0
         var actions: [HeaderAction] = []
         var logs: [String] = []
         let entries = policy.entries
         func consider(entry: Int, rule: HTTPRule, isMethodKnown: Bool, isPathKnown: Bool) {
             let outcome = rule.evaluate(request, isMethodKnown: isMethodKnown, isPathKnown: isPathKnown)
             guard outcome.matched else { return }
+            matchedCount += 1
+            actions += outcome.headerActions
+            guard references else { return }
             let reference = entries[entry].reference.with(l7Rule: rule.index)
             matched.append(reference)
-            actions += outcome.headerActions
             logs += outcome.logMessages.map { "\(reference): \($0)" }
         }
         if let index = slot?.http {
@@ -273,7 +280,7 @@ extension L4Match {
         for (entry, rules) in scannedHTTP {
             for rule in rules { consider(entry: entry, rule: rule, isMethodKnown: false, isPathKnown: false) }
         }
-        if matched.isEmpty {
+        if matchedCount == 0 {
             return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(request.method ?? "(no method)") \(request.path ?? "(no path)")"))
         }
         return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched, headerActions: actions, logMessages: logs)

@@ -178,27 +178,41 @@ final class HTTPRuleIndex: Sendable {
     /// order, with `isMethodKnown` true when the rule's method is a literal equal to the
     /// request's, and `isPathKnown` true when a combined program already matched its path.
     func forEachCandidate(method: String, path: String, _ body: (_ item: Int, _ isMethodKnown: Bool, _ isPathKnown: Bool) -> Void) {
-        var found: [(item: Int, isMethodKnown: Bool, isPathKnown: Bool)] = []
+        // Most requests have one candidate: it is held alone, and an array is made only
+        // for a second (candidates come bucket by bucket and are handed out in item order).
+        typealias Candidate = (item: Int, isMethodKnown: Bool, isPathKnown: Bool)
+        var first: Candidate?
+        var found: [Candidate] = []
+        func add(_ candidate: Candidate) {
+            if first == nil && found.isEmpty { return first = candidate }
+            if let held = first {
+                found.append(held)
+                first = nil
+            }
+            found.append(candidate)
+        }
         // Match data and context for every combined program this request runs.
         var scratch: PCRE2Alternation.MatchScratch?
         func probe(_ hash: UInt64, isAnyMethod: Bool, bytes: UnsafeBufferPointer<UInt8>, length: Int) {
             table.forEach(hash) { bucketIndex in
+                // The bucket is read in place (a copy would count references to each of its lists).
                 guard (buckets[bucketIndex].method == nil) == isAnyMethod else { return }
-                if let bucketMethod = buckets[bucketIndex].method, bucketMethod != method { return }
+                if !isAnyMethod, buckets[bucketIndex].method.unsafelyUnwrapped != method { return }
                 guard buckets[bucketIndex].prefix.elementsEqual(UnsafeBufferPointer(rebasing: bytes[..<length])) else { return }
-                let bucket = buckets[bucketIndex]
                 let isMethodKnown = !isAnyMethod
-                for item in bucket.single { found.append((item, isMethodKnown, false)) }
-                bucket.prefilter?.forEachCandidate(in: bytes) { item in found.append((item, isMethodKnown, false)) }
-                for program in bucket.programs {
+                for index in buckets[bucketIndex].single.indices {
+                    add((buckets[bucketIndex].single[index], isMethodKnown, false))
+                }
+                buckets[bucketIndex].prefilter?.forEachCandidate(in: bytes) { item in add((item, isMethodKnown, false)) }
+                for program in buckets[bucketIndex].programs {
                     if scratch == nil { scratch = PCRE2Alternation.MatchScratch.ofThisThread() }
                     let finished = scratch.map { scratch in
                         program.alternation.forEachMatch(in: bytes, scratch: scratch) { member in
-                            found.append((program.members[member], isMethodKnown, true))
+                            add((program.members[member], isMethodKnown, true))
                         }
                     } ?? false
                     if !finished {
-                        for item in program.members { found.append((item, isMethodKnown, false)) }
+                        for item in program.members { add((item, isMethodKnown, false)) }
                     }
                 }
             }
@@ -227,7 +241,8 @@ final class HTTPRuleIndex: Sendable {
                 }
             }
         }
-        if found.count > 1 { found.sort { $0.item < $1.item } }
+        if let first { return body(first.item, first.isMethodKnown, first.isPathKnown) }
+        found.sort { $0.item < $1.item }
         for candidate in found { body(candidate.item, candidate.isMethodKnown, candidate.isPathKnown) }
     }
 

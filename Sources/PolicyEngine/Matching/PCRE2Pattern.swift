@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CPCRE2
 
 /// A regular expression compiled once with PCRE2 (and its JIT when available),
@@ -20,6 +23,10 @@ public final class PCRE2Pattern: @unchecked Sendable, CustomStringConvertible {
     public let isJITCompiled: Bool
 
     private let code: OpaquePointer
+    /// For a pattern that is an ASCII literal followed by `.*` (`/api/v1/products.*`, the
+    /// commonest HTTP path rule), the literal: a subject of printable ASCII is decided by
+    /// comparing bytes, without running PCRE2 (see `matches(bytes:)`).
+    private let literalThenAnything: [UInt8]?
     /// The limits every match runs under: one context for all patterns (saves ~100
     /// bytes per pattern; a context is only read by `pcre2_match`).
     private var matchContext: OpaquePointer? { SharedMatchContext.shared.context }
@@ -56,6 +63,19 @@ public final class PCRE2Pattern: @unchecked Sendable, CustomStringConvertible {
         self.source = source
         self.code = compiled
         self.isJITCompiled = pcre2_jit_compile_8(compiled, PCRE2_JIT_COMPLETE) == 0
+        literalThenAnything = caseInsensitive ? nil : Self.literalThenAnything(source)
+    }
+
+    /// The literal of a pattern `^?L.*$?` where L is printable ASCII without a metacharacter.
+    static func literalThenAnything(_ source: String) -> [UInt8]? {
+        var bytes = Array(source.utf8)
+        if bytes.first == UInt8(ascii: "^") { bytes.removeFirst() }
+        if bytes.last == UInt8(ascii: "$") { bytes.removeLast() }
+        guard bytes.count >= 2, bytes.suffix(2).elementsEqual(".*".utf8) else { return nil }
+        bytes.removeLast(2)
+        let metacharacters = Set("\\.^$|?*+()[]{}#".utf8)
+        guard bytes.allSatisfy({ $0 >= 0x21 && $0 <= 0x7E && !metacharacters.contains($0) }) else { return nil }
+        return bytes
     }
 
     deinit {
@@ -73,6 +93,21 @@ public final class PCRE2Pattern: @unchecked Sendable, CustomStringConvertible {
 
     /// True when the whole of `bytes` matches (see `matches(_:)`).
     public func matches(bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        if let literal = literalThenAnything {
+            // Anchored: every match starts with the literal's bytes (ASCII, so no other UTF-8
+            // sequence equals them). After it, `.*` takes any printable ASCII character
+            // whatever the newline convention, and ends at the subject's end. Anything else
+            // (control bytes, non-ASCII, invalid UTF-8) is left to PCRE2.
+            guard bytes.count >= literal.count, literal.withUnsafeBufferPointer({ literal in
+                literal.isEmpty || memcmp(literal.baseAddress!, bytes.baseAddress!, literal.count) == 0
+            }) else { return false }
+            var printable = true
+            for index in literal.count..<bytes.count where bytes[index] < 0x20 || bytes[index] > 0x7E {
+                printable = false
+                break
+            }
+            if printable { return true }
+        }
         // The thread's match data (one pair of offsets is all a whole-subject match needs);
         // the context stays this type's own, which sets no callout.
         guard let matchData = PCRE2Alternation.MatchScratch.ofThisThread()?.matchData else { return false }

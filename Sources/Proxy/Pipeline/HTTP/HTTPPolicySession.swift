@@ -178,7 +178,7 @@ public final class HTTPPolicySession: L7Session {
         }
         let facts = HTTPRequestFacts(method: method, path: path, host: host, headers: headers)
 
-        let judgement = judge.judge(facts)
+        let judgement = judge.judge(facts, references: reporter != nil)
         let (allowed, deciding, actions, direction) = (judgement.allowed, judgement.rules, judgement.actions,
                                                        judgement.direction)
         var decision = HTTP1RequestDecision.deny

@@ -59,13 +59,15 @@ struct HTTPRequestJudge {
     }
 
     /// Judges one request; every policy the connection passes must allow it.
-    mutating func judge(_ facts: HTTPRequestFacts) -> Judgement {
+    /// With `references` false (nothing records the request) an allowed request's judgement
+    /// names no rules; its decision and actions are the same.
+    mutating func judge(_ facts: HTTPRequestFacts, references: Bool = true) -> Judgement {
         var judgement = Judgement()
         refreshPolicies()
         guard policy != nil else { return judgement }
         for policy in policies {
             let flow = policy.flow
-            let verdict = policy.evaluate(http: facts)
+            let verdict = policy.evaluate(http: facts, references: references)
             if !verdict.isAllowed {
                 judgement.allowed = false
                 judgement.rules = verdict.matched

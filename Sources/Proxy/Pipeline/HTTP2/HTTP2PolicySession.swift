@@ -368,7 +368,7 @@ public final class HTTP2PolicySession: L7Session {
         // use the :authority pseudo-header field to convey authority information"; a Host field
         // is the fallback.
         let facts = HTTPRequestFacts(method: method, path: url, host: authority ?? host, headers: fields)
-        let judgement = judge.judge(facts)
+        let judgement = judge.judge(facts, references: reporter != nil)
         if judgement.allowed { allowedCount += 1 } else { deniedCount += 1 }
         var stream = Stream(upstreamID: nil, method: method, url: url, start: clock(), direction: judgement.direction,
                             allowed: judgement.allowed, awaitingResponse: false, requestEnded: endStream)
