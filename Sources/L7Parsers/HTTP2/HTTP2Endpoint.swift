@@ -94,6 +94,11 @@ public final class HTTP2Endpoint {
     /// frame without END_HEADERS is followed by its CONTINUATIONs, nothing else), so one is
     /// enough; nil while none is, or once the one being received went over its limits.
     private var incoming: IncomingBlock?
+    /// Submitted header blocks nghttp2 points into, by stream, until their frame is sent
+    /// (see `submitHeaders`). At most one or two per open stream.
+    private var blocksInFlight: [(stream: Int32, block: HTTP2HeaderBlock)] = []
+    /// Submitted blocks whose frame has not left yet (for tests).
+    var headerBlocksInFlight: Int { blocksInFlight.count }
     /// Client streams that got an informational (1xx) head and still wait for their final one.
     private var informational: Set<Int32> = []
     /// Bodies waiting for the peer's window, per stream.
@@ -135,6 +140,7 @@ public final class HTTP2Endpoint {
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, Self.onDataChunk)
         nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, Self.onStreamClose)
         nghttp2_session_callbacks_set_on_frame_not_send_callback(callbacks, Self.onFrameNotSent)
+        nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, Self.onFrameSent)
 
         var options: OpaquePointer?
         nghttp2_option_new(&options)
@@ -263,7 +269,7 @@ public final class HTTP2Endpoint {
         if let streamID, role == .client, streamID & 1 == 1, UInt32(streamID) >= nghttp2_session_get_next_stream_id(session) {
             nghttp2_session_set_next_stream_id(session, streamID)
         }
-        let stream = withHeaderList(headers) { list, count in
+        let stream = submitHeaders(headers, stream: nil) { list, count in
             hasBody ? withDataProvider { nghttp2_submit_request(session, nil, list, count, $0, nil) }
                 : nghttp2_submit_request(session, nil, list, count, nil, nil)
         }
@@ -281,7 +287,7 @@ public final class HTTP2Endpoint {
 
     @discardableResult
     public func submitResponse(stream: Int32, _ headers: HTTP2HeaderBlock, hasBody: Bool) -> Bool {
-        let result = withHeaderList(headers) { list, count in
+        let result = submitHeaders(headers, stream: stream) { list, count in
             hasBody ? withDataProvider { nghttp2_submit_response(session, stream, list, count, $0) }
                 : nghttp2_submit_response(session, stream, list, count, nil)
         }
@@ -294,7 +300,7 @@ public final class HTTP2Endpoint {
     /// response; false when nghttp2 refuses it (the stream is gone).
     @discardableResult
     public func submitInformational(stream: Int32, _ headers: HTTP2HeaderBlock) -> Bool {
-        withHeaderList(headers) { list, count in
+        submitHeaders(headers, stream: stream) { list, count in
             nghttp2_submit_headers(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, nil, list, count, nil)
         } >= 0
     }
@@ -357,25 +363,71 @@ public final class HTTP2Endpoint {
     /// The highest stream ID the peer opened that this endpoint processed.
     public var lastPeerStreamID: Int32 { nghttp2_session_get_last_proc_stream_id(session) }
 
-    /// Calls `body` with an nghttp2 header list pointing into `headers`' buffer (the list on
-    /// the stack; nghttp2 copies the fields into its frame before `body` returns).
-    private func withHeaderList<Result>(_ headers: HTTP2HeaderBlock,
-                                        _ body: (UnsafePointer<nghttp2_nv>, Int) -> Result) -> Result {
-        headers.withUnsafeFields { bytes, spans in
+    /// Submits `headers` through `submit` (which returns nghttp2's result) with an nghttp2 header
+    /// list pointing into the block's buffer, flagged not to be copied: nghttp2 would otherwise
+    /// copy and lowercase every field of every head (NGHTTP2_NV_FLAG_NO_COPY_NAME: "application
+    /// is responsible to pass header field name in lowercase"; a name with an uppercase letter is
+    /// left for nghttp2 to copy and lowercase). The block is kept in `blocksInFlight` until its
+    /// HEADERS frame was serialized or dropped (`onFrameSent`, `onFrameNotSent`), or the session
+    /// is deleted. `stream` is the frame's stream; nil: the result is a new stream's ID.
+    @discardableResult
+    private func submitHeaders(_ headers: HTTP2HeaderBlock, stream: Int32?,
+                               _ submit: (UnsafePointer<nghttp2_nv>, Int) -> Int32) -> Int32 {
+        let result = headers.withUnsafeFields { bytes, spans in
             withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: max(spans.count, 1)) { list in
-                var placeholder: UInt8 = 0
-                return withUnsafeMutablePointer(to: &placeholder) { placeholder in
-                    // nghttp2 wants non-null pointers, even for empty names and values.
-                    let base = UnsafeMutablePointer(mutating: bytes)
-                    for (index, span) in spans.enumerated() {
-                        list[index] = nghttp2_nv(name: base.map { $0 + Int(span.nameStart) } ?? placeholder,
-                                                 value: base.map { $0 + span.valueStart } ?? placeholder,
-                                                 namelen: Int(span.nameCount), valuelen: Int(span.valueCount),
-                                                 flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
+                // Empty names and values point at the buffer's start: nghttp2 wants non-null
+                // pointers, and every field of the frame then points into its block (see
+                // `headersFrameDone`). An empty block has no fields, so no pointer is needed.
+                guard let base = UnsafeMutablePointer(mutating: bytes) else {
+                    return submit(UnsafePointer(list.baseAddress!), 0)
+                }
+                let known = headers.namesAreLowercase
+                for index in 0..<spans.count {
+                    let span = spans[index]
+                    let name = base + Int(span.nameStart)
+                    var flags = UInt8(NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue)
+                    if known || Self.isLowercase(name, Int(span.nameCount)) {
+                        flags |= UInt8(NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue)
                     }
-                    return body(UnsafePointer(list.baseAddress!), spans.count)
+                    list[index] = nghttp2_nv(name: span.nameCount == 0 ? base : name,
+                                             value: span.valueCount == 0 ? base : base + span.valueStart,
+                                             namelen: Int(span.nameCount), valuelen: Int(span.valueCount), flags: flags)
+                }
+                return submit(UnsafePointer(list.baseAddress!), spans.count)
+            }
+        }
+        if result >= 0 && !headers.isEmpty { blocksInFlight.append((stream ?? result, headers)) }
+        return result
+    }
+
+    /// Whether the `count` bytes at `name` hold no uppercase ASCII letter.
+    private static func isLowercase(_ name: UnsafeMutablePointer<UInt8>, _ count: Int) -> Bool {
+        var index = 0
+        while index < count {
+            if name[index] &- UInt8(ascii: "A") < 26 { return false }
+            index &+= 1
+        }
+        return true
+    }
+
+    /// A HEADERS frame of `stream` left or was dropped: the block its fields pointed into is
+    /// released. Several may wait on one stream (an informational head and the final one,
+    /// a head and trailers): the frame's values, every one of which points into its own
+    /// block (`submitHeaders`), tell which.
+    private func headersFrameDone(_ frame: UnsafePointer<nghttp2_frame>) {
+        let stream = frame.pointee.hd.stream_id
+        let fields = UnsafeBufferPointer(start: frame.pointee.headers.nva, count: frame.pointee.headers.nvlen)
+        // Frames mostly leave in the order they were submitted: the first block is tried first.
+        var index = 0
+        while index < blocksInFlight.count {
+            if blocksInFlight[index].stream == stream {
+                let block = blocksInFlight[index].block
+                if let first = fields.first, block.holds(first.value) {
+                    blocksInFlight.remove(at: index)
+                    return
                 }
             }
+            index &+= 1
         }
     }
 
@@ -448,7 +500,9 @@ public final class HTTP2Endpoint {
                     endpoint.events.append(.headTooLarge(stream: stream, endStream: endStream))
                     return 0
                 }
-                let headers = block.block
+                var headers = block.block
+                // nghttp2 passed on only fields its HTTP messaging rules accept: lowercase names.
+                headers.namesAreLowercase = true
                 guard isHead else {
                     endpoint.events.append(.trailers(stream: stream, headers: headers))
                     return 0
@@ -497,12 +551,23 @@ public final class HTTP2Endpoint {
     private static let onFrameNotSent: nghttp2_on_frame_not_send_callback = { _, frame, _, userData in
         withEndpoint(userData) { endpoint -> Int32 in
             let header = frame!.pointee.hd
-            guard UInt32(header.type) == NGHTTP2_HEADERS.rawValue, endpoint.role == .client,
+            guard UInt32(header.type) == NGHTTP2_HEADERS.rawValue else { return 0 }
+            endpoint.headersFrameDone(frame!)
+            guard endpoint.role == .client,
                   frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST else { return 0 }
             if let body = endpoint.outgoing.removeValue(forKey: header.stream_id), body.remaining > 0 {
                 endpoint.events.append(.bodyTaken(stream: header.stream_id, count: body.remaining))
             }
             endpoint.events.append(.closed(stream: header.stream_id, errorCode: NGHTTP2_REFUSED_STREAM.rawValue))
+            return 0
+        }
+    }
+
+    /// A frame left: a HEADERS frame's fields are serialized, so their block may go.
+    private static let onFrameSent: nghttp2_on_frame_send_callback = { _, frame, userData in
+        guard UInt32(frame!.pointee.hd.type) == NGHTTP2_HEADERS.rawValue else { return 0 }
+        return withEndpoint(userData) { endpoint -> Int32 in
+            endpoint.headersFrameDone(frame!)
             return 0
         }
     }
@@ -547,8 +612,8 @@ public final class HTTP2Endpoint {
             }
             if !trailers.isEmpty {
                 flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
-                endpoint.withHeaderList(trailers) { list, listCount in
-                    _ = nghttp2_submit_trailer(session, stream, list, listCount)
+                endpoint.submitHeaders(trailers, stream: stream) { list, listCount in
+                    nghttp2_submit_trailer(session, stream, list, listCount)
                 }
             }
             return result

@@ -14,6 +14,10 @@ import Glibc
 /// full. A value type: a block shared by two owners is copied before either changes it.
 public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
     @usableFromInline var storage: Storage?
+    /// Every name is known to be lowercase: set by an endpoint on a block nghttp2 decoded and
+    /// checked (RFC 9113 §8.2.1), cleared by any change. Such a block goes back to nghttp2
+    /// without a scan of its names.
+    @usableFromInline var namesAreLowercase = false
 
     @usableFromInline struct Span: Equatable {
         @usableFromInline var nameStart: UInt32
@@ -111,6 +115,7 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
 
     @inlinable
     public mutating func append(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+        namesAreLowercase = false
         let added = name.count + value.count
         // Asked before any local reference to the storage exists (one would count as a sharer).
         let unique = isKnownUniquelyReferenced(&storage)
@@ -145,6 +150,14 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
         }
     }
 
+    /// Whether `pointer` points into the block's buffer, its end included (where a
+    /// zero-length field may point).
+    func holds(_ pointer: UnsafePointer<UInt8>?) -> Bool {
+        guard let pointer, let storage else { return false }
+        let start = UnsafePointer(storage.bytes)
+        return pointer >= start && pointer <= start + storage.byteCount
+    }
+
     /// Calls `body` with every field's name and value, in order, until it returns false.
     @inlinable
     public func forEachField(_ body: (_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) -> Bool) {
@@ -157,6 +170,7 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
         }
     }
 
+    /// The same fields, whatever is known of them.
     public static func == (lhs: HTTP2HeaderBlock, rhs: HTTP2HeaderBlock) -> Bool {
         guard lhs.count == rhs.count, lhs.byteCount == rhs.byteCount else { return false }
         return lhs.withUnsafeFields { leftBytes, leftSpans in
