@@ -20,11 +20,14 @@ import CNghttp2
 /// endpoint may still point at it; it is 128 bytes a thread).
 ///
 /// Bounds: a pool keeps at most `bytesPerClass` of freed blocks in each of the `classCount`
-/// classes (block sizes 64 B to 4 KiB, 16 bytes of each a header), 224 KiB a thread; past
-/// that a freed block goes back to `free`. Larger requests go straight to `malloc`.
+/// classes (block sizes 64 to 512 B, 16 bytes of each a header), 128 KiB a thread; past that
+/// a freed block goes back to `free`. Larger requests go straight to `malloc`: what a session
+/// holds for its life (the session itself, its HPACK tables and buffers) is not rounded up to
+/// a class, so an idle connection costs what it did with `malloc`.
 public enum HTTP2Memory {
-    /// Size classes: 64 << class bytes a block, header included.
-    static let classCount = 7
+    /// Size classes: 64 << class bytes a block, header included (what a stream's allocations
+    /// need: its stream, queued frames, field lists, decoded names and values).
+    static let classCount = 4
     /// Freed bytes kept per class and thread.
     static let bytesPerClass = 32_768
     /// Before each block: its class (or `unpooled`), keeping the payload 16-byte aligned.
