@@ -93,7 +93,7 @@ public final class HTTP2Endpoint {
     /// The header block being received. Blocks never interleave (RFC 9113 §6.10: a HEADERS
     /// frame without END_HEADERS is followed by its CONTINUATIONs, nothing else), so one is
     /// enough; nil while none is, or once the one being received went over its limits.
-    private var incoming: IncomingBlock?
+    private var incoming = IncomingBlock()
     /// Submitted header blocks nghttp2 points into, by stream, until their frame is sent
     /// (see `submitHeaders`). At most one or two per open stream.
     private var blocksInFlight: [(stream: Int32, block: HTTP2HeaderBlock)] = []
@@ -106,7 +106,8 @@ public final class HTTP2Endpoint {
     private var running = false
 
     private struct IncomingBlock {
-        var stream: Int32
+        /// 0: none (HEADERS frames are never on stream 0, RFC 9113 §6.2).
+        var stream: Int32 = 0
         /// The fields so far.
         var block = HTTP2HeaderBlock()
         /// Their size as RFC 9113 §6.5.2 counts it.
@@ -449,35 +450,35 @@ public final class HTTP2Endpoint {
     private static let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, userData in
         withEndpoint(userData) { endpoint -> Int32 in
             endpoint.incoming = IncomingBlock(stream: frame!.pointee.hd.stream_id)
-            endpoint.incoming!.block.reserveCapacity(fields: 12, bytes: 512)
+            endpoint.incoming.block.reserveCapacity(fields: 12, bytes: 512)
             return 0
         }
     }
 
     private static let onHeader: nghttp2_on_header_callback = { _, frame, name, nameLength, value, valueLength, _, userData in
         withEndpoint(userData) { endpoint -> Int32 in
-            guard endpoint.incoming?.stream == frame!.pointee.hd.stream_id else { return 0 }
+            guard endpoint.incoming.stream == frame!.pointee.hd.stream_id else { return 0 }
             // RFC 9113 §6.5.2: "the uncompressed size of header fields, including the length of the
             // name and value in octets plus an overhead of 32 octets for each header field".
-            if endpoint.incoming!.tooLarge { return 0 }
-            endpoint.incoming!.bytes += nameLength + valueLength + 32
-            if endpoint.incoming!.bytes > endpoint.limits.maximumHeaderListBytes
-                || endpoint.incoming!.block.count >= endpoint.limits.maximumHeaderCount {
+            if endpoint.incoming.tooLarge { return 0 }
+            endpoint.incoming.bytes += nameLength + valueLength + 32
+            if endpoint.incoming.bytes > endpoint.limits.maximumHeaderListBytes
+                || endpoint.incoming.block.count >= endpoint.limits.maximumHeaderCount {
                 if endpoint.role == .server && frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
                     // A request head: answered 431 by the owner once the block ends; its fields
                     // are decoded (HPACK must stay in step) and dropped, so memory stays bounded.
-                    endpoint.incoming!.tooLarge = true
-                    endpoint.incoming!.block = HTTP2HeaderBlock()
+                    endpoint.incoming.tooLarge = true
+                    endpoint.incoming.block = HTTP2HeaderBlock()
                     return 0
                 }
                 // Anything else (a response head, trailers): the stream is reset (nghttp2 answers a
                 // temporal failure with RST_STREAM INTERNAL_ERROR); what remains of the block is
                 // decoded to keep HPACK in step, unseen.
-                endpoint.incoming = nil
+                endpoint.incoming = IncomingBlock()
                 return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
             }
             // Appended in place (the block is a stored property: no copy of what came before).
-            endpoint.incoming!.block.append(name: UnsafeBufferPointer(start: name, count: nameLength),
+            endpoint.incoming.block.append(name: UnsafeBufferPointer(start: name, count: nameLength),
                                             value: UnsafeBufferPointer(start: value, count: valueLength))
             return 0
         }
@@ -489,8 +490,10 @@ public final class HTTP2Endpoint {
             let endStream = header.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
             switch UInt32(header.type) {
             case NGHTTP2_HEADERS.rawValue:
-                guard let block = endpoint.incoming, block.stream == header.stream_id else { return 0 }
-                endpoint.incoming = nil
+                guard endpoint.incoming.stream != 0, endpoint.incoming.stream == header.stream_id else { return 0 }
+                // Taken out, so the event holds the block's only reference.
+                let block = endpoint.incoming
+                endpoint.incoming = IncomingBlock()
                 let stream = header.stream_id, category = frame!.pointee.headers.cat
                 // A request's head (server side); a response's first head, or its final one after
                 // an informational one (client side); otherwise trailers.
@@ -537,7 +540,7 @@ public final class HTTP2Endpoint {
 
     private static let onStreamClose: nghttp2_on_stream_close_callback = { _, stream, errorCode, userData in
         withEndpoint(userData) { endpoint -> Int32 in
-            if endpoint.incoming?.stream == stream { endpoint.incoming = nil }
+            if endpoint.incoming.stream == stream { endpoint.incoming = IncomingBlock() }
             if !endpoint.informational.isEmpty { endpoint.informational.remove(stream) }
             if let body = endpoint.outgoing.removeValue(forKey: stream), body.remaining > 0 {
                 endpoint.events.append(.bodyTaken(stream: stream, count: body.remaining))

@@ -75,6 +75,11 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
             return copy
         }
 
+        /// Whether one more field of `bytes` fits.
+        @inlinable func hasRoom(for bytes: Int) -> Bool {
+            header.spanCount < header.spanCapacity && header.byteCount + bytes <= header.byteCapacity
+        }
+
         /// Appends a field there is room for.
         @inlinable func append(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
             let counts = header
@@ -118,19 +123,26 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
         namesAreLowercase = false
         let added = name.count + value.count
         // Asked before any local reference to the storage exists (one would count as a sharer).
-        let unique = isKnownUniquelyReferenced(&storage)
-        if let counts = storage?.header {
-            if !unique || counts.spanCount == counts.spanCapacity || counts.byteCount + added > counts.byteCapacity {
-                // Shared, or full: a copy, doubled where full.
-                var byteCapacity = counts.byteCapacity
-                while byteCapacity < counts.byteCount + added { byteCapacity *= 2 }
-                let spanCapacity = counts.spanCount < counts.spanCapacity ? counts.spanCapacity : counts.spanCapacity * 2
-                storage = storage.unsafelyUnwrapped.copy(fields: spanCapacity, bytes: byteCapacity)
-            }
-        } else {
-            storage = Storage.make(fields: 8, bytes: max(256, added))
+        if !isKnownUniquelyReferenced(&storage) || !storage.unsafelyUnwrapped.hasRoom(for: added) {
+            makeRoom(for: added)
         }
-        storage.unsafelyUnwrapped.append(name: UnsafeRawBufferPointer(name), value: UnsafeRawBufferPointer(value))
+        // The storage is this block's alone and stays so during the call: no reference counted.
+        Unmanaged.passUnretained(storage.unsafelyUnwrapped)._withUnsafeGuaranteedRef {
+            $0.append(name: UnsafeRawBufferPointer(name), value: UnsafeRawBufferPointer(value))
+        }
+    }
+
+    /// Unshared storage with room for one more field of `added` bytes: a copy (doubled where
+    /// full) when the storage is shared or full, new storage when there is none.
+    @usableFromInline mutating func makeRoom(for added: Int) {
+        guard let counts = storage?.header else {
+            storage = Storage.make(fields: 8, bytes: max(256, added))
+            return
+        }
+        var byteCapacity = counts.byteCapacity
+        while byteCapacity < counts.byteCount + added { byteCapacity *= 2 }
+        let spanCapacity = counts.spanCount < counts.spanCapacity ? counts.spanCapacity : counts.spanCapacity * 2
+        storage = storage.unsafelyUnwrapped.copy(fields: spanCapacity, bytes: byteCapacity)
     }
 
     public mutating func append<Name: Collection<UInt8>, Value: Collection<UInt8>>(name: Name, value: Value) {

@@ -314,14 +314,14 @@ public final class HTTP2PolicySession: L7Session {
         headers.forEachField { name, value in
             if name.first == UInt8(ascii: ":") {
                 if HTTP2HeaderBlock.equal(name, Self.methodName) {
-                    method = String(decoding: value, as: UTF8.self)
+                    method = Self.methodText(value)
                 } else if HTTP2HeaderBlock.equal(name, Self.pathName) {
                     path = String(decoding: value, as: UTF8.self)
                     if normalizes {
                         pathNormalization = HTTP1TargetNormalization.normalize(target: UnsafeRawBufferPointer(value))
                     }
                 } else if HTTP2HeaderBlock.equal(name, Self.authorityName) {
-                    authority = String(decoding: value, as: UTF8.self)
+                    authority = authorityText(value)
                 } // :scheme, :protocol
                 return true
             }
@@ -400,6 +400,28 @@ public final class HTTP2PolicySession: L7Session {
     }
 
     private static let pathName = Array(":path".utf8)
+
+    /// The methods most requests use, as text made once.
+    private static let commonMethods: [(bytes: [UInt8], text: String)] =
+        ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"].map { (Array($0.utf8), $0) }
+
+    /// A method's text, without making a string for a common one.
+    private static func methodText(_ value: UnsafeBufferPointer<UInt8>) -> String {
+        for method in commonMethods where HTTP2HeaderBlock.equal(value, method.bytes) { return method.text }
+        return String(decoding: value, as: UTF8.self)
+    }
+
+    /// The connection's last `:authority`, bytes and text: a client sends the same one on
+    /// nearly every stream, and its text is made once.
+    private var lastAuthority: (bytes: [UInt8], text: String) = ([], "")
+
+    private func authorityText(_ value: UnsafeBufferPointer<UInt8>) -> String {
+        if HTTP2HeaderBlock.equal(value, lastAuthority.bytes) { return lastAuthority.text }
+        let text = String(decoding: value, as: UTF8.self)
+        // Kept only while short: a bound on what an idle connection holds.
+        if value.count <= 256 { lastAuthority = (Array(value), text) }
+        return text
+    }
 
     /// Answers a stream from the proxy with `status` and a plain-text body.
     private func answer(stream id: Int32, status: Int, body: [UInt8]) {
