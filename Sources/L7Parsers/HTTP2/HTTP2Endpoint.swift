@@ -170,6 +170,12 @@ public final class HTTP2Endpoint {
                                    value: limits.headerTableBytes),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue),
                                    value: UInt32(limits.maximumHeaderListBytes)),
+            // RFC 9113 §5.3.2: "the prioritization signaling in RFC 7540 was not widely adopted"
+            // and is deprecated; RFC 9218 §2.1: SETTINGS_NO_RFC7540_PRIORITIES = 1 says this
+            // endpoint does not use it. nghttp2 then keeps no dependency tree and no closed
+            // streams for it (a proxy relays streams; it does not schedule by a peer's tree),
+            // and ignores PRIORITY frames.
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES.rawValue), value: 1),
         ]
         if role == .client {
             // A client takes no pushed streams (RFC 9113 §8.4: SETTINGS_ENABLE_PUSH 0).
