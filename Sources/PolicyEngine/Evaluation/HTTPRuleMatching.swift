@@ -18,14 +18,15 @@ extension HTTPRule {
     /// a bare `Name` (presence) is satisfied by any copy.
     func evaluate(_ request: HTTPRequestFacts, isMethodKnown: Bool = false, isPathKnown: Bool = false) -> HTTPRuleOutcome {
         var outcome = HTTPRuleOutcome()
-        if !isMethodKnown, let method {
-            guard let requestMethod = request.method, method.matches(requestMethod) else { return outcome }
+        // The patterns are tested where they are (binding one with `if let` would count a reference).
+        if !isMethodKnown, method != nil {
+            guard let requestMethod = request.method, method.unsafelyUnwrapped.matches(requestMethod) else { return outcome }
         }
-        if !isPathKnown, let path {
-            guard let requestPath = request.path, path.matches(requestPath) else { return outcome }
+        if !isPathKnown, path != nil {
+            guard let requestPath = request.path, path.unsafelyUnwrapped.matches(requestPath) else { return outcome }
         }
-        if let host {
-            guard let requestHost = request.host, host.matches(requestHost) else { return outcome }
+        if host != nil {
+            guard let requestHost = request.host, host.unsafelyUnwrapped.matches(requestHost) else { return outcome }
         }
         for header in headers {
             if let expected = header.value {

@@ -66,12 +66,11 @@ struct HTTPRequestJudge {
         refreshPolicies()
         guard policy != nil else { return judgement }
         for policy in policies {
-            let flow = policy.flow
             let verdict = policy.evaluate(http: facts, references: references)
             if !verdict.isAllowed {
                 judgement.allowed = false
                 judgement.rules = verdict.matched
-                judgement.direction = flow.direction
+                judgement.direction = policy.flow.direction
                 break
             }
             // The first allowing policy's lists are taken as they are (no copy into empty ones).
@@ -81,7 +80,7 @@ struct HTTPRequestJudge {
             } else {
                 judgement.actions += verdict.headerActions
             }
-            if case .allowedAtL7 = verdict.reason { judgement.direction = flow.direction }
+            if case .allowedAtL7 = verdict.reason { judgement.direction = policy.flow.direction }
         }
         return judgement
     }
