@@ -110,9 +110,9 @@ public final class ConnectionPolicy: Sendable {
     public var verdict: Verdict { match.connectionVerdict() }
 
     /// Evaluates one HTTP request on the connection. With `references` false the verdict
-    /// of an allowed request names no rules and carries no log messages (for callers that
-    /// record nothing: building them is most of an allowed request's cost); its decision and
-    /// header actions are the same.
+    /// of an allowed request names no rules and carries no log messages, and a denial's
+    /// reason does not quote the request (for callers that record nothing: building them is
+    /// most of a request's judging cost); its decision and header actions are the same.
     public func evaluate(http request: HTTPRequestFacts, references: Bool = true) -> Verdict {
         requestDecision ?? match.evaluate(http: request, scanned: scannedHTTP, hasHTTP: hasHTTP, references: references)
     }
@@ -281,7 +281,10 @@ extension L4Match {
             for rule in rules { consider(entry: entry, rule: rule, isMethodKnown: false, isPathKnown: false) }
         }
         if matchedCount == 0 {
-            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(request.method ?? "(no method)") \(request.path ?? "(no path)")"))
+            // The request named in the reason only for callers that record it (the text is
+            // a denied request's largest cost otherwise).
+            let detail = references ? "\(request.method ?? "(no method)") \(request.path ?? "(no path)")" : ""
+            return Verdict(isAllowed: false, reason: .noL7RuleMatches(detail))
         }
         return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched, headerActions: actions, logMessages: logs)
     }
