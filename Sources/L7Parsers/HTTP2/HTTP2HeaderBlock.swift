@@ -203,6 +203,22 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
         return expected.withUnsafeBufferPointer { memcmp(base, $0.baseAddress!, bytes.count) == 0 }
     }
 
+    /// Whether `bytes` are exactly the text `expected` (a literal: its bytes are constant
+    /// data, so nothing is loaded lazily or reference-counted to compare them).
+    @inlinable
+    public static func equal(_ bytes: UnsafeBufferPointer<UInt8>, _ expected: StaticString) -> Bool {
+        guard bytes.count == expected.utf8CodeUnitCount else { return false }
+        guard let base = bytes.baseAddress else { return true }
+        return memcmp(base, expected.utf8Start, bytes.count) == 0
+    }
+
+    /// Whether `bytes` begin with the text `prefix` (a literal, see `equal`).
+    @inlinable
+    public static func starts(_ bytes: UnsafeBufferPointer<UInt8>, with prefix: StaticString) -> Bool {
+        guard bytes.count >= prefix.utf8CodeUnitCount else { return false }
+        return equal(UnsafeBufferPointer(rebasing: bytes[..<prefix.utf8CodeUnitCount]), prefix)
+    }
+
     /// Whether `bytes` begin with `prefix` (see `equal`).
     @inlinable
     public static func starts(_ bytes: UnsafeBufferPointer<UInt8>, with prefix: [UInt8]) -> Bool {
@@ -230,8 +246,14 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
 
     /// The `:status` of a response head as a number (nil: none, or not three digits).
     public var status: Int? {
-        withFirstValue(named: Self.statusName) { value in
-            guard let value, value.count == 3 else { return nil }
+        var found: UnsafeBufferPointer<UInt8>?
+        return withUnsafeFields { _, _ in
+            forEachField { name, value in
+                guard Self.equal(name, ":status") else { return true }
+                found = value
+                return false
+            }
+            guard let value = found, value.count == 3 else { return nil }
             var status = 0
             for byte in value {
                 guard byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") else { return nil }
@@ -241,7 +263,6 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
         }
     }
 
-    @usableFromInline static let statusName = Array(":status".utf8)
 
     /// The fields as `HTTP2Header`s (copies; for changing a block and for tests).
     public var headers: [HTTP2Header] {

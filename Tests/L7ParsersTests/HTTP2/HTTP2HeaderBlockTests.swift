@@ -65,4 +65,20 @@ import Testing
         #expect(HTTP2HeaderBlock.equal(empty, []) && !HTTP2HeaderBlock.equal(empty, [0]))
         #expect(HTTP2HeaderBlock.starts(empty, with: []))
     }
+
+    @Test func literalComparisonsAgreeWithArrayOnes() {
+        let text = Array("application/grpc+proto".utf8)
+        text.withUnsafeBufferPointer { bytes in
+            #expect(HTTP2HeaderBlock.starts(bytes, with: "application/grpc"))
+            #expect(!HTTP2HeaderBlock.equal(bytes, "application/grpc"))
+            #expect(HTTP2HeaderBlock.equal(bytes, "application/grpc+proto"))
+            #expect(!HTTP2HeaderBlock.starts(bytes, with: "application/grpc+proto+more"))
+            #expect(!HTTP2HeaderBlock.equal(bytes, "application/grpc+protO"))
+        }
+        let empty = UnsafeBufferPointer<UInt8>(start: nil, count: 0)
+        #expect(HTTP2HeaderBlock.equal(empty, "") && !HTTP2HeaderBlock.equal(empty, ":"))
+        #expect(HTTP2HeaderBlock.starts(empty, with: ""))
+        #expect(HTTP2HeaderBlock([HTTP2Header(":status", "204")]).status == 204)
+        #expect(HTTP2HeaderBlock([HTTP2Header("x-status", "204"), HTTP2Header(":status", "2x4")]).status == nil)
+    }
 }

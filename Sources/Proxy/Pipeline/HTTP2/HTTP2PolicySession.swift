@@ -295,11 +295,6 @@ public final class HTTP2PolicySession: L7Session {
         }
     }
 
-    private static let methodName = Array(":method".utf8)
-    private static let authorityName = Array(":authority".utf8)
-    private static let hostName = Array("host".utf8)
-    private static let contentTypeName = Array("content-type".utf8)
-    private static let grpcContentType = Array("application/grpc".utf8)
 
     /// Phase "evaluate" for one stream: judged by the HTTP rules, then opened upstream or
     /// answered here.
@@ -313,21 +308,21 @@ public final class HTTP2PolicySession: L7Session {
         var pathNormalization: HTTP1TargetNormalization?
         headers.forEachField { name, value in
             if name.first == UInt8(ascii: ":") {
-                if HTTP2HeaderBlock.equal(name, Self.methodName) {
+                if HTTP2HeaderBlock.equal(name, ":method") {
                     method = Self.methodText(value)
-                } else if HTTP2HeaderBlock.equal(name, Self.pathName) {
+                } else if HTTP2HeaderBlock.equal(name, ":path") {
                     path = String(decoding: value, as: UTF8.self)
                     if normalizes {
                         pathNormalization = HTTP1TargetNormalization.normalize(target: UnsafeRawBufferPointer(value))
                     }
-                } else if HTTP2HeaderBlock.equal(name, Self.authorityName) {
+                } else if HTTP2HeaderBlock.equal(name, ":authority") {
                     authority = authorityText(value)
                 } // :scheme, :protocol
                 return true
             }
-            if HTTP2HeaderBlock.equal(name, Self.hostName) { host = String(decoding: value, as: UTF8.self) }
-            if HTTP2HeaderBlock.equal(name, Self.contentTypeName)
-                && HTTP2HeaderBlock.starts(value, with: Self.grpcContentType) { grpc = true }
+            if HTTP2HeaderBlock.equal(name, "host") { host = String(decoding: value, as: UTF8.self) }
+            if HTTP2HeaderBlock.equal(name, "content-type")
+                && HTTP2HeaderBlock.starts(value, with: "application/grpc") { grpc = true }
             if readsHeaders {
                 fields.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
             }
@@ -401,14 +396,18 @@ public final class HTTP2PolicySession: L7Session {
 
     private static let pathName = Array(":path".utf8)
 
-    /// The methods most requests use, as text made once.
-    private static let commonMethods: [(bytes: [UInt8], text: String)] =
-        ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"].map { (Array($0.utf8), $0) }
-
-    /// A method's text, without making a string for a common one.
+    /// A method's text, without making a string for a common one (literals are constant).
     private static func methodText(_ value: UnsafeBufferPointer<UInt8>) -> String {
-        for method in commonMethods where HTTP2HeaderBlock.equal(value, method.bytes) { return method.text }
-        return String(decoding: value, as: UTF8.self)
+        switch value.count {
+        case 3 where HTTP2HeaderBlock.equal(value, "GET"): return "GET"
+        case 4 where HTTP2HeaderBlock.equal(value, "POST"): return "POST"
+        case 3 where HTTP2HeaderBlock.equal(value, "PUT"): return "PUT"
+        case 6 where HTTP2HeaderBlock.equal(value, "DELETE"): return "DELETE"
+        case 5 where HTTP2HeaderBlock.equal(value, "PATCH"): return "PATCH"
+        case 4 where HTTP2HeaderBlock.equal(value, "HEAD"): return "HEAD"
+        case 7 where HTTP2HeaderBlock.equal(value, "OPTIONS"): return "OPTIONS"
+        default: return String(decoding: value, as: UTF8.self)
+        }
     }
 
     /// The connection's last `:authority`, bytes and text: a client sends the same one on
