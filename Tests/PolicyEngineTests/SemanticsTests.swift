@@ -255,7 +255,7 @@ struct HTTPRuleTests {
         ("/x\\.y", "/x"),
     ])
     func literalPrefix(pattern: String, prefix: String) {
-        #expect(HTTPRuleIndex.literalPrefix(of: pattern) == prefix)
+        #expect(PCRE2Pattern.literalPrefix(of: pattern) == prefix)
     }
 }
 

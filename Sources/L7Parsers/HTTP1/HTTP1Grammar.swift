@@ -1,6 +1,6 @@
 /// Byte classes of RFC 9110/9112 and RFC 3986, as switch tables the compiler turns into
 /// jumps; nothing here allocates.
-enum HTTP1Grammar {
+@usableFromInline enum HTTP1Grammar {
     static let carriageReturn: UInt8 = 0x0D
     static let lineFeed: UInt8 = 0x0A
     static let space: UInt8 = 0x20
@@ -143,7 +143,7 @@ enum HTTP1Grammar {
     }
 
     /// Whether `bytes[range]` equals `literal` exactly (methods are case-sensitive).
-    @inline(__always)
+    @inlinable @inline(__always)
     static func equals(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ literal: StaticString) -> Bool {
         guard range.count == literal.utf8CodeUnitCount else { return false }
         let start = literal.utf8Start

@@ -207,9 +207,7 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
     /// data, so nothing is loaded lazily or reference-counted to compare them).
     @inlinable
     public static func equal(_ bytes: UnsafeBufferPointer<UInt8>, _ expected: StaticString) -> Bool {
-        guard bytes.count == expected.utf8CodeUnitCount else { return false }
-        guard let base = bytes.baseAddress else { return true }
-        return memcmp(base, expected.utf8Start, bytes.count) == 0
+        HTTP1Grammar.equals(UnsafeRawBufferPointer(bytes), 0..<bytes.count, expected)
     }
 
     /// Whether `bytes` begin with the text `prefix` (a literal, see `equal`).

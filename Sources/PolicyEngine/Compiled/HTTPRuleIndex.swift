@@ -66,7 +66,7 @@ final class HTTPRuleIndex: Sendable {
         var members: [[Int]] = []
         for (position, item) in items.enumerated() {
             let method = item.rule.method.flatMap { Self.literalMethod($0.source) }
-            let prefix = Array((item.rule.path.map { Self.literalPrefix(of: $0.source) } ?? "").utf8)
+            let prefix = Array((item.rule.path.map { PCRE2Pattern.literalPrefix(of: $0.source) } ?? "").utf8)
             let key = BucketKey(method: method, prefix: prefix)
             if let existing = positions[key] {
                 members[existing].append(position)
@@ -276,24 +276,6 @@ final class HTTPRuleIndex: Sendable {
     /// A method pattern made only of letters matches exactly that method.
     static func literalMethod(_ pattern: String) -> String? {
         !pattern.isEmpty && pattern.utf8.allSatisfy({ (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) }) ? pattern : nil
-    }
-
-    /// The literal text every match of `pattern` starts with: the characters before the
-    /// first metacharacter, minus the last one if a quantifier follows it. Conservative:
-    /// a pattern with `|` anywhere, or starting with a group or flag, has prefix "".
-    static func literalPrefix(of pattern: String) -> String {
-        if pattern.contains("|") { return "" }
-        var prefix: [Character] = []
-        var characters = Substring(pattern)
-        if characters.hasPrefix("^") { characters = characters.dropFirst() }
-        for character in characters {
-            if "\\.^$|?*+()[]{}".contains(character) || !character.isASCII {
-                if "?*{+".contains(character), !prefix.isEmpty { prefix.removeLast() }
-                break
-            }
-            prefix.append(character)
-        }
-        return String(prefix)
     }
 }
 

@@ -66,16 +66,34 @@ public final class PCRE2Pattern: @unchecked Sendable, CustomStringConvertible {
         literalThenAnything = caseInsensitive ? nil : Self.literalThenAnything(source)
     }
 
-    /// The literal of a pattern `^?L.*$?` where L is printable ASCII without a metacharacter.
+    /// The literal of a pattern `^?L.*$?` whose `L` is all literal (`literalPrefix`) and
+    /// printable ASCII without spaces.
     static func literalThenAnything(_ source: String) -> [UInt8]? {
-        var bytes = Array(source.utf8)
-        if bytes.first == UInt8(ascii: "^") { bytes.removeFirst() }
-        if bytes.last == UInt8(ascii: "$") { bytes.removeLast() }
-        guard bytes.count >= 2, bytes.suffix(2).elementsEqual(".*".utf8) else { return nil }
-        bytes.removeLast(2)
-        let metacharacters = Set("\\.^$|?*+()[]{}#".utf8)
-        guard bytes.allSatisfy({ $0 >= 0x21 && $0 <= 0x7E && !metacharacters.contains($0) }) else { return nil }
-        return bytes
+        var body = Substring(source)
+        if body.hasPrefix("^") { body = body.dropFirst() }
+        if body.hasSuffix("$") { body = body.dropLast() }
+        guard body.hasSuffix(".*") else { return nil }
+        let literal = literalPrefix(of: String(body))
+        guard body.count == literal.count + 2, literal.utf8.allSatisfy({ $0 >= 0x21 && $0 <= 0x7E }) else { return nil }
+        return Array(literal.utf8)
+    }
+
+    /// The literal text every match of `pattern` starts with: the characters before the
+    /// first metacharacter, minus the last one if a quantifier follows it. Conservative:
+    /// a pattern with `|` anywhere, or starting with a group or flag, has prefix "".
+    static func literalPrefix(of pattern: String) -> String {
+        if pattern.contains("|") { return "" }
+        var prefix: [Character] = []
+        var characters = Substring(pattern)
+        if characters.hasPrefix("^") { characters = characters.dropFirst() }
+        for character in characters {
+            if "\\.^$|?*+()[]{}".contains(character) || !character.isASCII {
+                if "?*{+".contains(character), !prefix.isEmpty { prefix.removeLast() }
+                break
+            }
+            prefix.append(character)
+        }
+        return String(prefix)
     }
 
     deinit {
