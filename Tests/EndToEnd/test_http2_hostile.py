@@ -14,7 +14,7 @@ from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, 
 
 from conftest import free_port
 from test_hostile import config, write_policy
-from test_http2 import RULES, curl2, h2c_nginx
+from test_http2 import RULES, curl2, h2c_nginx, requested_paths
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PROTOCOL_ERROR, REFUSED_STREAM, CANCEL = 0x1, 0x7, 0x8
@@ -314,3 +314,55 @@ def test_malformed_requests_are_stream_errors(stack, case):
     client.close()
     time.sleep(0.1)
     assert [line.split('"')[1] for line in nginx.access_lines()] == ["GET /api/next HTTP/2.0"]
+
+
+def test_paths_that_only_resemble_the_allowed_prefix_never_reach_the_server(stack):
+    """"/api/.*" is decided by comparing bytes when the rest of the path is printable ASCII:
+    lookalikes, a shorter path and a case change are denied, on one connection, stream by
+    stream (PCRE2 decides the rest; `PCRE2Tests` checks that both agree byte for byte)."""
+    port, nginx, proxy = stack
+    client = RawH2(port)
+    client.decoder = hpack.Decoder()
+    paths = {1: b"/api/ok", 3: b"/apix", 5: b"/api", 7: b"/API/x", 9: b"/ap", 11: b"/api\\x", 13: b"/ap/i/x",
+             15: b"/api/ok2"}
+    for stream, path in paths.items():
+        block = client.encoder.encode([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"backend"),
+                                       (b":path", path)])
+        client.send(client.headers(stream, block))
+    frames = client.frames(timeout=3)
+    statuses = {stream: status_of(client, frames, stream) for stream in paths}
+    client.close()
+    time.sleep(0.1)
+    assert sorted(requested_paths(nginx)) == ["GET /api/ok HTTP/2.0", "GET /api/ok2 HTTP/2.0"], statuses
+    assert statuses[1] == statuses[15] == "200"
+    for stream in (3, 5, 7, 9, 11, 13):
+        assert statuses[stream] == "403", (paths[stream], statuses)
+    still_serves(port, nginx, proxy)
+
+
+def test_a_host_rule_holds_stream_by_stream_when_the_authority_changes_on_one_connection(workdir, start_sluice):
+    """The text of a connection's repeated :authority is reused: a stream with another
+    authority, or one that only starts like the allowed one, is still judged by its own."""
+    nginx = h2c_nginx(workdir)
+    write_policy(workdir, nginx.port, """            http:
+              - {method: GET, path: "/api/.*", host: "good\\\\.example"}
+""")
+    port = free_port()
+    proxy = start_sluice(config(workdir, port, nginx.port))
+    try:
+        client = RawH2(port)
+        client.decoder = hpack.Decoder()
+        authorities = {1: "good.example", 3: "evil.example", 5: "good.example", 7: "good.example.evil",
+                       9: "good.exampl", 11: "good.example"}
+        for stream, authority in authorities.items():
+            block = client.encoder.encode([(":method", "GET"), (":scheme", "http"), (":authority", authority),
+                                           (":path", f"/api/{stream}")])
+            client.send(client.headers(stream, block))
+        frames = client.frames(timeout=3)
+        statuses = {stream: status_of(client, frames, stream) for stream in authorities}
+        client.close()
+        time.sleep(0.1)
+        assert sorted(requested_paths(nginx)) == [f"GET /api/{n} HTTP/2.0" for n in (1, 11, 5)], statuses
+        assert [statuses[n] for n in (3, 7, 9)] == ["403"] * 3
+    finally:
+        nginx.stop()
