@@ -109,6 +109,24 @@
             || byte == UInt8(ascii: "%")
     }
 
+    /// pchar / "/" / "?" with every "%" followed by two hex digits (RFC 3986 §2.1).
+    static func isValidPathAndQuery(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Bool {
+        var position = range.lowerBound
+        while position < range.upperBound {
+            let byte = bytes[position]
+            guard isPathOrQueryByte(byte) else { return false }
+            if byte == UInt8(ascii: "%") {
+                guard position + 2 < range.upperBound,
+                      hexValue(bytes[position + 1]) != nil,
+                      hexValue(bytes[position + 2]) != nil else { return false }
+                position += 3
+            } else {
+                position += 1
+            }
+        }
+        return true
+    }
+
     /// RFC 9112 §7.1.1 quoted-string inside chunk extensions: qdtext (HTAB, SP, 0x21,
     /// 0x23-0x5B, 0x5D-0x7E, obs-text).
     @inline(__always) static func isQuotedTextByte(_ byte: UInt8) -> Bool {

@@ -726,7 +726,7 @@ public struct HTTP1Parser: Sendable {
             return isOptions ? .asterisk : nil
         }
         if bytes[target.lowerBound] == UInt8(ascii: "/") {
-            return isValidPathAndQuery(bytes, target) ? .origin : nil
+            return HTTP1Grammar.isValidPathAndQuery(bytes, target) ? .origin : nil
         }
         // §3.2.2 absolute-form: scheme ":" "//" authority path-abempty [ "?" query ].
         var position = target.lowerBound
@@ -749,26 +749,8 @@ public struct HTTP1Parser: Sendable {
         }
         guard authorityEnd > authorityStart,
               isValidAuthority(bytes, authorityStart..<authorityEnd, requirePort: false),
-              isValidPathAndQuery(bytes, authorityEnd..<target.upperBound) else { return nil }
+              HTTP1Grammar.isValidPathAndQuery(bytes, authorityEnd..<target.upperBound) else { return nil }
         return .absolute
-    }
-
-    /// pchar / "/" / "?" with every "%" followed by two hex digits (RFC 3986 §2.1).
-    private static func isValidPathAndQuery(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Bool {
-        var position = range.lowerBound
-        while position < range.upperBound {
-            let byte = bytes[position]
-            guard HTTP1Grammar.isPathOrQueryByte(byte) else { return false }
-            if byte == UInt8(ascii: "%") {
-                guard position + 2 < range.upperBound,
-                      HTTP1Grammar.hexValue(bytes[position + 1]) != nil,
-                      HTTP1Grammar.hexValue(bytes[position + 2]) != nil else { return false }
-                position += 3
-            } else {
-                position += 1
-            }
-        }
-        return true
     }
 
     /// RFC 3986 authority without userinfo (RFC 9110 §4.2.4 forbids it in http URIs):

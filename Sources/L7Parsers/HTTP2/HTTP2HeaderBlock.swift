@@ -224,6 +224,19 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
         return equal(UnsafeBufferPointer(rebasing: bytes[..<prefix.count]), prefix)
     }
 
+    /// Whether `value` is a `:path` a request may carry (RFC 9113 §8.3.1: "the absolute-path
+    /// production and optionally a '?' character followed by the query production", or `*`
+    /// for a server-wide OPTIONS request), with the byte grammar HTTP/1.1 targets are held to
+    /// (RFC 3986: pchar, "/", "?", "%" with two hex digits). nghttp2 only refuses controls and
+    /// spaces, so raw non-ASCII, quotes or backslashes would otherwise be judged as text repaired
+    /// into UTF-8 and forwarded as other bytes.
+    public static func isValidPath(_ value: UnsafeBufferPointer<UInt8>, isOptions: Bool) -> Bool {
+        let bytes = UnsafeRawBufferPointer(value)
+        guard let first = bytes.first else { return false }
+        if first == UInt8(ascii: "*") { return bytes.count == 1 && isOptions }
+        return first == UInt8(ascii: "/") && HTTP1Grammar.isValidPathAndQuery(bytes, 0..<bytes.count)
+    }
+
     /// The value of the first field named `name`.
     public func firstValue(named name: [UInt8]) -> [UInt8]? {
         withFirstValue(named: name) { $0.map(Array.init) }

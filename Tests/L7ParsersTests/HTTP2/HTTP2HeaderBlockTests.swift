@@ -81,4 +81,19 @@ import Testing
         #expect(HTTP2HeaderBlock([HTTP2Header(":status", "204")]).status == 204)
         #expect(HTTP2HeaderBlock([HTTP2Header("x-status", "204"), HTTP2Header(":status", "2x4")]).status == nil)
     }
+
+    @Test(arguments: [
+        ("/api/items?x=1&y=%2F", false, true), ("/", false, true), ("*", true, true),
+        ("*", false, false), ("", false, false), ("api/items", false, false), ("/api/\u{FF}", false, false),
+        ("/api/a b", false, false), ("/api/\"q\"", false, false), ("/api\\x", false, false),
+        ("/api/%zz", false, false), ("/api/%4", false, false), ("/api/<x>", false, false), ("/a#f", false, false),
+        ("http://h/api", false, false), ("/api/~!$&'()*+,;=:@", false, true),
+    ])
+    func pathsAreHeldToTheTargetGrammar(path: String, isOptions: Bool, valid: Bool) {
+        // "\u{FF}" is written as the single byte 0xFF, not its UTF-8 encoding.
+        let bytes = path.unicodeScalars.map { UInt8(truncatingIfNeeded: $0.value) }
+        bytes.withUnsafeBufferPointer { value in
+            #expect(HTTP2HeaderBlock.isValidPath(value, isOptions: isOptions) == valid, "\(path)")
+        }
+    }
 }

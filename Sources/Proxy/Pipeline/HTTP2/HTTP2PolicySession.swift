@@ -60,6 +60,7 @@ public final class HTTP2PolicySession: L7Session {
     /// Bytes of one endpoint's output handed to the driver per step.
     static let outputBytesPerStep = 65_536
     static let deniedBody = Array("Access denied\r\n".utf8)
+    static let badRequestBody = Array("Bad Request\r\n".utf8)
     /// The head of a denied stream's 403, made once.
     static let deniedHead = HTTP2HeaderBlock([
         HTTP2Header(":status", "403"), HTTP2Header("content-type", "text/plain"),
@@ -306,12 +307,15 @@ public final class HTTP2PolicySession: L7Session {
         // The path normalised from the field's own bytes (no copy of its text).
         let normalizes = settings.normalizePaths
         var pathNormalization: HTTP1TargetNormalization?
+        var hasPath = false, isPathValid = false
         headers.forEachField { name, value in
             if name.first == UInt8(ascii: ":") {
                 if HTTP2HeaderBlock.equal(name, ":method") {
                     method = Self.methodText(value)
                 } else if HTTP2HeaderBlock.equal(name, ":path") {
                     path = String(decoding: value, as: UTF8.self)
+                    hasPath = true
+                    isPathValid = HTTP2HeaderBlock.isValidPath(value, isOptions: true)
                     if normalizes {
                         pathNormalization = HTTP1TargetNormalization.normalize(target: UnsafeRawBufferPointer(value))
                     }
@@ -329,6 +333,18 @@ public final class HTTP2PolicySession: L7Session {
             return true
         }
         var forwarded = headers
+        // A :path outside the target grammar is answered 400 before any judging, as an HTTP/1.1
+        // target is by its parser: the text judged and the bytes forwarded could differ otherwise.
+        // (nghttp2 has reset a stream that lacks the :path its method needs.)
+        if hasPath && !(isPathValid && (path != "*" || method == "OPTIONS")) {
+            let stream = Stream(upstreamID: nil, method: method, url: path, start: clock(), direction: .ingress,
+                                allowed: false, awaitingResponse: false, requestEnded: endStream)
+            streams[id] = stream
+            deniedCount += 1
+            reportRequest(method: method, url: path, judgement: .init(allowed: false))
+            answer(stream: id, status: 400, body: Self.badRequestBody)
+            return reportAnswer(stream, code: 400)
+        }
         var url = path
         if settings.normalizePaths {
             // The reference normalises before matching; the server receives what was judged.
@@ -354,7 +370,7 @@ public final class HTTP2PolicySession: L7Session {
                 }
             case .invalid:
                 return answerUnjudged(id, method: method, url: path, endStream: endStream, forwarded: forwarded) {
-                    self.answer(stream: id, status: 400, body: Array("Bad Request\r\n".utf8))
+                    self.answer(stream: id, status: 400, body: Self.badRequestBody)
                     return 400
                 }
             }
