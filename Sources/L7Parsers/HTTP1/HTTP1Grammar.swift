@@ -109,12 +109,20 @@
             || byte == UInt8(ascii: "%")
     }
 
+    /// `isPathOrQueryByte` as two 64-bit masks over 0-127 (one shift and test a byte, for the
+    /// per-request scan of every path; `HTTP1GrammarTests` checks both agree on all 256 bytes).
+    @inline(__always) static func isPathOrQueryByteByMask(_ byte: UInt8) -> Bool {
+        let low: UInt64 = 0xAFFF_FFF2_0000_0000, high: UInt64 = 0x47FF_FFFE_87FF_FFFF
+        guard byte < 128 else { return false }
+        return (byte < 64 ? low : high) &>> UInt64(byte & 63) & 1 == 1
+    }
+
     /// pchar / "/" / "?" with every "%" followed by two hex digits (RFC 3986 §2.1).
     static func isValidPathAndQuery(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Bool {
         var position = range.lowerBound
         while position < range.upperBound {
             let byte = bytes[position]
-            guard isPathOrQueryByte(byte) else { return false }
+            guard isPathOrQueryByteByMask(byte) else { return false }
             if byte == UInt8(ascii: "%") {
                 guard position + 2 < range.upperBound,
                       hexValue(bytes[position + 1]) != nil,

@@ -95,6 +95,11 @@ public final class ConnectionPolicy: Sendable {
     /// The header fields (lower-cased names) that judging an HTTP request here can read: a
     /// proxy need collect only these.
     public let httpHeaderNames: Set<String>
+    /// Whether L3/L4 decides every request on the connection the same way (`l7Protocols` is
+    /// empty), and then whether it allows them: read without copying the verdict, for callers
+    /// that need only the decision.
+    public let isDecidedAtL4: Bool
+    public let isAllowedAtL4: Bool
 
     init(flow: FlowContext, policy: DirectionPolicy) {
         self.flow = flow
@@ -104,6 +109,8 @@ public final class ConnectionPolicy: Sendable {
         (scannedHTTP, hasHTTP) = (clauses.scanned, clauses.hasHTTP)
         httpHeaderNames = requestDecision == nil ? clauses.headerNames : []
         l7Protocols = requestDecision == nil ? match.allowedL7Protocols() : []
+        isDecidedAtL4 = requestDecision != nil
+        isAllowedAtL4 = requestDecision?.isAllowed ?? false
     }
 
     /// The L3/L4 verdict for the connection (a port with L7 rules is allowed here).
@@ -256,7 +263,8 @@ extension L4Match {
             let outcome = rule.evaluate(request, isMethodKnown: isMethodKnown, isPathKnown: isPathKnown)
             guard outcome.matched else { return }
             matchedCount += 1
-            actions += outcome.headerActions
+            // (Appending an empty list to the empty one would still make a new array.)
+            if !outcome.headerActions.isEmpty { actions += outcome.headerActions }
             guard references else { return }
             let reference = entries[entry].reference.with(l7Rule: rule.index)
             matched.append(reference)

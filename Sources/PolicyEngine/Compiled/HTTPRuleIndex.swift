@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The HTTP rules of one (direction, port, protocol) slot, indexed so that a request
 /// runs the regexes of only the rules that can match it, at a cost that grows with the
 /// request (its path length, the rules it may match), not with the number of rules.
@@ -53,8 +57,9 @@ final class HTTPRuleIndex: Sendable {
     let items: [Item]
     let buckets: [Bucket]
     private let table: BucketTable
-    /// Distinct prefix lengths of the buckets of each literal method, ascending.
-    private let methodLengths: [(method: String, lengths: [Int])]
+    /// Distinct prefix lengths of the buckets of each literal method, ascending, and the
+    /// method's hash seed (made here once, not per request).
+    private let methodLengths: [(method: String, lengths: [Int], seed: UInt64)]
     /// Distinct prefix lengths of the any-method buckets, ascending.
     private let anyLengths: [Int]
 
@@ -90,7 +95,8 @@ final class HTTPRuleIndex: Sendable {
         }
         self.buckets = buckets
         self.table = table
-        methodLengths = lengthSets.map { ($0.key, $0.value.sorted()) }.sorted { $0.method < $1.method }
+        methodLengths = lengthSets.map { ($0.key, $0.value.sorted(), Self.hashSeed(method: $0.key)) }
+            .sorted { $0.method < $1.method }
         anyLengths = anyLengthSet.sorted()
     }
 
@@ -198,7 +204,8 @@ final class HTTPRuleIndex: Sendable {
                 // The bucket is read in place (a copy would count references to each of its lists).
                 guard (buckets[bucketIndex].method == nil) == isAnyMethod else { return }
                 if !isAnyMethod, buckets[bucketIndex].method.unsafelyUnwrapped != method { return }
-                guard buckets[bucketIndex].prefix.elementsEqual(UnsafeBufferPointer(rebasing: bytes[..<length])) else { return }
+                guard buckets[bucketIndex].prefix.count == length, length == 0 || buckets[bucketIndex].prefix
+                        .withUnsafeBufferPointer({ memcmp($0.baseAddress!, bytes.baseAddress!, length) == 0 }) else { return }
                 let isMethodKnown = !isAnyMethod
                 for index in buckets[bucketIndex].single.indices {
                     add((buckets[bucketIndex].single[index], isMethodKnown, false))
@@ -218,11 +225,13 @@ final class HTTPRuleIndex: Sendable {
             }
         }
         // Only the prefix lengths that buckets of this method (and of any method) have are probed.
-        let lengths = methodLengths.first { $0.method == method }?.lengths ?? []
+        let known = methodLengths.first { $0.method == method }
+        let lengths = known?.lengths ?? []
         var path = path
         path.withUTF8 { bytes in
-            var methodHash = Self.hashSeed(method: method)
-            var anyHash = Self.hashSeed(method: nil)
+            // (A method without buckets of its own probes no method lengths: its seed is unused.)
+            var methodHash = known?.seed ?? 0
+            var anyHash = Self.anyMethodSeed
             var nextMethodLength = 0
             var nextAnyLength = 0
             for length in 0...bytes.count {
@@ -258,6 +267,9 @@ final class HTTPRuleIndex: Sendable {
     private static func mix(_ hash: UInt64, _ byte: UInt8) -> UInt64 {
         (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3
     }
+
+    /// `hashSeed(method: nil)`, a constant.
+    @inline(__always) private static var anyMethodSeed: UInt64 { mix(0xCBF2_9CE4_8422_2325, 0xFF) }
 
     private static func hashSeed(method: String?) -> UInt64 {
         var hash: UInt64 = 0xCBF2_9CE4_8422_2325

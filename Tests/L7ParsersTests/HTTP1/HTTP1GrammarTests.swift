@@ -38,4 +38,11 @@ import Testing
             #expect(found == Self.naive(line, start..<length), "\(line) from \(start)")
         }
     }
+
+    @Test func thePathByteMasksAgreeWithTheGrammarOnEveryByte() {
+        for byte in 0...255 {
+            #expect(HTTP1Grammar.isPathOrQueryByteByMask(UInt8(byte)) == HTTP1Grammar.isPathOrQueryByte(UInt8(byte)),
+                    "byte \(byte)")
+        }
+    }
 }

@@ -66,6 +66,14 @@ struct HTTPRequestJudge {
         refreshPolicies()
         guard policy != nil else { return judgement }
         for policy in policies {
+            if !references && policy.isDecidedAtL4 {
+                // The same verdict for every request: an allowing one adds no actions, and
+                // its rules are not named here; only a denial needs saying.
+                if policy.isAllowedAtL4 { continue }
+                judgement.allowed = false
+                judgement.direction = policy.flow.direction
+                break
+            }
             let verdict = policy.evaluate(http: facts, references: references)
             if !verdict.isAllowed {
                 judgement.allowed = false
