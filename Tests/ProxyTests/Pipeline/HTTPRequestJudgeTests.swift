@@ -1,0 +1,87 @@
+import Testing
+import PolicyEngine
+@testable import Proxy
+
+/// A request judged for a caller that records nothing (`references: false`) gets the decision,
+/// header actions and deciding direction it gets with references, whichever policy decides:
+/// the server's L7 rules, or the client's egress policy settling every request at L3/L4.
+@Suite struct HTTPRequestJudgeTests {
+    static let ingress = """
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: backend, namespace: shop}
+        spec:
+          endpointSelector: {matchLabels: {app: backend}}
+          ingress:
+            - fromEndpoints: [{matchLabels: {app: frontend}}]
+              toPorts:
+                - ports: [{port: "8080", protocol: TCP}]
+                  rules:
+                    http:
+                      - {method: GET, path: "/api/.*"}
+                      - method: GET
+                        path: "/tagged"
+                        headerMatches: [{name: X-Team, value: shop, mismatch: ADD}]
+        """
+
+    /// The frontend's egress: to the backend's port at L4 only, to another port only, or with
+    /// an L7 rule of its own.
+    static func egress(_ toPorts: String) -> String {
+        """
+        ---
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: frontend, namespace: shop}
+        spec:
+          endpointSelector: {matchLabels: {app: frontend}}
+          egress:
+            - toEndpoints: [{matchLabels: {app: backend}}]
+              toPorts:
+        \(toPorts)
+        """
+    }
+
+    static let cases: [(name: String, policy: String)] = [
+        ("no egress policy", ingress),
+        ("egress allowed at L4", ingress + "\n" + egress("        - ports: [{port: \"8080\", protocol: TCP}]")),
+        ("egress denied at L4", ingress + "\n" + egress("        - ports: [{port: \"9090\", protocol: TCP}]")),
+        ("egress L7 rules", ingress + "\n" + egress("""
+                    - ports: [{port: "8080", protocol: TCP}]
+                      rules:
+                        http: [{method: GET, path: "/api/items"}]
+            """)),
+    ]
+
+    @Test(arguments: cases.indices)
+    func unrecordedJudgementsDecideAsRecordedOnes(index: Int) throws {
+        let (name, text) = Self.cases[index]
+        let loaded = PolicyLoader.load(text: text, file: "policy.yaml")
+        #expect(loaded.errors.isEmpty, "\(name): \(loaded.errors)")
+        let snapshot = PolicySnapshot(policies: loaded.policies,
+                                      endpoints: try EndpointDirectory.load(text: HTTPPolicySessionTests.endpoints,
+                                                                            file: "endpoints.yaml"))
+        let policy = WorkerPolicy(holder: PolicySnapshotHolder(snapshot))
+        let identities = policy.identities(client: SocketAddress("10.0.0.1:40000")!, server: SocketAddress("10.0.0.2:8080")!)
+        var recorded = HTTPRequestJudge(policy: policy, identities: identities)
+        var unrecorded = HTTPRequestJudge(policy: policy, identities: identities)
+        var decisions: [Bool] = []
+        for (method, path) in [("GET", "/api/items"), ("GET", "/api/other"), ("POST", "/api/items"), ("GET", "/tagged"),
+                               ("GET", "/admin")] {
+            let facts = HTTPRequestFacts(method: method, path: path, host: "backend")
+            let full = recorded.judge(facts, references: true)
+            let lean = unrecorded.judge(facts, references: false)
+            #expect(lean.allowed == full.allowed, "\(name): \(method) \(path)")
+            #expect(lean.actions == full.actions, "\(name): \(method) \(path)")
+            #expect(lean.direction == full.direction, "\(name): \(method) \(path)")
+            if full.allowed { #expect(!full.rules.isEmpty, "\(name): an allowed request names its rules") }
+            if path == "/tagged" && full.allowed { #expect(!lean.actions.isEmpty, "\(name): the ADD action is kept") }
+            decisions.append(full.allowed)
+        }
+        // Each case decides differently, or the comparison above proves little.
+        switch name {
+        case "egress denied at L4": #expect(decisions == [false, false, false, false, false])
+        case "egress L7 rules": #expect(decisions == [true, false, false, false, false])
+        default: #expect(decisions == [true, true, false, true, false], "\(name)")
+        }
+    }
+}
