@@ -402,3 +402,43 @@ def test_a_host_rule_holds_stream_by_stream_when_the_authority_changes_on_one_co
         assert [statuses[n] for n in (3, 7, 9)] == ["403"] * 3
     finally:
         nginx.stop()
+
+
+def test_a_host_field_that_differs_from_authority_is_answered_400_and_never_reaches_the_server(workdir, start_sluice):
+    """RFC 9113 §8.3.1: a Host field naming another host than :authority makes the request
+    malformed. Sluice judges :authority; a server that read Host would serve a host never judged.
+    The same host in another letter case goes on; a second Host field nghttp2 resets itself."""
+    nginx = h2c_nginx(workdir)
+    write_policy(workdir, nginx.port, """            http:
+              - {method: GET, path: "/api/.*", host: "good\\\\.example"}
+""")
+    port = free_port()
+    proxy = start_sluice(config(workdir, port, nginx.port))
+    try:
+        client = RawH2(port)
+        client.decoder = hpack.Decoder()
+        fields = {1: [(":authority", "good.example"), ("host", "evil.example")],
+                  3: [(":authority", "evil.example"), ("host", "good.example")],
+                  5: [("host", "good.example"), ("host", "evil.example")],
+                  7: [("host", "good.example")],
+                  9: [(":authority", "good.example"), ("host", "GOOD.example")]}
+        for stream, extra in fields.items():
+            pseudo = [f for f in extra if f[0].startswith(":")]
+            regular = [f for f in extra if not f[0].startswith(":")]
+            block = client.encoder.encode([(":method", "GET"), (":scheme", "http"), *pseudo,
+                                           (":path", f"/api/{stream}"), *regular])
+            client.send(client.headers(stream, block))
+        frames = client.frames(timeout=3)
+        statuses = {stream: status_of(client, frames, stream) for stream in fields}
+        client.close()
+        time.sleep(0.2)
+        assert [statuses[n] for n in (1, 3)] == ["400"] * 2, statuses
+        resets = [f.error_code for f in frames if isinstance(f, RstStreamFrame) and f.stream_id == 5]
+        assert statuses[5] is None and resets == [PROTOCOL_ERROR], statuses
+        assert statuses[7] == "200", statuses
+        # Stream 9 reached nginx (which refuses a Host beside :authority itself: a line "-" 400).
+        logged = nginx.access_lines()
+        assert len(logged) == 2 and "GET /api/7 HTTP/2.0" in requested_paths(nginx), logged
+        assert not any(f"/api/{n} " in line for n in (1, 3, 5) for line in logged)
+    finally:
+        nginx.stop()

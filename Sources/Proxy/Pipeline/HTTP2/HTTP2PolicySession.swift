@@ -307,7 +307,7 @@ public final class HTTP2PolicySession: L7Session {
         // The path normalised from the field's own bytes (no copy of its text).
         let normalizes = settings.normalizePaths
         var pathNormalization: HTTP1TargetNormalization?
-        var hasPath = false, isPathValid = false
+        var hasPath = false, isPathValid = false, hostsDiffer = false
         headers.forEachField { name, value in
             if name.first == UInt8(ascii: ":") {
                 if HTTP2HeaderBlock.equal(name, ":method") {
@@ -324,7 +324,12 @@ public final class HTTP2PolicySession: L7Session {
                 } // :scheme, :protocol
                 return true
             }
-            if HTTP2HeaderBlock.equal(name, "host") { host = String(decoding: value, as: UTF8.self) }
+            if HTTP2HeaderBlock.equal(name, "host") {
+                // Pseudo-header fields come first, so :authority is known here; nghttp2 resets a
+                // stream with a second Host field itself.
+                host = String(decoding: value, as: UTF8.self)
+                if let authority, authority.lowercased() != host.unsafelyUnwrapped.lowercased() { hostsDiffer = true }
+            }
             if HTTP2HeaderBlock.equal(name, "content-type")
                 && HTTP2HeaderBlock.starts(value, with: "application/grpc") { grpc = true }
             if readsHeaders {
@@ -333,10 +338,15 @@ public final class HTTP2PolicySession: L7Session {
             return true
         }
         var forwarded = headers
-        // A :path outside the target grammar is answered 400 before any judging, as an HTTP/1.1
-        // target is by its parser: the text judged and the bytes forwarded could differ otherwise.
-        // (nghttp2 has reset a stream that lacks the :path its method needs.)
-        if hasPath && !(isPathValid && (path != "*" || method == "OPTIONS")) {
+        // Answered 400 before any judging:
+        // - a :path outside the target grammar, as HTTP/1.1's parser refuses such a target: the
+        //   text judged and the bytes forwarded could differ otherwise (nghttp2 has reset a
+        //   stream that lacks the :path its method needs);
+        // - a Host field naming another host than :authority (RFC 9113 §8.3.1: "A server SHOULD
+        //   treat a request as malformed if it contains a Host header field that identifies an
+        //   entity that differs from the entity in the :authority pseudo-header field"): Sluice
+        //   judges :authority, and a server that read Host would serve a host never judged.
+        if hostsDiffer || (hasPath && !(isPathValid && (path != "*" || method == "OPTIONS"))) {
             let stream = Stream(upstreamID: nil, method: method, url: path, start: clock(), direction: .ingress,
                                 allowed: false, awaitingResponse: false, requestEnded: endStream)
             streams[id] = stream
