@@ -288,6 +288,8 @@ struct CrowdedPortPropertyTests {
             let unrecorded = connection.evaluate(http: request, references: false)
             #expect(unrecorded.isAllowed == compiled.isAllowed && unrecorded.headerActions == viaConnection.headerActions)
             if case .allowedAtL7 = unrecorded.reason { #expect(unrecorded.matched.isEmpty) }
+            #expect(connection.decide(http: request) == HTTPDecision(isAllowed: compiled.isAllowed,
+                                                                     headerActions: viaConnection.headerActions))
             #expect(handle.evaluate(flow: flow, http: request).matched == compiled.matched)
             if compiled.isAllowed { allowed += 1 }
         }

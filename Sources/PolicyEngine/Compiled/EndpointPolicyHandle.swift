@@ -124,6 +124,14 @@ public final class ConnectionPolicy: Sendable {
         requestDecision ?? match.evaluate(http: request, scanned: scannedHTTP, hasHTTP: hasHTTP, references: references)
     }
 
+    /// What `evaluate(http:references: false)` decides, without making the verdict (no
+    /// rules, reason or log messages): for callers that record nothing, it is most of the
+    /// cost of judging a request they would drop.
+    public func decide(http request: HTTPRequestFacts) -> HTTPDecision {
+        if isDecidedAtL4 { return HTTPDecision(isAllowed: isAllowedAtL4, headerActions: []) }
+        return match.decide(http: request, scanned: scannedHTTP, hasHTTP: hasHTTP)
+    }
+
     /// Evaluates one Kafka request on the connection: key, version and client ID must
     /// match a rule, and every topic of the request must be covered by some matching rule.
     public func evaluate(kafka request: KafkaRequestFacts) -> Verdict {
@@ -250,25 +258,13 @@ extension L4Match {
         return (scanned, hasHTTP, headerNames)
     }
 
-    /// Evaluates one HTTP request once `decide(forRequest: true)` left it to the L7 rules.
-    func evaluate(http request: HTTPRequestFacts, scanned scannedHTTP: [(entry: Int, rules: [HTTPRule])], hasHTTP: Bool,
-                  references: Bool = true) -> Verdict {
-        guard hasHTTP else { return Verdict(isAllowed: false, reason: .l7ProtocolMismatch(expected: l7Name)) }
-        var matched: [RuleReference] = []
-        var matchedCount = 0
-        var actions: [HeaderAction] = []
-        var logs: [String] = []
-        let entries = policy.entries
+    /// Calls `body` with every HTTP rule of the matching allow clauses that matches the request
+    /// (its clause, the rule, what it said), in index then clause order.
+    private func forEachMatchingRule(http request: HTTPRequestFacts, scanned scannedHTTP: [(entry: Int, rules: [HTTPRule])],
+                                     _ body: (_ entry: Int, _ rule: HTTPRule, _ outcome: HTTPRuleOutcome) -> Void) {
         func consider(entry: Int, rule: HTTPRule, isMethodKnown: Bool, isPathKnown: Bool) {
             let outcome = rule.evaluate(request, isMethodKnown: isMethodKnown, isPathKnown: isPathKnown)
-            guard outcome.matched else { return }
-            matchedCount += 1
-            // (Appending an empty list to the empty one would still make a new array.)
-            if !outcome.headerActions.isEmpty { actions += outcome.headerActions }
-            guard references else { return }
-            let reference = entries[entry].reference.with(l7Rule: rule.index)
-            matched.append(reference)
-            logs += outcome.logMessages.map { "\(reference): \($0)" }
+            if outcome.matched { body(entry, rule, outcome) }
         }
         if let index = slot?.http {
             if let method = request.method, let path = request.path {
@@ -288,6 +284,26 @@ extension L4Match {
         for (entry, rules) in scannedHTTP {
             for rule in rules { consider(entry: entry, rule: rule, isMethodKnown: false, isPathKnown: false) }
         }
+    }
+
+    /// Evaluates one HTTP request once `decide(forRequest: true)` left it to the L7 rules.
+    func evaluate(http request: HTTPRequestFacts, scanned scannedHTTP: [(entry: Int, rules: [HTTPRule])], hasHTTP: Bool,
+                  references: Bool = true) -> Verdict {
+        guard hasHTTP else { return Verdict(isAllowed: false, reason: .l7ProtocolMismatch(expected: l7Name)) }
+        var matched: [RuleReference] = []
+        var matchedCount = 0
+        var actions: [HeaderAction] = []
+        var logs: [String] = []
+        let entries = policy.entries
+        forEachMatchingRule(http: request, scanned: scannedHTTP) { entry, rule, outcome in
+            matchedCount += 1
+            // (Appending an empty list to the empty one would still make a new array.)
+            if !outcome.headerActions.isEmpty { actions += outcome.headerActions }
+            guard references else { return }
+            let reference = entries[entry].reference.with(l7Rule: rule.index)
+            matched.append(reference)
+            logs += outcome.logMessages.map { "\(reference): \($0)" }
+        }
         if matchedCount == 0 {
             // The request named in the reason only for callers that record it (the text is
             // a denied request's largest cost otherwise).
@@ -295,6 +311,18 @@ extension L4Match {
             return Verdict(isAllowed: false, reason: .noL7RuleMatches(detail))
         }
         return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched, headerActions: actions, logMessages: logs)
+    }
+
+    /// `evaluate(http:references: false)`'s decision and header actions, without a verdict.
+    func decide(http request: HTTPRequestFacts, scanned scannedHTTP: [(entry: Int, rules: [HTTPRule])], hasHTTP: Bool)
+        -> HTTPDecision {
+        var decision = HTTPDecision(isAllowed: false, headerActions: [])
+        guard hasHTTP else { return decision }
+        forEachMatchingRule(http: request, scanned: scannedHTTP) { _, _, outcome in
+            decision.isAllowed = true
+            if !outcome.headerActions.isEmpty { decision.headerActions += outcome.headerActions }
+        }
+        return decision
     }
 
     /// Evaluates one Kafka request once `decide(forRequest: true)` left it to the L7 rules: key, version and client ID must

@@ -185,6 +185,13 @@ public enum VerdictReason: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+/// An HTTP request's decision and the header actions to apply when it is allowed: the part
+/// of a `Verdict` that a caller recording nothing uses (`ConnectionPolicy.decide(http:)`).
+public struct HTTPDecision: Sendable, Equatable {
+    public var isAllowed: Bool
+    public var headerActions: [HeaderAction]
+}
+
 /// The answer to one question.
 public struct Verdict: Sendable {
     public let isAllowed: Bool

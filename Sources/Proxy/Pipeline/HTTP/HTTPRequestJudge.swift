@@ -65,15 +65,21 @@ struct HTTPRequestJudge {
         var judgement = Judgement()
         refreshPolicies()
         guard policy != nil else { return judgement }
-        for policy in policies {
-            if !references && policy.isDecidedAtL4 {
-                // The same verdict for every request: an allowing one adds no actions, and
-                // its rules are not named here; only a denial needs saying.
-                if policy.isAllowedAtL4 { continue }
-                judgement.allowed = false
-                judgement.direction = policy.flow.direction
-                break
+        if !references {
+            // Nothing records the request: its decision and actions, without verdicts.
+            for policy in policies {
+                let decision = policy.decide(http: facts)
+                if !decision.isAllowed {
+                    judgement.allowed = false
+                    judgement.direction = policy.flow.direction
+                    break
+                }
+                if !decision.headerActions.isEmpty { judgement.actions += decision.headerActions }
+                if !policy.isDecidedAtL4 { judgement.direction = policy.flow.direction }
             }
+            return judgement
+        }
+        for policy in policies {
             let verdict = policy.evaluate(http: facts, references: references)
             if !verdict.isAllowed {
                 judgement.allowed = false
