@@ -327,8 +327,9 @@ public final class HTTP2PolicySession: L7Session {
             if HTTP2HeaderBlock.equal(name, "host") {
                 // Pseudo-header fields come first, so :authority is known here; nghttp2 resets a
                 // stream with a second Host field itself.
-                host = String(decoding: value, as: UTF8.self)
-                if let authority, authority.lowercased() != host.unsafelyUnwrapped.lowercased() { hostsDiffer = true }
+                let text = String(decoding: value, as: UTF8.self)
+                if let authority, authority.lowercased() != text.lowercased() { hostsDiffer = true }
+                host = text
             }
             if HTTP2HeaderBlock.equal(name, "content-type")
                 && HTTP2HeaderBlock.starts(value, with: "application/grpc") { grpc = true }
