@@ -324,22 +324,40 @@ def test_malformed_requests_are_stream_errors(stack, case):
     assert [line.split('"')[1] for line in nginx.access_lines()] == ["GET /api/next HTTP/2.0"]
 
 
+def request_each(port, heads):
+    """Sends each stream's header fields (in order, as given) as one request on one connection;
+    the :status of each stream (None without one) and every frame read back."""
+    client = RawH2(port)
+    client.decoder = hpack.Decoder()
+    for stream, fields in heads.items():
+        client.send(client.headers(stream, client.encoder.encode(fields)))
+    # Read until every stream has ended (END_STREAM or RST_STREAM), or 3 s.
+    open_streams = set(heads)
+
+    def all_ended(frame):
+        if frame.stream_id in open_streams and ("END_STREAM" in frame.flags or isinstance(frame, RstStreamFrame)):
+            open_streams.discard(frame.stream_id)
+        return not open_streams
+    frames = client.frames(timeout=3, until=all_ended)
+    statuses = {stream: status_of(client, frames, stream) for stream in heads}
+    client.close()
+    return statuses, frames
+
+
+def get_each(port, paths):
+    """`request_each` with a GET of each path (raw bytes) for the authority "backend"."""
+    return request_each(port, {stream: [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"backend"),
+                                        (b":path", path)] for stream, path in paths.items()})
+
+
 def test_paths_that_only_resemble_the_allowed_prefix_never_reach_the_server(stack):
     """"/api/.*" is decided by comparing bytes when the rest of the path is printable ASCII:
     lookalikes, a shorter path and a case change are denied, on one connection, stream by
     stream (PCRE2 decides the rest; `PCRE2Tests` checks that both agree byte for byte)."""
     port, nginx, proxy = stack
-    client = RawH2(port)
-    client.decoder = hpack.Decoder()
     paths = {1: b"/api/ok", 3: b"/apix", 5: b"/api", 7: b"/API/x", 9: b"/ap", 11: b"/api;x", 13: b"/ap/i/x",
              15: b"/api/ok2"}
-    for stream, path in paths.items():
-        block = client.encoder.encode([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"backend"),
-                                       (b":path", path)])
-        client.send(client.headers(stream, block))
-    frames = client.frames(timeout=3)
-    statuses = {stream: status_of(client, frames, stream) for stream in paths}
-    client.close()
+    statuses, _ = get_each(port, paths)
     time.sleep(0.1)
     assert sorted(requested_paths(nginx)) == ["GET /api/ok HTTP/2.0", "GET /api/ok2 HTTP/2.0"], statuses
     assert statuses[1] == statuses[15] == "200"
@@ -355,17 +373,9 @@ def test_paths_outside_the_target_grammar_are_answered_400_and_never_reach_the_s
     percent-encoding. ("*" outside OPTIONS nghttp2 resets itself: PROTOCOL_ERROR.) On one connection,
     stream by stream; valid paths around them are served."""
     port, nginx, proxy = stack
-    client = RawH2(port)
-    client.decoder = hpack.Decoder()
     paths = {1: b"/api/ok", 3: b"/api/\xff", 5: b"/api/\xc0\xaf..\xc0\xafadmin", 7: b'/api/"x"', 9: b"/api\\..\\admin",
              11: b"*", 13: b"/api/%zz", 15: b"/api/<x>", 17: b"/api/ok2"}
-    for stream, path in paths.items():
-        block = client.encoder.encode([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"backend"),
-                                       (b":path", path)])
-        client.send(client.headers(stream, block))
-    frames = client.frames(timeout=3)
-    statuses = {stream: status_of(client, frames, stream) for stream in paths}
-    client.close()
+    statuses, frames = get_each(port, paths)
     time.sleep(0.1)
     assert sorted(requested_paths(nginx)) == ["GET /api/ok HTTP/2.0", "GET /api/ok2 HTTP/2.0"], statuses
     assert statuses[1] == statuses[17] == "200"
@@ -376,69 +386,56 @@ def test_paths_outside_the_target_grammar_are_answered_400_and_never_reach_the_s
     still_serves(port, nginx, proxy)
 
 
-def test_a_host_rule_holds_stream_by_stream_when_the_authority_changes_on_one_connection(workdir, start_sluice):
-    """The text of a connection's repeated :authority is reused: a stream with another
-    authority, or one that only starts like the allowed one, is still judged by its own."""
+@pytest.fixture
+def good_host(workdir, start_sluice):
+    """nginx (h2c) behind sluice under one rule, GET /api/.* for the host good.example;
+    yields (sluice port, nginx)."""
     nginx = h2c_nginx(workdir)
     write_policy(workdir, nginx.port, """            http:
               - {method: GET, path: "/api/.*", host: "good\\\\.example"}
 """)
     port = free_port()
-    proxy = start_sluice(config(workdir, port, nginx.port))
-    try:
-        client = RawH2(port)
-        client.decoder = hpack.Decoder()
-        authorities = {1: "good.example", 3: "evil.example", 5: "good.example", 7: "good.example.evil",
-                       9: "good.exampl", 11: "good.example"}
-        for stream, authority in authorities.items():
-            block = client.encoder.encode([(":method", "GET"), (":scheme", "http"), (":authority", authority),
-                                           (":path", f"/api/{stream}")])
-            client.send(client.headers(stream, block))
-        frames = client.frames(timeout=3)
-        statuses = {stream: status_of(client, frames, stream) for stream in authorities}
-        client.close()
-        time.sleep(0.1)
-        assert sorted(requested_paths(nginx)) == [f"GET /api/{n} HTTP/2.0" for n in (1, 11, 5)], statuses
-        assert [statuses[n] for n in (3, 7, 9)] == ["403"] * 3
-    finally:
-        nginx.stop()
+    start_sluice(config(workdir, port, nginx.port))
+    yield port, nginx
+    nginx.stop()
 
 
-def test_a_host_field_that_differs_from_authority_is_answered_400_and_never_reaches_the_server(workdir, start_sluice):
+def test_a_host_rule_holds_stream_by_stream_when_the_authority_changes_on_one_connection(good_host):
+    """The text of a connection's repeated :authority is reused: a stream with another
+    authority, or one that only starts like the allowed one, is still judged by its own."""
+    port, nginx = good_host
+    authorities = {1: "good.example", 3: "evil.example", 5: "good.example", 7: "good.example.evil",
+                   9: "good.exampl", 11: "good.example"}
+    statuses, _ = request_each(port, {stream: [(":method", "GET"), (":scheme", "http"), (":authority", authority),
+                                               (":path", f"/api/{stream}")]
+                                      for stream, authority in authorities.items()})
+    time.sleep(0.1)
+    assert sorted(requested_paths(nginx)) == [f"GET /api/{n} HTTP/2.0" for n in (1, 11, 5)], statuses
+    assert [statuses[n] for n in (3, 7, 9)] == ["403"] * 3
+
+
+def test_a_host_field_that_differs_from_authority_is_answered_400_and_never_reaches_the_server(good_host):
     """RFC 9113 §8.3.1: a Host field naming another host than :authority makes the request
     malformed. Sluice judges :authority; a server that read Host would serve a host never judged.
     The same host in another letter case goes on; a second Host field nghttp2 resets itself."""
-    nginx = h2c_nginx(workdir)
-    write_policy(workdir, nginx.port, """            http:
-              - {method: GET, path: "/api/.*", host: "good\\\\.example"}
-""")
-    port = free_port()
-    proxy = start_sluice(config(workdir, port, nginx.port))
-    try:
-        client = RawH2(port)
-        client.decoder = hpack.Decoder()
-        fields = {1: [(":authority", "good.example"), ("host", "evil.example")],
-                  3: [(":authority", "evil.example"), ("host", "good.example")],
-                  5: [("host", "good.example"), ("host", "evil.example")],
-                  7: [("host", "good.example")],
-                  9: [(":authority", "good.example"), ("host", "GOOD.example")]}
-        for stream, extra in fields.items():
-            pseudo = [f for f in extra if f[0].startswith(":")]
-            regular = [f for f in extra if not f[0].startswith(":")]
-            block = client.encoder.encode([(":method", "GET"), (":scheme", "http"), *pseudo,
-                                           (":path", f"/api/{stream}"), *regular])
-            client.send(client.headers(stream, block))
-        frames = client.frames(timeout=3)
-        statuses = {stream: status_of(client, frames, stream) for stream in fields}
-        client.close()
-        time.sleep(0.2)
-        assert [statuses[n] for n in (1, 3)] == ["400"] * 2, statuses
-        resets = [f.error_code for f in frames if isinstance(f, RstStreamFrame) and f.stream_id == 5]
-        assert statuses[5] is None and resets == [PROTOCOL_ERROR], statuses
-        assert statuses[7] == "200", statuses
-        # Stream 9 reached nginx (which refuses a Host beside :authority itself: a line "-" 400).
-        logged = nginx.access_lines()
-        assert len(logged) == 2 and "GET /api/7 HTTP/2.0" in requested_paths(nginx), logged
-        assert not any(f"/api/{n} " in line for n in (1, 3, 5) for line in logged)
-    finally:
-        nginx.stop()
+    port, nginx = good_host
+    fields = {1: [(":authority", "good.example"), ("host", "evil.example")],
+              3: [(":authority", "evil.example"), ("host", "good.example")],
+              5: [("host", "good.example"), ("host", "evil.example")],
+              7: [("host", "good.example")],
+              9: [(":authority", "good.example"), ("host", "GOOD.example")]}
+    heads = {}
+    for stream, extra in fields.items():
+        pseudo = [f for f in extra if f[0].startswith(":")]
+        regular = [f for f in extra if not f[0].startswith(":")]
+        heads[stream] = [(":method", "GET"), (":scheme", "http"), *pseudo, (":path", f"/api/{stream}"), *regular]
+    statuses, frames = request_each(port, heads)
+    time.sleep(0.2)
+    assert [statuses[n] for n in (1, 3)] == ["400"] * 2, statuses
+    resets = [f.error_code for f in frames if isinstance(f, RstStreamFrame) and f.stream_id == 5]
+    assert statuses[5] is None and resets == [PROTOCOL_ERROR], statuses
+    assert statuses[7] == "200", statuses
+    # Stream 9 reached nginx (which refuses a Host beside :authority itself: a line "-" 400).
+    logged = nginx.access_lines()
+    assert len(logged) == 2 and "GET /api/7 HTTP/2.0" in requested_paths(nginx), logged
+    assert not any(f"/api/{n} " in line for n in (1, 3, 5) for line in logged)

@@ -6,23 +6,8 @@ import PolicyEngine
 /// header actions and deciding direction it gets with references, whichever policy decides:
 /// the server's L7 rules, or the client's egress policy settling every request at L3/L4.
 @Suite struct HTTPRequestJudgeTests {
-    static let ingress = """
-        apiVersion: cilium.io/v2
-        kind: CiliumNetworkPolicy
-        metadata: {name: backend, namespace: shop}
-        spec:
-          endpointSelector: {matchLabels: {app: backend}}
-          ingress:
-            - fromEndpoints: [{matchLabels: {app: frontend}}]
-              toPorts:
-                - ports: [{port: "8080", protocol: TCP}]
-                  rules:
-                    http:
-                      - {method: GET, path: "/api/.*"}
-                      - method: GET
-                        path: "/tagged"
-                        headerMatches: [{name: X-Team, value: shop, mismatch: ADD}]
-        """
+    /// The backend's ingress rules of the HTTP session tests (an L7 allow and a header ADD).
+    static let ingress = HTTPPolicySessionTests.policy
 
     /// The frontend's egress: to the backend's port at L4 only, to another port only, or with
     /// an L7 rule of its own.
