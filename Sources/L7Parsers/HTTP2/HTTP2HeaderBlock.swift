@@ -274,7 +274,6 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
         }
     }
 
-
     /// The fields as `HTTP2Header`s (copies; for changing a block and for tests).
     public var headers: [HTTP2Header] {
         var result: [HTTP2Header] = []

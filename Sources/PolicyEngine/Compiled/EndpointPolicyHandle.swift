@@ -116,17 +116,15 @@ public final class ConnectionPolicy: Sendable {
     /// The L3/L4 verdict for the connection (a port with L7 rules is allowed here).
     public var verdict: Verdict { match.connectionVerdict() }
 
-    /// Evaluates one HTTP request on the connection. With `references` false the verdict
-    /// of an allowed request names no rules and carries no log messages, and a denial's
-    /// reason does not quote the request (for callers that record nothing: building them is
-    /// most of a request's judging cost); its decision and header actions are the same.
-    public func evaluate(http request: HTTPRequestFacts, references: Bool = true) -> Verdict {
-        requestDecision ?? match.evaluate(http: request, scanned: scannedHTTP, hasHTTP: hasHTTP, references: references)
+    /// Evaluates one HTTP request on the connection: its verdict, with the rules that decided,
+    /// the reason and log messages (callers that record nothing ask `decide(http:)`).
+    public func evaluate(http request: HTTPRequestFacts) -> Verdict {
+        requestDecision ?? match.evaluate(http: request, scanned: scannedHTTP, hasHTTP: hasHTTP)
     }
 
-    /// What `evaluate(http:references: false)` decides, without making the verdict (no
-    /// rules, reason or log messages): for callers that record nothing, it is most of the
-    /// cost of judging a request they would drop.
+    /// What `evaluate(http:)` decides and the header actions it carries, without making the
+    /// verdict (no rules, reason or log messages: building them is most of a request's judging
+    /// cost), for callers that record nothing.
     public func decide(http request: HTTPRequestFacts) -> HTTPDecision {
         if isDecidedAtL4 { return HTTPDecision(isAllowed: isAllowedAtL4, headerActions: []) }
         return match.decide(http: request, scanned: scannedHTTP, hasHTTP: hasHTTP)
@@ -287,8 +285,8 @@ extension L4Match {
     }
 
     /// Evaluates one HTTP request once `decide(forRequest: true)` left it to the L7 rules.
-    func evaluate(http request: HTTPRequestFacts, scanned scannedHTTP: [(entry: Int, rules: [HTTPRule])], hasHTTP: Bool,
-                  references: Bool = true) -> Verdict {
+    func evaluate(http request: HTTPRequestFacts, scanned scannedHTTP: [(entry: Int, rules: [HTTPRule])], hasHTTP: Bool)
+        -> Verdict {
         guard hasHTTP else { return Verdict(isAllowed: false, reason: .l7ProtocolMismatch(expected: l7Name)) }
         var matched: [RuleReference] = []
         var matchedCount = 0
@@ -299,21 +297,17 @@ extension L4Match {
             matchedCount += 1
             // (Appending an empty list to the empty one would still make a new array.)
             if !outcome.headerActions.isEmpty { actions += outcome.headerActions }
-            guard references else { return }
             let reference = entries[entry].reference.with(l7Rule: rule.index)
             matched.append(reference)
             logs += outcome.logMessages.map { "\(reference): \($0)" }
         }
         if matchedCount == 0 {
-            // The request named in the reason only for callers that record it (the text is
-            // a denied request's largest cost otherwise).
-            let detail = references ? "\(request.method ?? "(no method)") \(request.path ?? "(no path)")" : ""
-            return Verdict(isAllowed: false, reason: .noL7RuleMatches(detail))
+            return Verdict(isAllowed: false, reason: .noL7RuleMatches("\(request.method ?? "(no method)") \(request.path ?? "(no path)")"))
         }
         return Verdict(isAllowed: true, reason: .allowedAtL7, matched: matched, headerActions: actions, logMessages: logs)
     }
 
-    /// `evaluate(http:references: false)`'s decision and header actions, without a verdict.
+    /// `evaluate(http:)`'s decision and header actions, without a verdict.
     func decide(http request: HTTPRequestFacts, scanned scannedHTTP: [(entry: Int, rules: [HTTPRule])], hasHTTP: Bool)
         -> HTTPDecision {
         var decision = HTTPDecision(isAllowed: false, headerActions: [])

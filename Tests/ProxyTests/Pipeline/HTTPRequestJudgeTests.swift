@@ -69,4 +69,29 @@ import PolicyEngine
         default: #expect(decisions == [true, true, false, true, false], "\(name)")
         }
     }
+
+    /// A judge that records nothing still takes each policy change before the next request:
+    /// the L7 allow removed, the client's egress settled at L3/L4 as denied, then allowed again.
+    @Test func unrecordedJudgementsFollowPolicyChangesRequestByRequest() throws {
+        func snapshot(_ text: String) throws -> PolicySnapshot {
+            let loaded = PolicyLoader.load(text: text, file: "policy.yaml")
+            #expect(loaded.errors.isEmpty)
+            return PolicySnapshot(policies: loaded.policies,
+                                  endpoints: try EndpointDirectory.load(text: HTTPPolicySessionTests.endpoints,
+                                                                        file: "endpoints.yaml"))
+        }
+        let holder = PolicySnapshotHolder(try snapshot(Self.cases[1].policy))
+        let policy = WorkerPolicy(holder: holder)
+        let identities = policy.identities(client: SocketAddress("10.0.0.1:40000")!, server: SocketAddress("10.0.0.2:8080")!)
+        var judge = HTTPRequestJudge(policy: policy, identities: identities)
+        let facts = HTTPRequestFacts(method: "GET", path: "/api/items", host: "backend")
+        #expect(judge.judge(facts, references: false).allowed)
+        holder.replace(with: try snapshot(Self.cases[1].policy.replacingOccurrences(of: "/api/.*", with: "/other/.*")))
+        #expect(!judge.judge(facts, references: false).allowed, "the L7 allow was removed")
+        holder.replace(with: try snapshot(Self.cases[2].policy))
+        let denied = judge.judge(facts, references: false)
+        #expect(!denied.allowed && denied.direction == .egress, "the client's egress now denies at L3/L4")
+        holder.replace(with: try snapshot(Self.cases[1].policy))
+        #expect(judge.judge(facts, references: false).allowed, "and allows again")
+    }
 }

@@ -80,7 +80,7 @@ struct HTTPRequestJudge {
             return judgement
         }
         for policy in policies {
-            let verdict = policy.evaluate(http: facts, references: references)
+            let verdict = policy.evaluate(http: facts)
             if !verdict.isAllowed {
                 judgement.allowed = false
                 judgement.rules = verdict.matched

@@ -296,7 +296,6 @@ public final class HTTP2PolicySession: L7Session {
         }
     }
 
-
     /// Phase "evaluate" for one stream: judged by the HTTP rules, then opened upstream or
     /// answered here.
     private func request(_ id: Int32, headers: HTTP2HeaderBlock, endStream: Bool) {
