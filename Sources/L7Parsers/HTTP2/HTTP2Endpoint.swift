@@ -234,7 +234,16 @@ public final class HTTP2Endpoint {
         isDraining = true
         defer { isDraining = false }
         swap(&events, &draining)
-        for event in draining { body(event) }
+        let count = draining.count
+        draining.withUnsafeMutableBufferPointer { buffer in
+            for index in 0..<count {
+                // Moved out and its slot refilled with an event that holds nothing: no reference
+                // is counted for the handler's use, and the removal below releases nothing.
+                let event = (buffer.baseAddress! + index).move()
+                (buffer.baseAddress! + index).initialize(to: .endOfBody(stream: 0))
+                body(event)
+            }
+        }
         draining.removeAll(keepingCapacity: draining.capacity <= 64)
     }
 
@@ -272,11 +281,11 @@ public final class HTTP2Endpoint {
 
     /// `submitRequest` with a block as received (a proxy's forwarded head: nothing is copied
     /// on the way to nghttp2).
-    public func submitRequest(_ headers: HTTP2HeaderBlock, hasBody: Bool, streamID: Int32? = nil) -> Int32? {
+    public func submitRequest(_ headers: consuming HTTP2HeaderBlock, hasBody: Bool, streamID: Int32? = nil) -> Int32? {
         if let streamID, role == .client, streamID & 1 == 1, UInt32(streamID) >= nghttp2_session_get_next_stream_id(session) {
             nghttp2_session_set_next_stream_id(session, streamID)
         }
-        let stream = submitHeaders(headers, stream: nil) { list, count in
+        let stream = submitHeaders(consume headers, stream: nil) { list, count in
             hasBody ? withDataProvider { nghttp2_submit_request(session, nil, list, count, $0, nil) }
                 : nghttp2_submit_request(session, nil, list, count, nil, nil)
         }
@@ -293,8 +302,8 @@ public final class HTTP2Endpoint {
     }
 
     @discardableResult
-    public func submitResponse(stream: Int32, _ headers: HTTP2HeaderBlock, hasBody: Bool) -> Bool {
-        let result = submitHeaders(headers, stream: stream) { list, count in
+    public func submitResponse(stream: Int32, _ headers: consuming HTTP2HeaderBlock, hasBody: Bool) -> Bool {
+        let result = submitHeaders(consume headers, stream: stream) { list, count in
             hasBody ? withDataProvider { nghttp2_submit_response(session, stream, list, count, $0) }
                 : nghttp2_submit_response(session, stream, list, count, nil)
         }
@@ -378,7 +387,7 @@ public final class HTTP2Endpoint {
     /// HEADERS frame was serialized or dropped (`onFrameSent`, `onFrameNotSent`), or the session
     /// is deleted. `stream` is the frame's stream; nil: the result is a new stream's ID.
     @discardableResult
-    private func submitHeaders(_ headers: HTTP2HeaderBlock, stream: Int32?,
+    private func submitHeaders(_ headers: consuming HTTP2HeaderBlock, stream: Int32?,
                                _ submit: (UnsafePointer<nghttp2_nv>, Int) -> Int32) -> Int32 {
         let result = headers.withUnsafeFields { bytes, spans in
             withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: max(spans.count, 1)) { list in
@@ -403,7 +412,8 @@ public final class HTTP2Endpoint {
                 return submit(UnsafePointer(list.baseAddress!), spans.count)
             }
         }
-        if result >= 0 && !headers.isEmpty { blocksInFlight.append((stream ?? result, headers)) }
+        // Moved in: the list holds the block's reference the caller handed over.
+        if result >= 0 && !headers.isEmpty { blocksInFlight.append((stream ?? result, consume headers)) }
         return result
     }
 
@@ -427,12 +437,11 @@ public final class HTTP2Endpoint {
         // Frames mostly leave in the order they were submitted: the first block is tried first.
         var index = 0
         while index < blocksInFlight.count {
-            if blocksInFlight[index].stream == stream {
-                let block = blocksInFlight[index].block
-                if let first = fields.first, block.holds(first.value) {
-                    blocksInFlight.remove(at: index)
-                    return
-                }
+            // Read in place (a copy of the block would count a reference).
+            if blocksInFlight[index].stream == stream, let first = fields.first,
+               blocksInFlight[index].block.holds(first.value) {
+                blocksInFlight.remove(at: index)
+                return
             }
             index &+= 1
         }
@@ -497,9 +506,9 @@ public final class HTTP2Endpoint {
             switch UInt32(header.type) {
             case NGHTTP2_HEADERS.rawValue:
                 guard endpoint.incoming.stream != 0, endpoint.incoming.stream == header.stream_id else { return 0 }
-                // Taken out, so the event holds the block's only reference.
-                let block = endpoint.incoming
-                endpoint.incoming = IncomingBlock()
+                // Taken out (moved: no reference counted), so the event holds the block's only reference.
+                var block = IncomingBlock()
+                swap(&block, &endpoint.incoming)
                 let stream = header.stream_id, category = frame!.pointee.headers.cat
                 // A request's head (server side); a response's first head, or its final one after
                 // an informational one (client side); otherwise trailers.
@@ -509,7 +518,8 @@ public final class HTTP2Endpoint {
                     endpoint.events.append(.headTooLarge(stream: stream, endStream: endStream))
                     return 0
                 }
-                var headers = block.block
+                var headers = HTTP2HeaderBlock()
+                swap(&headers, &block.block)
                 // nghttp2 passed on only fields its HTTP messaging rules accept: lowercase names.
                 headers.namesAreLowercase = true
                 guard isHead else {

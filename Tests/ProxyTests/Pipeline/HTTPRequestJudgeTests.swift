@@ -94,4 +94,115 @@ import PolicyEngine
         holder.replace(with: try snapshot(Self.cases[1].policy))
         #expect(judge.judge(facts, references: false).allowed, "and allows again")
     }
+
+    // MARK: Recent judgements
+
+    /// The backend's rules without the header rule: verdicts depend on method, path and host.
+    static let pathRules = """
+        apiVersion: cilium.io/v2
+        kind: CiliumNetworkPolicy
+        metadata: {name: backend, namespace: shop}
+        spec:
+          endpointSelector: {matchLabels: {app: backend}}
+          ingress:
+            - fromEndpoints: [{matchLabels: {app: frontend}}]
+              toPorts:
+                - ports: [{port: "8080", protocol: TCP}]
+                  rules:
+                    http:
+                      - {method: GET, path: "/api/.*"}
+                      - {method: GET, path: "/hosted", host: 'good\\.example'}
+
+        """
+
+    static func judge(_ holder: PolicySnapshotHolder) -> HTTPRequestJudge {
+        let policy = WorkerPolicy(holder: holder)
+        return HTTPRequestJudge(policy: policy, identities: policy.identities(
+            client: SocketAddress("10.0.0.1:40000")!, server: SocketAddress("10.0.0.2:8080")!))
+    }
+
+    /// A request asked again on the connection takes the judgement the rules gave the first
+    /// time, for the same method, path and host only, with and without rule references apart.
+    @Test func aRepeatedRequestTakesItsRecentJudgement() throws {
+        let snapshot = try HTTPPolicySessionTests.snapshot(Self.pathRules)
+        var judge = Self.judge(PolicySnapshotHolder(snapshot))
+        let items = HTTPRequestFacts(method: "GET", path: "/api/items", host: "backend")
+        #expect(!judge.isRecent(items, references: true))
+        let first = judge.judge(items, references: true)
+        #expect(first.allowed && first.rules.count == 1)
+        #expect(judge.isRecent(items, references: true))
+        let again = judge.judge(items, references: true)
+        #expect(again.allowed && again.rules == first.rules && again.direction == first.direction)
+        // Kept apart: the lean judgement names no rules.
+        #expect(!judge.isRecent(items, references: false))
+        #expect(judge.judge(items, references: false).rules.isEmpty)
+        // Another method, path or host is judged by the rules, and differently.
+        for facts in [HTTPRequestFacts(method: "POST", path: "/api/items", host: "backend"),
+                      HTTPRequestFacts(method: "GET", path: "/admin", host: "backend"),
+                      HTTPRequestFacts(method: "GET", path: "/hosted", host: "evil.example")] {
+            #expect(!judge.isRecent(facts, references: true), "\(facts.method!) \(facts.path!) \(facts.host!)")
+            #expect(!judge.judge(facts, references: true).allowed, "\(facts.method!) \(facts.path!) \(facts.host!)")
+            #expect(!judge.judge(facts, references: true).allowed, "asked again: \(facts.path!)")
+        }
+        #expect(judge.judge(HTTPRequestFacts(method: "GET", path: "/hosted", host: "good.example")).allowed)
+        #expect(judge.judge(items, references: true).allowed)
+    }
+
+    /// A policy change empties the recent judgements: the same request asked again after it
+    /// is judged by the new rules, in both directions of the change.
+    @Test func aPolicyChangeEmptiesTheRecentJudgements() throws {
+        let allowing = try HTTPPolicySessionTests.snapshot(Self.pathRules)
+        let denying = try HTTPPolicySessionTests.snapshot(Self.pathRules.replacingOccurrences(of: "/api/.*",
+                                                                                                with: "/other/.*"))
+        let holder = PolicySnapshotHolder(allowing)
+        var judge = Self.judge(holder)
+        let items = HTTPRequestFacts(method: "GET", path: "/api/items", host: "backend")
+        for references in [false, true] {
+            #expect(judge.judge(items, references: references).allowed)
+            #expect(judge.judge(items, references: references).allowed)
+            holder.replace(with: denying)
+            #expect(!judge.judge(items, references: references).allowed, "the allow was removed")
+            #expect(!judge.judge(items, references: references).allowed)
+            holder.replace(with: allowing)
+            #expect(judge.judge(items, references: references).allowed, "and given back")
+        }
+    }
+
+    /// While a rule reads a header field, no judgement is kept: two requests with the same
+    /// method, path and host but other header values get their own verdicts.
+    @Test func judgementsThatHeadersDecideAreNotKept() throws {
+        let text = Self.pathRules + """
+                      - {method: GET, path: "/team", headers: ["X-Team: shop"]}
+
+        """
+        var judge = Self.judge(PolicySnapshotHolder(try HTTPPolicySessionTests.snapshot(text)))
+        let readsHeaders = judge.needsHeaders()
+        #expect(readsHeaders)
+        let shop = HTTPRequestFacts(method: "GET", path: "/team", host: "backend", headers: [("X-Team", "shop")])
+        let other = HTTPRequestFacts(method: "GET", path: "/team", host: "backend", headers: [("X-Team", "other")])
+        #expect(judge.judge(shop).allowed)
+        #expect(!judge.isRecent(shop, references: true))
+        #expect(!judge.judge(other).allowed)
+        #expect(judge.judge(shop).allowed)
+        let items = HTTPRequestFacts(method: "GET", path: "/api/items", host: "backend")
+        #expect(judge.judge(items).allowed)
+        #expect(!judge.isRecent(items, references: true))
+    }
+
+    /// At most `RecentJudgements.capacity` requests are kept, the oldest replaced first, and
+    /// none whose path and host are longer than `maximumKeyBytes`.
+    @Test func recentJudgementsAreBounded() throws {
+        var judge = Self.judge(PolicySnapshotHolder(try HTTPPolicySessionTests.snapshot(Self.pathRules)))
+        let requests = (0...RecentJudgements.capacity).map {
+            HTTPRequestFacts(method: "GET", path: "/api/\($0)", host: "backend")
+        }
+        for facts in requests { #expect(judge.judge(facts).allowed) }
+        #expect(!judge.isRecent(requests[0], references: true), "the oldest was replaced")
+        for facts in requests.dropFirst() { #expect(judge.isRecent(facts, references: true), "\(facts.path!)") }
+        #expect(judge.judge(requests[0]).allowed, "and is judged by the rules again")
+        let long = HTTPRequestFacts(method: "GET", path: "/api/" + String(repeating: "x", count: RecentJudgements.maximumKeyBytes),
+                                    host: "backend")
+        #expect(judge.judge(long).allowed)
+        #expect(!judge.isRecent(long, references: true))
+    }
 }

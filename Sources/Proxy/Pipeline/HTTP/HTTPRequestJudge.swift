@@ -12,12 +12,21 @@ struct HTTPRequestJudge {
     /// version `policyVersion`: each request only runs the L7 rules that apply to this
     /// peer and port, and a request after a policy change takes fresh ones first.
     private var policies: [ConnectionPolicy] {
-        didSet { headerNames = Self.headerNames(policy: policy, policies) }
+        didSet {
+            headerNames = Self.headerNames(policy: policy, policies)
+            recent.removeAll()
+        }
     }
     private var policyVersion: UInt64
     /// The header fields a request's verdict can depend on (checked before each request with
     /// `needsHeaders` or `fieldsToRead`): the session turns only these into facts.
     private var headerNames: HTTPHeaderNames
+    /// What the rules said of this connection's last few distinct requests, under the
+    /// policies above (emptied when they change). Kept only while no rule reads a header
+    /// field: a judgement is then a function of method, path and host, so a request asked
+    /// again (a client calling the same gRPC method, polling the same URL) is not run through
+    /// the rules again. HAProxy keeps such a cache of pattern results too (`tune.pattern.cache-size`).
+    private var recent = RecentJudgements()
 
     /// What the rules said of one request.
     struct Judgement {
@@ -62,9 +71,25 @@ struct HTTPRequestJudge {
     /// With `references` false (nothing records the request) an allowed request's judgement
     /// names no rules; its decision and actions are the same.
     mutating func judge(_ facts: HTTPRequestFacts, references: Bool = true) -> Judgement {
-        var judgement = Judgement()
         refreshPolicies()
-        guard policy != nil else { return judgement }
+        guard policy != nil else { return Judgement() }
+        // Header fields that no rule reads are not facts (the callers drop them), and with
+        // none read the facts are method, path and host alone.
+        guard headerNames.isEmpty else { return evaluate(facts, references: references) }
+        if let known = recent.judgement(of: facts, references: references) { return known }
+        let judgement = evaluate(facts, references: references)
+        recent.remember(judgement, of: facts, references: references)
+        return judgement
+    }
+
+    /// Whether the judgement of `facts` was taken from the recent ones (for tests).
+    func isRecent(_ facts: HTTPRequestFacts, references: Bool) -> Bool {
+        recent.judgement(of: facts, references: references) != nil
+    }
+
+    /// The rules' judgement of `facts` under the current policies.
+    private func evaluate(_ facts: HTTPRequestFacts, references: Bool) -> Judgement {
+        var judgement = Judgement()
         if !references {
             // Nothing records the request: its decision and actions, without verdicts.
             for policy in policies {
@@ -106,6 +131,54 @@ struct HTTPRequestJudge {
         identities = policy.identities(client: identities.client, server: identities.server)
         policies = policy.policies(for: identities)
         policyVersion = policy.version
+    }
+}
+
+/// The judgements of a connection's last few distinct requests (method, path, host, and
+/// whether rule references were asked for), replaced oldest first. Bounded: `capacity`
+/// entries, and a request whose path and host are longer than `maximumKeyBytes` together
+/// is not kept.
+struct RecentJudgements {
+    static let capacity = 4
+    static let maximumKeyBytes = 512
+
+    private struct Entry {
+        let method: String?
+        let path: String?
+        let host: String?
+        let references: Bool
+        let judgement: HTTPRequestJudge.Judgement
+    }
+
+    private var entries: [Entry] = []
+    /// The entry replaced next once all are used.
+    private var oldest = 0
+
+    func judgement(of facts: HTTPRequestFacts, references: Bool) -> HTTPRequestJudge.Judgement? {
+        for index in entries.indices {
+            if entries[index].references == references, entries[index].path == facts.path,
+               entries[index].method == facts.method, entries[index].host == facts.host {
+                return entries[index].judgement
+            }
+        }
+        return nil
+    }
+
+    mutating func remember(_ judgement: HTTPRequestJudge.Judgement, of facts: HTTPRequestFacts, references: Bool) {
+        guard (facts.path?.utf8.count ?? 0) + (facts.host?.utf8.count ?? 0) <= Self.maximumKeyBytes else { return }
+        let entry = Entry(method: facts.method, path: facts.path, host: facts.host, references: references,
+                          judgement: judgement)
+        if entries.count < Self.capacity {
+            entries.append(entry)
+        } else {
+            entries[oldest] = entry
+            oldest = (oldest + 1) % Self.capacity
+        }
+    }
+
+    mutating func removeAll() {
+        entries.removeAll()
+        oldest = 0
     }
 }
 

@@ -391,8 +391,10 @@ public final class HTTP2PolicySession: L7Session {
         let facts = HTTPRequestFacts(method: method, path: url, host: authority ?? host, headers: fields)
         let judgement = judge.judge(facts, references: reporter != nil)
         if judgement.allowed { allowedCount += 1 } else { deniedCount += 1 }
-        var stream = Stream(upstreamID: nil, method: method, url: url, start: clock(), direction: judgement.direction,
-                            allowed: judgement.allowed, awaitingResponse: false, requestEnded: endStream)
+        // The start is read only for flow records (their latency).
+        var stream = Stream(upstreamID: nil, method: method, url: url, start: reporter == nil ? 0 : clock(),
+                            direction: judgement.direction, allowed: judgement.allowed, awaitingResponse: false,
+                            requestEnded: endStream)
         reportRequest(method: method, url: url, judgement: judgement)
         guard judgement.allowed || audit else {
             streams[id] = stream
@@ -408,7 +410,7 @@ public final class HTTP2PolicySession: L7Session {
             return
         }
         if judgement.allowed && !judgement.actions.isEmpty { apply(judgement.actions, to: &forwarded) }
-        guard let upstreamID = upstream.submitRequest(forwarded, hasBody: !endStream, streamID: id) else {
+        guard let upstreamID = upstream.submitRequest(consume forwarded, hasBody: !endStream, streamID: id) else {
             // The server said GOAWAY: the client may retry elsewhere (RFC 9113 §8.7).
             downstream.resetStream(id, errorCode: NGHTTP2_REFUSED_STREAM.rawValue)
             return
