@@ -205,4 +205,22 @@ import PolicyEngine
         #expect(judge.judge(long).allowed)
         #expect(!judge.isRecent(long, references: true))
     }
+
+    /// Requests are told apart by their bytes: a path or host canonically equivalent to a
+    /// kept one ("é" precomposed, or "e" and a combining accent), equal as `String`s, is not
+    /// taken for it.
+    @Test func recentJudgementsCompareBytes() {
+        var recent = RecentJudgements()
+        let composed = HTTPRequestFacts(method: "GET", path: "/caf\u{E9}", host: "caf\u{E9}.example")
+        recent.remember(HTTPRequestJudge.Judgement(), of: composed, references: false)
+        #expect(recent.judgement(of: composed, references: false) != nil)
+        let decomposedPath = HTTPRequestFacts(method: "GET", path: "/cafe\u{301}", host: "caf\u{E9}.example")
+        let decomposedHost = HTTPRequestFacts(method: "GET", path: "/caf\u{E9}", host: "cafe\u{301}.example")
+        #expect(decomposedPath.path == composed.path, "equal as Strings")
+        #expect(recent.judgement(of: decomposedPath, references: false) == nil)
+        #expect(recent.judgement(of: decomposedHost, references: false) == nil)
+        #expect(recent.judgement(of: HTTPRequestFacts(method: "GET", path: "/caf\u{E9}", host: nil), references: false) == nil)
+        #expect(recent.judgement(of: composed, references: true) == nil)
+        #expect(RecentJudgements.sameBytes(nil, nil) && !RecentJudgements.sameBytes("", nil))
+    }
 }

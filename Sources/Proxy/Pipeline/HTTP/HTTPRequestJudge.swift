@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import PolicyEngine
 
 /// Phase "evaluate" for HTTP requests, whatever their wire format (HTTP/1.1 heads, HTTP/2
@@ -135,9 +138,9 @@ struct HTTPRequestJudge {
 }
 
 /// The judgements of a connection's last few distinct requests (method, path, host, and
-/// whether rule references were asked for), replaced oldest first. Bounded: `capacity`
-/// entries, and a request whose path and host are longer than `maximumKeyBytes` together
-/// is not kept.
+/// whether rule references were asked for, compared byte for byte), replaced oldest first.
+/// Bounded: `capacity` entries, and a request whose method, path and host are longer than
+/// `maximumKeyBytes` together is not kept.
 struct RecentJudgements {
     static let capacity = 4
     static let maximumKeyBytes = 512
@@ -156,16 +159,30 @@ struct RecentJudgements {
 
     func judgement(of facts: HTTPRequestFacts, references: Bool) -> HTTPRequestJudge.Judgement? {
         for index in entries.indices {
-            if entries[index].references == references, entries[index].path == facts.path,
-               entries[index].method == facts.method, entries[index].host == facts.host {
+            if entries[index].references == references, Self.sameBytes(entries[index].path, facts.path),
+               Self.sameBytes(entries[index].method, facts.method), Self.sameBytes(entries[index].host, facts.host) {
                 return entries[index].judgement
             }
         }
         return nil
     }
 
+    /// Byte for byte: `String`'s `==` holds canonically equivalent texts equal ("é" and "e"
+    /// with a combining accent), which the rules, matching bytes, may tell apart.
+    static func sameBytes(_ left: String?, _ right: String?) -> Bool {
+        guard let left, let right else { return left == nil && right == nil }
+        guard left.utf8.count == right.utf8.count else { return false }
+        let compared = left.utf8.withContiguousStorageIfAvailable { leftBytes in
+            right.utf8.withContiguousStorageIfAvailable { rightBytes in
+                leftBytes.isEmpty || memcmp(leftBytes.baseAddress!, rightBytes.baseAddress!, leftBytes.count) == 0
+            }
+        }
+        return (compared ?? nil) ?? left.utf8.elementsEqual(right.utf8)
+    }
+
     mutating func remember(_ judgement: HTTPRequestJudge.Judgement, of facts: HTTPRequestFacts, references: Bool) {
-        guard (facts.path?.utf8.count ?? 0) + (facts.host?.utf8.count ?? 0) <= Self.maximumKeyBytes else { return }
+        let keyBytes = (facts.method?.utf8.count ?? 0) + (facts.path?.utf8.count ?? 0) + (facts.host?.utf8.count ?? 0)
+        guard keyBytes <= Self.maximumKeyBytes else { return }
         let entry = Entry(method: facts.method, path: facts.path, host: facts.host, references: references,
                           judgement: judgement)
         if entries.count < Self.capacity {
