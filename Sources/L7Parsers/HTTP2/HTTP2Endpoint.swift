@@ -209,8 +209,10 @@ public final class HTTP2Endpoint {
         running = true
         defer { running = false }
         var output: [UInt8] = []
-        // Most steps carry a few frames: room for them at once, not grown frame by frame.
-        output.reserveCapacity(min(limit, 4096))
+        // Most steps carry a few frames: room for them at once, not grown frame by frame, in
+        // a block small enough for the allocator's per-thread cache (glibc's tcache holds
+        // blocks up to 1,032 bytes; a larger one takes its slower paths both ways).
+        output.reserveCapacity(min(limit, 960))
         while output.count < limit {
             var pointer: UnsafePointer<UInt8>?
             let count = nghttp2_session_mem_send(session, &pointer)
