@@ -524,18 +524,19 @@ public final class HTTP2Endpoint {
                 swap(&headers, &block.block)
                 // nghttp2 passed on only fields its HTTP messaging rules accept: lowercase names.
                 headers.namesAreLowercase = true
+                // Each event takes the block over (`consume`: no reference counted).
                 guard isHead else {
-                    endpoint.events.append(.trailers(stream: stream, headers: headers))
+                    endpoint.events.append(.trailers(stream: stream, headers: consume headers))
                     return 0
                 }
                 if endpoint.role == .client,
                    let status = headers.status, (100..<200).contains(status) {
                     endpoint.informational.insert(stream)
-                    endpoint.events.append(.informational(stream: stream, headers: headers))
+                    endpoint.events.append(.informational(stream: stream, headers: consume headers))
                     return 0
                 }
                 if !endpoint.informational.isEmpty { endpoint.informational.remove(stream) }
-                endpoint.events.append(.head(stream: stream, headers: headers, endStream: endStream))
+                endpoint.events.append(.head(stream: stream, headers: consume headers, endStream: endStream))
             case NGHTTP2_DATA.rawValue:
                 if endStream { endpoint.events.append(.endOfBody(stream: header.stream_id)) }
             case NGHTTP2_GOAWAY.rawValue:

@@ -130,7 +130,8 @@ struct HTTPRequestJudge {
     /// Takes fresh identities and policy questions when the policy changed since they
     /// were taken (one atomic load when it did not).
     private mutating func refreshPolicies() {
-        guard let policy, !policy.isCurrent(policyVersion) else { return }
+        // Asked through the optional (binding the policy to a name would count a reference).
+        guard policy?.isCurrent(policyVersion) == false, let policy else { return }
         identities = policy.identities(client: identities.client, server: identities.server)
         policies = policy.policies(for: identities)
         policyVersion = policy.version
