@@ -97,23 +97,16 @@ import PolicyEngine
 
     // MARK: Recent judgements
 
-    /// The backend's rules without the header rule: verdicts depend on method, path and host.
-    static let pathRules = """
-        apiVersion: cilium.io/v2
-        kind: CiliumNetworkPolicy
-        metadata: {name: backend, namespace: shop}
-        spec:
-          endpointSelector: {matchLabels: {app: backend}}
-          ingress:
-            - fromEndpoints: [{matchLabels: {app: frontend}}]
-              toPorts:
-                - ports: [{port: "8080", protocol: TCP}]
-                  rules:
-                    http:
-                      - {method: GET, path: "/api/.*"}
-                      - {method: GET, path: "/hosted", host: 'good\\.example'}
-
-        """
+    /// The backend's rules of the HTTP session tests up to its header rule, then `extra`
+    /// rules (same indentation): verdicts depend on method, path and host unless `extra`
+    /// reads a header.
+    static func pathRules(_ extra: [String] = []) -> String {
+        let lines = HTTPPolicySessionTests.policy.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let last = lines.firstIndex { $0.contains("\"/api/.*\"") }!
+        let indent = String(lines[last].prefix { $0 == " " })
+        let added = [#"- {method: GET, path: "/hosted", host: 'good\.example'}"#] + extra
+        return (lines[...last] + added.map { indent + $0 }).joined(separator: "\n") + "\n"
+    }
 
     static func judge(_ holder: PolicySnapshotHolder) -> HTTPRequestJudge {
         let policy = WorkerPolicy(holder: holder)
@@ -124,7 +117,7 @@ import PolicyEngine
     /// A request asked again on the connection takes the judgement the rules gave the first
     /// time, for the same method, path and host only, with and without rule references apart.
     @Test func aRepeatedRequestTakesItsRecentJudgement() throws {
-        let snapshot = try HTTPPolicySessionTests.snapshot(Self.pathRules)
+        let snapshot = try HTTPPolicySessionTests.snapshot(Self.pathRules())
         var judge = Self.judge(PolicySnapshotHolder(snapshot))
         let items = HTTPRequestFacts(method: "GET", path: "/api/items", host: "backend")
         #expect(!judge.isRecent(items, references: true))
@@ -151,8 +144,8 @@ import PolicyEngine
     /// A policy change empties the recent judgements: the same request asked again after it
     /// is judged by the new rules, in both directions of the change.
     @Test func aPolicyChangeEmptiesTheRecentJudgements() throws {
-        let allowing = try HTTPPolicySessionTests.snapshot(Self.pathRules)
-        let denying = try HTTPPolicySessionTests.snapshot(Self.pathRules.replacingOccurrences(of: "/api/.*",
+        let allowing = try HTTPPolicySessionTests.snapshot(Self.pathRules())
+        let denying = try HTTPPolicySessionTests.snapshot(Self.pathRules().replacingOccurrences(of: "/api/.*",
                                                                                                 with: "/other/.*"))
         let holder = PolicySnapshotHolder(allowing)
         var judge = Self.judge(holder)
@@ -171,10 +164,7 @@ import PolicyEngine
     /// While a rule reads a header field, no judgement is kept: two requests with the same
     /// method, path and host but other header values get their own verdicts.
     @Test func judgementsThatHeadersDecideAreNotKept() throws {
-        let text = Self.pathRules + """
-                      - {method: GET, path: "/team", headers: ["X-Team: shop"]}
-
-        """
+        let text = Self.pathRules([#"- {method: GET, path: "/team", headers: ["X-Team: shop"]}"#])
         var judge = Self.judge(PolicySnapshotHolder(try HTTPPolicySessionTests.snapshot(text)))
         let readsHeaders = judge.needsHeaders()
         #expect(readsHeaders)
@@ -192,7 +182,7 @@ import PolicyEngine
     /// At most `RecentJudgements.capacity` requests are kept, the oldest replaced first, and
     /// none whose path and host are longer than `maximumKeyBytes`.
     @Test func recentJudgementsAreBounded() throws {
-        var judge = Self.judge(PolicySnapshotHolder(try HTTPPolicySessionTests.snapshot(Self.pathRules)))
+        var judge = Self.judge(PolicySnapshotHolder(try HTTPPolicySessionTests.snapshot(Self.pathRules())))
         let requests = (0...RecentJudgements.capacity).map {
             HTTPRequestFacts(method: "GET", path: "/api/\($0)", host: "backend")
         }
