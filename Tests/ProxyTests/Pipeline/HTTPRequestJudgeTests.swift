@@ -114,8 +114,10 @@ import PolicyEngine
             client: SocketAddress("10.0.0.1:40000")!, server: SocketAddress("10.0.0.2:8080")!))
     }
 
-    /// A request asked again on the connection takes the judgement the rules gave the first
-    /// time, for the same method, path and host only, with and without rule references apart.
+    /// A request asked again on the connection takes the judgement the rules gave it, for the
+    /// same method, path and host only, with and without rule references apart; the
+    /// connection's first request is not kept (a connection that asks once and idles holds
+    /// nothing for it).
     @Test func aRepeatedRequestTakesItsRecentJudgement() throws {
         let snapshot = try HTTPPolicySessionTests.snapshot(Self.pathRules())
         var judge = Self.judge(PolicySnapshotHolder(snapshot))
@@ -123,6 +125,8 @@ import PolicyEngine
         #expect(!judge.isRecent(items, references: true))
         let first = judge.judge(items, references: true)
         #expect(first.allowed && first.rules.count == 1)
+        #expect(!judge.isRecent(items, references: true), "the connection's first request is not kept")
+        #expect(judge.judge(items, references: true).allowed)
         #expect(judge.isRecent(items, references: true))
         let again = judge.judge(items, references: true)
         #expect(again.allowed && again.rules == first.rules && again.direction == first.direction)
@@ -176,6 +180,7 @@ import PolicyEngine
         #expect(judge.judge(shop).allowed)
         let items = HTTPRequestFacts(method: "GET", path: "/api/items", host: "backend")
         #expect(judge.judge(items).allowed)
+        #expect(judge.judge(items).allowed)
         #expect(!judge.isRecent(items, references: true))
     }
 
@@ -183,6 +188,7 @@ import PolicyEngine
     /// none whose path and host are longer than `maximumKeyBytes`.
     @Test func recentJudgementsAreBounded() throws {
         var judge = Self.judge(PolicySnapshotHolder(try HTTPPolicySessionTests.snapshot(Self.pathRules())))
+        #expect(judge.judge(HTTPRequestFacts(method: "GET", path: "/api/first", host: "backend")).allowed)
         let requests = (0...RecentJudgements.capacity).map {
             HTTPRequestFacts(method: "GET", path: "/api/\($0)", host: "backend")
         }
@@ -202,6 +208,9 @@ import PolicyEngine
     @Test func recentJudgementsCompareBytes() {
         var recent = RecentJudgements()
         let composed = HTTPRequestFacts(method: "GET", path: "/caf\u{E9}", host: "caf\u{E9}.example")
+        // (The first is not kept.)
+        recent.remember(HTTPRequestJudge.Judgement(), of: composed, references: false)
+        #expect(recent.judgement(of: composed, references: false) == nil)
         recent.remember(HTTPRequestJudge.Judgement(), of: composed, references: false)
         #expect(recent.judgement(of: composed, references: false) != nil)
         let decomposedPath = HTTPRequestFacts(method: "GET", path: "/cafe\u{301}", host: "caf\u{E9}.example")

@@ -141,7 +141,8 @@ struct HTTPRequestJudge {
 /// The judgements of a connection's last few distinct requests (method, path, host, and
 /// whether rule references were asked for, compared byte for byte), replaced oldest first.
 /// Bounded: `capacity` entries, and a request whose method, path and host are longer than
-/// `maximumKeyBytes` together is not kept.
+/// `maximumKeyBytes` together is not kept. A connection's first request is not kept: one
+/// that asks once and then idles (most of those a node holds) costs no memory for it.
 struct RecentJudgements {
     static let capacity = 4
     static let maximumKeyBytes = 512
@@ -157,6 +158,8 @@ struct RecentJudgements {
     private var entries: [Entry] = []
     /// The entry replaced next once all are used.
     private var oldest = 0
+    /// A judgement was offered before (the connection's first is not kept).
+    private var offered = false
 
     func judgement(of facts: HTTPRequestFacts, references: Bool) -> HTTPRequestJudge.Judgement? {
         for index in entries.indices {
@@ -182,6 +185,7 @@ struct RecentJudgements {
     }
 
     mutating func remember(_ judgement: HTTPRequestJudge.Judgement, of facts: HTTPRequestFacts, references: Bool) {
+        guard offered else { return offered = true }
         let keyBytes = (facts.method?.utf8.count ?? 0) + (facts.path?.utf8.count ?? 0) + (facts.host?.utf8.count ?? 0)
         guard keyBytes <= Self.maximumKeyBytes else { return }
         let entry = Entry(method: facts.method, path: facts.path, host: facts.host, references: references,
