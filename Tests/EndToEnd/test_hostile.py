@@ -187,6 +187,46 @@ def test_policy_change_applies_to_the_next_request_on_every_open_connection_unde
     assert lines.count("GET /public/a HTTP/1.1") == len(clients)
 
 
+# Rules that read no header field: a connection then keeps the judgements of its recent
+# requests (PUBLIC_ONLY has a header rule, under which nothing is kept).
+PATHS_ONLY = """            http:
+              - {method: GET, path: "/public/.*"}
+"""
+
+
+def test_a_repeated_request_is_judged_anew_after_each_policy_change(proxied, workdir, backend):
+    """While no rule reads a header, a connection keeps the judgements of its recent requests:
+    the very same request on the same connection must still follow every policy change (the
+    allow removed, given back, then narrowed by a header rule), and nothing denied may reach
+    the server."""
+    listen, proxy = proxied(watch="50ms", rules=PATHS_ONLY)
+    client = RawClient(listen)
+
+    def status(extra=b""):
+        client.send(get(b"/public/a", extra))
+        return status_of(client.read_responses(1)[0][0])
+
+    def change(rules):
+        before = proxy.stderr().count("reloaded")
+        write_policy(workdir, backend.port, rules)
+        wait_for_line(proxy, "reloaded", after=before)
+
+    try:
+        assert [status() for _ in range(3)] == [200] * 3, "kept from the second request on"
+        change(PATHS_ONLY.replace("/public/.*", "/other/.*"))
+        assert [status() for _ in range(2)] == [403] * 2
+        change(PATHS_ONLY)
+        assert [status() for _ in range(2)] == [200] * 2
+        change(PATHS_ONLY.replace('"/public/.*"}', '"/public/.*", headers: ["X-Token: secret"]}'))
+        assert [status() for _ in range(2)] == [403] * 2
+        assert status(b"X-Token: secret\r\n") == 200
+        assert status() == 403
+    finally:
+        client.close()
+    assert proxy.process.poll() is None
+    assert backend.request_lines().count("GET /public/a HTTP/1.1") == 6, "3 + 2 + 1 allowed, no denied one"
+
+
 def test_an_l4_relay_is_cut_when_a_policy_change_puts_l7_rules_on_its_port(workdir, start_sluice, backend):
     # Port allowed at L4 only: relayed without parsing. Then HTTP rules appear on it: the
     # relay, which could never judge a request, is reset and the next connection is parsed.

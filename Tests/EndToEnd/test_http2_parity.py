@@ -122,6 +122,43 @@ def test_a_policy_change_applies_to_the_next_stream_on_an_open_connection(h2, wo
     assert served(nginx) == ["GET /api/a HTTP/2.0"]
 
 
+PATH_ONLY = """            http:
+              - {method: GET, path: "/api/.*"}
+"""
+
+
+def test_a_repeated_stream_is_judged_anew_after_each_policy_change(h2, workdir):
+    """While no rule reads a header (RULES has one), a connection keeps the judgements of its
+    recent requests: the very same request on the same connection must follow every policy
+    change (the allow removed, given back, narrowed by a header rule), and nothing denied
+    reaches the server (the HTTP/1.1 twin: test_a_repeated_request_is_judged_anew_after_each_policy_change)."""
+    port, nginx = h2(rules=PATH_ONLY)
+    client = RawH2(port)
+    client.decoder = hpack.Decoder()
+    streams = iter(range(1, 99, 2))
+
+    def status(extra=()):
+        return exchange(client, next(streams), "/api/a", extra=extra)[0]
+
+    def change(rules):
+        write_policy(workdir, nginx.port, rules)
+        time.sleep(0.5)  # the watcher's period is 50 ms
+
+    try:
+        assert [status() for _ in range(3)] == [200] * 3, "kept from the second request on"
+        change(PATH_ONLY.replace("/api/.*", "/other/.*"))
+        assert [status() for _ in range(2)] == [403] * 2
+        change(PATH_ONLY)
+        assert [status() for _ in range(2)] == [200] * 2
+        change(PATH_ONLY.replace('"/api/.*"}', '"/api/.*", headers: ["X-Token: s3cret"]}'))
+        assert [status() for _ in range(2)] == [403] * 2
+        assert status(extra=[("x-token", "s3cret")]) == 200
+        assert status() == 403
+    finally:
+        client.close()
+    assert served(nginx) == ["GET /api/a HTTP/2.0"] * 6, "3 + 2 + 1 allowed, no denied one"
+
+
 def test_header_actions_rewrite_what_the_server_receives(h2):
     """headerMatches with mismatch: REPLACE: whatever the client sent, the server gets the
     rule's value (the HTTP/1.1 twin: test_header_match_replace_rewrites_the_request)."""
