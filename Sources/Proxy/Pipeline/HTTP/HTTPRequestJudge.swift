@@ -28,7 +28,8 @@ struct HTTPRequestJudge {
     /// policies above (emptied when they change). Kept only while no rule reads a header
     /// field: a judgement is then a function of method, path and host, so a request asked
     /// again (a client calling the same gRPC method, polling the same URL) is not run through
-    /// the rules again. HAProxy keeps such a cache of pattern results too (`tune.pattern.cache-size`).
+    /// the rules again (HAProxy likewise keeps an LRU cache of pattern-match results,
+    /// `tune.pattern.cache-size`).
     private var recent = RecentJudgements()
 
     /// What the rules said of one request.
