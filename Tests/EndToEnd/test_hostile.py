@@ -194,6 +194,22 @@ PATHS_ONLY = """            http:
 """
 
 
+def follow_policy_changes(status, change, rules, allowed, token):
+    """The steps of the repeated-request tests (HTTP/1.1 and HTTP/2): `status(extra)` sends
+    the same request on one open connection, `change(rules)` applies a policy; `allowed` is
+    the path pattern of `rules`, `token` the request's X-Token header in the protocol's form.
+    Six requests are allowed along the way."""
+    assert [status() for _ in range(3)] == [200] * 3, "kept from the second request on"
+    change(rules.replace(allowed, "/other/.*"))
+    assert [status() for _ in range(2)] == [403] * 2
+    change(rules)
+    assert [status() for _ in range(2)] == [200] * 2
+    change(rules.replace(f'"{allowed}"}}', f'"{allowed}", headers: ["X-Token: secret"]}}'))
+    assert [status() for _ in range(2)] == [403] * 2
+    assert status(token) == 200
+    assert status() == 403
+
+
 def test_a_repeated_request_is_judged_anew_after_each_policy_change(proxied, workdir, backend):
     """While no rule reads a header, a connection keeps the judgements of its recent requests:
     the very same request on the same connection must still follow every policy change (the
@@ -212,15 +228,7 @@ def test_a_repeated_request_is_judged_anew_after_each_policy_change(proxied, wor
         wait_for_line(proxy, "reloaded", after=before)
 
     try:
-        assert [status() for _ in range(3)] == [200] * 3, "kept from the second request on"
-        change(PATHS_ONLY.replace("/public/.*", "/other/.*"))
-        assert [status() for _ in range(2)] == [403] * 2
-        change(PATHS_ONLY)
-        assert [status() for _ in range(2)] == [200] * 2
-        change(PATHS_ONLY.replace('"/public/.*"}', '"/public/.*", headers: ["X-Token: secret"]}'))
-        assert [status() for _ in range(2)] == [403] * 2
-        assert status(b"X-Token: secret\r\n") == 200
-        assert status() == 403
+        follow_policy_changes(status, change, PATHS_ONLY, "/public/.*", b"X-Token: secret\r\n")
     finally:
         client.close()
     assert proxy.process.poll() is None
