@@ -35,13 +35,19 @@ def wait_port(port, timeout=10):
     raise TimeoutError(f"nothing on 127.0.0.1:{port}")
 
 
-def cpu_seconds(pids):
-    """utime + stime of the given processes (and their threads), from /proc/PID/stat."""
-    total = 0
+def cpu_times(pids):
+    """(user, system) seconds of the given processes (and their threads), from /proc/PID/stat."""
+    user = system = 0
     for pid in pids:
         fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
+
+
+def cpu_seconds(pids):
+    """utime + stime of the given processes (and their threads), from /proc/PID/stat."""
+    return sum(cpu_times(pids))
 
 
 def children(pid):
