@@ -209,7 +209,13 @@ def watching_sluice(tls_api, workdir, name):
         wait_until_ready(stderr_path)
 
         def policies():
-            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+            except OSError as error:
+                # Say whether sluice is still running and what it said (seen once: refused
+                # after a resumed watch, not reproduced in 40 runs alone).
+                raise AssertionError(f"metrics on 127.0.0.1:{metrics_port}: {error}; sluice exit status "
+                                     f"{process.poll()} (None: running); its stderr:\n{stderr_path.read_text()}") from error
             return [line for line in text.splitlines() if line.startswith(POLICY_OBJECTS)]
 
         yield stderr_path, policies
