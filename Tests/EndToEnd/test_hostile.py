@@ -194,6 +194,13 @@ PATHS_ONLY = """            http:
 """
 
 
+def change_policy(proxy, workdir, port, rules):
+    """Writes `rules` as the policy for `port` and waits until `proxy` says it reloaded."""
+    before = proxy.stderr().count("reloaded")
+    write_policy(workdir, port, rules)
+    wait_for_line(proxy, "reloaded", after=before)
+
+
 def follow_policy_changes(status, change, rules, allowed, token):
     """The steps of the repeated-request tests (HTTP/1.1 and HTTP/2): `status(extra)` sends
     the same request on one open connection, `change(rules)` applies a policy; `allowed` is
@@ -222,13 +229,9 @@ def test_a_repeated_request_is_judged_anew_after_each_policy_change(proxied, wor
         client.send(get(b"/public/a", extra))
         return status_of(client.read_responses(1)[0][0])
 
-    def change(rules):
-        before = proxy.stderr().count("reloaded")
-        write_policy(workdir, backend.port, rules)
-        wait_for_line(proxy, "reloaded", after=before)
-
     try:
-        follow_policy_changes(status, change, PATHS_ONLY, "/public/.*", b"X-Token: secret\r\n")
+        follow_policy_changes(status, lambda rules: change_policy(proxy, workdir, backend.port, rules),
+                              PATHS_ONLY, "/public/.*", b"X-Token: secret\r\n")
     finally:
         client.close()
     assert proxy.process.poll() is None

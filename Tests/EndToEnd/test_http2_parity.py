@@ -15,23 +15,24 @@ import pytest
 from hyperframe.frame import DataFrame, HeadersFrame
 
 from conftest import free_port
-from test_hostile import config, follow_policy_changes, write_policy
+from test_hostile import change_policy, config, follow_policy_changes, write_policy
 from test_http2 import RULES, h2c_nginx
 from test_http2_hostile import RawH2
 
 
 @pytest.fixture
 def h2(workdir, start_sluice):
-    """Yields start(extra=""): nginx (h2c) behind a sluice under RULES, returning (port, nginx)."""
+    """Yields start(extra=""): nginx (h2c) behind a sluice under RULES, returning (port, nginx),
+    or (port, nginx, sluice) with `with_proxy`."""
     servers = []
 
-    def start(extra="", rules=RULES):
+    def start(extra="", rules=RULES, with_proxy=False):
         nginx = h2c_nginx(workdir)
         servers.append(nginx)
         write_policy(workdir, nginx.port, rules)
         listen = free_port()
-        start_sluice(config(workdir, listen, nginx.port, extra=extra))
-        return listen, nginx
+        proxy = start_sluice(config(workdir, listen, nginx.port, extra=extra))
+        return (listen, nginx, proxy) if with_proxy else (listen, nginx)
     yield start
     for nginx in servers:
         nginx.stop()
@@ -107,15 +108,14 @@ def test_a_repeated_header_cannot_satisfy_a_rule_with_one_copy(h2):
 
 
 def test_a_policy_change_applies_to_the_next_stream_on_an_open_connection(h2, workdir):
-    port, nginx = h2()
+    port, nginx, proxy = h2(with_proxy=True)
     client = RawH2(port)
     client.decoder = hpack.Decoder()
     try:
         assert exchange(client, 1, "/api/a")[0] == 200
-        write_policy(workdir, nginx.port, """            http:
+        change_policy(proxy, workdir, nginx.port, """            http:
               - {method: GET, path: "/other/.*"}
 """)
-        time.sleep(0.5)  # the watcher's period is 50 ms
         assert exchange(client, 3, "/api/a")[0] == 403
     finally:
         client.close()
@@ -132,7 +132,7 @@ def test_a_repeated_stream_is_judged_anew_after_each_policy_change(h2, workdir):
     recent requests: the very same request on the same connection must follow every policy
     change (the allow removed, given back, narrowed by a header rule), and nothing denied
     reaches the server (the HTTP/1.1 twin: test_a_repeated_request_is_judged_anew_after_each_policy_change)."""
-    port, nginx = h2(rules=PATH_ONLY)
+    port, nginx, proxy = h2(rules=PATH_ONLY, with_proxy=True)
     client = RawH2(port)
     client.decoder = hpack.Decoder()
     streams = iter(range(1, 99, 2))
@@ -140,12 +140,9 @@ def test_a_repeated_stream_is_judged_anew_after_each_policy_change(h2, workdir):
     def status(extra=()):
         return exchange(client, next(streams), "/api/a", extra=extra)[0]
 
-    def change(rules):
-        write_policy(workdir, nginx.port, rules)
-        time.sleep(0.5)  # the watcher's period is 50 ms
-
     try:
-        follow_policy_changes(status, change, PATH_ONLY, "/api/.*", [("x-token", "secret")])
+        follow_policy_changes(status, lambda rules: change_policy(proxy, workdir, nginx.port, rules),
+                              PATH_ONLY, "/api/.*", [("x-token", "secret")])
     finally:
         client.close()
     assert served(nginx) == ["GET /api/a HTTP/2.0"] * 6, "3 + 2 + 1 allowed, no denied one"
@@ -169,15 +166,14 @@ def test_header_actions_rewrite_what_the_server_receives(h2):
 def test_a_header_rule_added_on_an_open_connection_reads_the_next_streams_headers(h2, workdir):
     """Header fields are collected only when a rule can read them: a policy change that adds
     one while the connection is open must judge the next stream by its headers."""
-    port, nginx = h2()
+    port, nginx, proxy = h2(with_proxy=True)
     client = RawH2(port)
     client.decoder = hpack.Decoder()
     try:
         assert exchange(client, 1, "/api/a")[0] == 200
-        write_policy(workdir, nginx.port, """            http:
+        change_policy(proxy, workdir, nginx.port, """            http:
               - {method: GET, path: "/api/.*", headers: ["X-Token: s3cret"]}
 """)
-        time.sleep(0.5)  # the watcher's period is 50 ms
         assert exchange(client, 3, "/api/b")[0] == 403
         assert exchange(client, 5, "/api/c", extra=[("x-token", "s3cret")])[0] == 200
     finally:
