@@ -238,6 +238,37 @@ def test_a_repeated_request_is_judged_anew_after_each_policy_change(proxied, wor
     assert backend.request_lines().count("GET /public/a HTTP/1.1") == 6, "3 + 2 + 1 allowed, no denied one"
 
 
+def test_a_repeated_request_is_judged_anew_when_the_clients_identity_changes(workdir, start_sluice, backend):
+    """The kept judgements also follow the endpoints file: the client loses the label the
+    policy admits it by while its connection is open, and the very same request, asked
+    again on that connection, is denied and never reaches the server."""
+    def endpoints(labels):
+        staged = workdir / "endpoints.yaml.new"
+        staged.write_text(f"endpoints:\n  - {{ip: 127.0.0.1, namespace: shop, pod: backend, labels: {{{labels}}}}}\n")
+        os.replace(staged, workdir / "endpoints.yaml")
+
+    endpoints("app: backend, role: trusted")
+    (workdir / "policy.yaml").write_text(policy_text(backend.port, PATHS_ONLY).replace(
+        "fromEntities: [all]", "fromEndpoints: [{matchLabels: {role: trusted}}]"))
+    listen = free_port()
+    proxy = start_sluice(config(workdir, listen, backend.port))
+    client = RawClient(listen)
+
+    def status():
+        client.send(get(b"/public/a"))
+        return status_of(client.read_responses(1)[0][0])
+
+    try:
+        assert [status() for _ in range(3)] == [200] * 3, "kept from the second request on"
+        before = proxy.stderr().count("reloaded")
+        endpoints("app: backend")
+        wait_for_line(proxy, "reloaded", after=before)
+        assert [status() for _ in range(2)] == [403] * 2
+    finally:
+        client.close()
+    assert backend.request_lines().count("GET /public/a HTTP/1.1") == 3, "nothing after the identity changed"
+
+
 def test_an_l4_relay_is_cut_when_a_policy_change_puts_l7_rules_on_its_port(workdir, start_sluice, backend):
     # Port allowed at L4 only: relayed without parsing. Then HTTP rules appear on it: the
     # relay, which could never judge a request, is reset and the next connection is parsed.
