@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SLUICE
+from conftest import ROOT, SLUICE, access_log_lines
 from lab import lab, peer_logging_nginx  # noqa: F401  (fixture)
 
 BACKEND = "10.200.2.2"
@@ -94,7 +94,7 @@ dns: {responseTimeout: 500ms}
         return self.lab.run(self.lab.ns(endpoint), "curl", "-sS", "--max-time", str(timeout), url, check=False)
 
     def access(self):
-        return self.access_log.read_text().splitlines() if self.access_log.exists() else []
+        return access_log_lines(self.access_log)
 
     def status(self):
         result = subprocess.run([SLUICE, "datapath", "status", "--netns", self.lab.node, "--interfaces", INTERFACES,

@@ -28,7 +28,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SLUICE, Nginx, Sluice, free_port, require_root, wait_for_port
+from conftest import ROOT, SLUICE, Nginx, Sluice, access_log_lines, free_port, require_root, wait_for_port
 from lab import lab  # noqa: F401  (fixture)
 from test_datapath import BACKEND, INTERFACES, REMOTE, wait_until
 
@@ -236,7 +236,7 @@ def test_ten_replacements_under_load_lose_no_request_and_no_dns_query(upgrades, 
     failed = [line for line in lines if not line.startswith("200 ")]
     requested = [line.split(" ")[1].split(":8080", 1)[1] for line in lines]
     seen = {}
-    for uri in upgrades.access_log.read_text().splitlines():
+    for uri in access_log_lines(upgrades.access_log):
         seen[uri] = seen.get(uri, 0) + 1
     # DNS: every question answered, and the resolver saw each exactly once.
     asked = (results / "asked.txt").read_text().split()

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SLUICE, free_port
+from conftest import ROOT, SLUICE, access_log_lines, free_port
 from lab import lab  # noqa: F401  (fixture)
 
 BACKEND = "10.200.2.2"
@@ -142,7 +142,7 @@ def test_kubernetes_source_enforces_what_the_api_server_says(lab, cluster, workd
     access_log = start_nginx(lab, workdir)
 
     def reached(line):
-        return access_log.exists() and line in access_log.read_text()
+        return line in "\n".join(access_log_lines(access_log))
 
     def curl(endpoint, path):
         result = lab.run(lab.ns(endpoint), "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2",

@@ -7,6 +7,7 @@ import textwrap
 import time
 
 
+from conftest import access_log_lines
 from lab import lab  # noqa: F401  (fixture)
 
 SERVER = "10.200.2.2"   # endpoint ep2
@@ -72,7 +73,7 @@ http {{
     assert result.stdout == "served by ep2\n"
     # The server saw the node's address (the proxy's upstream leg), not the client's:
     # the connection went through sluice, not straight through the router.
-    access = (nginx_dir / "access.log").read_text().splitlines()
+    access = access_log_lines(nginx_dir / "access.log")
     assert access == [f"{NODE_TO_SERVER} GET /hello HTTP/1.1"], access
     records = proxy.wait_for_flows(1)
     tcp = [r for r in records if "TCP" in r.get("l4", {})]

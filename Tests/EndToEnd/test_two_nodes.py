@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, SLUICE, Sluice
+from conftest import ROOT, SLUICE, Sluice, access_log_lines
 from lab import peer_logging_nginx, two_node_lab  # noqa: F401  (fixture)
 from test_datapath import wait_until
 
@@ -125,7 +125,7 @@ remote-control:
         return int(result.stdout or 0), result.stderr
 
     def access(self):
-        return self.access_log.read_text().splitlines() if self.access_log.exists() else []
+        return access_log_lines(self.access_log)
 
     def http_requests(self, node):
         """(verdict, method, url) of the HTTP request records of `node`'s sluice."""
