@@ -102,8 +102,20 @@ struct RunCommand: ParsableCommand {
         var offer: HandoverOffer?
         if let path = configuration.control.handoverPath {
             do {
-                switch try HandoverOffer.takeOver(path: path, version: Sluice.version,
-                                                  listeners: ProxyServer.listenerKeys(configuration.listeners)) {
+                // A sluice that is stopping resets the connection unanswered: ask again (for
+                // up to 2 s) until it is gone or its successor answers.
+                var attempt = try HandoverOffer.takeOver(path: path, version: Sluice.version,
+                                                         listeners: ProxyServer.listenerKeys(configuration.listeners))
+                for _ in 0..<20 {
+                    guard case .stopping = attempt else { break }
+                    usleep(100_000)
+                    attempt = try HandoverOffer.takeOver(path: path, version: Sluice.version,
+                                                         listeners: ProxyServer.listenerKeys(configuration.listeners))
+                }
+                switch attempt {
+                case .stopping:
+                    throw HandoverFailure(path: path, problem: "the sluice serving it closed every connection unanswered "
+                                          + "for 2 s (stop it, or give this one its own control.socket)")
                 case .nothingRunning:
                     break
                 case .stale:

@@ -564,6 +564,56 @@ def test_a_successor_that_dies_after_taking_the_sockets_leaves_the_running_one_s
     assert successor.process.poll() is None
 
 
+def stopping_predecessor(path, resets):
+    """What a sluice that is stopping looks like from its hand-over socket: a connection that
+    waited in the backlog is reset unanswered when the socket closes (here `resets` of them,
+    or every one when None); then the socket file is gone. Returns (thread, reset count)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(8)
+    reset = []
+
+    def serve():
+        while resets is None or len(reset) < resets:
+            listener.settimeout(10)
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                break
+            time.sleep(0.05)  # the successor's hello is there, unread: the close sends RST
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.close()
+            reset.append(1)
+        listener.close()
+        path.unlink(missing_ok=True)
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread, reset
+
+
+def test_a_sluice_that_is_stopping_is_asked_again_then_this_one_starts_afresh(workdir, nginx, loopback):
+    """The running sluice resets the hand-over connection unanswered (it was stopping when
+    this one asked): this one asks again, finds the socket gone, and starts afresh."""
+    thread, reset = stopping_predecessor(loopback.handover, resets=1)
+    proxy = loopback("after", explicit(workdir, nginx, loopback.port, loopback.socket))
+    thread.join(10)
+    assert reset == [1], "the first hand-over connection was reset"
+    assert "taking over" not in proxy.stderr() and "hand-over socket" not in proxy.stderr(), proxy.stderr()
+    assert curl(loopback.port) == "hello from nginx\n"
+
+
+def test_a_hand_over_socket_that_resets_every_connection_stops_the_start_with_a_reason(workdir, nginx, loopback):
+    thread, reset = stopping_predecessor(loopback.handover, resets=None)
+    config = workdir / "resetting.yaml"
+    config.write_text(explicit(workdir, nginx, loopback.port, loopback.socket))
+    result = subprocess.run([SLUICE, "run", "--config", str(config)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert "closed every connection unanswered for 2 s (stop it, or give this one its own control.socket)" in result.stderr, \
+        result.stderr
+    assert len(reset) >= 10, f"asked again, not once: {len(reset)} connection(s)"
+    assert "Traceback" not in result.stderr and "Fatal error" not in result.stderr
+
+
 def test_a_sluice_with_other_listeners_does_not_take_over(workdir, nginx, loopback):
     proxy = loopback("running", explicit(workdir, nginx, loopback.port, loopback.socket))
     directory = workdir / "other"

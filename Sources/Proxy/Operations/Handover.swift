@@ -227,6 +227,10 @@ public struct HandoverFailure: Error, CustomStringConvertible {
     public var path: String
     public var problem: String
     public var description: String { "hand-over socket \(path): \(problem)" }
+    public init(path: String, problem: String) {
+        self.path = path
+        self.problem = problem
+    }
 }
 
 /// The successor's side: what a running sluice handed over, until the successor serves.
@@ -248,6 +252,10 @@ public final class HandoverOffer: @unchecked Sendable {
         /// The sluice serving the path is another instance (`why`: in another network
         /// namespace, or with none of these listeners); it offered nothing.
         case otherInstance(pid: Int32?, why: String)
+        /// The sluice serving the path closed the connection before it answered at all: it
+        /// is stopping (a connection still in its backlog is reset when it closes the
+        /// socket). Asking again soon finds it gone or finds its successor.
+        case stopping
         case offer(HandoverOffer)
     }
 
@@ -270,13 +278,16 @@ public final class HandoverOffer: @unchecked Sendable {
             channel.close()
             return HandoverFailure(path: path, problem: problem)
         }
+        var answered = false
         do {
             try channel.send(.hello(HandoverHello(pid: getpid(), version: version, listeners: listeners,
                                                   networkNamespace: UInt64(sluice_own_namespace_inode()))))
             while true {
                 guard let (message, descriptor) = try channel.receive() else {
+                    if !answered { channel.close(); return .stopping }
                     throw fail("the running sluice closed the connection before its offer was complete")
                 }
+                answered = true
                 switch message {
                 case .socket(let socket): sockets.append((socket, descriptor!))
                 case .state(let section, let bytes): state[section] = bytes
@@ -295,6 +306,9 @@ public final class HandoverOffer: @unchecked Sendable {
             }
         } catch let failure as HandoverFailure {
             throw failure
+        } catch let error as Errno where !answered && [ECONNRESET, EPIPE].contains(error.code) {
+            channel.close()
+            return .stopping
         } catch let error as HandoverProtocolError {
             if case .unsupportedVersion(let theirs) = error {
                 throw fail("the running sluice speaks hand-over protocol \(theirs), this one \(HandoverMessage.protocolVersion): "
