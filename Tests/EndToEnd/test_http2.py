@@ -56,11 +56,13 @@ def h2c_nginx(workdir):
 def h2c(workdir, start_sluice):
     """nginx speaking h2c behind sluice under RULES; yields (sluice port, nginx, proxy)."""
     nginx = h2c_nginx(workdir)
-    write_policy(workdir, nginx.port, RULES)
-    listen = free_port()
-    proxy = start_sluice(config(workdir, listen, nginx.port))
-    yield listen, nginx, proxy
-    nginx.stop()
+    try:  # (also when sluice fails to start: nginx is stopped either way)
+        write_policy(workdir, nginx.port, RULES)
+        listen = free_port()
+        proxy = start_sluice(config(workdir, listen, nginx.port))
+        yield listen, nginx, proxy
+    finally:
+        nginx.stop()
 
 
 def curl2(port, path, *args):

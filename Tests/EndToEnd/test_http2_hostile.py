@@ -75,12 +75,14 @@ class RawH2:
 def stack(workdir, start_sluice):
     """nginx (h2c) behind sluice under RULES; yields (sluice port, nginx, proxy)."""
     nginx = h2c_nginx(workdir)
-    (workdir / "nginx" / "www" / "big.bin").write_bytes(b"z" * (8 << 20))
-    write_policy(workdir, nginx.port, RULES + """              - {method: GET, path: "/files/.*"}\n""")
-    listen = free_port()
-    proxy = start_sluice(config(workdir, listen, nginx.port))
-    yield listen, nginx, proxy
-    nginx.stop()
+    try:  # (also when sluice fails to start: nginx is stopped either way)
+        (workdir / "nginx" / "www" / "big.bin").write_bytes(b"z" * (8 << 20))
+        write_policy(workdir, nginx.port, RULES + """              - {method: GET, path: "/files/.*"}\n""")
+        listen = free_port()
+        proxy = start_sluice(config(workdir, listen, nginx.port))
+        yield listen, nginx, proxy
+    finally:
+        nginx.stop()
 
 
 def resident_kib(proxy):
@@ -391,13 +393,15 @@ def good_host(workdir, start_sluice):
     """nginx (h2c) behind sluice under one rule, GET /api/.* for the host good.example;
     yields (sluice port, nginx)."""
     nginx = h2c_nginx(workdir)
-    write_policy(workdir, nginx.port, """            http:
+    try:  # (also when sluice fails to start: nginx is stopped either way)
+        write_policy(workdir, nginx.port, """            http:
               - {method: GET, path: "/api/.*", host: "good\\\\.example"}
 """)
-    port = free_port()
-    start_sluice(config(workdir, port, nginx.port))
-    yield port, nginx
-    nginx.stop()
+        port = free_port()
+        start_sluice(config(workdir, port, nginx.port))
+        yield port, nginx
+    finally:
+        nginx.stop()
 
 
 def test_a_host_rule_holds_stream_by_stream_when_the_authority_changes_on_one_connection(good_host):
