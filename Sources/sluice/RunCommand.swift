@@ -104,13 +104,12 @@ struct RunCommand: ParsableCommand {
             do {
                 // A sluice that is stopping resets the connection unanswered: ask again (for
                 // up to 2 s) until it is gone or its successor answers.
-                var attempt = try HandoverOffer.takeOver(path: path, version: Sluice.version,
-                                                         listeners: ProxyServer.listenerKeys(configuration.listeners))
+                let listeners = ProxyServer.listenerKeys(configuration.listeners)
+                var attempt = try HandoverOffer.takeOver(path: path, version: Sluice.version, listeners: listeners)
                 for _ in 0..<20 {
                     guard case .stopping = attempt else { break }
                     usleep(100_000)
-                    attempt = try HandoverOffer.takeOver(path: path, version: Sluice.version,
-                                                         listeners: ProxyServer.listenerKeys(configuration.listeners))
+                    attempt = try HandoverOffer.takeOver(path: path, version: Sluice.version, listeners: listeners)
                 }
                 switch attempt {
                 case .stopping:
