@@ -614,6 +614,24 @@ def test_a_hand_over_socket_that_resets_every_connection_stops_the_start_with_a_
     assert "Traceback" not in result.stderr and "Fatal error" not in result.stderr
 
 
+def test_a_hand_over_socket_that_never_answers_stops_the_start_with_a_reason(workdir, nginx, loopback):
+    """A process holding the hand-over socket that accepts and says nothing (a hung sluice):
+    the new one gives up after the hello timeout and says why, not with an errno."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(loopback.handover))
+    listener.listen(8)
+    held = []
+    threading.Thread(target=lambda: held.append(listener.accept()), daemon=True).start()
+    config = workdir / "silent.yaml"
+    config.write_text(explicit(workdir, nginx, loopback.port, loopback.socket))
+    result = subprocess.run([SLUICE, "run", "--config", str(config)], capture_output=True, text=True, timeout=40)
+    listener.close()
+    assert result.returncode == 1, result.stderr
+    assert "the sluice serving it did not answer for 10 s (stop it, or give this one its own control.socket)" in result.stderr, \
+        result.stderr
+    assert held, "it connected and waited"
+
+
 def test_a_sluice_with_other_listeners_does_not_take_over(workdir, nginx, loopback):
     proxy = loopback("running", explicit(workdir, nginx, loopback.port, loopback.socket))
     directory = workdir / "other"

@@ -309,6 +309,9 @@ public final class HandoverOffer: @unchecked Sendable {
         } catch let error as Errno where !answered && [ECONNRESET, EPIPE].contains(error.code) {
             channel.close()
             return .stopping
+        } catch let error as Errno where [EAGAIN, EWOULDBLOCK].contains(error.code) {
+            throw fail("the sluice serving it \(answered ? "stopped sending its offer" : "did not answer") for "
+                       + "\(HandoverServer.helloTimeout / 1_000_000_000) s (stop it, or give this one its own control.socket)")
         } catch let error as HandoverProtocolError {
             if case .unsupportedVersion(let theirs) = error {
                 throw fail("the running sluice speaks hand-over protocol \(theirs), this one \(HandoverMessage.protocolVersion): "
