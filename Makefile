@@ -18,16 +18,18 @@ release: bootstrap bpf
 	$(SWIFT) build -c release --product sluice
 
 # Everything: unit tests (Swift Testing), then end-to-end tests against real servers
-# (nginx, curl, namespaces) using the release binary.
+# (nginx, curl, namespaces) using the release binary, E2E_WORKERS at a time (pytest-xdist;
+# each test has its own lab, pins and ports; 0 runs them one by one, in one process).
+E2E_WORKERS ?= 2
 test: release
 	$(SWIFT) test
-	SLUICE_BIN=$(RELEASE_BIN) $(PYTEST) -q Tests/EndToEnd
+	SLUICE_BIN=$(RELEASE_BIN) $(PYTEST) -q -n $(E2E_WORKERS) Tests/EndToEnd
 
 unit-test: bootstrap
 	$(SWIFT) test
 
 e2e-test: release
-	SLUICE_BIN=$(RELEASE_BIN) $(PYTEST) -q Tests/EndToEnd
+	SLUICE_BIN=$(RELEASE_BIN) $(PYTEST) -q -n $(E2E_WORKERS) Tests/EndToEnd
 
 demo: release
 	@scripts/demo

@@ -7,6 +7,7 @@ exactly which bytes arrived (those are real sockets, not mocks). All traffic sta
 """
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -74,6 +75,50 @@ def require_root(what):
         pytest.skip(message)
 
 
+# Where a sluice keeps its state unless its configuration says otherwise (ProxyConfiguration's
+# defaults). A test must not reach these: on a node that runs sluice they are the real one's, and
+# two tests running side by side would share them (the second sluice would take the first one's
+# listening sockets over through the hand-over socket).
+HOST_STATE = ("/run/sluice", "/var/lib/sluice")
+
+
+def own_state(config_text, directory):
+    """`config_text` with its control socket (and hand-over socket beside it) and its
+    learned-address file in `directory`, where the configuration does not name them."""
+    lines = [line for line in config_text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    indent = re.match(r"\s*", lines[0]).group(0) if lines else ""
+    keys = {line[len(indent):].split(":", 1)[0] for line in lines if line.startswith(indent) and not line[len(indent)].isspace()}
+    extra = []
+    if "control" not in keys:
+        extra.append(f"{indent}control: {{socket: {directory}/control.sock}}")
+    if "fqdn" not in keys:
+        extra.append(f"{indent}fqdn: {{stateFile: {directory}/fqdn.json}}")
+    return config_text.rstrip("\n") + "\n" + "".join(line + "\n" for line in extra)
+
+
+def host_state_marks():
+    marks = {}
+    for path in HOST_STATE:
+        try:
+            marks[path] = os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            marks[path] = None
+    return marks
+
+
+@pytest.fixture(autouse=True)
+def host_state_untouched():
+    """Fails a test whose sluice made, or removed, a file in the host's own sluice state
+    (a default control socket or learned-address file): see own_state."""
+    before = host_state_marks()
+    yield
+    after = host_state_marks()
+    changed = [path for path in HOST_STATE if before[path] != after[path]]
+    assert not changed, (f"a sluice of this test used the host's {', '.join(changed)} (a default path): "
+                         "give it its own control.socket and fqdn.stateFile (conftest.own_state); with tests running side "
+                         "by side, the sluice may be one of a test running beside this one")
+
+
 class Sluice:
     """A running `sluice run` process with its config, flow log and stderr."""
 
@@ -82,7 +127,7 @@ class Sluice:
         self.config = self.workdir / "sluice.yaml"
         self.flows = self.workdir / "flows.json"
         self.stderr_path = self.workdir / "sluice.stderr"
-        self.config.write_text(config_text.replace("@FLOWS@", str(self.flows)))
+        self.config.write_text(own_state(config_text.replace("@FLOWS@", str(self.flows)), self.workdir))
         command = [SLUICE, "run", "--config", str(self.config), *extra_args]
         if netns:
             # Enter only the network namespace: `ip netns exec` would also mount a private

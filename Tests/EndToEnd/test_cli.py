@@ -1,7 +1,7 @@
 """End-to-end: the `sluice` command line. Starts: the sluice binary."""
 import subprocess
 
-from conftest import SLUICE
+from conftest import SLUICE, own_state
 
 
 def run(*args):
@@ -70,12 +70,12 @@ def test_endpoints_on_nodes_need_to_know_which_node_this_is(tmp_path):
                          "  - {ip: 10.0.0.2, namespace: shop, labels: {app: web}, node: node2}\n")
     config = tmp_path / "sluice.yaml"
     listener = "listeners:\n  - {name: web, mode: explicit, listen: 127.0.0.1:1, upstream: 127.0.0.1:2}\n"
-    config.write_text(listener + "policy: {paths: [policy.yaml], endpoints: endpoints.yaml}\n")
+    config.write_text(own_state(listener + "policy: {paths: [policy.yaml], endpoints: endpoints.yaml}\n", tmp_path))
     result = run("run", "--config", str(config))
     assert result.returncode == 2
     assert ("endpoints.yaml: endpoints are placed on nodes (node1, node2) but the configuration does not say which node "
             "this sluice runs on: add policy.node") in result.stderr, result.stderr
-    config.write_text(listener + "policy: {paths: [policy.yaml], endpoints: endpoints.yaml, node: node1}\n")
+    config.write_text(own_state(listener + "policy: {paths: [policy.yaml], endpoints: endpoints.yaml, node: node1}\n", tmp_path))
     endpoints.write_text(endpoints.read_text().replace("node: node2", "node: Node_2"))
     result = run("run", "--config", str(config))
     assert result.returncode == 2
@@ -89,7 +89,7 @@ def test_listener_that_cannot_bind_names_itself(tmp_path):
     holder.listen(1)
     port = holder.getsockname()[1]
     config = tmp_path / "busy.yaml"
-    config.write_text(f"listeners:\n  - {{name: web, mode: explicit, listen: 127.0.0.1:{port}, upstream: 127.0.0.1:2}}\n")
+    config.write_text(own_state(f"listeners:\n  - {{name: web, mode: explicit, listen: 127.0.0.1:{port}, upstream: 127.0.0.1:2}}\n", tmp_path))
     # SO_REUSEPORT lets sockets of the same user share a port only if all set it; the
     # holder did not, so the bind fails and sluice must say which listener and why.
     result = run("run", "--config", str(config))

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Nginx, free_port, wait_for_port
+from conftest import Nginx, free_port, own_state, wait_for_port
 from peers import RawClient, RecordingBackend, Server, split_responses, status_of
 
 ENDPOINTS = "endpoints:\n  - {ip: 127.0.0.1, namespace: shop, pod: backend, labels: {app: backend}}\n"
@@ -697,8 +697,8 @@ def test_descriptor_exhaustion_is_answered_logged_and_counted(workdir, backend):
     write_policy(workdir, backend.port, "            http: [{}]\n")
     listen = free_port()
     conf = workdir / "sluice.yaml"
-    conf.write_text(config(workdir, listen, backend.port, limits="maxConnectionsPerWorker: 500")
-                    .replace("@FLOWS@", str(workdir / "flows.json")))
+    conf.write_text(own_state(config(workdir, listen, backend.port, limits="maxConnectionsPerWorker: 500")
+                              .replace("@FLOWS@", str(workdir / "flows.json")), workdir))
     from conftest import SLUICE
     stderr = open(workdir / "stderr", "w")
     process = subprocess.Popen(["prlimit", "--nofile=80:80", SLUICE, "run", "--config", str(conf)],

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import SLUICE, Nginx, explicit_config, free_port, open_fds, rss_kib, wait_for_port
+from conftest import SLUICE, Nginx, explicit_config, free_port, open_fds, own_state, rss_kib, wait_for_port
 import peers
 
 BIG = 256 << 20  # 256 MiB each way
@@ -352,11 +352,11 @@ def test_flow_records_to_a_unix_socket_collector(nginx, workdir, start_sluice):
 
 def test_a_missing_unix_socket_collector_is_a_clear_startup_error(workdir):
     config = workdir / "sluice.yaml"
-    config.write_text(f"""
+    config.write_text(own_state(f"""
 listeners:
   - {{name: web, mode: explicit, listen: 127.0.0.1:{free_port()}, upstream: 127.0.0.1:1}}
 flowLog: {{sink: unix, path: {workdir}/nobody.sock}}
-""")
+""", workdir))
     result = subprocess.run([SLUICE, "run", "--config", str(config)], capture_output=True, text=True, timeout=10)
     assert result.returncode == 2
     assert "flowLog: cannot open the sink: connect(" in result.stderr and "No such file or directory" in result.stderr
