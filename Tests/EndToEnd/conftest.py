@@ -114,9 +114,13 @@ def host_state_untouched():
     yield
     after = host_state_marks()
     changed = [path for path in HOST_STATE if before[path] != after[path]]
-    assert not changed, (f"a sluice of this test used the host's {', '.join(changed)} (a default path): "
-                         "give it its own control.socket and fqdn.stateFile (conftest.own_state); with tests running side "
-                         "by side, the sluice may be one of a test running beside this one")
+    if changed:
+        # Which sluices run now (a host's own sluice also writes there: then run the tests elsewhere).
+        running = subprocess.run(["pgrep", "-a", "sluice"], capture_output=True, text=True).stdout.strip()
+        pytest.fail(f"a sluice of this test used the host's {', '.join(changed)} (a default path): "
+                    "give it its own control.socket and fqdn.stateFile (conftest.own_state); with tests running side "
+                    "by side, the sluice may be one of a test running beside this one. Sluice processes now: "
+                    + (running or "none"))
 
 
 class Sluice:
