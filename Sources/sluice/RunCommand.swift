@@ -340,9 +340,11 @@ struct RunCommand: ParsableCommand {
         let denied = reports.reduce(0) { $0 + $1.counters.deniedUnjudgeable }
         let reset = reports.reduce(0) { $0 + $1.counters.resetByPolicyChange }
         let exhausted = reports.reduce(0) { $0 + $1.counters.descriptorsExhausted }
+        let cut = reports.reduce(0) { $0 + $1.counters.cutAtDrainDeadline }
         if denied > 0 { notes.append("\(denied) refused (rules sluice cannot judge yet)") }
         if reset > 0 { notes.append("\(reset) L4 relay(s) reset by policy changes") }
         if exhausted > 0 { notes.append("\(exhausted) time(s) out of file descriptors") }
+        if cut > 0 { notes.append("\(cut) connection(s) cut at the drain deadline") }
         printError("stopped: \(accepted) connection(s) served" + (notes.isEmpty ? "" : "; " + notes.joined(separator: ", ")))
         if let learner = enforcement.learner { printError(learner.summary) }
         if flowLog.droppedRecords > 0 {

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, SLUICE, Nginx, free_port, require_root, wait_for_port
+from conftest import ROOT, SLUICE, Nginx, Sluice, free_port, require_root, wait_for_port
 from lab import lab  # noqa: F401  (fixture)
 from test_hostile import config, write_policy
 
@@ -256,6 +256,82 @@ def test_grpc_through_sluice(workdir, start_sluice):
         assert denied == ["/shop.Orders/Delete", "/shop.Orders/Cancel"]
         assert all(r["l7"]["http"]["protocol"] == "HTTP/2" for r in records)
     finally:
+        server.terminate()
+        server.wait(10)
+
+
+GRPC_CALL_LOOP = textwrap.dedent("""
+    import json, sys, threading, time
+    import grpc
+    channel = grpc.insecure_channel("127.0.0.1:" + sys.argv[1])
+    grpc.channel_ready_future(channel).result(timeout=10)
+    get = channel.unary_unary("/shop.Orders/Get")
+    end = time.monotonic() + float(sys.argv[2])
+    outcomes = []
+    def calls():
+        while time.monotonic() < end:
+            started = time.monotonic()
+            try:
+                get(b"1", timeout=10)
+                outcomes.append((started, "OK", ""))
+            except grpc.RpcError as error:
+                outcomes.append((started, error.code().name, error.details() or ""))
+    threads = [threading.Thread(target=calls) for _ in range(8)]
+    for thread in threads: thread.start()
+    for thread in threads: thread.join()
+    print(json.dumps(sorted(outcomes)))
+""")
+
+
+def test_a_replacement_under_concurrent_grpc_calls_loses_none_and_judges_by_its_own_policy(workdir):
+    """Eight threads call Get on one gRPC channel (one HTTP/2 connection, never without a
+    stream for long) while a new sluice whose policy denies Get takes over. The old one sends
+    GOAWAY: its streams in flight finish, the client opens its next ones on a new connection
+    to the new sluice, and no call fails for the hand-over (before GOAWAY, an idle moment
+    closed the connection under a stream the client had just sent: UNAVAILABLE, "Connection
+    reset by peer"). Every call is OK (the old policy) or PERMISSION_DENIED (the new one); the
+    server received exactly the allowed calls; no call begun a second after the new sluice
+    served is allowed (the old one takes no new stream once its worker has sent GOAWAY, a
+    moment after the new one says "ready"); and the old sluice ends without cutting a
+    connection at its drain deadline."""
+    port = free_port()
+    calls = workdir / "calls.jsonl"
+    server = subprocess.Popen([PYTHON, "-c", GRPC_SERVER, str(port), str(calls)])
+    generations = []
+    try:
+        wait_for_port(port)
+        write_policy(workdir, port, GRPC_RULES)
+        stricter = workdir / "stricter"
+        stricter.mkdir()
+        write_policy(stricter, port, '            http:\n              - {method: POST, path: "/shop.Orders/Watch"}\n')
+        listen = free_port()
+        control = f"control: {{socket: {workdir}/control.sock}}\n"
+        for name in ("old", "new"):
+            (workdir / name).mkdir()
+        old = Sluice(workdir / "old", config(workdir, listen, port, timeouts="drain: 20s") + control)
+        generations.append(old)
+        load = subprocess.Popen([PYTHON, "-c", GRPC_CALL_LOOP, str(listen), "5"], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        new = Sluice(workdir / "new", config(stricter, listen, port, timeouts="drain: 20s") + control)
+        generations.append(new)
+        serving = time.monotonic()
+        out, _ = load.communicate(timeout=60)
+        assert load.returncode == 0
+        assert old.process.wait(20) == 0
+        outcomes = json.loads(out)
+        failed = [o for o in outcomes if o[1] not in ("OK", "PERMISSION_DENIED")]
+        assert not failed, failed[:5]
+        allowed = [o for o in outcomes if o[1] == "OK"]
+        denied = [o for o in outcomes if o[1] == "PERMISSION_DENIED"]
+        assert allowed and denied, (len(allowed), len(denied))
+        late = [o for o in allowed if o[0] > serving + 1.0]
+        assert not late, f"{len(late)} call(s) begun after the new sluice served were allowed by the old policy"
+        reached = [json.loads(line)["method"] for line in calls.read_text().splitlines()]
+        assert reached.count("Get") == len(allowed), "every call that reached the server was allowed, none other"
+        assert "hand-over: pid" in old.stderr() and "cut at the drain deadline" not in old.stderr(), old.stderr()
+    finally:
+        for proxy in generations:
+            proxy.terminate()
         server.terminate()
         server.wait(10)
 

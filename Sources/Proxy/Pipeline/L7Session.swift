@@ -74,10 +74,18 @@ public protocol L7Session: AnyObject {
     var responseTimeout: UInt64? { get }
     /// True between messages with nothing owed either way: a draining proxy may close now.
     var isIdle: Bool { get }
+    /// The proxy is draining (a successor serves new connections). A session whose protocol
+    /// can tell its client to stop opening messages here (HTTP/2's GOAWAY) does so and returns
+    /// true: it ends the connection itself (`.close` from `step`) once what it took on is done,
+    /// and the driver does not close it for being idle. False (the default): the connection
+    /// closes as soon as it is idle between messages. Called again on later pumps while it
+    /// returns false (a session may choose its protocol after the drain began).
+    func beginDrain() -> Bool
 }
 
 extension L7Session {
     public var responseTimeout: UInt64? { nil }
+    public func beginDrain() -> Bool { false }
 }
 
 /// Receives the flow records of L7 sessions.

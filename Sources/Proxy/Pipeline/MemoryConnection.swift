@@ -71,6 +71,16 @@ public struct MemoryConnection {
         pump()
     }
 
+    /// The proxy drains, as `RelayConnection.beginDrain` tells a session: true when the session
+    /// took it over (what it then has for the client is pumped out; it closes once done).
+    @discardableResult
+    public mutating func beginDrain() -> Bool {
+        guard driver.session.beginDrain() else { return false }
+        driver.sessionChanged()
+        pump()
+        return true
+    }
+
     /// Gives back the driver's buffers (what it still holds of either direction) once the
     /// connection is done with: a connection the session closed, or one that ended with
     /// bytes unread, still holds some, and the pool frees only the blocks given back.

@@ -221,6 +221,8 @@ public final class RelayConnection: EventHandler {
     private var responseWaitSince: UInt64 = 0
     /// The proxy is draining: the connection closes as soon as it is idle between requests.
     private var draining = false
+    /// The session took the drain over (`closeIfIdleWhileDraining`): it closes the connection.
+    private var sessionEndsDrain = false
     /// The proxy sent its FIN to the client before the client's FIN arrived.
     private var downstreamClosedFirstByProxy = false
     public private(set) var isFinished = false
@@ -425,7 +427,10 @@ public final class RelayConnection: EventHandler {
     /// other as soon as it becomes idle; L4 relays run until the drain deadline. A
     /// connection whose first request has not arrived yet is not idle but young: its client
     /// is about to send that request (which closing would answer with a reset the client
-    /// cannot tell from a failure), so it is served first.
+    /// cannot tell from a failure), so it is served first. A session that can tell its client
+    /// to stop (HTTP/2: GOAWAY, `L7Session.beginDrain`) ends the connection itself: an HTTP/2
+    /// client keeps a connection busy with streams opened as others end, and one opened just
+    /// as an idle connection closed would be lost.
     public func beginDrain() {
         guard !isFinished else { return }
         draining = true
@@ -433,7 +438,18 @@ public final class RelayConnection: EventHandler {
     }
 
     private func closeIfIdleWhileDraining() {
-        guard draining, hasSession && inDriver({ $0.isIdle && $0.hasActedOnRequest }) else { return }
+        guard draining, hasSession, !sessionEndsDrain else { return }
+        if inDriver({ $0.session }).beginDrain() {
+            sessionEndsDrain = true
+            // What the session now has for its client (GOAWAY) leaves on the next pump.
+            driver!.sessionChanged()
+            if !resumeQueued {
+                resumeQueued = true
+                loop.resumeSoon(self)
+            }
+            return
+        }
+        guard inDriver({ $0.isIdle && $0.hasActedOnRequest }) else { return }
         finish(.drained, resetDownstream: false, resetUpstream: false)
     }
 
@@ -566,7 +582,8 @@ public final class RelayConnection: EventHandler {
                     case .idle: break
                     }
                     if !inDriver({ $0.holdsOutput(.response) }) && !responseOwed {
-                        let outcome = closeOutcome ?? (closing.byResponse ? .upstreamProtocolError : .protocolError)
+                        let outcome = closeOutcome ?? (sessionEndsDrain ? .drained
+                            : closing.byResponse ? .upstreamProtocolError : .protocolError)
                         return finish(outcome, resetDownstream: false, resetUpstream: true)
                     }
                     guard progressed else { break }

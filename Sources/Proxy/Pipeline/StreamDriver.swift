@@ -221,6 +221,15 @@ public struct StreamDriver {
         toClient.dirty = true
     }
 
+    /// The session has something new to say without new bytes (it was told to drain): both
+    /// directions ask it again on their next advance.
+    public mutating func sessionChanged() {
+        toServer.dirty = true
+        toServer.wanted = 0
+        toClient.dirty = true
+        toClient.wanted = 0
+    }
+
     /// Ends the connection once what is queued for the client has been delivered.
     public mutating func close(reason: String) {
         if control.closing == nil { control.closing = Closing(reason: reason, byResponse: false) }

@@ -16,6 +16,8 @@ public struct WorkerCounters: Sendable {
     public var resetByPolicyChange: UInt64 = 0
     /// Times a socket could not be had for lack of descriptors (accept or upstream).
     public var descriptorsExhausted: UInt64 = 0
+    /// Connections still open when the drain deadline (`timeouts.drain`) passed, reset then.
+    public var cutAtDrainDeadline: UInt64 = 0
 }
 
 /// A worker's open connections per listener (UDP: flows) and its buffer blocks.
@@ -451,6 +453,7 @@ public final class Worker: ConnectionOwner, AcceptDelegate, DatagramDelegate, Ev
             return
         }
         drainTimer = nil
+        counters.cutAtDrainDeadline += UInt64(connections.count)
         finishDrain()
     }
 

@@ -42,6 +42,8 @@ import PolicyEngine
         var arrivals: [Int32] = []
         /// How each server stream ended (its error code).
         var serverClosed: [Int32: UInt32] = [:]
+        /// The GOAWAY the client received (last stream ID, error code).
+        var clientGoAway: (lastStreamID: Int32, errorCode: UInt32)?
         /// Whether the server answers each complete request with 200 and `served <path>`
         /// (false: the test's `serve` closure answers).
         var serve: ((Harness, Int32, Received) -> Void)?
@@ -152,6 +154,8 @@ import PolicyEngine
                 responses[stream, default: Response()].trailers = headers.headers
             case .closed(let stream, let code):
                 responses[stream, default: Response()].closed = code
+            case .goAway(let last, let code):
+                clientGoAway = (last, code)
             default:
                 break
             }
@@ -315,6 +319,46 @@ import PolicyEngine
         #expect(harness.responses[stream]?.body.count == 100_000)
         #expect(harness.responses[stream]?.closed == 0)
         #expect(harness.http2Session?.isIdle == true)
+    }
+
+    /// A draining proxy (a successor took over) sends GOAWAY with the last stream it took: the
+    /// stream in flight finishes, one the client sent as the GOAWAY was on its way never
+    /// reaches the server and is refused (the client may retry it elsewhere), then the
+    /// connection ends. Closing an idle HTTP/2 connection instead would lose a stream opened
+    /// at that moment (gRPC: UNAVAILABLE, "Connection reset by peer").
+    @Test func drainingSendsGoAwayFinishesStreamsInFlightAndRefusesLaterOnes() throws {
+        let harness = try Harness()
+        harness.serve = nil
+        let inFlight = harness.request("GET", "/api/items")
+        #expect(harness.arrivals.count == 1)
+        let taken = harness.connection.beginDrain()
+        #expect(taken, "an HTTP/2 session ends the connection itself")
+        // The client opens another stream before it has read the GOAWAY.
+        let late = try #require(harness.client.submitRequest([
+            HTTP2Header(":method", "GET"), HTTP2Header(":scheme", "http"),
+            HTTP2Header(":authority", "backend:8080"), HTTP2Header(":path", "/api/late")], hasBody: false))
+        if case .success(let bytes) = harness.client.takeOutput(limit: 1 << 20) { harness.connection.clientSends(bytes) }
+        harness.pump()
+        #expect(harness.clientGoAway?.lastStreamID == inFlight)
+        #expect(harness.clientGoAway?.errorCode == 0)
+        #expect(harness.arrivals.count == 1, "the stream after the GOAWAY never reached the server")
+        #expect(harness.responses[late]?.closed == 7, "refused (REFUSED_STREAM): the client may retry it")
+        #expect(harness.connection.closedReason == nil, "the stream in flight is still owed its response")
+        let serverStream = try #require(harness.arrivals.first)
+        harness.server.submitResponse(stream: serverStream, [HTTP2Header(":status", "200")], hasBody: false)
+        harness.pump()
+        #expect(harness.responses[inFlight]?.status == "200")
+        #expect(harness.connection.closedReason?.hasPrefix("drained") == true, "\(harness.connection.closedReason ?? "open")")
+
+        // An idle connection: GOAWAY naming no stream, then the end.
+        let idle = try Harness()
+        idle.request("GET", "/api/items")
+        #expect(idle.responses.values.first?.status == "200")
+        let idleTaken = idle.connection.beginDrain()
+        #expect(idleTaken)
+        idle.pump()
+        #expect(idle.clientGoAway?.lastStreamID == 1)
+        #expect(idle.connection.closedReason?.hasPrefix("drained") == true)
     }
 
     @Test func serverResetReachesTheClient() throws {

@@ -39,6 +39,8 @@ public final class HTTP2PolicySession: L7Session {
     private var awaitingCount = 0
     /// Why the connection must end (an endpoint failed, a side went away).
     private var ending: String?
+    /// The proxy is draining and the client was sent GOAWAY (`beginDrain`).
+    private var draining = false
     /// Requests judged on this connection (for tests and counters).
     public private(set) var allowedCount: UInt32 = 0
     public private(set) var deniedCount: UInt32 = 0
@@ -107,7 +109,7 @@ public final class HTTP2PolicySession: L7Session {
         if let output = output(of: back) { return .reply(output) }
         if ending == nil {
             if !downstream.wantsToRead && !downstream.wantsToWrite {
-                ending = "the client's HTTP/2 connection ended"
+                ending = draining ? "drained (GOAWAY sent, every stream done)" : "the client's HTTP/2 connection ended"
             } else if !upstream.wantsToRead && !upstream.wantsToWrite && streams.isEmpty {
                 downstream.goAway(errorCode: NGHTTP2_NO_ERROR.rawValue)
                 ending = "the server's HTTP/2 connection ended"
@@ -167,6 +169,20 @@ public final class HTTP2PolicySession: L7Session {
     }
 
     public var isIdle: Bool { streams.isEmpty }
+
+    /// RFC 9113 §6.8: "A server that is attempting to gracefully shut down a connection SHOULD
+    /// send an initial GOAWAY frame", whose last stream ID is the highest one processed here: the
+    /// client opens no more streams on this connection and knows that any it sent after that
+    /// one was not processed (nghttp2 ignores them), so it may retry them on a new connection
+    /// (to the successor). Streams in flight finish; once none is left the connection ends
+    /// (`step`: nghttp2 neither reads nor writes any more).
+    public func beginDrain() -> Bool {
+        if !draining && ending == nil {
+            draining = true
+            downstream.goAway(errorCode: NGHTTP2_NO_ERROR.rawValue)
+        }
+        return true
+    }
 
     // MARK: Moving events between the endpoints
 

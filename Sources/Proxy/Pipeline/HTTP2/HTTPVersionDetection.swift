@@ -56,6 +56,8 @@ public final class HTTPVersionDetectingSession: L7Session {
 
     public var isIdle: Bool { chosen?.isIdle ?? true }
 
+    public func beginDrain() -> Bool { chosen?.beginDrain() ?? false }
+
     /// A client that said nothing yet is answered as HTTP/1.1 clients are (a 408, a 503).
     private var chosenOrHTTP1: L7Session {
         if let chosen { return chosen }
