@@ -104,6 +104,8 @@ public final class HTTP2Endpoint {
     /// Bodies waiting for the peer's window, per stream.
     private var outgoing = HTTP2StreamTable<OutgoingBody>()
     private var running = false
+    /// Where finished streams' header blocks and body buffers wait for the next streams.
+    private let recycler = HTTP2Recycler.forThisThread()
 
     private struct IncomingBlock {
         /// 0: none (HEADERS frames are never on stream 0, RFC 9113 §6.2).
@@ -231,7 +233,7 @@ public final class HTTP2Endpoint {
 
     /// Hands the peer's actions since the last call to `body`, in order, without copying
     /// them out: events that `body` causes wait for the next call. Not re-entrant.
-    public func drainEvents(_ body: (HTTP2Event) -> Void) {
+    public func drainEvents(_ body: (consuming HTTP2Event) -> Void) {
         precondition(!isDraining, "HTTP2Endpoint.drainEvents re-entered")
         isDraining = true
         defer { isDraining = false }
@@ -239,8 +241,9 @@ public final class HTTP2Endpoint {
         let count = draining.count
         draining.withUnsafeMutableBufferPointer { buffer in
             for index in 0..<count {
-                // Moved out and its slot refilled with an event that holds nothing: no reference
-                // is counted for the handler's use, and the removal below releases nothing.
+                // Moved out and its slot refilled with an event that holds nothing, then handed
+                // over: no reference is counted for the handler's use (it may move the event's
+                // block or bytes on), and the removal below releases nothing.
                 let event = (buffer.baseAddress! + index).move()
                 (buffer.baseAddress! + index).initialize(to: .endOfBody(stream: 0))
                 body(event)
@@ -327,8 +330,9 @@ public final class HTTP2Endpoint {
     public func appendBody(stream: Int32, _ bytes: [UInt8]) {
         var deferred = false
         guard outgoing.update(stream, { body in
-            // Nothing waiting: the chunk becomes the queue (no copy).
+            // Nothing waiting: the chunk becomes the queue (no copy; the emptied queue's memory is kept).
             if body.remaining == 0 {
+                recycler.give(&body.bytes)
                 body.bytes = bytes
                 body.start = 0
             } else {
@@ -442,7 +446,7 @@ public final class HTTP2Endpoint {
             // Read in place (a copy of the block would count a reference).
             if blocksInFlight[index].stream == stream, let first = fields.first,
                blocksInFlight[index].block.holds(first.value) {
-                blocksInFlight.remove(at: index)
+                recycler.give(blocksInFlight.remove(at: index).block)
                 return
             }
             index &+= 1
@@ -466,8 +470,7 @@ public final class HTTP2Endpoint {
 
     private static let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, userData in
         withEndpoint(userData) { endpoint -> Int32 in
-            endpoint.incoming = IncomingBlock(stream: frame!.pointee.hd.stream_id)
-            endpoint.incoming.block.reserveCapacity(fields: 12, bytes: 512)
+            endpoint.incoming = IncomingBlock(stream: frame!.pointee.hd.stream_id, block: endpoint.recycler.takeBlock())
             return 0
         }
     }
@@ -495,8 +498,7 @@ public final class HTTP2Endpoint {
                 return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
             }
             // Appended in place (the block is a stored property: no copy of what came before).
-            endpoint.incoming.block.append(name: UnsafeBufferPointer(start: name, count: nameLength),
-                                            value: UnsafeBufferPointer(start: value, count: valueLength))
+            endpoint.incoming.block.appendReceived(name: name, nameCount: nameLength, value: value, valueCount: valueLength)
             return 0
         }
     }
@@ -552,7 +554,13 @@ public final class HTTP2Endpoint {
 
     private static let onDataChunk: nghttp2_on_data_chunk_recv_callback = { _, _, stream, data, length, userData in
         withEndpoint(userData) { endpoint in
-            endpoint.events.append(.data(stream: stream, bytes: Array(UnsafeBufferPointer(start: data, count: length))))
+            let chunk = UnsafeBufferPointer(start: data, count: length)
+            guard length <= HTTP2Recycler.maximumBufferCapacity else {
+                return endpoint.events.append(.data(stream: stream, bytes: Array(chunk)))
+            }
+            var bytes = endpoint.recycler.takeBuffer()
+            bytes.append(contentsOf: chunk)
+            endpoint.events.append(.data(stream: stream, bytes: bytes))
         }
         return 0
     }
@@ -561,8 +569,9 @@ public final class HTTP2Endpoint {
         withEndpoint(userData) { endpoint -> Int32 in
             if endpoint.incoming.stream == stream { endpoint.incoming = IncomingBlock() }
             if !endpoint.informational.isEmpty { endpoint.informational.remove(stream) }
-            if let body = endpoint.outgoing.removeValue(forKey: stream), body.remaining > 0 {
-                endpoint.events.append(.bodyTaken(stream: stream, count: body.remaining))
+            if var body = endpoint.outgoing.removeValue(forKey: stream) {
+                if body.remaining > 0 { endpoint.events.append(.bodyTaken(stream: stream, count: body.remaining)) }
+                endpoint.recycler.give(&body.bytes)
             }
             endpoint.events.append(.closed(stream: stream, errorCode: errorCode))
             return 0
@@ -627,7 +636,7 @@ public final class HTTP2Endpoint {
                 }
             }
             guard finished else { return result }
-            endpoint.outgoing[stream] = nil
+            if var body = endpoint.outgoing.removeValue(forKey: stream) { endpoint.recycler.give(&body.bytes) }
             flags!.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue)
             if let resetCode {
                 nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, resetCode)

@@ -80,6 +80,53 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
             header.spanCount < header.spanCapacity && header.byteCount + bytes <= header.byteCapacity
         }
 
+        /// Appends a field when it fits (false: nothing changed). Counts stay far below
+        /// `UInt32.max`: a block is bounded by the endpoint's header list limit.
+        @inline(__always)
+        func appendIfRoom(_ name: UnsafePointer<UInt8>?, _ nameCount: Int,
+                          _ value: UnsafePointer<UInt8>?, _ valueCount: Int) -> Bool {
+            withUnsafeMutablePointers { counts, elements in
+                let current = counts.pointee
+                let added = nameCount &+ valueCount
+                guard current.spanCount < current.spanCapacity,
+                      added <= current.byteCapacity &- current.byteCount else { return false }
+                let spans = UnsafeMutableRawPointer(elements).assumingMemoryBound(to: Span.self)
+                spans[current.spanCount] = Span(nameStart: UInt32(truncatingIfNeeded: current.byteCount),
+                                                nameCount: UInt32(truncatingIfNeeded: nameCount),
+                                                valueCount: UInt32(truncatingIfNeeded: valueCount))
+                let target = elements + (current.spanCapacity &* MemoryLayout<Span>.stride &+ current.byteCount)
+                Self.copy(name, nameCount, to: target)
+                Self.copy(value, valueCount, to: target + nameCount)
+                counts.pointee.spanCount = current.spanCount &+ 1
+                counts.pointee.byteCount = current.byteCount &+ added
+                return true
+            }
+        }
+
+        /// Copies `count` bytes, short runs (most names and values) with two overlapping
+        /// word moves instead of a call to `memcpy`.
+        @inline(__always)
+        static func copy(_ source: UnsafePointer<UInt8>?, _ count: Int, to target: UnsafeMutablePointer<UInt8>) {
+            guard count > 0, let source else { return }
+            let from = UnsafeRawPointer(source), to = UnsafeMutableRawPointer(target)
+            switch count {
+            case 8...16:
+                let head = from.loadUnaligned(as: UInt64.self), tail = from.loadUnaligned(fromByteOffset: count &- 8, as: UInt64.self)
+                to.storeBytes(of: head, as: UInt64.self)
+                to.storeBytes(of: tail, toByteOffset: count &- 8, as: UInt64.self)
+            case 4..<8:
+                let head = from.loadUnaligned(as: UInt32.self), tail = from.loadUnaligned(fromByteOffset: count &- 4, as: UInt32.self)
+                to.storeBytes(of: head, as: UInt32.self)
+                to.storeBytes(of: tail, toByteOffset: count &- 4, as: UInt32.self)
+            case 1..<4:
+                target[0] = source[0]
+                target[count &>> 1] = source[count &>> 1]
+                target[count &- 1] = source[count &- 1]
+            default:
+                memcpy(to, from, count)
+            }
+        }
+
         /// Appends a field there is room for.
         @inlinable func append(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
             let counts = header
@@ -95,6 +142,50 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
     }
 
     public init() {}
+
+    /// Appends a field decoded by nghttp2 to the block an endpoint is receiving, whose storage
+    /// nothing else refers to (from `HTTP2Recycler.takeBlock`; the endpoint moves a block out
+    /// before anyone else sees it): copied in place when it fits, through `append` otherwise.
+    @inline(__always)
+    mutating func appendReceived(name: UnsafePointer<UInt8>?, nameCount: Int,
+                                 value: UnsafePointer<UInt8>?, valueCount: Int) {
+        if storage != nil, Unmanaged.passUnretained(storage.unsafelyUnwrapped)._withUnsafeGuaranteedRef({
+            $0.appendIfRoom(name, nameCount, value, valueCount)
+        }) {
+            namesAreLowercase = false
+            return
+        }
+        append(name: UnsafeBufferPointer(start: name, count: nameCount),
+               value: UnsafeBufferPointer(start: value, count: valueCount))
+    }
+
+    /// Room a received block starts with: a typical head's fields and bytes. Storage of this
+    /// size is kept for reuse (`HTTP2Recycler`); a block that grew past it is not.
+    static let standardFields = 12
+    static let standardBytes = 512
+
+    /// An empty block with the standard room.
+    init(standardCapacity: Void) {
+        storage = Storage.make(fields: Self.standardFields, bytes: Self.standardBytes)
+    }
+
+    /// An empty block in `storage`, which nothing else refers to (from `takeStandardStorage`).
+    init(emptied storage: Storage) {
+        storage.header.spanCount = 0
+        storage.header.byteCount = 0
+        self.storage = storage
+    }
+
+    /// The block's storage, when it is of the standard size and the block holds the only
+    /// reference to it; the block is left empty then.
+    mutating func takeStandardStorage() -> Storage? {
+        guard isKnownUniquelyReferenced(&storage) else { return nil }
+        let counts = storage.unsafelyUnwrapped.header
+        guard counts.spanCapacity == Self.standardFields && counts.byteCapacity == Self.standardBytes else {
+            return nil
+        }
+        return storage.take()
+    }
 
     public init(_ headers: [HTTP2Header]) {
         var total = 0

@@ -121,8 +121,9 @@ public struct HTTP2StreamTable<Value> {
         }
     }
 
+    /// Taken over (`consuming`): a caller's last use of a value moves it in, counting no reference.
     @inlinable
-    mutating func insert(_ stream: Int32, _ value: Value) {
+    mutating func insert(_ stream: Int32, _ value: consuming Value) {
         precondition(stream > 0, "HTTP/2 stream IDs are positive")
         if (occupied + 1) * 2 > keys.count {
             resize(to: max(shift + 1, Self.minimumSlots.trailingZeroBitCount))
@@ -132,7 +133,7 @@ public struct HTTP2StreamTable<Value> {
         while keys[index] != 0 && keys[index] != stream { index = (index + 1) & mask }
         if keys[index] == 0 { occupied += 1 }
         keys[index] = stream
-        values[index] = value
+        values[index] = consume value
     }
 
     @inlinable

@@ -176,6 +176,12 @@ struct RecentJudgements {
     /// with a combining accent), which the rules, matching bytes, may tell apart.
     static func sameBytes(_ left: String?, _ right: String?) -> Bool {
         guard let left, let right else { return left == nil && right == nil }
+        // Two strings whose two words are the same are the same bytes: one storage, or the
+        // same small string (up to 15 bytes held in the words themselves, as most methods,
+        // hosts and paths are). Read without counting a reference; anything else is compared below.
+        if unsafeBitCast(left, to: (UInt64, UInt64).self) == unsafeBitCast(right, to: (UInt64, UInt64).self) {
+            return true
+        }
         guard left.utf8.count == right.utf8.count else { return false }
         let compared = left.utf8.withContiguousStorageIfAvailable { leftBytes in
             right.utf8.withContiguousStorageIfAvailable { rightBytes in

@@ -206,8 +206,10 @@ public final class HTTP2PolicySession: L7Session {
         }
     }
 
-    private func clientDid(_ event: HTTP2Event) {
-        switch event {
+    /// Takes the event over (`consuming`): a head's block and a chunk's bytes move on to the
+    /// other endpoint without a reference counted.
+    private func clientDid(_ event: consuming HTTP2Event) {
+        switch consume event {
         case .head(let id, let headers, let endStream):
             request(id, headers: headers, endStream: endStream)
         case .data(let id, let bytes):
@@ -254,8 +256,8 @@ public final class HTTP2PolicySession: L7Session {
 
     private static let tooLargeBody = Array("Request header fields too large\r\n".utf8)
 
-    private func serverDid(_ event: HTTP2Event) {
-        switch event {
+    private func serverDid(_ event: consuming HTTP2Event) {
+        switch consume event {
         case .head(let upstreamID, let headers, let endStream):
             guard let id = clientStream[upstreamID] else { return }
             var wasAwaiting = false
