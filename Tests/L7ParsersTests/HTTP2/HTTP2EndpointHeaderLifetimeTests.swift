@@ -11,7 +11,7 @@ import Testing
                                   HTTP2Header("x-empty", ""), HTTP2Header("x-long", String(repeating: "v", count: 3_000))]
 
     @Test func aHeadLeavesIntactAfterItsOnlyOtherOwnerIsGoneAndIsThenReleased() {
-        let (client, server) = Self.connected()
+        let (client, server) = HTTP2TestConnection.connected()
         var stream: Int32?
         do {
             // The block exists only here and, after submission, in the endpoint.
@@ -21,7 +21,7 @@ import Testing
         #expect(client.headerBlocksInFlight == 1)
         // Other allocations that would reuse freed memory before the frame is written.
         let noise = (0..<64).map { HTTP2HeaderBlock([HTTP2Header("x-noise-\($0)", String(repeating: "n", count: 3_100))]) }
-        Self.pump(client, server)
+        HTTP2TestConnection.pump(client, server)
         #expect(client.headerBlocksInFlight == 0, "released once its frame left")
         let heads = server.takeEvents().compactMap { event -> [HTTP2Header]? in
             if case .head(let id, let headers, _) = event, id == stream { return headers.headers }
@@ -34,11 +34,11 @@ import Testing
     @Test func namesWithUppercaseLettersAreLowercasedByNghttp2() {
         // Only lowercase names go uncopied (nghttp2: "application is responsible to pass header
         // field name in lowercase"); the peer would refuse an uppercase name as malformed.
-        let (client, server) = Self.connected()
+        let (client, server) = HTTP2TestConnection.connected()
         let stream = client.submitRequest([HTTP2Header(":method", "GET"), HTTP2Header(":scheme", "http"),
                                            HTTP2Header(":authority", "example"), HTTP2Header(":path", "/"),
                                            HTTP2Header("X-Mixed-Case", "Value")], hasBody: false)
-        Self.pump(client, server)
+        HTTP2TestConnection.pump(client, server)
         let events = server.takeEvents()
         let head = events.compactMap { event -> [HTTP2Header]? in
             if case .head(let id, let headers, _) = event, id == stream { return headers.headers }
@@ -48,9 +48,9 @@ import Testing
     }
 
     @Test func anInformationalHeadTheFinalHeadAndTrailersOnOneStreamEachArriveAsSubmitted() {
-        let (client, server) = Self.connected()
+        let (client, server) = HTTP2TestConnection.connected()
         let stream = client.submitRequest(Array(Self.request.prefix(4)), hasBody: false)!
-        Self.pump(client, server)
+        HTTP2TestConnection.pump(client, server)
         _ = server.takeEvents()
         // Three blocks wait on one stream before any output is taken.
         server.submitInformational(stream: stream, HTTP2HeaderBlock([HTTP2Header(":status", "103"),
@@ -60,7 +60,7 @@ import Testing
         // Trailers whose only value is empty: every field still points into its own block.
         server.endBody(stream: stream, trailers: [HTTP2Header("x-checksum", "")])
         #expect(server.headerBlocksInFlight == 2, "the trailers are submitted when the body ends on the wire")
-        Self.pump(server, client)
+        HTTP2TestConnection.pump(server, client)
         #expect(server.headerBlocksInFlight == 0)
         let events = client.takeEvents()
         #expect(events.contains(.informational(stream: stream, headers: HTTP2HeaderBlock([
@@ -71,30 +71,14 @@ import Testing
     }
 
     @Test func aHeadWhoseStreamIsResetBeforeItLeftIsReleased() {
-        let (client, server) = Self.connected()
+        let (client, server) = HTTP2TestConnection.connected()
         let stream = client.submitRequest(Array(Self.request.prefix(4)), hasBody: false)!
-        Self.pump(client, server)
+        HTTP2TestConnection.pump(client, server)
         _ = server.takeEvents()
         server.submitResponse(stream: stream, [HTTP2Header(":status", "200")], hasBody: true)
         server.resetStream(stream, errorCode: 8)
         #expect(server.headerBlocksInFlight == 1)
-        Self.pump(server, client)
+        HTTP2TestConnection.pump(server, client)
         #expect(server.headerBlocksInFlight == 0, "dropped with its stream, not kept for the session's life")
-    }
-
-    private static func connected() -> (HTTP2Endpoint, HTTP2Endpoint) {
-        let client = HTTP2Endpoint(role: .client), server = HTTP2Endpoint(role: .server)
-        pump(client, server)
-        pump(server, client)
-        pump(client, server)
-        _ = client.takeEvents()
-        _ = server.takeEvents()
-        return (client, server)
-    }
-
-    private static func pump(_ from: HTTP2Endpoint, _ to: HTTP2Endpoint) {
-        while case .success(let bytes) = from.takeOutput(limit: 1 << 20), !bytes.isEmpty {
-            bytes.withUnsafeBytes { _ = to.receive($0) }
-        }
     }
 }

@@ -119,7 +119,7 @@ import Testing
                         HTTP2Header(":method", "GET"), HTTP2Header(":scheme", "http"),
                         HTTP2Header(":authority", "example"), HTTP2Header(":path", "/r/\(round)"),
                     ]), hasBody: false)!
-                    pump(client, server)
+                    HTTP2TestConnection.pump(client, server)
                     var heads = 0
                     for event in server.takeEvents() {
                         if case .head(let stream, _, _) = event {
@@ -129,31 +129,11 @@ import Testing
                         }
                     }
                     #expect(heads == 1)
-                    pump(server, client)
+                    HTTP2TestConnection.pump(server, client)
                     #expect(client.takeEvents().contains(.closed(stream: id, errorCode: 0)))
                 }
                 #expect(pool.keptBlocks.reduce(0, +) > 0, "stream allocations came back to the lists")
             }
         }
-    }
-
-    private func pump(_ from: HTTP2Endpoint, _ to: HTTP2Endpoint) {
-        while case .success(let bytes) = from.takeOutput(limit: 1 << 20), !bytes.isEmpty {
-            bytes.withUnsafeBytes { _ = to.receive($0) }
-        }
-    }
-
-    /// Runs `body` on a thread of its own and waits for it to end.
-    private func onNewThread(_ body: @escaping () -> Void) {
-        final class Box { let body: () -> Void; init(_ body: @escaping () -> Void) { self.body = body } }
-        var thread = pthread_t()
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
-        let created = pthread_create(&thread, nil, { raw in
-            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
-            box.body()
-            return nil
-        }, box)
-        #expect(created == 0)
-        pthread_join(thread, nil)
     }
 }

@@ -14,14 +14,14 @@ import Testing
     @Test func aForwardedHeadsStorageComesBackForTheNextHeadWithNothingOfTheFormerLeft() {
         onNewThread {
             let recycler = HTTP2Recycler.forThisThread()
-            let (client, proxyServer) = Self.connected()
-            let (proxyClient, server) = Self.connected()
+            let (client, proxyServer) = HTTP2TestConnection.connected()
+            let (proxyClient, server) = HTTP2TestConnection.connected()
             let first = Self.head(path: "/first/a/rather/long/path?with=query",
                                   extra: HTTP2Header("x-one", String(repeating: "1", count: 100)))
             let second = Self.head(path: "/2", extra: HTTP2Header("x-two", ""))
 
             _ = client.submitRequest(first, hasBody: false)
-            Self.pump(client, proxyServer)
+            HTTP2TestConnection.pump(client, proxyServer)
             var forwarded = Self.heads(proxyServer.takeEvents())
             #expect(forwarded.map(\.headers) == [first])
             let storage = forwarded.first?.storage.map(ObjectIdentifier.init)
@@ -35,7 +35,7 @@ import Testing
             #expect(recycler.keptBlocks == 1)
 
             _ = client.submitRequest(second, hasBody: false)
-            Self.pump(client, proxyServer)
+            HTTP2TestConnection.pump(client, proxyServer)
             let next = Self.heads(proxyServer.takeEvents())
             #expect(next.map(\.headers) == [second], "nothing of the first head's bytes")
             #expect(next.first?.storage.map(ObjectIdentifier.init) == storage, "the storage was reused")
@@ -51,12 +51,12 @@ import Testing
     @Test func bodyChunksComeInKeptBuffersAndLeaveThemBack() {
         onNewThread {
             let recycler = HTTP2Recycler.forThisThread()
-            let (client, server) = Self.connected()
+            let (client, server) = HTTP2TestConnection.connected()
             for (index, body) in [Array("ok\n".utf8), Array(repeating: 0x42, count: 1_000), Array("z".utf8)].enumerated() {
                 let stream = client.submitRequest(Self.head(path: "/\(index)", extra: nil), hasBody: true)!
                 client.appendBody(stream: stream, body)
                 client.endBody(stream: stream)
-                Self.pump(client, server)
+                HTTP2TestConnection.pump(client, server)
                 var received: [UInt8] = []
                 for event in server.takeEvents() {
                     guard case .data(_, let bytes) = event else { continue }
@@ -167,34 +167,5 @@ import Testing
             if case .head(_, let block, _) = event { return block }
             return nil
         }
-    }
-
-    private static func connected() -> (HTTP2Endpoint, HTTP2Endpoint) {
-        let client = HTTP2Endpoint(role: .client), server = HTTP2Endpoint(role: .server)
-        pump(client, server)
-        pump(server, client)
-        pump(client, server)
-        _ = client.takeEvents()
-        _ = server.takeEvents()
-        return (client, server)
-    }
-
-    private static func pump(_ from: HTTP2Endpoint, _ to: HTTP2Endpoint) {
-        while case .success(let bytes) = from.takeOutput(limit: 1 << 20), !bytes.isEmpty {
-            bytes.withUnsafeBytes { _ = to.receive($0) }
-        }
-    }
-
-    private func onNewThread(_ body: @escaping () -> Void) {
-        final class Box { let body: () -> Void; init(_ body: @escaping () -> Void) { self.body = body } }
-        var thread = pthread_t()
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
-        let created = pthread_create(&thread, nil, { raw in
-            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
-            box.body()
-            return nil
-        }, box)
-        #expect(created == 0)
-        pthread_join(thread, nil)
     }
 }
