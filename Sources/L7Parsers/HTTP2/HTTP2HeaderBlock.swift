@@ -75,14 +75,10 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
             return copy
         }
 
-        /// Whether one more field of `bytes` fits.
-        @inlinable func hasRoom(for bytes: Int) -> Bool {
-            header.spanCount < header.spanCapacity && header.byteCount + bytes <= header.byteCapacity
-        }
-
-        /// Appends a field when it fits (false: nothing changed). Counts stay far below
-        /// `UInt32.max`: a block is bounded by the endpoint's header list limit.
-        @inline(__always)
+        /// Appends a field when it fits (false: nothing changed). Offsets and lengths are kept
+        /// as `UInt32`: a block (a head under an endpoint's header list limit, or one the proxy
+        /// builds) stays far below 4 GiB.
+        @inlinable @inline(__always)
         func appendIfRoom(_ name: UnsafePointer<UInt8>?, _ nameCount: Int,
                           _ value: UnsafePointer<UInt8>?, _ valueCount: Int) -> Bool {
             withUnsafeMutablePointers { counts, elements in
@@ -105,7 +101,7 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
 
         /// Copies `count` bytes, short runs (most names and values) with two overlapping
         /// word moves instead of a call to `memcpy`.
-        @inline(__always)
+        @inlinable @inline(__always)
         static func copy(_ source: UnsafePointer<UInt8>?, _ count: Int, to target: UnsafeMutablePointer<UInt8>) {
             guard count > 0, let source else { return }
             let from = UnsafeRawPointer(source), to = UnsafeMutableRawPointer(target)
@@ -126,19 +122,6 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
                 memcpy(to, from, count)
             }
         }
-
-        /// Appends a field there is room for.
-        @inlinable func append(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
-            let counts = header
-            let target = bytes + counts.byteCount
-            (spans + counts.spanCount).initialize(to: Span(nameStart: UInt32(counts.byteCount),
-                                                            nameCount: UInt32(name.count),
-                                                            valueCount: UInt32(value.count)))
-            if let base = name.baseAddress, name.count > 0 { memcpy(target, base, name.count) }
-            if let base = value.baseAddress, value.count > 0 { memcpy(target + name.count, base, value.count) }
-            header.spanCount = counts.spanCount + 1
-            header.byteCount = counts.byteCount + name.count + value.count
-        }
     }
 
     public init() {}
@@ -149,14 +132,24 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
     @inline(__always)
     mutating func appendReceived(name: UnsafePointer<UInt8>?, nameCount: Int,
                                  value: UnsafePointer<UInt8>?, valueCount: Int) {
-        if storage != nil, Unmanaged.passUnretained(storage.unsafelyUnwrapped)._withUnsafeGuaranteedRef({
-            $0.appendIfRoom(name, nameCount, value, valueCount)
-        }) {
+        if appendInPlace(name, nameCount, value, valueCount) {
             namesAreLowercase = false
             return
         }
         append(name: UnsafeBufferPointer(start: name, count: nameCount),
                value: UnsafeBufferPointer(start: value, count: valueCount))
+    }
+
+    /// Appends into the current storage when there is one and the field fits, without asking
+    /// whether it is shared (the callers know it is not). The storage stays this block's
+    /// during the call: no reference counted.
+    @inlinable @inline(__always)
+    mutating func appendInPlace(_ name: UnsafePointer<UInt8>?, _ nameCount: Int,
+                                _ value: UnsafePointer<UInt8>?, _ valueCount: Int) -> Bool {
+        guard storage != nil else { return false }
+        return Unmanaged.passUnretained(storage.unsafelyUnwrapped)._withUnsafeGuaranteedRef {
+            $0.appendIfRoom(name, nameCount, value, valueCount)
+        }
     }
 
     /// Room a received block starts with: a typical head's fields and bytes. Storage of this
@@ -212,15 +205,12 @@ public struct HTTP2HeaderBlock: Equatable, @unchecked Sendable {
     @inlinable
     public mutating func append(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
         namesAreLowercase = false
-        let added = name.count + value.count
         // Asked before any local reference to the storage exists (one would count as a sharer).
-        if !isKnownUniquelyReferenced(&storage) || !storage.unsafelyUnwrapped.hasRoom(for: added) {
-            makeRoom(for: added)
-        }
-        // The storage is this block's alone and stays so during the call: no reference counted.
-        Unmanaged.passUnretained(storage.unsafelyUnwrapped)._withUnsafeGuaranteedRef {
-            $0.append(name: UnsafeRawBufferPointer(name), value: UnsafeRawBufferPointer(value))
-        }
+        if isKnownUniquelyReferenced(&storage),
+           appendInPlace(name.baseAddress, name.count, value.baseAddress, value.count) { return }
+        makeRoom(for: name.count + value.count)
+        // Unshared now, with room for the field.
+        _ = appendInPlace(name.baseAddress, name.count, value.baseAddress, value.count)
     }
 
     /// Unshared storage with room for one more field of `added` bytes: a copy (doubled where

@@ -437,16 +437,20 @@ public final class RelayConnection: EventHandler {
         closeIfIdleWhileDraining()
     }
 
+    /// Pumps again on the loop's next turn (once, however often asked before then).
+    private func resumeSoon() {
+        guard !resumeQueued else { return }
+        resumeQueued = true
+        loop.resumeSoon(self)
+    }
+
     private func closeIfIdleWhileDraining() {
         guard draining, hasSession, !sessionEndsDrain else { return }
         if inDriver({ $0.session }).beginDrain() {
             sessionEndsDrain = true
             // What the session now has for its client (GOAWAY) leaves on the next pump.
             driver!.sessionChanged()
-            if !resumeQueued {
-                resumeQueued = true
-                loop.resumeSoon(self)
-            }
+            resumeSoon()
             return
         }
         guard inDriver({ $0.isIdle && $0.hasActedOnRequest }) else { return }
@@ -522,10 +526,7 @@ public final class RelayConnection: EventHandler {
             // RST now only spares the downstream a TIME_WAIT (see `closeWithoutTimeWait`).
             return finish(.closed, resetDownstream: settings.closeWithoutTimeWait && downstreamClosedFirstByProxy)
         }
-        if (forward == .moreWork || backward == .moreWork) && !resumeQueued {
-            resumeQueued = true
-            loop.resumeSoon(self)
-        }
+        if forward == .moreWork || backward == .moreWork { resumeSoon() }
     }
 
     /// Moves bytes `source` → buffer → `destination` until neither side can make progress
@@ -645,10 +646,7 @@ public final class RelayConnection: EventHandler {
         }
         if draining { closeIfIdleWhileDraining() }
         if isFinished { return }
-        if rounds == Self.fairnessBudget && !resumeQueued {
-            resumeQueued = true
-            loop.resumeSoon(self)
-        }
+        if rounds == Self.fairnessBudget { resumeSoon() }
     }
 
     /// Starts the incomplete-message clock when the client's input holds the start of a
