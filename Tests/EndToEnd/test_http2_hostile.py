@@ -12,7 +12,7 @@ import pytest
 from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame,
                               RstStreamFrame, SettingsFrame, WindowUpdateFrame)
 
-from conftest import free_port
+from conftest import Nginx, free_port
 from test_hostile import config, write_policy
 from test_http2 import RULES, curl2, h2c_nginx, requested_paths
 
@@ -443,3 +443,75 @@ def test_a_host_field_that_differs_from_authority_is_answered_400_and_never_reac
     logged = nginx.access_lines()
     assert len(logged) == 2 and "GET /api/7 HTTP/2.0" in requested_paths(nginx), logged
     assert not any(f"/api/{n} " in line for n in (1, 3, 5) for line in logged)
+
+
+ECHO_TAG = 'location /echo/ { return 200 "$http_x_tag $request_uri\\n"; }'
+
+
+def test_heads_of_every_size_on_many_connections_each_reach_the_server_as_sent(workdir, start_sluice):
+    """Sluice keeps the storage of forwarded heads and body buffers per thread and hands it to
+    the next streams, of any connection (HTTP2Recycler). Four connections of 60 streams each,
+    sent in one burst, with tags from 1 to 2,000 bytes (around the 512 bytes of storage that is
+    kept), a rule on a header, and some streams reset as soon as they are sent: every allowed
+    stream's response echoes its own tag and path (what nginx received); no denied stream
+    reached nginx; nothing of one head shows up in another."""
+    nginx = Nginx(workdir, free_port(), ECHO_TAG, listen_options="http2")
+    try:
+        write_policy(workdir, nginx.port, """            http:
+              - {method: GET, path: "/echo/.*", headers: ["X-Allowed: yes"]}
+""")
+        port = free_port()
+        start_sluice(config(workdir, port, nginx.port))
+        sizes = [1, 3, 7, 8, 16, 17, 100, 400, 480, 600, 1500, 2000]
+        clients, plans = [], []
+        for connection in range(4):
+            client = RawH2(port)
+            client.decoder = hpack.Decoder()
+            plan = {}
+            for index in range(60):
+                stream = 2 * index + 1
+                tag = "".join(chr(97 + (connection * 7 + index * 3 + n) % 26) for n in range(sizes[index % len(sizes)]))
+                plan[stream] = (f"/echo/{connection}-{stream}", tag, index % 3 != 0, index % 7 == 3)
+            burst = b""
+            for stream, (path, tag, allowed, reset) in plan.items():
+                extra = [("x-tag", tag)] + ([("x-allowed", "yes")] if allowed else [])
+                burst += client.headers(stream, client.block(path, extra=extra))
+                if reset:
+                    burst += RstStreamFrame(stream, error_code=CANCEL).serialize()
+            clients.append(client)
+            plans.append(plan)
+            client.send(burst)
+        for client, plan in zip(clients, plans):
+            waiting = {stream for stream, (_, _, _, reset) in plan.items() if not reset}
+
+            def ended(frame, waiting=waiting):
+                if frame.stream_id in waiting and ("END_STREAM" in frame.flags or isinstance(frame, RstStreamFrame)):
+                    waiting.discard(frame.stream_id)
+                return not waiting
+            frames = client.frames(timeout=5, until=ended)
+            assert not waiting, f"streams without an end: {sorted(waiting)}"
+            bodies, statuses = {}, {}
+            for frame in frames:  # every HEADERS frame decoded once, in order (HPACK keeps state)
+                if isinstance(frame, DataFrame):
+                    bodies[frame.stream_id] = bodies.get(frame.stream_id, b"") + frame.data
+                elif isinstance(frame, HeadersFrame):
+                    statuses.setdefault(frame.stream_id, dict(client.decoder.decode(frame.data)).get(":status"))
+            for stream, (path, tag, allowed, reset) in plan.items():
+                if reset:
+                    continue
+                status = statuses.get(stream)
+                if allowed:
+                    assert (status, bodies.get(stream)) == ("200", f"{tag} {path}\n".encode()), (path, len(tag))
+                else:
+                    assert status == "403", (path, status)
+            client.close()
+        time.sleep(0.2)
+        reached = set(requested_paths(nginx))
+        for plan in plans:
+            for path, _, allowed, reset in plan.values():
+                if not allowed:
+                    assert f"GET {path} HTTP/2.0" not in reached, path
+                elif not reset:
+                    assert f"GET {path} HTTP/2.0" in reached, path
+    finally:
+        nginx.stop()
